@@ -1,0 +1,67 @@
+//! Slots of the per-CPU counter array `ENF_COUNTERS`.
+//!
+//! BPF cannot do a 64-bit atomic add here, so every CPU counts in its own slot and userspace sums.
+//! Counters whose name starts with `drop_` count something the kernel side had to give up on;
+//! every one of them is shown by `enforcerctl status` (nothing is lost silently).
+
+/// One slot of `ENF_COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// `sched_process_exec` fired (any process on the host).
+    ExecSeen = 0,
+    /// `sched_process_fork` fired (any task on the host, threads included).
+    ForkSeen = 1,
+    /// `sched_process_exit` fired (any task on the host, threads included).
+    ExitSeen = 2,
+    /// An event was written to the ring buffer.
+    EventsSent = 3,
+    /// A task was created by a tracked task and inherited its identity.
+    TasksInherited = 4,
+    /// An event was lost because the ring buffer was full.
+    DropRingbufFull = 5,
+    /// A child of a tracked task could not be tracked because `ENF_TASKS` was full.
+    DropTasksFull = 6,
+    /// A tracepoint record could not be read (bad offset or kernel refused the read).
+    DropReadFailed = 7,
+}
+
+/// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
+/// added without resizing the map.
+pub const COUNTER_SLOTS: u32 = 32;
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 8] = [
+        Counter::ExecSeen,
+        Counter::ForkSeen,
+        Counter::ExitSeen,
+        Counter::EventsSent,
+        Counter::TasksInherited,
+        Counter::DropRingbufFull,
+        Counter::DropTasksFull,
+        Counter::DropReadFailed,
+    ];
+
+    /// Stable snake_case name used in `enforcerctl status` and its JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::ExecSeen => "exec_seen",
+            Counter::ForkSeen => "fork_seen",
+            Counter::ExitSeen => "exit_seen",
+            Counter::EventsSent => "events_sent",
+            Counter::TasksInherited => "tasks_inherited",
+            Counter::DropRingbufFull => "drop_ringbuf_full",
+            Counter::DropTasksFull => "drop_tasks_map_full",
+            Counter::DropReadFailed => "drop_read_failed",
+        }
+    }
+
+    /// Whether this counter counts lost work (shown under "dropped").
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Counter::DropRingbufFull | Counter::DropTasksFull | Counter::DropReadFailed
+        )
+    }
+}

@@ -1,0 +1,31 @@
+//! Every map of the BPF object. Names are at most 15 bytes (the kernel's limit; aya would
+//! truncate silently) and start with `ENF_`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use enforcer_common::{counters::COUNTER_SLOTS, tasks::TrackedTask};
+
+/// Kernel → daemon events (`enforcer_common::events`). Size is set by the daemon at load time;
+/// a failed reservation is counted in `DropRingbufFull`.
+#[map]
+pub static ENF_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU counters indexed by `enforcer_common::counters::Counter`; summed by userspace.
+#[map]
+pub static ENF_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Tracked tasks: kernel task id (thread id) → identity. Roots are inserted by the daemon;
+/// descendants are added by `enf_fork` and removed by `enf_exit`. Full map = counted drop.
+#[map]
+pub static ENF_TASKS: HashMap<u32, TrackedTask> = HashMap::with_max_entries(65536, 0);
+
+/// Adds one to a counter slot of the current CPU.
+#[inline(always)]
+pub fn count(counter: enforcer_common::counters::Counter) {
+    if let Some(slot) = ENF_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,54 @@
+//! Messages. Every request gets exactly one [`Response`].
+
+mod status;
+
+pub use status::*;
+
+use serde::{Deserialize, Serialize};
+
+/// What a client asks the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Daemon, kernel and BPF state (`enforcerctl status`). Anyone may ask.
+    Status,
+}
+
+/// The answer to a request.
+pub type Response = Result<Reply, ErrorReply>;
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Box<StatusReport>),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    /// One line for a human, saying what to do.
+    pub message: String,
+}
+
+/// Class of failure, for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The caller's uid/groups do not allow this request.
+    PermissionDenied,
+    /// The request is malformed or names something invalid.
+    BadRequest,
+    /// The request names something that does not exist.
+    NotFound,
+    /// The daemon failed internally; details are in its log.
+    Internal,
+}
+
+impl ErrorReply {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}

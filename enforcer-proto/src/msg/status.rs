@@ -1,0 +1,73 @@
+//! `enforcerctl status`: what the daemon runs and what it has seen.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything `enforcerctl status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// enforcerd version.
+    pub version: String,
+    /// enforcerd process id.
+    pub pid: u32,
+    /// When the daemon started (RFC 3339).
+    pub started_at: String,
+    pub uptime_secs: u64,
+    /// `uname -r` of the running kernel.
+    pub kernel: String,
+    /// Config file in use, `None` for the embedded defaults.
+    pub config_path: Option<String>,
+    pub socket: String,
+    pub programs: Vec<ProgramStatus>,
+    pub maps: Vec<MapStatus>,
+    /// Which BPF features this kernel accepts.
+    pub features: Vec<FeatureProbe>,
+    /// Event counters (kernel and daemon), by name.
+    pub events: BTreeMap<String, u64>,
+    /// Lost work, by reason. Every reason is always present, zero or not.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// One BPF program of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    /// Program type, e.g. `tracepoint`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where it is attached, e.g. `sched/sched_process_exec`.
+    pub attach_point: String,
+    pub state: ProgramState,
+    /// Kernel program id while loaded.
+    pub id: Option<u32>,
+}
+
+/// Lifecycle of a program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum ProgramState {
+    Attached,
+    /// Loaded or attach failed; the detail says why.
+    Failed(String),
+}
+
+/// One BPF map of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStatus {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Capacity (entries; bytes for a ring buffer).
+    pub max_entries: u32,
+    /// Entries in use, where countable.
+    pub entries: Option<u64>,
+}
+
+/// Result of probing one BPF feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureProbe {
+    pub name: String,
+    pub supported: bool,
+    /// How it was probed and, when refused, what the kernel said.
+    pub detail: String,
+}

@@ -1,0 +1,57 @@
+//! enforcerd — the enforcer daemon (foreground; run it as root).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Parser;
+use enforcer::config::Config;
+
+/// Host-level SSH session enforcer daemon. Runs in the foreground until SIGTERM/SIGINT.
+#[derive(Parser)]
+#[command(name = "enforcerd", version, about)]
+struct Args {
+    /// Config file (TOML). Without it the embedded defaults are used
+    /// (the same as the shipped /etc/enforcer/enforcer.toml).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Only validate the config, print "config OK" and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enforcerd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    if args.check_config {
+        println!("config OK");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("enforcerd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(enforcer::daemon::run(config, args.config))?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Daemon configuration (TOML). Unknown keys are errors that name the key and line; every key has
+//! a default, documented in `packaging/enforcer.toml`, which is also the embedded default config.
+
+mod duration;
+
+pub use duration::Dur;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The shipped example config; `enforcerd` without `--config` runs on exactly this.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../packaging/enforcer.toml");
+
+/// Default config file location.
+pub const DEFAULT_PATH: &str = "/etc/enforcer/enforcer.toml";
+
+/// A config that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {origin}: {source}")]
+    Parse { origin: String, source: Box<toml::de::Error> },
+    #[error("config {origin}: key `{key}`: {message}")]
+    Invalid { origin: String, key: String, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub audit: AuditConfig,
+    pub limits: Limits,
+    pub idle: IdleConfig,
+    pub recording: RecordingConfig,
+    pub locks: LocksConfig,
+    pub access: AccessConfig,
+    pub rules: Vec<Rule>,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Control socket (enforcerctl and the PAM module connect here).
+    pub socket: PathBuf,
+    /// Persistent state (connection table across restarts).
+    pub state_dir: PathBuf,
+    /// Size of the kernel → daemon event ring buffer in bytes (power of two, ≥ 4096).
+    pub ring_buffer_bytes: u32,
+    /// Capacity of the kernel's tracked-task table (threads included).
+    pub max_tracked_tasks: u32,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// JSON-lines audit log.
+    pub path: PathBuf,
+    /// Also send every audit record to journald when its socket exists.
+    pub journald: bool,
+}
+
+/// `[limits]` — 0 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections_per_user: u32,
+    pub max_connections_per_source: u32,
+    pub max_sessions_per_connection: u32,
+    pub max_sessions_per_user: u32,
+}
+
+/// What counts as activity for the idle timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activity {
+    /// Input from the client only.
+    Input,
+    /// Input or output.
+    Any,
+}
+
+/// `[idle]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleConfig {
+    /// Idle time after which a connection is terminated; "0" = off.
+    pub timeout: Dur,
+    /// Warn the user this long before the cut-off.
+    pub warn_before: Dur,
+    pub activity: Activity,
+}
+
+/// `[recording]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    /// Replace input typed while the terminal has echo off (passwords) with `*`.
+    pub mask_echo_off_input: bool,
+}
+
+/// `[locks]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocksConfig {
+    /// One file per locked user; dropping a file there locks, removing it unlocks.
+    pub dir: PathBuf,
+}
+
+/// `[access]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Members may list, play and watch every recording (but not kill or lock).
+    pub auditor_group: String,
+}
+
+/// `[[rules]]` — overrides for matching users or groups. For each key, the first matching rule
+/// that sets it wins (like sshd's `Match`); keys no rule sets come from the global sections.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rule {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_user: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_source: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_connection: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_user: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            daemon: DaemonConfig::default(),
+            audit: AuditConfig::default(),
+            limits: Limits::default(),
+            idle: IdleConfig::default(),
+            recording: RecordingConfig::default(),
+            locks: LocksConfig::default(),
+            access: AccessConfig::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: enforcer_proto::DEFAULT_SOCKET.into(),
+            state_dir: "/var/lib/enforcer".into(),
+            ring_buffer_bytes: 4 << 20,
+            max_tracked_tasks: 65536,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { path: "/var/log/enforcer/audit.jsonl".into(), journald: true }
+    }
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        Self { timeout: Dur::secs(15 * 60), warn_before: Dur::secs(60), activity: Activity::Input }
+    }
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "/var/lib/enforcer/recordings".into(),
+            mask_echo_off_input: true,
+        }
+    }
+}
+
+impl Default for LocksConfig {
+    fn default() -> Self {
+        Self { dir: "/etc/enforcer/locks.d".into() }
+    }
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self { auditor_group: "enforcer-auditors".into() }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default config.
+    pub fn embedded() -> Self {
+        Self::parse(EMBEDDED_DEFAULT, "(embedded default)")
+            .expect("packaging/enforcer.toml is valid (checked by unit test)")
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), source: Box::new(e) })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_owned(), m));
+        let sock = self.daemon.socket.as_os_str().len();
+        // sun_path is 108 bytes including the NUL.
+        if sock == 0 || sock > 107 {
+            return bad("daemon.socket", format!("path must be 1..=107 bytes long, is {sock}"));
+        }
+        let rb = self.daemon.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return bad("daemon.ring_buffer_bytes", format!("{rb} must be a power of two ≥ 4096"));
+        }
+        if self.daemon.max_tracked_tasks < 1024 {
+            return bad("daemon.max_tracked_tasks", "must be at least 1024".into());
+        }
+        if !self.idle.timeout.is_zero() && self.idle.warn_before >= self.idle.timeout {
+            return bad(
+                "idle.warn_before",
+                format!(
+                    "{} must be shorter than idle.timeout ({}); use \"0\" for no warning",
+                    self.idle.warn_before, self.idle.timeout
+                ),
+            );
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.users.is_empty() && rule.groups.is_empty() {
+                return bad(
+                    &format!("rules[{i}]"),
+                    "matches nobody: give it `users = [...]` and/or `groups = [...]`".into(),
+                );
+            }
+            if let (Some(t), w) = (rule.idle_timeout, self.idle.warn_before) {
+                if !t.is_zero() && w >= t {
+                    return bad(
+                        &format!("rules[{i}].idle_timeout"),
+                        format!("{t} must be longer than idle.warn_before ({w})"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

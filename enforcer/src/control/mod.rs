@@ -1,0 +1,10 @@
+//! The control socket: length-prefixed JSON requests, authorised per request from the peer's
+//! SO_PEERCRED credentials.
+
+pub mod authz;
+mod peer;
+mod server;
+
+pub use authz::{Role, authorize};
+pub use peer::Peer;
+pub use server::{ControlError, Server};

@@ -1,0 +1,59 @@
+use enforcer_proto::{ProgramState, StatusReport};
+
+use super::{human_secs, table};
+
+/// Renders `enforcerctl status`.
+pub fn render_status(s: &StatusReport) -> String {
+    let mut out = format!(
+        "enforcerd {} (pid {}), up {} since {}\nkernel {}  config {}  socket {}\n",
+        s.version,
+        s.pid,
+        human_secs(s.uptime_secs),
+        s.started_at,
+        s.kernel,
+        s.config_path.as_deref().unwrap_or("(embedded default)"),
+        s.socket,
+    );
+    out.push_str("\nPROGRAMS\n");
+    let rows: Vec<Vec<String>> = s
+        .programs
+        .iter()
+        .map(|p| {
+            let state = match &p.state {
+                ProgramState::Attached => "attached".to_owned(),
+                ProgramState::Failed(why) => format!("FAILED: {why}"),
+            };
+            let id = p.id.map(|i| format!("id {i}")).unwrap_or_default();
+            vec![p.name.clone(), p.kind.clone(), p.attach_point.clone(), state, id]
+        })
+        .collect();
+    out.push_str(&table(&rows));
+    out.push_str("\nMAPS\n");
+    let rows: Vec<Vec<String>> = s
+        .maps
+        .iter()
+        .map(|m| {
+            let fill = match m.entries {
+                Some(n) => format!("{n}/{}", m.max_entries),
+                None => format!("{} bytes", m.max_entries),
+            };
+            vec![m.name.clone(), m.kind.clone(), fill]
+        })
+        .collect();
+    out.push_str(&table(&rows));
+    out.push_str("\nFEATURES\n");
+    let rows: Vec<Vec<String>> = s
+        .features
+        .iter()
+        .map(|f| vec![f.name.clone(), if f.supported { "yes" } else { "no" }.into(), f.detail.clone()])
+        .collect();
+    out.push_str(&table(&rows));
+    out.push_str("\nEVENTS\n");
+    let rows: Vec<Vec<String>> = s.events.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+    out.push_str(&table(&rows));
+    let lost: u64 = s.dropped.values().sum();
+    out.push_str(&format!("\nDROPPED ({lost} in total)\n"));
+    let rows: Vec<Vec<String>> = s.dropped.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+    out.push_str(&table(&rows));
+    out
+}

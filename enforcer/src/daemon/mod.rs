@@ -1,0 +1,92 @@
+//! enforcerd: wires the BPF actor, the state actor and the control socket together and runs
+//! until SIGTERM/SIGINT, then detaches everything.
+
+mod state;
+
+pub use state::StateHandle;
+
+use std::{path::PathBuf, time::Instant};
+
+use time::OffsetDateTime;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    bpf::{self, BpfError, BpfSettings},
+    config::Config,
+    control::{ControlError, Server},
+};
+
+/// Queue between the BPF actor and the state actor; overflow is counted, never waited on.
+const EVENT_BACKLOG: usize = 16384;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("enforcerd must run as root (it loads BPF programs and answers PAM for sshd); try `sudo enforcerd`")]
+    NotRoot,
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Facts about this daemon instance shown by `enforcerctl status`.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub version: &'static str,
+    pub pid: u32,
+    pub started_at: OffsetDateTime,
+    pub started: Instant,
+    pub kernel: String,
+    pub config_path: Option<PathBuf>,
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    let info = DaemonInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        started_at: OffsetDateTime::now_utc(),
+        started: Instant::now(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        config_path,
+    };
+    // Bind first: a second daemon on the same socket must fail before touching the kernel.
+    let server = Server::bind(&config.daemon.socket)?;
+    let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
+    let settings = BpfSettings {
+        ring_buffer_bytes: config.daemon.ring_buffer_bytes,
+        max_tracked_tasks: config.daemon.max_tracked_tasks,
+    };
+    let (bpf, bpf_task) = bpf::start(settings, events_tx)?;
+    let auditor_group = config.access.auditor_group.clone();
+    let socket = config.daemon.socket.clone();
+    let (state, state_task) = state::start(config, info, bpf.clone(), events_rx);
+    tracing::info!(socket = %socket.display(), "enforcerd ready");
+
+    tokio::select! {
+        _ = server.serve(state.clone(), auditor_group) => {}
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    drop(server); // stop accepting, remove the socket file
+    state.shutdown().await;
+    let _ = state_task.await;
+    bpf.shutdown().await;
+    let _ = bpf_task.await;
+    tracing::info!("enforcerd stopped");
+    Ok(())
+}

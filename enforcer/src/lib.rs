@@ -1,0 +1,14 @@
+//! enforcer: host-level session enforcement for the stock OpenSSH sshd (and kubectl exec).
+//!
+//! Layout (shared/DESIGN.md part A):
+//! - [`config`]: the TOML configuration;
+//! - [`bpf`]: the kernel side (loader, feature probes, the actor owning the aya object);
+//! - [`control`]: the control socket (framing, peer credentials, authorisation);
+//! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
+//! - [`ctl`]: `enforcerctl`'s rendering of answers.
+
+pub mod bpf;
+pub mod config;
+pub mod control;
+pub mod ctl;
+pub mod daemon;

@@ -1,0 +1,77 @@
+//! Building the BPF object, the userspace binaries, and running them and the tests.
+
+use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
+
+use anyhow::Context;
+
+use crate::{
+    cmd::{cargo, run as run_cmd, target_dir},
+    setup::BPF_TOOLCHAIN,
+};
+
+/// Builds the BPF object and returns its path.
+pub fn ebpf(release: bool) -> anyhow::Result<PathBuf> {
+    let mut c = Command::new("cargo");
+    c.current_dir(crate::cmd::workspace_root())
+        .arg(format!("+{BPF_TOOLCHAIN}"))
+        .args(["build", "--package", "enforcer-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        // BTF lets bpftool and the kernel show our map and program types.
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        // The stable cargo that runs xtask exports these; they must not leak into nightly's build.
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    if release {
+        c.arg("--release");
+    }
+    run_cmd(&mut c)?;
+    let profile = if release { "release" } else { "debug" };
+    let obj = target_dir().join("bpfel-unknown-none").join(profile).join("enforcer-ebpf");
+    anyhow::ensure!(obj.is_file(), "BPF build produced no {}", obj.display());
+    Ok(obj)
+}
+
+/// What a full build produced.
+pub struct Built {
+    pub bpf_object: PathBuf,
+    /// Directory of enforcerd, enforcerctl and libpam_enforcer.so.
+    pub bin_dir: PathBuf,
+}
+
+/// Builds the BPF object (always optimised: it is what ships) and every userspace crate of the
+/// workspace's default members (the BPF crate is not one).
+pub fn all(release: bool) -> anyhow::Result<Built> {
+    let bpf_object = ebpf(true)?;
+    let mut c = cargo();
+    c.args(["build", "--bins", "--lib"]).env("ENFORCER_BPF_OBJECT", &bpf_object);
+    if release {
+        c.arg("--release");
+    }
+    run_cmd(&mut c)?;
+    Ok(Built { bpf_object, bin_dir: target_dir().join(if release { "release" } else { "debug" }) })
+}
+
+/// Builds enforcerd (release) and replaces this process with it.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let obj = ebpf(true)?;
+    run_cmd(cargo().args(["build", "--release", "--package", "enforcer", "--bins"]).env("ENFORCER_BPF_OBJECT", &obj))?;
+    let bin = target_dir().join("release").join("enforcerd");
+    eprintln!("+ {} {}", bin.display(), args.join(" "));
+    let err = Command::new(&bin).args(args).exec();
+    Err(err).with_context(|| format!("cannot exec {}", bin.display()))
+}
+
+/// Builds everything and runs every test; privileged tests find the binaries through
+/// `ENFORCER_BIN_DIR`.
+pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
+    let built = all(false)?;
+    let mut c = cargo();
+    c.args(["test", "--no-fail-fast"])
+        .env("ENFORCER_BPF_OBJECT", &built.bpf_object)
+        .env("ENFORCER_BIN_DIR", &built.bin_dir);
+    if let Some(f) = filter {
+        c.arg("--").arg(f);
+    }
+    run_cmd(&mut c)
+}

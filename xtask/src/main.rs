@@ -1,0 +1,64 @@
+//! `cargo xtask <command>` — everything a newcomer or CI needs, installed idempotently.
+
+mod build;
+mod cmd;
+mod setup;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "enforcer project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (apt packages, rust-src, bpf-linker); idempotent.
+    Setup,
+    /// Build the BPF object (nightly, -Z build-std=core, bpf-linker).
+    BuildEbpf {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build the BPF object and every userspace binary (the BPF object is embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run enforcerd in the foreground (embedded default config unless given args).
+    Run {
+        /// Arguments for enforcerd, e.g. `-- --config /etc/enforcer/enforcer.toml`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test (unit and privileged end-to-end).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => {
+            setup::toolchain()?;
+            setup::test_packages()
+        }
+        Cmd::BuildEbpf { release } => build::ebpf(release).map(|_| ()),
+        Cmd::Build { release } => {
+            setup::toolchain()?;
+            build::all(release).map(|b| eprintln!("built into {}", b.bin_dir.display()))
+        }
+        Cmd::Run { args } => {
+            setup::toolchain()?;
+            build::run(&args)
+        }
+        Cmd::Test { filter } => {
+            setup::toolchain()?;
+            setup::test_packages()?;
+            build::test(filter.as_deref())
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Installing prerequisites on a fresh Debian 12 machine, idempotently: nothing is reinstalled
+//! when it is already there.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::cmd::{output, run, target_dir};
+
+/// Toolchain that builds the BPF object.
+pub const BPF_TOOLCHAIN: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests and benchmarks use.
+const TEST_PACKAGES: &[&str] = &[
+    "openssh-server", // the real sshd the end-to-end tests drive
+    "openssh-client",
+    "bpftool",      // tests check nothing of ours stays attached
+    "libpam0g-dev", // links pam_enforcer.so
+    "pamtester",    // drives the PAM module through real libpam without sshd
+    "procps",
+];
+
+/// rust-src for the BPF toolchain and bpf-linker built against that toolchain's own LLVM.
+pub fn toolchain() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", BPF_TOOLCHAIN]))
+        .with_context(|| format!("the {BPF_TOOLCHAIN} toolchain is missing; install it with `rustup toolchain install {BPF_TOOLCHAIN}`"))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", BPF_TOOLCHAIN]))?;
+    }
+    bpf_linker()
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    // Run through rustup so the toolchain's libLLVM is on the library path, as during builds.
+    let version = output(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "bpf-linker", "--version"]));
+    if version.as_deref().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args([&format!("+{BPF_TOOLCHAIN}"), "--print", "sysroot"]))
+        .context("cannot ask the BPF toolchain for its sysroot")?;
+    let lib = std::path::Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib.display()))?;
+    // "libLLVM.so.22.1-rust-1.97.0-nightly" → 22
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .with_context(|| format!("cannot read the LLVM version from {llvm}"))?;
+    // bpf-linker links against `<prefix>/lib/libLLVM.so`; point both names at the toolchain's.
+    let prefix = target_dir().join("llvm-prefix");
+    let plib = prefix.join("lib");
+    std::fs::create_dir_all(&plib)?;
+    for name in ["libLLVM.so".to_owned(), llvm.clone()] {
+        let link = plib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
+    }
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", &prefix)
+        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")]))?;
+    Ok(())
+}
+
+fn missing_packages(pkgs: &[&str]) -> Vec<String> {
+    pkgs.iter()
+        .filter(|p| {
+            let st = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
+            st.as_deref() != Some("install ok installed")
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// Installs missing Debian packages (never upgrades what is there).
+pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing = missing_packages(pkgs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("missing packages {missing:?}; run as root (or `sudo apt-get install {}`)", missing.join(" "));
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    let install = || {
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))
+    };
+    // A first install that upgrades libpam0g can fail once (shared/DESIGN.md part B).
+    install().or_else(|e| {
+        eprintln!("apt-get install failed ({e}); retrying once");
+        install()
+    })
+}
+
+/// Packages the test suite needs.
+pub fn test_packages() -> anyhow::Result<()> {
+    apt_install(TEST_PACKAGES)
+}
+
+fn nix_is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
