@@ -2,13 +2,19 @@
 //!
 //! Layout (shared/DESIGN.md part A):
 //! - [`config`]: the TOML configuration;
+//! - [`core`]: the pure session model and policy (connections, limits, locks, identities);
+//! - [`host`], [`locks`], [`audit`]: the edges — /proc and NSS, lock files, the audit log;
 //! - [`bpf`]: the kernel side (loader, feature probes, the actor owning the aya object);
 //! - [`control`]: the control socket (framing, peer credentials, authorisation);
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
 
+pub mod audit;
 pub mod bpf;
 pub mod config;
 pub mod control;
+pub mod core;
 pub mod ctl;
 pub mod daemon;
+pub mod host;
+pub mod locks;

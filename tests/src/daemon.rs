@@ -37,21 +37,58 @@ impl TestDaemon {
         let dir = tempfile::Builder::new().prefix("enf-test-").tempdir().unwrap();
         let config_path = dir.path().join("enforcer.toml");
         std::fs::write(&config_path, Self::base_config(dir.path()) + extra).unwrap();
-        let log = std::fs::File::create(dir.path().join("enforcerd.log")).unwrap();
+        let socket = dir.path().join("enforcerd.sock");
+        let mut d = TestDaemon { dir, socket, config_path, child: None };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("enforcerd.log")).unwrap();
         let mut cmd = Command::new(bin("enforcerd"));
         cmd.arg("--config")
-            .arg(&config_path)
+            .arg(&self.config_path)
             .env("ENFORCER_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         // Own process group: a test's ctrl-C does not reach it before Drop stops it.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().expect("spawn enforcerd");
-        let socket = dir.path().join("enforcerd.sock");
-        let mut d = TestDaemon { dir, socket, config_path, child: Some(child) };
-        d.wait_ready();
-        d
+        self.child = Some(cmd.spawn().expect("spawn enforcerd"));
+        self.wait_ready();
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again on the same config and state.
+    pub fn restart(&mut self) {
+        let st = self.stop();
+        assert!(st.success(), "enforcerd exited with {st}");
+        self.spawn();
+    }
+
+    /// The audit log so far, one JSON value per line.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits (up to 10 s) for an audit record matching `pred`, and returns it.
+    pub fn wait_audit(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = self.audit().into_iter().find(&pred) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no audit record {what}; log has:\n{:#?}", self.audit());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The live connections (`enforcerctl sessions --json`).
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        self.ctl_json(&["sessions"]).as_array().unwrap().clone()
     }
 
     fn wait_ready(&mut self) {

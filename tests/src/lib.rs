@@ -1,8 +1,16 @@
 //! Harness for enforcer's end-to-end tests: locating the built binaries, privilege checks that
-//! fail (not skip) under CI, and daemons/sshd/users started per test and cleaned up by pid/path.
+//! fail (not skip) under CI, and daemons, sshd instances and users started per test and cleaned
+//! up by pid/path.
 
 pub mod daemon;
 pub mod env;
+pub mod procs;
+pub mod ssh;
+pub mod sshd;
+pub mod stats;
+pub mod users;
 
 pub use daemon::TestDaemon;
-pub use env::{bin, require_root};
+pub use env::{bin, bin_dir, require_root};
+pub use sshd::{Pam, TestSshd};
+pub use users::{TestGroup, TestUser};

@@ -75,3 +75,18 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     run_cmd(&mut c)
 }
+
+/// Benchmarks live in the tests crate (they reuse its sshd/daemon harness).
+const BENCHES: &[&str] = &["pam"];
+
+/// Builds release binaries and runs one benchmark against them.
+pub fn bench(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(BENCHES.contains(&name), "unknown benchmark {name:?}; known: {}", BENCHES.join(", "));
+    let built = all(true)?;
+    run_cmd(
+        cargo()
+            .args(["bench", "--package", "enforcer-tests", "--bench", name])
+            .env("ENFORCER_BPF_OBJECT", &built.bpf_object)
+            .env("ENFORCER_BIN_DIR", &built.bin_dir),
+    )
+}

@@ -33,6 +33,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run a benchmark (release build, as root): `pam`.
+    Bench {
+        /// Which benchmark.
+        name: String,
+    },
     /// Set up, build, and run every test (unit and privileged end-to-end).
     Test {
         /// Only tests whose name contains this.
@@ -54,6 +59,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { args } => {
             setup::toolchain()?;
             build::run(&args)
+        }
+        Cmd::Bench { name } => {
+            setup::toolchain()?;
+            setup::test_packages()?;
+            build::bench(&name)
         }
         Cmd::Test { filter } => {
             setup::toolchain()?;

@@ -1,7 +1,13 @@
 //! Messages. Every request gets exactly one [`Response`].
 
+mod conn;
+mod lock;
+mod pam;
 mod status;
 
+pub use conn::*;
+pub use lock::*;
+pub use pam::*;
 pub use status::*;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +18,20 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// Daemon, kernel and BPF state (`enforcerctl status`). Anyone may ask.
     Status,
+    /// PAM `acct_mgmt`: may this login proceed? Root only (the module runs inside sshd).
+    PamAccount(PamAccount),
+    /// PAM `open_session`: the admitted connection is now live. Root only.
+    PamOpenSession(PamSession),
+    /// PAM `close_session`: the connection ended. Root only.
+    PamCloseSession(PamSession),
+    /// Live connections (`enforcerctl sessions`). Root and auditors see all; users their own.
+    Sessions,
+    /// Lock a user: new logins are refused until unlock or expiry. Root only.
+    Lock(LockRequest),
+    /// Remove a user's lock. Root only.
+    Unlock { user: String },
+    /// Current locks. Root and auditors.
+    Locks,
 }
 
 /// The answer to a request.
@@ -22,6 +42,12 @@ pub type Response = Result<Reply, ErrorReply>;
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Reply {
     Status(Box<StatusReport>),
+    Admission(Admission),
+    /// The request was applied; nothing to report.
+    Done,
+    Sessions(Vec<ConnectionInfo>),
+    Locks(Vec<LockInfo>),
+    Locked(LockInfo),
 }
 
 /// Why a request failed.

@@ -2,8 +2,10 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
-use enforcer_proto::{Client, DEFAULT_SOCKET, Reply, Request};
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use enforcer_proto::{Client, DEFAULT_SOCKET, LockRequest, Reply, Request};
+use serde::Serialize;
 
 /// Inspect and steer enforcerd.
 #[derive(Parser)]
@@ -19,11 +21,40 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What a lock applies to.
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    User,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Daemon, kernel and BPF state: programs, maps, feature probes, event and drop counters.
     Status {
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live SSH connections (yours only, unless you are root or an auditor).
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lock a user: refuse their new logins until `unlock` or the TTL ends.
+    Lock {
+        target: Target,
+        name: String,
+        /// Lock expires after this long, e.g. "2h".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Shown to the user when a login is refused, and in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove a user's lock.
+    Unlock { target: Target, name: String },
+    /// Current locks (from the daemon's lock directory).
+    Locks {
         #[arg(long)]
         json: bool,
     },
@@ -40,17 +71,54 @@ fn main() -> ExitCode {
     }
 }
 
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", text(value));
+    }
+    Ok(())
+}
+
+fn unexpected(reply: Reply) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer from enforcerd ({reply:?}); are enforcerctl and enforcerd the same version?")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = Client::connect(&cli.socket, cli.timeout)?;
     match cli.cmd {
-        Cmd::Status { json } => {
-            let Reply::Status(status) = client.call(&Request::Status)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", enforcer::ctl::render_status(&status));
+        Cmd::Status { json } => match client.call(&Request::Status)? {
+            Reply::Status(s) => print(json, &*s, enforcer::ctl::render_status),
+            other => Err(unexpected(other)),
+        },
+        Cmd::Sessions { json } => match client.call(&Request::Sessions)? {
+            Reply::Sessions(s) => print(json, &s, |s| enforcer::ctl::render_sessions(s)),
+            other => Err(unexpected(other)),
+        },
+        Cmd::Lock { target: Target::User, name, ttl, reason } => {
+            if ttl.is_some_and(|t| t.is_zero()) {
+                bail!("--ttl must be longer than zero (omit it for a lock without expiry)");
+            }
+            let req = LockRequest { user: name, ttl_secs: ttl.map(|t| t.as_secs().max(1)), reason };
+            match client.call(&Request::Lock(req))? {
+                Reply::Locked(l) => {
+                    let until = l.expires.map(|e| format!(" until {e}")).unwrap_or_default();
+                    println!("locked user {}{until}", l.user);
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
             }
         }
+        Cmd::Unlock { target: Target::User, name } => match client.call(&Request::Unlock { user: name.clone() })? {
+            Reply::Done => {
+                println!("unlocked user {name}");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        Cmd::Locks { json } => match client.call(&Request::Locks)? {
+            Reply::Locks(l) => print(json, &l, |l| enforcer::ctl::render_locks(l)),
+            other => Err(unexpected(other)),
+        },
     }
-    Ok(())
 }

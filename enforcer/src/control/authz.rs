@@ -16,7 +16,14 @@ pub enum Role {
 /// Whether `role` may make `req`.
 pub fn authorize(role: Role, req: &Request) -> Result<(), ErrorReply> {
     let allowed = match req {
-        Request::Status => true,
+        // Users see only their own connections (filtered by the daemon).
+        Request::Status | Request::Sessions => true,
+        Request::Locks => role == Role::Auditor,
+        Request::PamAccount(_)
+        | Request::PamOpenSession(_)
+        | Request::PamCloseSession(_)
+        | Request::Lock(_)
+        | Request::Unlock { .. } => false,
     };
     if allowed || role == Role::Root {
         Ok(())
@@ -33,9 +40,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_is_open_to_everyone() {
+    fn status_and_sessions_are_open_to_everyone() {
         for role in [Role::Root, Role::Auditor, Role::User] {
             assert!(authorize(role, &Request::Status).is_ok());
+            assert!(authorize(role, &Request::Sessions).is_ok());
         }
+    }
+
+    #[test]
+    fn only_root_changes_things_or_speaks_pam() {
+        let lock = Request::Lock(enforcer_proto::LockRequest { user: "a".into(), ttl_secs: None, reason: None });
+        let pam = Request::PamCloseSession(enforcer_proto::PamSession {
+            user: "a".into(),
+            pid: 1,
+            conn_id: None,
+            auth_info: None,
+        });
+        for req in [lock, pam, Request::Unlock { user: "a".into() }] {
+            assert!(authorize(Role::Root, &req).is_ok());
+            let e = authorize(Role::Auditor, &req).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::PermissionDenied);
+            assert!(authorize(Role::User, &req).is_err());
+        }
+    }
+
+    #[test]
+    fn auditors_read_locks_users_do_not() {
+        assert!(authorize(Role::Auditor, &Request::Locks).is_ok());
+        assert!(authorize(Role::User, &Request::Locks).is_err());
     }
 }

@@ -11,7 +11,7 @@ use enforcer_proto::{
 };
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{Peer, authorize};
+use super::Peer;
 use crate::daemon::StateHandle;
 
 /// Control socket failures.
@@ -89,10 +89,8 @@ async fn handle(mut stream: UnixStream, state: StateHandle, auditor_group: Strin
                 return;
             }
         };
-        let resp = match authorize(peer.role, &req) {
-            Ok(()) => state.request(req, peer.clone()).await,
-            Err(denied) => Err(denied),
-        };
+        // Authorisation (and auditing of denials) happens in the state actor.
+        let resp = state.request(req, peer.clone()).await;
         if let Err(e) = write_frame_async(&mut stream, &resp).await {
             tracing::debug!(error = %e, "control client went away before its answer");
             return;

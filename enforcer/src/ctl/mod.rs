@@ -1,7 +1,9 @@
 //! `enforcerctl`'s human-readable rendering of daemon answers (`--json` prints them as is).
 
+mod lists;
 mod status;
 
+pub use lists::{render_locks, render_sessions};
 pub use status::render_status;
 
 /// Formats seconds as "1h 2m 3s".

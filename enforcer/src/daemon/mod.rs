@@ -1,6 +1,9 @@
 //! enforcerd: wires the BPF actor, the state actor and the control socket together and runs
 //! until SIGTERM/SIGINT, then detaches everything.
 
+mod admission;
+mod locking;
+mod persist;
 mod state;
 
 pub use state::StateHandle;
@@ -14,6 +17,7 @@ use tokio::{
 };
 
 use crate::{
+    audit::{AuditError, AuditSink},
     bpf::{self, BpfError, BpfSettings},
     config::Config,
     control::{ControlError, Server},
@@ -31,6 +35,8 @@ pub enum DaemonError {
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -66,6 +72,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     };
     // Bind first: a second daemon on the same socket must fail before touching the kernel.
     let server = Server::bind(&config.daemon.socket)?;
+    let audit = AuditSink::start(&config.audit.path, config.audit.journald)?;
     let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
     let settings = BpfSettings {
         ring_buffer_bytes: config.daemon.ring_buffer_bytes,
@@ -74,7 +81,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let (bpf, bpf_task) = bpf::start(settings, events_tx)?;
     let auditor_group = config.access.auditor_group.clone();
     let socket = config.daemon.socket.clone();
-    let (state, state_task) = state::start(config, info, bpf.clone(), events_rx);
+    let (state, state_task) = state::start(config, info, bpf.clone(), audit, events_rx).await;
     tracing::info!(socket = %socket.display(), "enforcerd ready");
 
     tokio::select! {

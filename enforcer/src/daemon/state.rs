@@ -1,19 +1,30 @@
 //! The state actor: the single owner of the daemon's model. Control requests and kernel events
 //! are applied here one at a time, which is what makes admission decisions atomic.
 
-use enforcer_proto::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport};
-use time::format_description::well_known::Rfc3339;
+use std::{sync::atomic::Ordering, time::Duration};
+
+use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, Reply, Request, Response, StatusReport};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 
-use super::DaemonInfo;
+use super::{
+    DaemonInfo,
+    persist::{FLUSH_EVERY, Persist},
+};
 use crate::{
+    audit::{AuditRecord, AuditSink},
     bpf::{BpfHandle, KernelEvent},
     config::Config,
-    control::Peer,
+    control::{Peer, authorize},
+    core::conn::Registry,
+    locks::LockStore,
 };
+
+/// How often connections whose sshd monitor vanished unnoticed are released.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 enum Msg {
     Request { req: Request, peer: Peer, reply: oneshot::Sender<Response> },
@@ -27,7 +38,7 @@ pub struct StateHandle {
 }
 
 impl StateHandle {
-    /// Applies an (already authorised) request and returns its answer.
+    /// Authorises and applies a request; returns its answer.
     pub async fn request(&self, req: Request, peer: Peer) -> Response {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Msg::Request { req, peer, reply }).await.is_err() {
@@ -49,26 +60,62 @@ fn shutting_down() -> ErrorReply {
     ErrorReply::new(ErrorKind::Internal, "enforcerd is shutting down; retry once it is back")
 }
 
-struct State {
-    config: Config,
-    info: DaemonInfo,
-    bpf: BpfHandle,
+/// Daemon-side counters shown in status.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub connections_admitted: u64,
+    pub connections_refused: u64,
+    pub connections_closed: u64,
+    pub requests_denied: u64,
 }
 
-/// Spawns the state actor.
-pub fn start(
+pub(super) struct State {
+    pub config: Config,
+    pub info: DaemonInfo,
+    pub bpf: BpfHandle,
+    pub registry: Registry,
+    pub locks: LockStore,
+    pub audit: AuditSink,
+    /// Written by a background thread; `None` only while shutting down.
+    pub persist: Option<Persist>,
+    /// The registry changed since it was last handed to `persist`.
+    pub dirty: bool,
+    pub counters: Counters,
+}
+
+/// Spawns the state actor (after restoring the connection table).
+pub(super) async fn start(
     config: Config,
     info: DaemonInfo,
     bpf: BpfHandle,
+    audit: AuditSink,
     events: mpsc::Receiver<KernelEvent>,
 ) -> (StateHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
-    let state = State { config, info, bpf };
+    let persist = Persist::start(&config.daemon.state_dir);
+    let registry = persist.load();
+    let locks = LockStore::new(&config.locks.dir);
+    let mut state = State {
+        config,
+        info,
+        bpf,
+        registry,
+        locks,
+        audit,
+        persist: Some(persist),
+        dirty: false,
+        counters: Counters::default(),
+    };
+    state.restore().await;
     (StateHandle { tx }, tokio::spawn(state.run(rx, events)))
 }
 
 impl State {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut events: mpsc::Receiver<KernelEvent>) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -77,24 +124,59 @@ impl State {
                         let _ = reply.send(resp);
                     }
                     Some(Msg::Shutdown(ack)) => {
+                        if let Some(p) = self.persist.take() {
+                            p.finish(&self.registry);
+                        }
                         let _ = ack.send(());
                         return;
                     }
                     None => return,
                 },
                 Some(ev) = events.recv() => self.on_kernel_event(ev),
+                _ = sweep.tick() => self.sweep(),
+                _ = flush.tick(), if self.dirty => {
+                    if let Some(p) = &self.persist {
+                        p.submit(&self.registry);
+                    }
+                    self.dirty = false;
+                }
             }
         }
     }
 
-    async fn handle(&mut self, req: Request, _peer: &Peer) -> Response {
+    async fn handle(&mut self, req: Request, peer: &Peer) -> Response {
+        if let Err(denied) = authorize(peer.role, &req) {
+            self.counters.requests_denied += 1;
+            let mut rec = AuditRecord::new("request_denied", OffsetDateTime::now_utc())
+                .by(peer.uid, peer.pid)
+                .reason("permission_denied", Some(denied.message.clone()));
+            rec.request = Some(op_name(&req).into());
+            self.audit.record(rec);
+            return Err(denied);
+        }
         match req {
             Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
+            Request::PamAccount(r) => self.pam_account(r).await.map(Reply::Admission),
+            Request::PamOpenSession(r) => self.pam_open(r).await.map(|_| Reply::Done),
+            Request::PamCloseSession(r) => Ok(self.pam_close(r)).map(|_| Reply::Done),
+            Request::Sessions => Ok(Reply::Sessions(
+                self.registry
+                    .iter()
+                    .filter(|c| peer.role != crate::control::Role::User || c.uid == Some(peer.uid))
+                    .map(|c| c.info())
+                    .collect(),
+            )),
+            Request::Lock(r) => self.lock(r, peer).map(Reply::Locked),
+            Request::Unlock { user } => self.unlock(&user, peer).map(|_| Reply::Done),
+            Request::Locks => Ok(Reply::Locks(self.list_locks())),
         }
     }
 
     fn on_kernel_event(&mut self, ev: KernelEvent) {
-        tracing::trace!(?ev, "kernel event");
+        match ev {
+            KernelEvent::Exit { origin, was_root: true } => self.on_monitor_exit(origin.conn_id, origin.pid),
+            other => tracing::trace!(?other, "kernel event"),
+        }
     }
 
     async fn status(&self) -> Result<StatusReport, ErrorReply> {
@@ -102,6 +184,29 @@ impl State {
             tracing::error!(error = %e, "BPF snapshot failed");
             ErrorReply::new(ErrorKind::Internal, format!("{e}"))
         })?;
+        let mut events = snap.events;
+        let mut dropped = snap.dropped;
+        let c = &self.counters;
+        events.insert("connections_active".into(), self.registry.len() as u64);
+        events.insert("connections_admitted".into(), c.connections_admitted);
+        events.insert("connections_refused".into(), c.connections_refused);
+        events.insert("connections_closed".into(), c.connections_closed);
+        events.insert("requests_denied".into(), c.requests_denied);
+        let a = &self.audit.counters;
+        events.insert("audit_records_written".into(), a.written.load(Ordering::Relaxed));
+        dropped.insert("drop_audit_backlog".into(), a.dropped_backlog.load(Ordering::Relaxed));
+        dropped.insert("drop_audit_write_failed".into(), a.write_errors.load(Ordering::Relaxed));
+        dropped.insert("drop_audit_journald_failed".into(), a.journald_errors.load(Ordering::Relaxed));
+        let mut features = snap.features;
+        features.push(FeatureProbe {
+            name: "journald".into(),
+            supported: self.audit.journald,
+            detail: if self.audit.journald {
+                "audit records also sent to journald".into()
+            } else {
+                "off (audit.journald = false or no /run/systemd/journal/socket)".into()
+            },
+        });
         Ok(StatusReport {
             version: self.info.version.into(),
             pid: self.info.pid,
@@ -112,9 +217,23 @@ impl State {
             socket: self.config.daemon.socket.display().to_string(),
             programs: snap.programs,
             maps: snap.maps,
-            features: snap.features,
-            events: snap.events,
-            dropped: snap.dropped,
+            features,
+            events,
+            dropped,
         })
+    }
+}
+
+/// The snake_case name of a request, for the audit log.
+fn op_name(req: &Request) -> &'static str {
+    match req {
+        Request::Status => "status",
+        Request::PamAccount(_) => "pam_account",
+        Request::PamOpenSession(_) => "pam_open_session",
+        Request::PamCloseSession(_) => "pam_close_session",
+        Request::Sessions => "sessions",
+        Request::Lock(_) => "lock",
+        Request::Unlock { .. } => "unlock",
+        Request::Locks => "locks",
     }
 }

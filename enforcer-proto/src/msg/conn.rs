@@ -1,0 +1,53 @@
+//! Live connections as `enforcerctl sessions` shows them.
+
+use serde::{Deserialize, Serialize};
+
+/// One admitted SSH connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub user: String,
+    pub uid: Option<u32>,
+    /// `pending` between acct_mgmt and open_session, then `open`.
+    pub state: String,
+    pub client: Option<Endpoint>,
+    pub server: Option<Endpoint>,
+    /// PAM_RHOST as sshd gave it.
+    pub rhost: Option<String>,
+    pub service: String,
+    /// sshd's privileged monitor process for this connection.
+    pub monitor_pid: u32,
+    /// When the connection was admitted (RFC 3339).
+    pub since: String,
+    pub auth: Option<AuthIdentity>,
+}
+
+/// An address and port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: String,
+    pub port: u16,
+}
+
+/// Who is behind a login, from sshd's `SSH_AUTH_INFO_0`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AuthIdentity {
+    /// `publickey`, `password`, `keyboard-interactive`, … (the last method that completed).
+    pub method: String,
+    /// Key algorithm, e.g. `ssh-ed25519` or `ssh-ed25519-cert-v01@openssh.com`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
+    /// `SHA256:…` fingerprint of the user's public key (of the certified key for certificates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// Certificate key id (the identity a CA vouched for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_serial: Option<u64>,
+    /// `SHA256:…` fingerprint of the CA key that signed the certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_ca_fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub cert_principals: Vec<String>,
+}

@@ -1,0 +1,8 @@
+//! The audit log: one JSON object per line (and, when available, one journald entry) per event.
+//! Field names are stable and documented in README.md.
+
+mod record;
+mod sink;
+
+pub use record::AuditRecord;
+pub use sink::{AuditCounters, AuditError, AuditSink};

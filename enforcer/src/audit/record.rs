@@ -1,0 +1,161 @@
+//! One audit event. Flat on purpose: log pipelines index top-level keys.
+
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::core::conn::Connection;
+
+/// An audit event; absent fields are omitted from the JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// snake_case event name, e.g. `connection_admitted`.
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rhost: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_serial: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_ca_fingerprint: Option<String>,
+    /// Machine-readable cause (refusals, closes, locks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the user was told, or the human text of the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+    /// Who asked (for operator actions): uid, name, pid of the enforcerctl process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// The control request concerned (for denials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+/// RFC 3339 in UTC.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+impl AuditRecord {
+    pub fn new(event: &str, now: OffsetDateTime) -> Self {
+        AuditRecord { time: rfc3339(now), event: event.to_owned(), ..Default::default() }
+    }
+
+    /// Everything known about a connection.
+    pub fn with_conn(mut self, c: &Connection) -> Self {
+        self.user = Some(c.user.clone());
+        self.uid = c.uid;
+        self.conn_id = Some(c.id);
+        self.client_addr = c.client.map(|a| a.ip().to_string());
+        self.client_port = c.client.map(|a| a.port());
+        self.server_addr = c.server.map(|a| a.ip().to_string());
+        self.server_port = c.server.map(|a| a.port());
+        self.rhost = c.rhost.clone();
+        self.service = Some(c.service.clone());
+        self.monitor_pid = Some(c.monitor.pid);
+        if let Some(a) = &c.auth {
+            self.auth_method = Some(a.method.clone());
+            self.key_type = a.key_type.clone();
+            self.key_fingerprint = a.key_fingerprint.clone();
+            self.cert_key_id = a.cert_key_id.clone();
+            self.cert_serial = a.cert_serial;
+            self.cert_ca_fingerprint = a.cert_ca_fingerprint.clone();
+        }
+        self
+    }
+
+    pub fn reason(mut self, reason: &str, message: Option<String>) -> Self {
+        self.reason = Some(reason.to_owned());
+        self.message = message;
+        self
+    }
+
+    /// Who asked for an operator action.
+    pub fn by(mut self, uid: u32, pid: Option<i32>) -> Self {
+        self.by_uid = Some(uid);
+        self.by_user = crate::host::user_name(uid);
+        self.by_pid = pid;
+        self
+    }
+
+    /// One-line human summary (journald MESSAGE).
+    pub fn summary(&self) -> String {
+        let mut s = self.event.clone();
+        if let Some(u) = &self.user {
+            s.push_str(&format!(" user={u}"));
+        }
+        if let Some(id) = self.conn_id {
+            s.push_str(&format!(" conn={id}"));
+        }
+        if let Some(a) = &self.client_addr {
+            s.push_str(&format!(" from={a}"));
+        }
+        if let Some(r) = &self.reason {
+            s.push_str(&format!(" reason={r}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::conn::tests::conn;
+
+    #[test]
+    fn json_has_stable_names_and_omits_unknowns() {
+        let mut c = conn("alice", 42, "10.0.0.1:5555");
+        c.id = 7;
+        let r = AuditRecord::new("connection_refused", OffsetDateTime::UNIX_EPOCH)
+            .with_conn(&c)
+            .reason("max_connections_per_user", Some("too many".into()));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["event"], "connection_refused");
+        assert_eq!(v["user"], "alice");
+        assert_eq!(v["conn_id"], 7);
+        assert_eq!(v["client_addr"], "10.0.0.1");
+        assert_eq!(v["client_port"], 5555);
+        assert_eq!(v["server_port"], 22);
+        assert_eq!(v["monitor_pid"], 42);
+        assert_eq!(v["reason"], "max_connections_per_user");
+        assert!(v.get("key_fingerprint").is_none());
+        assert!(v.get("duration_secs").is_none());
+        assert_eq!(r.summary(), "connection_refused user=alice conn=7 from=10.0.0.1 reason=max_connections_per_user");
+    }
+}

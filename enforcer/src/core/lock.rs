@@ -1,0 +1,191 @@
+//! User locks as stored in `locks.dir/<user>`: optional TOML with `reason` and `expires`.
+//! A file that cannot be parsed still locks (fail closed) and reports why.
+
+use serde::{Deserialize, Serialize};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use enforcer_proto::LockInfo;
+
+/// File content. Everything optional: an empty file is a lock without reason or expiry.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked_by: Option<String>,
+}
+
+/// One lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub user: String,
+    pub reason: Option<String>,
+    pub expires: Option<OffsetDateTime>,
+    pub since: Option<OffsetDateTime>,
+    pub by: Option<String>,
+    /// Why the file could not be read as written (the lock still applies).
+    pub error: Option<String>,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+impl Lock {
+    /// A lock made by `enforcerctl lock`.
+    pub fn new(user: &str, reason: Option<String>, ttl: Option<std::time::Duration>, by: String, now: OffsetDateTime) -> Self {
+        Lock {
+            user: user.to_owned(),
+            reason,
+            expires: ttl.map(|t| now + t),
+            since: Some(now),
+            by: Some(by),
+            error: None,
+        }
+    }
+
+    /// Reads a lock file; `mtime` stands in for `locked_at` when the file has none.
+    pub fn parse(user: &str, text: &str, mtime: Option<OffsetDateTime>) -> Self {
+        let mut lock = Lock { user: user.to_owned(), reason: None, expires: None, since: mtime, by: None, error: None };
+        let file: LockFile = match toml::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                lock.error = Some(format!("unparseable lock file, locking anyway: {}", e.message()));
+                return lock;
+            }
+        };
+        lock.reason = file.reason;
+        lock.by = file.locked_by;
+        if let Some(at) = file.locked_at.as_deref().and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()) {
+            lock.since = Some(at);
+        }
+        if let Some(exp) = file.expires {
+            match OffsetDateTime::parse(&exp, &Rfc3339) {
+                Ok(t) => lock.expires = Some(t),
+                Err(_) => {
+                    lock.error = Some(format!("expires {exp:?} is not an RFC 3339 time; the lock does not expire"));
+                }
+            }
+        }
+        lock
+    }
+
+    /// File content for this lock.
+    pub fn to_file(&self) -> String {
+        let f = LockFile {
+            reason: self.reason.clone(),
+            expires: self.expires.map(rfc3339),
+            locked_at: self.since.map(rfc3339),
+            locked_by: self.by.clone(),
+        };
+        toml::to_string(&f).unwrap_or_default()
+    }
+
+    /// Whether the lock applies at `now`.
+    pub fn active(&self, now: OffsetDateTime) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+
+    /// What the user is told when a login is refused.
+    pub fn refusal_message(&self) -> String {
+        let mut m = format!("account {} is locked", self.user);
+        if let Some(r) = &self.reason {
+            m.push_str(&format!(": {r}"));
+        }
+        if let Some(e) = self.expires {
+            m.push_str(&format!(" (until {})", rfc3339(e)));
+        }
+        m
+    }
+
+    pub fn info(&self, now: OffsetDateTime) -> LockInfo {
+        LockInfo {
+            user: self.user.clone(),
+            reason: self.reason.clone(),
+            expires: self.expires.map(rfc3339),
+            since: self.since.map(rfc3339),
+            by: self.by.clone(),
+            active: self.active(now),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Whether `name` can be a user name and a lock file name (no path tricks).
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with(['-', '.'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid user name (1-32 characters from a-z A-Z 0-9 _ - . $ @, not starting with - or .)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn empty_file_is_a_permanent_lock() {
+        let l = Lock::parse("alice", "", None);
+        assert!(l.active(OffsetDateTime::now_utc()));
+        assert_eq!(l.reason, None);
+        assert_eq!(l.error, None);
+    }
+
+    #[test]
+    fn reason_and_expiry() {
+        let l = Lock::parse("alice", "reason = \"incident 42\"\nexpires = \"2026-12-01T00:00:00Z\"\n", None);
+        assert_eq!(l.reason.as_deref(), Some("incident 42"));
+        assert!(l.active(datetime!(2026-11-30 23:59 UTC)));
+        assert!(!l.active(datetime!(2026-12-01 00:00 UTC)));
+        assert_eq!(l.refusal_message(), "account alice is locked: incident 42 (until 2026-12-01T00:00:00Z)");
+    }
+
+    #[test]
+    fn garbage_still_locks_and_says_why() {
+        let l = Lock::parse("bob", "this is not toml = = =", None);
+        assert!(l.active(OffsetDateTime::now_utc()));
+        assert!(l.error.unwrap().contains("locking anyway"));
+        let l = Lock::parse("bob", "resaon = \"typo\"\n", None);
+        assert!(l.error.is_some(), "unknown keys are reported");
+        assert!(l.active(OffsetDateTime::now_utc()));
+    }
+
+    #[test]
+    fn bad_expiry_does_not_unlock() {
+        let l = Lock::parse("bob", "expires = \"tomorrow\"\n", None);
+        assert!(l.active(OffsetDateTime::now_utc()));
+        assert!(l.error.unwrap().contains("does not expire"));
+    }
+
+    #[test]
+    fn file_round_trip() {
+        let now = datetime!(2026-11-23 12:00 UTC);
+        let l = Lock::new("carol", Some("leaver".into()), Some(std::time::Duration::from_secs(3600)), "uid 0".into(), now);
+        let back = Lock::parse("carol", &l.to_file(), None);
+        assert_eq!(back, l);
+        assert_eq!(back.expires, Some(datetime!(2026-11-23 13:00 UTC)));
+    }
+
+    #[test]
+    fn user_names() {
+        for ok in ["alice", "bob_2", "svc-deploy", "ad.user", "machine$"] {
+            assert!(check_user_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "..", ".hidden", "-x", "a/b", "../etc", "x y", &"a".repeat(33)] {
+            assert!(check_user_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Limits per user/group and the admission decision.
+
+use std::net::IpAddr;
+
+use crate::config::{Config, Dur};
+
+use super::{conn::Registry, lock::Lock};
+
+/// The limits that apply to one user after `[[rules]]` (0 = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    pub max_connections_per_user: u32,
+    pub max_connections_per_source: u32,
+    pub max_sessions_per_connection: u32,
+    pub max_sessions_per_user: u32,
+    pub idle_timeout: Dur,
+}
+
+/// Resolves the limits for `user` (member of `groups`): for each key the first matching rule
+/// that sets it wins, else the global value.
+pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> EffectiveLimits {
+    let matching: Vec<_> = config
+        .rules
+        .iter()
+        .filter(|r| r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g)))
+        .collect();
+    macro_rules! pick {
+        ($key:ident, $global:expr) => {
+            matching.iter().find_map(|r| r.$key).unwrap_or($global)
+        };
+    }
+    let l = &config.limits;
+    EffectiveLimits {
+        max_connections_per_user: pick!(max_connections_per_user, l.max_connections_per_user),
+        max_connections_per_source: pick!(max_connections_per_source, l.max_connections_per_source),
+        max_sessions_per_connection: pick!(max_sessions_per_connection, l.max_sessions_per_connection),
+        max_sessions_per_user: pick!(max_sessions_per_user, l.max_sessions_per_user),
+        idle_timeout: pick!(idle_timeout, config.idle.timeout),
+    }
+}
+
+/// Why a login is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Locked(Lock),
+    UserLimit { limit: u32 },
+    SourceLimit { limit: u32, source: IpAddr },
+}
+
+impl Refusal {
+    /// Stable reason code (audit log, protocol).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Locked(_) => "user_locked",
+            Refusal::UserLimit { .. } => "max_connections_per_user",
+            Refusal::SourceLimit { .. } => "max_connections_per_source",
+        }
+    }
+
+    /// The line sshd shows the user.
+    pub fn message(&self, user: &str) -> String {
+        let body = match self {
+            Refusal::Locked(lock) => lock.refusal_message(),
+            Refusal::UserLimit { limit } => {
+                format!("user {user} already has {limit} of {limit} allowed SSH connections open")
+            }
+            Refusal::SourceLimit { limit, source } => {
+                format!("{limit} of {limit} allowed SSH connections from {source} are already open")
+            }
+        };
+        format!("enforcer: login refused: {body}")
+    }
+}
+
+/// Decides whether one more connection of `user` from `source` may be admitted now.
+pub fn admit(
+    registry: &Registry,
+    user: &str,
+    source: Option<IpAddr>,
+    limits: &EffectiveLimits,
+    lock: Option<&Lock>,
+) -> Result<(), Refusal> {
+    if let Some(lock) = lock {
+        return Err(Refusal::Locked(lock.clone()));
+    }
+    let per_user = limits.max_connections_per_user;
+    if per_user > 0 && registry.count_user(user) >= per_user {
+        return Err(Refusal::UserLimit { limit: per_user });
+    }
+    let per_source = limits.max_connections_per_source;
+    if let (true, Some(ip)) = (per_source > 0, source) {
+        if registry.count_source(ip) >= per_source {
+            return Err(Refusal::SourceLimit { limit: per_source, source: ip });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::conn::tests::conn;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "t").unwrap()
+    }
+
+    #[test]
+    fn globals_apply_without_rules() {
+        let c = config("[limits]\nmax_connections_per_user = 2\n");
+        let l = effective_limits(&c, "alice", &[]);
+        assert_eq!(l.max_connections_per_user, 2);
+        assert_eq!(l.max_connections_per_source, 0);
+        assert_eq!(l.idle_timeout, Dur::secs(900));
+    }
+
+    #[test]
+    fn first_matching_rule_per_key_wins() {
+        let c = config(
+            "[limits]\nmax_connections_per_user = 2\nmax_sessions_per_user = 9\n\
+             [[rules]]\ngroups = [\"ops\"]\nmax_connections_per_user = 5\n\
+             [[rules]]\nusers = [\"alice\"]\nmax_connections_per_user = 1\nmax_sessions_per_user = 3\n",
+        );
+        let alice_in_ops = effective_limits(&c, "alice", &["ops".into()]);
+        assert_eq!(alice_in_ops.max_connections_per_user, 5, "ops rule comes first");
+        assert_eq!(alice_in_ops.max_sessions_per_user, 3, "only the alice rule sets it");
+        let alice = effective_limits(&c, "alice", &["users".into()]);
+        assert_eq!(alice.max_connections_per_user, 1);
+        let bob = effective_limits(&c, "bob", &[]);
+        assert_eq!(bob.max_connections_per_user, 2);
+        assert_eq!(bob.max_sessions_per_user, 9);
+    }
+
+    #[test]
+    fn rule_can_lift_a_limit_with_zero() {
+        let c = config("[limits]\nmax_connections_per_user = 2\n[[rules]]\nusers = [\"ci\"]\nmax_connections_per_user = 0\n");
+        assert_eq!(effective_limits(&c, "ci", &[]).max_connections_per_user, 0);
+    }
+
+    fn limits(per_user: u32, per_source: u32) -> EffectiveLimits {
+        EffectiveLimits {
+            max_connections_per_user: per_user,
+            max_connections_per_source: per_source,
+            max_sessions_per_connection: 0,
+            max_sessions_per_user: 0,
+            idle_timeout: Dur::ZERO,
+        }
+    }
+
+    #[test]
+    fn user_limit_counts_pending_and_open() {
+        let mut r = Registry::default();
+        r.insert(conn("alice", 10, "10.0.0.1:1"));
+        let ip = Some("10.0.0.9".parse().unwrap());
+        assert!(admit(&r, "alice", ip, &limits(2, 0), None).is_ok());
+        r.insert(conn("alice", 11, "10.0.0.1:2"));
+        let refusal = admit(&r, "alice", ip, &limits(2, 0), None).unwrap_err();
+        assert_eq!(refusal.code(), "max_connections_per_user");
+        assert_eq!(
+            refusal.message("alice"),
+            "enforcer: login refused: user alice already has 2 of 2 allowed SSH connections open"
+        );
+        assert!(admit(&r, "bob", ip, &limits(2, 0), None).is_ok());
+        assert!(admit(&r, "alice", ip, &limits(0, 0), None).is_ok(), "0 = unlimited");
+    }
+
+    #[test]
+    fn source_limit_across_users() {
+        let mut r = Registry::default();
+        r.insert(conn("alice", 10, "10.0.0.1:1"));
+        r.insert(conn("bob", 11, "10.0.0.1:2"));
+        let src = Some("10.0.0.1".parse().unwrap());
+        let e = admit(&r, "carol", src, &limits(0, 2), None).unwrap_err();
+        assert_eq!(e.code(), "max_connections_per_source");
+        assert!(e.message("carol").contains("from 10.0.0.1"));
+        assert!(admit(&r, "carol", Some("10.0.0.2".parse().unwrap()), &limits(0, 2), None).is_ok());
+    }
+
+    #[test]
+    fn lock_wins_over_everything() {
+        let r = Registry::default();
+        let lock = Lock::parse("alice", "reason = \"offboarding\"\n", None);
+        let e = admit(&r, "alice", None, &limits(0, 0), Some(&lock)).unwrap_err();
+        assert_eq!(e.code(), "user_locked");
+        assert_eq!(e.message("alice"), "enforcer: login refused: account alice is locked: offboarding");
+    }
+}

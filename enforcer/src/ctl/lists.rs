@@ -1,0 +1,63 @@
+use enforcer_proto::{ConnectionInfo, Endpoint, LockInfo};
+
+use super::table;
+
+fn ep(e: &Option<Endpoint>) -> String {
+    e.as_ref().map(|e| format!("{}:{}", e.addr, e.port)).unwrap_or_else(|| "-".into())
+}
+
+/// Renders `enforcerctl sessions`.
+pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
+    if conns.is_empty() {
+        return "no live connections\n".into();
+    }
+    let mut rows = vec![["CONN", "USER", "STATE", "CLIENT", "SERVER", "SINCE", "MONITOR", "AUTH"].map(String::from).to_vec()];
+    for c in conns {
+        let auth = c
+            .auth
+            .as_ref()
+            .map(|a| {
+                let who = a.cert_key_id.as_ref().map(|k| format!("cert {k:?}")).or_else(|| a.key_fingerprint.clone());
+                match who {
+                    Some(w) => format!("{} {w}", a.method),
+                    None => a.method.clone(),
+                }
+            })
+            .unwrap_or_else(|| "-".into());
+        rows.push(vec![
+            c.id.to_string(),
+            c.user.clone(),
+            c.state.clone(),
+            ep(&c.client),
+            ep(&c.server),
+            c.since.clone(),
+            c.monitor_pid.to_string(),
+            auth,
+        ]);
+    }
+    table(&rows)
+}
+
+/// Renders `enforcerctl locks`.
+pub fn render_locks(locks: &[LockInfo]) -> String {
+    if locks.is_empty() {
+        return "no locks\n".into();
+    }
+    let mut rows = vec![["USER", "ACTIVE", "EXPIRES", "SINCE", "BY", "REASON"].map(String::from).to_vec()];
+    for l in locks {
+        let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let mut reason = dash(&l.reason);
+        if let Some(e) = &l.error {
+            reason.push_str(&format!(" [{e}]"));
+        }
+        rows.push(vec![
+            l.user.clone(),
+            if l.active { "yes" } else { "expired" }.into(),
+            l.expires.clone().unwrap_or_else(|| "never".into()),
+            dash(&l.since),
+            dash(&l.by),
+            reason,
+        ]);
+    }
+    table(&rows)
+}

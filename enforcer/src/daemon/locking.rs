@@ -1,0 +1,48 @@
+//! Locking users (admission side: a locked user's logins are refused).
+
+use enforcer_proto::{ErrorKind, ErrorReply, LockInfo, LockRequest};
+use time::OffsetDateTime;
+
+use super::state::State;
+use crate::{audit::AuditRecord, control::Peer, core::lock::{Lock, check_user_name}, locks::LockError};
+
+fn store_error(e: LockError) -> ErrorReply {
+    match e {
+        LockError::BadName(m) => ErrorReply::new(ErrorKind::BadRequest, m),
+        other => ErrorReply::new(ErrorKind::Internal, other.to_string()),
+    }
+}
+
+impl State {
+    pub(super) fn lock(&mut self, req: LockRequest, peer: &Peer) -> Result<LockInfo, ErrorReply> {
+        check_user_name(&req.user).map_err(|m| ErrorReply::new(ErrorKind::BadRequest, m))?;
+        let now = OffsetDateTime::now_utc();
+        let ttl = req.ttl_secs.map(std::time::Duration::from_secs);
+        let by = match crate::host::user_name(peer.uid) {
+            Some(name) => format!("{name} (uid {})", peer.uid),
+            None => format!("uid {}", peer.uid),
+        };
+        let lock = Lock::new(&req.user, req.reason.clone(), ttl, by, now);
+        self.locks.put(&lock).map_err(store_error)?;
+        let mut rec = AuditRecord::new("lock", now).by(peer.uid, peer.pid).reason("locked", req.reason);
+        rec.user = Some(req.user.clone());
+        rec.expires = lock.info(now).expires;
+        self.audit.record(rec);
+        Ok(lock.info(now))
+    }
+
+    pub(super) fn unlock(&mut self, user: &str, peer: &Peer) -> Result<(), ErrorReply> {
+        if !self.locks.remove(user).map_err(store_error)? {
+            return Err(ErrorReply::new(ErrorKind::NotFound, format!("user {user} is not locked")));
+        }
+        let mut rec = AuditRecord::new("unlock", OffsetDateTime::now_utc()).by(peer.uid, peer.pid);
+        rec.user = Some(user.to_owned());
+        self.audit.record(rec);
+        Ok(())
+    }
+
+    pub(super) fn list_locks(&self) -> Vec<LockInfo> {
+        let now = OffsetDateTime::now_utc();
+        self.locks.list().iter().map(|l| l.info(now)).collect()
+    }
+}

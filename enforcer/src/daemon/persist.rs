@@ -1,0 +1,150 @@
+//! The connection table on disk (`state_dir/connections.json`), so limits keep counting the
+//! connections that are still open when the daemon restarts.
+//!
+//! Writes stay off the request path: the state actor marks the table dirty, hands a serialised
+//! copy over at most every [`FLUSH_EVERY`], and a writer thread writes the latest copy (older
+//! pending copies are superseded). A crash can lose at most that interval; the sweep after a
+//! restart releases connections that ended meanwhile.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
+};
+
+use crate::core::conn::Registry;
+
+/// Longest delay between a change and its write.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct Slot {
+    pending: Option<Vec<u8>>,
+    closed: bool,
+}
+
+/// Where the table lives, and the thread writing it.
+pub struct Persist {
+    path: PathBuf,
+    slot: Arc<(Mutex<Slot>, Condvar)>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let attempt = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = attempt() {
+        // Enforcement goes on in memory; only restart continuity is at stake.
+        tracing::error!(path = %path.display(), error = %e, "cannot save connection table");
+    }
+}
+
+impl Persist {
+    pub fn start(state_dir: &Path) -> Self {
+        let path = state_dir.join("connections.json");
+        let slot: Arc<(Mutex<Slot>, Condvar)> = Arc::default();
+        let (s, p) = (slot.clone(), path.clone());
+        let writer = std::thread::Builder::new()
+            .name("enforcerd-state".into())
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                loop {
+                    let bytes = {
+                        let mut slot = lock.lock().unwrap();
+                        while slot.pending.is_none() && !slot.closed {
+                            slot = cv.wait(slot).unwrap();
+                        }
+                        match slot.pending.take() {
+                            Some(b) => b,
+                            None => return,
+                        }
+                    };
+                    write_atomically(&p, &bytes);
+                }
+            })
+            .expect("spawn state writer thread");
+        Persist { path, slot, writer: Some(writer) }
+    }
+
+    /// Loads the table; a missing file is an empty table, a corrupt one is set aside (and
+    /// reported) rather than blocking start-up.
+    pub fn load(&self) -> Registry {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Registry::default(),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot read connection table; starting empty");
+                return Registry::default();
+            }
+        };
+        match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                let aside = self.path.with_extension("json.corrupt");
+                let _ = std::fs::rename(&self.path, &aside);
+                tracing::error!(path = %self.path.display(), moved_to = %aside.display(), error = %e,
+                    "corrupt connection table set aside; starting empty");
+                Registry::default()
+            }
+        }
+    }
+
+    /// Queues the current table for writing (replacing any copy not yet written).
+    pub fn submit(&self, registry: &Registry) {
+        let bytes = serde_json::to_vec(registry).expect("registry serialises");
+        let (lock, cv) = &*self.slot;
+        lock.lock().unwrap().pending = Some(bytes);
+        cv.notify_one();
+    }
+
+    /// Writes the table now and stops the writer (clean shutdown).
+    pub fn finish(mut self, registry: &Registry) {
+        {
+            let (lock, cv) = &*self.slot;
+            let mut slot = lock.lock().unwrap();
+            slot.pending = None;
+            slot.closed = true;
+            cv.notify_one();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        write_atomically(&self.path, &serde_json::to_vec(registry).expect("registry serialises"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::conn::tests::conn;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Persist::start(dir.path());
+        assert!(p.load().is_empty());
+        let mut r = Registry::default();
+        r.insert(conn("alice", 10, "10.0.0.1:1"));
+        p.submit(&r);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while p.load() != r {
+            assert!(std::time::Instant::now() < deadline, "writer thread did not write");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        r.insert(conn("bob", 11, "10.0.0.1:2"));
+        p.finish(&r);
+        let p = Persist::start(dir.path());
+        assert_eq!(p.load(), r, "finish writes synchronously");
+        std::fs::write(dir.path().join("connections.json"), "{not json").unwrap();
+        assert!(p.load().is_empty());
+        assert!(dir.path().join("connections.json.corrupt").exists());
+    }
+}

@@ -1,0 +1,124 @@
+//! Facts read from the running host: processes in /proc, their sockets, users and groups.
+//! The core never reads these itself; the daemon passes them in.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use nix::sys::socket::{SockaddrStorage, getpeername, getsockname};
+use procfs::process::{FDTarget, Process};
+
+use crate::core::conn::ProcKey;
+
+/// The process with this pid, unless it is gone or a zombie.
+pub fn proc_key(pid: u32) -> Option<ProcKey> {
+    let stat = Process::new(pid as i32).ok()?.stat().ok()?;
+    (stat.state != 'Z' && stat.state != 'X').then_some(ProcKey { pid, start_ticks: stat.starttime })
+}
+
+/// Whether exactly this process (pid and start time) is still alive.
+pub fn alive(key: ProcKey) -> bool {
+    proc_key(key.pid) == Some(key)
+}
+
+/// (client, server) of the TCP connection held by `pid` (sshd's monitor holds the connection
+/// socket): the socket is duplicated with pidfd_getfd(2) and asked directly. (Scanning
+/// /proc/<pid>/net/tcp costs milliseconds on large-memory hosts: the kernel walks its whole
+/// connection hash table.)
+pub fn tcp_endpoints(pid: u32) -> Option<(SocketAddr, SocketAddr)> {
+    let sockets: Vec<i32> = Process::new(pid as i32)
+        .ok()?
+        .fd()
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|fd| matches!(fd.target, FDTarget::Socket(_)))
+        .map(|fd| fd.fd)
+        .collect();
+    if sockets.is_empty() {
+        return None;
+    }
+    let pidfd = pidfd_open(pid)?;
+    sockets.into_iter().find_map(|fd| {
+        let sock = pidfd_getfd(&pidfd, fd)?;
+        let local = getsockname::<SockaddrStorage>(sock.as_raw_fd()).ok()?;
+        let peer = getpeername::<SockaddrStorage>(sock.as_raw_fd()).ok()?;
+        Some((inet(&peer)?, inet(&local)?))
+    })
+}
+
+fn inet(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> Option<OwnedFd> {
+    // SAFETY: as above; needs PTRACE_MODE_ATTACH on the target (root has it).
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A user as NSS knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdentity {
+    pub uid: u32,
+    /// Names of every group the user is in (primary included).
+    pub groups: Vec<String>,
+}
+
+/// Looks a user up through NSS (files, LDAP, …).
+pub fn user_identity(name: &str) -> Option<UserIdentity> {
+    let user = nix::unistd::User::from_name(name).ok()??;
+    let cname = std::ffi::CString::new(name).ok()?;
+    let gids = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
+    let groups = gids
+        .into_iter()
+        .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten().map(|g| g.name))
+        .collect();
+    Some(UserIdentity { uid: user.uid.as_raw(), groups })
+}
+
+/// The user name of a uid, for "who asked" in the audit log.
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_keyed_by_start_time() {
+        let key = proc_key(std::process::id()).unwrap();
+        assert!(alive(key));
+        assert!(!alive(ProcKey { start_ticks: key.start_ticks + 1, ..key }));
+    }
+
+    #[test]
+    fn root_is_in_group_root() {
+        let id = user_identity("root").unwrap();
+        assert_eq!(id.uid, 0);
+        assert!(id.groups.iter().any(|g| g == "root"));
+        assert!(user_identity("no-such-user-enforcer").is_none());
+    }
+
+    #[test]
+    fn finds_both_ends_of_an_established_tcp_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, _) = listener.accept().unwrap();
+        // This process holds both ends; drop the listener (it has no peer anyway).
+        drop(listener);
+        let (remote, local) = tcp_endpoints(std::process::id()).unwrap();
+        let ours = [client.local_addr().unwrap(), client.peer_addr().unwrap()];
+        assert!(ours.contains(&remote) && ours.contains(&local), "{remote} {local} vs {ours:?}");
+    }
+}

@@ -1,0 +1,71 @@
+//! Processes by pid: descendants, killing exactly what a test started.
+
+use std::collections::HashMap;
+
+use nix::{sys::signal::{Signal, kill}, unistd::Pid};
+
+/// (pid, ppid, uid) of every process.
+fn table() -> Vec<(u32, u32, u32)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let field = |k: &str| {
+            status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+        };
+        if let (Some(ppid), Some(uid)) = (field("PPid:"), field("Uid:")) {
+            out.push((pid, ppid, uid));
+        }
+    }
+    out
+}
+
+/// Every descendant of `root` (not `root` itself).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (pid, ppid, _) in table() {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).into_iter().flatten() {
+            out.push(c);
+            stack.push(c);
+        }
+    }
+    out
+}
+
+/// SIGKILLs `root` and all its descendants.
+pub fn kill_tree(root: u32) {
+    let mut all = descendants(root);
+    all.push(root);
+    for p in all {
+        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+    }
+}
+
+/// SIGKILLs every process running as `uid` (a test user's own processes only).
+pub fn kill_uid(uid: u32) {
+    assert_ne!(uid, 0, "never kill by uid 0");
+    for _ in 0..3 {
+        let victims: Vec<u32> = table().into_iter().filter(|(_, _, u)| *u == uid).map(|(p, _, _)| p).collect();
+        if victims.is_empty() {
+            return;
+        }
+        for p in victims {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')))
+        .unwrap_or(false)
+}

@@ -1,0 +1,111 @@
+//! SSH clients for tests: OpenSSH `ssh` processes and russh sessions.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{TestSshd, TestUser};
+
+/// An ssh connection kept open (the remote side runs `sleep`) until dropped.
+pub struct HeldSsh {
+    child: Child,
+}
+
+impl HeldSsh {
+    /// Logs in and waits until the remote shell runs; panics with ssh's stderr when refused.
+    pub fn open(sshd: &TestSshd, user: &TestUser) -> Self {
+        Self::try_open(sshd, user).unwrap_or_else(|e| panic!("login of {} failed: {e}\n{}", user.name, sshd.log()))
+    }
+
+    /// Logs in; `Err(stderr)` when the login is refused.
+    pub fn try_open(sshd: &TestSshd, user: &TestUser) -> Result<Self, String> {
+        Self::try_open_cmd(sshd.ssh(user, "echo enforcer-ready; exec sleep 600"))
+    }
+
+    pub fn try_open_cmd(mut cmd: Command) -> Result<Self, String> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line);
+        if line.trim() == "enforcer-ready" {
+            return Ok(HeldSsh { child });
+        }
+        let out = child.wait_with_output().unwrap();
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Disconnects (kills the client) and waits for it.
+    pub fn close(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HeldSsh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a one-shot ssh command.
+pub fn run(mut cmd: Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// russh client handler: accepts the test host key, remembers the banner (sshd sends PAM's
+/// refusal message as one).
+#[derive(Default, Clone)]
+pub struct Client {
+    pub banner: Arc<std::sync::Mutex<String>>,
+}
+
+impl russh::client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+
+    async fn auth_banner(&mut self, banner: &str, _session: &mut russh::client::Session) -> Result<(), Self::Error> {
+        self.banner.lock().unwrap().push_str(banner);
+        Ok(())
+    }
+}
+
+/// A russh login: the live handle when admitted, the banner text when refused.
+pub async fn russh_login(port: u16, user: &str, key: &Path) -> Result<russh::client::Handle<Client>, String> {
+    let config = Arc::new(russh::client::Config {
+        inactivity_timeout: Some(Duration::from_secs(120)),
+        ..Default::default()
+    });
+    let handler = Client::default();
+    let banner = handler.banner.clone();
+    let mut handle = russh::client::connect(config, ("127.0.0.1", port), handler).await.map_err(|e| e.to_string())?;
+    let key = russh::keys::load_secret_key(key, None).map_err(|e| e.to_string())?;
+    let auth = handle
+        .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .await;
+    match auth {
+        Ok(r) if r.success() => Ok(handle),
+        Ok(r) => Err(format!("refused: {r:?}; banner {:?}", banner.lock().unwrap())),
+        Err(e) => Err(format!("{e}; banner {:?}", banner.lock().unwrap())),
+    }
+}
