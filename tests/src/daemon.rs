@@ -21,10 +21,10 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     /// Paths every test daemon overrides, so several run side by side.
-    fn base_config(dir: &Path) -> String {
+    fn base_config(dir: &Path, journald: bool) -> String {
         format!(
             "[daemon]\nsocket = \"{d}/enforcerd.sock\"\nstate_dir = \"{d}/state\"\n\
-             [audit]\npath = \"{d}/audit.jsonl\"\njournald = false\n\
+             [audit]\npath = \"{d}/audit.jsonl\"\njournald = {journald}\n\
              [recording]\ndir = \"{d}/recordings\"\n\
              [locks]\ndir = \"{d}/locks.d\"\n",
             d = dir.display()
@@ -34,9 +34,14 @@ impl TestDaemon {
     /// Starts a daemon whose config is the base paths plus `extra` TOML (which may add sections
     /// the base does not set, e.g. `[limits]`), and waits until it answers.
     pub fn start(extra: &str) -> Self {
+        Self::start_opts(extra, false)
+    }
+
+    /// Like [`TestDaemon::start`], with `audit.journald` set as given.
+    pub fn start_opts(extra: &str, journald: bool) -> Self {
         let dir = tempfile::Builder::new().prefix("enf-test-").tempdir().unwrap();
         let config_path = dir.path().join("enforcer.toml");
-        std::fs::write(&config_path, Self::base_config(dir.path()) + extra).unwrap();
+        std::fs::write(&config_path, Self::base_config(dir.path(), journald) + extra).unwrap();
         let socket = dir.path().join("enforcerd.sock");
         let mut d = TestDaemon { dir, socket, config_path, child: None };
         d.spawn();

@@ -381,3 +381,62 @@ fn unprivileged_users_cannot_lock_and_see_only_their_own_connections() {
     assert_eq!(users, [nia.name.as_str()]);
     assert_eq!(d.sessions().len(), 2, "root sees both");
 }
+
+/// Audit records also go to journald when its socket exists. This machine kind has no systemd,
+/// so the test stands in for journald on its socket (removed afterwards, by path).
+#[test]
+fn audit_records_reach_journald_with_their_fields() {
+    if !require_root() {
+        return;
+    }
+    let socket = std::path::Path::new("/run/systemd/journal/socket");
+    if socket.exists() {
+        // A real journald runs here; it is not ours to intercept.
+        eprintln!("SKIPPED: a real journald owns {}", socket.display());
+        assert!(std::env::var_os("CI").is_none(), "CI machines of this kind have no journald");
+        return;
+    }
+    let dir = socket.parent().unwrap();
+    let created_dir = !dir.exists();
+    std::fs::create_dir_all(dir).unwrap();
+    let journal = std::os::unix::net::UnixDatagram::bind(socket).unwrap();
+    struct Cleanup(&'static std::path::Path, bool);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+            if self.1 {
+                let _ = std::fs::remove_dir(self.0.parent().unwrap());
+            }
+        }
+    }
+    let _cleanup = Cleanup(socket, created_dir);
+    journal.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+    let d = TestDaemon::start_opts("[limits]\nmax_connections_per_user = 1\n", true);
+    assert_eq!(
+        d.status().features.iter().find(|f| f.name == "journald").map(|f| f.supported),
+        Some(true)
+    );
+    let pia = TestUser::create("p");
+    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&pia], "");
+    let _held = HeldSsh::open(&sshd, &pia);
+    assert_eq!(run(sshd.ssh(&pia, "true")).status.code(), Some(255));
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !seen.iter().any(|e: &String| e.contains("ENFORCER_EVENT=connection_refused")) {
+        let n = journal.recv(&mut buf).expect("journald entry for the refusal");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let refused = seen.iter().find(|e| e.contains("ENFORCER_EVENT=connection_refused")).unwrap();
+    for field in [
+        format!("ENFORCER_USER={}", pia.name),
+        "ENFORCER_REASON=max_connections_per_user".into(),
+        "ENFORCER_CLIENT_ADDR=127.0.0.1".into(),
+        format!("ENFORCER_SERVER_PORT={}", sshd.port),
+        "SYSLOG_IDENTIFIER=enforcerd".into(),
+        format!("MESSAGE=connection_refused user={}", pia.name),
+    ] {
+        assert!(refused.contains(&field), "{field} missing from journald entry:\n{refused}");
+    }
+    assert!(seen.iter().any(|e| e.contains("ENFORCER_EVENT=connection_admitted") && e.contains("ENFORCER_KEY_FINGERPRINT=SHA256:")));
+}
