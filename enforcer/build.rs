@@ -16,7 +16,12 @@ fn main() {
         Some(p) => vec![PathBuf::from(p)],
         None => ["release", "debug"]
             .iter()
-            .map(|p| target_dir.join("bpfel-unknown-none").join(p).join("enforcer-ebpf"))
+            .map(|p| {
+                target_dir
+                    .join("bpfel-unknown-none")
+                    .join(p)
+                    .join("enforcer-ebpf")
+            })
             .collect(),
     };
     for c in &candidates {

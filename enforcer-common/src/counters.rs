@@ -1,8 +1,8 @@
 //! Slots of the per-CPU counter array `ENF_COUNTERS`.
 //!
-//! BPF cannot do a 64-bit atomic add here, so every CPU counts in its own slot and userspace sums.
-//! Counters whose name starts with `drop_` count something the kernel side had to give up on;
-//! every one of them is shown by `enforcerctl status` (nothing is lost silently).
+//! Every CPU counts in its own slot and userspace sums. Counters whose name starts with `drop_`
+//! count something the kernel side had to give up on; every one of them is shown by
+//! `enforcerctl status` (nothing is lost silently).
 
 /// One slot of `ENF_COUNTERS`.
 #[repr(u32)]
@@ -22,8 +22,18 @@ pub enum Counter {
     DropRingbufFull = 5,
     /// A child of a tracked task could not be tracked because `ENF_TASKS` was full.
     DropTasksFull = 6,
-    /// A tracepoint record could not be read (bad offset or kernel refused the read).
+    /// A tracepoint record or kernel structure could not be read.
     DropReadFailed = 7,
+    /// Sessions started inside tracked connections.
+    SessionsStarted = 8,
+    /// Sessions refused by a limit.
+    SessionsRefused = 9,
+    /// Tasks of refused sessions killed at exec.
+    KilledRefused = 10,
+    /// Tasks of terminated sessions/connections killed at exec or fork.
+    KilledDoomed = 11,
+    /// bpf_send_signal failed (the task then runs until the daemon's kill reaches it).
+    DropSignalFailed = 12,
 }
 
 /// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
@@ -32,7 +42,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 13] = [
         Counter::ExecSeen,
         Counter::ForkSeen,
         Counter::ExitSeen,
@@ -41,6 +51,11 @@ impl Counter {
         Counter::DropRingbufFull,
         Counter::DropTasksFull,
         Counter::DropReadFailed,
+        Counter::SessionsStarted,
+        Counter::SessionsRefused,
+        Counter::KilledRefused,
+        Counter::KilledDoomed,
+        Counter::DropSignalFailed,
     ];
 
     /// Stable snake_case name used in `enforcerctl status` and its JSON.
@@ -54,6 +69,11 @@ impl Counter {
             Counter::DropRingbufFull => "drop_ringbuf_full",
             Counter::DropTasksFull => "drop_tasks_map_full",
             Counter::DropReadFailed => "drop_read_failed",
+            Counter::SessionsStarted => "kernel_sessions_started",
+            Counter::SessionsRefused => "kernel_sessions_refused",
+            Counter::KilledRefused => "killed_at_exec_refused",
+            Counter::KilledDoomed => "killed_doomed",
+            Counter::DropSignalFailed => "drop_signal_failed",
         }
     }
 
@@ -61,7 +81,10 @@ impl Counter {
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Counter::DropRingbufFull | Counter::DropTasksFull | Counter::DropReadFailed
+            Counter::DropRingbufFull
+                | Counter::DropTasksFull
+                | Counter::DropReadFailed
+                | Counter::DropSignalFailed
         )
     }
 }

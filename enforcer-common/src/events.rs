@@ -2,12 +2,30 @@
 //!
 //! Every record starts with an [`EventHeader`]; `kind` says which struct follows.
 
-/// Maximum bytes of an exec'd file name carried in an [`ExecEvent`] (longer names are cut and
-/// flagged with [`EXEC_FILENAME_TRUNCATED`]).
+/// Bytes of an exec'd file name carried in an [`ExecEvent`].
 pub const FILENAME_LEN: usize = 256;
+/// Bytes of argv (NUL-separated, as in /proc/PID/cmdline) carried in an [`ExecEvent`].
+pub const ARGV_LEN: usize = 1024;
+/// Path components of the working directory carried in an [`ExecEvent`] (innermost first).
+pub const CWD_DEPTH: usize = 16;
+/// Bytes per working-directory component.
+pub const CWD_NAME_LEN: usize = 64;
+/// Bytes of the controlling terminal's name ("pts/3").
+pub const TTY_LEN: usize = 16;
 
-/// Set in [`ExecEvent::flags`] when the file name did not fit.
+/// `ExecEvent::flags`
 pub const EXEC_FILENAME_TRUNCATED: u32 = 1 << 0;
+pub const EXEC_ARGV_TRUNCATED: u32 = 1 << 1;
+/// The working directory has more than `CWD_DEPTH` components or a longer name.
+pub const EXEC_CWD_TRUNCATED: u32 = 1 << 2;
+/// Killed at exec: its session was refused by a limit.
+pub const EXEC_KILLED_REFUSED: u32 = 1 << 3;
+/// Killed at exec: its session or connection is being terminated.
+pub const EXEC_KILLED_DOOMED: u32 = 1 << 4;
+/// The task has a controlling terminal (`tty` is set).
+pub const EXEC_HAS_TTY: u32 = 1 << 5;
+/// argv could not be read (not paged in).
+pub const EXEC_ARGV_UNREADABLE: u32 = 1 << 6;
 
 /// What follows the header.
 #[repr(u32)]
@@ -17,6 +35,11 @@ pub enum EventKind {
     Exec = 1,
     /// [`ExitEvent`]
     Exit = 2,
+    /// [`SessionEvent`]
+    Session = 3,
+    /// Header only: a refused session's leader stopped at chdir (its stdio is the channel now);
+    /// the daemon writes the reason to it and kills it.
+    Stopped = 4,
 }
 
 impl EventKind {
@@ -25,6 +48,8 @@ impl EventKind {
         match v {
             1 => Some(EventKind::Exec),
             2 => Some(EventKind::Exit),
+            3 => Some(EventKind::Session),
+            4 => Some(EventKind::Stopped),
             _ => None,
         }
     }
@@ -54,21 +79,51 @@ pub struct EventHeader {
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
     pub header: EventHeader,
+    /// The process's start time (ns since boot): (pid, start_ns) names it.
+    pub start_ns: u64,
+    pub ppid: u32,
+    pub uid: u32,
     /// `EXEC_*` flags.
     pub flags: u32,
     /// Bytes of `filename` in use (without the NUL).
     pub filename_len: u32,
+    /// Bytes of `argv` in use.
+    pub argv_len: u32,
+    /// Components of `cwd` in use.
+    pub cwd_depth: u32,
+    pub tty: [u8; TTY_LEN],
     /// Path of the executed file as the kernel resolved it.
     pub filename: [u8; FILENAME_LEN],
+    /// NUL-separated arguments.
+    pub argv: [u8; ARGV_LEN],
+    /// Working directory, innermost component first, each NUL-terminated; an empty slot marks
+    /// a mount point crossed.
+    pub cwd: [[u8; CWD_NAME_LEN]; CWD_DEPTH],
 }
 
-/// A tracked process ended (its last thread exited).
+/// A tracked process ended (its last thread exited), or a session leader's thread exited.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExitEvent {
     pub header: EventHeader,
-    /// Thread id of the task whose exit ended the process.
-    pub last_tid: u32,
-    /// 1 when the task was the registered root of its connection.
-    pub was_root: u32,
+    pub start_ns: u64,
+    /// Wait status as the parent sees it (exit code << 8 | signal).
+    pub exit_code: u32,
+    /// The task's `TASK_*` flags.
+    pub flags: u32,
+}
+
+/// A tracked task started a session (setsid), admitted or refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SessionEvent {
+    pub header: EventHeader,
+    pub start_ns: u64,
+    /// `REFUSED_*` (enforcer_common::limits).
+    pub refused: u32,
+    /// The limit that refused it.
+    pub limit: u32,
+    /// Connection's user.
+    pub uid: u32,
+    pub _pad: u32,
 }

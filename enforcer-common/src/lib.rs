@@ -6,4 +6,6 @@
 
 pub mod counters;
 pub mod events;
+pub mod limits;
+pub mod offsets;
 pub mod tasks;

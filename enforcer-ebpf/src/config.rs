@@ -1,34 +1,19 @@
-//! Values the daemon fills in at load time (`EbpfLoader::override_global`).
-//!
-//! Tracepoint record layouts differ between kernel versions (e.g. `sched_process_fork` gained
-//! `__data_loc` comm fields), so offsets are read by userspace from tracefs `format` files rather
-//! than compiled in. The defaults below are the 6.18 layout.
+//! Where kernel structures and tracepoint fields are, filled in by the daemon at load time
+//! (`EbpfLoader::override_global("ENF_OFFSETS", …)`); see enforcer_common::offsets.
 
-use core::ptr::read_volatile;
-
-/// Sentinel for "field absent on this kernel".
-pub const ABSENT: u32 = u32::MAX;
+use enforcer_common::offsets::KernelOffsets;
 
 #[unsafe(no_mangle)]
-static FORK_CHILD_OFF: u32 = 20;
-#[unsafe(no_mangle)]
-static EXEC_FILENAME_OFF: u32 = 8;
-#[unsafe(no_mangle)]
-static EXEC_OLD_PID_OFF: u32 = 16;
-#[unsafe(no_mangle)]
-static EXIT_GROUP_DEAD_OFF: u32 = 32;
+pub static ENF_OFFSETS: KernelOffsets = KernelOffsets::UNSET;
 
-// `read_volatile` keeps the compiler from folding the defaults in: the loader rewrites them.
-macro_rules! getter {
-    ($fn:ident, $var:ident) => {
-        #[inline(always)]
-        pub fn $fn() -> u32 {
-            unsafe { read_volatile(&$var) }
-        }
-    };
+/// One offset, read so the compiler cannot fold the built-in value in.
+macro_rules! off {
+    ($field:ident) => {{
+        // Callers are often inside `unsafe` already.
+        #[allow(unused_unsafe)]
+        // SAFETY: reading a field of a static the loader rewrites before the program runs.
+        let v = unsafe { core::ptr::read_volatile(&$crate::config::ENF_OFFSETS.$field) };
+        v
+    }};
 }
-
-getter!(fork_child_off, FORK_CHILD_OFF);
-getter!(exec_filename_off, EXEC_FILENAME_OFF);
-getter!(exec_old_pid_off, EXEC_OLD_PID_OFF);
-getter!(exit_group_dead_off, EXIT_GROUP_DEAD_OFF);
+pub(crate) use off;

@@ -1,22 +1,30 @@
 //! enforcer's kernel side: tracks every task that descends from something the daemon registered
-//! (an admitted SSH connection's sshd monitor) and reports exec/exit of those tasks.
+//! (an admitted SSH connection's sshd monitor), detects sessions (a channel child's setsid),
+//! enforces session limits itself (a refused session dies at exec), and reports exec/exit.
 //!
 //! Only tracepoints are used for the data path: fentry/LSM are refused on the kernels we target
 //! (shared/DESIGN.md part B). The `probes` module holds trivial programs the daemon loads once to
 //! find out what the running kernel accepts.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
+mod atomic;
+#[cfg(target_arch = "bpf")]
 mod config;
+#[cfg(target_arch = "bpf")]
+mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probes;
 #[cfg(target_arch = "bpf")]
 mod process;
+#[cfg(target_arch = "bpf")]
+mod session;
 
-/// Dual licence: GPL-compatible so the verifier allows GPL-only helpers.
+/// Dual licence: GPL-compatible so the verifier allows GPL-only helpers (bpf_send_signal).
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

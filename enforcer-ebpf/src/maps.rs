@@ -1,11 +1,16 @@
 //! Every map of the BPF object. Names are at most 15 bytes (the kernel's limit; aya would
-//! truncate silently) and start with `ENF_`.
+//! truncate silently) and start with `ENF_`. Maps holding identity and session counts are
+//! pinned (daemon.bpf_pin_dir) so a daemon restart keeps them.
 
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use enforcer_common::{counters::COUNTER_SLOTS, tasks::TrackedTask};
+use enforcer_common::{
+    counters::{COUNTER_SLOTS, Counter},
+    limits::{ConnEntry, UserEntry},
+    tasks::TrackedTask,
+};
 
 /// Kernel → daemon events (`enforcer_common::events`). Size is set by the daemon at load time;
 /// a failed reservation is counted in `DropRingbufFull`.
@@ -18,14 +23,36 @@ pub static ENF_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTE
 
 /// Tracked tasks: kernel task id (thread id) → identity. Roots are inserted by the daemon;
 /// descendants are added by `enf_fork` and removed by `enf_exit`. Full map = counted drop.
+/// Pinned.
 #[map]
-pub static ENF_TASKS: HashMap<u32, TrackedTask> = HashMap::with_max_entries(65536, 0);
+pub static ENF_TASKS: HashMap<u32, TrackedTask> = HashMap::pinned(65536, 0);
+
+/// Admitted connections: connection id → session limit and live session count. Written by
+/// the daemon at admission, counted here. Pinned.
+#[map]
+pub static ENF_CONNS: HashMap<u64, ConnEntry> = HashMap::pinned(16384, 0);
+
+/// Users with admitted connections: uid → session limit and live session count. Pinned.
+#[map]
+pub static ENF_USERS: HashMap<u32, UserEntry> = HashMap::pinned(16384, 0);
 
 /// Adds one to a counter slot of the current CPU.
 #[inline(always)]
-pub fn count(counter: enforcer_common::counters::Counter) {
+pub fn count(counter: Counter) {
     if let Some(slot) = ENF_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
         unsafe { *slot += 1 };
     }
 }
+
+/// Sends `sig` to the current task, counting a failure.
+#[inline(always)]
+pub fn signal_current(sig: u32) {
+    // SAFETY: helper call; GPL-compatible licence.
+    if unsafe { aya_ebpf::helpers::generated::bpf_send_signal(sig) } < 0 {
+        count(Counter::DropSignalFailed);
+    }
+}
+
+pub const SIGKILL: u32 = 9;
+pub const SIGSTOP: u32 = 19;

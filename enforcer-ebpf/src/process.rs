@@ -1,31 +1,45 @@
-//! Process lifecycle: identity inheritance on fork, exec and exit reporting.
+//! Process lifecycle: identity inheritance on fork, exec and exit reporting, and the kills that
+//! must happen before a new program runs a single instruction.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        generated::bpf_probe_read_kernel_str,
+    },
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use enforcer_common::{
     counters::Counter,
-    events::{EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN},
-    tasks::{TASK_CONN_ROOT, TrackedTask},
+    events::{
+        EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED, EXEC_FILENAME_TRUNCATED,
+        EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_REFUSED, EventHeader, EventKind, ExecEvent,
+        ExitEvent, FILENAME_LEN,
+    },
+    offsets::ABSENT,
+    tasks::{
+        TASK_CONN_AUX, TASK_CONN_ROOT, TASK_COUNTED_CONN, TASK_COUNTED_USER, TASK_DOOMED,
+        TASK_INHERITED, TASK_REFUSED, TASK_SESSION_LEADER, TrackedTask,
+    },
 };
 
 use crate::{
-    config::{self, ABSENT},
-    maps::{ENF_EVENTS, ENF_TASKS, count},
+    atomic::fetch_add,
+    config::off,
+    kernel::{self, field},
+    maps::{ENF_CONNS, ENF_EVENTS, ENF_TASKS, ENF_USERS, SIGKILL, count, signal_current},
 };
 
 /// Current (tgid, tid).
 #[inline(always)]
-fn current_ids() -> (u32, u32) {
+pub fn current_ids() -> (u32, u32) {
     let v = bpf_get_current_pid_tgid();
     ((v >> 32) as u32, v as u32)
 }
 
 #[inline(always)]
-fn header(kind: EventKind, pid: u32, tid: u32, task: &TrackedTask) -> EventHeader {
+pub fn header(kind: EventKind, pid: u32, tid: u32, task: &TrackedTask) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         pid,
@@ -37,8 +51,8 @@ fn header(kind: EventKind, pid: u32, tid: u32, task: &TrackedTask) -> EventHeade
     }
 }
 
-#[tracepoint(category = "sched", name = "sched_process_fork")]
-pub fn enf_fork(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn enf_fork(ctx: BtfTracePointContext) -> i32 {
     count(Counter::ForkSeen);
     if try_enf_fork(&ctx).is_err() {
         count(Counter::DropReadFailed);
@@ -47,17 +61,34 @@ pub fn enf_fork(ctx: TracePointContext) -> u32 {
 }
 
 /// The forking task is `current`; a tracked parent hands its identity to the child.
-fn try_enf_fork(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_enf_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let (_, parent_tid) = current_ids();
-    let Some(parent) = (unsafe { ENF_TASKS.get(&parent_tid) }) else {
+    let Some(parent) = (unsafe { ENF_TASKS.get(&parent_tid) }).copied() else {
         return Ok(());
     };
-    let child_tid: i32 = unsafe { ctx.read_at(config::fork_child_off() as usize) }?;
-    let child = TrackedTask { flags: parent.flags & !TASK_CONN_ROOT, ..*parent };
-    if ENF_TASKS.insert(&(child_tid as u32), &child, 0).is_err() {
+    // sched_process_fork(struct task_struct *parent, struct task_struct *child)
+    let child: u64 = ctx.arg(1);
+    let child_tid: i32 = field(child, off!(task_pid))?;
+    let mut flags = parent.flags & TASK_INHERITED;
+    if parent.flags & TASK_CONN_ROOT != 0 {
+        flags |= TASK_CONN_AUX;
+    }
+    let task = TrackedTask {
+        flags,
+        start_ns: kernel::start_ns(child)?,
+        _pad: 0,
+        ..parent
+    };
+    if ENF_TASKS.insert(&(child_tid as u32), &task, 0).is_err() {
         count(Counter::DropTasksFull);
     } else {
         count(Counter::TasksInherited);
+    }
+    if parent.flags & TASK_DOOMED != 0 {
+        // A terminated session keeps forking: stop the parent here; the child carries the flag
+        // and dies at exec or in the daemon's next kill pass.
+        signal_current(SIGKILL);
+        count(Counter::KilledDoomed);
     }
     Ok(())
 }
@@ -71,55 +102,105 @@ pub fn enf_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Looks the exec'ing task up; a non-leader thread that exec'd took the leader's id but is
+/// still filed under its old thread id.
+fn exec_task(ctx: &TracePointContext, tid: u32) -> Result<Option<TrackedTask>, i32> {
+    if let Some(t) = unsafe { ENF_TASKS.get(&tid) } {
+        return Ok(Some(*t));
+    }
+    if off!(tp_exec_old_pid) == ABSENT {
+        return Ok(None);
+    }
+    let old: i32 = unsafe { ctx.read_at(off!(tp_exec_old_pid) as usize) }?;
+    let old = old as u32;
+    if old == tid {
+        return Ok(None);
+    }
+    let Some(t) = (unsafe { ENF_TASKS.get(&old) }).copied() else {
+        return Ok(None);
+    };
+    let _ = ENF_TASKS.remove(&old);
+    if ENF_TASKS.insert(&tid, &t, 0).is_err() {
+        count(Counter::DropTasksFull);
+    }
+    Ok(Some(t))
+}
+
 fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let (pid, tid) = current_ids();
-    let task = match unsafe { ENF_TASKS.get(&tid) } {
-        Some(t) => *t,
-        None => {
-            // A non-leader thread exec'd: the kernel gave it the leader's id, our map still has
-            // it under its old thread id.
-            let old: i32 = unsafe { ctx.read_at(config::exec_old_pid_off() as usize) }?;
-            let old = old as u32;
-            if old == tid {
-                return Ok(());
-            }
-            let Some(t) = (unsafe { ENF_TASKS.get(&old) }).copied() else {
-                return Ok(());
-            };
-            let _ = ENF_TASKS.remove(&old);
-            if ENF_TASKS.insert(&tid, &t, 0).is_err() {
-                count(Counter::DropTasksFull);
-            }
-            t
-        }
+    let Some(task) = exec_task(ctx, tid)? else {
+        return Ok(());
     };
+    let mut flags = 0;
+    // The new image has not run an instruction yet: a SIGKILL sent now is handled before the
+    // return to user mode.
+    if task.flags & TASK_REFUSED != 0 {
+        signal_current(SIGKILL);
+        count(Counter::KilledRefused);
+        flags |= EXEC_KILLED_REFUSED;
+    } else if task.flags & TASK_DOOMED != 0 {
+        signal_current(SIGKILL);
+        count(Counter::KilledDoomed);
+        flags |= EXEC_KILLED_DOOMED;
+    }
     let Some(mut entry) = ENF_EVENTS.reserve::<ExecEvent>(0) else {
         count(Counter::DropRingbufFull);
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
+    let cur = kernel::current();
     // SAFETY: `ev` points at a reserved, exclusively owned ring buffer record.
     unsafe {
         (*ev).header = header(EventKind::Exec, pid, tid, &task);
-        (*ev).flags = 0;
+        (*ev).start_ns = kernel::start_ns(cur).unwrap_or(0);
+        (*ev).ppid = kernel::ppid(cur).unwrap_or(0);
+        (*ev).uid = bpf_get_current_uid_gid() as u32;
         (*ev).filename_len = 0;
-        let loc: u32 = match ctx.read_at(config::exec_filename_off() as usize) {
-            Ok(v) => v,
-            Err(e) => {
-                entry.discard(0);
-                return Err(e);
+        if off!(tp_exec_filename) != ABSENT {
+            if let Ok(loc) = ctx.read_at::<u32>(off!(tp_exec_filename) as usize) {
+                // __data_loc: low 16 bits = offset in the record, high 16 bits = length with NUL.
+                let src = ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize);
+                let r = bpf_probe_read_kernel_str(
+                    (*ev).filename.as_mut_ptr().cast(),
+                    FILENAME_LEN as u32,
+                    src.cast(),
+                );
+                if r > 0 {
+                    (*ev).filename_len = (r - 1) as u32;
+                }
+                if (loc >> 16) as usize > FILENAME_LEN {
+                    flags |= EXEC_FILENAME_TRUNCATED;
+                }
             }
-        };
-        // __data_loc: low 16 bits = offset in the record, high 16 bits = length with NUL.
-        let src = ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize);
-        let want = (loc >> 16) as usize;
-        match bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
-            Ok(s) => (*ev).filename_len = s.len() as u32,
-            Err(_) => count(Counter::DropReadFailed),
         }
-        if want > FILENAME_LEN {
-            (*ev).flags |= EXEC_FILENAME_TRUNCATED;
+        match kernel::argv(cur, &mut (*ev).argv) {
+            Ok((n, truncated)) => {
+                (*ev).argv_len = n;
+                if truncated {
+                    flags |= EXEC_ARGV_TRUNCATED;
+                }
+            }
+            Err(_) => {
+                (*ev).argv_len = 0;
+                flags |= EXEC_ARGV_UNREADABLE;
+            }
         }
+        match kernel::cwd(cur, &mut (*ev).cwd) {
+            Ok((depth, truncated)) => {
+                (*ev).cwd_depth = depth;
+                if truncated {
+                    flags |= EXEC_CWD_TRUNCATED;
+                }
+            }
+            Err(_) => {
+                (*ev).cwd_depth = 0;
+                flags |= EXEC_CWD_TRUNCATED;
+            }
+        }
+        if kernel::tty(cur, &mut (*ev).tty) {
+            flags |= EXEC_HAS_TTY;
+        }
+        (*ev).flags = flags;
     }
     entry.submit(0);
     count(Counter::EventsSent);
@@ -135,26 +216,51 @@ pub fn enf_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A session leader's slot goes back to its connection and user.
+#[inline(always)]
+fn release_session_slots(task: &TrackedTask) {
+    if task.flags & TASK_COUNTED_CONN == 0 {
+        return;
+    }
+    let Some(conn) = ENF_CONNS.get_ptr_mut(&task.conn_id) else {
+        return;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    unsafe {
+        fetch_add(core::ptr::addr_of_mut!((*conn).sessions), u64::MAX);
+        if task.flags & TASK_COUNTED_USER != 0 {
+            if let Some(user) = ENF_USERS.get_ptr_mut(&(*conn).uid) {
+                fetch_add(core::ptr::addr_of_mut!((*user).sessions), u64::MAX);
+            }
+        }
+    }
+}
+
 fn try_enf_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let (pid, tid) = current_ids();
     let Some(task) = (unsafe { ENF_TASKS.get(&tid) }).copied() else {
         return Ok(());
     };
     let _ = ENF_TASKS.remove(&tid);
-    let off = config::exit_group_dead_off();
-    let group_dead = if off == ABSENT {
+    let leader = task.flags & TASK_SESSION_LEADER != 0;
+    if leader {
+        release_session_slots(&task);
+    }
+    let group_dead = if off!(tp_exit_group_dead) == ABSENT {
         pid == tid
     } else {
-        let v: u8 = unsafe { ctx.read_at(off as usize) }?;
+        let v: u8 = unsafe { ctx.read_at(off!(tp_exit_group_dead) as usize) }?;
         v != 0
     };
-    if !group_dead {
+    if !group_dead && !leader {
         return Ok(());
     }
+    let cur = kernel::current();
     let event = ExitEvent {
         header: header(EventKind::Exit, pid, tid, &task),
-        last_tid: tid,
-        was_root: (task.flags & TASK_CONN_ROOT != 0) as u32,
+        start_ns: task.start_ns,
+        exit_code: kernel::exit_code(cur).unwrap_or(0),
+        flags: task.flags,
     };
     if ENF_EVENTS.output::<ExitEvent>(&event, 0).is_err() {
         count(Counter::DropRingbufFull);

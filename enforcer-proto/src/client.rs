@@ -51,7 +51,12 @@ impl Client {
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Self, ClientError> {
         let deadline = Instant::now() + timeout;
         let stream = connect_until(socket, deadline, timeout)?;
-        Ok(Self { stream, socket: socket.to_owned(), deadline: Some(deadline), budget: timeout })
+        Ok(Self {
+            stream,
+            socket: socket.to_owned(),
+            deadline: Some(deadline),
+            budget: timeout,
+        })
     }
 
     /// Lifts the deadline (for long-lived calls such as following a live session).
@@ -84,31 +89,47 @@ impl Client {
             ),
         };
         let set = |r: io::Result<()>| {
-            r.map_err(|e| ClientError::Frame { socket: self.socket.clone(), source: e.into() })
+            r.map_err(|e| ClientError::Frame {
+                socket: self.socket.clone(),
+                source: e.into(),
+            })
         };
         set(self.stream.set_read_timeout(left))?;
         set(self.stream.set_write_timeout(left))
     }
 
     fn timeout(&self) -> ClientError {
-        ClientError::Timeout { socket: self.socket.clone(), timeout_ms: self.budget.as_millis() }
+        ClientError::Timeout {
+            socket: self.socket.clone(),
+            timeout_ms: self.budget.as_millis(),
+        }
     }
 
     fn frame_error(&self, e: FrameError) -> ClientError {
         match &e {
             FrameError::Io(io)
-                if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
             {
                 self.timeout()
             }
-            _ => ClientError::Frame { socket: self.socket.clone(), source: e },
+            _ => ClientError::Frame {
+                socket: self.socket.clone(),
+                source: e,
+            },
         }
     }
 }
 
 /// Non-blocking connect retried until the deadline: a full listen backlog makes a Unix-socket
 /// connect fail with EAGAIN instead of blocking past our budget.
-fn connect_until(socket: &Path, deadline: Instant, budget: Duration) -> Result<UnixStream, ClientError> {
+fn connect_until(
+    socket: &Path,
+    deadline: Instant,
+    budget: Duration,
+) -> Result<UnixStream, ClientError> {
     let addr = UnixAddr::new(socket).map_err(|e| ClientError::Frame {
         socket: socket.to_owned(),
         source: io::Error::from(e).into(),
@@ -126,14 +147,22 @@ fn connect_until(socket: &Path, deadline: Instant, budget: Duration) -> Result<U
                     let f = OFlag::from_bits_truncate(f) & !OFlag::O_NONBLOCK;
                     fcntl(&fd, FcntlArg::F_SETFL(f)).map_err(io::Error::from)
                 });
-                blocking.map_err(|e| ClientError::Frame { socket: socket.to_owned(), source: e.into() })?;
+                blocking.map_err(|e| ClientError::Frame {
+                    socket: socket.to_owned(),
+                    source: e.into(),
+                })?;
                 return Ok(UnixStream::from(fd));
             }
             Err(Errno::ENOENT | Errno::ECONNREFUSED | Errno::ENOTDIR) => {
-                return Err(ClientError::NotRunning { socket: socket.to_owned() });
+                return Err(ClientError::NotRunning {
+                    socket: socket.to_owned(),
+                });
             }
             Err(e @ (Errno::EACCES | Errno::EPERM)) => {
-                return Err(ClientError::Access { socket: socket.to_owned(), source: e.into() });
+                return Err(ClientError::Access {
+                    socket: socket.to_owned(),
+                    source: e.into(),
+                });
             }
             Err(Errno::EAGAIN | Errno::EINTR) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
@@ -145,7 +174,10 @@ fn connect_until(socket: &Path, deadline: Instant, budget: Duration) -> Result<U
                 });
             }
             Err(e) => {
-                return Err(ClientError::Frame { socket: socket.to_owned(), source: io::Error::from(e).into() });
+                return Err(ClientError::Frame {
+                    socket: socket.to_owned(),
+                    source: io::Error::from(e).into(),
+                });
             }
         }
     }
@@ -169,7 +201,9 @@ mod tests {
     fn missing_socket_says_daemon_not_running() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope.sock");
-        let err = Client::connect(&path, Duration::from_millis(200)).err().unwrap();
+        let err = Client::connect(&path, Duration::from_millis(200))
+            .err()
+            .unwrap();
         assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
         assert!(err.to_string().contains("start it with"), "{err}");
     }

@@ -13,7 +13,9 @@ pub enum FrameError {
     Io(#[from] io::Error),
     #[error("peer sent a {0}-byte frame, larger than the {MAX_FRAME}-byte limit")]
     TooLarge(u32),
-    #[error("malformed message on the control socket: {0} (are enforcerd and its client the same version?)")]
+    #[error(
+        "malformed message on the control socket: {0} (are enforcerd and its client the same version?)"
+    )]
     Json(#[from] serde_json::Error),
     #[error("the peer closed the connection")]
     Closed,
@@ -111,7 +113,10 @@ mod tests {
     fn oversized_frame_is_refused_before_allocating() {
         let bytes = (MAX_FRAME + 1).to_be_bytes();
         let err = read_frame::<Request>(&mut bytes.as_slice()).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge(n) if n == MAX_FRAME + 1), "{err}");
+        assert!(
+            matches!(err, FrameError::TooLarge(n) if n == MAX_FRAME + 1),
+            "{err}"
+        );
     }
 
     #[test]
@@ -119,13 +124,19 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &Request::Status).unwrap();
         buf.truncate(buf.len() - 1);
-        assert!(matches!(read_frame::<Request>(&mut buf.as_slice()), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame::<Request>(&mut buf.as_slice()),
+            Err(FrameError::Closed)
+        ));
     }
 
     #[test]
     fn garbage_json_is_a_json_error() {
         let mut buf = 3u32.to_be_bytes().to_vec();
         buf.extend_from_slice(b"{x}");
-        assert!(matches!(read_frame::<Request>(&mut buf.as_slice()), Err(FrameError::Json(_))));
+        assert!(matches!(
+            read_frame::<Request>(&mut buf.as_slice()),
+            Err(FrameError::Json(_))
+        ));
     }
 }

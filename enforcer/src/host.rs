@@ -14,7 +14,10 @@ use crate::core::conn::ProcKey;
 /// The process with this pid, unless it is gone or a zombie.
 pub fn proc_key(pid: u32) -> Option<ProcKey> {
     let stat = Process::new(pid as i32).ok()?.stat().ok()?;
-    (stat.state != 'Z' && stat.state != 'X').then_some(ProcKey { pid, start_ticks: stat.starttime })
+    (stat.state != 'Z' && stat.state != 'X').then_some(ProcKey {
+        pid,
+        start_ticks: stat.starttime,
+    })
 }
 
 /// Whether exactly this process (pid and start time) is still alive.
@@ -66,6 +69,43 @@ fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Ids of every live process (thread-group leaders: /proc lists only those).
+pub fn process_ids() -> std::collections::HashSet<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes `message` to a (stopped) process's stderr — through a duplicate of its fd 2, whatever
+/// that is (pipe, socket, terminal) — then SIGKILLs it.
+pub fn tell_and_kill(pid: u32, message: &str) -> std::io::Result<()> {
+    let pidfd = pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
+    let written = match pidfd_getfd(&pidfd, 2) {
+        Some(fd) => {
+            let mut f = std::fs::File::from(fd);
+            std::io::Write::write_all(&mut f, message.as_bytes())
+        }
+        None => Err(std::io::Error::last_os_error()),
+    };
+    // SAFETY: plain syscall on a pidfd we own.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            0,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    written
+}
+
 /// A user as NSS knows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIdentity {
@@ -81,14 +121,25 @@ pub fn user_identity(name: &str) -> Option<UserIdentity> {
     let gids = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
     let groups = gids
         .into_iter()
-        .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten().map(|g| g.name))
+        .filter_map(|g| {
+            nix::unistd::Group::from_gid(g)
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
         .collect();
-    Some(UserIdentity { uid: user.uid.as_raw(), groups })
+    Some(UserIdentity {
+        uid: user.uid.as_raw(),
+        groups,
+    })
 }
 
 /// The user name of a uid, for "who asked" in the audit log.
 pub fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name)
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 #[cfg(test)]
@@ -99,7 +150,10 @@ mod tests {
     fn own_process_is_alive_and_keyed_by_start_time() {
         let key = proc_key(std::process::id()).unwrap();
         assert!(alive(key));
-        assert!(!alive(ProcKey { start_ticks: key.start_ticks + 1, ..key }));
+        assert!(!alive(ProcKey {
+            start_ticks: key.start_ticks + 1,
+            ..key
+        }));
     }
 
     #[test]
@@ -119,6 +173,9 @@ mod tests {
         drop(listener);
         let (remote, local) = tcp_endpoints(std::process::id()).unwrap();
         let ours = [client.local_addr().unwrap(), client.peer_addr().unwrap()];
-        assert!(ours.contains(&remote) && ours.contains(&local), "{remote} {local} vs {ours:?}");
+        assert!(
+            ours.contains(&remote) && ours.contains(&local),
+            "{remote} {local} vs {ours:?}"
+        );
     }
 }

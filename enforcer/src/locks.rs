@@ -17,9 +17,15 @@ pub enum LockError {
     #[error("{0}")]
     BadName(String),
     #[error("cannot write lock file {}: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot remove lock file {}: {source}", path.display())]
-    Remove { path: PathBuf, source: std::io::Error },
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The lock directory.
@@ -29,12 +35,18 @@ pub struct LockStore {
 }
 
 fn mtime(path: &Path) -> Option<OffsetDateTime> {
-    std::fs::metadata(path).ok()?.modified().ok().map(OffsetDateTime::from)
+    std::fs::metadata(path)
+        .ok()?
+        .modified()
+        .ok()
+        .map(OffsetDateTime::from)
 }
 
 impl LockStore {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_owned() }
+        Self {
+            dir: dir.to_owned(),
+        }
     }
 
     fn path(&self, user: &str) -> Result<PathBuf, LockError> {
@@ -51,7 +63,9 @@ impl LockStore {
 
     /// Every lock file (names that cannot be user names, e.g. editor backups, are skipped).
     pub fn list(&self) -> Vec<Lock> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut locks: Vec<Lock> = dir
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -66,12 +80,16 @@ impl LockStore {
     /// Writes a lock atomically (temp file + rename; readable by all, writable by root).
     pub fn put(&self, lock: &Lock) -> Result<(), LockError> {
         let path = self.path(&lock.user)?;
-        let err = |source| LockError::Write { path: path.clone(), source };
+        let err = |source| LockError::Write {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let tmp = self.dir.join(format!(".{}.tmp", lock.user));
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         f.write_all(lock.to_file().as_bytes()).map_err(err)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(err)?;
         f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)
     }
@@ -97,9 +115,18 @@ mod tests {
         let store = LockStore::new(&dir.path().join("locks.d"));
         assert!(store.get("alice").is_none());
         assert!(store.list().is_empty(), "missing dir = no locks");
-        let lock = Lock::new("alice", Some("incident".into()), None, "uid 0".into(), OffsetDateTime::now_utc());
+        let lock = Lock::new(
+            "alice",
+            Some("incident".into()),
+            None,
+            "uid 0".into(),
+            OffsetDateTime::now_utc(),
+        );
         store.put(&lock).unwrap();
-        assert_eq!(store.get("alice").unwrap().reason.as_deref(), Some("incident"));
+        assert_eq!(
+            store.get("alice").unwrap().reason.as_deref(),
+            Some("incident")
+        );
         std::fs::write(dir.path().join("locks.d/bob"), "").unwrap();
         std::fs::write(dir.path().join("locks.d/bob~"), "").unwrap();
         let users: Vec<_> = store.list().into_iter().map(|l| l.user).collect();
@@ -112,7 +139,13 @@ mod tests {
     fn path_tricks_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = LockStore::new(dir.path());
-        let lock = Lock::new("../passwd", None, None, "uid 0".into(), OffsetDateTime::now_utc());
+        let lock = Lock::new(
+            "../passwd",
+            None,
+            None,
+            "uid 0".into(),
+            OffsetDateTime::now_utc(),
+        );
         assert!(matches!(store.put(&lock), Err(LockError::BadName(_))));
         assert!(store.get("../../etc/passwd").is_none());
     }

@@ -42,7 +42,9 @@ impl ModuleArgs {
                 Some(("socket", p)) if p.starts_with('/') => out.socket = p.into(),
                 Some(("socket", p)) => return Err(format!("socket={p}: must be an absolute path")),
                 Some(("timeout_ms", n)) => {
-                    let ms: u64 = n.parse().map_err(|_| format!("timeout_ms={n}: not a number of milliseconds"))?;
+                    let ms: u64 = n
+                        .parse()
+                        .map_err(|_| format!("timeout_ms={n}: not a number of milliseconds"))?;
                     if !(1..=60_000).contains(&ms) {
                         return Err(format!("timeout_ms={ms}: must be between 1 and 60000"));
                     }
@@ -52,7 +54,11 @@ impl ModuleArgs {
                 Some(("fail", "open")) => out.fail = FailMode::Open,
                 Some(("fail", v)) => return Err(format!("fail={v}: use fail=closed or fail=open")),
                 None if arg == "debug" => out.debug = true,
-                _ => return Err(format!("unknown argument {arg:?} (known: socket=, timeout_ms=, fail=, debug)")),
+                _ => {
+                    return Err(format!(
+                        "unknown argument {arg:?} (known: socket=, timeout_ms=, fail=, debug)"
+                    ));
+                }
             }
         }
         Ok(out)
@@ -78,13 +84,29 @@ mod tests {
     #[test]
     fn all_arguments() {
         let a = parse(&["socket=/tmp/x.sock", "timeout_ms=250", "fail=open", "debug"]).unwrap();
-        assert_eq!(a, ModuleArgs { socket: "/tmp/x.sock".into(), timeout: Duration::from_millis(250), fail: FailMode::Open, debug: true });
+        assert_eq!(
+            a,
+            ModuleArgs {
+                socket: "/tmp/x.sock".into(),
+                timeout: Duration::from_millis(250),
+                fail: FailMode::Open,
+                debug: true
+            }
+        );
     }
 
     #[test]
     fn typos_are_errors_not_defaults() {
-        assert!(parse(&["fail=opne"]).unwrap_err().contains("fail=closed or fail=open"));
-        assert!(parse(&["timeout=5"]).unwrap_err().contains("unknown argument"));
+        assert!(
+            parse(&["fail=opne"])
+                .unwrap_err()
+                .contains("fail=closed or fail=open")
+        );
+        assert!(
+            parse(&["timeout=5"])
+                .unwrap_err()
+                .contains("unknown argument")
+        );
         assert!(parse(&["timeout_ms=0"]).is_err());
         assert!(parse(&["timeout_ms=abc"]).is_err());
         assert!(parse(&["socket=relative.sock"]).is_err());

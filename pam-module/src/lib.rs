@@ -49,8 +49,13 @@ fn env(pamh: &mut PamHandle, name: &CStr) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn item<'a, T: pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>>(pamh: &'a PamHandle) -> Option<String> {
-    pamh.get_item::<T>().ok().flatten().map(|v| v.to_string_lossy().into_owned())
+fn item<'a, T: pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>>(
+    pamh: &'a PamHandle,
+) -> Option<String> {
+    pamh.get_item::<T>()
+        .ok()
+        .flatten()
+        .map(|v| v.to_string_lossy().into_owned())
 }
 
 fn login(pamh: &mut PamHandle) -> Option<Login> {
@@ -72,10 +77,19 @@ fn conn_id(pamh: &PamHandle) -> Option<u64> {
 }
 
 /// Common prologue: parse arguments and read the login, or fail in a way the admin can see.
-fn prepare(pamh: &mut PamHandle, args: &[&CStr], log: &Syslog) -> Result<(ModuleArgs, Login), PamResultCode> {
-    let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+fn prepare(
+    pamh: &mut PamHandle,
+    args: &[&CStr],
+    log: &Syslog,
+) -> Result<(ModuleArgs, Login), PamResultCode> {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let args = ModuleArgs::parse(&args).map_err(|e| {
-        log.error(&format!("bad module arguments: {e}; refusing (fix the PAM configuration)"));
+        log.error(&format!(
+            "bad module arguments: {e}; refusing (fix the PAM configuration)"
+        ));
         PamResultCode::PAM_SERVICE_ERR
     })?;
     let login = login(pamh).ok_or_else(|| {

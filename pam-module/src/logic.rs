@@ -20,9 +20,13 @@ pub struct Login {
 /// The outcome of acct_mgmt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allow { conn_id: Option<u64> },
+    Allow {
+        conn_id: Option<u64>,
+    },
     /// Refuse; `message` is shown to the user.
-    Deny { message: String },
+    Deny {
+        message: String,
+    },
 }
 
 /// Severity for [`Log`].
@@ -73,10 +77,16 @@ impl DaemonLink for SocketLink<'_> {
 }
 
 /// Shown to the user when the daemon cannot decide and the module fails closed.
-pub const UNAVAILABLE_MESSAGE: &str = "enforcer: login refused: the session policy service is unavailable; try again later";
+pub const UNAVAILABLE_MESSAGE: &str =
+    "enforcer: login refused: the session policy service is unavailable; try again later";
 
 /// acct_mgmt: ask the daemon; apply the fail mode when it cannot answer.
-pub fn account(login: &Login, args: &ModuleArgs, daemon: &dyn DaemonLink, log: &dyn Log) -> Verdict {
+pub fn account(
+    login: &Login,
+    args: &ModuleArgs,
+    daemon: &dyn DaemonLink,
+    log: &dyn Log,
+) -> Verdict {
     let req = Request::PamAccount(PamAccount {
         user: login.user.clone(),
         service: login.service.clone(),
@@ -89,12 +99,20 @@ pub fn account(login: &Login, args: &ModuleArgs, daemon: &dyn DaemonLink, log: &
     let problem = match daemon.call(&req) {
         Ok(Reply::Admission(Admission::Admitted { conn_id })) => {
             if daemon.debug() {
-                log.log(Level::Debug, &format!("user {} admitted as connection {conn_id}", login.user));
+                log.log(
+                    Level::Debug,
+                    &format!("user {} admitted as connection {conn_id}", login.user),
+                );
             }
-            return Verdict::Allow { conn_id: Some(conn_id) };
+            return Verdict::Allow {
+                conn_id: Some(conn_id),
+            };
         }
         Ok(Reply::Admission(Admission::Refused { reason, message })) => {
-            log.log(Level::Notice, &format!("user {} refused ({reason}): {message}", login.user));
+            log.log(
+                Level::Notice,
+                &format!("user {} refused ({reason}): {message}", login.user),
+            );
             return Verdict::Deny { message };
         }
         Ok(other) => format!("unexpected answer {other:?}"),
@@ -102,18 +120,37 @@ pub fn account(login: &Login, args: &ModuleArgs, daemon: &dyn DaemonLink, log: &
     };
     match args.fail {
         FailMode::Closed => {
-            log.log(Level::Warn, &format!("no decision for user {} ({problem}); fail=closed: refusing", login.user));
-            Verdict::Deny { message: UNAVAILABLE_MESSAGE.into() }
+            log.log(
+                Level::Warn,
+                &format!(
+                    "no decision for user {} ({problem}); fail=closed: refusing",
+                    login.user
+                ),
+            );
+            Verdict::Deny {
+                message: UNAVAILABLE_MESSAGE.into(),
+            }
         }
         FailMode::Open => {
-            log.log(Level::Warn, &format!("no decision for user {} ({problem}); fail=open: admitting", login.user));
+            log.log(
+                Level::Warn,
+                &format!(
+                    "no decision for user {} ({problem}); fail=open: admitting",
+                    login.user
+                ),
+            );
             Verdict::Allow { conn_id: None }
         }
     }
 }
 
 fn session_request(login: &Login, conn_id: Option<u64>) -> PamSession {
-    PamSession { user: login.user.clone(), pid: login.pid, conn_id, auth_info: login.auth_info.clone() }
+    PamSession {
+        user: login.user.clone(),
+        pid: login.pid,
+        conn_id,
+        auth_info: login.auth_info.clone(),
+    }
 }
 
 /// open_session: tell the daemon the connection is live (with the key identity sshd has now
@@ -121,14 +158,20 @@ fn session_request(login: &Login, conn_id: Option<u64>) -> PamSession {
 /// the connection anyway (sshd only fails its channels).
 pub fn open_session(login: &Login, conn_id: Option<u64>, daemon: &dyn DaemonLink, log: &dyn Log) {
     if let Err(e) = daemon.call(&Request::PamOpenSession(session_request(login, conn_id))) {
-        log.log(Level::Warn, &format!("open_session for user {} not recorded: {e}", login.user));
+        log.log(
+            Level::Warn,
+            &format!("open_session for user {} not recorded: {e}", login.user),
+        );
     }
 }
 
 /// close_session: release the connection's slot (the daemon also notices the monitor's exit).
 pub fn close_session(login: &Login, conn_id: Option<u64>, daemon: &dyn DaemonLink, log: &dyn Log) {
     if let Err(e) = daemon.call(&Request::PamCloseSession(session_request(login, conn_id))) {
-        log.log(Level::Warn, &format!("close_session for user {} not recorded: {e}", login.user));
+        log.log(
+            Level::Warn,
+            &format!("close_session for user {} not recorded: {e}", login.user),
+        );
     }
 }
 
@@ -151,7 +194,10 @@ mod tests {
     }
 
     fn fake(f: impl Fn(&Request) -> Result<Reply, ClientError> + 'static) -> Fake {
-        Fake { answer: Box::new(f), seen: RefCell::new(Vec::new()) }
+        Fake {
+            answer: Box::new(f),
+            seen: RefCell::new(Vec::new()),
+        }
     }
 
     #[derive(Default)]
@@ -175,11 +221,16 @@ mod tests {
     }
 
     fn args(fail: FailMode) -> ModuleArgs {
-        ModuleArgs { fail, ..ModuleArgs::default() }
+        ModuleArgs {
+            fail,
+            ..ModuleArgs::default()
+        }
     }
 
     fn not_running() -> ClientError {
-        ClientError::NotRunning { socket: PathBuf::from("/run/enforcer/enforcerd.sock") }
+        ClientError::NotRunning {
+            socket: PathBuf::from("/run/enforcer/enforcerd.sock"),
+        }
     }
 
     #[test]
@@ -187,20 +238,33 @@ mod tests {
         let d = fake(|_| Ok(Reply::Admission(Admission::Admitted { conn_id: 7 })));
         let v = account(&login(), &args(FailMode::Closed), &d, &Lines::default());
         assert_eq!(v, Verdict::Allow { conn_id: Some(7) });
-        let Request::PamAccount(sent) = &d.seen.borrow()[0] else { panic!() };
+        let Request::PamAccount(sent) = &d.seen.borrow()[0] else {
+            panic!()
+        };
         assert_eq!((sent.user.as_str(), sent.pid), ("alice", 4242));
-        assert_eq!(sent.ssh_connection.as_deref(), Some("10.0.0.1 5000 10.0.0.2 22"));
+        assert_eq!(
+            sent.ssh_connection.as_deref(),
+            Some("10.0.0.1 5000 10.0.0.2 22")
+        );
     }
 
     #[test]
     fn refusal_shows_the_daemons_message_and_is_logged() {
         let d = fake(|_| {
-            Ok(Reply::Admission(Admission::Refused { reason: "user_locked".into(), message: "locked: x".into() }))
+            Ok(Reply::Admission(Admission::Refused {
+                reason: "user_locked".into(),
+                message: "locked: x".into(),
+            }))
         });
         let log = Lines::default();
         // Fail mode is irrelevant when the daemon decided.
         let v = account(&login(), &args(FailMode::Open), &d, &log);
-        assert_eq!(v, Verdict::Deny { message: "locked: x".into() });
+        assert_eq!(
+            v,
+            Verdict::Deny {
+                message: "locked: x".into()
+            }
+        );
         assert!(log.0.borrow()[0].1.contains("user_locked"));
     }
 
@@ -210,9 +274,14 @@ mod tests {
         let log = Lines::default();
         assert_eq!(
             account(&login(), &args(FailMode::Closed), &d, &log),
-            Verdict::Deny { message: UNAVAILABLE_MESSAGE.into() }
+            Verdict::Deny {
+                message: UNAVAILABLE_MESSAGE.into()
+            }
         );
-        assert_eq!(account(&login(), &args(FailMode::Open), &d, &log), Verdict::Allow { conn_id: None });
+        assert_eq!(
+            account(&login(), &args(FailMode::Open), &d, &log),
+            Verdict::Allow { conn_id: None }
+        );
         let lines = log.0.borrow();
         assert!(lines[0].1.contains("fail=closed: refusing") && lines[0].1.contains("not running"));
         assert!(lines[1].1.contains("fail=open: admitting"));
@@ -221,7 +290,10 @@ mod tests {
     #[test]
     fn timeouts_and_daemon_errors_count_as_unavailable() {
         for err in [
-            || ClientError::Timeout { socket: "/s".into(), timeout_ms: 5 },
+            || ClientError::Timeout {
+                socket: "/s".into(),
+                timeout_ms: 5,
+            },
             || ClientError::Daemon(ErrorReply::new(ErrorKind::Internal, "boom")),
         ] {
             let d = fake(move |_| Err(err()));
@@ -229,7 +301,10 @@ mod tests {
             assert!(matches!(v, Verdict::Deny { .. }));
         }
         let d = fake(|_| Ok(Reply::Done));
-        assert!(matches!(account(&login(), &args(FailMode::Closed), &d, &Lines::default()), Verdict::Deny { .. }));
+        assert!(matches!(
+            account(&login(), &args(FailMode::Closed), &d, &Lines::default()),
+            Verdict::Deny { .. }
+        ));
     }
 
     #[test]
@@ -241,8 +316,13 @@ mod tests {
         open_session(&l, Some(3), &d, &log);
         close_session(&l, Some(3), &d, &log);
         let seen = d.seen.borrow();
-        let Request::PamOpenSession(open) = &seen[0] else { panic!() };
-        assert_eq!((open.conn_id, open.auth_info.as_deref()), (Some(3), Some("publickey ssh-ed25519 AAAA")));
+        let Request::PamOpenSession(open) = &seen[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (open.conn_id, open.auth_info.as_deref()),
+            (Some(3), Some("publickey ssh-ed25519 AAAA"))
+        );
         assert!(matches!(seen[1], Request::PamCloseSession(_)));
         assert_eq!(log.0.borrow().len(), 2);
     }

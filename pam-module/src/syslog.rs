@@ -16,7 +16,9 @@ impl Log for Syslog {
             crate::logic::Level::Notice => libc::LOG_NOTICE,
             crate::logic::Level::Debug => libc::LOG_DEBUG,
         };
-        let Ok(line) = CString::new(format!("pam_enforcer: {}", msg.replace('\0', " "))) else { return };
+        let Ok(line) = CString::new(format!("pam_enforcer: {}", msg.replace('\0', " "))) else {
+            return;
+        };
         // SAFETY: constant format string, one NUL-terminated argument.
         unsafe { libc::syslog(libc::LOG_AUTHPRIV | prio, c"%s".as_ptr(), line.as_ptr()) };
     }

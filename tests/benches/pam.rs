@@ -23,13 +23,20 @@ const LOGINS: usize = 100;
 
 fn call(d: &TestDaemon, req: &Request) -> (Duration, Reply) {
     let start = Instant::now();
-    let reply = Client::connect(&d.socket, Duration::from_secs(2)).unwrap().call(req).unwrap();
+    let reply = Client::connect(&d.socket, Duration::from_secs(2))
+        .unwrap()
+        .call(req)
+        .unwrap();
     (start.elapsed(), reply)
 }
 
 fn decisions(d: &TestDaemon, user: &TestUser) -> [Summary; 3] {
     // A stand-in monitor process: admission needs a live pid to key the connection by.
-    let mut monitor = Command::new("sleep").arg("3600").stdin(Stdio::null()).spawn().unwrap();
+    let mut monitor = Command::new("sleep")
+        .arg("3600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = monitor.id();
     let account = Request::PamAccount(PamAccount {
         user: user.name.clone(),
@@ -40,12 +47,20 @@ fn decisions(d: &TestDaemon, user: &TestUser) -> [Summary; 3] {
         ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
         auth_info: None,
     });
-    let close = Request::PamCloseSession(PamSession { user: user.name.clone(), pid, conn_id: None, auth_info: None });
+    let close = Request::PamCloseSession(PamSession {
+        user: user.name.clone(),
+        pid,
+        conn_id: None,
+        auth_info: None,
+    });
     let (mut base, mut admit, mut release) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..WARMUP + DECISIONS {
         let (b, _) = call(d, &Request::Sessions);
         let (a, reply) = call(d, &account);
-        assert!(matches!(reply, Reply::Admission(Admission::Admitted { .. })), "{reply:?}");
+        assert!(
+            matches!(reply, Reply::Admission(Admission::Admitted { .. })),
+            "{reply:?}"
+        );
         let (c, _) = call(d, &close);
         if i >= WARMUP {
             base.push(b);
@@ -67,14 +82,31 @@ fn main() {
     let [base, admit, release] = decisions(&d, &user);
 
     let variants = [
-        ("without module (A)", TestSshd::start(Pam::Without, &[&user], "")),
-        ("without module (A', control)", TestSshd::start(Pam::Without, &[&user], "")),
-        ("with module", TestSshd::start(Pam::Enforcer(format!("socket={} timeout_ms=2000", d.socket.display())), &[&user], "")),
+        (
+            "without module (A)",
+            TestSshd::start(Pam::Without, &[&user], ""),
+        ),
+        (
+            "without module (A', control)",
+            TestSshd::start(Pam::Without, &[&user], ""),
+        ),
+        (
+            "with module",
+            TestSshd::start(
+                Pam::Enforcer(format!("socket={} timeout_ms=2000", d.socket.display())),
+                &[&user],
+                "",
+            ),
+        ),
     ];
     let login = |sshd: &TestSshd| {
         let start = Instant::now();
         let out = sshd.ssh(&user, "true").output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         start.elapsed()
     };
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
@@ -96,13 +128,29 @@ fn main() {
     println!("## bench pam ({DECISIONS} decisions, {LOGINS} logins per sshd)");
     println!("| measure | n | p50 | p99 | mean | p50 / baseline p50 |");
     println!("| --- | --- | --- | --- | --- | --- |");
-    for (name, s) in [("baseline: `sessions` round trip", base), ("PAM account (admit)", admit), ("PAM close", release)] {
+    for (name, s) in [
+        ("baseline: `sessions` round trip", base),
+        ("PAM account (admit)", admit),
+        ("PAM close", release),
+    ] {
         let r = s.p50.as_secs_f64() / base.p50.as_secs_f64();
-        println!("| {name} | {} | {} | {} | {} | {r:.2} |", s.n, us(s.p50), us(s.p99), us(s.mean));
+        println!(
+            "| {name} | {} | {} | {} | {} | {r:.2} |",
+            s.n,
+            us(s.p50),
+            us(s.p99),
+            us(s.mean)
+        );
     }
     for ((name, _), s) in variants.iter().zip(&logins) {
         let r = ratio(&logins[0], s);
-        println!("| `ssh host true`, {name} | {} | {} | {} | {} | A/this {r:.3} |", s.n, ms(s.p50), ms(s.p99), ms(s.mean));
+        println!(
+            "| `ssh host true`, {name} | {} | {} | {} | {} | A/this {r:.3} |",
+            s.n,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.mean)
+        );
     }
     println!();
     println!("login time ratio, without / with module (p50): {module_ratio:.3}  (target ≥ 0.97)");

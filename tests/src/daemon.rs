@@ -16,18 +16,21 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub config_path: PathBuf,
+    /// This daemon's bpffs pin directory (removed when the test ends).
+    pub pin_dir: PathBuf,
     child: Option<Child>,
 }
 
 impl TestDaemon {
     /// Paths every test daemon overrides, so several run side by side.
-    fn base_config(dir: &Path, journald: bool) -> String {
+    fn base_config(dir: &Path, pin_dir: &Path, journald: bool) -> String {
         format!(
-            "[daemon]\nsocket = \"{d}/enforcerd.sock\"\nstate_dir = \"{d}/state\"\n\
+            "[daemon]\nsocket = \"{d}/enforcerd.sock\"\nstate_dir = \"{d}/state\"\nbpf_pin_dir = \"{p}\"\n\
              [audit]\npath = \"{d}/audit.jsonl\"\njournald = {journald}\n\
              [recording]\ndir = \"{d}/recordings\"\n\
              [locks]\ndir = \"{d}/locks.d\"\n",
-            d = dir.display()
+            d = dir.display(),
+            p = pin_dir.display()
         )
     }
 
@@ -39,17 +42,41 @@ impl TestDaemon {
 
     /// Like [`TestDaemon::start`], with `audit.journald` set as given.
     pub fn start_opts(extra: &str, journald: bool) -> Self {
-        let dir = tempfile::Builder::new().prefix("enf-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("enf-test-")
+            .tempdir()
+            .unwrap();
         let config_path = dir.path().join("enforcer.toml");
-        std::fs::write(&config_path, Self::base_config(dir.path(), journald) + extra).unwrap();
+        let name = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let pin_dir = Path::new("/sys/fs/bpf").join(name);
+        std::fs::write(
+            &config_path,
+            Self::base_config(dir.path(), &pin_dir, journald) + extra,
+        )
+        .unwrap();
         let socket = dir.path().join("enforcerd.sock");
-        let mut d = TestDaemon { dir, socket, config_path, child: None };
+        let mut d = TestDaemon {
+            dir,
+            socket,
+            config_path,
+            pin_dir,
+            child: None,
+        };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("enforcerd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("enforcerd.log"))
+            .unwrap();
         let mut cmd = Command::new(bin("enforcerd"));
         cmd.arg("--config")
             .arg(&self.config_path)
@@ -75,18 +102,28 @@ impl TestDaemon {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"))
+            })
             .collect()
     }
 
     /// Waits (up to 10 s) for an audit record matching `pred`, and returns it.
-    pub fn wait_audit(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_audit(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(v) = self.audit().into_iter().find(&pred) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "no audit record {what}; log has:\n{:#?}", self.audit());
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {what}; log has:\n{:#?}",
+                self.audit()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -100,7 +137,10 @@ impl TestDaemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("enforcerd exited during start-up ({status}):\n{}", self.log());
+                panic!(
+                    "enforcerd exited during start-up ({status}):\n{}",
+                    self.log()
+                );
             }
             if self.try_status().is_ok() {
                 return;
@@ -130,12 +170,18 @@ impl TestDaemon {
 
     /// `status` over the protocol.
     pub fn status(&self) -> StatusReport {
-        self.try_status().unwrap_or_else(|e| panic!("status: {e}\n{}", self.log()))
+        self.try_status()
+            .unwrap_or_else(|e| panic!("status: {e}\n{}", self.log()))
     }
 
     /// Runs enforcerctl against this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("enforcerctl")).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+        Command::new(bin("enforcerctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Runs enforcerctl, asserts success, returns stdout.
@@ -169,7 +215,10 @@ impl TestDaemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let st = child.wait().unwrap();
-                panic!("enforcerd ignored SIGTERM for 15 s (killed: {st}):\n{}", self.log());
+                panic!(
+                    "enforcerd ignored SIGTERM for 15 s (killed: {st}):\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -181,5 +230,7 @@ impl Drop for TestDaemon {
         if self.child.is_some() {
             self.stop();
         }
+        // Pinned maps outlive the daemon by design; a test's are removed with it.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }

@@ -13,7 +13,11 @@ pub fn bin_dir() -> PathBuf {
 /// Path of a built binary; panics with how to build it when absent.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built; run the tests with `cargo xtask test`", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built; run the tests with `cargo xtask test`",
+        p.display()
+    );
     p
 }
 

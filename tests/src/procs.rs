@@ -2,17 +2,29 @@
 
 use std::collections::HashMap;
 
-use nix::{sys::signal::{Signal, kill}, unistd::Pid};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 /// (pid, ppid, uid) of every process.
 fn table() -> Vec<(u32, u32, u32)> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
         let field = |k: &str| {
-            status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
         };
         if let (Some(ppid), Some(uid)) = (field("PPid:"), field("Uid:")) {
             out.push((pid, ppid, uid));
@@ -51,7 +63,11 @@ pub fn kill_tree(root: u32) {
 pub fn kill_uid(uid: u32) {
     assert_ne!(uid, 0, "never kill by uid 0");
     for _ in 0..3 {
-        let victims: Vec<u32> = table().into_iter().filter(|(_, _, u)| *u == uid).map(|(p, _, _)| p).collect();
+        let victims: Vec<u32> = table()
+            .into_iter()
+            .filter(|(_, _, u)| *u == uid)
+            .map(|(p, _, _)| p)
+            .collect();
         if victims.is_empty() {
             return;
         }
@@ -66,6 +82,9 @@ pub fn kill_uid(uid: u32) {
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next() != Some('Z'))
+        })
         .unwrap_or(false)
 }

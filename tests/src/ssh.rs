@@ -18,7 +18,8 @@ pub struct HeldSsh {
 impl HeldSsh {
     /// Logs in and waits until the remote shell runs; panics with ssh's stderr when refused.
     pub fn open(sshd: &TestSshd, user: &TestUser) -> Self {
-        Self::try_open(sshd, user).unwrap_or_else(|e| panic!("login of {} failed: {e}\n{}", user.name, sshd.log()))
+        Self::try_open(sshd, user)
+            .unwrap_or_else(|e| panic!("login of {} failed: {e}\n{}", user.name, sshd.log()))
     }
 
     /// Logs in; `Err(stderr)` when the login is refused.
@@ -27,7 +28,11 @@ impl HeldSsh {
     }
 
     pub fn try_open_cmd(mut cmd: Command) -> Result<Self, String> {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut line = String::new();
         let _ = BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line);
         if line.trim() == "enforcer-ready" {
@@ -80,32 +85,104 @@ pub struct Client {
 impl russh::client::Handler for Client {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         Ok(true)
     }
 
-    async fn auth_banner(&mut self, banner: &str, _session: &mut russh::client::Session) -> Result<(), Self::Error> {
+    async fn auth_banner(
+        &mut self,
+        banner: &str,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
         self.banner.lock().unwrap().push_str(banner);
         Ok(())
     }
 }
 
 /// A russh login: the live handle when admitted, the banner text when refused.
-pub async fn russh_login(port: u16, user: &str, key: &Path) -> Result<russh::client::Handle<Client>, String> {
+pub async fn russh_login(
+    port: u16,
+    user: &str,
+    key: &Path,
+) -> Result<russh::client::Handle<Client>, String> {
     let config = Arc::new(russh::client::Config {
         inactivity_timeout: Some(Duration::from_secs(120)),
         ..Default::default()
     });
     let handler = Client::default();
     let banner = handler.banner.clone();
-    let mut handle = russh::client::connect(config, ("127.0.0.1", port), handler).await.map_err(|e| e.to_string())?;
+    let mut handle = russh::client::connect(config, ("127.0.0.1", port), handler)
+        .await
+        .map_err(|e| e.to_string())?;
     let key = russh::keys::load_secret_key(key, None).map_err(|e| e.to_string())?;
     let auth = handle
-        .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .authenticate_publickey(
+            user,
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+        )
         .await;
     match auth {
         Ok(r) if r.success() => Ok(handle),
-        Ok(r) => Err(format!("refused: {r:?}; banner {:?}", banner.lock().unwrap())),
+        Ok(r) => Err(format!(
+            "refused: {r:?}; banner {:?}",
+            banner.lock().unwrap()
+        )),
         Err(e) => Err(format!("{e}; banner {:?}", banner.lock().unwrap())),
     }
+}
+
+/// What one channel of a russh connection produced.
+#[derive(Debug, Default, Clone)]
+pub struct ChannelOutcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_status: Option<u32>,
+    pub exit_signal: Option<String>,
+}
+
+/// Opens one exec channel per command on the same connection, all at once, and collects what
+/// each produced until it closed.
+pub async fn russh_exec_all(
+    handle: &russh::client::Handle<Client>,
+    commands: &[String],
+) -> Vec<ChannelOutcome> {
+    let mut tasks = Vec::new();
+    for cmd in commands {
+        let mut channel = handle.channel_open_session().await.expect("open channel");
+        let cmd = cmd.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = ChannelOutcome::default();
+            channel
+                .exec(true, cmd.as_bytes())
+                .await
+                .expect("exec request");
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    russh::ChannelMsg::Data { data } => {
+                        out.stdout.push_str(&String::from_utf8_lossy(&data))
+                    }
+                    russh::ChannelMsg::ExtendedData { data, .. } => {
+                        out.stderr.push_str(&String::from_utf8_lossy(&data))
+                    }
+                    russh::ChannelMsg::ExitStatus { exit_status } => {
+                        out.exit_status = Some(exit_status)
+                    }
+                    russh::ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.exit_signal = Some(format!("{signal_name:?}"))
+                    }
+                    russh::ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            out
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    outcomes
 }

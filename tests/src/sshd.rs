@@ -30,27 +30,46 @@ pub struct TestSshd {
 }
 
 fn authorize(dir: &Path, user: &TestUser) {
-    std::fs::write(dir.join("keys").join(&user.name), format!("{}\n", user.public_key)).unwrap();
+    std::fs::write(
+        dir.join("keys").join(&user.name),
+        format!("{}\n", user.public_key),
+    )
+    .unwrap();
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The built PAM module.
 pub fn pam_module() -> PathBuf {
     let p = bin_dir().join("libpam_enforcer.so");
-    assert!(p.is_file(), "{} not built; run the tests with `cargo xtask test`", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built; run the tests with `cargo xtask test`",
+        p.display()
+    );
     p
 }
 
 impl TestSshd {
     /// Starts sshd for `users` (their keys authorised), with `pam` and extra sshd_config lines.
     pub fn start(pam: Pam, users: &[&TestUser], extra_config: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("enf-sshd-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("enf-sshd-")
+            .tempdir()
+            .unwrap();
         let d = dir.path();
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join("host_key")).output().unwrap();
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("host_key"))
+            .output()
+            .unwrap();
         assert!(out.status.success());
         std::fs::create_dir(d.join("keys")).unwrap();
         let service = unique_name("sshd");
@@ -58,7 +77,10 @@ impl TestSshd {
         let enforcer = match &pam {
             Pam::Enforcer(args) => {
                 let m = pam_module();
-                format!("account required {m} {args}\nsession required {m} {args}\n", m = m.display())
+                format!(
+                    "account required {m} {args}\nsession required {m} {args}\n",
+                    m = m.display()
+                )
             }
             Pam::Without => String::new(),
         };
@@ -78,8 +100,8 @@ impl TestSshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
                  UsePAM yes\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nStrictModes no\nAuthorizedKeysFile {d}/keys/%u\n\
-                 ExposeAuthInfo yes\nLogLevel VERBOSE\nUseDNS no\nMaxStartups 200:30:400\nMaxSessions 50\n\
-                 PermitRootLogin no\nSubsystem sftp internal-sftp\n{extra_config}\n",
+                 ExposeAuthInfo yes\nLogLevel VERBOSE\nMaxStartups 200:30:400\nMaxSessions 50\n\
+                 {extra_config}\nUseDNS no\nPermitRootLogin no\nSubsystem sftp internal-sftp\n",
                 d = d.display()
             ),
         )
@@ -92,16 +114,30 @@ impl TestSshd {
         std::os::unix::fs::symlink("/usr/sbin/sshd", &argv0).unwrap();
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
         let mut cmd = Command::new(&argv0);
-        cmd.args(["-D", "-e", "-f"]).arg(d.join("sshd_config")).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().expect("start sshd");
-        let mut sshd = Self { port, service, dir, pam_file, child };
+        let mut sshd = Self {
+            port,
+            service,
+            dir,
+            pam_file,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", sshd.port)).is_err() {
             if let Some(st) = sshd.child.try_wait().unwrap() {
                 panic!("sshd exited ({st}):\n{}", sshd.log());
             }
-            assert!(Instant::now() < deadline, "sshd did not listen within 10 s:\n{}", sshd.log());
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen within 10 s:\n{}",
+                sshd.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         sshd
@@ -129,15 +165,31 @@ impl TestSshd {
     /// Same, with extra client options (placed before the destination), e.g. `["-b", addr]`.
     pub fn ssh_with(&self, user: &TestUser, options: &[&str], remote: &str) -> Command {
         let mut c = Command::new("ssh");
-        c.args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "BatchMode=yes", "-o", "LogLevel=INFO", "-o", "ConnectTimeout=20", "-o", "IdentitiesOnly=yes"])
-            .arg("-i")
-            .arg(&user.key)
-            .args(options)
-            .args(["-p", &self.port.to_string()])
-            .arg(format!("{}@127.0.0.1", user.name))
-            .arg(remote)
-            .stdin(Stdio::null());
+        c.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=INFO",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-i")
+        .arg(&user.key)
+        .args(options)
+        .args(["-p", &self.port.to_string()])
+        .arg(format!("{}@127.0.0.1", user.name))
+        .arg(remote)
+        .stdin(Stdio::null());
         c
     }
 }

@@ -16,7 +16,12 @@ pub fn summarize(mut samples: Vec<Duration>) -> Summary {
     samples.sort();
     let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    Summary { n: samples.len(), p50: pick(0.50), p99: pick(0.99), mean }
+    Summary {
+        n: samples.len(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+        mean,
+    }
 }
 
 /// Microseconds with one decimal.

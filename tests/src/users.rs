@@ -19,7 +19,11 @@ pub fn unique_name(tag: &str) -> String {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A local user with an ed25519 key pair.
@@ -36,20 +40,49 @@ pub struct TestUser {
 impl TestUser {
     pub fn create(tag: &str) -> Self {
         let name = unique_name(tag);
-        let dir = tempfile::Builder::new().prefix("enf-user-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("enf-user-")
+            .tempdir()
+            .unwrap();
         let home = dir.path().join("home");
-        run(Command::new("useradd").args(["-m", "-s", "/bin/sh", "-d"]).arg(&home).arg(&name));
+        run(Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", "-d"])
+            .arg(&home)
+            .arg(&name));
         let key = dir.path().join("id_ed25519");
-        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", &name, "-f"]).arg(&key));
-        let public_key = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_owned();
-        let uid = nix::unistd::User::from_name(&name).unwrap().unwrap().uid.as_raw();
-        TestUser { name, uid, key, public_key, dir }
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", &name, "-f"])
+            .arg(&key));
+        let public_key = std::fs::read_to_string(key.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let uid = nix::unistd::User::from_name(&name)
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
+        TestUser {
+            name,
+            uid,
+            key,
+            public_key,
+            dir,
+        }
     }
 
     /// `SHA256:…` of the user's key, as `ssh-keygen -lf` prints it.
     pub fn fingerprint(&self) -> String {
-        let out = Command::new("ssh-keygen").arg("-lf").arg(self.key.with_extension("pub")).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap().to_owned()
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.key.with_extension("pub"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
     }
 
     /// Signs the user's key with `ca` (a private key path); returns the certificate path.
@@ -77,14 +110,20 @@ impl TestUser {
     }
 
     fn uid_gid(&self) -> u32 {
-        nix::unistd::User::from_uid(self.uid.into()).unwrap().unwrap().gid.as_raw()
+        nix::unistd::User::from_uid(self.uid.into())
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw()
     }
 }
 
 impl Drop for TestUser {
     fn drop(&mut self) {
         procs::kill_uid(self.uid);
-        let _ = Command::new("userdel").args(["-r", "-f", &self.name]).output();
+        let _ = Command::new("userdel")
+            .args(["-r", "-f", &self.name])
+            .output();
     }
 }
 

@@ -34,11 +34,19 @@ fn per_user_limit_refuses_the_third_login_with_the_message_and_a_close_frees_the
     let out = run(sshd.ssh(&alice, "true"));
     assert_eq!(out.status.code(), Some(255), "third login must fail");
     let err = stderr(&out);
-    assert!(err.contains(&format!("user {} already has 2 of 2 allowed SSH connections open", alice.name)), "{err}");
+    assert!(
+        err.contains(&format!(
+            "user {} already has 2 of 2 allowed SSH connections open",
+            alice.name
+        )),
+        "{err}"
+    );
     // Other users are not affected.
     assert!(run(sshd.ssh(&bob, "true")).status.success());
 
-    let refused = d.wait_audit("refusal", |v| v["event"] == "connection_refused" && v["user"] == alice.name.as_str());
+    let refused = d.wait_audit("refusal", |v| {
+        v["event"] == "connection_refused" && v["user"] == alice.name.as_str()
+    });
     assert_eq!(refused["reason"], "max_connections_per_user");
     assert_eq!(refused["client_addr"], "127.0.0.1");
     assert_eq!(refused["server_port"], sshd.port);
@@ -46,11 +54,15 @@ fn per_user_limit_refuses_the_third_login_with_the_message_and_a_close_frees_the
 
     first.close();
     assert!(
-        wait_until(Duration::from_secs(5), || run(sshd.ssh(&alice, "true")).status.success()),
+        wait_until(Duration::from_secs(5), || run(sshd.ssh(&alice, "true"))
+            .status
+            .success()),
         "slot not released after disconnect:\n{}",
         d.log()
     );
-    let closed = d.wait_audit("close", |v| v["event"] == "connection_closed" && v["user"] == alice.name.as_str());
+    let closed = d.wait_audit("close", |v| {
+        v["event"] == "connection_closed" && v["user"] == alice.name.as_str()
+    });
     assert_eq!(closed["reason"], "logout");
     assert!(closed["duration_secs"].as_f64().unwrap() > 0.0);
 }
@@ -69,7 +81,11 @@ fn per_source_limit_counts_addresses_across_users() {
     let _b = HeldSsh::open(&sshd, &users[1]);
     let out = run(sshd.ssh(&users[2], "true"));
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains("2 of 2 allowed SSH connections from 127.0.0.1 are already open"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 of 2 allowed SSH connections from 127.0.0.1 are already open"),
+        "{}",
+        stderr(&out)
+    );
     // The same user from another source address (127.0.0.2 is loopback too) is admitted.
     let out = run(sshd.ssh_with(&users[2], &["-b", "127.0.0.2"], "true"));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -97,7 +113,11 @@ fn lock_refuses_with_its_reason_survives_restart_and_unlock_admits() {
 
     let out = run(sshd.ssh(&carol, "true"));
     assert_eq!(out.status.code(), Some(255));
-    assert!(stderr(&out).contains(&format!("account {} is locked: incident 7", carol.name)), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("account {} is locked: incident 7", carol.name)),
+        "{}",
+        stderr(&out)
+    );
 
     d.restart();
     let out = run(sshd.ssh(&carol, "true"));
@@ -109,12 +129,19 @@ fn lock_refuses_with_its_reason_survives_restart_and_unlock_admits() {
     let unlock = d.ctl(&["unlock", "user", &carol.name]);
     assert!(!unlock.status.success() && stderr(&unlock).contains("not locked"));
 
-    let events: Vec<String> = d.audit().iter().map(|v| v["event"].as_str().unwrap().to_owned()).collect();
+    let events: Vec<String> = d
+        .audit()
+        .iter()
+        .map(|v| v["event"].as_str().unwrap().to_owned())
+        .collect();
     for e in ["lock", "connection_refused", "unlock"] {
         assert!(events.iter().any(|x| x == e), "{e} missing from {events:?}");
     }
     let lock = d.wait_audit("lock", |v| v["event"] == "lock");
-    assert_eq!((lock["by_uid"].as_u64(), lock["user"].as_str()), (Some(0), Some(carol.name.as_str())));
+    assert_eq!(
+        (lock["by_uid"].as_u64(), lock["user"].as_str()),
+        (Some(0), Some(carol.name.as_str()))
+    );
 }
 
 #[test]
@@ -132,7 +159,11 @@ fn lock_with_ttl_expires_on_its_own() {
     assert!(stderr(&refused).contains("(until "), "{}", stderr(&refused));
     std::thread::sleep(Duration::from_millis(2200));
     assert!(run(sshd.ssh(&dave, "true")).status.success());
-    assert_eq!(d.ctl_json(&["locks"])[0]["active"], false, "expired lock is shown as such");
+    assert_eq!(
+        d.ctl_json(&["locks"])[0]["active"],
+        false,
+        "expired lock is shown as such"
+    );
 }
 
 #[test]
@@ -145,12 +176,29 @@ fn lock_files_dropped_by_hand_lock_and_garbage_still_locks() {
     let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&erin], "");
     let locks = d.dir.path().join("locks.d");
     std::fs::create_dir_all(&locks).unwrap();
-    std::fs::write(locks.join(&erin.name), "reason = \"dropped by config management\"\n").unwrap();
+    std::fs::write(
+        locks.join(&erin.name),
+        "reason = \"dropped by config management\"\n",
+    )
+    .unwrap();
     let out = run(sshd.ssh(&erin, "true"));
-    assert!(stderr(&out).contains("dropped by config management"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dropped by config management"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::write(locks.join(&erin.name), "not = valid = toml").unwrap();
-    assert_eq!(run(sshd.ssh(&erin, "true")).status.code(), Some(255), "unparseable lock must still lock");
-    assert!(d.ctl_json(&["locks"])[0]["error"].as_str().unwrap().contains("locking anyway"));
+    assert_eq!(
+        run(sshd.ssh(&erin, "true")).status.code(),
+        Some(255),
+        "unparseable lock must still lock"
+    );
+    assert!(
+        d.ctl_json(&["locks"])[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("locking anyway")
+    );
     std::fs::remove_file(locks.join(&erin.name)).unwrap();
     assert!(run(sshd.ssh(&erin, "true")).status.success());
 }
@@ -171,15 +219,25 @@ fn unreachable_daemon_follows_the_fail_mode_within_the_timeout() {
     let timeout_ms = 1500u64;
     for (socket, hangs) in [(&absent, false), (&hung, true)] {
         for fail in ["closed", "open"] {
-            let args = format!("socket={} timeout_ms={timeout_ms} fail={fail}", socket.display());
+            let args = format!(
+                "socket={} timeout_ms={timeout_ms} fail={fail}",
+                socket.display()
+            );
             let sshd = TestSshd::start(Pam::Enforcer(args), &[&user], "");
             let start = Instant::now();
             let out = run(sshd.ssh(&user, "true"));
             let took = start.elapsed();
-            let what = format!("fail={fail} with {} daemon", if hangs { "a hung" } else { "no" });
+            let what = format!(
+                "fail={fail} with {} daemon",
+                if hangs { "a hung" } else { "no" }
+            );
             if fail == "closed" {
                 assert_eq!(out.status.code(), Some(255), "{what}: must refuse");
-                assert!(stderr(&out).contains("session policy service is unavailable"), "{what}: {}", stderr(&out));
+                assert!(
+                    stderr(&out).contains("session policy service is unavailable"),
+                    "{what}: {}",
+                    stderr(&out)
+                );
             } else {
                 assert!(out.status.success(), "{what}: must admit: {}", stderr(&out));
             }
@@ -188,7 +246,10 @@ fn unreachable_daemon_follows_the_fail_mode_within_the_timeout() {
             let bound = Duration::from_millis(timeout_ms * hooks + 3000);
             assert!(took < bound, "{what}: login took {took:?}, bound {bound:?}");
             if hangs {
-                assert!(took >= Duration::from_millis(timeout_ms), "{what}: gave up after {took:?}, before its timeout");
+                assert!(
+                    took >= Duration::from_millis(timeout_ms),
+                    "{what}: gave up after {took:?}, before its timeout"
+                );
             }
         }
     }
@@ -208,10 +269,21 @@ fn crash_of_the_sshd_monitor_releases_the_slot() {
     assert_eq!(sessions.len(), 1);
     let monitor = sessions[0]["monitor_pid"].as_u64().unwrap() as u32;
     assert!(procs::alive(monitor));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || d.sessions().is_empty()), "slot kept after kill -9:\n{}", d.log());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || d.sessions().is_empty()),
+        "slot kept after kill -9:\n{}",
+        d.log()
+    );
     let closed = d.wait_audit("close", |v| v["event"] == "connection_closed");
-    assert_eq!(closed["reason"], "monitor_exited", "the kernel exit event, not the sweep, released it");
+    assert_eq!(
+        closed["reason"], "monitor_exited",
+        "the kernel exit event, not the sweep, released it"
+    );
     assert!(run(sshd.ssh(&gus, "true")).status.success());
     drop(held);
 }
@@ -224,7 +296,10 @@ fn fifty_concurrent_logins_at_limit_five_admit_exactly_five() {
     let d = TestDaemon::start("[limits]\nmax_connections_per_user = 5\n");
     let hal = TestUser::create("h");
     let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&hal], "");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (admitted, refused) = rt.block_on(async {
         let logins = (0..50).map(|_| {
             let (port, user, key) = (sshd.port, hal.name.clone(), hal.key.clone());
@@ -240,10 +315,23 @@ fn fifty_concurrent_logins_at_limit_five_admit_exactly_five() {
         }
         (admitted, refused)
     });
-    assert_eq!(admitted.len(), 5, "refusals: {:?}", &refused[..refused.len().min(3)]);
-    assert!(refused.iter().any(|r| r.contains("5 of 5 allowed")), "refused logins carry the message: {:?}", refused.first());
+    assert_eq!(
+        admitted.len(),
+        5,
+        "refusals: {:?}",
+        &refused[..refused.len().min(3)]
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("5 of 5 allowed")),
+        "refused logins carry the message: {:?}",
+        refused.first()
+    );
     assert!(wait_until(Duration::from_secs(5), || d.sessions().len() == 5));
-    let refusals = d.audit().iter().filter(|v| v["event"] == "connection_refused").count();
+    let refusals = d
+        .audit()
+        .iter()
+        .filter(|v| v["event"] == "connection_refused")
+        .count();
     assert_eq!(refusals, 45);
     drop(admitted);
 }
@@ -278,7 +366,10 @@ fn sessions_and_audit_show_who_is_behind_the_key() {
     assert_eq!(s["auth"]["key_fingerprint"], ida.fingerprint().as_str());
     assert!(procs::alive(s["monitor_pid"].as_u64().unwrap() as u32));
     let text = d.ctl_ok(&["sessions"]);
-    assert!(text.contains(&ida.name) && text.contains(&ida.fingerprint()), "{text}");
+    assert!(
+        text.contains(&ida.name) && text.contains(&ida.fingerprint()),
+        "{text}"
+    );
 
     let admitted = d.wait_audit("admission", |v| v["event"] == "connection_admitted");
     assert_eq!(admitted["key_fingerprint"], ida.fingerprint().as_str());
@@ -288,7 +379,9 @@ fn sessions_and_audit_show_who_is_behind_the_key() {
     assert_eq!(admitted["client_port"], s["client"]["port"]);
     assert!(admitted["time"].as_str().unwrap().ends_with('Z'));
     held.close();
-    assert!(wait_until(Duration::from_secs(5), || d.sessions().is_empty()));
+    assert!(wait_until(Duration::from_secs(5), || d
+        .sessions()
+        .is_empty()));
 }
 
 #[test]
@@ -300,7 +393,11 @@ fn certificate_logins_record_the_key_id() {
     let jo = TestUser::create("j");
     let ca_dir = tempfile::tempdir().unwrap();
     let ca = ca_dir.path().join("ca");
-    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&ca).output().unwrap();
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&ca)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let _cert = jo.certify(&ca, "jo@corp ticket-123");
     let extra = format!("TrustedUserCAKeys {}.pub\n", ca.display());
@@ -328,10 +425,18 @@ fn limits_keep_counting_across_a_daemon_restart() {
     let held = HeldSsh::open(&sshd, &kim);
     d.restart();
     assert_eq!(d.sessions().len(), 1, "connection table restored");
-    assert_eq!(run(sshd.ssh(&kim, "true")).status.code(), Some(255), "limit forgotten across restart");
+    assert_eq!(
+        run(sshd.ssh(&kim, "true")).status.code(),
+        Some(255),
+        "limit forgotten across restart"
+    );
     // The restarted daemon tracks the monitor again: a disconnect still frees the slot.
     held.close();
-    assert!(wait_until(Duration::from_secs(5), || run(sshd.ssh(&kim, "true")).status.success()));
+    assert!(wait_until(Duration::from_secs(5), || run(
+        sshd.ssh(&kim, "true")
+    )
+    .status
+    .success()));
 }
 
 #[test]
@@ -350,9 +455,17 @@ fn rules_override_limits_per_group() {
     let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&lee, &max], "");
     let _l1 = HeldSsh::open(&sshd, &lee);
     let _l2 = HeldSsh::open(&sshd, &lee);
-    assert_eq!(run(sshd.ssh(&lee, "true")).status.code(), Some(255), "ops members get 2");
+    assert_eq!(
+        run(sshd.ssh(&lee, "true")).status.code(),
+        Some(255),
+        "ops members get 2"
+    );
     let _m1 = HeldSsh::open(&sshd, &max);
-    assert_eq!(run(sshd.ssh(&max, "true")).status.code(), Some(255), "everyone else gets 1");
+    assert_eq!(
+        run(sshd.ssh(&max, "true")).status.code(),
+        Some(255),
+        "everyone else gets 1"
+    );
 }
 
 #[test]
@@ -367,17 +480,34 @@ fn unprivileged_users_cannot_lock_and_see_only_their_own_connections() {
     let _n = HeldSsh::open(&sshd, &nia);
     let _o = HeldSsh::open(&sshd, &oz);
     let ctl = |user: &TestUser, args: &[&str]| {
-        user.command(&bin("enforcerctl")).arg("--socket").arg(&d.socket).args(args).output().unwrap()
+        user.command(&bin("enforcerctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .unwrap()
     };
     let out = ctl(&nia, &["lock", "user", &oz.name]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
     let denied = d.wait_audit("denial", |v| v["event"] == "request_denied");
-    assert_eq!((denied["by_uid"].as_u64(), denied["request"].as_str()), (Some(nia.uid as u64), Some("lock")));
+    assert_eq!(
+        (denied["by_uid"].as_u64(), denied["request"].as_str()),
+        (Some(nia.uid as u64), Some("lock"))
+    );
     let out = ctl(&nia, &["sessions", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mine: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let users: Vec<&str> = mine.as_array().unwrap().iter().map(|c| c["user"].as_str().unwrap()).collect();
+    let users: Vec<&str> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["user"].as_str().unwrap())
+        .collect();
     assert_eq!(users, [nia.name.as_str()]);
     assert_eq!(d.sessions().len(), 2, "root sees both");
 }
@@ -393,7 +523,10 @@ fn audit_records_reach_journald_with_their_fields() {
     if socket.exists() {
         // A real journald runs here; it is not ours to intercept.
         eprintln!("SKIPPED: a real journald owns {}", socket.display());
-        assert!(std::env::var_os("CI").is_none(), "CI machines of this kind have no journald");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI machines of this kind have no journald"
+        );
         return;
     }
     let dir = socket.parent().unwrap();
@@ -410,11 +543,17 @@ fn audit_records_reach_journald_with_their_fields() {
         }
     }
     let _cleanup = Cleanup(socket, created_dir);
-    journal.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
 
     let d = TestDaemon::start_opts("[limits]\nmax_connections_per_user = 1\n", true);
     assert_eq!(
-        d.status().features.iter().find(|f| f.name == "journald").map(|f| f.supported),
+        d.status()
+            .features
+            .iter()
+            .find(|f| f.name == "journald")
+            .map(|f| f.supported),
         Some(true)
     );
     let pia = TestUser::create("p");
@@ -423,11 +562,19 @@ fn audit_records_reach_journald_with_their_fields() {
     assert_eq!(run(sshd.ssh(&pia, "true")).status.code(), Some(255));
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 65536];
-    while !seen.iter().any(|e: &String| e.contains("ENFORCER_EVENT=connection_refused")) {
-        let n = journal.recv(&mut buf).expect("journald entry for the refusal");
+    while !seen
+        .iter()
+        .any(|e: &String| e.contains("ENFORCER_EVENT=connection_refused"))
+    {
+        let n = journal
+            .recv(&mut buf)
+            .expect("journald entry for the refusal");
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    let refused = seen.iter().find(|e| e.contains("ENFORCER_EVENT=connection_refused")).unwrap();
+    let refused = seen
+        .iter()
+        .find(|e| e.contains("ENFORCER_EVENT=connection_refused"))
+        .unwrap();
     for field in [
         format!("ENFORCER_USER={}", pia.name),
         "ENFORCER_REASON=max_connections_per_user".into(),
@@ -436,7 +583,14 @@ fn audit_records_reach_journald_with_their_fields() {
         "SYSLOG_IDENTIFIER=enforcerd".into(),
         format!("MESSAGE=connection_refused user={}", pia.name),
     ] {
-        assert!(refused.contains(&field), "{field} missing from journald entry:\n{refused}");
+        assert!(
+            refused.contains(&field),
+            "{field} missing from journald entry:\n{refused}"
+        );
     }
-    assert!(seen.iter().any(|e| e.contains("ENFORCER_EVENT=connection_admitted") && e.contains("ENFORCER_KEY_FINGERPRINT=SHA256:")));
+    assert!(
+        seen.iter()
+            .any(|e| e.contains("ENFORCER_EVENT=connection_admitted")
+                && e.contains("ENFORCER_KEY_FINGERPRINT=SHA256:"))
+    );
 }

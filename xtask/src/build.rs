@@ -14,9 +14,21 @@ pub fn ebpf(release: bool) -> anyhow::Result<PathBuf> {
     let mut c = Command::new("cargo");
     c.current_dir(crate::cmd::workspace_root())
         .arg(format!("+{BPF_TOOLCHAIN}"))
-        .args(["build", "--package", "enforcer-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        // BTF lets bpftool and the kernel show our map and program types.
-        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .args([
+            "build",
+            "--package",
+            "enforcer-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        // BTF lets bpftool and the kernel show our map and program types; cpu v3 has the
+        // fetch-and-add instruction the session counters use (enforcer-ebpf/src/atomic.rs).
+        .env(
+            "RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3",
+        )
         // The stable cargo that runs xtask exports these; they must not leak into nightly's build.
         .env_remove("RUSTC")
         .env_remove("RUSTDOC")
@@ -27,7 +39,10 @@ pub fn ebpf(release: bool) -> anyhow::Result<PathBuf> {
     }
     run_cmd(&mut c)?;
     let profile = if release { "release" } else { "debug" };
-    let obj = target_dir().join("bpfel-unknown-none").join(profile).join("enforcer-ebpf");
+    let obj = target_dir()
+        .join("bpfel-unknown-none")
+        .join(profile)
+        .join("enforcer-ebpf");
     anyhow::ensure!(obj.is_file(), "BPF build produced no {}", obj.display());
     Ok(obj)
 }
@@ -44,18 +59,26 @@ pub struct Built {
 pub fn all(release: bool) -> anyhow::Result<Built> {
     let bpf_object = ebpf(true)?;
     let mut c = cargo();
-    c.args(["build", "--bins", "--lib"]).env("ENFORCER_BPF_OBJECT", &bpf_object);
+    c.args(["build", "--bins", "--lib"])
+        .env("ENFORCER_BPF_OBJECT", &bpf_object);
     if release {
         c.arg("--release");
     }
     run_cmd(&mut c)?;
-    Ok(Built { bpf_object, bin_dir: target_dir().join(if release { "release" } else { "debug" }) })
+    Ok(Built {
+        bpf_object,
+        bin_dir: target_dir().join(if release { "release" } else { "debug" }),
+    })
 }
 
 /// Builds enforcerd (release) and replaces this process with it.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let obj = ebpf(true)?;
-    run_cmd(cargo().args(["build", "--release", "--package", "enforcer", "--bins"]).env("ENFORCER_BPF_OBJECT", &obj))?;
+    run_cmd(
+        cargo()
+            .args(["build", "--release", "--package", "enforcer", "--bins"])
+            .env("ENFORCER_BPF_OBJECT", &obj),
+    )?;
     let bin = target_dir().join("release").join("enforcerd");
     eprintln!("+ {} {}", bin.display(), args.join(" "));
     let err = Command::new(&bin).args(args).exec();
@@ -77,11 +100,15 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// Benchmarks live in the tests crate (they reuse its sshd/daemon harness).
-const BENCHES: &[&str] = &["pam"];
+const BENCHES: &[&str] = &["pam", "exec"];
 
 /// Builds release binaries and runs one benchmark against them.
 pub fn bench(name: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(BENCHES.contains(&name), "unknown benchmark {name:?}; known: {}", BENCHES.join(", "));
+    anyhow::ensure!(
+        BENCHES.contains(&name),
+        "unknown benchmark {name:?}; known: {}",
+        BENCHES.join(", ")
+    );
     let built = all(true)?;
     run_cmd(
         cargo()

@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 /// Runs `cmd`, echoing it first; fails when it exits non-zero.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("cannot start `{}`", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{}`", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed with {status}", show(cmd));
     }
@@ -20,7 +22,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs `cmd` quietly and returns its stdout, or `None` when it cannot run or fails.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn show(cmd: &Command) -> String {
@@ -34,12 +38,17 @@ fn show(cmd: &Command) -> String {
 
 /// Workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_owned()
 }
 
 /// Cargo's target directory.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// `cargo` with the toolchain that runs xtask (stable).

@@ -26,19 +26,30 @@ pub fn toolchain() -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", BPF_TOOLCHAIN]))
         .with_context(|| format!("the {BPF_TOOLCHAIN} toolchain is missing; install it with `rustup toolchain install {BPF_TOOLCHAIN}`"))?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", BPF_TOOLCHAIN]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            BPF_TOOLCHAIN,
+        ]))?;
     }
     bpf_linker()
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
     // Run through rustup so the toolchain's libLLVM is on the library path, as during builds.
-    let version = output(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "bpf-linker", "--version"]));
-    if version.as_deref().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+    let version =
+        output(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "bpf-linker", "--version"]));
+    if version
+        .as_deref()
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
         return Ok(());
     }
-    let sysroot = output(Command::new("rustc").args([&format!("+{BPF_TOOLCHAIN}"), "--print", "sysroot"]))
-        .context("cannot ask the BPF toolchain for its sysroot")?;
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{BPF_TOOLCHAIN}"), "--print", "sysroot"]))
+            .context("cannot ask the BPF toolchain for its sysroot")?;
     let lib = std::path::Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib)
         .with_context(|| format!("reading {}", lib.display()))?
@@ -63,8 +74,19 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     run(Command::new("cargo")
         .env("LLVM_PREFIX", &prefix)
-        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")]))?;
+        .args([
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ]))?;
     Ok(())
 }
 
@@ -85,7 +107,10 @@ pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     if !nix_is_root() {
-        bail!("missing packages {missing:?}; run as root (or `sudo apt-get install {}`)", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}; run as root (or `sudo apt-get install {}`)",
+            missing.join(" ")
+        );
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
     let install = || {

@@ -20,6 +20,36 @@ pub struct ConnectionInfo {
     /// When the connection was admitted (RFC 3339).
     pub since: String,
     pub auth: Option<AuthIdentity>,
+    /// Live sessions (channels) of the connection.
+    #[serde(default)]
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// One session (shell, exec or subsystem channel) of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: u64,
+    /// `shell`, `exec`, `subsystem`, or `starting` before anything ran.
+    pub kind: String,
+    /// Whether the session has a pseudo-terminal.
+    pub pty: bool,
+    /// Terminal name ("pts/3") for pty sessions.
+    pub tty: Option<String>,
+    /// The command of exec/subsystem sessions.
+    pub command: Option<String>,
+    /// The session leader (the process sshd started for the channel).
+    pub leader_pid: u32,
+    /// RFC 3339.
+    pub started: String,
+    /// RFC 3339.
+    pub last_activity: String,
+    /// Live processes in the session (leader included).
+    pub processes: u32,
+    /// Their pids.
+    #[serde(default)]
+    pub pids: Vec<u32>,
+    /// Programs executed so far.
+    pub commands: u64,
 }
 
 /// An address and port.

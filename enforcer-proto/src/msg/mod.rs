@@ -32,6 +32,10 @@ pub enum Request {
     Unlock { user: String },
     /// Current locks. Root and auditors.
     Locks,
+    /// Terminate a session and everything below it. Root only.
+    KillSession { id: u64 },
+    /// Terminate a connection: its sshd monitor and every process carrying its identity. Root only.
+    KillConnection { id: u64 },
 }
 
 /// The answer to a request.
@@ -48,6 +52,10 @@ pub enum Reply {
     Sessions(Vec<ConnectionInfo>),
     Locks(Vec<LockInfo>),
     Locked(LockInfo),
+    /// How many processes (threads counted once per signal) were signalled.
+    Killed {
+        processes: u64,
+    },
 }
 
 /// Why a request failed.
@@ -75,6 +83,9 @@ pub enum ErrorKind {
 
 impl ErrorReply {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }

@@ -38,7 +38,9 @@ pub struct PamSession {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Admission {
-    Admitted { conn_id: u64 },
+    Admitted {
+        conn_id: u64,
+    },
     Refused {
         /// Machine-readable reason: `user_locked`, `max_connections_per_user`,
         /// `max_connections_per_source`.

@@ -3,7 +3,10 @@
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::core::conn::Connection;
+use crate::core::{
+    conn::Connection,
+    session::{ExitStatus, Session},
+};
 
 /// An audit event; absent fields are omitted from the JSON.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -64,6 +67,47 @@ pub struct AuditRecord {
     /// The control request concerned (for denials).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// Session id (as in `enforcerctl sessions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<u64>,
+    /// `shell`, `exec`, `subsystem`, `starting`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty: Option<String>,
+    /// The command of an exec session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The process concerned (exec, exit; the leader for sessions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// Executed file, as the kernel resolved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// argv was longer than the kernel copies (1024 bytes) and is cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Exit code of a process that exited normally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that ended a process, e.g. "SIGKILL".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The limit that refused a session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Processes signalled by a kill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// Programs executed in a session (session_ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<u64>,
 }
 
 /// RFC 3339 in UTC.
@@ -73,7 +117,11 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 impl AuditRecord {
     pub fn new(event: &str, now: OffsetDateTime) -> Self {
-        AuditRecord { time: rfc3339(now), event: event.to_owned(), ..Default::default() }
+        AuditRecord {
+            time: rfc3339(now),
+            event: event.to_owned(),
+            ..Default::default()
+        }
     }
 
     /// Everything known about a connection.
@@ -95,6 +143,24 @@ impl AuditRecord {
             self.cert_key_id = a.cert_key_id.clone();
             self.cert_serial = a.cert_serial;
             self.cert_ca_fingerprint = a.cert_ca_fingerprint.clone();
+        }
+        self
+    }
+
+    /// A session's identity (kind, terminal, command, leader).
+    pub fn with_session(mut self, s: &Session) -> Self {
+        self.session_id = Some(s.id);
+        self.kind = Some(s.kind.as_str().to_owned());
+        self.tty = s.tty.clone();
+        self.command = s.command.clone();
+        self
+    }
+
+    /// How a process ended.
+    pub fn exit_status(mut self, status: ExitStatus) -> Self {
+        match status {
+            ExitStatus::Code(c) => self.exit_code = Some(c),
+            ExitStatus::Signal(_) => self.signal = status.signal_name(),
         }
         self
     }
@@ -156,6 +222,9 @@ mod tests {
         assert_eq!(v["reason"], "max_connections_per_user");
         assert!(v.get("key_fingerprint").is_none());
         assert!(v.get("duration_secs").is_none());
-        assert_eq!(r.summary(), "connection_refused user=alice conn=7 from=10.0.0.1 reason=max_connections_per_user");
+        assert_eq!(
+            r.summary(),
+            "connection_refused user=alice conn=7 from=10.0.0.1 reason=max_connections_per_user"
+        );
     }
 }

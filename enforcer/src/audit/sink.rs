@@ -22,7 +22,10 @@ const BACKLOG: usize = 65536;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("cannot open audit log {}: {source}; check audit.path and that its directory is writable by root", path.display())]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the sink did, for `enforcerctl status`.
@@ -51,11 +54,19 @@ struct Writer {
 }
 
 fn open(path: &Path) -> Result<(File, u64), AuditError> {
-    let err = |source| AuditError::Open { path: path.to_owned(), source };
+    let err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path).map_err(err)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(err)?;
     let inode = file.metadata().map_err(err)?.ino();
     Ok((file, inode))
 }
@@ -87,7 +98,11 @@ impl AuditSink {
         let (tx, rx) = mpsc::sync_channel::<AuditRecord>(BACKLOG);
         let counters = Arc::new(AuditCounters::default());
         let c = counters.clone();
-        let mut writer = Writer { path: path.to_owned(), file, inode };
+        let mut writer = Writer {
+            path: path.to_owned(),
+            file,
+            inode,
+        };
         std::thread::Builder::new()
             .name("enforcerd-audit".into())
             .spawn(move || {
@@ -106,18 +121,36 @@ impl AuditSink {
                     }
                 }
             })
-            .map_err(|source| AuditError::Open { path: path.to_owned(), source })?;
-        Ok(AuditSink { tx, counters, journald })
+            .map_err(|source| AuditError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(AuditSink {
+            tx,
+            counters,
+            journald,
+        })
     }
 
     /// Queues a record; never blocks the caller.
     pub fn record(&self, rec: AuditRecord) {
-        tracing::debug!(event = rec.event, user = rec.user, conn = rec.conn_id, reason = rec.reason, "audit");
+        tracing::debug!(
+            event = rec.event,
+            user = rec.user,
+            conn = rec.conn_id,
+            reason = rec.reason,
+            "audit"
+        );
         match self.tx.try_send(rec) {
             Ok(()) => {}
             Err(TrySendError::Full(rec)) => {
-                self.counters.dropped_backlog.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(event = rec.event, "audit writer backlog full; record dropped");
+                self.counters
+                    .dropped_backlog
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    event = rec.event,
+                    "audit writer backlog full; record dropped"
+                );
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);

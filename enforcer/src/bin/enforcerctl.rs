@@ -27,6 +27,15 @@ enum Target {
     User,
 }
 
+/// What `kill` terminates.
+#[derive(Clone, Copy, ValueEnum)]
+enum KillWhat {
+    /// One session and everything below it.
+    Session,
+    /// A whole connection: sshd's monitor and every process carrying its identity.
+    Connection,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Daemon, kernel and BPF state: programs, maps, feature probes, event and drop counters.
@@ -58,6 +67,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Terminate a session or connection (ids from `enforcerctl sessions`).
+    Kill { what: KillWhat, id: u64 },
 }
 
 fn main() -> ExitCode {
@@ -71,7 +82,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -81,7 +96,9 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -
 }
 
 fn unexpected(reply: Reply) -> anyhow::Error {
-    anyhow::anyhow!("unexpected answer from enforcerd ({reply:?}); are enforcerctl and enforcerd the same version?")
+    anyhow::anyhow!(
+        "unexpected answer from enforcerd ({reply:?}); are enforcerctl and enforcerd the same version?"
+    )
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -95,11 +112,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Reply::Sessions(s) => print(json, &s, |s| enforcer::ctl::render_sessions(s)),
             other => Err(unexpected(other)),
         },
-        Cmd::Lock { target: Target::User, name, ttl, reason } => {
+        Cmd::Lock {
+            target: Target::User,
+            name,
+            ttl,
+            reason,
+        } => {
             if ttl.is_some_and(|t| t.is_zero()) {
                 bail!("--ttl must be longer than zero (omit it for a lock without expiry)");
             }
-            let req = LockRequest { user: name, ttl_secs: ttl.map(|t| t.as_secs().max(1)), reason };
+            let req = LockRequest {
+                user: name,
+                ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+                reason,
+            };
             match client.call(&Request::Lock(req))? {
                 Reply::Locked(l) => {
                     let until = l.expires.map(|e| format!(" until {e}")).unwrap_or_default();
@@ -109,7 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => Err(unexpected(other)),
             }
         }
-        Cmd::Unlock { target: Target::User, name } => match client.call(&Request::Unlock { user: name.clone() })? {
+        Cmd::Unlock {
+            target: Target::User,
+            name,
+        } => match client.call(&Request::Unlock { user: name.clone() })? {
             Reply::Done => {
                 println!("unlocked user {name}");
                 Ok(())
@@ -120,5 +149,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Reply::Locks(l) => print(json, &l, |l| enforcer::ctl::render_locks(l)),
             other => Err(unexpected(other)),
         },
+        Cmd::Kill { what, id } => {
+            let (req, noun) = match what {
+                KillWhat::Session => (Request::KillSession { id }, "session"),
+                KillWhat::Connection => (Request::KillConnection { id }, "connection"),
+            };
+            match client.call(&req)? {
+                Reply::Killed { processes } => {
+                    println!("killed {noun} {id} ({processes} processes)");
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            }
+        }
     }
 }

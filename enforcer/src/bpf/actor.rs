@@ -1,13 +1,17 @@
 //! The task that owns the aya object (lockc-style): maps are read and written only here, and the
-//! ring buffer is drained here. Dropping it detaches every program.
+//! ring buffer is drained here. Dropping it detaches every program (pinned maps stay).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
-use enforcer_common::{counters::Counter, tasks::TrackedTask};
+use enforcer_common::{
+    counters::Counter,
+    limits::{ConnEntry, UserEntry},
+    tasks::TrackedTask,
+};
 use enforcer_proto::{FeatureProbe, MapStatus, ProgramStatus};
 use tokio::{
     io::unix::AsyncFd,
@@ -15,7 +19,13 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{BpfError, BpfSettings, KernelEvent, events, loader};
+use super::{
+    BpfError, BpfSettings, KernelEvent, events, loader,
+    tasks::{self, KillTarget, Tasks},
+};
+
+/// BPF_NOEXIST: insert only when the key is absent.
+const NOEXIST: u64 = 1;
 
 /// Kernel-side state for `enforcerctl status`.
 #[derive(Debug, Clone)]
@@ -29,10 +39,47 @@ pub struct BpfSnapshot {
     pub dropped: BTreeMap<String, u64>,
 }
 
+type Reply<T> = oneshot::Sender<Result<T, BpfError>>;
+
 enum Command {
-    Snapshot(oneshot::Sender<Result<BpfSnapshot, BpfError>>),
-    Track { tid: u32, task: TrackedTask, reply: oneshot::Sender<Result<(), BpfError>> },
-    Untrack { tid: u32, reply: oneshot::Sender<Result<(), BpfError>> },
+    Snapshot(Reply<BpfSnapshot>),
+    Track {
+        tid: u32,
+        task: TrackedTask,
+        reply: Reply<()>,
+    },
+    SetConn {
+        conn_id: u64,
+        entry: ConnEntry,
+        reply: Reply<()>,
+    },
+    RemoveConn {
+        conn_id: u64,
+        reply: Reply<()>,
+    },
+    EnsureUser {
+        uid: u32,
+        max_sessions: u32,
+        reply: Reply<()>,
+    },
+    SetUser {
+        uid: u32,
+        entry: UserEntry,
+        reply: Reply<()>,
+    },
+    RemoveUser {
+        uid: u32,
+        reply: Reply<()>,
+    },
+    Census(Reply<Vec<(u32, TrackedTask)>>),
+    Kill {
+        target: KillTarget,
+        reply: Reply<usize>,
+    },
+    Validate {
+        roots: Vec<u32>,
+        reply: Reply<(usize, usize)>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -43,30 +90,85 @@ pub struct BpfHandle {
 }
 
 impl BpfHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, BpfError> {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, BpfError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| BpfError::ActorGone)?;
-        rx.await.map_err(|_| BpfError::ActorGone)
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| BpfError::ActorGone)?;
+        rx.await.map_err(|_| BpfError::ActorGone)?
     }
 
     /// Programs, maps, probes and counters.
     pub async fn snapshot(&self) -> Result<BpfSnapshot, BpfError> {
-        self.ask(Command::Snapshot).await?
+        self.ask(Command::Snapshot).await
     }
 
     /// Starts tracking a task (and, through the kernel, everything it creates from now on).
     pub async fn track(&self, tid: u32, task: TrackedTask) -> Result<(), BpfError> {
-        self.ask(|reply| Command::Track { tid, task, reply }).await?
+        self.ask(|reply| Command::Track { tid, task, reply }).await
     }
 
-    /// Stops tracking one task (its descendants keep their own entries).
-    pub async fn untrack(&self, tid: u32) -> Result<(), BpfError> {
-        self.ask(|reply| Command::Untrack { tid, reply }).await?
+    /// Registers an admitted connection's session limit.
+    pub async fn set_conn(&self, conn_id: u64, entry: ConnEntry) -> Result<(), BpfError> {
+        self.ask(|reply| Command::SetConn {
+            conn_id,
+            entry,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn remove_conn(&self, conn_id: u64) -> Result<(), BpfError> {
+        self.ask(|reply| Command::RemoveConn { conn_id, reply })
+            .await
+    }
+
+    /// Registers a user's session limit unless the user already has an entry (whose live count
+    /// must not be reset).
+    pub async fn ensure_user(&self, uid: u32, max_sessions: u32) -> Result<(), BpfError> {
+        self.ask(|reply| Command::EnsureUser {
+            uid,
+            max_sessions,
+            reply,
+        })
+        .await
+    }
+
+    /// Overwrites a user's entry (restore after restart).
+    pub async fn set_user(&self, uid: u32, entry: UserEntry) -> Result<(), BpfError> {
+        self.ask(|reply| Command::SetUser { uid, entry, reply })
+            .await
+    }
+
+    pub async fn remove_user(&self, uid: u32) -> Result<(), BpfError> {
+        self.ask(|reply| Command::RemoveUser { uid, reply }).await
+    }
+
+    /// Every tracked task.
+    pub async fn census(&self) -> Result<Vec<(u32, TrackedTask)>, BpfError> {
+        self.ask(Command::Census).await
+    }
+
+    /// Kills every task of a session or connection, repeating until none is left (a task that
+    /// forks meanwhile is caught by the next pass; its child cannot exec). Returns how many
+    /// tasks were signalled.
+    pub async fn kill(&self, target: KillTarget) -> Result<usize, BpfError> {
+        self.ask(|reply| Command::Kill { target, reply }).await
+    }
+
+    /// Drops entries of tasks that ended while the daemon was down and adopts descendants of
+    /// `roots` created meanwhile: (removed, adopted).
+    pub async fn validate(&self, roots: Vec<u32>) -> Result<(usize, usize), BpfError> {
+        self.ask(|reply| Command::Validate { roots, reply }).await
     }
 
     /// Detaches everything and stops the actor; returns once the kernel objects are released.
     pub async fn shutdown(&self) {
-        let _ = self.ask(Command::Shutdown).await;
+        let (ack, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(ack)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -77,11 +179,17 @@ struct Actor {
     features: Vec<FeatureProbe>,
     settings: BpfSettings,
     counters: PerCpuArray<MapData, u64>,
-    tasks: HashMap<MapData, u32, TrackedTask>,
+    tasks: Tasks,
+    conns: HashMap<MapData, u64, ConnEntry>,
+    users: HashMap<MapData, u32, UserEntry>,
     received: u64,
     malformed: u64,
     /// Events the daemon could not take (its queue was full or closed).
     undelivered: u64,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
 }
 
 /// Loads and attaches the BPF object and spawns the actor. Kernel events go to `events`.
@@ -89,18 +197,24 @@ pub fn start(
     settings: BpfSettings,
     events: mpsc::Sender<KernelEvent>,
 ) -> Result<(BpfHandle, JoinHandle<()>), BpfError> {
-    let loader::Loaded { mut ebpf, programs, features } = loader::load(loader::OBJECT, &settings)?;
-    let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
-    let ring = RingBuf::try_from(take(&mut ebpf, "ENF_EVENTS")?)
-        .map_err(|source| BpfError::Map { name: "ENF_EVENTS", source })?;
-    let counters = PerCpuArray::try_from(take(&mut ebpf, "ENF_COUNTERS")?)
-        .map_err(|source| BpfError::Map { name: "ENF_COUNTERS", source })?;
-    let tasks = HashMap::try_from(take(&mut ebpf, "ENF_TASKS")?)
-        .map_err(|source| BpfError::Map { name: "ENF_TASKS", source })?;
+    let loader::Loaded {
+        mut ebpf,
+        programs,
+        features,
+    } = loader::load(loader::OBJECT, &settings)?;
+    let mut take = |name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
+    let ring = RingBuf::try_from(take("ENF_EVENTS")?).map_err(map_err("ENF_EVENTS"))?;
+    let counters = PerCpuArray::try_from(take("ENF_COUNTERS")?).map_err(map_err("ENF_COUNTERS"))?;
+    let tasks = HashMap::try_from(take("ENF_TASKS")?).map_err(map_err("ENF_TASKS"))?;
+    let conns = HashMap::try_from(take("ENF_CONNS")?).map_err(map_err("ENF_CONNS"))?;
+    let users = HashMap::try_from(take("ENF_USERS")?).map_err(map_err("ENF_USERS"))?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
     // (which owns the RingBuf) is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| BpfError::Map { name: "ENF_EVENTS", source: std::io::Error::from(e).into() })?;
+        .map_err(|e| BpfError::Map {
+            name: "ENF_EVENTS",
+            source: std::io::Error::from(e).into(),
+        })?;
     let (tx, rx) = mpsc::channel(64);
     let actor = Actor {
         _ebpf: ebpf,
@@ -109,6 +223,8 @@ pub fn start(
         settings,
         counters,
         tasks,
+        conns,
+        users,
         received: 0,
         malformed: 0,
         undelivered: 0,
@@ -117,6 +233,9 @@ pub fn start(
     Ok((BpfHandle { tx }, join))
 }
 
+/// Kill passes before giving up on a session that keeps producing tasks.
+const KILL_PASSES: usize = 100;
+
 impl Actor {
     async fn run(
         mut self,
@@ -124,7 +243,6 @@ impl Actor {
         mut ring: AsyncFd<RingBuf<MapData>>,
         events: mpsc::Sender<KernelEvent>,
     ) {
-        let mut batch = Vec::new();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -134,6 +252,9 @@ impl Actor {
                         tracing::info!("BPF programs detached");
                         let _ = ack.send(());
                         return;
+                    }
+                    Some(Command::Kill { target, reply }) => {
+                        let _ = reply.send(Ok(self.kill(target).await));
                     }
                     Some(cmd) => self.handle(cmd),
                     None => return,
@@ -150,7 +271,14 @@ impl Actor {
                     while let Some(item) = ring.next() {
                         self.received += 1;
                         match events::decode(&item) {
-                            Ok(ev) => batch.push(ev),
+                            // Never wait on the daemon: it waits on us (snapshots, map
+                            // updates). A full queue is a counted drop; the daemon's sweep
+                            // reconciles any connection whose end it missed.
+                            Ok(ev) => {
+                                if events.try_send(ev).is_err() {
+                                    self.undelivered += 1;
+                                }
+                            }
                             Err(e) => {
                                 self.malformed += 1;
                                 tracing::warn!(error = %e, "malformed kernel event");
@@ -158,17 +286,24 @@ impl Actor {
                         }
                     }
                     guard.clear_ready();
-                    for ev in batch.drain(..) {
-                        // Never wait on the daemon: it waits on us (snapshots, map updates).
-                        // A full queue is a counted drop; the daemon's periodic sweep
-                        // reconciles any connection whose end it missed.
-                        if events.try_send(ev).is_err() {
-                            self.undelivered += 1;
-                        }
-                    }
                 }
             }
         }
+    }
+
+    async fn kill(&mut self, target: KillTarget) -> usize {
+        let mut signalled = std::collections::HashSet::new();
+        for _ in 0..KILL_PASSES {
+            let pass = tasks::kill_pass(&mut self.tasks, target);
+            if pass.is_empty() {
+                return signalled.len();
+            }
+            signalled.extend(pass);
+            // Give SIGKILL time to land; the exit tracepoint then removes the entries.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tracing::error!(?target, "tasks still alive after {KILL_PASSES} kill passes");
+        signalled.len()
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -177,17 +312,65 @@ impl Actor {
                 let _ = reply.send(self.snapshot());
             }
             Command::Track { tid, task, reply } => {
-                let r = self.tasks.insert(tid, task, 0);
-                let _ = reply.send(r.map_err(|source| BpfError::Map { name: "ENF_TASKS", source }));
+                let _ = reply.send(
+                    self.tasks
+                        .insert(tid, task, 0)
+                        .map_err(map_err("ENF_TASKS")),
+                );
             }
-            Command::Untrack { tid, reply } => {
-                let r = match self.tasks.remove(&tid) {
-                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Command::SetConn {
+                conn_id,
+                entry,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.conns
+                        .insert(conn_id, entry, 0)
+                        .map_err(map_err("ENF_CONNS")),
+                );
+            }
+            Command::RemoveConn { conn_id, reply } => {
+                let _ = reply
+                    .send(absent_ok(self.conns.remove(&conn_id)).map_err(map_err("ENF_CONNS")));
+            }
+            Command::EnsureUser {
+                uid,
+                max_sessions,
+                reply,
+            } => {
+                let entry = UserEntry {
+                    sessions: 0,
+                    max_sessions,
+                    _pad: 0,
+                };
+                let r = match self.users.insert(uid, entry, NOEXIST) {
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                    {
+                        Ok(())
+                    }
                     other => other,
                 };
-                let _ = reply.send(r.map_err(|source| BpfError::Map { name: "ENF_TASKS", source }));
+                let _ = reply.send(r.map_err(map_err("ENF_USERS")));
             }
-            Command::Shutdown(_) => unreachable!("handled in run"),
+            Command::SetUser { uid, entry, reply } => {
+                let _ = reply.send(
+                    self.users
+                        .insert(uid, entry, 0)
+                        .map_err(map_err("ENF_USERS")),
+                );
+            }
+            Command::RemoveUser { uid, reply } => {
+                let _ =
+                    reply.send(absent_ok(self.users.remove(&uid)).map_err(map_err("ENF_USERS")));
+            }
+            Command::Census(reply) => {
+                let _ = reply.send(Ok(tasks::census(&self.tasks)));
+            }
+            Command::Validate { roots, reply } => {
+                let _ = reply.send(Ok(tasks::validate(&mut self.tasks, &roots)));
+            }
+            Command::Kill { .. } | Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
 
@@ -198,33 +381,56 @@ impl Actor {
             let per_cpu = self
                 .counters
                 .get(&(c as u32), 0)
-                .map_err(|source| BpfError::Map { name: "ENF_COUNTERS", source })?;
+                .map_err(map_err("ENF_COUNTERS"))?;
             let total: u64 = per_cpu.iter().sum();
-            if c.is_drop() { &mut dropped } else { &mut events }.insert(c.name().to_owned(), total);
+            if c.is_drop() {
+                &mut dropped
+            } else {
+                &mut events
+            }
+            .insert(c.name().to_owned(), total);
         }
         events.insert("events_received".into(), self.received);
         dropped.insert("drop_events_malformed".into(), self.malformed);
         dropped.insert("drop_daemon_backlog".into(), self.undelivered);
-        let tracked = self.tasks.keys().filter(Result::is_ok).count() as u64;
+        let count = |n: usize| Some(n as u64);
+        let map = |name: &str, kind: &str, max_entries: u32, entries: Option<u64>| MapStatus {
+            name: name.into(),
+            kind: kind.into(),
+            max_entries,
+            entries,
+        };
         let maps = vec![
-            MapStatus {
-                name: "ENF_EVENTS".into(),
-                kind: "ringbuf".into(),
-                max_entries: self.settings.ring_buffer_bytes,
-                entries: None,
-            },
-            MapStatus {
-                name: "ENF_COUNTERS".into(),
-                kind: "percpu_array".into(),
-                max_entries: enforcer_common::counters::COUNTER_SLOTS,
-                entries: Some(Counter::ALL.len() as u64),
-            },
-            MapStatus {
-                name: "ENF_TASKS".into(),
-                kind: "hash".into(),
-                max_entries: self.settings.max_tracked_tasks,
-                entries: Some(tracked),
-            },
+            map(
+                "ENF_EVENTS",
+                "ringbuf",
+                self.settings.ring_buffer_bytes,
+                None,
+            ),
+            map(
+                "ENF_COUNTERS",
+                "percpu_array",
+                enforcer_common::counters::COUNTER_SLOTS,
+                count(Counter::ALL.len()),
+            ),
+            map(
+                "ENF_TASKS",
+                "hash",
+                self.settings.max_tracked_tasks,
+                count(self.tasks.keys().filter(Result::is_ok).count()),
+            ),
+            map(
+                "ENF_CONNS",
+                "hash",
+                16384,
+                count(self.conns.keys().filter(Result::is_ok).count()),
+            ),
+            map(
+                "ENF_USERS",
+                "hash",
+                16384,
+                count(self.users.keys().filter(Result::is_ok).count()),
+            ),
         ];
         Ok(BpfSnapshot {
             programs: self.programs.clone(),
@@ -233,5 +439,13 @@ impl Actor {
             events,
             dropped,
         })
+    }
+}
+
+/// Removing an absent key is not an error.
+fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
     }
 }

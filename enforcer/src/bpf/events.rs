@@ -1,7 +1,12 @@
 //! Decoding ring-buffer records into typed kernel events.
 
-use enforcer_common::events::{
-    EXEC_FILENAME_TRUNCATED, EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN,
+use enforcer_common::{
+    events::{
+        ARGV_LEN, CWD_DEPTH, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED,
+        EXEC_FILENAME_TRUNCATED, EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_REFUSED,
+        EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN, SessionEvent,
+    },
+    limits::{REFUSED_CONN_LIMIT, REFUSED_USER_LIMIT},
 };
 
 /// Who an event is about.
@@ -11,18 +16,69 @@ pub struct EventOrigin {
     pub tid: u32,
     pub boot_ns: u64,
     pub conn_id: u64,
+    /// Kernel session key: the session leader's task id (0 = not in a session).
     pub session_id: u64,
+}
+
+/// Why the kernel killed a task at exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KilledAtExec {
+    /// Its session was refused by a limit.
+    Refused,
+    /// Its session or connection is being terminated.
+    Doomed,
+}
+
+/// A decoded exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub origin: EventOrigin,
+    pub start_ns: u64,
+    pub ppid: u32,
+    pub uid: u32,
+    pub filename: String,
+    pub filename_truncated: bool,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    /// `None` when the kernel could not read it.
+    pub cwd: Option<String>,
+    pub cwd_truncated: bool,
+    pub tty: Option<String>,
+    pub killed: Option<KilledAtExec>,
+}
+
+/// Which limit refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionLimit {
+    PerConnection,
+    PerUser,
 }
 
 /// A decoded kernel event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
-    Exec { origin: EventOrigin, filename: String, truncated: bool },
-    /// The process ended; `was_root` when it was a connection's registered root (sshd monitor).
-    Exit { origin: EventOrigin, was_root: bool },
+    Exec(Box<Exec>),
+    /// A process ended (or a session leader's thread did). `status` is the wait status.
+    Exit {
+        origin: EventOrigin,
+        start_ns: u64,
+        status: u32,
+        flags: u32,
+    },
+    /// A session started (setsid below the connection), or was refused: (limit, its value).
+    Session {
+        origin: EventOrigin,
+        start_ns: u64,
+        uid: u32,
+        refused: Option<(SessionLimit, u32)>,
+    },
+    /// A refused session's leader is stopped with its stdio on the channel.
+    Stopped {
+        origin: EventOrigin,
+    },
 }
 
-/// Why a record could not be decoded (counted as `events_malformed`).
+/// Why a record could not be decoded (counted as `drop_events_malformed`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is too short for {what}")]
@@ -33,7 +89,10 @@ pub enum DecodeError {
 
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short { what, len: bytes.len() });
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+        });
     }
     // SAFETY: length checked; `T` is a `#[repr(C)]` plain-data type from enforcer-common and the
     // read is unaligned-safe.
@@ -50,23 +109,98 @@ fn origin(h: &EventHeader) -> EventOrigin {
     }
 }
 
+fn c_str(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// argv as /proc/PID/cmdline stores it: NUL-terminated strings back to back.
+fn split_argv(b: &[u8]) -> Vec<String> {
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    if b.is_empty() {
+        return Vec::new();
+    }
+    b.split(|&c| c == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn exec(ev: &ExecEvent) -> Exec {
+    let flags = ev.flags;
+    let cwd = if flags & EXEC_CWD_TRUNCATED != 0 && ev.cwd_depth == 0 {
+        None
+    } else {
+        let depth = (ev.cwd_depth as usize).min(CWD_DEPTH);
+        // Empty slots mark mount points crossed on the way up.
+        let parts: Vec<String> = ev.cwd[..depth]
+            .iter()
+            .rev()
+            .map(|p| c_str(p))
+            .filter(|p| !p.is_empty())
+            .collect();
+        let path = format!("/{}", parts.join("/"));
+        Some(if flags & EXEC_CWD_TRUNCATED != 0 {
+            format!("…{path}")
+        } else {
+            path
+        })
+    };
+    Exec {
+        origin: origin(&ev.header),
+        start_ns: ev.start_ns,
+        ppid: ev.ppid,
+        uid: ev.uid,
+        filename: c_str(&ev.filename[..(ev.filename_len as usize).min(FILENAME_LEN)]),
+        filename_truncated: flags & EXEC_FILENAME_TRUNCATED != 0,
+        argv: split_argv(&ev.argv[..(ev.argv_len as usize).min(ARGV_LEN)]),
+        argv_truncated: flags & (EXEC_ARGV_TRUNCATED | EXEC_ARGV_UNREADABLE) != 0,
+        cwd,
+        cwd_truncated: flags & EXEC_CWD_TRUNCATED != 0,
+        tty: (flags & EXEC_HAS_TTY != 0).then(|| c_str(&ev.tty)),
+        killed: if flags & EXEC_KILLED_REFUSED != 0 {
+            Some(KilledAtExec::Refused)
+        } else if flags & EXEC_KILLED_DOOMED != 0 {
+            Some(KilledAtExec::Doomed)
+        } else {
+            None
+        },
+    }
+}
+
 /// Decodes one record.
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read(bytes, "an event header")?;
     match EventKind::from_u32(header.kind) {
-        Some(EventKind::Exec) => {
-            let ev: ExecEvent = read(bytes, "an exec event")?;
-            let len = (ev.filename_len as usize).min(FILENAME_LEN);
-            Ok(KernelEvent::Exec {
-                origin: origin(&ev.header),
-                filename: String::from_utf8_lossy(&ev.filename[..len]).into_owned(),
-                truncated: ev.flags & EXEC_FILENAME_TRUNCATED != 0,
-            })
-        }
+        Some(EventKind::Exec) => Ok(KernelEvent::Exec(Box::new(exec(&read::<ExecEvent>(
+            bytes,
+            "an exec event",
+        )?)))),
         Some(EventKind::Exit) => {
             let ev: ExitEvent = read(bytes, "an exit event")?;
-            Ok(KernelEvent::Exit { origin: origin(&ev.header), was_root: ev.was_root != 0 })
+            Ok(KernelEvent::Exit {
+                origin: origin(&ev.header),
+                start_ns: ev.start_ns,
+                status: ev.exit_code,
+                flags: ev.flags,
+            })
         }
+        Some(EventKind::Session) => {
+            let ev: SessionEvent = read(bytes, "a session event")?;
+            let refused = match ev.refused {
+                REFUSED_CONN_LIMIT => Some((SessionLimit::PerConnection, ev.limit)),
+                REFUSED_USER_LIMIT => Some((SessionLimit::PerUser, ev.limit)),
+                _ => None,
+            };
+            Ok(KernelEvent::Session {
+                origin: origin(&ev.header),
+                start_ns: ev.start_ns,
+                uid: ev.uid,
+                refused,
+            })
+        }
+        Some(EventKind::Stopped) => Ok(KernelEvent::Stopped {
+            origin: origin(&header),
+        }),
         None => Err(DecodeError::Kind(header.kind)),
     }
 }
@@ -74,6 +208,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use enforcer_common::events::{CWD_NAME_LEN, TTY_LEN};
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test helper over plain-data structs.
@@ -81,53 +216,122 @@ mod tests {
     }
 
     fn header(kind: EventKind) -> EventHeader {
-        EventHeader { kind: kind as u32, pid: 10, tid: 11, _pad: 0, boot_ns: 5, conn_id: 7, session_id: 3 }
+        EventHeader {
+            kind: kind as u32,
+            pid: 10,
+            tid: 11,
+            _pad: 0,
+            boot_ns: 5,
+            conn_id: 7,
+            session_id: 3,
+        }
     }
 
-    #[test]
-    fn exec_round_trip() {
-        let mut ev = ExecEvent {
+    fn exec_event() -> ExecEvent {
+        ExecEvent {
             header: header(EventKind::Exec),
-            flags: EXEC_FILENAME_TRUNCATED,
-            filename_len: 8,
+            start_ns: 99,
+            ppid: 9,
+            uid: 1000,
+            flags: 0,
+            filename_len: 0,
+            argv_len: 0,
+            cwd_depth: 0,
+            tty: [0; TTY_LEN],
             filename: [0; FILENAME_LEN],
-        };
-        ev.filename[..8].copy_from_slice(b"/bin/sh\0");
-        ev.filename_len = 7;
-        let got = decode(&bytes_of(&ev)).unwrap();
-        let KernelEvent::Exec { origin, filename, truncated } = got else { panic!("{got:?}") };
-        assert_eq!((origin.pid, origin.tid, origin.conn_id, origin.session_id), (10, 11, 7, 3));
-        assert_eq!(filename, "/bin/sh");
-        assert!(truncated);
+            argv: [0; ARGV_LEN],
+            cwd: [[0; CWD_NAME_LEN]; CWD_DEPTH],
+        }
     }
 
     #[test]
-    fn exit_round_trip() {
-        let ev = ExitEvent { header: header(EventKind::Exit), last_tid: 11, was_root: 1 };
-        assert!(matches!(decode(&bytes_of(&ev)).unwrap(), KernelEvent::Exit { was_root: true, .. }));
+    fn exec_with_argv_cwd_and_tty() {
+        let mut ev = exec_event();
+        ev.filename[..9].copy_from_slice(b"/bin/ls\0\0");
+        ev.filename_len = 7;
+        let argv = b"ls\0-l\0/tmp dir\0";
+        ev.argv[..argv.len()].copy_from_slice(argv);
+        ev.argv_len = argv.len() as u32;
+        ev.cwd[0][..4].copy_from_slice(b"src\0");
+        ev.cwd[1][..5].copy_from_slice(b"alice");
+        ev.cwd[2][0] = 0; // a mount point crossed between /home and alice
+        ev.cwd[3][..5].copy_from_slice(b"home\0");
+        ev.cwd_depth = 4;
+        ev.tty[..6].copy_from_slice(b"pts/4\0");
+        ev.flags = EXEC_HAS_TTY | EXEC_KILLED_REFUSED;
+        let KernelEvent::Exec(e) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.filename, "/bin/ls");
+        assert_eq!(e.argv, ["ls", "-l", "/tmp dir"]);
+        assert!(!e.argv_truncated);
+        assert_eq!(e.cwd.as_deref(), Some("/home/alice/src"));
+        assert_eq!(e.tty.as_deref(), Some("pts/4"));
+        assert_eq!(e.killed, Some(KilledAtExec::Refused));
+        assert_eq!((e.origin.pid, e.ppid, e.uid, e.start_ns), (10, 9, 1000, 99));
+    }
+
+    #[test]
+    fn root_cwd_truncation_and_unreadable_argv() {
+        let mut ev = exec_event();
+        let KernelEvent::Exec(e) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.cwd.as_deref(), Some("/"));
+        assert!(e.argv.is_empty() && e.tty.is_none());
+        ev.flags = EXEC_CWD_TRUNCATED | EXEC_ARGV_UNREADABLE;
+        ev.cwd[0][..2].copy_from_slice(b"x\0");
+        ev.cwd_depth = 1;
+        let KernelEvent::Exec(e) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.cwd.as_deref(), Some("…/x"));
+        assert!(e.argv_truncated, "unreadable argv is marked");
+    }
+
+    #[test]
+    fn session_and_exit_and_stop() {
+        let ev = SessionEvent {
+            header: header(EventKind::Session),
+            start_ns: 1,
+            refused: REFUSED_USER_LIMIT,
+            limit: 5,
+            uid: 1000,
+            _pad: 0,
+        };
+        assert!(matches!(
+            decode(&bytes_of(&ev)).unwrap(),
+            KernelEvent::Session {
+                refused: Some((SessionLimit::PerUser, 5)),
+                uid: 1000,
+                ..
+            }
+        ));
+        let ev = ExitEvent {
+            header: header(EventKind::Exit),
+            start_ns: 1,
+            exit_code: 3 << 8,
+            flags: 0,
+        };
+        assert!(matches!(
+            decode(&bytes_of(&ev)).unwrap(),
+            KernelEvent::Exit { status: 768, .. }
+        ));
+        assert!(matches!(
+            decode(&bytes_of(&header(EventKind::Stopped))).unwrap(),
+            KernelEvent::Stopped { .. }
+        ));
     }
 
     #[test]
     fn short_and_unknown_records_are_errors() {
         assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
-        let ev = ExitEvent { header: header(EventKind::Exec), last_tid: 0, was_root: 0 };
-        // Exec kind but only an exit-sized body.
-        assert!(matches!(decode(&bytes_of(&ev)), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            decode(&bytes_of(&header(EventKind::Exec))),
+            Err(DecodeError::Short { .. })
+        ));
         let mut h = header(EventKind::Exit);
         h.kind = 99;
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::Kind(99)));
-    }
-
-    #[test]
-    fn filename_len_beyond_buffer_is_clamped() {
-        let mut ev = ExecEvent {
-            header: header(EventKind::Exec),
-            flags: 0,
-            filename_len: 10_000,
-            filename: [b'a'; FILENAME_LEN],
-        };
-        ev.filename[0] = b'/';
-        let KernelEvent::Exec { filename, .. } = decode(&bytes_of(&ev)).unwrap() else { panic!() };
-        assert_eq!(filename.len(), FILENAME_LEN);
     }
 }

@@ -3,21 +3,28 @@
 //! [`KernelEvent`]s on a channel.
 
 mod actor;
+pub mod btf;
 pub mod events;
 mod loader;
+mod offsets;
+mod pins;
 mod probe;
+pub mod tasks;
 pub mod tracefs;
 
 pub use actor::{BpfHandle, BpfSnapshot, start};
-pub use events::{EventOrigin, KernelEvent};
+pub use events::{EventOrigin, Exec, KernelEvent, KilledAtExec, SessionLimit};
+pub use tasks::KillTarget;
 
 use std::path::PathBuf;
 
 /// Load-time knobs (from `[daemon]`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BpfSettings {
     pub ring_buffer_bytes: u32,
     pub max_tracked_tasks: u32,
+    /// Where identity maps are pinned (bpffs).
+    pub pin_dir: PathBuf,
 }
 
 /// Failures of the kernel side.
@@ -27,20 +34,36 @@ pub enum BpfError {
         "enforcerd was built without its BPF object; build it with `cargo xtask build` (it runs `cargo xtask build-ebpf` first)"
     )]
     NoObject,
-    #[error("tracefs is not mounted and mounting it failed ({0}); mount it with `mount -t tracefs nodev /sys/kernel/tracing`")]
+    #[error(
+        "tracefs is not mounted and mounting it failed ({0}); mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+    )]
     Tracefs(String),
     #[error("cannot use tracepoint format {}: {message}", path.display())]
     Format { path: PathBuf, message: String },
-    #[error("loading the BPF object failed: {0}; enforcerd must run as root (CAP_BPF, CAP_PERFMON) on a kernel with BPF ring buffers (5.8+)")]
+    #[error(
+        "loading the BPF object failed: {0}; enforcerd must run as root (CAP_BPF, CAP_PERFMON) on a kernel with BPF ring buffers (5.8+)"
+    )]
     Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "kernel BTF lacks what enforcer needs ({0}); a kernel with CONFIG_DEBUG_INFO_BTF is required"
+    )]
+    Btf(String),
+    #[error("BPF pin directory: {0}")]
+    Pins(String),
     #[error("BPF object has no program {0}; rebuild with `cargo xtask build`")]
     MissingProgram(&'static str),
     #[error("BPF object has no map {0}; rebuild with `cargo xtask build`")]
     MissingMap(&'static str),
     #[error("BPF program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("BPF map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("the BPF task has stopped (see the daemon log)")]
     ActorGone,
 }

@@ -10,14 +10,24 @@ use enforcer_proto::FeatureProbe;
 
 fn describe(err: &ProgramError) -> String {
     match err {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let log = log.trim_matches(|c: char| c == '"' || c.is_whitespace());
             if log.is_empty() {
                 format!("load refused: {io_error} (empty verifier log)")
             } else {
-                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(log);
-                format!("load refused: {io_error}; verifier: {}", last.chars().take(160).collect::<String>())
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or(log);
+                format!(
+                    "load refused: {io_error}; verifier: {}",
+                    last.chars().take(160).collect::<String>()
+                )
             }
         }
         other => format!("load failed: {other}"),
@@ -26,8 +36,16 @@ fn describe(err: &ProgramError) -> String {
 
 fn probe(name: &str, how: &str, result: Result<(), ProgramError>) -> FeatureProbe {
     match result {
-        Ok(()) => FeatureProbe { name: name.into(), supported: true, detail: format!("{how}: loaded") },
-        Err(e) => FeatureProbe { name: name.into(), supported: false, detail: format!("{how}: {}", describe(&e)) },
+        Ok(()) => FeatureProbe {
+            name: name.into(),
+            supported: true,
+            detail: format!("{how}: loaded"),
+        },
+        Err(e) => FeatureProbe {
+            name: name.into(),
+            supported: false,
+            detail: format!("{how}: {}", describe(&e)),
+        },
     }
 }
 
@@ -82,7 +100,9 @@ pub fn probe_all(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Vec<FeatureProbe> {
             out.push(probe(
                 "tp_btf",
                 "tp_btf/sched_process_exec",
-                try_load::<BtfTracePoint>(ebpf, "enf_p_tpbtf", |p| p.load("sched_process_exec", btf)),
+                try_load::<BtfTracePoint>(ebpf, "enf_p_tpbtf", |p| {
+                    p.load("sched_process_exec", btf)
+                }),
             ));
         }
         None => {
@@ -100,13 +120,20 @@ pub fn probe_all(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Vec<FeatureProbe> {
         "cgroup/connect4",
         try_load::<CgroupSockAddr>(ebpf, "enf_p_connect4", |p| p.load()),
     ));
-    out.push(probe("cgroup_skb", "cgroup/skb", try_load::<CgroupSkb>(ebpf, "enf_p_cgskb", |p| p.load())));
+    out.push(probe(
+        "cgroup_skb",
+        "cgroup/skb",
+        try_load::<CgroupSkb>(ebpf, "enf_p_cgskb", |p| p.load()),
+    ));
     let signal = is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_send_signal);
     out.push(match signal {
         Ok(s) => FeatureProbe {
             name: "bpf_send_signal".into(),
             supported: s,
-            detail: format!("helper from tracepoint programs: {}", if s { "accepted" } else { "rejected" }),
+            detail: format!(
+                "helper from tracepoint programs: {}",
+                if s { "accepted" } else { "rejected" }
+            ),
         },
         Err(e) => FeatureProbe {
             name: "bpf_send_signal".into(),

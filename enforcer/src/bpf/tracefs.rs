@@ -14,11 +14,12 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 /// Offsets (bytes into the tracepoint record) the BPF programs need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TracepointLayout {
-    pub fork_child_pid: u32,
     pub exec_filename: u32,
     pub exec_old_pid: u32,
     /// `sched_process_exit.group_dead` (kernel ≥ 6.14); `None` before.
     pub exit_group_dead: Option<u32>,
+    /// `sys_exit_setsid.ret`.
+    pub setsid_ret: u32,
 }
 
 /// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing when nothing is there.
@@ -33,7 +34,9 @@ pub fn ensure_mounted() -> Result<PathBuf, BpfError> {
         Some("tracefs"),
         TRACEFS,
         Some("tracefs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     )
     .map_err(|e| BpfError::Tracefs(e.to_string()))?;
@@ -45,7 +48,9 @@ pub fn ensure_mounted() -> Result<PathBuf, BpfError> {
 pub fn parse_format(text: &str) -> HashMap<String, (u32, u32)> {
     let mut out = HashMap::new();
     for line in text.lines() {
-        let Some(rest) = line.trim().strip_prefix("field:") else { continue };
+        let Some(rest) = line.trim().strip_prefix("field:") else {
+            continue;
+        };
         let mut decl = None;
         let (mut offset, mut size) = (None, None);
         for part in rest.split(';').map(str::trim) {
@@ -58,7 +63,9 @@ pub fn parse_format(text: &str) -> HashMap<String, (u32, u32)> {
             }
         }
         // "unsigned short common_type", "__data_loc char[] filename", "char comm[16]"
-        let name = decl.and_then(|d| d.split_whitespace().last()).map(|n| n.split('[').next().unwrap_or(n));
+        let name = decl
+            .and_then(|d| d.split_whitespace().last())
+            .map(|n| n.split('[').next().unwrap_or(n));
         if let (Some(name), Some(o), Some(s)) = (name, offset, size) {
             out.insert(name.to_owned(), (o, s));
         }
@@ -68,8 +75,10 @@ pub fn parse_format(text: &str) -> HashMap<String, (u32, u32)> {
 
 fn field(root: &Path, event: &str, name: &str, size: u32) -> Result<Option<u32>, BpfError> {
     let path = root.join("events").join(event).join("format");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| BpfError::Format { path: path.clone(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| BpfError::Format {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     match parse_format(&text).get(name) {
         Some(&(off, sz)) if sz == size => Ok(Some(off)),
         Some(&(_, sz)) => Err(BpfError::Format {
@@ -90,10 +99,10 @@ fn required(root: &Path, event: &str, name: &str, size: u32) -> Result<u32, BpfE
 /// Reads the layouts of the tracepoints the BPF programs parse.
 pub fn read_layout(root: &Path) -> Result<TracepointLayout, BpfError> {
     Ok(TracepointLayout {
-        fork_child_pid: required(root, "sched/sched_process_fork", "child_pid", 4)?,
         exec_filename: required(root, "sched/sched_process_exec", "filename", 4)?,
         exec_old_pid: required(root, "sched/sched_process_exec", "old_pid", 4)?,
         exit_group_dead: field(root, "sched/sched_process_exit", "group_dead", 1)?,
+        setsid_ret: required(root, "syscalls/sys_exit_setsid", "ret", 8)?,
     })
 }
 
@@ -143,15 +152,24 @@ format:
             std::fs::create_dir_all(&p).unwrap();
             std::fs::write(p.join("format"), text).unwrap();
         };
-        write("sched/sched_process_fork", FORK_6_1);
+        write(
+            "syscalls/sys_exit_setsid",
+            "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n",
+        );
         write(
             "sched/sched_process_exec",
             "\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;\n",
         );
-        write("sched/sched_process_exit", "\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n");
+        write(
+            "sched/sched_process_exit",
+            "\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n",
+        );
         let l = read_layout(dir.path()).unwrap();
-        assert_eq!(l.fork_child_pid, 44);
+        assert_eq!(l.setsid_ret, 16);
         assert_eq!(l.exec_old_pid, 16);
-        assert_eq!(l.exit_group_dead, None, "pre-6.14 kernels have no group_dead");
+        assert_eq!(
+            l.exit_group_dead, None,
+            "pre-6.14 kernels have no group_dead"
+        );
     }
 }

@@ -28,7 +28,9 @@ impl FromStr for Dur {
             return Ok(Dur::ZERO);
         }
         humantime::parse_duration(t).map(Dur).map_err(|e| {
-            format!("invalid duration {s:?} ({e}); write it like \"30s\", \"15m\", \"1h30m\" or \"0\"")
+            format!(
+                "invalid duration {s:?} ({e}); write it like \"30s\", \"15m\", \"1h30m\" or \"0\""
+            )
         })
     }
 }
@@ -75,7 +77,10 @@ mod tests {
         assert_eq!("30s".parse::<Dur>().unwrap(), Dur::secs(30));
         assert_eq!("15m".parse::<Dur>().unwrap(), Dur::secs(900));
         assert_eq!("1h30m".parse::<Dur>().unwrap(), Dur::secs(5400));
-        assert_eq!("250ms".parse::<Dur>().unwrap(), Dur(Duration::from_millis(250)));
+        assert_eq!(
+            "250ms".parse::<Dur>().unwrap(),
+            Dur(Duration::from_millis(250))
+        );
     }
 
     #[test]

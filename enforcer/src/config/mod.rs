@@ -18,11 +18,21 @@ pub const DEFAULT_PATH: &str = "/etc/enforcer/enforcer.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {origin}: {source}")]
-    Parse { origin: String, source: Box<toml::de::Error> },
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
     #[error("config {origin}: key `{key}`: {message}")]
-    Invalid { origin: String, key: String, message: String },
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
 }
 
 /// The whole configuration.
@@ -51,6 +61,8 @@ pub struct DaemonConfig {
     pub ring_buffer_bytes: u32,
     /// Capacity of the kernel's tracked-task table (threads included).
     pub max_tracked_tasks: u32,
+    /// bpffs directory where identity maps are pinned, so a restart keeps them.
+    pub bpf_pin_dir: PathBuf,
 }
 
 /// `[audit]`
@@ -161,19 +173,27 @@ impl Default for DaemonConfig {
             state_dir: "/var/lib/enforcer".into(),
             ring_buffer_bytes: 4 << 20,
             max_tracked_tasks: 65536,
+            bpf_pin_dir: "/sys/fs/bpf/enforcer".into(),
         }
     }
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { path: "/var/log/enforcer/audit.jsonl".into(), journald: true }
+        Self {
+            path: "/var/log/enforcer/audit.jsonl".into(),
+            journald: true,
+        }
     }
 }
 
 impl Default for IdleConfig {
     fn default() -> Self {
-        Self { timeout: Dur::secs(15 * 60), warn_before: Dur::secs(60), activity: Activity::Input }
+        Self {
+            timeout: Dur::secs(15 * 60),
+            warn_before: Dur::secs(60),
+            activity: Activity::Input,
+        }
     }
 }
 
@@ -189,21 +209,27 @@ impl Default for RecordingConfig {
 
 impl Default for LocksConfig {
     fn default() -> Self {
-        Self { dir: "/etc/enforcer/locks.d".into() }
+        Self {
+            dir: "/etc/enforcer/locks.d".into(),
+        }
     }
 }
 
 impl Default for AccessConfig {
     fn default() -> Self {
-        Self { auditor_group: "enforcer-auditors".into() }
+        Self {
+            auditor_group: "enforcer-auditors".into(),
+        }
     }
 }
 
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -215,13 +241,17 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { origin: origin.to_owned(), source: Box::new(e) })?;
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
-            key,
-            message,
+            source: Box::new(e),
         })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -230,11 +260,23 @@ impl Config {
         let sock = self.daemon.socket.as_os_str().len();
         // sun_path is 108 bytes including the NUL.
         if sock == 0 || sock > 107 {
-            return bad("daemon.socket", format!("path must be 1..=107 bytes long, is {sock}"));
+            return bad(
+                "daemon.socket",
+                format!("path must be 1..=107 bytes long, is {sock}"),
+            );
         }
         let rb = self.daemon.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
-            return bad("daemon.ring_buffer_bytes", format!("{rb} must be a power of two ≥ 4096"));
+            return bad(
+                "daemon.ring_buffer_bytes",
+                format!("{rb} must be a power of two ≥ 4096"),
+            );
+        }
+        if !self.daemon.bpf_pin_dir.starts_with("/sys/fs/bpf/") {
+            return bad(
+                "daemon.bpf_pin_dir",
+                "must be a directory below /sys/fs/bpf/".into(),
+            );
         }
         if self.daemon.max_tracked_tasks < 1024 {
             return bad("daemon.max_tracked_tasks", "must be at least 1024".into());

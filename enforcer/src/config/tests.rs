@@ -12,13 +12,18 @@ fn shipped_example_documents_every_key() {
     let example: toml::Table = toml::from_str(EMBEDDED_DEFAULT).unwrap();
     let defaults = toml::Table::try_from(Config::default()).unwrap();
     for (section, keys) in &defaults {
-        let Some(keys) = keys.as_table() else { continue };
+        let Some(keys) = keys.as_table() else {
+            continue;
+        };
         let documented = example
             .get(section)
             .and_then(|s| s.as_table())
             .unwrap_or_else(|| panic!("section [{section}] missing from packaging/enforcer.toml"));
         for key in keys.keys() {
-            assert!(documented.contains_key(key), "key {section}.{key} missing from the example");
+            assert!(
+                documented.contains_key(key),
+                "key {section}.{key} missing from the example"
+            );
         }
     }
     // [[rules]] is shown commented out; every rule key must appear in that comment.
@@ -32,7 +37,10 @@ fn shipped_example_documents_every_key() {
         "idle_timeout",
     ];
     for key in rule_keys {
-        assert!(EMBEDDED_DEFAULT.contains(&format!("# {key} = ")), "rules key {key} undocumented");
+        assert!(
+            EMBEDDED_DEFAULT.contains(&format!("# {key} = ")),
+            "rules key {key} undocumented"
+        );
     }
 }
 
@@ -53,7 +61,9 @@ fn unknown_section_is_an_error() {
 
 #[test]
 fn bad_duration_says_how_to_write_one() {
-    let err = Config::parse("[idle]\ntimeout = \"soon\"\n", "t").unwrap_err().to_string();
+    let err = Config::parse("[idle]\ntimeout = \"soon\"\n", "t")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("\"15m\""), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
@@ -75,7 +85,10 @@ fn idle_zero_is_off_and_allows_any_warning() {
 #[test]
 fn warning_longer_than_timeout_is_refused() {
     let err = Config::parse("[idle]\ntimeout = \"30s\"\nwarn_before = \"1m\"\n", "t").unwrap_err();
-    assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "idle.warn_before"), "{err}");
+    assert!(
+        matches!(err, ConfigError::Invalid { ref key, .. } if key == "idle.warn_before"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -104,5 +117,8 @@ fn socket_path_too_long_for_sun_path() {
 #[test]
 fn ring_buffer_must_be_a_power_of_two() {
     let err = Config::parse("[daemon]\nring_buffer_bytes = 5000\n", "t").unwrap_err();
-    assert!(err.to_string().contains("daemon.ring_buffer_bytes"), "{err}");
+    assert!(
+        err.to_string().contains("daemon.ring_buffer_bytes"),
+        "{err}"
+    );
 }

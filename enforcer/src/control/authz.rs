@@ -23,7 +23,9 @@ pub fn authorize(role: Role, req: &Request) -> Result<(), ErrorReply> {
         | Request::PamOpenSession(_)
         | Request::PamCloseSession(_)
         | Request::Lock(_)
-        | Request::Unlock { .. } => false,
+        | Request::Unlock { .. }
+        | Request::KillSession { .. }
+        | Request::KillConnection { .. } => false,
     };
     if allowed || role == Role::Root {
         Ok(())
@@ -49,7 +51,11 @@ mod tests {
 
     #[test]
     fn only_root_changes_things_or_speaks_pam() {
-        let lock = Request::Lock(enforcer_proto::LockRequest { user: "a".into(), ttl_secs: None, reason: None });
+        let lock = Request::Lock(enforcer_proto::LockRequest {
+            user: "a".into(),
+            ttl_secs: None,
+            reason: None,
+        });
         let pam = Request::PamCloseSession(enforcer_proto::PamSession {
             user: "a".into(),
             pid: 1,

@@ -22,19 +22,28 @@ impl Peer {
         } else {
             Role::User
         };
-        Peer { uid, gid, pid, role }
+        Peer {
+            uid,
+            gid,
+            pid,
+            role,
+        }
     }
 }
 
 fn is_member(gid: u32, pid: Option<i32>, group: &str) -> bool {
-    let Ok(Some(g)) = nix::unistd::Group::from_name(group) else { return false };
+    let Ok(Some(g)) = nix::unistd::Group::from_name(group) else {
+        return false;
+    };
     let want = g.gid.as_raw();
     if gid == want {
         return true;
     }
     // The groups the process actually holds, not what /etc/group says it could have.
     let Some(pid) = pid else { return false };
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))

@@ -20,7 +20,10 @@ pub enum ControlError {
     #[error("another enforcerd already serves {}; stop it first or set a different daemon.socket", .0.display())]
     AlreadyRunning(PathBuf),
     #[error("cannot create control socket {}: {source}", path.display())]
-    Bind { path: PathBuf, source: std::io::Error },
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The bound control socket; the socket file is removed when this is dropped.
@@ -33,7 +36,10 @@ impl Server {
     /// Binds `path` (mode 0666: every request is authorised from peer credentials), replacing a
     /// stale socket file but never one a live daemon still answers on.
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
-        let err = |source| ControlError::Bind { path: path.to_owned(), source };
+        let err = |source| ControlError::Bind {
+            path: path.to_owned(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -45,7 +51,10 @@ impl Server {
         }
         let listener = UnixListener::bind(path).map_err(err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
-        Ok(Self { listener, path: path.to_owned() })
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
     }
 
     /// Serves until the task is cancelled.

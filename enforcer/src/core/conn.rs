@@ -1,9 +1,14 @@
 //! SSH connections: one per authenticated TCP connection, keyed by sshd's privileged monitor
 //! process (pid + start time, since pids are reused).
 
-use std::{collections::BTreeMap, net::{IpAddr, SocketAddr}};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use enforcer_proto::{AuthIdentity, ConnectionInfo, Endpoint};
+
+use super::session::Session;
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -46,7 +51,10 @@ impl Connection {
     }
 
     pub fn info(&self) -> ConnectionInfo {
-        let ep = |a: &SocketAddr| Endpoint { addr: a.ip().to_string(), port: a.port() };
+        let ep = |a: &SocketAddr| Endpoint {
+            addr: a.ip().to_string(),
+            port: a.port(),
+        };
         ConnectionInfo {
             id: self.id,
             user: self.user.clone(),
@@ -63,16 +71,21 @@ impl Connection {
             monitor_pid: self.monitor.pid,
             since: self.admitted_at.format(&Rfc3339).unwrap_or_default(),
             auth: self.auth.clone(),
+            sessions: Vec::new(),
         }
     }
 }
 
-/// All live connections. Serialisable: it is the daemon's persistent state.
+/// All live connections and their sessions. Serialisable: it is the daemon's persistent state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
     conns: BTreeMap<u64, Connection>,
     /// Next id to hand out; ids are never reused, across restarts too.
     next_id: u64,
+    #[serde(default)]
+    sessions: BTreeMap<u64, Session>,
+    #[serde(default)]
+    next_session_id: u64,
 }
 
 impl Registry {
@@ -93,8 +106,47 @@ impl Registry {
         self.conns.get_mut(&id)
     }
 
+    /// Removes a connection and its sessions.
     pub fn remove(&mut self, id: u64) -> Option<Connection> {
+        self.sessions.retain(|_, s| s.conn_id != id);
         self.conns.remove(&id)
+    }
+
+    /// Adds a session, assigning its id (never reused).
+    pub fn add_session(&mut self, mut session: Session) -> u64 {
+        self.next_session_id = self.next_session_id.max(1);
+        session.id = self.next_session_id;
+        self.next_session_id += 1;
+        self.sessions.insert(session.id, session);
+        self.next_session_id - 1
+    }
+
+    pub fn session(&self, id: u64) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    pub fn session_mut(&mut self, id: u64) -> Option<&mut Session> {
+        self.sessions.get_mut(&id)
+    }
+
+    /// The session the kernel knows as `kernel_id` in connection `conn_id`.
+    pub fn session_by_kernel(&self, conn_id: u64, kernel_id: u64) -> Option<u64> {
+        self.sessions
+            .values()
+            .find(|s| s.conn_id == conn_id && s.kernel_id == kernel_id)
+            .map(|s| s.id)
+    }
+
+    pub fn remove_session(&mut self, id: u64) -> Option<Session> {
+        self.sessions.remove(&id)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    pub fn sessions_of(&self, conn_id: u64) -> impl Iterator<Item = &Session> {
+        self.sessions.values().filter(move |s| s.conn_id == conn_id)
     }
 
     /// The connection whose monitor is this process.
@@ -127,7 +179,10 @@ impl Registry {
     /// Connections from one client address.
     pub fn count_source(&self, ip: IpAddr) -> u32 {
         let ip = super::identity::canonical_ip(ip);
-        self.conns.values().filter(|c| c.source_ip() == Some(ip)).count() as u32
+        self.conns
+            .values()
+            .filter(|c| c.source_ip() == Some(ip))
+            .count() as u32
     }
 }
 
@@ -140,7 +195,10 @@ pub(crate) mod tests {
             id: 0,
             user: user.into(),
             uid: Some(1000),
-            monitor: ProcKey { pid, start_ticks: 100 + pid as u64 },
+            monitor: ProcKey {
+                pid,
+                start_ticks: 100 + pid as u64,
+            },
             state: ConnState::Pending,
             client: Some(client.parse().unwrap()),
             server: Some("127.0.0.1:22".parse().unwrap()),
@@ -173,7 +231,11 @@ pub(crate) mod tests {
         r.insert(conn("bob", 12, "[::ffff:10.0.0.1]:1000"));
         assert_eq!(r.count_user("alice"), 2);
         assert_eq!(r.count_user("carol"), 0);
-        assert_eq!(r.count_source("10.0.0.1".parse().unwrap()), 2, "mapped v6 is the same source");
+        assert_eq!(
+            r.count_source("10.0.0.1".parse().unwrap()),
+            2,
+            "mapped v6 is the same source"
+        );
     }
 
     #[test]
@@ -182,7 +244,14 @@ pub(crate) mod tests {
         let id = r.insert(conn("alice", 10, "10.0.0.1:1000"));
         let key = r.get(id).unwrap().monitor;
         assert_eq!(r.by_monitor(key).map(|c| c.id), Some(id));
-        assert!(r.by_monitor(ProcKey { pid: 10, start_ticks: 1 }).is_none(), "reused pid");
+        assert!(
+            r.by_monitor(ProcKey {
+                pid: 10,
+                start_ticks: 1
+            })
+            .is_none(),
+            "reused pid"
+        );
         assert_eq!(r.by_monitor_pid(10).map(|c| c.id), Some(id));
     }
 }

@@ -20,14 +20,22 @@ pub fn parse_auth_info(info: &str) -> Option<AuthIdentity> {
             continue;
         }
         let key_type = key.split(' ').next().unwrap_or_default().to_owned();
-        id = AuthIdentity { key_type: Some(key_type.clone()), ..Default::default() };
+        id = AuthIdentity {
+            key_type: Some(key_type.clone()),
+            ..Default::default()
+        };
         if key_type.contains("-cert-v01@openssh.com") {
             match Certificate::from_openssh(key) {
                 Ok(cert) => {
-                    id.key_fingerprint = Some(cert.public_key().fingerprint(HashAlg::Sha256).to_string());
+                    id.key_fingerprint =
+                        Some(cert.public_key().fingerprint(HashAlg::Sha256).to_string());
                     id.cert_key_id = Some(cert.key_id().to_owned());
                     id.cert_serial = Some(cert.serial());
-                    id.cert_ca_fingerprint = Some(cert.signature_key().fingerprint(HashAlg::Sha256).to_string());
+                    id.cert_ca_fingerprint = Some(
+                        cert.signature_key()
+                            .fingerprint(HashAlg::Sha256)
+                            .to_string(),
+                    );
                     id.cert_principals = cert.valid_principals().to_vec();
                 }
                 Err(e) => tracing::warn!(error = %e, "unparseable certificate in SSH_AUTH_INFO_0"),
@@ -49,7 +57,9 @@ pub fn parse_auth_info(info: &str) -> Option<AuthIdentity> {
 /// Parses `SSH_CONNECTION` ("client_ip client_port server_ip server_port").
 pub fn parse_ssh_connection(s: &str) -> Option<(SocketAddr, SocketAddr)> {
     let f: Vec<&str> = s.split_whitespace().collect();
-    let [cip, cport, sip, sport] = f.as_slice() else { return None };
+    let [cip, cport, sip, sport] = f.as_slice() else {
+        return None;
+    };
     let client = SocketAddr::new(cip.parse().ok()?, cport.parse().ok()?);
     let server = SocketAddr::new(sip.parse().ok()?, sport.parse().ok()?);
     Some((client, server))
@@ -68,7 +78,8 @@ mod tests {
     use super::*;
 
     // Generated with ssh-keygen; fingerprints checked with `ssh-keygen -lf`.
-    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII+mZwm24lpLZHgf4arlwQtEdLoqKBhBdkkGj3QzHj0h";
+    const ED25519: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII+mZwm24lpLZHgf4arlwQtEdLoqKBhBdkkGj3QzHj0h";
 
     #[test]
     fn publickey_line_gives_type_and_fingerprint() {
@@ -76,7 +87,10 @@ mod tests {
         assert_eq!(id.method, "publickey");
         assert_eq!(id.key_type.as_deref(), Some("ssh-ed25519"));
         // As `ssh-keygen -lf` prints it.
-        assert_eq!(id.key_fingerprint.as_deref(), Some("SHA256:kKWJrdWT5NaTTSXTCMXG03/NacEPao2gPJ7KT8onMow"));
+        assert_eq!(
+            id.key_fingerprint.as_deref(),
+            Some("SHA256:kKWJrdWT5NaTTSXTCMXG03/NacEPao2gPJ7KT8onMow")
+        );
         assert!(id.cert_key_id.is_none());
     }
 
@@ -86,11 +100,20 @@ mod tests {
     #[test]
     fn certificate_gives_key_id_serial_ca_and_principals() {
         let id = parse_auth_info(&format!("publickey {CERT}\n")).unwrap();
-        assert_eq!(id.key_type.as_deref(), Some("ssh-ed25519-cert-v01@openssh.com"));
+        assert_eq!(
+            id.key_type.as_deref(),
+            Some("ssh-ed25519-cert-v01@openssh.com")
+        );
         assert_eq!(id.cert_key_id.as_deref(), Some("alice@corp ticket-7"));
         assert_eq!(id.cert_serial, Some(4242));
-        assert_eq!(id.key_fingerprint.as_deref(), Some("SHA256:aRTvII9WjcEuJDEYqd5JfYDzEz3atAlu8twdWtylgoE"));
-        assert_eq!(id.cert_ca_fingerprint.as_deref(), Some("SHA256:dKg+X2Xc5qpnovrDolPBzT9c9MRCCmVa5SSOHABh5jY"));
+        assert_eq!(
+            id.key_fingerprint.as_deref(),
+            Some("SHA256:aRTvII9WjcEuJDEYqd5JfYDzEz3atAlu8twdWtylgoE")
+        );
+        assert_eq!(
+            id.cert_ca_fingerprint.as_deref(),
+            Some("SHA256:dKg+X2Xc5qpnovrDolPBzT9c9MRCCmVa5SSOHABh5jY")
+        );
         assert_eq!(id.cert_principals, ["alice", "deploy"]);
     }
 
@@ -134,7 +157,13 @@ mod tests {
 
     #[test]
     fn mapped_v6_is_its_v4() {
-        assert_eq!(canonical_ip("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(canonical_ip("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            canonical_ip("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            canonical_ip("::1".parse().unwrap()),
+            "::1".parse::<IpAddr>().unwrap()
+        );
     }
 }

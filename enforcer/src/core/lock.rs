@@ -38,7 +38,13 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 impl Lock {
     /// A lock made by `enforcerctl lock`.
-    pub fn new(user: &str, reason: Option<String>, ttl: Option<std::time::Duration>, by: String, now: OffsetDateTime) -> Self {
+    pub fn new(
+        user: &str,
+        reason: Option<String>,
+        ttl: Option<std::time::Duration>,
+        by: String,
+        now: OffsetDateTime,
+    ) -> Self {
         Lock {
             user: user.to_owned(),
             reason,
@@ -51,24 +57,40 @@ impl Lock {
 
     /// Reads a lock file; `mtime` stands in for `locked_at` when the file has none.
     pub fn parse(user: &str, text: &str, mtime: Option<OffsetDateTime>) -> Self {
-        let mut lock = Lock { user: user.to_owned(), reason: None, expires: None, since: mtime, by: None, error: None };
+        let mut lock = Lock {
+            user: user.to_owned(),
+            reason: None,
+            expires: None,
+            since: mtime,
+            by: None,
+            error: None,
+        };
         let file: LockFile = match toml::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                lock.error = Some(format!("unparseable lock file, locking anyway: {}", e.message()));
+                lock.error = Some(format!(
+                    "unparseable lock file, locking anyway: {}",
+                    e.message()
+                ));
                 return lock;
             }
         };
         lock.reason = file.reason;
         lock.by = file.locked_by;
-        if let Some(at) = file.locked_at.as_deref().and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()) {
+        if let Some(at) = file
+            .locked_at
+            .as_deref()
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+        {
             lock.since = Some(at);
         }
         if let Some(exp) = file.expires {
             match OffsetDateTime::parse(&exp, &Rfc3339) {
                 Ok(t) => lock.expires = Some(t),
                 Err(_) => {
-                    lock.error = Some(format!("expires {exp:?} is not an RFC 3339 time; the lock does not expire"));
+                    lock.error = Some(format!(
+                        "expires {exp:?} is not an RFC 3339 time; the lock does not expire"
+                    ));
                 }
             }
         }
@@ -121,7 +143,9 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 32
         && !name.starts_with(['-', '.'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$' | '@'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$' | '@'));
     if ok {
         Ok(())
     } else {
@@ -146,11 +170,18 @@ mod tests {
 
     #[test]
     fn reason_and_expiry() {
-        let l = Lock::parse("alice", "reason = \"incident 42\"\nexpires = \"2026-12-01T00:00:00Z\"\n", None);
+        let l = Lock::parse(
+            "alice",
+            "reason = \"incident 42\"\nexpires = \"2026-12-01T00:00:00Z\"\n",
+            None,
+        );
         assert_eq!(l.reason.as_deref(), Some("incident 42"));
         assert!(l.active(datetime!(2026-11-30 23:59 UTC)));
         assert!(!l.active(datetime!(2026-12-01 00:00 UTC)));
-        assert_eq!(l.refusal_message(), "account alice is locked: incident 42 (until 2026-12-01T00:00:00Z)");
+        assert_eq!(
+            l.refusal_message(),
+            "account alice is locked: incident 42 (until 2026-12-01T00:00:00Z)"
+        );
     }
 
     #[test]
@@ -173,7 +204,13 @@ mod tests {
     #[test]
     fn file_round_trip() {
         let now = datetime!(2026-11-23 12:00 UTC);
-        let l = Lock::new("carol", Some("leaver".into()), Some(std::time::Duration::from_secs(3600)), "uid 0".into(), now);
+        let l = Lock::new(
+            "carol",
+            Some("leaver".into()),
+            Some(std::time::Duration::from_secs(3600)),
+            "uid 0".into(),
+            now,
+        );
         let back = Lock::parse("carol", &l.to_file(), None);
         assert_eq!(back, l);
         assert_eq!(back.expires, Some(datetime!(2026-11-23 13:00 UTC)));
@@ -184,7 +221,16 @@ mod tests {
         for ok in ["alice", "bob_2", "svc-deploy", "ad.user", "machine$"] {
             assert!(check_user_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "..", ".hidden", "-x", "a/b", "../etc", "x y", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "-x",
+            "a/b",
+            "../etc",
+            "x y",
+            &"a".repeat(33),
+        ] {
             assert!(check_user_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -5,3 +5,4 @@ pub mod conn;
 pub mod identity;
 pub mod lock;
 pub mod policy;
+pub mod session;

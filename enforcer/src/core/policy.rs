@@ -22,7 +22,9 @@ pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> Effec
     let matching: Vec<_> = config
         .rules
         .iter()
-        .filter(|r| r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g)))
+        .filter(|r| {
+            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
+        })
         .collect();
     macro_rules! pick {
         ($key:ident, $global:expr) => {
@@ -33,7 +35,10 @@ pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> Effec
     EffectiveLimits {
         max_connections_per_user: pick!(max_connections_per_user, l.max_connections_per_user),
         max_connections_per_source: pick!(max_connections_per_source, l.max_connections_per_source),
-        max_sessions_per_connection: pick!(max_sessions_per_connection, l.max_sessions_per_connection),
+        max_sessions_per_connection: pick!(
+            max_sessions_per_connection,
+            l.max_sessions_per_connection
+        ),
         max_sessions_per_user: pick!(max_sessions_per_user, l.max_sessions_per_user),
         idle_timeout: pick!(idle_timeout, config.idle.timeout),
     }
@@ -90,7 +95,10 @@ pub fn admit(
     let per_source = limits.max_connections_per_source;
     if let (true, Some(ip)) = (per_source > 0, source) {
         if registry.count_source(ip) >= per_source {
-            return Err(Refusal::SourceLimit { limit: per_source, source: ip });
+            return Err(Refusal::SourceLimit {
+                limit: per_source,
+                source: ip,
+            });
         }
     }
     Ok(())
@@ -122,8 +130,14 @@ mod tests {
              [[rules]]\nusers = [\"alice\"]\nmax_connections_per_user = 1\nmax_sessions_per_user = 3\n",
         );
         let alice_in_ops = effective_limits(&c, "alice", &["ops".into()]);
-        assert_eq!(alice_in_ops.max_connections_per_user, 5, "ops rule comes first");
-        assert_eq!(alice_in_ops.max_sessions_per_user, 3, "only the alice rule sets it");
+        assert_eq!(
+            alice_in_ops.max_connections_per_user, 5,
+            "ops rule comes first"
+        );
+        assert_eq!(
+            alice_in_ops.max_sessions_per_user, 3,
+            "only the alice rule sets it"
+        );
         let alice = effective_limits(&c, "alice", &["users".into()]);
         assert_eq!(alice.max_connections_per_user, 1);
         let bob = effective_limits(&c, "bob", &[]);
@@ -133,7 +147,9 @@ mod tests {
 
     #[test]
     fn rule_can_lift_a_limit_with_zero() {
-        let c = config("[limits]\nmax_connections_per_user = 2\n[[rules]]\nusers = [\"ci\"]\nmax_connections_per_user = 0\n");
+        let c = config(
+            "[limits]\nmax_connections_per_user = 2\n[[rules]]\nusers = [\"ci\"]\nmax_connections_per_user = 0\n",
+        );
         assert_eq!(effective_limits(&c, "ci", &[]).max_connections_per_user, 0);
     }
 
@@ -161,7 +177,10 @@ mod tests {
             "enforcer: login refused: user alice already has 2 of 2 allowed SSH connections open"
         );
         assert!(admit(&r, "bob", ip, &limits(2, 0), None).is_ok());
-        assert!(admit(&r, "alice", ip, &limits(0, 0), None).is_ok(), "0 = unlimited");
+        assert!(
+            admit(&r, "alice", ip, &limits(0, 0), None).is_ok(),
+            "0 = unlimited"
+        );
     }
 
     #[test]
@@ -173,7 +192,16 @@ mod tests {
         let e = admit(&r, "carol", src, &limits(0, 2), None).unwrap_err();
         assert_eq!(e.code(), "max_connections_per_source");
         assert!(e.message("carol").contains("from 10.0.0.1"));
-        assert!(admit(&r, "carol", Some("10.0.0.2".parse().unwrap()), &limits(0, 2), None).is_ok());
+        assert!(
+            admit(
+                &r,
+                "carol",
+                Some("10.0.0.2".parse().unwrap()),
+                &limits(0, 2),
+                None
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -182,6 +210,9 @@ mod tests {
         let lock = Lock::parse("alice", "reason = \"offboarding\"\n", None);
         let e = admit(&r, "alice", None, &limits(0, 0), Some(&lock)).unwrap_err();
         assert_eq!(e.code(), "user_locked");
-        assert_eq!(e.message("alice"), "enforcer: login refused: account alice is locked: offboarding");
+        assert_eq!(
+            e.message("alice"),
+            "enforcer: login refused: account alice is locked: offboarding"
+        );
     }
 }

@@ -3,21 +3,72 @@ use enforcer_proto::{ConnectionInfo, Endpoint, LockInfo};
 use super::table;
 
 fn ep(e: &Option<Endpoint>) -> String {
-    e.as_ref().map(|e| format!("{}:{}", e.addr, e.port)).unwrap_or_else(|| "-".into())
+    e.as_ref()
+        .map(|e| format!("{}:{}", e.addr, e.port))
+        .unwrap_or_else(|| "-".into())
 }
 
-/// Renders `enforcerctl sessions`.
+/// Renders `enforcerctl sessions`: one block per connection, its sessions below it.
 pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
     if conns.is_empty() {
         return "no live connections\n".into();
     }
-    let mut rows = vec![["CONN", "USER", "STATE", "CLIENT", "SERVER", "SINCE", "MONITOR", "AUTH"].map(String::from).to_vec()];
+    let mut out = String::new();
+    for c in conns {
+        out.push_str(&render_conns(std::slice::from_ref(c)));
+        if c.sessions.is_empty() {
+            out.push_str("    (no sessions)\n");
+            continue;
+        }
+        let mut rows = vec![
+            [
+                "  SESSION",
+                "KIND",
+                "TTY",
+                "STARTED",
+                "LAST ACTIVITY",
+                "PROCS",
+                "CMDS",
+                "COMMAND",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for s in &c.sessions {
+            rows.push(vec![
+                format!("  {}", s.id),
+                s.kind.clone(),
+                s.tty.clone().unwrap_or_else(|| "-".into()),
+                s.started.clone(),
+                s.last_activity.clone(),
+                s.processes.to_string(),
+                s.commands.to_string(),
+                s.command.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+fn render_conns(conns: &[ConnectionInfo]) -> String {
+    let mut rows = vec![
+        [
+            "CONN", "USER", "STATE", "CLIENT", "SERVER", "SINCE", "MONITOR", "AUTH",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for c in conns {
         let auth = c
             .auth
             .as_ref()
             .map(|a| {
-                let who = a.cert_key_id.as_ref().map(|k| format!("cert {k:?}")).or_else(|| a.key_fingerprint.clone());
+                let who = a
+                    .cert_key_id
+                    .as_ref()
+                    .map(|k| format!("cert {k:?}"))
+                    .or_else(|| a.key_fingerprint.clone());
                 match who {
                     Some(w) => format!("{} {w}", a.method),
                     None => a.method.clone(),
@@ -43,7 +94,11 @@ pub fn render_locks(locks: &[LockInfo]) -> String {
     if locks.is_empty() {
         return "no locks\n".into();
     }
-    let mut rows = vec![["USER", "ACTIVE", "EXPIRES", "SINCE", "BY", "REASON"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["USER", "ACTIVE", "EXPIRES", "SINCE", "BY", "REASON"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for l in locks {
         let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         let mut reason = dash(&l.reason);

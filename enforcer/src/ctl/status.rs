@@ -24,7 +24,13 @@ pub fn render_status(s: &StatusReport) -> String {
                 ProgramState::Failed(why) => format!("FAILED: {why}"),
             };
             let id = p.id.map(|i| format!("id {i}")).unwrap_or_default();
-            vec![p.name.clone(), p.kind.clone(), p.attach_point.clone(), state, id]
+            vec![
+                p.name.clone(),
+                p.kind.clone(),
+                p.attach_point.clone(),
+                state,
+                id,
+            ]
         })
         .collect();
     out.push_str(&table(&rows));
@@ -45,15 +51,29 @@ pub fn render_status(s: &StatusReport) -> String {
     let rows: Vec<Vec<String>> = s
         .features
         .iter()
-        .map(|f| vec![f.name.clone(), if f.supported { "yes" } else { "no" }.into(), f.detail.clone()])
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                if f.supported { "yes" } else { "no" }.into(),
+                f.detail.clone(),
+            ]
+        })
         .collect();
     out.push_str(&table(&rows));
     out.push_str("\nEVENTS\n");
-    let rows: Vec<Vec<String>> = s.events.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+    let rows: Vec<Vec<String>> = s
+        .events
+        .iter()
+        .map(|(k, v)| vec![k.clone(), v.to_string()])
+        .collect();
     out.push_str(&table(&rows));
     let lost: u64 = s.dropped.values().sum();
     out.push_str(&format!("\nDROPPED ({lost} in total)\n"));
-    let rows: Vec<Vec<String>> = s.dropped.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+    let rows: Vec<Vec<String>> = s
+        .dropped
+        .iter()
+        .map(|(k, v)| vec![k.clone(), v.to_string()])
+        .collect();
     out.push_str(&table(&rows));
     out
 }

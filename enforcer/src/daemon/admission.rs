@@ -3,23 +3,27 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use enforcer_common::tasks::{TASK_CONN_ROOT, TrackedTask};
+use enforcer_common::{
+    limits::{ConnEntry, UserEntry},
+    tasks::{TASK_CONN_ROOT, TrackedTask},
+};
 use enforcer_proto::{Admission, ErrorKind, ErrorReply, PamAccount, PamSession};
 use time::OffsetDateTime;
 
 use super::state::State;
 use crate::{
     audit::AuditRecord,
+    bpf::tasks::{proc_start_ns, same_task},
     core::{
         conn::{ConnState, Connection, ProcKey},
         identity::{parse_auth_info, parse_ssh_connection},
-        policy,
+        policy::{self, EffectiveLimits},
     },
     host,
 };
 
 /// Why a connection ended (audit `reason`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CloseReason {
     /// PAM close_session: the client disconnected normally.
     Logout,
@@ -27,6 +31,8 @@ pub(super) enum CloseReason {
     MonitorExited,
     /// The monitor was found gone by the sweep (e.g. while enforcerd was down).
     MonitorGone,
+    /// Terminated with `enforcerctl kill connection`.
+    Killed,
 }
 
 impl CloseReason {
@@ -35,12 +41,16 @@ impl CloseReason {
             CloseReason::Logout => "logout",
             CloseReason::MonitorExited => "monitor_exited",
             CloseReason::MonitorGone => "monitor_gone",
+            CloseReason::Killed => "killed",
         }
     }
 }
 
 fn no_such_process(pid: u32) -> ErrorReply {
-    ErrorReply::new(ErrorKind::BadRequest, format!("process {pid} does not exist (is the caller sshd's monitor?)"))
+    ErrorReply::new(
+        ErrorKind::BadRequest,
+        format!("process {pid} does not exist (is the caller sshd's monitor?)"),
+    )
 }
 
 /// Client and server of the connection: from the monitor's own TCP socket, else from
@@ -52,11 +62,30 @@ fn endpoints(req: &PamAccount) -> (Option<SocketAddr>, Option<SocketAddr>) {
     if let Some((c, s)) = req.ssh_connection.as_deref().and_then(parse_ssh_connection) {
         return (Some(c), Some(s));
     }
-    let client = req.rhost.as_deref().and_then(|h| h.parse::<IpAddr>().ok()).map(|ip| SocketAddr::new(ip, 0));
+    let client = req
+        .rhost
+        .as_deref()
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 0));
     (client, None)
 }
 
+/// Marks a uid unknown to NSS in the kernel's connection entry (no per-user session limit).
+const NO_UID: u32 = u32::MAX;
+
 impl State {
+    fn limits_for(&self, user: &str) -> (Option<u32>, EffectiveLimits) {
+        let ident = host::user_identity(user);
+        let groups = ident
+            .as_ref()
+            .map(|i| i.groups.as_slice())
+            .unwrap_or_default();
+        (
+            ident.as_ref().map(|i| i.uid),
+            policy::effective_limits(&self.config, user, groups),
+        )
+    }
+
     /// PAM acct_mgmt: decide and, when admitted, reserve the slot and start tracking the monitor.
     pub(super) async fn pam_account(&mut self, req: PamAccount) -> Result<Admission, ErrorReply> {
         let now = OffsetDateTime::now_utc();
@@ -65,14 +94,12 @@ impl State {
             // acct_mgmt asked twice on one connection: same answer, no second slot.
             return Ok(Admission::Admitted { conn_id: c.id });
         }
-        let ident = host::user_identity(&req.user);
-        let groups = ident.as_ref().map(|i| i.groups.as_slice()).unwrap_or_default();
-        let limits = policy::effective_limits(&self.config, &req.user, groups);
+        let (uid, limits) = self.limits_for(&req.user);
         let (client, server) = endpoints(&req);
         let conn = Connection {
             id: 0,
             user: req.user.clone(),
-            uid: ident.as_ref().map(|i| i.uid),
+            uid,
             monitor,
             state: ConnState::Pending,
             client,
@@ -83,7 +110,13 @@ impl State {
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
         };
         let lock = self.locks.get(&req.user).filter(|l| l.active(now));
-        if let Err(refusal) = policy::admit(&self.registry, &req.user, conn.source_ip(), &limits, lock.as_ref()) {
+        if let Err(refusal) = policy::admit(
+            &self.registry,
+            &req.user,
+            conn.source_ip(),
+            &limits,
+            lock.as_ref(),
+        ) {
             self.counters.connections_refused += 1;
             let message = refusal.message(&req.user);
             let mut rec = AuditRecord::new("connection_refused", now)
@@ -91,20 +124,59 @@ impl State {
                 .reason(refusal.code(), Some(message.clone()));
             rec.conn_id = None;
             self.audit.record(rec);
-            return Ok(Admission::Refused { reason: refusal.code().into(), message });
+            return Ok(Admission::Refused {
+                reason: refusal.code().into(),
+                message,
+            });
         }
         let id = self.registry.insert(conn);
-        self.track_monitor(id, monitor).await;
+        self.register_in_kernel(id, monitor, uid, &limits).await;
         self.dirty = true;
         Ok(Admission::Admitted { conn_id: id })
     }
 
-    /// Makes the kernel follow the monitor and everything it starts.
-    async fn track_monitor(&self, conn_id: u64, monitor: ProcKey) {
-        let task = TrackedTask { conn_id, session_id: 0, flags: TASK_CONN_ROOT, _pad: 0 };
+    /// Session limits first (the monitor may fork a channel at once), then the monitor itself:
+    /// from here on the kernel follows everything it starts.
+    async fn register_in_kernel(
+        &self,
+        conn_id: u64,
+        monitor: ProcKey,
+        uid: Option<u32>,
+        limits: &EffectiveLimits,
+    ) {
+        let entry = ConnEntry {
+            sessions: 0,
+            max_sessions: limits.max_sessions_per_connection,
+            uid: uid.unwrap_or(NO_UID),
+        };
+        let mut failures = Vec::new();
+        if let Err(e) = self.bpf.set_conn(conn_id, entry).await {
+            failures.push(e.to_string());
+        }
+        if let Some(uid) = uid {
+            if let Err(e) = self
+                .bpf
+                .ensure_user(uid, limits.max_sessions_per_user)
+                .await
+            {
+                failures.push(e.to_string());
+            }
+        }
+        let start_ns = proc_start_ns(monitor.pid).unwrap_or(0);
+        let task = TrackedTask {
+            conn_id,
+            session_id: 0,
+            start_ns,
+            flags: TASK_CONN_ROOT,
+            _pad: 0,
+        };
         if let Err(e) = self.bpf.track(monitor.pid, task).await {
-            // The sweep still notices the monitor's end; session tracking for it is lost.
-            tracing::error!(conn = conn_id, pid = monitor.pid, error = %e, "cannot track sshd monitor in the kernel");
+            failures.push(e.to_string());
+        }
+        for f in failures {
+            // The sweep still notices the monitor's end; session limits or tracking for this
+            // connection are lost (drop counters say why: e.g. a full map).
+            tracing::error!(conn = conn_id, pid = monitor.pid, error = %f, "kernel registration incomplete");
         }
     }
 
@@ -117,12 +189,12 @@ impl State {
             Some(c) => c.id,
             None => {
                 // No acct_mgmt reached us (module only in the session stack): record it anyway.
-                let ident = host::user_identity(&req.user);
+                let (uid, limits) = self.limits_for(&req.user);
                 let (client, server) = host::tcp_endpoints(req.pid).unzip();
                 let conn = Connection {
                     id: 0,
                     user: req.user.clone(),
-                    uid: ident.map(|i| i.uid),
+                    uid,
                     monitor,
                     state: ConnState::Pending,
                     client,
@@ -133,7 +205,7 @@ impl State {
                     auth: None,
                 };
                 let id = self.registry.insert(conn);
-                self.track_monitor(id, monitor).await;
+                self.register_in_kernel(id, monitor, uid, &limits).await;
                 id
             }
         };
@@ -153,47 +225,152 @@ impl State {
     }
 
     /// PAM close_session.
-    pub(super) fn pam_close(&mut self, req: PamSession) {
+    pub(super) async fn pam_close(&mut self, req: PamSession) {
         if let Some(id) = self.registry.by_monitor_pid(req.pid).map(|c| c.id) {
-            self.release(id, CloseReason::Logout);
+            self.release(id, CloseReason::Logout).await;
         }
     }
 
     /// The kernel saw a registered monitor's process end.
-    pub(super) fn on_monitor_exit(&mut self, conn_id: u64, pid: u32) {
-        if self.registry.get(conn_id).is_some_and(|c| c.monitor.pid == pid) {
-            self.release(conn_id, CloseReason::MonitorExited);
+    pub(super) async fn on_monitor_exit(&mut self, conn_id: u64, pid: u32) {
+        if self
+            .registry
+            .get(conn_id)
+            .is_some_and(|c| c.monitor.pid == pid)
+        {
+            let why = self
+                .terminating
+                .get(&conn_id)
+                .copied()
+                .unwrap_or(CloseReason::MonitorExited);
+            self.release(conn_id, why).await;
         }
     }
 
     /// Releases connections whose monitor is gone without us hearing of it (a dropped event, or
     /// an exit while the daemon was down).
-    pub(super) fn sweep(&mut self) {
-        let gone: Vec<u64> = self.registry.iter().filter(|c| !host::alive(c.monitor)).map(|c| c.id).collect();
+    pub(super) async fn sweep(&mut self) {
+        let gone: Vec<u64> = self
+            .registry
+            .iter()
+            .filter(|c| !host::alive(c.monitor))
+            .map(|c| c.id)
+            .collect();
         for id in gone {
-            self.release(id, CloseReason::MonitorGone);
+            let why = self
+                .terminating
+                .get(&id)
+                .copied()
+                .unwrap_or(CloseReason::MonitorGone);
+            self.release(id, why).await;
         }
     }
 
-    /// After a restart: keep the connections whose monitor still runs (tracking it again),
-    /// release the others.
+    /// After a restart: release connections whose monitor is gone, end sessions whose leader is
+    /// gone, check the pinned task table against /proc (adopting tasks forked while the daemon
+    /// was down) and re-sync the kernel's session counts.
     pub(super) async fn restore(&mut self) {
-        self.sweep();
-        let live: Vec<(u64, ProcKey)> = self.registry.iter().map(|c| (c.id, c.monitor)).collect();
-        for (id, monitor) in &live {
-            self.track_monitor(*id, *monitor).await;
+        self.sweep().await;
+        let ended: Vec<u64> = self
+            .registry
+            .sessions()
+            .filter(|s| {
+                proc_start_ns(s.leader_pid).is_none_or(|n| !same_task(s.leader_start_ns, n))
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in ended {
+            if let Some(s) = self.registry.remove_session(id) {
+                let mut rec =
+                    AuditRecord::new("session_ended", OffsetDateTime::now_utc()).with_session(&s);
+                rec.conn_id = Some(s.conn_id);
+                self.audit
+                    .record(rec.reason("ended_while_enforcerd_was_down", None));
+            }
         }
-        if !live.is_empty() {
-            tracing::info!(connections = live.len(), "restored live connections");
+        let roots: Vec<u32> = self.registry.iter().map(|c| c.monitor.pid).collect();
+        match self.bpf.validate(roots).await {
+            Ok((removed, adopted)) if removed + adopted > 0 => {
+                tracing::info!(
+                    removed,
+                    adopted,
+                    "tracked tasks reconciled with /proc after restart"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot reconcile tracked tasks"),
+        }
+        let mut per_user: std::collections::HashMap<u32, (u64, u32)> =
+            std::collections::HashMap::new();
+        let conns: Vec<(u64, String)> = self
+            .registry
+            .iter()
+            .map(|c| (c.id, c.user.clone()))
+            .collect();
+        for (id, user) in conns {
+            let (uid, limits) = self.limits_for(&user);
+            let sessions = self.registry.sessions_of(id).count() as u64;
+            let entry = ConnEntry {
+                sessions,
+                max_sessions: limits.max_sessions_per_connection,
+                uid: uid.unwrap_or(NO_UID),
+            };
+            if let Err(e) = self.bpf.set_conn(id, entry).await {
+                tracing::error!(conn = id, error = %e, "cannot restore connection limits in the kernel");
+            }
+            if let Some(uid) = uid {
+                let u = per_user
+                    .entry(uid)
+                    .or_insert((0, limits.max_sessions_per_user));
+                u.0 += sessions;
+            }
+        }
+        for (uid, (sessions, max_sessions)) in per_user {
+            if let Err(e) = self
+                .bpf
+                .set_user(
+                    uid,
+                    UserEntry {
+                        sessions,
+                        max_sessions,
+                        _pad: 0,
+                    },
+                )
+                .await
+            {
+                tracing::error!(uid, error = %e, "cannot restore user session count in the kernel");
+            }
+        }
+        if !self.registry.is_empty() {
+            tracing::info!(
+                connections = self.registry.len(),
+                sessions = self.registry.sessions().count(),
+                "restored live connections"
+            );
         }
         self.dirty = true;
     }
 
-    pub(super) fn release(&mut self, id: u64, why: CloseReason) {
-        let Some(conn) = self.registry.remove(id) else { return };
+    pub(super) async fn release(&mut self, id: u64, why: CloseReason) {
+        let Some(conn) = self.registry.remove(id) else {
+            return;
+        };
+        self.terminating.remove(&id);
+        if let Err(e) = self.bpf.remove_conn(id).await {
+            tracing::warn!(conn = id, error = %e, "cannot remove connection from the kernel");
+        }
+        if let Some(uid) = conn.uid {
+            if !self.registry.iter().any(|c| c.uid == Some(uid)) {
+                if let Err(e) = self.bpf.remove_user(uid).await {
+                    tracing::warn!(uid, error = %e, "cannot remove user from the kernel");
+                }
+            }
+        }
         let now = OffsetDateTime::now_utc();
         self.counters.connections_closed += 1;
-        let mut rec = AuditRecord::new("connection_closed", now).with_conn(&conn).reason(why.code(), None);
+        let mut rec = AuditRecord::new("connection_closed", now)
+            .with_conn(&conn)
+            .reason(why.code(), None);
         rec.duration_secs = Some((now - conn.admitted_at).as_seconds_f64().max(0.0));
         self.audit.record(rec);
         self.dirty = true;

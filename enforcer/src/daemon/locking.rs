@@ -4,7 +4,12 @@ use enforcer_proto::{ErrorKind, ErrorReply, LockInfo, LockRequest};
 use time::OffsetDateTime;
 
 use super::state::State;
-use crate::{audit::AuditRecord, control::Peer, core::lock::{Lock, check_user_name}, locks::LockError};
+use crate::{
+    audit::AuditRecord,
+    control::Peer,
+    core::lock::{Lock, check_user_name},
+    locks::LockError,
+};
 
 fn store_error(e: LockError) -> ErrorReply {
     match e {
@@ -24,7 +29,9 @@ impl State {
         };
         let lock = Lock::new(&req.user, req.reason.clone(), ttl, by, now);
         self.locks.put(&lock).map_err(store_error)?;
-        let mut rec = AuditRecord::new("lock", now).by(peer.uid, peer.pid).reason("locked", req.reason);
+        let mut rec = AuditRecord::new("lock", now)
+            .by(peer.uid, peer.pid)
+            .reason("locked", req.reason);
         rec.user = Some(req.user.clone());
         rec.expires = lock.info(now).expires;
         self.audit.record(rec);
@@ -33,7 +40,10 @@ impl State {
 
     pub(super) fn unlock(&mut self, user: &str, peer: &Peer) -> Result<(), ErrorReply> {
         if !self.locks.remove(user).map_err(store_error)? {
-            return Err(ErrorReply::new(ErrorKind::NotFound, format!("user {user} is not locked")));
+            return Err(ErrorReply::new(
+                ErrorKind::NotFound,
+                format!("user {user} is not locked"),
+            ));
         }
         let mut rec = AuditRecord::new("unlock", OffsetDateTime::now_utc()).by(peer.uid, peer.pid);
         rec.user = Some(user.to_owned());

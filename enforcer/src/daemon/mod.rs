@@ -4,6 +4,7 @@
 mod admission;
 mod locking;
 mod persist;
+mod sessions;
 mod state;
 
 pub use state::StateHandle;
@@ -29,7 +30,9 @@ const EVENT_BACKLOG: usize = 16384;
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("enforcerd must run as root (it loads BPF programs and answers PAM for sshd); try `sudo enforcerd`")]
+    #[error(
+        "enforcerd must run as root (it loads BPF programs and answers PAM for sshd); try `sudo enforcerd`"
+    )]
     NotRoot,
     #[error(transparent)]
     Bpf(#[from] BpfError),
@@ -77,6 +80,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let settings = BpfSettings {
         ring_buffer_bytes: config.daemon.ring_buffer_bytes,
         max_tracked_tasks: config.daemon.max_tracked_tasks,
+        pin_dir: config.daemon.bpf_pin_dir.clone(),
     };
     let (bpf, bpf_task) = bpf::start(settings, events_tx)?;
     let auditor_group = config.access.auditor_group.clone();

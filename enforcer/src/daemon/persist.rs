@@ -71,7 +71,11 @@ impl Persist {
                 }
             })
             .expect("spawn state writer thread");
-        Persist { path, slot, writer: Some(writer) }
+        Persist {
+            path,
+            slot,
+            writer: Some(writer),
+        }
     }
 
     /// Loads the table; a missing file is an empty table, a corrupt one is set aside (and
@@ -117,7 +121,10 @@ impl Persist {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        write_atomically(&self.path, &serde_json::to_vec(registry).expect("registry serialises"));
+        write_atomically(
+            &self.path,
+            &serde_json::to_vec(registry).expect("registry serialises"),
+        );
     }
 }
 
@@ -136,7 +143,10 @@ mod tests {
         p.submit(&r);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while p.load() != r {
-            assert!(std::time::Instant::now() < deadline, "writer thread did not write");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writer thread did not write"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         r.insert(conn("bob", 11, "10.0.0.1:2"));

@@ -1,7 +1,7 @@
 //! The state actor: the single owner of the daemon's model. Control requests and kernel events
 //! are applied here one at a time, which is what makes admission decisions atomic.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
 use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, Reply, Request, Response, StatusReport};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -12,6 +12,7 @@ use tokio::{
 
 use super::{
     DaemonInfo,
+    admission::CloseReason,
     persist::{FLUSH_EVERY, Persist},
 };
 use crate::{
@@ -27,7 +28,11 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 enum Msg {
-    Request { req: Request, peer: Peer, reply: oneshot::Sender<Response> },
+    Request {
+        req: Request,
+        peer: Peer,
+        reply: oneshot::Sender<Response>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -41,7 +46,12 @@ impl StateHandle {
     /// Authorises and applies a request; returns its answer.
     pub async fn request(&self, req: Request, peer: Peer) -> Response {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Request { req, peer, reply }).await.is_err() {
+        if self
+            .tx
+            .send(Msg::Request { req, peer, reply })
+            .await
+            .is_err()
+        {
             return Err(shutting_down());
         }
         rx.await.unwrap_or_else(|_| Err(shutting_down()))
@@ -57,7 +67,10 @@ impl StateHandle {
 }
 
 fn shutting_down() -> ErrorReply {
-    ErrorReply::new(ErrorKind::Internal, "enforcerd is shutting down; retry once it is back")
+    ErrorReply::new(
+        ErrorKind::Internal,
+        "enforcerd is shutting down; retry once it is back",
+    )
 }
 
 /// Daemon-side counters shown in status.
@@ -67,6 +80,9 @@ pub(super) struct Counters {
     pub connections_refused: u64,
     pub connections_closed: u64,
     pub requests_denied: u64,
+    pub sessions_started: u64,
+    pub sessions_refused: u64,
+    pub commands: u64,
 }
 
 pub(super) struct State {
@@ -81,6 +97,10 @@ pub(super) struct State {
     /// The registry changed since it was last handed to `persist`.
     pub dirty: bool,
     pub counters: Counters,
+    /// Refused sessions waiting to be told why: (connection, leader task id) → message.
+    pub refusals: HashMap<(u64, u32), String>,
+    /// Connections being terminated, and why (the close reason once their monitor is gone).
+    pub terminating: HashMap<u64, CloseReason>,
 }
 
 /// Spawns the state actor (after restoring the connection table).
@@ -105,6 +125,8 @@ pub(super) async fn start(
         persist: Some(persist),
         dirty: false,
         counters: Counters::default(),
+        refusals: HashMap::new(),
+        terminating: HashMap::new(),
     };
     state.restore().await;
     (StateHandle { tx }, tokio::spawn(state.run(rx, events)))
@@ -132,8 +154,8 @@ impl State {
                     }
                     None => return,
                 },
-                Some(ev) = events.recv() => self.on_kernel_event(ev),
-                _ = sweep.tick() => self.sweep(),
+                Some(ev) = events.recv() => self.on_kernel_event(ev).await,
+                _ = sweep.tick() => self.sweep().await,
                 _ = flush.tick(), if self.dirty => {
                     if let Some(p) = &self.persist {
                         p.submit(&self.registry);
@@ -158,24 +180,46 @@ impl State {
             Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
             Request::PamAccount(r) => self.pam_account(r).await.map(Reply::Admission),
             Request::PamOpenSession(r) => self.pam_open(r).await.map(|_| Reply::Done),
-            Request::PamCloseSession(r) => Ok(self.pam_close(r)).map(|_| Reply::Done),
-            Request::Sessions => Ok(Reply::Sessions(
-                self.registry
-                    .iter()
-                    .filter(|c| peer.role != crate::control::Role::User || c.uid == Some(peer.uid))
-                    .map(|c| c.info())
-                    .collect(),
-            )),
+            Request::PamCloseSession(r) => {
+                self.pam_close(r).await;
+                Ok(Reply::Done)
+            }
+            Request::Sessions => Ok(Reply::Sessions(self.list(peer).await)),
+            Request::KillSession { id } => self
+                .kill_session(id, peer)
+                .await
+                .map(|processes| Reply::Killed { processes }),
+            Request::KillConnection { id } => {
+                let rec = AuditRecord::new("connection_killed", OffsetDateTime::now_utc())
+                    .by(peer.uid, peer.pid)
+                    .reason("killed_by_operator", None);
+                self.kill_connection(id, CloseReason::Killed, rec)
+                    .await
+                    .map(|processes| Reply::Killed { processes })
+            }
             Request::Lock(r) => self.lock(r, peer).map(Reply::Locked),
             Request::Unlock { user } => self.unlock(&user, peer).map(|_| Reply::Done),
             Request::Locks => Ok(Reply::Locks(self.list_locks())),
         }
     }
 
-    fn on_kernel_event(&mut self, ev: KernelEvent) {
+    async fn on_kernel_event(&mut self, ev: KernelEvent) {
+        tracing::trace!(?ev, "kernel event");
         match ev {
-            KernelEvent::Exit { origin, was_root: true } => self.on_monitor_exit(origin.conn_id, origin.pid),
-            other => tracing::trace!(?other, "kernel event"),
+            KernelEvent::Exec(exec) => self.on_exec(&exec),
+            KernelEvent::Exit {
+                origin,
+                status,
+                flags,
+                ..
+            } => self.on_exit(origin, status, flags).await,
+            KernelEvent::Session {
+                origin,
+                start_ns,
+                refused,
+                ..
+            } => self.on_session(origin, start_ns, refused),
+            KernelEvent::Stopped { origin } => self.on_stopped(origin),
         }
     }
 
@@ -192,11 +236,30 @@ impl State {
         events.insert("connections_refused".into(), c.connections_refused);
         events.insert("connections_closed".into(), c.connections_closed);
         events.insert("requests_denied".into(), c.requests_denied);
+        events.insert(
+            "sessions_active".into(),
+            self.registry.sessions().count() as u64,
+        );
+        events.insert("sessions_started".into(), c.sessions_started);
+        events.insert("sessions_refused".into(), c.sessions_refused);
+        events.insert("commands_logged".into(), c.commands);
         let a = &self.audit.counters;
-        events.insert("audit_records_written".into(), a.written.load(Ordering::Relaxed));
-        dropped.insert("drop_audit_backlog".into(), a.dropped_backlog.load(Ordering::Relaxed));
-        dropped.insert("drop_audit_write_failed".into(), a.write_errors.load(Ordering::Relaxed));
-        dropped.insert("drop_audit_journald_failed".into(), a.journald_errors.load(Ordering::Relaxed));
+        events.insert(
+            "audit_records_written".into(),
+            a.written.load(Ordering::Relaxed),
+        );
+        dropped.insert(
+            "drop_audit_backlog".into(),
+            a.dropped_backlog.load(Ordering::Relaxed),
+        );
+        dropped.insert(
+            "drop_audit_write_failed".into(),
+            a.write_errors.load(Ordering::Relaxed),
+        );
+        dropped.insert(
+            "drop_audit_journald_failed".into(),
+            a.journald_errors.load(Ordering::Relaxed),
+        );
         let mut features = snap.features;
         features.push(FeatureProbe {
             name: "journald".into(),
@@ -213,7 +276,11 @@ impl State {
             started_at: self.info.started_at.format(&Rfc3339).unwrap_or_default(),
             uptime_secs: self.info.started.elapsed().as_secs(),
             kernel: self.info.kernel.clone(),
-            config_path: self.info.config_path.as_ref().map(|p| p.display().to_string()),
+            config_path: self
+                .info
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
             socket: self.config.daemon.socket.display().to_string(),
             programs: snap.programs,
             maps: snap.maps,
@@ -235,5 +302,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Lock(_) => "lock",
         Request::Unlock { .. } => "unlock",
         Request::Locks => "locks",
+        Request::KillSession { .. } => "kill_session",
+        Request::KillConnection { .. } => "kill_connection",
     }
 }

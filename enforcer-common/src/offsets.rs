@@ -1,0 +1,79 @@
+//! Where the BPF programs find things: struct member offsets from the running kernel's BTF and
+//! tracepoint record offsets from tracefs, filled in by the daemon at load time (global
+//! `ENF_OFFSETS`). Rust BPF gets no CO-RE relocations, so nothing is compiled in.
+
+/// Byte offsets. `u32::MAX` marks a field the running kernel does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_start_boottime: u32,
+    pub task_real_parent: u32,
+    pub task_exit_code: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub task_signal: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub signal_tty: u32,
+    pub tty_name: u32,
+    /// `sched_process_exec`: `__data_loc` of `filename`, and `old_pid`.
+    pub tp_exec_filename: u32,
+    pub tp_exec_old_pid: u32,
+    /// `sched_process_exit.group_dead` (kernel ≥ 6.14).
+    pub tp_exit_group_dead: u32,
+    /// `sys_exit_setsid.ret`.
+    pub tp_setsid_ret: u32,
+}
+
+/// Marks an absent field.
+pub const ABSENT: u32 = u32::MAX;
+
+impl KernelOffsets {
+    /// Every field absent: the BPF object's built-in value, replaced at load.
+    pub const UNSET: KernelOffsets = KernelOffsets {
+        task_pid: ABSENT,
+        task_tgid: ABSENT,
+        task_start_boottime: ABSENT,
+        task_real_parent: ABSENT,
+        task_exit_code: ABSENT,
+        task_mm: ABSENT,
+        task_fs: ABSENT,
+        task_signal: ABSENT,
+        mm_arg_start: ABSENT,
+        mm_arg_end: ABSENT,
+        fs_pwd: ABSENT,
+        path_mnt: ABSENT,
+        path_dentry: ABSENT,
+        dentry_parent: ABSENT,
+        dentry_name: ABSENT,
+        qstr_len: ABSENT,
+        qstr_name: ABSENT,
+        vfsmount_root: ABSENT,
+        mount_mnt: ABSENT,
+        mount_parent: ABSENT,
+        mount_mountpoint: ABSENT,
+        signal_tty: ABSENT,
+        tty_name: ABSENT,
+        tp_exec_filename: ABSENT,
+        tp_exec_old_pid: ABSENT,
+        tp_exit_group_dead: ABSENT,
+        tp_setsid_ret: ABSENT,
+    };
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, `#[repr(C)]`, all u32.
+unsafe impl aya::Pod for KernelOffsets {}

@@ -1,0 +1,136 @@
+//! Reading kernel structures through offsets from the daemon (no CO-RE in Rust BPF here).
+
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel,
+    generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
+};
+use enforcer_common::{
+    events::{ARGV_LEN, CWD_DEPTH, CWD_NAME_LEN, TTY_LEN},
+    offsets::ABSENT,
+};
+
+use crate::config::off;
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn field<T>(base: u64, offset: u32) -> Result<T, i32> {
+    if base == 0 || offset == ABSENT {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }
+}
+
+/// The current task_struct.
+#[inline(always)]
+pub fn current() -> u64 {
+    // SAFETY: always valid in tracing programs.
+    unsafe { bpf_get_current_task() }
+}
+
+#[inline(always)]
+pub fn start_ns(task: u64) -> Result<u64, i32> {
+    field(task, off!(task_start_boottime))
+}
+
+/// The thread-group id of the task's parent.
+#[inline(always)]
+pub fn ppid(task: u64) -> Result<u32, i32> {
+    let parent: u64 = field(task, off!(task_real_parent))?;
+    field(parent, off!(task_tgid))
+}
+
+/// Wait status being reported for the task (set by do_exit before the exit tracepoint).
+#[inline(always)]
+pub fn exit_code(task: u64) -> Result<u32, i32> {
+    field(task, off!(task_exit_code))
+}
+
+/// Copies argv (NUL-separated, as /proc/PID/cmdline) into `dst`; returns (bytes, truncated).
+#[inline(always)]
+pub fn argv(task: u64, dst: &mut [u8; ARGV_LEN]) -> Result<(u32, bool), i32> {
+    let mm: u64 = field(task, off!(task_mm))?;
+    let start: u64 = field(mm, off!(mm_arg_start))?;
+    let end: u64 = field(mm, off!(mm_arg_end))?;
+    let total = end.saturating_sub(start);
+    let n = if total > ARGV_LEN as u64 {
+        ARGV_LEN as u64
+    } else {
+        total
+    };
+    // SAFETY: `n` ≤ dst's length; the helper validates the user address.
+    let r = unsafe { bpf_probe_read_user(dst.as_mut_ptr().cast(), n as u32, start as *const _) };
+    if r < 0 {
+        return Err(r as i32);
+    }
+    Ok((n as u32, total > ARGV_LEN as u64))
+}
+
+/// The controlling terminal's name ("pts/3") into `dst`; false when there is none.
+#[inline(always)]
+pub fn tty(task: u64, dst: &mut [u8; TTY_LEN]) -> bool {
+    let Ok(signal) = field::<u64>(task, off!(task_signal)) else {
+        return false;
+    };
+    let Ok(tty) = field::<u64>(signal, off!(signal_tty)) else {
+        return false;
+    };
+    if tty == 0 || off!(tty_name) == ABSENT {
+        return false;
+    }
+    // SAFETY: bounded copy of a NUL-terminated kernel string into `dst`.
+    let r = unsafe {
+        bpf_probe_read_kernel_str(
+            dst.as_mut_ptr().cast(),
+            TTY_LEN as u32,
+            (tty + off!(tty_name) as u64) as *const _,
+        )
+    };
+    r > 0
+}
+
+/// The working directory's components, innermost first, following mount points up to the
+/// root; returns (slots used, truncated). Slot `i` is always filled in iteration `i` — with a
+/// name, or empty where the walk crossed a mount point — so every branch leaves the verifier the
+/// same state and the loop stays cheap to verify. The reader skips empty slots.
+#[inline(always)]
+pub fn cwd(task: u64, dst: &mut [[u8; CWD_NAME_LEN]; CWD_DEPTH]) -> Result<(u32, bool), i32> {
+    let fs: u64 = field(task, off!(task_fs))?;
+    let pwd = fs + off!(fs_pwd) as u64;
+    let mut dentry: u64 = field(pwd, off!(path_dentry))?;
+    let mut vfsmnt: u64 = field(pwd, off!(path_mnt))?;
+    let mount_mnt = off!(mount_mnt) as u64;
+    for (i, slot) in dst.iter_mut().enumerate() {
+        let mnt_root: u64 = field(vfsmnt, off!(vfsmount_root))?;
+        if dentry == mnt_root {
+            let mount = vfsmnt - mount_mnt;
+            let parent: u64 = field(mount, off!(mount_parent))?;
+            if parent == mount {
+                return Ok((i as u32, false));
+            }
+            dentry = field(mount, off!(mount_mountpoint))?;
+            vfsmnt = parent + mount_mnt;
+            slot[0] = 0;
+            continue;
+        }
+        let parent: u64 = field(dentry, off!(dentry_parent))?;
+        if parent == dentry {
+            return Ok((i as u32, false));
+        }
+        let name: u64 = field(dentry + off!(dentry_name) as u64, off!(qstr_name))?;
+        // SAFETY: bounded copy into a fixed-size slot.
+        let r = unsafe {
+            bpf_probe_read_kernel_str(
+                slot.as_mut_ptr().cast(),
+                CWD_NAME_LEN as u32,
+                name as *const _,
+            )
+        };
+        if r < 0 {
+            slot[0] = b'?';
+            slot[1] = 0;
+        }
+        dentry = parent;
+    }
+    Ok((CWD_DEPTH as u32, true))
+}

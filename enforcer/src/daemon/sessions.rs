@@ -1,0 +1,290 @@
+//! Sessions inside connections, from kernel events: start/refusal, the commands run, their
+//! exits, and terminating a session or a whole connection on request.
+
+use std::collections::HashMap;
+
+use enforcer_common::tasks::{TASK_CONN_ROOT, TASK_SESSION_LEADER};
+use enforcer_proto::{ConnectionInfo, ErrorKind, ErrorReply, SessionInfo};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use super::{admission::CloseReason, state::State};
+use crate::{
+    audit::AuditRecord,
+    bpf::{EventOrigin, Exec, KillTarget, KilledAtExec, SessionLimit},
+    control::{Peer, Role},
+    core::session::{ExitStatus, Session, SessionKind, classify},
+    host,
+};
+
+fn not_found(what: &str, id: u64) -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::NotFound,
+        format!("no live {what} {id}; see `enforcerctl sessions`"),
+    )
+}
+
+impl State {
+    /// A record about `origin`'s connection, with its session when known.
+    fn record(&self, event: &str, origin: &EventOrigin) -> AuditRecord {
+        let mut rec = AuditRecord::new(event, OffsetDateTime::now_utc());
+        if let Some(c) = self.registry.get(origin.conn_id) {
+            rec = rec.with_conn(c);
+        } else {
+            rec.conn_id = Some(origin.conn_id);
+        }
+        if let Some(s) = self
+            .registry
+            .session_by_kernel(origin.conn_id, origin.session_id)
+            .and_then(|id| self.registry.session(id))
+        {
+            rec = rec.with_session(s);
+        }
+        rec.pid = Some(origin.pid);
+        rec
+    }
+
+    pub(super) fn on_session(
+        &mut self,
+        origin: EventOrigin,
+        start_ns: u64,
+        refused: Option<(SessionLimit, u32)>,
+    ) {
+        let now = OffsetDateTime::now_utc();
+        if let Some((which, limit)) = refused {
+            self.counters.sessions_refused += 1;
+            let user = self
+                .registry
+                .get(origin.conn_id)
+                .map(|c| c.user.clone())
+                .unwrap_or_default();
+            let (code, what) = match which {
+                SessionLimit::PerConnection => (
+                    "max_sessions_per_connection",
+                    format!("this connection already has {limit} of {limit} allowed sessions"),
+                ),
+                SessionLimit::PerUser => (
+                    "max_sessions_per_user",
+                    format!("user {user} already has {limit} of {limit} allowed sessions"),
+                ),
+            };
+            let message = format!("enforcer: session refused: {what}");
+            let mut rec = self
+                .record("session_refused", &origin)
+                .reason(code, Some(message.clone()));
+            rec.limit = Some(limit);
+            self.audit.record(rec);
+            self.refusals.insert((origin.conn_id, origin.tid), message);
+            return;
+        }
+        self.counters.sessions_started += 1;
+        let session = Session {
+            id: 0,
+            conn_id: origin.conn_id,
+            kernel_id: origin.session_id,
+            leader_pid: origin.pid,
+            leader_start_ns: start_ns,
+            started_at: now,
+            last_activity: now,
+            kind: SessionKind::Starting,
+            tty: None,
+            command: None,
+            commands: 0,
+        };
+        self.registry.add_session(session);
+        self.dirty = true;
+        self.audit.record(self.record("session_started", &origin));
+    }
+
+    pub(super) fn on_exec(&mut self, exec: &Exec) {
+        let origin = exec.origin;
+        if origin.session_id == 0 {
+            // sshd's own processes (re-exec, helpers) before any session.
+            return;
+        }
+        self.counters.commands += 1;
+        if let Some(id) = self
+            .registry
+            .session_by_kernel(origin.conn_id, origin.session_id)
+        {
+            let s = self.registry.session_mut(id).expect("just found");
+            s.commands += 1;
+            s.last_activity = OffsetDateTime::now_utc();
+            if s.kind == SessionKind::Starting && origin.pid == s.leader_pid {
+                (s.kind, s.command) = classify(&exec.argv);
+                s.tty = exec.tty.clone();
+            }
+            self.dirty = true;
+        }
+        let mut rec = self.record("exec", &origin);
+        rec.uid = Some(exec.uid);
+        rec.ppid = Some(exec.ppid);
+        rec.filename = Some(exec.filename.clone());
+        rec.argv = Some(exec.argv.clone());
+        rec.argv_truncated = exec.argv_truncated;
+        rec.cwd = exec.cwd.clone();
+        rec.tty = exec.tty.clone().or(rec.tty);
+        match exec.killed {
+            Some(KilledAtExec::Refused) => rec = rec.reason("killed_at_exec_session_refused", None),
+            Some(KilledAtExec::Doomed) => rec = rec.reason("killed_at_exec_terminated", None),
+            None => {}
+        }
+        self.audit.record(rec);
+    }
+
+    pub(super) async fn on_exit(&mut self, origin: EventOrigin, status: u32, flags: u32) {
+        if flags & TASK_CONN_ROOT != 0 {
+            self.on_monitor_exit(origin.conn_id, origin.pid).await;
+            return;
+        }
+        if origin.session_id == 0 {
+            return;
+        }
+        let status = ExitStatus::from_wait(status);
+        self.audit
+            .record(self.record("exit", &origin).exit_status(status));
+        if flags & TASK_SESSION_LEADER == 0 || origin.tid as u64 != origin.session_id {
+            return;
+        }
+        if self
+            .refusals
+            .remove(&(origin.conn_id, origin.tid))
+            .is_some()
+        {
+            return;
+        }
+        let rec = self.record("session_ended", &origin).exit_status(status);
+        if let Some(id) = self
+            .registry
+            .session_by_kernel(origin.conn_id, origin.session_id)
+        {
+            let s = self.registry.remove_session(id).expect("just found");
+            self.dirty = true;
+            let mut rec = rec;
+            rec.duration_secs = Some(
+                (OffsetDateTime::now_utc() - s.started_at)
+                    .as_seconds_f64()
+                    .max(0.0),
+            );
+            rec.commands = Some(s.commands);
+            self.audit.record(rec);
+        }
+    }
+
+    /// A refused session's leader is stopped with its stdio on the channel: tell the user why,
+    /// then kill it (had this not happened, its exec would have killed it).
+    pub(super) fn on_stopped(&mut self, origin: EventOrigin) {
+        let message = self
+            .refusals
+            .get(&(origin.conn_id, origin.tid))
+            .cloned()
+            .unwrap_or_else(|| "enforcer: session refused by a session limit".to_owned());
+        if let Err(e) = host::tell_and_kill(origin.pid, &format!("{message}\r\n")) {
+            tracing::warn!(pid = origin.pid, error = %e, "could not show the refusal to the user");
+        }
+    }
+
+    pub(super) async fn kill_session(&mut self, id: u64, peer: &Peer) -> Result<u64, ErrorReply> {
+        let s = self
+            .registry
+            .session(id)
+            .ok_or_else(|| not_found("session", id))?
+            .clone();
+        let target = KillTarget {
+            conn_id: s.conn_id,
+            session_id: Some(s.kernel_id),
+        };
+        let n = self
+            .bpf
+            .kill(target)
+            .await
+            .map_err(|e| ErrorReply::new(ErrorKind::Internal, e.to_string()))?
+            as u64;
+        let mut rec = AuditRecord::new("session_killed", OffsetDateTime::now_utc());
+        if let Some(c) = self.registry.get(s.conn_id) {
+            rec = rec.with_conn(c);
+        }
+        let mut rec = rec.with_session(&s).by(peer.uid, peer.pid);
+        rec.processes = Some(n);
+        self.audit.record(rec.reason("killed_by_operator", None));
+        Ok(n)
+    }
+
+    /// Kills a connection (its monitor and every process with its identity).
+    pub(super) async fn kill_connection(
+        &mut self,
+        id: u64,
+        why: CloseReason,
+        rec: AuditRecord,
+    ) -> Result<u64, ErrorReply> {
+        let conn = self
+            .registry
+            .get(id)
+            .ok_or_else(|| not_found("connection", id))?
+            .clone();
+        self.terminating.insert(id, why);
+        let n = self
+            .bpf
+            .kill(KillTarget {
+                conn_id: id,
+                session_id: None,
+            })
+            .await
+            .map_err(|e| ErrorReply::new(ErrorKind::Internal, e.to_string()))?
+            as u64;
+        let mut rec = rec.with_conn(&conn);
+        rec.processes = Some(n);
+        self.audit.record(rec);
+        Ok(n)
+    }
+
+    /// Connections with their sessions, as `peer` may see them.
+    pub(super) async fn list(&self, peer: &Peer) -> Vec<ConnectionInfo> {
+        // Threads are in the census too; /proc lists processes only.
+        let live = host::process_ids();
+        let mut processes: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+        match self.bpf.census().await {
+            Ok(tasks) => {
+                for (tid, t) in tasks.into_iter().filter(|(tid, _)| live.contains(tid)) {
+                    processes
+                        .entry((t.conn_id, t.session_id))
+                        .or_default()
+                        .push(tid);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "task census failed; process counts omitted"),
+        }
+        let fmt = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
+        self.registry
+            .iter()
+            .filter(|c| peer.role != Role::User || c.uid == Some(peer.uid))
+            .map(|c| {
+                let mut info = c.info();
+                info.sessions = self
+                    .registry
+                    .sessions_of(c.id)
+                    .map(|s| {
+                        let mut pids = processes
+                            .get(&(c.id, s.kernel_id))
+                            .cloned()
+                            .unwrap_or_default();
+                        pids.sort_unstable();
+                        SessionInfo {
+                            id: s.id,
+                            kind: s.kind.as_str().into(),
+                            pty: s.tty.is_some(),
+                            tty: s.tty.clone(),
+                            command: s.command.clone(),
+                            leader_pid: s.leader_pid,
+                            started: fmt(s.started_at),
+                            last_activity: fmt(s.last_activity),
+                            processes: pids.len() as u32,
+                            pids,
+                            commands: s.commands,
+                        }
+                    })
+                    .collect();
+                info
+            })
+            .collect()
+    }
+}
