@@ -34,6 +34,8 @@ pub enum Counter {
     KilledDoomed = 11,
     /// bpf_send_signal failed (the task then runs until the daemon's kill reaches it).
     DropSignalFailed = 12,
+    /// Session I/O could not be recorded because `ENF_ACTIVITY` or `ENF_READS` was full.
+    DropActivityFull = 13,
 }
 
 /// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
@@ -42,7 +44,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::ExecSeen,
         Counter::ForkSeen,
         Counter::ExitSeen,
@@ -56,6 +58,7 @@ impl Counter {
         Counter::KilledRefused,
         Counter::KilledDoomed,
         Counter::DropSignalFailed,
+        Counter::DropActivityFull,
     ];
 
     /// Stable snake_case name used in `enforcerctl status` and its JSON.
@@ -74,6 +77,7 @@ impl Counter {
             Counter::KilledRefused => "killed_at_exec_refused",
             Counter::KilledDoomed => "killed_doomed",
             Counter::DropSignalFailed => "drop_signal_failed",
+            Counter::DropActivityFull => "drop_activity_map_full",
         }
     }
 
@@ -85,6 +89,7 @@ impl Counter {
                 | Counter::DropTasksFull
                 | Counter::DropReadFailed
                 | Counter::DropSignalFailed
+                | Counter::DropActivityFull
         )
     }
 }

@@ -92,6 +92,8 @@ pub struct ExecEvent {
     /// Components of `cwd` in use.
     pub cwd_depth: u32,
     pub tty: [u8; TTY_LEN],
+    /// Inode numbers of fds 0, 1, 2 (0 = closed): a session's stdio pipes name its channel.
+    pub stdio_ino: [u64; 3],
     /// Path of the executed file as the kernel resolved it.
     pub filename: [u8; FILENAME_LEN],
     /// NUL-separated arguments.

@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod events;
+pub mod io;
 pub mod limits;
 pub mod offsets;
 pub mod tasks;

@@ -29,6 +29,17 @@ pub struct KernelOffsets {
     pub mount_mountpoint: u32,
     pub signal_tty: u32,
     pub tty_name: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub inode_rdev: u32,
+    pub inode_ino: u32,
+    pub tty_file_private_tty: u32,
+    pub tty_index: u32,
     /// `sched_process_exec`: `__data_loc` of `filename`, and `old_pid`.
     pub tp_exec_filename: u32,
     pub tp_exec_old_pid: u32,
@@ -36,6 +47,13 @@ pub struct KernelOffsets {
     pub tp_exit_group_dead: u32,
     /// `sys_exit_setsid.ret`.
     pub tp_setsid_ret: u32,
+    /// `sys_enter_write` / `sys_enter_read`: fd, buf, count; `sys_exit_read`: ret.
+    pub tp_write_fd: u32,
+    pub tp_write_buf: u32,
+    pub tp_write_count: u32,
+    pub tp_read_fd: u32,
+    pub tp_read_buf: u32,
+    pub tp_read_ret: u32,
 }
 
 /// Marks an absent field.
@@ -67,10 +85,27 @@ impl KernelOffsets {
         mount_mountpoint: ABSENT,
         signal_tty: ABSENT,
         tty_name: ABSENT,
+        task_files: ABSENT,
+        files_fdt: ABSENT,
+        fdtable_max_fds: ABSENT,
+        fdtable_fd: ABSENT,
+        file_inode: ABSENT,
+        file_private_data: ABSENT,
+        inode_mode: ABSENT,
+        inode_rdev: ABSENT,
+        inode_ino: ABSENT,
+        tty_file_private_tty: ABSENT,
+        tty_index: ABSENT,
         tp_exec_filename: ABSENT,
         tp_exec_old_pid: ABSENT,
         tp_exit_group_dead: ABSENT,
         tp_setsid_ret: ABSENT,
+        tp_write_fd: ABSENT,
+        tp_write_buf: ABSENT,
+        tp_write_count: ABSENT,
+        tp_read_fd: ABSENT,
+        tp_read_buf: ABSENT,
+        tp_read_ret: ABSENT,
     };
 }
 

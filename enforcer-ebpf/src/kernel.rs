@@ -134,3 +134,52 @@ pub fn cwd(task: u64, dst: &mut [[u8; CWD_NAME_LEN]; CWD_DEPTH]) -> Result<(u32,
     }
     Ok((CWD_DEPTH as u32, true))
 }
+
+const S_IFMT: u16 = 0o170000;
+const S_IFCHR: u16 = 0o020000;
+const S_IFIFO: u16 = 0o010000;
+/// The ptmx multiplexer, MKDEV(5, 2) in the kernel's dev_t encoding (major << 20 | minor).
+const PTMX_RDEV: u32 = (5 << 20) | 2;
+
+/// The `struct file *` behind `fd` of `task`.
+#[inline(always)]
+pub fn fd_file(task: u64, fd: u64) -> Result<u64, i32> {
+    let files: u64 = field(task, off!(task_files))?;
+    let fdt: u64 = field(files, off!(files_fdt))?;
+    let max: u32 = field(fdt, off!(fdtable_max_fds))?;
+    if fd >= max as u64 {
+        return Err(-1);
+    }
+    let array: u64 = field(fdt, off!(fdtable_fd))?;
+    field(array + fd * 8, 0)
+}
+
+/// A file's inode number (0 when unreadable).
+#[inline(always)]
+pub fn file_ino(file: u64) -> u64 {
+    field::<u64>(file, off!(file_inode))
+        .and_then(|inode| field(inode, off!(inode_ino)))
+        .unwrap_or(0)
+}
+
+/// What a session channel file is: `IO_PTY | index` for a pty master, the inode number for a
+/// pipe; `None` for anything else (the client's TCP socket, sshd's own sockets and files).
+#[inline(always)]
+pub fn channel_object(file: u64) -> Option<u64> {
+    let inode: u64 = field(file, off!(file_inode)).ok()?;
+    let mode: u16 = field(inode, off!(inode_mode)).ok()?;
+    match mode & S_IFMT {
+        S_IFIFO => field(inode, off!(inode_ino)).ok(),
+        S_IFCHR => {
+            let rdev: u32 = field(inode, off!(inode_rdev)).ok()?;
+            if rdev != PTMX_RDEV {
+                return None;
+            }
+            let private: u64 = field(file, off!(file_private_data)).ok()?;
+            let tty: u64 = field(private, off!(tty_file_private_tty)).ok()?;
+            let index: i32 = field(tty, off!(tty_index)).ok()?;
+            Some(enforcer_common::io::IO_PTY | index as u32 as u64)
+        }
+        _ => None,
+    }
+}

@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
+    io::{Activity, IoKey, PendingRead},
     limits::{ConnEntry, UserEntry},
     tasks::TrackedTask,
 };
@@ -35,6 +36,16 @@ pub static ENF_CONNS: HashMap<u64, ConnEntry> = HashMap::pinned(16384, 0);
 /// Users with admitted connections: uid → session limit and live session count. Pinned.
 #[map]
 pub static ENF_USERS: HashMap<u32, UserEntry> = HashMap::pinned(16384, 0);
+
+/// Last input/output per session channel (pty or pipe) of each connection: the idle clock.
+/// Pinned, so idle tracking survives a daemon restart. Full map = counted drop.
+#[map]
+pub static ENF_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(16384, 0);
+
+/// Reads by sshd's connection processes on session channels, between syscall entry and exit
+/// (task id → where the bytes land).
+#[map]
+pub static ENF_READS: HashMap<u32, PendingRead> = HashMap::with_max_entries(4096, 0);
 
 /// Adds one to a counter slot of the current CPU.
 #[inline(always)]

@@ -200,6 +200,10 @@ fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
         if kernel::tty(cur, &mut (*ev).tty) {
             flags |= EXEC_HAS_TTY;
         }
+        for fd in 0..3u64 {
+            (*ev).stdio_ino[fd as usize] =
+                kernel::fd_file(cur, fd).map(kernel::file_ino).unwrap_or(0);
+        }
         (*ev).flags = flags;
     }
     entry.submit(0);

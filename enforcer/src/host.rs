@@ -13,11 +13,31 @@ use crate::core::conn::ProcKey;
 
 /// The process with this pid, unless it is gone or a zombie.
 pub fn proc_key(pid: u32) -> Option<ProcKey> {
-    let stat = Process::new(pid as i32).ok()?.stat().ok()?;
-    (stat.state != 'Z' && stat.state != 'X').then_some(ProcKey {
-        pid,
-        start_ticks: stat.starttime,
-    })
+    // Read by hand: the sweep calls this for every connection each second, and only two fields
+    // are needed (a full procfs parse costs several times more).
+    let mut buf = [0u8; 1024];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        f.read(&mut buf).ok()?
+    };
+    parse_stat(&buf[..n])
+        .map(|(state, start_ticks)| (state, ProcKey { pid, start_ticks }))
+        .filter(|(state, _)| *state != b'Z' && *state != b'X')
+        .map(|(_, key)| key)
+}
+
+/// (state, starttime) from /proc/PID/stat. The command name is in parentheses and may contain
+/// anything, so fields are counted after the last ')'.
+fn parse_stat(stat: &[u8]) -> Option<(u8, u64)> {
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|&c| c == b' ')
+        .filter(|f| !f.is_empty());
+    let state = *fields.next()?.first()?;
+    // After the state (field 3), starttime is field 22.
+    let start = fields.nth(18)?;
+    Some((state, std::str::from_utf8(start).ok()?.trim().parse().ok()?))
 }
 
 /// Whether exactly this process (pid and start time) is still alive.
@@ -69,6 +89,13 @@ fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Nanoseconds since boot (the clock of `bpf_ktime_get_boot_ns`).
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 /// Ids of every live process (thread-group leaders: /proc lists only those).
 pub fn process_ids() -> std::collections::HashSet<u32> {
     std::fs::read_dir("/proc")
@@ -79,17 +106,41 @@ pub fn process_ids() -> std::collections::HashSet<u32> {
         .unwrap_or_default()
 }
 
-/// Writes `message` to a (stopped) process's stderr — through a duplicate of its fd 2, whatever
-/// that is (pipe, socket, terminal) — then SIGKILLs it.
+/// Writes `message` to a process's stderr — through a duplicate of its fd 2, whatever that is
+/// (pipe, socket, terminal), so it reaches the channel or terminal the user sees. Non-blocking:
+/// a full pipe loses the message rather than stalling the daemon.
+pub fn tell(pid: u32, message: &str) -> std::io::Result<()> {
+    let pidfd = pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
+    write_stderr(&pidfd, message)
+}
+
+fn write_stderr(pidfd: &OwnedFd, message: &str) -> std::io::Result<()> {
+    let fd = pidfd_getfd(pidfd, 2).ok_or_else(std::io::Error::last_os_error)?;
+    let buf = message.as_bytes();
+    // The duplicate shares the target's file description, so its flags are not ours to change
+    // (setting O_NONBLOCK would change them for the user's program too). Instead wait briefly
+    // for room: messages are one short line, below PIPE_BUF, so a writable fd takes all of it.
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
+    if ready <= 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "stderr not writable",
+        ));
+    }
+    let mut f = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut f, buf)
+}
+
+/// Writes `message` to a (stopped) process's stderr (see [`tell`]), then SIGKILLs it.
 pub fn tell_and_kill(pid: u32, message: &str) -> std::io::Result<()> {
     let pidfd = pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
-    let written = match pidfd_getfd(&pidfd, 2) {
-        Some(fd) => {
-            let mut f = std::fs::File::from(fd);
-            std::io::Write::write_all(&mut f, message.as_bytes())
-        }
-        None => Err(std::io::Error::last_os_error()),
-    };
+    let written = write_stderr(&pidfd, message);
     // SAFETY: plain syscall on a pidfd we own.
     let r = unsafe {
         libc::syscall(
@@ -145,6 +196,24 @@ pub fn user_name(uid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_command_names() {
+        let line = b"42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 777 1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+        assert_eq!(parse_stat(line), Some((b'S', 777)));
+        assert_eq!(parse_stat(b"1 (x) Z"), None, "truncated");
+        let own = std::fs::read(format!("/proc/{}/stat", std::process::id())).unwrap();
+        let ticks = procfs::process::Process::myself()
+            .unwrap()
+            .stat()
+            .unwrap()
+            .starttime;
+        assert_eq!(
+            parse_stat(&own).map(|s| s.1),
+            Some(ticks),
+            "agrees with procfs"
+        );
+    }
 
     #[test]
     fn own_process_is_alive_and_keyed_by_start_time() {

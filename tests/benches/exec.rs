@@ -19,12 +19,23 @@ const N: u32 = 5_000;
 const ROUNDS: usize = 6;
 
 fn script() -> String {
-    format!("s=$(date +%s%N); i=0; while [ $i -lt {N} ]; do /bin/true; i=$((i+1)); done; e=$(date +%s%N); echo $((e-s))")
+    format!(
+        "s=$(date +%s%N); i=0; while [ $i -lt {N} ]; do /bin/true; i=$((i+1)); done; e=$(date +%s%N); echo $((e-s))"
+    )
 }
 
 fn parse_ns(out: &std::process::Output) -> Duration {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Duration::from_nanos(String::from_utf8_lossy(&out.stdout).trim().parse().expect("elapsed ns"))
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Duration::from_nanos(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("elapsed ns"),
+    )
 }
 
 fn children_cpu() -> Duration {
@@ -38,7 +49,13 @@ fn children_cpu() -> Duration {
 /// (wall, cpu) of the loop run locally.
 fn local() -> (Duration, Duration) {
     let before = children_cpu();
-    let out = Command::new("sh").arg("-c").arg(script()).env_clear().env("PATH", "/usr/bin:/bin").output().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
     (parse_ns(&out), children_cpu() - before)
 }
 
@@ -66,7 +83,11 @@ fn main() {
         }
         let d = TestDaemon::start("");
         host.push(local());
-        let sshd = TestSshd::start(Pam::Enforcer(format!("socket={}", d.socket.display())), &[&user], "");
+        let sshd = TestSshd::start(
+            Pam::Enforcer(format!("socket={}", d.socket.display())),
+            &[&user],
+            "",
+        );
         session.push(parse_ns(&sshd.ssh(&user, &script()).output().unwrap()));
         dropped += d.status().dropped.values().sum::<u64>();
         drop(sshd);
@@ -77,18 +98,40 @@ fn main() {
     }
     let wall = |v: &[(Duration, Duration)]| median(v.iter().map(|x| x.0).collect());
     let cpu = |v: &[(Duration, Duration)]| median(v.iter().map(|x| x.1).collect());
-    let (bw, bc, hw, hc, sw) = (wall(&base), cpu(&base), wall(&host), cpu(&host), median(session.clone()));
+    let (bw, bc, hw, hc, sw) = (
+        wall(&base),
+        cpu(&base),
+        wall(&host),
+        cpu(&host),
+        median(session.clone()),
+    );
     let spread = |v: &[(Duration, Duration)], f: fn(&(Duration, Duration)) -> Duration| {
         let xs: Vec<f64> = v.iter().map(|x| f(x).as_secs_f64()).collect();
         xs.iter().cloned().fold(f64::MIN, f64::max) / xs.iter().cloned().fold(f64::MAX, f64::min)
     };
     println!("## bench exec ({N} × fork+exec /bin/true per run, {ROUNDS} rounds, medians)");
-    println!("| variant | wall per exec | baseline/variant (wall) | CPU per exec | baseline/variant (CPU) |");
+    println!(
+        "| variant | wall per exec | baseline/variant (wall) | CPU per exec | baseline/variant (CPU) |"
+    );
     println!("| --- | --- | --- | --- | --- |");
     let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!("| baseline (no enforcerd) | {} | 1.000 | {} | 1.000 |", per_exec(bw), per_exec(bc));
-    println!("| host, enforcerd running | {} | {:.3} | {} | {:.3} |", per_exec(hw), r(bw, hw), per_exec(hc), r(bc, hc));
-    println!("| inside a tracked SSH session (every exec audited) | {} | {:.3} | – | – |", per_exec(sw), r(bw, sw));
+    println!(
+        "| baseline (no enforcerd) | {} | 1.000 | {} | 1.000 |",
+        per_exec(bw),
+        per_exec(bc)
+    );
+    println!(
+        "| host, enforcerd running | {} | {:.3} | {} | {:.3} |",
+        per_exec(hw),
+        r(bw, hw),
+        per_exec(hc),
+        r(bc, hc)
+    );
+    println!(
+        "| inside a tracked SSH session (every exec audited) | {} | {:.3} | – | – |",
+        per_exec(sw),
+        r(bw, sw)
+    );
     println!();
     println!(
         "noise floor (max/min over baseline rounds): wall {:.3}, CPU {:.3}",
@@ -97,5 +140,8 @@ fn main() {
     );
     println!("events dropped over all rounds: {dropped}");
     let ratio = r(bw, hw);
-    println!("host ratio baseline/enforcerd (wall): {ratio:.3}  (target ≥ 0.97) — {}", if ratio >= 0.97 { "MET" } else { "NOT MET" });
+    println!(
+        "host ratio baseline/enforcerd (wall): {ratio:.3}  (target ≥ 0.97) — {}",
+        if ratio >= 0.97 { "MET" } else { "NOT MET" }
+    );
 }

@@ -88,3 +88,12 @@ pub fn alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Pids of every live process running as `uid` (zombies are dead: they run nothing).
+pub fn uid_processes(uid: u32) -> Vec<u32> {
+    table()
+        .into_iter()
+        .filter(|(p, _, u)| *u == uid && alive(*p))
+        .map(|(p, _, _)| p)
+        .collect()
+}

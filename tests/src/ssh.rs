@@ -1,7 +1,7 @@
 //! SSH clients for tests: OpenSSH `ssh` processes and russh sessions.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     path::Path,
     process::{Child, Command, Output, Stdio},
     sync::Arc,
@@ -185,4 +185,88 @@ pub async fn russh_exec_all(
         outcomes.push(t.await.unwrap());
     }
     outcomes
+}
+
+/// An interactive pty session (`ssh -tt`): the test types into it and reads what the terminal
+/// shows. Nothing typed = idle.
+pub struct PtySsh {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl PtySsh {
+    /// Logs in and waits for `marker` (printed by the remote shell) to know the session runs.
+    pub fn open(sshd: &TestSshd, user: &TestUser) -> Self {
+        let mut child = sshd
+            .ssh_login(user, &["-tt"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut p = PtySsh {
+            child,
+            stdin,
+            output,
+        };
+        p.type_text("echo pty-$((40+2))\n");
+        assert!(
+            p.wait_for("pty-42", Duration::from_secs(15)),
+            "shell did not start: {}",
+            p.output()
+        );
+        p
+    }
+
+    pub fn type_text(&mut self, text: &str) {
+        use std::io::Write;
+        let _ = self.stdin.write_all(text.as_bytes());
+        let _ = self.stdin.flush();
+    }
+
+    /// Everything the terminal showed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(&self, text: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.output().contains(text))
+    }
+
+    /// Waits for the ssh client to exit (the connection closed); true if it did in time.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.child.try_wait().unwrap().is_some())
+    }
+
+    pub fn is_open(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for PtySsh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -164,6 +164,13 @@ impl TestSshd {
 
     /// Same, with extra client options (placed before the destination), e.g. `["-b", addr]`.
     pub fn ssh_with(&self, user: &TestUser, options: &[&str], remote: &str) -> Command {
+        let mut c = self.ssh_login(user, options);
+        c.arg(remote);
+        c
+    }
+
+    /// An ssh client command logging in as `user` without a remote command (a login shell).
+    pub fn ssh_login(&self, user: &TestUser, options: &[&str]) -> Command {
         let mut c = Command::new("ssh");
         c.args([
             "-F",
@@ -188,7 +195,6 @@ impl TestSshd {
         .args(options)
         .args(["-p", &self.port.to_string()])
         .arg(format!("{}@127.0.0.1", user.name))
-        .arg(remote)
         .stdin(Stdio::null());
         c
     }

@@ -19,6 +19,9 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
         ("enf_exit", "tracepoint", "sched/sched_process_exit"),
         ("enf_setsid", "tracepoint", "syscalls/sys_exit_setsid"),
         ("enf_chdir", "tracepoint", "syscalls/sys_enter_chdir"),
+        ("enf_write", "tracepoint", "syscalls/sys_enter_write"),
+        ("enf_read", "tracepoint", "syscalls/sys_enter_read"),
+        ("enf_read_ret", "tracepoint", "syscalls/sys_exit_read"),
     ] {
         let p = programs
             .iter()
@@ -106,7 +109,7 @@ fn sigterm_detaches_every_program_and_removes_the_socket() {
     }
     let mut d = TestDaemon::start("");
     let ids: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
-    assert_eq!(ids.len(), 5);
+    assert_eq!(ids.len(), 8, "every data-path program is attached");
     assert!(
         d.status()
             .programs

@@ -398,7 +398,10 @@ fn a_refused_pty_session_shows_the_reason_on_the_terminal() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("should-not-run"), "{stdout}");
     assert!(
-        stdout.contains(&format!("enforcer: session refused: user {} already has 1 of 1 allowed sessions", jo.name)),
+        stdout.contains(&format!(
+            "enforcer: session refused: user {} already has 1 of 1 allowed sessions",
+            jo.name
+        )),
         "the reason reaches the terminal: {stdout:?} / {:?}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -33,7 +33,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark (release build, as root): `pam`, `exec`.
+    /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`.
     Bench {
         /// Which benchmark.
         name: String,

@@ -108,6 +108,9 @@ pub struct AuditRecord {
     /// Programs executed in a session (session_ended).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commands: Option<u64>,
+    /// How long the connection had been idle (idle_timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<f64>,
 }
 
 /// RFC 3339 in UTC.

@@ -8,8 +8,9 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
+        atomic::AtomicUsize,
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, SyncSender, TrySendError},
+        mpsc::{self, Sender},
     },
 };
 
@@ -42,7 +43,10 @@ pub struct AuditCounters {
 /// Handle to the writer thread. Dropping every handle stops the thread after it drains.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: SyncSender<AuditRecord>,
+    tx: Sender<AuditRecord>,
+    /// Records queued and not yet written. The queue is unbounded in type (a bounded std
+    /// channel preallocates every slot: 50 MB for this backlog) and bounded by this count.
+    queued: Arc<AtomicUsize>,
     pub counters: Arc<AuditCounters>,
     pub journald: bool,
 }
@@ -95,9 +99,10 @@ impl AuditSink {
     pub fn start(path: &Path, journald: bool) -> Result<Self, AuditError> {
         let (file, inode) = open(path)?;
         let journald = journald && Path::new(JOURNAL_SOCKET).exists();
-        let (tx, rx) = mpsc::sync_channel::<AuditRecord>(BACKLOG);
+        let (tx, rx) = mpsc::channel::<AuditRecord>();
         let counters = Arc::new(AuditCounters::default());
-        let c = counters.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (c, q) = (counters.clone(), queued.clone());
         let mut writer = Writer {
             path: path.to_owned(),
             file,
@@ -107,6 +112,7 @@ impl AuditSink {
             .name("enforcerd-audit".into())
             .spawn(move || {
                 for rec in rx {
+                    q.fetch_sub(1, Ordering::Relaxed);
                     let mut line = serde_json::to_vec(&rec).expect("audit record serialises");
                     line.push(b'\n');
                     match writer.write(&line) {
@@ -127,6 +133,7 @@ impl AuditSink {
             })?;
         Ok(AuditSink {
             tx,
+            queued,
             counters,
             journald,
         })
@@ -141,20 +148,20 @@ impl AuditSink {
             reason = rec.reason,
             "audit"
         );
-        match self.tx.try_send(rec) {
-            Ok(()) => {}
-            Err(TrySendError::Full(rec)) => {
-                self.counters
-                    .dropped_backlog
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    event = rec.event,
-                    "audit writer backlog full; record dropped"
-                );
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.queued.load(Ordering::Relaxed) >= BACKLOG {
+            self.counters
+                .dropped_backlog
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                event = rec.event,
+                "audit writer backlog full; record dropped"
+            );
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(rec).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

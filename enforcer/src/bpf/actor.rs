@@ -9,6 +9,7 @@ use aya::{
 };
 use enforcer_common::{
     counters::Counter,
+    io::{Activity, IoKey},
     limits::{ConnEntry, UserEntry},
     tasks::TrackedTask,
 };
@@ -72,6 +73,11 @@ enum Command {
         reply: Reply<()>,
     },
     Census(Reply<Vec<(u32, TrackedTask)>>),
+    Activity(Reply<Vec<(IoKey, Activity)>>),
+    ForgetActivity {
+        conn_id: u64,
+        reply: Reply<()>,
+    },
     Kill {
         target: KillTarget,
         reply: Reply<usize>,
@@ -150,6 +156,17 @@ impl BpfHandle {
         self.ask(Command::Census).await
     }
 
+    /// Last input/output of every session channel.
+    pub async fn activity(&self) -> Result<Vec<(IoKey, Activity)>, BpfError> {
+        self.ask(Command::Activity).await
+    }
+
+    /// Drops the activity entries of a connection that ended.
+    pub async fn forget_activity(&self, conn_id: u64) -> Result<(), BpfError> {
+        self.ask(|reply| Command::ForgetActivity { conn_id, reply })
+            .await
+    }
+
     /// Kills every task of a session or connection, repeating until none is left (a task that
     /// forks meanwhile is caught by the next pass; its child cannot exec). Returns how many
     /// tasks were signalled.
@@ -182,6 +199,7 @@ struct Actor {
     tasks: Tasks,
     conns: HashMap<MapData, u64, ConnEntry>,
     users: HashMap<MapData, u32, UserEntry>,
+    activity: HashMap<MapData, IoKey, Activity>,
     received: u64,
     malformed: u64,
     /// Events the daemon could not take (its queue was full or closed).
@@ -208,6 +226,7 @@ pub fn start(
     let tasks = HashMap::try_from(take("ENF_TASKS")?).map_err(map_err("ENF_TASKS"))?;
     let conns = HashMap::try_from(take("ENF_CONNS")?).map_err(map_err("ENF_CONNS"))?;
     let users = HashMap::try_from(take("ENF_USERS")?).map_err(map_err("ENF_USERS"))?;
+    let activity = HashMap::try_from(take("ENF_ACTIVITY")?).map_err(map_err("ENF_ACTIVITY"))?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
     // (which owns the RingBuf) is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -225,6 +244,7 @@ pub fn start(
         tasks,
         conns,
         users,
+        activity,
         received: 0,
         malformed: 0,
         undelivered: 0,
@@ -366,6 +386,21 @@ impl Actor {
             }
             Command::Census(reply) => {
                 let _ = reply.send(Ok(tasks::census(&self.tasks)));
+            }
+            Command::Activity(reply) => {
+                let _ = reply.send(Ok(self.activity.iter().filter_map(Result::ok).collect()));
+            }
+            Command::ForgetActivity { conn_id, reply } => {
+                let keys: Vec<IoKey> = self
+                    .activity
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.conn_id == conn_id)
+                    .collect();
+                for k in keys {
+                    let _ = self.activity.remove(&k);
+                }
+                let _ = reply.send(Ok(()));
             }
             Command::Validate { roots, reply } => {
                 let _ = reply.send(Ok(tasks::validate(&mut self.tasks, &roots)));

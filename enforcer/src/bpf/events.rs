@@ -44,6 +44,8 @@ pub struct Exec {
     pub cwd: Option<String>,
     pub cwd_truncated: bool,
     pub tty: Option<String>,
+    /// Inode numbers of fds 0, 1, 2 (0 = closed).
+    pub stdio_ino: [u64; 3],
     pub killed: Option<KilledAtExec>,
 }
 
@@ -157,6 +159,7 @@ fn exec(ev: &ExecEvent) -> Exec {
         cwd,
         cwd_truncated: flags & EXEC_CWD_TRUNCATED != 0,
         tty: (flags & EXEC_HAS_TTY != 0).then(|| c_str(&ev.tty)),
+        stdio_ino: ev.stdio_ino,
         killed: if flags & EXEC_KILLED_REFUSED != 0 {
             Some(KilledAtExec::Refused)
         } else if flags & EXEC_KILLED_DOOMED != 0 {
@@ -238,6 +241,7 @@ mod tests {
             argv_len: 0,
             cwd_depth: 0,
             tty: [0; TTY_LEN],
+            stdio_ino: [0; 3],
             filename: [0; FILENAME_LEN],
             argv: [0; ARGV_LEN],
             cwd: [[0; CWD_NAME_LEN]; CWD_DEPTH],

@@ -13,11 +13,14 @@ use super::{BpfError, BpfSettings, btf::Btf, offsets, pins, probe, tracefs};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
 /// Tracepoint programs: (program, category, tracepoint).
-const TRACEPOINTS: [(&str, &str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str, &str); 7] = [
     ("enf_exec", "sched", "sched_process_exec"),
     ("enf_exit", "sched", "sched_process_exit"),
     ("enf_setsid", "syscalls", "sys_exit_setsid"),
     ("enf_chdir", "syscalls", "sys_enter_chdir"),
+    ("enf_write", "syscalls", "sys_enter_write"),
+    ("enf_read", "syscalls", "sys_enter_read"),
+    ("enf_read_ret", "syscalls", "sys_exit_read"),
 ];
 
 /// A loaded, attached object with what we learned while loading it.
@@ -108,7 +111,7 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
     features.push(FeatureProbe {
         name: "tracepoint".into(),
         supported: true,
-        detail: "sched_process_{exec,exit}, sys_exit_setsid, sys_enter_chdir attached".into(),
+        detail: "sched_process_{exec,exit}, sys_exit_setsid, sys_enter_chdir, sys_{enter,exit}_read, sys_enter_write attached".into(),
     });
     features.push(FeatureProbe {
         name: "tracepoint_exit_group_dead".into(),

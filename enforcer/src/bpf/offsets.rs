@@ -61,10 +61,27 @@ pub fn build(btf: &Btf, tp: &TracepointLayout) -> Result<(KernelOffsets, Vec<Str
         mount_mountpoint: g("mount", "mnt_mountpoint"),
         signal_tty: g("signal_struct", "tty"),
         tty_name: g("tty_struct", "name"),
+        task_files: g("task_struct", "files"),
+        files_fdt: g("files_struct", "fdt"),
+        fdtable_max_fds: g("fdtable", "max_fds"),
+        fdtable_fd: g("fdtable", "fd"),
+        file_inode: g("file", "f_inode"),
+        file_private_data: g("file", "private_data"),
+        inode_mode: g("inode", "i_mode"),
+        inode_rdev: g("inode", "i_rdev"),
+        inode_ino: g("inode", "i_ino"),
+        tty_file_private_tty: g("tty_file_private", "tty"),
+        tty_index: g("tty_struct", "index"),
         tp_exec_filename: tp.exec_filename,
         tp_exec_old_pid: tp.exec_old_pid,
         tp_exit_group_dead: tp.exit_group_dead.unwrap_or(ABSENT),
         tp_setsid_ret: tp.setsid_ret,
+        tp_write_fd: tp.write_fd,
+        tp_write_buf: tp.write_buf,
+        tp_write_count: tp.write_count,
+        tp_read_fd: tp.read_fd,
+        tp_read_buf: tp.read_buf,
+        tp_read_ret: tp.read_ret,
     };
     Ok((o, missing))
 }
@@ -87,6 +104,12 @@ mod tests {
             exec_old_pid: 16,
             exit_group_dead: Some(32),
             setsid_ret: 16,
+            write_fd: 16,
+            write_buf: 24,
+            write_count: 32,
+            read_fd: 16,
+            read_buf: 24,
+            read_ret: 16,
         };
         let (o, missing) = build(&btf, &tp).unwrap();
         assert!(missing.is_empty(), "{missing:?}");

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use aya::maps::MapInfo;
 use enforcer_common::{
+    io::{Activity, IoKey},
     limits::{ConnEntry, UserEntry},
     tasks::TrackedTask,
 };
@@ -69,6 +70,12 @@ pub fn prepare(dir: &Path, max_tracked_tasks: u32) -> Result<Vec<String>, BpfErr
             name: "ENF_USERS",
             key_size: 4,
             value_size: size_of::<UserEntry>() as u32,
+            max_entries: 16384,
+        },
+        Expected {
+            name: "ENF_ACTIVITY",
+            key_size: size_of::<IoKey>() as u32,
+            value_size: size_of::<Activity>() as u32,
             max_entries: 16384,
         },
     ];

@@ -20,6 +20,14 @@ pub struct TracepointLayout {
     pub exit_group_dead: Option<u32>,
     /// `sys_exit_setsid.ret`.
     pub setsid_ret: u32,
+    /// `sys_enter_write`: fd, buf, count.
+    pub write_fd: u32,
+    pub write_buf: u32,
+    pub write_count: u32,
+    /// `sys_enter_read`: fd, buf; `sys_exit_read`: ret.
+    pub read_fd: u32,
+    pub read_buf: u32,
+    pub read_ret: u32,
 }
 
 /// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing when nothing is there.
@@ -103,6 +111,12 @@ pub fn read_layout(root: &Path) -> Result<TracepointLayout, BpfError> {
         exec_old_pid: required(root, "sched/sched_process_exec", "old_pid", 4)?,
         exit_group_dead: field(root, "sched/sched_process_exit", "group_dead", 1)?,
         setsid_ret: required(root, "syscalls/sys_exit_setsid", "ret", 8)?,
+        write_fd: required(root, "syscalls/sys_enter_write", "fd", 8)?,
+        write_buf: required(root, "syscalls/sys_enter_write", "buf", 8)?,
+        write_count: required(root, "syscalls/sys_enter_write", "count", 8)?,
+        read_fd: required(root, "syscalls/sys_enter_read", "fd", 8)?,
+        read_buf: required(root, "syscalls/sys_enter_read", "buf", 8)?,
+        read_ret: required(root, "syscalls/sys_exit_read", "ret", 8)?,
     })
 }
 
@@ -152,10 +166,12 @@ format:
             std::fs::create_dir_all(&p).unwrap();
             std::fs::write(p.join("format"), text).unwrap();
         };
-        write(
-            "syscalls/sys_exit_setsid",
-            "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n",
-        );
+        let ret = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+        write("syscalls/sys_exit_setsid", ret);
+        write("syscalls/sys_exit_read", ret);
+        let rw = "\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:char * buf;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:size_t count;\toffset:32;\tsize:8;\tsigned:0;\n";
+        write("syscalls/sys_enter_write", rw);
+        write("syscalls/sys_enter_read", rw);
         write(
             "sched/sched_process_exec",
             "\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;\n",
@@ -166,6 +182,10 @@ format:
         );
         let l = read_layout(dir.path()).unwrap();
         assert_eq!(l.setsid_ret, 16);
+        assert_eq!(
+            (l.write_fd, l.write_buf, l.write_count, l.read_ret),
+            (16, 24, 32, 16)
+        );
         assert_eq!(l.exec_old_pid, 16);
         assert_eq!(
             l.exit_group_dead, None,

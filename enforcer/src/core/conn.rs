@@ -9,6 +9,7 @@ use std::{
 use enforcer_proto::{AuthIdentity, ConnectionInfo, Endpoint};
 
 use super::session::Session;
+use crate::config::Dur;
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -42,6 +43,15 @@ pub struct Connection {
     #[serde(with = "time::serde::rfc3339")]
     pub admitted_at: OffsetDateTime,
     pub auth: Option<AuthIdentity>,
+    /// Idle timeout that applies (after `[[rules]]`); zero = never cut.
+    #[serde(default)]
+    pub idle_timeout: Dur,
+    /// When the user was last warned of the idle cut-off (cleared by activity).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub idle_warned_at: Option<OffsetDateTime>,
+    /// Live sessions (channels), by session id.
+    #[serde(default)]
+    pub sessions: BTreeMap<u64, Session>,
 }
 
 impl Connection {
@@ -83,8 +93,6 @@ pub struct Registry {
     /// Next id to hand out; ids are never reused, across restarts too.
     next_id: u64,
     #[serde(default)]
-    sessions: BTreeMap<u64, Session>,
-    #[serde(default)]
     next_session_id: u64,
 }
 
@@ -108,45 +116,55 @@ impl Registry {
 
     /// Removes a connection and its sessions.
     pub fn remove(&mut self, id: u64) -> Option<Connection> {
-        self.sessions.retain(|_, s| s.conn_id != id);
         self.conns.remove(&id)
     }
 
-    /// Adds a session, assigning its id (never reused).
-    pub fn add_session(&mut self, mut session: Session) -> u64 {
+    /// Adds a session to its connection, assigning its id (never reused); `None` when the
+    /// connection is unknown.
+    pub fn add_session(&mut self, mut session: Session) -> Option<u64> {
+        let conn = self.conns.get_mut(&session.conn_id)?;
         self.next_session_id = self.next_session_id.max(1);
         session.id = self.next_session_id;
         self.next_session_id += 1;
-        self.sessions.insert(session.id, session);
-        self.next_session_id - 1
+        conn.sessions.insert(session.id, session);
+        Some(self.next_session_id - 1)
     }
 
+    /// A session by id, whatever its connection.
     pub fn session(&self, id: u64) -> Option<&Session> {
-        self.sessions.get(&id)
-    }
-
-    pub fn session_mut(&mut self, id: u64) -> Option<&mut Session> {
-        self.sessions.get_mut(&id)
+        self.conns.values().find_map(|c| c.sessions.get(&id))
     }
 
     /// The session the kernel knows as `kernel_id` in connection `conn_id`.
-    pub fn session_by_kernel(&self, conn_id: u64, kernel_id: u64) -> Option<u64> {
-        self.sessions
+    pub fn session_by_kernel(&self, conn_id: u64, kernel_id: u64) -> Option<&Session> {
+        self.conns
+            .get(&conn_id)?
+            .sessions
             .values()
-            .find(|s| s.conn_id == conn_id && s.kernel_id == kernel_id)
-            .map(|s| s.id)
+            .find(|s| s.kernel_id == kernel_id)
+    }
+
+    pub fn session_by_kernel_mut(&mut self, conn_id: u64, kernel_id: u64) -> Option<&mut Session> {
+        self.conns
+            .get_mut(&conn_id)?
+            .sessions
+            .values_mut()
+            .find(|s| s.kernel_id == kernel_id)
     }
 
     pub fn remove_session(&mut self, id: u64) -> Option<Session> {
-        self.sessions.remove(&id)
+        self.conns.values_mut().find_map(|c| c.sessions.remove(&id))
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
-        self.sessions.values()
+        self.conns.values().flat_map(|c| c.sessions.values())
     }
 
     pub fn sessions_of(&self, conn_id: u64) -> impl Iterator<Item = &Session> {
-        self.sessions.values().filter(move |s| s.conn_id == conn_id)
+        self.conns
+            .get(&conn_id)
+            .into_iter()
+            .flat_map(|c| c.sessions.values())
     }
 
     /// The connection whose monitor is this process.
@@ -206,6 +224,9 @@ pub(crate) mod tests {
             service: "sshd".into(),
             admitted_at: OffsetDateTime::UNIX_EPOCH,
             auth: None,
+            idle_timeout: Dur::ZERO,
+            idle_warned_at: None,
+            sessions: BTreeMap::new(),
         }
     }
 
@@ -236,6 +257,50 @@ pub(crate) mod tests {
             2,
             "mapped v6 is the same source"
         );
+    }
+
+    fn session(conn_id: u64, kernel_id: u64) -> Session {
+        Session {
+            id: 0,
+            conn_id,
+            kernel_id,
+            leader_pid: kernel_id as u32,
+            leader_start_ns: 1,
+            started_at: OffsetDateTime::UNIX_EPOCH,
+            last_activity: OffsetDateTime::UNIX_EPOCH,
+            kind: crate::core::session::SessionKind::Starting,
+            tty: None,
+            command: None,
+            commands: 0,
+            channels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sessions_belong_to_their_connection_and_leave_with_it() {
+        let mut r = Registry::default();
+        let a = r.insert(conn("alice", 10, "10.0.0.1:1"));
+        let b = r.insert(conn("bob", 11, "10.0.0.2:1"));
+        let s1 = r.add_session(session(a, 100)).unwrap();
+        let s2 = r.add_session(session(b, 100)).unwrap();
+        assert_ne!(s1, s2, "ids are global");
+        assert!(
+            r.add_session(session(99, 1)).is_none(),
+            "unknown connection"
+        );
+        assert_eq!(r.session_by_kernel(a, 100).map(|s| s.id), Some(s1));
+        assert_eq!(
+            r.session_by_kernel(b, 100).map(|s| s.id),
+            Some(s2),
+            "same leader id, other connection"
+        );
+        assert_eq!(r.sessions().count(), 2);
+        let back: Registry = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        r.remove(a);
+        assert!(r.session(s1).is_none());
+        assert_eq!(r.sessions_of(b).count(), 1);
+        assert_eq!(r.remove_session(s2).map(|s| s.id), Some(s2));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct Session {
     pub command: Option<String>,
     /// Programs executed in the session so far.
     pub commands: u64,
+    /// The channel objects sshd moves its bytes through (`enforcer_common::io::IoKey::object`):
+    /// the pty, or the stdio pipes.
+    #[serde(default)]
+    pub channels: Vec<u64>,
 }
 
 /// Classifies a session by its leader's first exec: sshd runs a login shell as `-bash` (argv[0]

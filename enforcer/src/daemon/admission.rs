@@ -33,6 +33,10 @@ pub(super) enum CloseReason {
     MonitorGone,
     /// Terminated with `enforcerctl kill connection`.
     Killed,
+    /// Terminated after `idle.timeout` without activity.
+    IdleTimeout,
+    /// Terminated because its user was locked.
+    UserLocked,
 }
 
 impl CloseReason {
@@ -42,6 +46,8 @@ impl CloseReason {
             CloseReason::MonitorExited => "monitor_exited",
             CloseReason::MonitorGone => "monitor_gone",
             CloseReason::Killed => "killed",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::UserLocked => "user_locked",
         }
     }
 }
@@ -108,6 +114,9 @@ impl State {
             service: req.service.clone(),
             admitted_at: now,
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
+            idle_timeout: limits.idle_timeout,
+            idle_warned_at: None,
+            sessions: Default::default(),
         };
         let lock = self.locks.get(&req.user).filter(|l| l.active(now));
         if let Err(refusal) = policy::admit(
@@ -203,6 +212,9 @@ impl State {
                     service: String::new(),
                     admitted_at: now,
                     auth: None,
+                    idle_timeout: limits.idle_timeout,
+                    idle_warned_at: None,
+                    sessions: Default::default(),
                 };
                 let id = self.registry.insert(conn);
                 self.register_in_kernel(id, monitor, uid, &limits).await;
@@ -358,6 +370,9 @@ impl State {
         self.terminating.remove(&id);
         if let Err(e) = self.bpf.remove_conn(id).await {
             tracing::warn!(conn = id, error = %e, "cannot remove connection from the kernel");
+        }
+        if let Err(e) = self.bpf.forget_activity(id).await {
+            tracing::warn!(conn = id, error = %e, "cannot remove connection activity from the kernel");
         }
         if let Some(uid) = conn.uid {
             if !self.registry.iter().any(|c| c.uid == Some(uid)) {

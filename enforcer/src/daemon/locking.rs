@@ -19,7 +19,13 @@ fn store_error(e: LockError) -> ErrorReply {
 }
 
 impl State {
-    pub(super) fn lock(&mut self, req: LockRequest, peer: &Peer) -> Result<LockInfo, ErrorReply> {
+    /// Locks a user: new logins are refused from now on, and every live connection of theirs
+    /// is terminated at once.
+    pub(super) async fn lock(
+        &mut self,
+        req: LockRequest,
+        peer: &Peer,
+    ) -> Result<LockInfo, ErrorReply> {
         check_user_name(&req.user).map_err(|m| ErrorReply::new(ErrorKind::BadRequest, m))?;
         let now = OffsetDateTime::now_utc();
         let ttl = req.ttl_secs.map(std::time::Duration::from_secs);
@@ -31,10 +37,11 @@ impl State {
         self.locks.put(&lock).map_err(store_error)?;
         let mut rec = AuditRecord::new("lock", now)
             .by(peer.uid, peer.pid)
-            .reason("locked", req.reason);
+            .reason("locked", req.reason.clone());
         rec.user = Some(req.user.clone());
         rec.expires = lock.info(now).expires;
         self.audit.record(rec);
+        self.lock_out(&req.user, req.reason.as_deref(), Some((peer.uid, peer.pid)));
         Ok(lock.info(now))
     }
 

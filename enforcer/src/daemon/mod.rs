@@ -2,6 +2,7 @@
 //! until SIGTERM/SIGINT, then detaches everything.
 
 mod admission;
+mod idle;
 mod locking;
 mod persist;
 mod sessions;
@@ -83,6 +84,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         pin_dir: config.daemon.bpf_pin_dir.clone(),
     };
     let (bpf, bpf_task) = bpf::start(settings, events_tx)?;
+    // Loading parsed the kernel's BTF twice (tens of MB in small allocations, all freed now):
+    // hand that memory back instead of keeping it resident for the daemon's lifetime.
+    // SAFETY: plain libc call.
+    unsafe { libc::malloc_trim(0) };
     let auditor_group = config.access.auditor_group.clone();
     let socket = config.daemon.socket.clone();
     let (state, state_task) = state::start(config, info, bpf.clone(), audit, events_rx).await;

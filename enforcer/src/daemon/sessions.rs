@@ -35,7 +35,6 @@ impl State {
         if let Some(s) = self
             .registry
             .session_by_kernel(origin.conn_id, origin.session_id)
-            .and_then(|id| self.registry.session(id))
         {
             rec = rec.with_session(s);
         }
@@ -89,8 +88,15 @@ impl State {
             tty: None,
             command: None,
             commands: 0,
+            channels: Vec::new(),
         };
-        self.registry.add_session(session);
+        if self.registry.add_session(session).is_none() {
+            tracing::debug!(
+                conn = origin.conn_id,
+                "session of a connection that is gone"
+            );
+            return;
+        }
         self.dirty = true;
         self.audit.record(self.record("session_started", &origin));
     }
@@ -102,16 +108,16 @@ impl State {
             return;
         }
         self.counters.commands += 1;
-        if let Some(id) = self
+        if let Some(s) = self
             .registry
-            .session_by_kernel(origin.conn_id, origin.session_id)
+            .session_by_kernel_mut(origin.conn_id, origin.session_id)
         {
-            let s = self.registry.session_mut(id).expect("just found");
             s.commands += 1;
             s.last_activity = OffsetDateTime::now_utc();
             if s.kind == SessionKind::Starting && origin.pid == s.leader_pid {
                 (s.kind, s.command) = classify(&exec.argv);
                 s.tty = exec.tty.clone();
+                s.channels = channel_objects(exec);
             }
             self.dirty = true;
         }
@@ -153,11 +159,11 @@ impl State {
             return;
         }
         let rec = self.record("session_ended", &origin).exit_status(status);
-        if let Some(id) = self
+        let leader = self
             .registry
             .session_by_kernel(origin.conn_id, origin.session_id)
-        {
-            let s = self.registry.remove_session(id).expect("just found");
+            .map(|s| s.id);
+        if let Some(s) = leader.and_then(|id| self.registry.remove_session(id)) {
             self.dirty = true;
             let mut rec = rec;
             rec.duration_secs = Some(
@@ -287,4 +293,20 @@ impl State {
             })
             .collect()
     }
+}
+
+/// The objects (pty index or stdio pipe inodes) a session's I/O flows through, from its leader's
+/// first exec: the kernel keys activity and recordings by them.
+fn channel_objects(exec: &Exec) -> Vec<u64> {
+    if let Some(index) = exec
+        .tty
+        .as_deref()
+        .and_then(|t| t.strip_prefix("pts/"))
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return vec![enforcer_common::io::IO_PTY | index];
+    }
+    let mut objects: Vec<u64> = exec.stdio_ino.iter().copied().filter(|&i| i != 0).collect();
+    objects.dedup();
+    objects
 }

@@ -13,6 +13,7 @@ use tokio::{
 use super::{
     DaemonInfo,
     admission::CloseReason,
+    idle::{IDLE_EVERY, PendingKill},
     persist::{FLUSH_EVERY, Persist},
 };
 use crate::{
@@ -24,8 +25,13 @@ use crate::{
     locks::LockStore,
 };
 
-/// How often connections whose sshd monitor vanished unnoticed are released.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often connections whose sshd monitor vanished unnoticed are released. A backstop: the
+/// kernel reports every monitor's exit, and an event it had to drop is counted; checking each
+/// monitor in /proc costs ~10 µs of kernel time, so not every second.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the lock directory is read (a dropped lock file takes effect within this).
+const LOCK_FILES_EVERY: Duration = Duration::from_secs(1);
 
 enum Msg {
     Request {
@@ -101,6 +107,8 @@ pub(super) struct State {
     pub refusals: HashMap<(u64, u32), String>,
     /// Connections being terminated, and why (the close reason once their monitor is gone).
     pub terminating: HashMap<u64, CloseReason>,
+    /// Connections told why they end, waiting for the message to reach the client.
+    pub pending_kills: Vec<PendingKill>,
 }
 
 /// Spawns the state actor (after restoring the connection table).
@@ -127,6 +135,7 @@ pub(super) async fn start(
         counters: Counters::default(),
         refusals: HashMap::new(),
         terminating: HashMap::new(),
+        pending_kills: Vec::new(),
     };
     state.restore().await;
     (StateHandle { tx }, tokio::spawn(state.run(rx, events)))
@@ -136,8 +145,12 @@ impl State {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut events: mpsc::Receiver<KernelEvent>) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lock_files = tokio::time::interval(LOCK_FILES_EVERY);
+        lock_files.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle = tokio::time::interval(IDLE_EVERY);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -156,6 +169,11 @@ impl State {
                 },
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
                 _ = sweep.tick() => self.sweep().await,
+                _ = lock_files.tick() => self.enforce_lock_files().await,
+                _ = idle.tick() => self.check_idle().await,
+                _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
+                    self.run_due_kills().await;
+                }
                 _ = flush.tick(), if self.dirty => {
                     if let Some(p) = &self.persist {
                         p.submit(&self.registry);
@@ -197,7 +215,7 @@ impl State {
                     .await
                     .map(|processes| Reply::Killed { processes })
             }
-            Request::Lock(r) => self.lock(r, peer).map(Reply::Locked),
+            Request::Lock(r) => self.lock(r, peer).await.map(Reply::Locked),
             Request::Unlock { user } => self.unlock(&user, peer).map(|_| Reply::Done),
             Request::Locks => Ok(Reply::Locks(self.list_locks())),
         }
@@ -289,6 +307,10 @@ impl State {
             dropped,
         })
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400)
 }
 
 /// The snake_case name of a request, for the audit log.

@@ -1,0 +1,230 @@
+//! Idle connections and locked users: warning, then terminating every process of the
+//! connection, the sshd monitor included.
+
+use std::{collections::HashMap, time::Duration};
+
+use time::OffsetDateTime;
+
+use super::{admission::CloseReason, state::State};
+use crate::{audit::AuditRecord, config::Activity, host};
+
+/// How often idle clocks are checked (the cut lands within this of the timeout).
+pub const IDLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Output within this long after our own warning is the warning itself, not activity.
+const OWN_OUTPUT: Duration = Duration::from_secs(1);
+
+/// Time sshd gets to carry a final message to the client before its processes are killed.
+pub const MESSAGE_GRACE: Duration = Duration::from_millis(300);
+
+/// A connection told why it ends, to be killed once the message is out.
+pub(super) struct PendingKill {
+    pub at: tokio::time::Instant,
+    pub conn_id: u64,
+    pub why: CloseReason,
+    pub record: AuditRecord,
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+}
+
+impl State {
+    /// Shows one line on every session of a connection (terminal or stderr).
+    pub(super) fn tell_connection(&self, conn_id: u64, message: &str) {
+        for s in self.registry.sessions_of(conn_id) {
+            if let Err(e) = host::tell(s.leader_pid, &format!("\r\n{message}\r\n")) {
+                tracing::debug!(session = s.id, error = %e, "message not delivered");
+            }
+        }
+    }
+
+    /// Tells every session of a connection why it ends, and kills it after [`MESSAGE_GRACE`].
+    fn close_with_message(
+        &mut self,
+        conn_id: u64,
+        why: CloseReason,
+        message: &str,
+        record: AuditRecord,
+    ) {
+        self.tell_connection(conn_id, message);
+        self.terminating.insert(conn_id, why);
+        let at = tokio::time::Instant::now() + MESSAGE_GRACE;
+        self.pending_kills.push(PendingKill {
+            at,
+            conn_id,
+            why,
+            record,
+        });
+    }
+
+    /// When the next scheduled kill is due.
+    pub(super) fn next_kill(&self) -> Option<tokio::time::Instant> {
+        self.pending_kills.iter().map(|k| k.at).min()
+    }
+
+    /// Runs the kills that are due.
+    pub(super) async fn run_due_kills(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_kills)
+            .into_iter()
+            .partition(|k| k.at <= now);
+        self.pending_kills = later;
+        for k in due {
+            if let Err(e) = self.kill_connection(k.conn_id, k.why, k.record).await {
+                tracing::debug!(conn = k.conn_id, error = %e, "connection already gone");
+            }
+        }
+    }
+
+    /// Updates sessions' activity from the kernel, warns connections nearing their idle timeout
+    /// and terminates those past it.
+    pub(super) async fn check_idle(&mut self) {
+        if self.registry.is_empty() {
+            return;
+        }
+        let activity = match self.bpf.activity().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read session activity");
+                return;
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let boot_now = host::boot_ns();
+        let wall =
+            |ns: u64| (ns != 0).then(|| now - Duration::from_nanos(boot_now.saturating_sub(ns)));
+        let any = self.config.idle.activity == Activity::Any;
+        // Latest activity per connection, and per session channel for `enforcerctl sessions`.
+        let mut latest: HashMap<u64, OffsetDateTime> = HashMap::new();
+        for (key, a) in &activity {
+            let warned = self
+                .registry
+                .get(key.conn_id)
+                .and_then(|c| c.idle_warned_at);
+            let output = wall(a.last_output_ns)
+                .filter(|t| warned.is_none_or(|w| *t < w || *t > w + OWN_OUTPUT));
+            let input = wall(a.last_input_ns);
+            let counted = if any { input.max(output) } else { input };
+            if let Some(t) = counted {
+                let e = latest.entry(key.conn_id).or_insert(t);
+                *e = (*e).max(t);
+            }
+            let seen = input.max(output);
+            let Some(conn) = self.registry.get_mut(key.conn_id) else {
+                continue;
+            };
+            for s in conn
+                .sessions
+                .values_mut()
+                .filter(|s| s.channels.contains(&key.object))
+            {
+                if let Some(t) = seen.filter(|t| *t > s.last_activity) {
+                    s.last_activity = t;
+                }
+            }
+        }
+        let warn_before = self.config.idle.warn_before.0;
+        let mut to_cut = Vec::new();
+        let mut to_warn = Vec::new();
+        for c in self
+            .registry
+            .iter()
+            .filter(|c| !c.idle_timeout.is_zero() && !self.terminating.contains_key(&c.id))
+        {
+            // Opening a channel is the client's doing too; a connection without any is idle
+            // from its start.
+            let last = self
+                .registry
+                .sessions_of(c.id)
+                .map(|s| s.started_at)
+                .chain(latest.get(&c.id).copied())
+                .fold(c.admitted_at, OffsetDateTime::max);
+            let idle: Duration = (now - last).try_into().unwrap_or_default();
+            let timeout = c.idle_timeout.0;
+            if idle >= timeout {
+                to_cut.push((c.id, idle, timeout));
+            } else if !warn_before.is_zero()
+                && idle + warn_before >= timeout
+                && c.idle_warned_at.is_none_or(|w| w < last)
+            {
+                to_warn.push((c.id, timeout - idle));
+            } else if c.idle_warned_at.is_some_and(|w| w < last) {
+                to_warn.push((c.id, Duration::MAX));
+            }
+        }
+        for (id, left) in to_warn {
+            let Some(c) = self.registry.get_mut(id) else {
+                continue;
+            };
+            if left == Duration::MAX {
+                // Activity since the warning: the clock starts over.
+                c.idle_warned_at = None;
+                continue;
+            }
+            c.idle_warned_at = Some(now);
+            self.dirty = true;
+            self.tell_connection(id, &format!("enforcer: this connection is idle and will be closed in {} unless you type something", human(left)));
+        }
+        for (id, idle, timeout) in to_cut {
+            let message = format!(
+                "enforcer: connection closed after {} idle (limit {})",
+                human(idle),
+                human(timeout)
+            );
+            let mut rec =
+                AuditRecord::new("idle_timeout", now).reason("idle_timeout", Some(message.clone()));
+            rec.idle_secs = Some(idle.as_secs_f64());
+            self.close_with_message(id, CloseReason::IdleTimeout, &message, rec);
+        }
+    }
+
+    /// Terminates every live connection of a locked user, telling each session why.
+    pub(super) fn lock_out(
+        &mut self,
+        user: &str,
+        reason: Option<&str>,
+        by: Option<(u32, Option<i32>)>,
+    ) -> usize {
+        let ids: Vec<u64> = self
+            .registry
+            .iter()
+            .filter(|c| c.user == user && !self.terminating.contains_key(&c.id))
+            .map(|c| c.id)
+            .collect();
+        let because = reason.map(|r| format!(": {r}")).unwrap_or_default();
+        let message =
+            format!("enforcer: account {user} is locked{because}; closing this connection");
+        for &id in &ids {
+            let mut rec = AuditRecord::new("connection_killed", OffsetDateTime::now_utc())
+                .reason("user_locked", Some(message.clone()));
+            if let Some((uid, pid)) = by {
+                rec = rec.by(uid, pid);
+            }
+            self.close_with_message(id, CloseReason::UserLocked, &message, rec);
+        }
+        ids.len()
+    }
+
+    /// Locks dropped into (or already in) the lock directory: terminate what they cover.
+    pub(super) async fn enforce_lock_files(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        let locked: Vec<(String, Option<String>)> = self
+            .locks
+            .list()
+            .into_iter()
+            .filter(|l| {
+                l.active(now)
+                    && self
+                        .registry
+                        .iter()
+                        .any(|c| c.user == l.user && !self.terminating.contains_key(&c.id))
+            })
+            .map(|l| (l.user, l.reason))
+            .collect();
+        for (user, reason) in locked {
+            tracing::info!(user, "lock file found for a user with live connections");
+            self.lock_out(&user, reason.as_deref(), None);
+        }
+    }
+}
