@@ -34,8 +34,12 @@ pub enum Counter {
     KilledDoomed = 11,
     /// bpf_send_signal failed (the task then runs until the daemon's kill reaches it).
     DropSignalFailed = 12,
-    /// Session I/O could not be recorded because `ENF_ACTIVITY` or `ENF_READS` was full.
+    /// Session I/O could not be tracked because `ENF_ACTIVITY`, `ENF_PENDING` or `ENF_LOST` was
+    /// full.
     DropActivityFull = 13,
+    /// A chunk of session bytes could not be recorded (data ring full, unreadable buffer); the
+    /// byte counts are in the affected recordings.
+    DropRecordingBytes = 14,
 }
 
 /// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
@@ -44,7 +48,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::ExecSeen,
         Counter::ForkSeen,
         Counter::ExitSeen,
@@ -59,6 +63,7 @@ impl Counter {
         Counter::KilledDoomed,
         Counter::DropSignalFailed,
         Counter::DropActivityFull,
+        Counter::DropRecordingBytes,
     ];
 
     /// Stable snake_case name used in `enforcerctl status` and its JSON.
@@ -78,6 +83,7 @@ impl Counter {
             Counter::KilledDoomed => "killed_doomed",
             Counter::DropSignalFailed => "drop_signal_failed",
             Counter::DropActivityFull => "drop_activity_map_full",
+            Counter::DropRecordingBytes => "drop_recording_chunks",
         }
     }
 
@@ -90,6 +96,7 @@ impl Counter {
                 | Counter::DropReadFailed
                 | Counter::DropSignalFailed
                 | Counter::DropActivityFull
+                | Counter::DropRecordingBytes
         )
     }
 }

@@ -23,12 +23,17 @@ pub struct Activity {
     pub output_bytes: u64,
 }
 
-/// A read in flight (`ENF_READS`, keyed by task id): where its bytes will land.
+/// A read or write in flight (`ENF_PENDING`, keyed by task id): its channel, buffer and
+/// direction, until the syscall returns how many bytes moved.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PendingRead {
+pub struct PendingIo {
     pub key: IoKey,
     pub buf: u64,
+    /// `DIR_INPUT` or `DIR_OUTPUT`.
+    pub dir: u32,
+    /// Echo was off on the terminal when input was written.
+    pub echo_off: u32,
 }
 
 #[cfg(feature = "user")]
@@ -37,3 +42,57 @@ unsafe impl aya::Pod for IoKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for Activity {}
+
+/// Payload bytes per record in the data ring (`ENF_DATA`); larger transfers span records.
+pub const CHUNK: usize = 16384;
+/// Records per syscall at most (a larger read or write loses the rest, counted in `ENF_LOST`).
+pub const MAX_CHUNKS: usize = 4;
+
+/// `DataHeader::dir`
+pub const DIR_OUTPUT: u32 = 0;
+pub const DIR_INPUT: u32 = 1;
+/// A window-size change (`rows`, `cols` set, no payload).
+pub const DIR_RESIZE: u32 = 2;
+
+/// `DataHeader::flags`: input typed while the terminal had echo off; the payload was not copied
+/// (`len` bytes were typed).
+pub const DATA_MASKED: u32 = 1 << 0;
+
+/// Header of a record in the data ring; `len` payload bytes follow (unless masked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataHeader {
+    pub key: IoKey,
+    pub boot_ns: u64,
+    /// `DIR_*`
+    pub dir: u32,
+    pub len: u32,
+    pub flags: u32,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Per-CPU scratch record: header + payload, built before it is copied into the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataRecord {
+    pub header: DataHeader,
+    pub data: [u8; CHUNK],
+}
+
+/// What the kernel records (global `ENF_SETTINGS`, set at load).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordSettings {
+    /// Copy session bytes into the data ring at all.
+    pub enabled: u32,
+    /// Also copy what the client sends to non-pty sessions (their stdin).
+    pub pipe_input: u32,
+    /// Mask pty input typed while the terminal has echo off.
+    pub mask_echo_off: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, `#[repr(C)]`, explicit padding.
+unsafe impl aya::Pod for RecordSettings {}

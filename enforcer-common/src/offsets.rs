@@ -40,6 +40,9 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub tty_file_private_tty: u32,
     pub tty_index: u32,
+    pub tty_link: u32,
+    pub tty_termios: u32,
+    pub ktermios_lflag: u32,
     /// `sched_process_exec`: `__data_loc` of `filename`, and `old_pid`.
     pub tp_exec_filename: u32,
     pub tp_exec_old_pid: u32,
@@ -54,6 +57,11 @@ pub struct KernelOffsets {
     pub tp_read_fd: u32,
     pub tp_read_buf: u32,
     pub tp_read_ret: u32,
+    /// `sys_exit_write.ret`; `sys_enter_ioctl`: fd, cmd, arg.
+    pub tp_write_ret: u32,
+    pub tp_ioctl_fd: u32,
+    pub tp_ioctl_cmd: u32,
+    pub tp_ioctl_arg: u32,
 }
 
 /// Marks an absent field.
@@ -96,6 +104,9 @@ impl KernelOffsets {
         inode_ino: ABSENT,
         tty_file_private_tty: ABSENT,
         tty_index: ABSENT,
+        tty_link: ABSENT,
+        tty_termios: ABSENT,
+        ktermios_lflag: ABSENT,
         tp_exec_filename: ABSENT,
         tp_exec_old_pid: ABSENT,
         tp_exit_group_dead: ABSENT,
@@ -106,6 +117,10 @@ impl KernelOffsets {
         tp_read_fd: ABSENT,
         tp_read_buf: ABSENT,
         tp_read_ret: ABSENT,
+        tp_write_ret: ABSENT,
+        tp_ioctl_fd: ABSENT,
+        tp_ioctl_cmd: ABSENT,
+        tp_ioctl_arg: ABSENT,
     };
 }
 

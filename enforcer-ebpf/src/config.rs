@@ -1,10 +1,19 @@
 //! Where kernel structures and tracepoint fields are, filled in by the daemon at load time
 //! (`EbpfLoader::override_global("ENF_OFFSETS", …)`); see enforcer_common::offsets.
 
-use enforcer_common::offsets::KernelOffsets;
+use enforcer_common::{io::RecordSettings, offsets::KernelOffsets};
 
 #[unsafe(no_mangle)]
 pub static ENF_OFFSETS: KernelOffsets = KernelOffsets::UNSET;
+
+/// What to record (all off until the loader says otherwise).
+#[unsafe(no_mangle)]
+pub static ENF_SETTINGS: RecordSettings = RecordSettings {
+    enabled: 0,
+    pipe_input: 0,
+    mask_echo_off: 1,
+    _pad: 0,
+};
 
 /// One offset, read so the compiler cannot fold the built-in value in.
 macro_rules! off {

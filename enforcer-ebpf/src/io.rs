@@ -2,25 +2,44 @@
 //! or stdin pipe are the client's input; reads from them are the session's output. Only sshd's
 //! per-connection processes (`TASK_CONN_AUX`) are looked at, so each syscall elsewhere costs one
 //! map lookup.
+//!
+//! Each such transfer updates the channel's idle clock (`ENF_ACTIVITY`) and, when recording, is
+//! copied into the data ring (`ENF_DATA`) at syscall exit, with the number of bytes that really
+//! moved. What cannot be copied is counted per channel in `ENF_LOST`.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{
+        bpf_ktime_get_boot_ns, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use enforcer_common::{
     counters::Counter,
-    io::{Activity, IoKey, PendingRead},
-    tasks::{TASK_CONN_AUX, TrackedTask},
+    io::{
+        Activity, CHUNK, DATA_MASKED, DIR_INPUT, DIR_OUTPUT, DIR_RESIZE, DataHeader, DataRecord,
+        IO_PTY, IoKey, MAX_CHUNKS, PendingIo,
+    },
+    tasks::TASK_CONN_AUX,
 };
 
 use crate::{
     atomic::fetch_add,
-    config::off,
+    config::{ENF_SETTINGS, off},
     kernel,
-    maps::{ENF_ACTIVITY, ENF_READS, ENF_TASKS, count},
+    maps::{ENF_ACTIVITY, ENF_DATA, ENF_LOST, ENF_PENDING, ENF_SCRATCH, ENF_TASKS, count},
     process::current_ids,
 };
 
-/// The channel behind `fd` if the current task is a connection's sshd process.
+/// `TIOCSWINSZ`: sshd sets the pty's window size (at allocation and on window-change).
+const TIOCSWINSZ: u64 = 0x5414;
+/// `ECHO` and `ICANON` in `c_lflag`.
+const ECHO: u32 = 0o10;
+const ICANON: u32 = 0o2;
+
+/// The channel behind `fd` if the current task is a connection's sshd process: (key, file).
 #[inline(always)]
-fn channel(fd: u64) -> Option<(TrackedTask, IoKey)> {
+fn channel(fd: u64) -> Option<(IoKey, u64)> {
     let (_, tid) = current_ids();
     let task = *unsafe { ENF_TASKS.get(&tid) }?;
     if task.flags & TASK_CONN_AUX == 0 {
@@ -29,18 +48,37 @@ fn channel(fd: u64) -> Option<(TrackedTask, IoKey)> {
     let file = kernel::fd_file(kernel::current(), fd).ok()?;
     let object = kernel::channel_object(file)?;
     Some((
-        task,
         IoKey {
             conn_id: task.conn_id,
             object,
         },
+        file,
     ))
 }
 
-/// Records input or output on a channel.
+/// Whether the terminal behind a pty master is at a password prompt: echo off in canonical
+/// (line) mode, as getpass(3), sudo, passwd and ssh set it. Line editors (readline, vim) also
+/// turn echo off, but in non-canonical mode, and echo what is typed themselves.
 #[inline(always)]
-fn touch(key: &IoKey, input: bool, bytes: u64) {
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+fn echo_off(master_file: u64) -> bool {
+    let lflag = kernel::field::<u64>(master_file, off!(file_private_data))
+        .and_then(|p| kernel::field::<u64>(p, off!(tty_file_private_tty)))
+        .and_then(|master| kernel::field::<u64>(master, off!(tty_link)))
+        .and_then(|slave| {
+            kernel::field::<u32>(slave + off!(tty_termios) as u64, off!(ktermios_lflag))
+        });
+    matches!(lflag, Ok(l) if l & ECHO == 0 && l & ICANON != 0)
+}
+
+#[inline(always)]
+fn settings() -> enforcer_common::io::RecordSettings {
+    // SAFETY: read of a static the loader rewrites before the program runs.
+    unsafe { core::ptr::read_volatile(&ENF_SETTINGS) }
+}
+
+/// Records input or output on a channel's idle clock.
+#[inline(always)]
+fn touch(key: &IoKey, input: bool, bytes: u64, now: u64) {
     if let Some(a) = ENF_ACTIVITY.get_ptr_mut(key) {
         // SAFETY: map value pointer from a successful lookup. Timestamps race benignly (the
         // latest wins); byte counts are added atomically.
@@ -73,48 +111,202 @@ fn touch(key: &IoKey, input: bool, bytes: u64) {
     }
 }
 
+/// Bytes of a channel that could not be recorded.
+#[inline(always)]
+fn lose(key: &IoKey, bytes: u64) {
+    count(Counter::DropRecordingBytes);
+    if let Some(l) = ENF_LOST.get_ptr_mut(key) {
+        fetch_add(l, bytes);
+    } else if ENF_LOST.insert(key, &bytes, 0).is_err() {
+        count(Counter::DropActivityFull);
+    }
+}
+
+/// Copies `total` bytes from `buf` into the data ring, in chunks.
+#[inline(always)]
+fn record(p: &PendingIo, total: u64, now: u64) {
+    let Some(rec) = ENF_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value, exclusively ours while this program runs.
+    let rec: &mut DataRecord = unsafe { &mut *rec };
+    rec.header = DataHeader {
+        key: p.key,
+        boot_ns: now,
+        dir: p.dir,
+        len: 0,
+        flags: 0,
+        rows: 0,
+        cols: 0,
+    };
+    if p.echo_off != 0 {
+        // The bytes typed at a password prompt never leave the kernel: only their count does.
+        rec.header.flags = DATA_MASKED;
+        rec.header.len = total as u32;
+        if ENF_DATA.output::<DataHeader>(&rec.header, 0).is_err() {
+            lose(&p.key, total);
+        }
+        return;
+    }
+    let mut done = 0u64;
+    for _ in 0..MAX_CHUNKS {
+        if done >= total {
+            return;
+        }
+        let left = total - done;
+        let n = if left > CHUNK as u64 {
+            CHUNK
+        } else {
+            left as usize
+        };
+        // SAFETY: `n` ≤ CHUNK = the scratch payload size; the helper checks the user address.
+        let r = unsafe {
+            read_user_raw(
+                rec.data.as_mut_ptr().cast(),
+                n as u32,
+                (p.buf + done) as *const _,
+            )
+        };
+        if r < 0 {
+            lose(&p.key, left);
+            return;
+        }
+        rec.header.len = n as u32;
+        // SAFETY: a `#[repr(C)]` record viewed as bytes; header + n ≤ its size.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (rec as *const DataRecord).cast::<u8>(),
+                size_of::<DataRecord>(),
+            )
+        };
+        if ENF_DATA
+            .output::<[u8]>(&bytes[..size_of::<DataHeader>() + n], 0)
+            .is_err()
+        {
+            lose(&p.key, n as u64);
+        }
+        done += n as u64;
+    }
+    if done < total {
+        lose(&p.key, total - done);
+    }
+}
+
+/// Syscall entry: remember the channel and buffer until the syscall says how much moved.
+#[inline(always)]
+fn begin(fd: u64, buf: u64, dir: u32) {
+    let Some((key, file)) = channel(fd) else {
+        return;
+    };
+    let s = settings();
+    let echo_off =
+        dir == DIR_INPUT && key.object & IO_PTY != 0 && s.mask_echo_off != 0 && echo_off(file);
+    let (_, tid) = current_ids();
+    let p = PendingIo {
+        key,
+        buf,
+        dir,
+        echo_off: echo_off as u32,
+    };
+    if ENF_PENDING.insert(&tid, &p, 0).is_err() {
+        count(Counter::DropActivityFull);
+    }
+}
+
+/// Syscall exit: account for the bytes that moved.
+#[inline(always)]
+fn end(ret: i64) {
+    let (_, tid) = current_ids();
+    let Some(p) = (unsafe { ENF_PENDING.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = ENF_PENDING.remove(&tid);
+    if ret <= 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    touch(&p.key, p.dir == DIR_INPUT, ret as u64, now);
+    let s = settings();
+    let wanted = p.dir == DIR_OUTPUT || p.key.object & IO_PTY != 0 || s.pipe_input != 0;
+    if s.enabled != 0 && wanted {
+        record(&p, ret as u64, now);
+    }
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn enf_write(ctx: TracePointContext) -> u32 {
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(off!(tp_write_fd) as usize) }) else {
-        return 0;
-    };
-    let Some((_, key)) = channel(fd) else {
-        return 0;
-    };
-    let len: u64 = unsafe { ctx.read_at(off!(tp_write_count) as usize) }.unwrap_or(0);
-    touch(&key, true, len);
+    if let (Ok(fd), Ok(buf)) = unsafe {
+        (
+            ctx.read_at::<u64>(off!(tp_write_fd) as usize),
+            ctx.read_at::<u64>(off!(tp_write_buf) as usize),
+        )
+    } {
+        begin(fd, buf, DIR_INPUT);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_write")]
+pub fn enf_write_ret(ctx: TracePointContext) -> u32 {
+    end(unsafe { ctx.read_at::<i64>(off!(tp_write_ret) as usize) }.unwrap_or(-1));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn enf_read(ctx: TracePointContext) -> u32 {
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(off!(tp_read_fd) as usize) }) else {
-        return 0;
-    };
-    let Some((_, key)) = channel(fd) else {
-        return 0;
-    };
-    let buf: u64 = unsafe { ctx.read_at(off!(tp_read_buf) as usize) }.unwrap_or(0);
-    let (_, tid) = current_ids();
-    if ENF_READS
-        .insert(&tid, &PendingRead { key, buf }, 0)
-        .is_err()
-    {
-        count(Counter::DropActivityFull);
+    if let (Ok(fd), Ok(buf)) = unsafe {
+        (
+            ctx.read_at::<u64>(off!(tp_read_fd) as usize),
+            ctx.read_at::<u64>(off!(tp_read_buf) as usize),
+        )
+    } {
+        begin(fd, buf, DIR_OUTPUT);
     }
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 pub fn enf_read_ret(ctx: TracePointContext) -> u32 {
-    let (_, tid) = current_ids();
-    let Some(pending) = (unsafe { ENF_READS.get(&tid) }).copied() else {
+    end(unsafe { ctx.read_at::<i64>(off!(tp_read_ret) as usize) }.unwrap_or(-1));
+    0
+}
+
+/// sshd sets a pty's window size when it allocates it and on every window-change request.
+#[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
+pub fn enf_ioctl(ctx: TracePointContext) -> u32 {
+    let Ok(cmd) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_cmd) as usize) }) else {
         return 0;
     };
-    let _ = ENF_READS.remove(&tid);
-    let ret: i64 = unsafe { ctx.read_at(off!(tp_read_ret) as usize) }.unwrap_or(-1);
-    if ret > 0 {
-        touch(&pending.key, false, ret as u64);
+    if cmd as u32 as u64 != TIOCSWINSZ {
+        return 0;
+    }
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_fd) as usize) }) else {
+        return 0;
+    };
+    let Some((key, _)) = channel(fd) else {
+        return 0;
+    };
+    if key.object & IO_PTY == 0 || settings().enabled == 0 {
+        return 0;
+    }
+    let Ok(arg) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_arg) as usize) }) else {
+        return 0;
+    };
+    // struct winsize { unsigned short ws_row, ws_col, ws_xpixel, ws_ypixel; }
+    let Ok(ws) = (unsafe { bpf_probe_read_user(arg as *const [u16; 4]) }) else {
+        return 0;
+    };
+    let h = DataHeader {
+        key,
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        dir: DIR_RESIZE,
+        len: 0,
+        flags: 0,
+        rows: ws[0],
+        cols: ws[1],
+    };
+    if ENF_DATA.output::<DataHeader>(&h, 0).is_err() {
+        count(Counter::DropRecordingBytes);
     }
     0
 }

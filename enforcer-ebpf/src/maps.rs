@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
-    io::{Activity, IoKey, PendingRead},
+    io::{Activity, DataRecord, IoKey, PendingIo},
     limits::{ConnEntry, UserEntry},
     tasks::TrackedTask,
 };
@@ -42,10 +42,25 @@ pub static ENF_USERS: HashMap<u32, UserEntry> = HashMap::pinned(16384, 0);
 #[map]
 pub static ENF_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(16384, 0);
 
-/// Reads by sshd's connection processes on session channels, between syscall entry and exit
-/// (task id → where the bytes land).
+/// Reads and writes by sshd's connection processes on session channels, between syscall entry
+/// and exit (task id → channel, buffer, direction).
 #[map]
-pub static ENF_READS: HashMap<u32, PendingRead> = HashMap::with_max_entries(4096, 0);
+pub static ENF_PENDING: HashMap<u32, PendingIo> = HashMap::with_max_entries(4096, 0);
+
+/// Recorded session bytes (`enforcer_common::io::DataHeader` + payload), read by the daemon's
+/// recorder. Separate from `ENF_EVENTS` so a burst of output cannot crowd out exec/exit
+/// events. Size set by the daemon (`recording.buffer_bytes`).
+#[map]
+pub static ENF_DATA: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Per-CPU record under construction (too large for the BPF stack).
+#[map]
+pub static ENF_SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of a channel that could not be recorded (ring full, unreadable buffer): the recorder
+/// writes them into the recording as a loss marker.
+#[map]
+pub static ENF_LOST: HashMap<IoKey, u64> = HashMap::with_max_entries(16384, 0);
 
 /// Adds one to a counter slot of the current CPU.
 #[inline(always)]

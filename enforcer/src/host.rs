@@ -96,6 +96,19 @@ pub fn boot_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// A process's environment (empty when unreadable).
+pub fn environ(pid: u32) -> Vec<(String, String)> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&c| c == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 /// Ids of every live process (thread-group leaders: /proc lists only those).
 pub fn process_ids() -> std::collections::HashSet<u32> {
     std::fs::read_dir("/proc")

@@ -18,3 +18,4 @@ pub mod ctl;
 pub mod daemon;
 pub mod host;
 pub mod locks;
+pub mod recording;

@@ -22,20 +22,34 @@ pub struct TestDaemon {
 }
 
 impl TestDaemon {
-    /// Paths every test daemon overrides, so several run side by side.
-    fn base_config(dir: &Path, pin_dir: &Path, journald: bool) -> String {
-        format!(
+    /// The config: paths every test daemon overrides (so several run side by side), merged
+    /// with the test's own `extra` TOML, section by section (extra wins).
+    fn config(dir: &Path, pin_dir: &Path, journald: bool, extra: &str) -> String {
+        let base = format!(
             "[daemon]\nsocket = \"{d}/enforcerd.sock\"\nstate_dir = \"{d}/state\"\nbpf_pin_dir = \"{p}\"\n\
              [audit]\npath = \"{d}/audit.jsonl\"\njournald = {journald}\n\
              [recording]\ndir = \"{d}/recordings\"\n\
              [locks]\ndir = \"{d}/locks.d\"\n",
             d = dir.display(),
             p = pin_dir.display()
-        )
+        );
+        let mut config: toml::Table = base.parse().expect("base config");
+        let extra: toml::Table = extra.parse().unwrap_or_else(|e| panic!("test config: {e}"));
+        for (key, value) in extra {
+            match (config.get_mut(&key), value) {
+                (Some(toml::Value::Table(section)), toml::Value::Table(more)) => {
+                    section.extend(more)
+                }
+                (_, value) => {
+                    config.insert(key, value);
+                }
+            }
+        }
+        toml::to_string(&config).expect("config serialises")
     }
 
-    /// Starts a daemon whose config is the base paths plus `extra` TOML (which may add sections
-    /// the base does not set, e.g. `[limits]`), and waits until it answers.
+    /// Starts a daemon on the base config plus `extra` TOML (e.g. a `[limits]` section), and
+    /// waits until it answers.
     pub fn start(extra: &str) -> Self {
         Self::start_opts(extra, false)
     }
@@ -56,7 +70,7 @@ impl TestDaemon {
         let pin_dir = Path::new("/sys/fs/bpf").join(name);
         std::fs::write(
             &config_path,
-            Self::base_config(dir.path(), &pin_dir, journald) + extra,
+            Self::config(dir.path(), &pin_dir, journald, extra),
         )
         .unwrap();
         let socket = dir.path().join("enforcerd.sock");

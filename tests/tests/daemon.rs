@@ -22,6 +22,8 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
         ("enf_write", "tracepoint", "syscalls/sys_enter_write"),
         ("enf_read", "tracepoint", "syscalls/sys_enter_read"),
         ("enf_read_ret", "tracepoint", "syscalls/sys_exit_read"),
+        ("enf_write_ret", "tracepoint", "syscalls/sys_exit_write"),
+        ("enf_ioctl", "tracepoint", "syscalls/sys_enter_ioctl"),
     ] {
         let p = programs
             .iter()
@@ -109,7 +111,7 @@ fn sigterm_detaches_every_program_and_removes_the_socket() {
     }
     let mut d = TestDaemon::start("");
     let ids: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
-    assert_eq!(ids.len(), 8, "every data-path program is attached");
+    assert_eq!(ids.len(), 10, "every data-path program is attached");
     assert!(
         d.status()
             .programs

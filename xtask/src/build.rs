@@ -85,10 +85,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Err(err).with_context(|| format!("cannot exec {}", bin.display()))
 }
 
-/// Builds everything and runs every test; privileged tests find the binaries through
-/// `ENFORCER_BIN_DIR`.
+/// Builds everything and runs every test; end-to-end tests drive the release binaries (what
+/// ships, and fast enough that a 50 MB recording test measures enforcer, not debug code),
+/// found through `ENFORCER_BIN_DIR`.
 pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
-    let built = all(false)?;
+    let built = all(true)?;
     let mut c = cargo();
     c.args(["test", "--no-fail-fast"])
         .env("ENFORCER_BPF_OBJECT", &built.bpf_object)

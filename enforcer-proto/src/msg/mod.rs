@@ -3,11 +3,13 @@
 mod conn;
 mod lock;
 mod pam;
+mod recording;
 mod status;
 
 pub use conn::*;
 pub use lock::*;
 pub use pam::*;
+pub use recording::*;
 pub use status::*;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,18 @@ pub enum Request {
     KillSession { id: u64 },
     /// Terminate a connection: its sshd monitor and every process carrying its identity. Root only.
     KillConnection { id: u64 },
+    /// Recordings, newest last. Root and auditors see all; users their own.
+    Recordings {
+        user: Option<String>,
+        /// RFC 3339: only recordings started at or after this.
+        since: Option<String>,
+    },
+    /// A recording's asciicast file, streamed as `RecordingData` frames then `End`. Root and
+    /// auditors: any; users: their own.
+    Play { id: u64 },
+    /// A live session's terminal, from the current screen on, as `Watch` frames until its end.
+    /// Root and auditors.
+    Watch { id: u64 },
 }
 
 /// The answer to a request.
@@ -56,6 +70,14 @@ pub enum Reply {
     Killed {
         processes: u64,
     },
+    Recordings(Vec<RecordingInfo>),
+    /// A piece of a recording (whole lines of the asciicast file).
+    RecordingData {
+        text: String,
+    },
+    Watch(WatchFrameMsg),
+    /// The end of a stream of frames.
+    End,
 }
 
 /// Why a request failed.

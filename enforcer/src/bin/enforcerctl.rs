@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
-use enforcer_proto::{Client, DEFAULT_SOCKET, LockRequest, Reply, Request};
+use enforcer_proto::{Client, DEFAULT_SOCKET, LockRequest, Reply, Request, WatchFrameMsg};
 use serde::Serialize;
 
 /// Inspect and steer enforcerd.
@@ -69,6 +69,33 @@ enum Cmd {
     },
     /// Terminate a session or connection (ids from `enforcerctl sessions`).
     Kill { what: KillWhat, id: u64 },
+    /// Recorded sessions (yours only, unless you are root or an auditor).
+    Recordings {
+        #[arg(long)]
+        json: bool,
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only those started at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Replay a recording in this terminal, with its timing.
+    Play {
+        /// Session id (from `enforcerctl recordings`).
+        id: u64,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Shorten pauses longer than this, e.g. "2s".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        idle_limit: Option<Duration>,
+        /// Write the exact output bytes at once (no timing, no markers).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Follow a live session's terminal read-only, from its current screen on, until it ends.
+    Watch { id: u64 },
 }
 
 fn main() -> ExitCode {
@@ -149,6 +176,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Reply::Locks(l) => print(json, &l, |l| enforcer::ctl::render_locks(l)),
             other => Err(unexpected(other)),
         },
+        Cmd::Recordings { json, user, since } => {
+            match client.call(&Request::Recordings { user, since })? {
+                Reply::Recordings(r) => print(json, &r, |r| enforcer::ctl::render_recordings(r)),
+                other => Err(unexpected(other)),
+            }
+        }
+        Cmd::Play {
+            id,
+            speed,
+            idle_limit,
+            raw,
+        } => {
+            if !(speed > 0.0 && speed.is_finite()) {
+                bail!("--speed must be a positive number");
+            }
+            let mut client = client.without_deadline();
+            let mut text = String::new();
+            let mut reply = client.call(&Request::Play { id })?;
+            loop {
+                match reply {
+                    Reply::RecordingData { text: t } => text.push_str(&t),
+                    Reply::End => break,
+                    other => return Err(unexpected(other)),
+                }
+                reply = client.read_response()?;
+            }
+            let opts = enforcer::ctl::play::PlayOptions {
+                speed,
+                idle_limit,
+                raw,
+            };
+            enforcer::ctl::play::play(&text, &mut std::io::stdout().lock(), opts)?;
+            Ok(())
+        }
+        Cmd::Watch { id } => {
+            use base64::Engine;
+            use std::io::Write;
+            let mut client = client.without_deadline();
+            let mut reply = client.call(&Request::Watch { id })?;
+            let mut out = std::io::stdout().lock();
+            loop {
+                match reply {
+                    Reply::Watch(WatchFrameMsg::Output { data }) => {
+                        out.write_all(&base64::engine::general_purpose::STANDARD.decode(data)?)?;
+                        out.flush()?;
+                    }
+                    Reply::Watch(WatchFrameMsg::Resize { .. }) => {}
+                    Reply::Watch(WatchFrameMsg::Lost { bytes }) => {
+                        out.write_all(
+                            enforcer::ctl::play::marker_line(&format!(
+                                "enforcer: {bytes} bytes lost here"
+                            ))
+                            .as_bytes(),
+                        )?;
+                    }
+                    Reply::Watch(WatchFrameMsg::End) => {}
+                    Reply::End => return Ok(()),
+                    other => return Err(unexpected(other)),
+                }
+                reply = client.read_response()?;
+            }
+        }
         Cmd::Kill { what, id } => {
             let (req, noun) = match what {
                 KillWhat::Session => (Request::KillSession { id }, "session"),

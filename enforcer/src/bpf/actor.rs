@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use super::{
-    BpfError, BpfSettings, KernelEvent, events, loader,
+    BpfError, BpfSettings, KernelEvent, RecorderMaps, events, loader,
     tasks::{self, KillTarget, Tasks},
 };
 
@@ -210,11 +210,12 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> BpfError {
     move |source| BpfError::Map { name, source }
 }
 
-/// Loads and attaches the BPF object and spawns the actor. Kernel events go to `events`.
+/// Loads and attaches the BPF object and spawns the actor. Kernel events go to `events`; the
+/// recording maps are handed back for the recorder thread to own.
 pub fn start(
     settings: BpfSettings,
     events: mpsc::Sender<KernelEvent>,
-) -> Result<(BpfHandle, JoinHandle<()>), BpfError> {
+) -> Result<(BpfHandle, JoinHandle<()>, RecorderMaps), BpfError> {
     let loader::Loaded {
         mut ebpf,
         programs,
@@ -227,6 +228,10 @@ pub fn start(
     let conns = HashMap::try_from(take("ENF_CONNS")?).map_err(map_err("ENF_CONNS"))?;
     let users = HashMap::try_from(take("ENF_USERS")?).map_err(map_err("ENF_USERS"))?;
     let activity = HashMap::try_from(take("ENF_ACTIVITY")?).map_err(map_err("ENF_ACTIVITY"))?;
+    let recorder_maps = RecorderMaps {
+        data: RingBuf::try_from(take("ENF_DATA")?).map_err(map_err("ENF_DATA"))?,
+        lost: HashMap::try_from(take("ENF_LOST")?).map_err(map_err("ENF_LOST"))?,
+    };
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
     // (which owns the RingBuf) is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -250,7 +255,7 @@ pub fn start(
         undelivered: 0,
     };
     let join = tokio::spawn(actor.run(rx, ring, events));
-    Ok((BpfHandle { tx }, join))
+    Ok((BpfHandle { tx }, join, recorder_maps))
 }
 
 /// Kill passes before giving up on a session that keeps producing tasks.
@@ -466,6 +471,13 @@ impl Actor {
                 16384,
                 count(self.users.keys().filter(Result::is_ok).count()),
             ),
+            map(
+                "ENF_ACTIVITY",
+                "hash",
+                16384,
+                count(self.activity.keys().filter(Result::is_ok).count()),
+            ),
+            map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),
         ];
         Ok(BpfSnapshot {
             programs: self.programs.clone(),

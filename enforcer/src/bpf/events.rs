@@ -116,6 +116,14 @@ fn c_str(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
+/// The kernel names pty slaves "pts3"; users know them as /dev/pts/3.
+fn tty_path(kernel_name: &str) -> String {
+    match kernel_name.strip_prefix("pts") {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => format!("pts/{n}"),
+        _ => kernel_name.to_owned(),
+    }
+}
+
 /// argv as /proc/PID/cmdline stores it: NUL-terminated strings back to back.
 fn split_argv(b: &[u8]) -> Vec<String> {
     let b = b.strip_suffix(&[0]).unwrap_or(b);
@@ -158,7 +166,7 @@ fn exec(ev: &ExecEvent) -> Exec {
         argv_truncated: flags & (EXEC_ARGV_TRUNCATED | EXEC_ARGV_UNREADABLE) != 0,
         cwd,
         cwd_truncated: flags & EXEC_CWD_TRUNCATED != 0,
-        tty: (flags & EXEC_HAS_TTY != 0).then(|| c_str(&ev.tty)),
+        tty: (flags & EXEC_HAS_TTY != 0).then(|| tty_path(&c_str(&ev.tty))),
         stdio_ino: ev.stdio_ino,
         killed: if flags & EXEC_KILLED_REFUSED != 0 {
             Some(KilledAtExec::Refused)
@@ -261,7 +269,7 @@ mod tests {
         ev.cwd[2][0] = 0; // a mount point crossed between /home and alice
         ev.cwd[3][..5].copy_from_slice(b"home\0");
         ev.cwd_depth = 4;
-        ev.tty[..6].copy_from_slice(b"pts/4\0");
+        ev.tty[..5].copy_from_slice(b"pts4\0");
         ev.flags = EXEC_HAS_TTY | EXEC_KILLED_REFUSED;
         let KernelEvent::Exec(e) = decode(&bytes_of(&ev)).unwrap() else {
             panic!()

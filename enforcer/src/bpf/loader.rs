@@ -13,7 +13,7 @@ use super::{BpfError, BpfSettings, btf::Btf, offsets, pins, probe, tracefs};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
 /// Tracepoint programs: (program, category, tracepoint).
-const TRACEPOINTS: [(&str, &str, &str); 7] = [
+const TRACEPOINTS: [(&str, &str, &str); 9] = [
     ("enf_exec", "sched", "sched_process_exec"),
     ("enf_exit", "sched", "sched_process_exit"),
     ("enf_setsid", "syscalls", "sys_exit_setsid"),
@@ -21,6 +21,8 @@ const TRACEPOINTS: [(&str, &str, &str); 7] = [
     ("enf_write", "syscalls", "sys_enter_write"),
     ("enf_read", "syscalls", "sys_enter_read"),
     ("enf_read_ret", "syscalls", "sys_exit_read"),
+    ("enf_write_ret", "syscalls", "sys_exit_write"),
+    ("enf_ioctl", "syscalls", "sys_enter_ioctl"),
 ];
 
 /// A loaded, attached object with what we learned while loading it.
@@ -55,6 +57,8 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("ENF_EVENTS", settings.ring_buffer_bytes)
         .map_max_entries("ENF_TASKS", settings.max_tracked_tasks)
+        .map_max_entries("ENF_DATA", settings.data_ring_bytes)
+        .override_global("ENF_SETTINGS", &settings.record, true)
         .default_map_pin_directory(&settings.pin_dir)
         .override_global("ENF_OFFSETS", &offsets, true)
         .load(object)
@@ -111,7 +115,7 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
     features.push(FeatureProbe {
         name: "tracepoint".into(),
         supported: true,
-        detail: "sched_process_{exec,exit}, sys_exit_setsid, sys_enter_chdir, sys_{enter,exit}_read, sys_enter_write attached".into(),
+        detail: "sched_process_{exec,exit}, sys_exit_setsid, sys_enter_chdir, sys_{enter,exit}_{read,write}, sys_enter_ioctl attached".into(),
     });
     features.push(FeatureProbe {
         name: "tracepoint_exit_group_dead".into(),

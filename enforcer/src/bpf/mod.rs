@@ -18,6 +18,16 @@ pub use tasks::KillTarget;
 
 use std::path::PathBuf;
 
+use aya::maps::{HashMap, MapData, RingBuf};
+use enforcer_common::io::IoKey;
+
+/// The maps of the recording path, handed to the recorder thread: the data ring and the
+/// per-channel counts of bytes that could not be recorded.
+pub struct RecorderMaps {
+    pub data: RingBuf<MapData>,
+    pub lost: HashMap<MapData, IoKey, u64>,
+}
+
 /// Load-time knobs (from `[daemon]`).
 #[derive(Debug, Clone)]
 pub struct BpfSettings {
@@ -25,6 +35,10 @@ pub struct BpfSettings {
     pub max_tracked_tasks: u32,
     /// Where identity maps are pinned (bpffs).
     pub pin_dir: PathBuf,
+    /// What the kernel copies into the data ring.
+    pub record: enforcer_common::io::RecordSettings,
+    /// Size of the data ring (bytes).
+    pub data_ring_bytes: u32,
 }
 
 /// Failures of the kernel side.

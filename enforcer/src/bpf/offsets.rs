@@ -72,6 +72,9 @@ pub fn build(btf: &Btf, tp: &TracepointLayout) -> Result<(KernelOffsets, Vec<Str
         inode_ino: g("inode", "i_ino"),
         tty_file_private_tty: g("tty_file_private", "tty"),
         tty_index: g("tty_struct", "index"),
+        tty_link: g("tty_struct", "link"),
+        tty_termios: g("tty_struct", "termios"),
+        ktermios_lflag: g("ktermios", "c_lflag"),
         tp_exec_filename: tp.exec_filename,
         tp_exec_old_pid: tp.exec_old_pid,
         tp_exit_group_dead: tp.exit_group_dead.unwrap_or(ABSENT),
@@ -82,6 +85,10 @@ pub fn build(btf: &Btf, tp: &TracepointLayout) -> Result<(KernelOffsets, Vec<Str
         tp_read_fd: tp.read_fd,
         tp_read_buf: tp.read_buf,
         tp_read_ret: tp.read_ret,
+        tp_write_ret: tp.write_ret,
+        tp_ioctl_fd: tp.ioctl_fd,
+        tp_ioctl_cmd: tp.ioctl_cmd,
+        tp_ioctl_arg: tp.ioctl_arg,
     };
     Ok((o, missing))
 }
@@ -110,6 +117,10 @@ mod tests {
             read_fd: 16,
             read_buf: 24,
             read_ret: 16,
+            write_ret: 16,
+            ioctl_fd: 16,
+            ioctl_cmd: 24,
+            ioctl_arg: 32,
         };
         let (o, missing) = build(&btf, &tp).unwrap();
         assert!(missing.is_empty(), "{missing:?}");

@@ -28,6 +28,11 @@ pub struct TracepointLayout {
     pub read_fd: u32,
     pub read_buf: u32,
     pub read_ret: u32,
+    /// `sys_exit_write`: ret; `sys_enter_ioctl`: fd, cmd, arg.
+    pub write_ret: u32,
+    pub ioctl_fd: u32,
+    pub ioctl_cmd: u32,
+    pub ioctl_arg: u32,
 }
 
 /// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing when nothing is there.
@@ -117,6 +122,10 @@ pub fn read_layout(root: &Path) -> Result<TracepointLayout, BpfError> {
         read_fd: required(root, "syscalls/sys_enter_read", "fd", 8)?,
         read_buf: required(root, "syscalls/sys_enter_read", "buf", 8)?,
         read_ret: required(root, "syscalls/sys_exit_read", "ret", 8)?,
+        write_ret: required(root, "syscalls/sys_exit_write", "ret", 8)?,
+        ioctl_fd: required(root, "syscalls/sys_enter_ioctl", "fd", 8)?,
+        ioctl_cmd: required(root, "syscalls/sys_enter_ioctl", "cmd", 8)?,
+        ioctl_arg: required(root, "syscalls/sys_enter_ioctl", "arg", 8)?,
     })
 }
 
@@ -169,6 +178,11 @@ format:
         let ret = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
         write("syscalls/sys_exit_setsid", ret);
         write("syscalls/sys_exit_read", ret);
+        write("syscalls/sys_exit_write", ret);
+        write(
+            "syscalls/sys_enter_ioctl",
+            "\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:unsigned int cmd;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:unsigned long arg;\toffset:32;\tsize:8;\tsigned:0;\n",
+        );
         let rw = "\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:char * buf;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:size_t count;\toffset:32;\tsize:8;\tsigned:0;\n";
         write("syscalls/sys_enter_write", rw);
         write("syscalls/sys_enter_read", rw);

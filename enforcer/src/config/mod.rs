@@ -114,6 +114,11 @@ pub struct RecordingConfig {
     pub dir: PathBuf,
     /// Replace input typed while the terminal has echo off (passwords) with `*`.
     pub mask_echo_off_input: bool,
+    /// Kernel → daemon buffer for recorded bytes (power of two, ≥ 65536). At 100 MB/s it holds
+    /// this much time of output while the recorder catches up; overflow is a counted loss.
+    pub buffer_bytes: u32,
+    /// Also record what the client sends to non-pty (exec) sessions, i.e. their stdin.
+    pub exec_stdin: bool,
 }
 
 /// `[locks]`
@@ -203,6 +208,8 @@ impl Default for RecordingConfig {
             enabled: true,
             dir: "/var/lib/enforcer/recordings".into(),
             mask_echo_off_input: true,
+            buffer_bytes: 32 << 20,
+            exec_stdin: false,
         }
     }
 }
@@ -270,6 +277,13 @@ impl Config {
             return bad(
                 "daemon.ring_buffer_bytes",
                 format!("{rb} must be a power of two ≥ 4096"),
+            );
+        }
+        let rb = self.recording.buffer_bytes;
+        if !rb.is_power_of_two() || rb < 65536 {
+            return bad(
+                "recording.buffer_bytes",
+                format!("{rb} must be a power of two ≥ 65536"),
             );
         }
         if !self.daemon.bpf_pin_dir.starts_with("/sys/fs/bpf/") {

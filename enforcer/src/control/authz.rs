@@ -16,8 +16,11 @@ pub enum Role {
 /// Whether `role` may make `req`.
 pub fn authorize(role: Role, req: &Request) -> Result<(), ErrorReply> {
     let allowed = match req {
-        // Users see only their own connections (filtered by the daemon).
-        Request::Status | Request::Sessions => true,
+        // Users see only their own connections and recordings (checked by the daemon).
+        Request::Status | Request::Sessions | Request::Recordings { .. } | Request::Play { .. } => {
+            true
+        }
+        Request::Watch { .. } => role == Role::Auditor,
         Request::Locks => role == Role::Auditor,
         Request::PamAccount(_)
         | Request::PamOpenSession(_)

@@ -4,6 +4,7 @@
 pub mod authz;
 mod peer;
 mod server;
+mod stream;
 
 pub use authz::{Role, authorize};
 pub use peer::Peer;

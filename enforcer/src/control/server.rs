@@ -99,6 +99,18 @@ async fn handle(mut stream: UnixStream, state: StateHandle, auditor_group: Strin
             }
         };
         // Authorisation (and auditing of denials) happens in the state actor.
+        if matches!(req, Request::Play { .. } | Request::Watch { .. }) {
+            let ok = match state.stream(req, peer.clone()).await {
+                Ok(s) => super::stream::send_stream(&mut stream, s).await,
+                Err(e) => write_frame_async(&mut stream, &Response::Err(e))
+                    .await
+                    .is_ok(),
+            };
+            if !ok {
+                return;
+            }
+            continue;
+        }
         let resp = state.request(req, peer.clone()).await;
         if let Err(e) = write_frame_async(&mut stream, &resp).await {
             tracing::debug!(error = %e, "control client went away before its answer");

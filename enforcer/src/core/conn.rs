@@ -273,6 +273,7 @@ pub(crate) mod tests {
             command: None,
             commands: 0,
             channels: Vec::new(),
+            started_boot_ns: 0,
         }
     }
 

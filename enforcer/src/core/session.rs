@@ -53,6 +53,10 @@ pub struct Session {
     /// the pty, or the stdio pipes.
     #[serde(default)]
     pub channels: Vec<u64>,
+    /// When the session started on the kernel's clock (`bpf_ktime_get_boot_ns`): recording
+    /// times count from it.
+    #[serde(default)]
+    pub started_boot_ns: u64,
 }
 
 /// Classifies a session by its leader's first exec: sshd runs a login shell as `-bash` (argv[0]

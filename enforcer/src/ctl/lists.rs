@@ -116,3 +116,33 @@ pub fn render_locks(locks: &[LockInfo]) -> String {
     }
     table(&rows)
 }
+
+/// Renders `enforcerctl recordings`.
+pub fn render_recordings(recs: &[enforcer_proto::RecordingInfo]) -> String {
+    if recs.is_empty() {
+        return "no recordings\n".into();
+    }
+    let mut rows = vec![
+        [
+            "SESSION", "USER", "STARTED", "DURATION", "KIND", "TTY", "SIZE", "STATE", "COMMAND",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in recs {
+        rows.push(vec![
+            r.id.to_string(),
+            r.user.clone(),
+            r.started.clone(),
+            r.duration_secs
+                .map(|d| format!("{d:.1}s"))
+                .unwrap_or_else(|| "-".into()),
+            r.kind.clone(),
+            r.tty.clone().unwrap_or_else(|| "-".into()),
+            r.size_bytes.to_string(),
+            if r.live { "live" } else { "ended" }.into(),
+            r.command.clone().unwrap_or_default(),
+        ]);
+    }
+    table(&rows)
+}

@@ -1,9 +1,10 @@
 //! `enforcerctl`'s human-readable rendering of daemon answers (`--json` prints them as is).
 
 mod lists;
+pub mod play;
 mod status;
 
-pub use lists::{render_locks, render_sessions};
+pub use lists::{render_locks, render_recordings, render_sessions};
 pub use status::render_status;
 
 /// Formats seconds as "1h 2m 3s".

@@ -368,6 +368,9 @@ impl State {
             return;
         };
         self.terminating.remove(&id);
+        for session_id in conn.sessions.keys() {
+            self.end_recording(*session_id);
+        }
         if let Err(e) = self.bpf.remove_conn(id).await {
             tracing::warn!(conn = id, error = %e, "cannot remove connection from the kernel");
         }

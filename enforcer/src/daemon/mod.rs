@@ -5,10 +5,11 @@ mod admission;
 mod idle;
 mod locking;
 mod persist;
+mod recordings;
 mod sessions;
 mod state;
 
-pub use state::StateHandle;
+pub use state::{StateHandle, Stream};
 
 use std::{path::PathBuf, time::Instant};
 
@@ -23,6 +24,7 @@ use crate::{
     bpf::{self, BpfError, BpfSettings},
     config::Config,
     control::{ControlError, Server},
+    recording,
 };
 
 /// Queue between the BPF actor and the state actor; overflow is counted, never waited on.
@@ -82,15 +84,34 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         ring_buffer_bytes: config.daemon.ring_buffer_bytes,
         max_tracked_tasks: config.daemon.max_tracked_tasks,
         pin_dir: config.daemon.bpf_pin_dir.clone(),
+        record: enforcer_common::io::RecordSettings {
+            enabled: config.recording.enabled as u32,
+            pipe_input: config.recording.exec_stdin as u32,
+            mask_echo_off: config.recording.mask_echo_off_input as u32,
+            _pad: 0,
+        },
+        data_ring_bytes: config.recording.buffer_bytes,
     };
-    let (bpf, bpf_task) = bpf::start(settings, events_tx)?;
+    let (bpf, bpf_task, recorder_maps) = bpf::start(settings, events_tx)?;
+    let recorder = config
+        .recording
+        .enabled
+        .then(|| recording::start(recorder_maps, config.recording.dir.clone()));
     // Loading parsed the kernel's BTF twice (tens of MB in small allocations, all freed now):
     // hand that memory back instead of keeping it resident for the daemon's lifetime.
     // SAFETY: plain libc call.
     unsafe { libc::malloc_trim(0) };
     let auditor_group = config.access.auditor_group.clone();
     let socket = config.daemon.socket.clone();
-    let (state, state_task) = state::start(config, info, bpf.clone(), audit, events_rx).await;
+    let (state, state_task) = state::start(
+        config,
+        info,
+        bpf.clone(),
+        audit,
+        recorder.clone(),
+        events_rx,
+    )
+    .await;
     tracing::info!(socket = %socket.display(), "enforcerd ready");
 
     tokio::select! {
@@ -101,6 +122,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     drop(server); // stop accepting, remove the socket file
     state.shutdown().await;
     let _ = state_task.await;
+    if let Some(r) = recorder {
+        // Blocking: flushes and closes every recording.
+        tokio::task::spawn_blocking(move || r.shutdown()).await.ok();
+    }
     bpf.shutdown().await;
     let _ = bpf_task.await;
     tracing::info!("enforcerd stopped");

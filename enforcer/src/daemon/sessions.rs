@@ -89,6 +89,7 @@ impl State {
             command: None,
             commands: 0,
             channels: Vec::new(),
+            started_boot_ns: origin.boot_ns,
         };
         if self.registry.add_session(session).is_none() {
             tracing::debug!(
@@ -114,12 +115,17 @@ impl State {
         {
             s.commands += 1;
             s.last_activity = OffsetDateTime::now_utc();
-            if s.kind == SessionKind::Starting && origin.pid == s.leader_pid {
+            let first = s.kind == SessionKind::Starting && origin.pid == s.leader_pid;
+            if first {
                 (s.kind, s.command) = classify(&exec.argv);
                 s.tty = exec.tty.clone();
                 s.channels = channel_objects(exec);
             }
+            let session_id = s.id;
             self.dirty = true;
+            if first {
+                self.start_recording(origin.conn_id, session_id);
+            }
         }
         let mut rec = self.record("exec", &origin);
         rec.uid = Some(exec.uid);
@@ -164,6 +170,7 @@ impl State {
             .session_by_kernel(origin.conn_id, origin.session_id)
             .map(|s| s.id);
         if let Some(s) = leader.and_then(|id| self.registry.remove_session(id)) {
+            self.end_recording(s.id);
             self.dirty = true;
             let mut rec = rec;
             rec.duration_secs = Some(

@@ -23,6 +23,7 @@ use crate::{
     control::{Peer, authorize},
     core::conn::Registry,
     locks::LockStore,
+    recording::{RecorderHandle, WatchFrame},
 };
 
 /// How often connections whose sshd monitor vanished unnoticed are released. A backstop: the
@@ -39,7 +40,20 @@ enum Msg {
         peer: Peer,
         reply: oneshot::Sender<Response>,
     },
+    Stream {
+        req: Request,
+        peer: Peer,
+        reply: oneshot::Sender<Result<Stream, ErrorReply>>,
+    },
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What a streaming request (play, watch) is answered from.
+pub enum Stream {
+    /// A recording file, sent as it is on disk.
+    File(std::path::PathBuf),
+    /// A live session's frames until it ends.
+    Live(mpsc::Receiver<WatchFrame>),
 }
 
 /// Cloneable access to the state actor.
@@ -55,6 +69,20 @@ impl StateHandle {
         if self
             .tx
             .send(Msg::Request { req, peer, reply })
+            .await
+            .is_err()
+        {
+            return Err(shutting_down());
+        }
+        rx.await.unwrap_or_else(|_| Err(shutting_down()))
+    }
+
+    /// Authorises a streaming request (play, watch) and opens what it streams.
+    pub async fn stream(&self, req: Request, peer: Peer) -> Result<Stream, ErrorReply> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::Stream { req, peer, reply })
             .await
             .is_err()
         {
@@ -109,6 +137,8 @@ pub(super) struct State {
     pub terminating: HashMap<u64, CloseReason>,
     /// Connections told why they end, waiting for the message to reach the client.
     pub pending_kills: Vec<PendingKill>,
+    /// `None` when recording is off.
+    pub recorder: Option<RecorderHandle>,
 }
 
 /// Spawns the state actor (after restoring the connection table).
@@ -117,6 +147,7 @@ pub(super) async fn start(
     info: DaemonInfo,
     bpf: BpfHandle,
     audit: AuditSink,
+    recorder: Option<RecorderHandle>,
     events: mpsc::Receiver<KernelEvent>,
 ) -> (StateHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
@@ -136,6 +167,7 @@ pub(super) async fn start(
         refusals: HashMap::new(),
         terminating: HashMap::new(),
         pending_kills: Vec::new(),
+        recorder,
     };
     state.restore().await;
     (StateHandle { tx }, tokio::spawn(state.run(rx, events)))
@@ -156,6 +188,10 @@ impl State {
                 msg = rx.recv() => match msg {
                     Some(Msg::Request { req, peer, reply }) => {
                         let resp = self.handle(req, &peer).await;
+                        let _ = reply.send(resp);
+                    }
+                    Some(Msg::Stream { req, peer, reply }) => {
+                        let resp = self.open_stream(req, &peer).await;
                         let _ = reply.send(resp);
                     }
                     Some(Msg::Shutdown(ack)) => {
@@ -184,16 +220,24 @@ impl State {
         }
     }
 
+    /// Checks `req` against the peer's role, auditing a denial.
+    pub(super) fn check(&mut self, req: &Request, peer: &Peer) -> Result<(), ErrorReply> {
+        authorize(peer.role, req).map_err(|denied| self.denied(req, peer, denied))
+    }
+
+    /// Records a denied request and returns the denial.
+    pub(super) fn denied(&mut self, req: &Request, peer: &Peer, denied: ErrorReply) -> ErrorReply {
+        self.counters.requests_denied += 1;
+        let mut rec = AuditRecord::new("request_denied", OffsetDateTime::now_utc())
+            .by(peer.uid, peer.pid)
+            .reason("permission_denied", Some(denied.message.clone()));
+        rec.request = Some(op_name(req).into());
+        self.audit.record(rec);
+        denied
+    }
+
     async fn handle(&mut self, req: Request, peer: &Peer) -> Response {
-        if let Err(denied) = authorize(peer.role, &req) {
-            self.counters.requests_denied += 1;
-            let mut rec = AuditRecord::new("request_denied", OffsetDateTime::now_utc())
-                .by(peer.uid, peer.pid)
-                .reason("permission_denied", Some(denied.message.clone()));
-            rec.request = Some(op_name(&req).into());
-            self.audit.record(rec);
-            return Err(denied);
-        }
+        self.check(&req, peer)?;
         match req {
             Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
             Request::PamAccount(r) => self.pam_account(r).await.map(Reply::Admission),
@@ -218,6 +262,13 @@ impl State {
             Request::Lock(r) => self.lock(r, peer).await.map(Reply::Locked),
             Request::Unlock { user } => self.unlock(&user, peer).map(|_| Reply::Done),
             Request::Locks => Ok(Reply::Locks(self.list_locks())),
+            Request::Recordings { user, since } => self
+                .list_recordings(peer, user.as_deref(), since.as_deref())
+                .map(Reply::Recordings),
+            Request::Play { .. } | Request::Watch { .. } => Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "play and watch answer with a stream of frames; use enforcerctl play/watch",
+            )),
         }
     }
 
@@ -278,6 +329,19 @@ impl State {
             "drop_audit_journald_failed".into(),
             a.journald_errors.load(Ordering::Relaxed),
         );
+        if let Some(r) = &self.recorder {
+            let s = &r.stats;
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            events.insert("recordings_active".into(), get(&s.active));
+            events.insert("recording_bytes".into(), get(&s.bytes_recorded));
+            events.insert(
+                "recording_bytes_unattributed".into(),
+                get(&s.bytes_unattributed),
+            );
+            dropped.insert("drop_recording_bytes_lost".into(), get(&s.bytes_lost));
+            dropped.insert("drop_recording_write_failed".into(), get(&s.write_errors));
+            dropped.insert("drop_watch_frames".into(), get(&s.watch_frames_dropped));
+        }
         let mut features = snap.features;
         features.push(FeatureProbe {
             name: "journald".into(),
@@ -326,5 +390,8 @@ fn op_name(req: &Request) -> &'static str {
         Request::Locks => "locks",
         Request::KillSession { .. } => "kill_session",
         Request::KillConnection { .. } => "kill_connection",
+        Request::Recordings { .. } => "recordings",
+        Request::Play { .. } => "play",
+        Request::Watch { .. } => "watch",
     }
 }

@@ -1,0 +1,71 @@
+//! Answers that are a stream of frames: a recording file (`play`) and a live session (`watch`).
+
+use base64::Engine;
+use enforcer_proto::{Reply, Response, WatchFrameMsg, frame::write_frame_async};
+use tokio::{io::AsyncReadExt, net::UnixStream};
+
+use crate::{daemon::Stream, recording::WatchFrame};
+
+/// Bytes of a recording per frame (cut at a line end, so every frame is whole JSON lines).
+const CHUNK: usize = 256 << 10;
+
+async fn send(out: &mut UnixStream, reply: Reply) -> bool {
+    let resp: Response = Ok(reply);
+    write_frame_async(out, &resp).await.is_ok()
+}
+
+/// Sends a stream to the client; returns false when the client went away.
+pub async fn send_stream(out: &mut UnixStream, stream: Stream) -> bool {
+    match stream {
+        Stream::File(path) => send_file(out, &path).await,
+        Stream::Live(mut frames) => {
+            while let Some(frame) = frames.recv().await {
+                let msg = match frame {
+                    WatchFrame::Output(bytes) => WatchFrameMsg::Output {
+                        data: base64::engine::general_purpose::STANDARD.encode(bytes),
+                    },
+                    WatchFrame::Resize { cols, rows } => WatchFrameMsg::Resize { cols, rows },
+                    WatchFrame::Lost(bytes) => WatchFrameMsg::Lost { bytes },
+                    WatchFrame::End => break,
+                };
+                if !send(out, Reply::Watch(msg)).await {
+                    return false;
+                }
+            }
+            send(out, Reply::Watch(WatchFrameMsg::End)).await && send(out, Reply::End).await
+        }
+    }
+}
+
+async fn send_file(out: &mut UnixStream, path: &std::path::Path) -> bool {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let resp: Response = Err(enforcer_proto::ErrorReply::new(
+                enforcer_proto::ErrorKind::Internal,
+                format!("cannot read {}: {e}", path.display()),
+            ));
+            return write_frame_async(out, &resp).await.is_ok();
+        }
+    };
+    let mut carry = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match file.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        carry.extend_from_slice(&buf[..n]);
+        // Send whole lines only (a live recording may end in a half-written one).
+        let Some(end) = carry.iter().rposition(|&c| c == b'\n') else {
+            continue;
+        };
+        let rest = carry.split_off(end + 1);
+        let text = String::from_utf8_lossy(&carry).into_owned();
+        carry = rest;
+        if !send(out, Reply::RecordingData { text }).await {
+            return false;
+        }
+    }
+    send(out, Reply::End).await
+}

@@ -1,0 +1,150 @@
+//! Recordings from the state actor's side: starting and ending them with their sessions, and who
+//! may list, play and watch them.
+
+use std::collections::BTreeMap;
+
+use enforcer_common::io::IoKey;
+use enforcer_proto::{ErrorKind, ErrorReply, RecordingInfo, Request};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::sync::mpsc;
+
+use super::state::{State, Stream};
+use crate::{
+    control::{Peer, Role},
+    host,
+    recording::{StartRecording, store},
+};
+
+/// Frames a watcher may fall behind before it misses some (counted).
+const WATCH_BACKLOG: usize = 1024;
+
+fn denied(what: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::PermissionDenied,
+        format!("permission denied: {what}"),
+    )
+}
+
+impl State {
+    /// Starts recording a session whose channels just became known.
+    pub(super) fn start_recording(&self, conn_id: u64, session_id: u64) {
+        let (Some(recorder), Some(conn)) = (&self.recorder, self.registry.get(conn_id)) else {
+            return;
+        };
+        let Some(s) = conn.sessions.get(&session_id) else {
+            return;
+        };
+        if s.channels.is_empty() {
+            return;
+        }
+        let env: BTreeMap<String, String> = host::environ(s.leader_pid)
+            .into_iter()
+            .filter(|(k, _)| k == "TERM" || k == "SHELL")
+            .collect();
+        recorder.start_recording(StartRecording {
+            session_id,
+            conn_id,
+            keys: s
+                .channels
+                .iter()
+                .map(|&object| IoKey { conn_id, object })
+                .collect(),
+            user: conn.user.clone(),
+            uid: conn.uid,
+            kind: s.kind.as_str().to_owned(),
+            tty: s.tty.clone(),
+            command: s.command.clone(),
+            client: conn.client.map(|c| c.ip().to_string()),
+            started_at: s.started_at,
+            started_boot_ns: s.started_boot_ns,
+            env,
+        });
+    }
+
+    pub(super) fn end_recording(&self, session_id: u64) {
+        if let Some(r) = &self.recorder {
+            r.end_recording(session_id);
+        }
+    }
+
+    /// Whether `peer` may see a recording of `uid`/`user`: root and auditors all, users theirs.
+    fn may_see(peer: &Peer, uid: Option<u32>) -> bool {
+        peer.role != Role::User || uid == Some(peer.uid)
+    }
+
+    pub(super) fn list_recordings(
+        &self,
+        peer: &Peer,
+        user: Option<&str>,
+        since: Option<&str>,
+    ) -> Result<Vec<RecordingInfo>, ErrorReply> {
+        let since = since
+            .map(|s| {
+                OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+                    ErrorReply::new(
+                        ErrorKind::BadRequest,
+                        format!("--since {s:?}: use an RFC 3339 time like 2026-11-23T10:00:00Z"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(store::list(&self.config.recording.dir)
+            .into_iter()
+            .filter(|r| Self::may_see(peer, r.header.enforcer.uid))
+            .filter(|r| user.is_none_or(|u| r.header.enforcer.user == u))
+            .filter(|r| since.is_none_or(|t| r.header.timestamp >= t.unix_timestamp()))
+            .map(|r| {
+                r.info(
+                    self.registry
+                        .session(r.header.enforcer.session_id)
+                        .is_some(),
+                )
+            })
+            .collect())
+    }
+
+    /// Authorises `play`/`watch` and opens what they stream.
+    pub(super) async fn open_stream(
+        &mut self,
+        req: Request,
+        peer: &Peer,
+    ) -> Result<Stream, ErrorReply> {
+        self.check(&req, peer)?;
+        match req {
+            Request::Play { id } => {
+                let r = store::find(&self.config.recording.dir, id).ok_or_else(|| {
+                    ErrorReply::new(
+                        ErrorKind::NotFound,
+                        format!("no recording of session {id}; see `enforcerctl recordings`"),
+                    )
+                })?;
+                if !Self::may_see(peer, r.header.enforcer.uid) {
+                    return Err(self.denied(
+                        &req,
+                        peer,
+                        denied("this recording belongs to another user"),
+                    ));
+                }
+                Ok(Stream::File(r.path))
+            }
+            Request::Watch { id } => {
+                let recorder = self.recorder.clone().ok_or_else(|| {
+                    ErrorReply::new(
+                        ErrorKind::NotFound,
+                        "recording is off (recording.enabled = false)",
+                    )
+                })?;
+                let (tx, rx) = mpsc::channel(WATCH_BACKLOG);
+                recorder
+                    .watch(id, tx)
+                    .await
+                    .map_err(|m| ErrorReply::new(ErrorKind::NotFound, m))?;
+                Ok(Stream::Live(rx))
+            }
+            _ => Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "not a streaming request",
+            )),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Session recordings: every pty session's terminal stream (output, input, window size), and the
+//! stdout/stderr of exec sessions, as asciicast v2 files, written while the session runs.
+//!
+//! A dedicated thread (the recorder) owns the kernel's data ring and the open files; the state
+//! actor tells it when a session starts (which channels are its) and ends. `store` finds and
+//! describes recordings on disk for listing and playback.
+
+pub mod cast;
+mod recorder;
+pub mod store;
+
+pub use recorder::{
+    RecorderHandle, RecorderMaps, RecorderStats, StartRecording, WatchFrame, start,
+};

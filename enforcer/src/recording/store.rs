@@ -1,0 +1,171 @@
+//! Recordings on disk: `recording.dir/<YYYY-MM-DD>/<user>/session-<id>.cast`, root-only.
+
+use std::{
+    io::{Read, Seek, SeekFrom},
+    path::{Path, PathBuf},
+};
+
+use enforcer_proto::RecordingInfo;
+
+use super::cast::{self, Header};
+
+/// A recording found on disk.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub path: PathBuf,
+    pub header: Header,
+    pub size: u64,
+    /// Time of the last event (seconds from the start).
+    pub duration: Option<f64>,
+}
+
+fn read_header(path: &Path) -> Option<Header> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 8192];
+    let n = f.read(&mut buf).ok()?;
+    let line = buf[..n].split(|&c| c == b'\n').next()?;
+    serde_json::from_slice(line).ok()
+}
+
+/// Time of the last complete event line.
+fn last_time(path: &Path, size: u64) -> Option<f64> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let from = size.saturating_sub(64 << 10);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).ok()?;
+    tail.lines()
+        .rev()
+        .find_map(cast::parse_event)
+        .map(|e| e.time)
+}
+
+fn load(path: PathBuf) -> Option<Stored> {
+    let size = std::fs::metadata(&path).ok()?.len();
+    let header = read_header(&path)?;
+    let duration = last_time(&path, size);
+    Some(Stored {
+        path,
+        header,
+        size,
+        duration,
+    })
+}
+
+/// Every recording under `dir`, oldest first.
+pub fn list(dir: &Path) -> Vec<Stored> {
+    let mut out = Vec::new();
+    let Ok(days) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for day in days.flatten() {
+        let Ok(users) = std::fs::read_dir(day.path()) else {
+            continue;
+        };
+        for user in users.flatten() {
+            let Ok(files) = std::fs::read_dir(user.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("session-") && name.ends_with(".cast") {
+                    out.extend(load(f.path()));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        a.header.timestamp.cmp(&b.header.timestamp).then(
+            a.header
+                .enforcer
+                .session_id
+                .cmp(&b.header.enforcer.session_id),
+        )
+    });
+    out
+}
+
+/// The recording of session `id`.
+pub fn find(dir: &Path, id: u64) -> Option<Stored> {
+    list(dir)
+        .into_iter()
+        .find(|r| r.header.enforcer.session_id == id)
+}
+
+impl Stored {
+    pub fn info(&self, live: bool) -> RecordingInfo {
+        let m = &self.header.enforcer;
+        RecordingInfo {
+            id: m.session_id,
+            conn_id: m.conn_id,
+            user: m.user.clone(),
+            uid: m.uid,
+            started: m.started.clone(),
+            duration_secs: self.duration,
+            live,
+            kind: m.kind.clone(),
+            command: self.header.command.clone(),
+            tty: m.tty.clone(),
+            client: m.client.clone(),
+            size_bytes: self.size,
+            path: self.path.display().to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::cast::Meta;
+
+    fn header(id: u64, user: &str, ts: i64) -> Header {
+        Header {
+            version: 2,
+            width: 80,
+            height: 24,
+            timestamp: ts,
+            command: None,
+            title: None,
+            env: Default::default(),
+            enforcer: Meta {
+                session_id: id,
+                conn_id: 1,
+                user: user.into(),
+                uid: Some(1000),
+                kind: "shell".into(),
+                tty: Some("pts/1".into()),
+                client: None,
+                started: "2026-11-23T10:00:00Z".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn finds_recordings_by_id_with_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        for (id, user, ts) in [(7, "alice", 20), (3, "bob", 10)] {
+            let d = dir.path().join("2026-11-23").join(user);
+            std::fs::create_dir_all(&d).unwrap();
+            let body = format!(
+                "{}\n{}\n{}\n",
+                serde_json::to_string(&header(id, user, ts)).unwrap(),
+                cast::event_line(0.5, "o", "hi"),
+                cast::event_line(2.25, "o", "bye")
+            );
+            std::fs::write(d.join(format!("session-{id}.cast")), body).unwrap();
+        }
+        std::fs::write(dir.path().join("stray.txt"), "x").unwrap();
+        let all = list(dir.path());
+        assert_eq!(
+            all.iter()
+                .map(|r| r.header.enforcer.session_id)
+                .collect::<Vec<_>>(),
+            [3, 7]
+        );
+        let r = find(dir.path(), 7).unwrap();
+        assert_eq!(r.duration, Some(2.25));
+        assert_eq!(r.info(false).user, "alice");
+        assert!(find(dir.path(), 99).is_none());
+    }
+}
