@@ -37,6 +37,25 @@ const TIOCSWINSZ: u64 = 0x5414;
 const ECHO: u32 = 0o10;
 const ICANON: u32 = 0o2;
 
+/// `bpf_ringbuf_output` flags and the `bpf_ringbuf_query` selector.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes in the data ring above which the recorder is woken at once.
+const WAKE_AT: u64 = 1 << 20;
+
+/// Ring flags for one record. By default the kernel wakes the reader whenever it has caught up,
+/// i.e. on nearly every record of a fast stream, and that wakeup costs more than the copy. The
+/// recorder polls on a short timer while it records, so only a filling ring needs a wakeup.
+#[inline(always)]
+fn wake_flags() -> u64 {
+    if ENF_DATA.query(BPF_RB_AVAIL_DATA) > WAKE_AT {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// The channel behind `fd` if the current task is a connection's sshd process: (key, file).
 #[inline(always)]
 fn channel(fd: u64) -> Option<(IoKey, u64)> {
@@ -143,7 +162,10 @@ fn record(p: &PendingIo, total: u64, now: u64) {
         // The bytes typed at a password prompt never leave the kernel: only their count does.
         rec.header.flags = DATA_MASKED;
         rec.header.len = total as u32;
-        if ENF_DATA.output::<DataHeader>(&rec.header, 0).is_err() {
+        if ENF_DATA
+            .output::<DataHeader>(&rec.header, wake_flags())
+            .is_err()
+        {
             lose(&p.key, total);
         }
         return;
@@ -180,7 +202,7 @@ fn record(p: &PendingIo, total: u64, now: u64) {
             )
         };
         if ENF_DATA
-            .output::<[u8]>(&bytes[..size_of::<DataHeader>() + n], 0)
+            .output::<[u8]>(&bytes[..size_of::<DataHeader>() + n], wake_flags())
             .is_err()
         {
             lose(&p.key, n as u64);
@@ -305,7 +327,7 @@ pub fn enf_ioctl(ctx: TracePointContext) -> u32 {
         rows: ws[0],
         cols: ws[1],
     };
-    if ENF_DATA.output::<DataHeader>(&h, 0).is_err() {
+    if ENF_DATA.output::<DataHeader>(&h, wake_flags()).is_err() {
         count(Counter::DropRecordingBytes);
     }
     0

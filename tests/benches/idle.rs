@@ -13,23 +13,15 @@ use std::{
 };
 
 use enforcer_proto::{Admission, Client, PamAccount, PamSession, Reply, Request};
-use enforcer_tests::{TestDaemon, TestUser, require_root, ssh::wait_until};
+use enforcer_tests::{TestDaemon, TestUser, procs::cpu_time, require_root, ssh::wait_until};
 
 const SESSIONS: usize = 2000;
 const MEASURE: Duration = Duration::from_secs(20);
 
-/// utime + stime of a process, in clock ticks, and its RSS in KiB.
-fn usage(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+/// RSS of a process in KiB.
+fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .unwrap()
@@ -37,19 +29,13 @@ fn usage(pid: u32) -> (u64, u64) {
         .next()
         .unwrap()
         .parse()
-        .unwrap();
-    (ticks, rss)
+        .unwrap()
 }
 
 fn measure(pid: u32) -> (Duration, u64) {
-    let tick = Duration::from_secs(1)
-        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .unwrap()
-            .unwrap() as u32;
-    let (t0, _) = usage(pid);
+    let t0 = cpu_time(pid);
     std::thread::sleep(MEASURE);
-    let (t1, rss) = usage(pid);
-    (tick * (t1 - t0) as u32, rss)
+    (cpu_time(pid) - t0, rss(pid))
 }
 
 fn call(d: &TestDaemon, req: &Request) -> Reply {

@@ -97,3 +97,19 @@ pub fn uid_processes(uid: u32) -> Vec<u32> {
         .map(|(p, _, _)| p)
         .collect()
 }
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    std::time::Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}

@@ -96,7 +96,12 @@ impl TestUser {
     }
 
     pub fn join_group(&self, group: &TestGroup) {
-        run(Command::new("usermod").args(["-a", "-G", &group.name, &self.name]));
+        self.join_group_named(&group.name);
+    }
+
+    /// Adds the user to an existing system group (e.g. `utmp`).
+    pub fn join_group_named(&self, group: &str) {
+        run(Command::new("usermod").args(["-a", "-G", group, &self.name]));
     }
 
     /// Runs `cmd` as this user (real uid/gid and groups), e.g. enforcerctl.

@@ -101,10 +101,10 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// Benchmarks live in the tests crate (they reuse its sshd/daemon harness).
-const BENCHES: &[&str] = &["pam", "exec", "idle"];
+const BENCHES: &[&str] = &["pam", "exec", "idle", "recording"];
 
 /// Builds release binaries and runs one benchmark against them.
-pub fn bench(name: &str) -> anyhow::Result<()> {
+pub fn bench(name: &str, parts: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
         BENCHES.contains(&name),
         "unknown benchmark {name:?}; known: {}",
@@ -113,7 +113,15 @@ pub fn bench(name: &str) -> anyhow::Result<()> {
     let built = all(true)?;
     run_cmd(
         cargo()
-            .args(["bench", "--package", "enforcer-tests", "--bench", name])
+            .args([
+                "bench",
+                "--package",
+                "enforcer-tests",
+                "--bench",
+                name,
+                "--",
+            ])
+            .args(parts)
             .env("ENFORCER_BPF_OBJECT", &built.bpf_object)
             .env("ENFORCER_BIN_DIR", &built.bin_dir),
     )

@@ -33,10 +33,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`.
+    /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`, `recording`.
     Bench {
         /// Which benchmark.
         name: String,
+        /// Only these parts of it (`recording`: `sessions`, `rates`); all when none given.
+        parts: Vec<String>,
     },
     /// Set up, build, and run every test (unit and privileged end-to-end).
     Test {
@@ -60,10 +62,10 @@ fn main() -> anyhow::Result<()> {
             setup::toolchain()?;
             build::run(&args)
         }
-        Cmd::Bench { name } => {
+        Cmd::Bench { name, parts } => {
             setup::toolchain()?;
             setup::test_packages()?;
-            build::bench(&name)
+            build::bench(&name, &parts)
         }
         Cmd::Test { filter } => {
             setup::toolchain()?;

@@ -19,6 +19,10 @@ const TEST_PACKAGES: &[&str] = &[
     "libpam0g-dev", // links pam_enforcer.so
     "pamtester",    // drives the PAM module through real libpam without sshd
     "procps",
+    "asciinema", // recordings must play in it; a peer in `bench recording`
+    "tlog",      // peer in `bench recording`
+    "bsdutils",  // script(1): peer in `bench recording`, and a terminal for `asciinema cat`
+    "pv",        // rate-limited output for `bench recording`
 ];
 
 /// rust-src for the BPF toolchain and bpf-linker built against that toolchain's own LLVM.

@@ -95,7 +95,10 @@ enum Cmd {
         raw: bool,
     },
     /// Follow a live session's terminal read-only, from its current screen on, until it ends.
-    Watch { id: u64 },
+    Watch {
+        /// Session id (from `enforcerctl sessions`)
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {

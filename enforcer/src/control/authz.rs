@@ -31,13 +31,15 @@ pub fn authorize(role: Role, req: &Request) -> Result<(), ErrorReply> {
         | Request::KillConnection { .. } => false,
     };
     if allowed || role == Role::Root {
-        Ok(())
-    } else {
-        Err(ErrorReply::new(
-            ErrorKind::PermissionDenied,
-            "permission denied: this request needs root; run it with sudo",
-        ))
+        return Ok(());
     }
+    let message = if matches!(req, Request::Watch { .. } | Request::Locks) {
+        "permission denied: this request needs root or membership in the auditor group \
+         (access.auditor_group)"
+    } else {
+        "permission denied: this request needs root; run it with sudo"
+    };
+    Err(ErrorReply::new(ErrorKind::PermissionDenied, message))
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub enum DaemonError {
     Audit(#[from] AuditError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the session recorder: {0}")]
+    Recorder(std::io::Error),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -96,7 +98,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let recorder = config
         .recording
         .enabled
-        .then(|| recording::start(recorder_maps, config.recording.dir.clone()));
+        .then(|| recording::start(recorder_maps, config.recording.dir.clone()))
+        .transpose()
+        .map_err(DaemonError::Recorder)?;
     // Loading parsed the kernel's BTF twice (tens of MB in small allocations, all freed now):
     // hand that memory back instead of keeping it resident for the daemon's lifetime.
     // SAFETY: plain libc call.

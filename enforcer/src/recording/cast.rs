@@ -7,8 +7,12 @@
 //! event with the chunk's exact bytes in base64; asciinema ignores codes it does not know, and
 //! [`read_output`] puts the exact bytes back.
 
+use std::{borrow::Cow, io::Write as _};
+
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+
+use super::escape::escape_into;
 
 /// The first line. Extra keys are allowed by the format; enforcer's own go under `enforcer`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,24 +44,27 @@ pub struct Meta {
     pub started: String,
 }
 
+/// Appends one event line, newline included, to `out`.
+pub fn write_event(out: &mut Vec<u8>, time: f64, code: &str, data: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "[{time:.6},\"{code}\",\"");
+    escape_into(out, data);
+    out.extend_from_slice(b"\"]\n");
+}
+
 /// One event line (without the newline).
 pub fn event_line(time: f64, code: &str, data: &str) -> String {
-    let mut line = String::with_capacity(data.len() + 24);
-    line.push('[');
-    line.push_str(&format!("{time:.6}"));
-    line.push_str(",\"");
-    line.push_str(code);
-    line.push_str("\",");
-    line.push_str(&serde_json::to_string(data).expect("strings serialise"));
-    line.push(']');
-    line
+    let mut line = Vec::with_capacity(data.len() + 24);
+    write_event(&mut line, time, code, data);
+    line.pop();
+    String::from_utf8(line).expect("escaped text is UTF-8")
 }
 
 /// What one chunk of output becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
+pub struct Decoded<'a> {
     /// Text for the `"o"` event (empty when the chunk only started a multi-byte character).
-    pub text: String,
+    pub text: Cow<'a, str>,
     /// The exact bytes behind `text` when they were not valid UTF-8 (for a `"b"` event).
     pub exact: Option<Vec<u8>>,
 }
@@ -70,36 +77,49 @@ pub struct Utf8Stream {
 }
 
 impl Utf8Stream {
-    pub fn push(&mut self, bytes: &[u8]) -> Decoded {
+    pub fn push<'a>(&mut self, bytes: &'a [u8]) -> Decoded<'a> {
+        if self.carry.is_empty() {
+            // The common case: nothing carried over, so the chunk is used in place.
+            let keep = incomplete_tail(bytes);
+            let (body, tail) = bytes.split_at(bytes.len() - keep);
+            if let Ok(text) = simdutf8::basic::from_utf8(body) {
+                self.carry.extend_from_slice(tail);
+                return Decoded {
+                    text: Cow::Borrowed(text),
+                    exact: None,
+                };
+            }
+        }
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(bytes);
         // Keep back an incomplete sequence at the very end (at most 3 bytes).
         let keep = incomplete_tail(&buf);
         self.carry = buf.split_off(buf.len() - keep);
-        match String::from_utf8(buf) {
-            Ok(text) => Decoded { text, exact: None },
-            Err(e) => {
-                let bytes = e.into_bytes();
-                Decoded {
-                    text: String::from_utf8_lossy(&bytes).into_owned(),
-                    exact: Some(bytes),
-                }
-            }
-        }
-    }
-
-    /// Whatever is still carried (at the end of the stream).
-    pub fn finish(&mut self) -> Decoded {
-        self.push(&[]);
-        let rest = std::mem::take(&mut self.carry);
-        if rest.is_empty() {
+        if simdutf8::basic::from_utf8(&buf).is_ok() {
+            // SAFETY: validated just above.
+            let text = unsafe { String::from_utf8_unchecked(buf) };
             return Decoded {
-                text: String::new(),
+                text: Cow::Owned(text),
                 exact: None,
             };
         }
         Decoded {
-            text: String::from_utf8_lossy(&rest).into_owned(),
+            text: Cow::Owned(String::from_utf8_lossy(&buf).into_owned()),
+            exact: Some(buf),
+        }
+    }
+
+    /// Whatever is still carried (at the end of the stream).
+    pub fn finish(&mut self) -> Decoded<'static> {
+        let rest = std::mem::take(&mut self.carry);
+        if rest.is_empty() {
+            return Decoded {
+                text: Cow::Borrowed(""),
+                exact: None,
+            };
+        }
+        Decoded {
+            text: Cow::Owned(String::from_utf8_lossy(&rest).into_owned()),
             exact: Some(rest),
         }
     }
@@ -123,21 +143,29 @@ fn incomplete_tail(b: &[u8]) -> usize {
     0
 }
 
-/// Lines for one output chunk: `"o"`, plus `"b"` when the bytes were not valid UTF-8.
-pub fn output_lines(time: f64, d: &Decoded) -> Vec<String> {
-    let mut lines = Vec::new();
+/// Appends the lines for one output chunk: `"o"`, plus `"b"` when the bytes were not valid
+/// UTF-8.
+pub fn write_output(out: &mut Vec<u8>, time: f64, d: &Decoded) {
     if d.text.is_empty() && d.exact.is_none() {
-        return lines;
+        return;
     }
-    lines.push(event_line(time, "o", &d.text));
+    write_event(out, time, "o", &d.text);
     if let Some(exact) = &d.exact {
-        lines.push(event_line(
-            time,
-            "b",
-            &base64::engine::general_purpose::STANDARD.encode(exact),
-        ));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(exact);
+        write_event(out, time, "b", &b64);
     }
-    lines
+}
+
+/// [`write_output`] as separate lines, for tests.
+#[cfg(test)]
+pub fn output_lines(time: f64, d: &Decoded) -> Vec<String> {
+    let mut out = Vec::new();
+    write_output(&mut out, time, d);
+    String::from_utf8(out)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A parsed event.

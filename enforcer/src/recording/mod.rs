@@ -6,6 +6,8 @@
 //! describes recordings on disk for listing and playback.
 
 pub mod cast;
+mod escape;
+mod file;
 mod recorder;
 pub mod store;
 

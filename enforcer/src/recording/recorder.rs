@@ -2,15 +2,10 @@
 //! `ENF_LOST` counts into loss markers, and feeds live watchers.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
-    fs::{File, OpenOptions},
-    io::{BufWriter, Write},
-    num::NonZeroU16,
-    os::{
-        fd::AsRawFd,
-        unix::fs::{DirBuilderExt, OpenOptionsExt},
-    },
-    path::{Path, PathBuf},
+    os::fd::AsRawFd,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -20,14 +15,13 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use enforcer_common::io::{
-    DATA_MASKED, DIR_INPUT, DIR_OUTPUT, DIR_RESIZE, DataHeader, IO_PTY, IoKey,
-};
+use enforcer_common::io::{DATA_MASKED, DIR_RESIZE, DataHeader, IoKey};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 pub use crate::bpf::RecorderMaps;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
-use super::cast::{self, Header, Meta, Utf8Stream};
+use super::file::{Item, Recording};
 
 /// A session whose channels are now known (its leader exec'd).
 #[derive(Debug, Clone)]
@@ -71,7 +65,7 @@ pub struct RecorderStats {
     pub watch_frames_dropped: AtomicU64,
 }
 
-fn add(c: &AtomicU64, n: u64) {
+pub(super) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -92,16 +86,24 @@ enum Command {
 #[derive(Clone)]
 pub struct RecorderHandle {
     tx: Sender<Command>,
+    /// Wakes the thread from its poll so commands do not wait for the next timer.
+    wake: Arc<EventFd>,
     pub stats: Arc<RecorderStats>,
 }
 
 impl RecorderHandle {
+    fn send(&self, cmd: Command) -> Result<(), ()> {
+        self.tx.send(cmd).map_err(|_| ())?;
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+
     pub fn start_recording(&self, s: StartRecording) {
-        let _ = self.tx.send(Command::Start(Box::new(s)));
+        let _ = self.send(Command::Start(Box::new(s)));
     }
 
     pub fn end_recording(&self, session_id: u64) {
-        let _ = self.tx.send(Command::End { session_id });
+        let _ = self.send(Command::End { session_id });
     }
 
     /// Subscribes to a live session: the current screen first, then what follows.
@@ -111,13 +113,12 @@ impl RecorderHandle {
         frames: tokio::sync::mpsc::Sender<WatchFrame>,
     ) -> Result<(), String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Command::Watch {
-                session_id,
-                frames,
-                reply,
-            })
-            .map_err(|_| "the recorder has stopped".to_owned())?;
+        self.send(Command::Watch {
+            session_id,
+            frames,
+            reply,
+        })
+        .map_err(|_| "the recorder has stopped".to_owned())?;
         rx.await
             .map_err(|_| "the recorder has stopped".to_owned())?
     }
@@ -125,19 +126,21 @@ impl RecorderHandle {
     /// Flushes and closes every recording.
     pub fn shutdown(&self) {
         let (tx, rx) = mpsc::channel();
-        if self.tx.send(Command::Shutdown(tx)).is_ok() {
+        if self.send(Command::Shutdown(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
     }
 }
 
 /// Starts the recorder thread, writing under `dir`.
-pub fn start(maps: RecorderMaps, dir: PathBuf) -> RecorderHandle {
+pub fn start(maps: RecorderMaps, dir: PathBuf) -> std::io::Result<RecorderHandle> {
     let (tx, rx) = mpsc::channel();
+    let wake = Arc::new(EventFd::from_flags(
+        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+    )?);
     let stats = Arc::new(RecorderStats::default());
     let recorder = Recorder {
         dir,
-        ring: maps.data,
         lost: maps.lost,
         by_key: HashMap::new(),
         recordings: HashMap::new(),
@@ -146,33 +149,16 @@ pub fn start(maps: RecorderMaps, dir: PathBuf) -> RecorderHandle {
         lost_seen: HashMap::new(),
         stats: stats.clone(),
     };
+    let thread_wake = wake.clone();
     std::thread::Builder::new()
         .name("enforcerd-rec".into())
-        .spawn(move || recorder.run(rx))
-        .expect("spawn recorder thread");
-    RecorderHandle { tx, stats }
+        .spawn(move || recorder.run(maps.data, rx, thread_wake))?;
+    Ok(RecorderHandle { tx, wake, stats })
 }
 
 /// Bytes that arrived before their session was known.
-enum Item {
-    Data {
-        boot_ns: u64,
-        dir: u32,
-        masked: bool,
-        bytes: Vec<u8>,
-    },
-    Resize {
-        boot_ns: u64,
-        cols: u16,
-        rows: u16,
-    },
-    Lost {
-        bytes: u64,
-    },
-}
-
 struct Pending {
-    items: Vec<Item>,
+    items: Vec<Item<'static>>,
     bytes: usize,
     since: Instant,
 }
@@ -182,26 +168,8 @@ const PENDING_TTL: Duration = Duration::from_secs(5);
 const PENDING_MAX: usize = 4 << 20;
 /// A session's last output may still be in the data ring when its end is reported.
 const END_GRACE: Duration = Duration::from_secs(2);
-/// Output replayed to build the screen a new watcher sees first.
-const SCREEN_REPLAY: usize = 4 << 20;
-
-struct Recording {
-    session_id: u64,
-    path: PathBuf,
-    out: BufWriter<File>,
-    start_ns: u64,
-    pty: bool,
-    size: (u16, u16),
-    output: Utf8Stream,
-    input: Utf8Stream,
-    watchers: Vec<tokio::sync::mpsc::Sender<WatchFrame>>,
-    screen: Option<vt100::Parser>,
-    ends_at: Option<Instant>,
-}
-
 struct Recorder {
     dir: PathBuf,
-    ring: RingBuf<MapData>,
     lost: BpfHashMap<MapData, IoKey, u64>,
     by_key: HashMap<IoKey, u64>,
     recordings: HashMap<u64, Recording>,
@@ -227,22 +195,33 @@ fn parse(item: &[u8]) -> Option<(DataHeader, &[u8])> {
 }
 
 impl Recorder {
-    fn run(mut self, commands: Receiver<Command>) {
+    /// The ring is not a field so that its items can be written while borrowed from it.
+    fn run(mut self, mut ring: RingBuf<MapData>, commands: Receiver<Command>, wake: Arc<EventFd>) {
+        batch_scheduling();
         let mut last_flush = Instant::now();
         let mut last_lost = Instant::now();
         loop {
-            let mut pfd = libc::pollfd {
-                fd: self.ring.as_raw_fd(),
+            let mut pfds = [ring.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
+            });
+            // The kernel wakes us only when the ring fills (see `wake_flags` in enforcer-ebpf),
+            // so while anything is recorded a short timer bounds the latency of live watchers.
+            let timeout = if self.recordings.is_empty() && self.pending.is_empty() {
+                250
+            } else {
+                10
             };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 50) };
-            self.drain();
+            // SAFETY: two valid pollfds.
+            unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
+            // Non-blocking: resets the count if a command woke us.
+            let _ = wake.read();
+            self.drain(&mut ring);
             loop {
                 match commands.try_recv() {
                     Ok(Command::Shutdown(ack)) => {
-                        self.drain();
+                        self.drain(&mut ring);
                         let ids: Vec<u64> = self.recordings.keys().copied().collect();
                         for id in ids {
                             self.close(id);
@@ -263,29 +242,22 @@ impl Recorder {
             if last_flush.elapsed() >= Duration::from_millis(100) {
                 // Streamed while the session runs: readers see at most 100 ms of delay.
                 for r in self.recordings.values_mut() {
-                    if let Err(e) = r.out.flush() {
-                        add(&self.stats.write_errors, 1);
-                        tracing::error!(path = %r.path.display(), error = %e, "recording write failed");
-                    }
+                    r.flush(&self.stats);
                 }
                 last_flush = Instant::now();
             }
         }
     }
 
-    fn drain(&mut self) {
-        let mut items = Vec::new();
-        while let Some(item) = self.ring.next() {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
             if let Some((h, payload)) = parse(&item) {
-                items.push((h, payload.to_vec()));
+                self.handle(h, payload);
             }
-        }
-        for (h, payload) in items {
-            self.handle(h, payload);
         }
     }
 
-    fn handle(&mut self, h: DataHeader, payload: Vec<u8>) {
+    fn handle(&mut self, h: DataHeader, payload: &[u8]) {
         let item = if h.dir == DIR_RESIZE {
             // A client without a terminal reports 0x0: nothing to size a player by.
             if h.cols == 0 || h.rows == 0 {
@@ -298,17 +270,16 @@ impl Recorder {
                 rows: h.rows,
             }
         } else {
-            let masked = h.flags & DATA_MASKED != 0;
-            let bytes = if masked {
-                vec![b'*'; h.len as usize]
+            // Masked input: the kernel sent only how many bytes were typed.
+            let bytes = if h.flags & DATA_MASKED != 0 {
+                Cow::Owned(vec![b'*'; h.len as usize])
             } else {
-                payload
+                Cow::Borrowed(payload)
             };
             add(&self.stats.bytes_recorded, bytes.len() as u64);
             Item::Data {
                 boot_ns: h.boot_ns,
                 dir: h.dir,
-                masked,
                 bytes,
             }
         };
@@ -331,7 +302,7 @@ impl Recorder {
             }
             p.bytes += bytes.len();
         }
-        p.items.push(item);
+        p.items.push(item.into_owned());
     }
 
     fn expire(&mut self) {
@@ -351,9 +322,9 @@ impl Recorder {
         }
         let ended: Vec<u64> = self
             .recordings
-            .values()
-            .filter(|r| r.ends_at.is_some_and(|t| Instant::now() >= t))
-            .map(|r| r.session_id)
+            .iter()
+            .filter(|(_, r)| r.ends_at.is_some_and(|t| Instant::now() >= t))
+            .map(|(id, _)| *id)
             .collect();
         for id in ended {
             self.close(id);
@@ -397,81 +368,21 @@ impl Recorder {
     }
 
     fn begin(&mut self, s: StartRecording) {
-        let (cols, rows) = s
+        let size = s
             .keys
             .iter()
             .find_map(|k| self.sizes.get(k).copied())
             .unwrap_or((80, 24));
-        let date = s.started_at.date();
-        let dir = self.dir.join(format!("{date}")).join(&s.user);
-        let path = dir.join(format!("session-{}.cast", s.session_id));
-        let opened = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .and_then(|_| {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-            });
-        let file = match opened {
-            Ok(f) => f,
+        match Recording::create(&self.dir, &s, size) {
+            Ok(r) => {
+                self.recordings.insert(s.session_id, r);
+            }
             Err(e) => {
                 add(&self.stats.write_errors, 1);
-                tracing::error!(path = %path.display(), error = %e, "cannot create recording; set recording.dir to a writable directory");
+                tracing::error!(session = s.session_id, error = %e, "cannot create recording; set recording.dir to a writable directory");
                 return;
             }
-        };
-        let header = Header {
-            version: 2,
-            width: cols,
-            height: rows,
-            timestamp: s.started_at.unix_timestamp(),
-            command: s.command.clone(),
-            title: Some(format!(
-                "{}@{} session {}",
-                s.user,
-                s.client.clone().unwrap_or_default(),
-                s.session_id
-            )),
-            env: s.env.clone(),
-            enforcer: Meta {
-                session_id: s.session_id,
-                conn_id: s.conn_id,
-                user: s.user.clone(),
-                uid: s.uid,
-                kind: s.kind.clone(),
-                tty: s.tty.clone(),
-                client: s.client.clone(),
-                started: s.started_at.format(&Rfc3339).unwrap_or_default(),
-            },
-        };
-        let mut out = BufWriter::with_capacity(256 << 10, file);
-        // Flushed at once: the recording is listable (and playable) from its first moment.
-        let header_line = serde_json::to_string(&header).expect("header serialises");
-        if let Err(e) = writeln!(out, "{header_line}").and_then(|_| out.flush()) {
-            add(&self.stats.write_errors, 1);
-            tracing::error!(path = %path.display(), error = %e, "recording write failed");
         }
-        let pty = s.keys.iter().any(|k| k.object & IO_PTY != 0);
-        self.recordings.insert(
-            s.session_id,
-            Recording {
-                session_id: s.session_id,
-                path,
-                out,
-                start_ns: s.started_boot_ns,
-                pty,
-                size: (cols, rows),
-                output: Utf8Stream::default(),
-                input: Utf8Stream::default(),
-                watchers: Vec::new(),
-                screen: None,
-                ends_at: None,
-            },
-        );
         self.stats
             .active
             .store(self.recordings.len() as u64, Ordering::Relaxed);
@@ -480,7 +391,7 @@ impl Recorder {
         for k in &s.keys {
             self.by_key.insert(*k, s.session_id);
             if let Some(p) = self.pending.remove(k) {
-                parked.extend(p.items.into_iter().map(|i| (item_time(&i), i)));
+                parked.extend(p.items.into_iter().map(|i| (i.time(), i)));
             }
         }
         parked.sort_by_key(|(t, _)| *t);
@@ -490,81 +401,8 @@ impl Recorder {
     }
 
     fn write(&mut self, id: u64, item: Item) {
-        let Some(r) = self.recordings.get_mut(&id) else {
-            return;
-        };
-        let start = r.start_ns;
-        let t = |ns: u64| ns.saturating_sub(start) as f64 / 1e9;
-        let mut lines = Vec::new();
-        let mut frame = None;
-        match item {
-            Item::Data {
-                boot_ns,
-                dir: DIR_OUTPUT,
-                bytes,
-                ..
-            } => {
-                let d = r.output.push(&bytes);
-                lines = cast::output_lines(t(boot_ns), &d);
-                if let Some(screen) = r.screen.as_mut() {
-                    screen.process(&bytes);
-                }
-                frame = Some(WatchFrame::Output(bytes));
-            }
-            Item::Data {
-                boot_ns,
-                dir: DIR_INPUT,
-                masked,
-                bytes,
-            } => {
-                let text = if masked {
-                    String::from_utf8_lossy(&bytes).into_owned()
-                } else {
-                    r.input.push(&bytes).text
-                };
-                if !text.is_empty() {
-                    lines.push(cast::event_line(t(boot_ns), "i", &text));
-                }
-            }
-            Item::Data { .. } => {}
-            Item::Resize {
-                boot_ns,
-                cols,
-                rows,
-            } => {
-                r.size = (cols, rows);
-                lines.push(cast::event_line(t(boot_ns), "r", &format!("{cols}x{rows}")));
-                if let (Some(screen), Some((rows, cols))) = (r.screen.as_mut(), nonzero(rows, cols))
-                {
-                    screen.set_size(rows, cols);
-                }
-                frame = Some(WatchFrame::Resize { cols, rows });
-            }
-            Item::Lost { bytes } => {
-                let now = start.max(crate::host::boot_ns());
-                lines.push(cast::event_line(
-                    t(now),
-                    "m",
-                    &format!("enforcer: {bytes} bytes lost here"),
-                ));
-                frame = Some(WatchFrame::Lost(bytes));
-            }
-        }
-        for line in lines {
-            if writeln!(r.out, "{line}").is_err() {
-                add(&self.stats.write_errors, 1);
-            }
-        }
-        if let Some(f) = frame {
-            r.watchers.retain(|w| !w.is_closed());
-            for w in &r.watchers {
-                if w.try_send(f.clone()).is_err() {
-                    add(&self.stats.watch_frames_dropped, 1);
-                }
-            }
-            if r.watchers.is_empty() {
-                r.screen = None;
-            }
+        if let Some(r) = self.recordings.get_mut(&id) {
+            r.write(item, &self.stats);
         }
     }
 
@@ -578,73 +416,28 @@ impl Recorder {
                 "session {id} is not being recorded live; use `enforcerctl play {id}`"
             ));
         };
-        if r.pty {
-            if r.screen.is_none() {
-                let _ = r.out.flush();
-                r.screen = Some(replay_screen(&r.path, r.size));
-            }
-            let screen = r.screen.as_ref().expect("just built");
-            let _ = frames.try_send(WatchFrame::Resize {
-                cols: r.size.0,
-                rows: r.size.1,
-            });
-            let _ = frames.try_send(WatchFrame::Output(
-                screen.screen().state_formatted().into_bytes(),
-            ));
-        }
-        r.watchers.push(frames);
+        r.watch(frames, &self.stats);
         Ok(())
     }
 
     fn close(&mut self, id: u64) {
-        let Some(mut r) = self.recordings.remove(&id) else {
+        let Some(r) = self.recordings.remove(&id) else {
             return;
         };
-        let end = crate::host::boot_ns();
-        let t = end.saturating_sub(r.start_ns) as f64 / 1e9;
-        for line in cast::output_lines(t, &r.output.finish()) {
-            let _ = writeln!(r.out, "{line}");
-        }
-        if r.out.flush().is_err() {
-            add(&self.stats.write_errors, 1);
-        }
+        r.close(&self.stats);
         self.stats
             .active
             .store(self.recordings.len() as u64, Ordering::Relaxed);
-        for w in &r.watchers {
-            let _ = w.try_send(WatchFrame::End);
-        }
         self.by_key.retain(|_, s| *s != id);
     }
 }
 
-fn nonzero(rows: u16, cols: u16) -> Option<(NonZeroU16, NonZeroU16)> {
-    Some((NonZeroU16::new(rows)?, NonZeroU16::new(cols)?))
-}
-
-fn item_time(i: &Item) -> u64 {
-    match i {
-        Item::Data { boot_ns, .. } | Item::Resize { boot_ns, .. } => *boot_ns,
-        Item::Lost { .. } => u64::MAX,
+/// Recording is throughput work that must not steal the CPU from the sessions it records at
+/// each wakeup: SCHED_BATCH keeps the thread's fair share but not its wakeup preemption.
+fn batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "recorder stays on the default scheduling policy");
     }
-}
-
-/// The screen as it is now: the recording's recent output run through a terminal emulator.
-fn replay_screen(path: &Path, (cols, rows): (u16, u16)) -> vt100::Parser {
-    let (rows, cols) = nonzero(rows, cols)
-        .or_else(|| nonzero(24, 80))
-        .expect("24x80 is non-zero");
-    let mut parser = vt100::Parser::new(rows, cols, 0);
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let events: Vec<cast::Event> = text.lines().skip(1).filter_map(cast::parse_event).collect();
-    let output = cast::exact_output(&events);
-    let mut total = 0;
-    let start = output.iter().rposition(|(_, b)| {
-        total += b.len();
-        total > SCREEN_REPLAY
-    });
-    for (_, bytes) in &output[start.map_or(0, |s| s + 1)..] {
-        parser.process(bytes);
-    }
-    parser
 }

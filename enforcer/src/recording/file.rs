@@ -1,0 +1,311 @@
+//! One open recording: its asciicast file, the decoders of its two directions, and the live
+//! watchers fed from it.
+
+use std::{
+    borrow::Cow,
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    num::NonZeroU16,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use enforcer_common::io::{DIR_INPUT, DIR_OUTPUT, IO_PTY};
+use time::format_description::well_known::Rfc3339;
+
+use super::{
+    cast::{self, Header, Meta, Utf8Stream},
+    recorder::{RecorderStats, StartRecording, WatchFrame, add},
+};
+
+/// Output replayed to build the screen a new watcher sees first.
+const SCREEN_REPLAY: usize = 4 << 20;
+/// Event lines collected before they are written to the file.
+const BUFFER: usize = 256 << 10;
+
+/// What the recorder hands a recording: borrowed from the data ring, or owned while it waits
+/// for its session.
+pub(super) enum Item<'a> {
+    Data {
+        boot_ns: u64,
+        dir: u32,
+        bytes: Cow<'a, [u8]>,
+    },
+    Resize {
+        boot_ns: u64,
+        cols: u16,
+        rows: u16,
+    },
+    Lost {
+        bytes: u64,
+    },
+}
+
+impl Item<'_> {
+    /// The same item, no longer borrowing from the data ring.
+    pub(super) fn into_owned(self) -> Item<'static> {
+        match self {
+            Item::Data {
+                boot_ns,
+                dir,
+                bytes,
+            } => Item::Data {
+                boot_ns,
+                dir,
+                bytes: Cow::Owned(bytes.into_owned()),
+            },
+            Item::Resize {
+                boot_ns,
+                cols,
+                rows,
+            } => Item::Resize {
+                boot_ns,
+                cols,
+                rows,
+            },
+            Item::Lost { bytes } => Item::Lost { bytes },
+        }
+    }
+
+    /// Kernel time, to put parked items in order (loss markers last).
+    pub(super) fn time(&self) -> u64 {
+        match self {
+            Item::Data { boot_ns, .. } | Item::Resize { boot_ns, .. } => *boot_ns,
+            Item::Lost { .. } => u64::MAX,
+        }
+    }
+}
+
+pub(super) struct Recording {
+    pub(super) path: PathBuf,
+    file: File,
+    /// Event lines not yet written to `file`.
+    buf: Vec<u8>,
+    start_ns: u64,
+    pty: bool,
+    size: (u16, u16),
+    output: Utf8Stream,
+    input: Utf8Stream,
+    watchers: Vec<tokio::sync::mpsc::Sender<WatchFrame>>,
+    screen: Option<vt100::Parser>,
+    /// When the session's end was reported plus a grace period for its last bytes.
+    pub(super) ends_at: Option<Instant>,
+}
+
+impl Recording {
+    /// Creates `<dir>/<date>/<user>/session-<id>.cast` (owner-only) and writes its header.
+    pub(super) fn create(
+        dir: &Path,
+        s: &StartRecording,
+        (cols, rows): (u16, u16),
+    ) -> io::Result<Recording> {
+        let dir = dir.join(format!("{}", s.started_at.date())).join(&s.user);
+        let path = dir.join(format!("session-{}.cast", s.session_id));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| with_path(e, &dir))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| with_path(e, &path))?;
+        let header = Header {
+            version: 2,
+            width: cols,
+            height: rows,
+            timestamp: s.started_at.unix_timestamp(),
+            command: s.command.clone(),
+            title: Some(format!(
+                "{}@{} session {}",
+                s.user,
+                s.client.clone().unwrap_or_default(),
+                s.session_id
+            )),
+            env: s.env.clone(),
+            enforcer: Meta {
+                session_id: s.session_id,
+                conn_id: s.conn_id,
+                user: s.user.clone(),
+                uid: s.uid,
+                kind: s.kind.clone(),
+                tty: s.tty.clone(),
+                client: s.client.clone(),
+                started: s.started_at.format(&Rfc3339).unwrap_or_default(),
+            },
+        };
+        // Written at once: the recording is listable (and playable) from its first moment.
+        let mut header_line = serde_json::to_vec(&header).expect("header serialises");
+        header_line.push(b'\n');
+        (&file)
+            .write_all(&header_line)
+            .map_err(|e| with_path(e, &path))?;
+        Ok(Recording {
+            path,
+            file,
+            buf: Vec::with_capacity(BUFFER + (64 << 10)),
+            start_ns: s.started_boot_ns,
+            pty: s.keys.iter().any(|k| k.object & IO_PTY != 0),
+            size: (cols, rows),
+            output: Utf8Stream::default(),
+            input: Utf8Stream::default(),
+            watchers: Vec::new(),
+            screen: None,
+            ends_at: None,
+        })
+    }
+
+    /// Seconds since the session started.
+    fn time(&self, boot_ns: u64) -> f64 {
+        boot_ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+
+    /// Appends one item and passes it on to the watchers.
+    pub(super) fn write(&mut self, item: Item, stats: &RecorderStats) {
+        let mut frame = None;
+        match item {
+            Item::Data {
+                boot_ns,
+                dir: DIR_OUTPUT,
+                bytes,
+            } => {
+                let t = self.time(boot_ns);
+                let d = self.output.push(&bytes);
+                cast::write_output(&mut self.buf, t, &d);
+                if let Some(screen) = self.screen.as_mut() {
+                    screen.process(&bytes);
+                }
+                if !self.watchers.is_empty() {
+                    frame = Some(WatchFrame::Output(bytes.into_owned()));
+                }
+            }
+            Item::Data {
+                boot_ns,
+                dir: DIR_INPUT,
+                bytes,
+            } => {
+                let t = self.time(boot_ns);
+                let text = self.input.push(&bytes).text;
+                if !text.is_empty() {
+                    cast::write_event(&mut self.buf, t, "i", &text);
+                }
+            }
+            Item::Data { .. } => {}
+            Item::Resize {
+                boot_ns,
+                cols,
+                rows,
+            } => {
+                self.size = (cols, rows);
+                let t = self.time(boot_ns);
+                cast::write_event(&mut self.buf, t, "r", &format!("{cols}x{rows}"));
+                if let (Some(screen), Some((rows, cols))) =
+                    (self.screen.as_mut(), nonzero(rows, cols))
+                {
+                    screen.set_size(rows, cols);
+                }
+                frame = Some(WatchFrame::Resize { cols, rows });
+            }
+            Item::Lost { bytes } => {
+                let t = self.time(self.start_ns.max(crate::host::boot_ns()));
+                let text = format!("enforcer: {bytes} bytes lost here");
+                cast::write_event(&mut self.buf, t, "m", &text);
+                frame = Some(WatchFrame::Lost(bytes));
+            }
+        }
+        if self.buf.len() >= BUFFER {
+            self.flush(stats);
+        }
+        if let Some(f) = frame {
+            self.send(f, stats);
+        }
+    }
+
+    fn send(&mut self, frame: WatchFrame, stats: &RecorderStats) {
+        self.watchers.retain(|w| !w.is_closed());
+        for w in &self.watchers {
+            if w.try_send(frame.clone()).is_err() {
+                add(&stats.watch_frames_dropped, 1);
+            }
+        }
+        if self.watchers.is_empty() {
+            self.screen = None;
+        }
+    }
+
+    /// Makes what was written so far visible to readers of the file.
+    pub(super) fn flush(&mut self, stats: &RecorderStats) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            add(&stats.write_errors, 1);
+            tracing::error!(path = %self.path.display(), error = %e, "recording write failed");
+        }
+        self.buf.clear();
+    }
+
+    /// Adds a live watcher: a pty session's current screen first, then what follows.
+    pub(super) fn watch(
+        &mut self,
+        frames: tokio::sync::mpsc::Sender<WatchFrame>,
+        stats: &RecorderStats,
+    ) {
+        if self.pty {
+            if self.screen.is_none() {
+                self.flush(stats);
+                self.screen = Some(replay_screen(&self.path, self.size));
+            }
+            let screen = self.screen.as_ref().expect("just built");
+            let _ = frames.try_send(WatchFrame::Resize {
+                cols: self.size.0,
+                rows: self.size.1,
+            });
+            let _ = frames.try_send(WatchFrame::Output(
+                screen.screen().state_formatted().into_bytes(),
+            ));
+        }
+        self.watchers.push(frames);
+    }
+
+    /// Writes what the decoder still holds, flushes, and tells the watchers it is over.
+    pub(super) fn close(mut self, stats: &RecorderStats) {
+        let t = self.time(crate::host::boot_ns());
+        cast::write_output(&mut self.buf, t, &self.output.finish());
+        self.flush(stats);
+        for w in &self.watchers {
+            let _ = w.try_send(WatchFrame::End);
+        }
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+fn nonzero(rows: u16, cols: u16) -> Option<(NonZeroU16, NonZeroU16)> {
+    Some((NonZeroU16::new(rows)?, NonZeroU16::new(cols)?))
+}
+
+/// The screen as it is now: the recording's recent output run through a terminal emulator.
+fn replay_screen(path: &Path, (cols, rows): (u16, u16)) -> vt100::Parser {
+    let (rows, cols) = nonzero(rows, cols)
+        .or_else(|| nonzero(24, 80))
+        .expect("24x80 is non-zero");
+    let mut parser = vt100::Parser::new(rows, cols, 0);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let events: Vec<cast::Event> = text.lines().skip(1).filter_map(cast::parse_event).collect();
+    let output = cast::exact_output(&events);
+    let mut total = 0;
+    let start = output.iter().rposition(|(_, b)| {
+        total += b.len();
+        total > SCREEN_REPLAY
+    });
+    for (_, bytes) in &output[start.map_or(0, |s| s + 1)..] {
+        parser.process(bytes);
+    }
+    parser
+}
