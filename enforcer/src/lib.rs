@@ -8,6 +8,7 @@
 //! - [`control`]: the control socket (framing, peer credentials, authorisation);
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
+//! - [`docs`]: man pages and completions generated from the CLI definitions.
 
 pub mod audit;
 pub mod bpf;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod core;
 pub mod ctl;
 pub mod daemon;
+pub mod docs;
 pub mod host;
 pub mod locks;
 pub mod recording;

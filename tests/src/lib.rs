@@ -3,6 +3,7 @@
 //! up by pid/path.
 
 pub mod daemon;
+pub mod debroot;
 pub mod env;
 pub mod procs;
 pub mod ssh;

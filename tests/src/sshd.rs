@@ -37,7 +37,8 @@ fn authorize(dir: &Path, user: &TestUser) {
     .unwrap();
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 nothing listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -189,7 +189,7 @@ fn lock_kills_every_session_of_the_user_at_once_and_spares_others() {
     let oli = TestUser::create("ig");
     let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ned, &oli], "");
     let other = HeldSsh::open(&sshd, &oli);
-    let mut pty = PtySsh::open(&sshd, &ned);
+    let pty = PtySsh::open(&sshd, &ned);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

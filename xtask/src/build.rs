@@ -87,13 +87,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// Builds everything and runs every test; end-to-end tests drive the release binaries (what
 /// ships, and fast enough that a 50 MB recording test measures enforcer, not debug code),
-/// found through `ENFORCER_BIN_DIR`.
+/// found through `ENFORCER_BIN_DIR`; the package test installs the .deb (`ENFORCER_DEB`) into an
+/// overlay of a debootstrap root (`ENFORCER_DEB_ROOT`).
 pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let built = all(true)?;
+    let deb = crate::deb::build(&built)?;
+    let deb_root = crate::setup::deb_root()?;
     let mut c = cargo();
     c.args(["test", "--no-fail-fast"])
         .env("ENFORCER_BPF_OBJECT", &built.bpf_object)
-        .env("ENFORCER_BIN_DIR", &built.bin_dir);
+        .env("ENFORCER_BIN_DIR", &built.bin_dir)
+        .env("ENFORCER_DEB", &deb)
+        .env("ENFORCER_DEB_ROOT", &deb_root);
     if let Some(f) = filter {
         c.arg("--").arg(f);
     }

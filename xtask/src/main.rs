@@ -2,6 +2,7 @@
 
 mod build;
 mod cmd;
+mod deb;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Cmd {
         /// Only these parts of it (`recording`: `sessions`, `rates`); all when none given.
         parts: Vec<String>,
     },
+    /// Build the Debian package (release) into target/debian/.
+    Deb,
     /// Set up, build, and run every test (unit and privileged end-to-end).
     Test {
         /// Only tests whose name contains this.
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => {
             setup::toolchain()?;
+            setup::cargo_deb()?;
             setup::test_packages()
         }
         Cmd::BuildEbpf { release } => build::ebpf(release).map(|_| ()),
@@ -67,8 +71,14 @@ fn main() -> anyhow::Result<()> {
             setup::test_packages()?;
             build::bench(&name, &parts)
         }
+        Cmd::Deb => {
+            setup::toolchain()?;
+            setup::cargo_deb()?;
+            deb::build(&build::all(true)?).map(|_| ())
+        }
         Cmd::Test { filter } => {
             setup::toolchain()?;
+            setup::cargo_deb()?;
             setup::test_packages()?;
             build::test(filter.as_deref())
         }

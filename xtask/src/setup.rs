@@ -19,10 +19,12 @@ const TEST_PACKAGES: &[&str] = &[
     "libpam0g-dev", // links pam_enforcer.so
     "pamtester",    // drives the PAM module through real libpam without sshd
     "procps",
-    "asciinema", // recordings must play in it; a peer in `bench recording`
-    "tlog",      // peer in `bench recording`
-    "bsdutils",  // script(1): peer in `bench recording`, and a terminal for `asciinema cat`
-    "pv",        // rate-limited output for `bench recording`
+    "asciinema",   // recordings must play in it; a peer in `bench recording`
+    "tlog",        // peer in `bench recording`
+    "bsdutils",    // script(1): peer in `bench recording`, and a terminal for `asciinema cat`
+    "pv",          // rate-limited output for `bench recording`
+    "debootstrap", // a clean Debian root to `apt install` the .deb into
+    "lintian",     // the .deb must be lintian-clean
 ];
 
 /// rust-src for the BPF toolchain and bpf-linker built against that toolchain's own LLVM.
@@ -39,6 +41,55 @@ pub fn toolchain() -> anyhow::Result<()> {
         ]))?;
     }
     bpf_linker()
+}
+
+/// Debian release of the clean root the package test installs the .deb into (this machine's).
+const DEB_ROOT_SUITE: &str = "bookworm";
+
+/// A minimal Debian root with openssh-server (debootstrap), built once into target/deb-root;
+/// the package test mounts an overlay of it per test, so it stays clean.
+pub fn deb_root() -> anyhow::Result<std::path::PathBuf> {
+    let dir = target_dir().join("deb-root").join(DEB_ROOT_SUITE);
+    let done = dir.join(".complete");
+    if done.is_file() {
+        return Ok(dir);
+    }
+    if dir.exists() {
+        // A debootstrap that was interrupted: start over.
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    run(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=openssh-server",
+            DEB_ROOT_SUITE,
+        ])
+        .arg(&dir)
+        .arg("http://deb.debian.org/debian"))?;
+    std::fs::write(&done, b"")?;
+    Ok(dir)
+}
+
+/// cargo-deb builds the .deb from `[package.metadata.deb]` in enforcer/Cargo.toml.
+const CARGO_DEB_VERSION: &str = "3.7.0";
+
+/// Installs cargo-deb at the pinned version unless it is there.
+pub fn cargo_deb() -> anyhow::Result<()> {
+    let version = output(Command::new("cargo").args(["deb", "--version"]));
+    if version
+        .as_deref()
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
+    {
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--force",
+    ]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 /// Inspect and steer enforcerd.
 #[derive(Parser)]
-#[command(name = "enforcerctl", version, about)]
+#[command(name = "enforcerctl", version)]
 struct Cli {
     /// enforcerd's control socket.
     #[arg(long, global = true, env = "ENFORCER_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -102,6 +102,11 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) =
+        enforcer::docs::generate_if_requested(<Cli as clap::CommandFactory>::command, "1")
+    {
+        return code;
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,9 +6,11 @@ use anyhow::Context;
 use clap::Parser;
 use enforcer::config::Config;
 
-/// Host-level SSH session enforcer daemon. Runs in the foreground until SIGTERM/SIGINT.
+/// Host-level SSH session enforcer daemon.
+///
+/// Runs in the foreground (as root) until SIGTERM or SIGINT, which detach everything it attached.
 #[derive(Parser)]
-#[command(name = "enforcerd", version, about)]
+#[command(name = "enforcerd", version)]
 struct Args {
     /// Config file (TOML). Without it the embedded defaults are used
     /// (the same as the shipped /etc/enforcer/enforcer.toml).
@@ -20,6 +22,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) =
+        enforcer::docs::generate_if_requested(<Args as clap::CommandFactory>::command, "8")
+    {
+        return code;
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -117,12 +117,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     )
     .await;
     tracing::info!(socket = %socket.display(), "enforcerd ready");
+    // systemd (Type=notify): logins are only let through PAM once this socket answers.
+    notify_service_manager(libsystemd::daemon::NotifyState::Ready);
 
     tokio::select! {
         _ = server.serve(state.clone(), auditor_group) => {}
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
     drop(server); // stop accepting, remove the socket file
     state.shutdown().await;
     let _ = state_task.await;
@@ -134,4 +137,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let _ = bpf_task.await;
     tracing::info!("enforcerd stopped");
     Ok(())
+}
+
+/// Tells systemd about a state change; a no-op when not started by systemd.
+fn notify_service_manager(state: libsystemd::daemon::NotifyState) {
+    // `false`: keep NOTIFY_SOCKET; removing it would mutate the environment under running threads.
+    if let Err(e) = libsystemd::daemon::notify(false, &[state]) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }
