@@ -43,6 +43,9 @@ unsafe impl aya::Pod for IoKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Activity {}
 
+/// Capacity of the per-channel maps `ENF_ACTIVITY` and `ENF_LOST`.
+pub const CHANNEL_MAP_ENTRIES: u32 = 16384;
+
 /// Payload bytes per record in the data ring (`ENF_DATA`); larger transfers span records.
 pub const CHUNK: usize = 16384;
 /// Records per syscall at most (a larger read or write loses the rest, counted in `ENF_LOST`).

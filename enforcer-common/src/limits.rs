@@ -1,5 +1,10 @@
 //! Session limits the kernel enforces by itself (no round trip to the daemon before exec).
 
+/// Capacity of `ENF_CONNS` (connections) and `ENF_USERS` (users with connections). The daemon
+/// checks pinned maps against these sizes, so they are defined once for both sides.
+pub const CONN_MAP_ENTRIES: u32 = 16384;
+pub const USER_MAP_ENTRIES: u32 = 16384;
+
 /// Value of `ENF_CONNS` (key: connection id). Written by the daemon at admission; `sessions`
 /// is then counted by the BPF programs with atomic fetch-and-add.
 #[repr(C)]

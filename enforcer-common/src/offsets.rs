@@ -21,7 +21,6 @@ pub struct KernelOffsets {
     pub path_dentry: u32,
     pub dentry_parent: u32,
     pub dentry_name: u32,
-    pub qstr_len: u32,
     pub qstr_name: u32,
     pub vfsmount_root: u32,
     pub mount_mnt: u32,
@@ -50,10 +49,9 @@ pub struct KernelOffsets {
     pub tp_exit_group_dead: u32,
     /// `sys_exit_setsid.ret`.
     pub tp_setsid_ret: u32,
-    /// `sys_enter_write` / `sys_enter_read`: fd, buf, count; `sys_exit_read`: ret.
+    /// `sys_enter_write` / `sys_enter_read`: fd, buf; `sys_exit_read`: ret.
     pub tp_write_fd: u32,
     pub tp_write_buf: u32,
-    pub tp_write_count: u32,
     pub tp_read_fd: u32,
     pub tp_read_buf: u32,
     pub tp_read_ret: u32,
@@ -85,7 +83,6 @@ impl KernelOffsets {
         path_dentry: ABSENT,
         dentry_parent: ABSENT,
         dentry_name: ABSENT,
-        qstr_len: ABSENT,
         qstr_name: ABSENT,
         vfsmount_root: ABSENT,
         mount_mnt: ABSENT,
@@ -113,7 +110,6 @@ impl KernelOffsets {
         tp_setsid_ret: ABSENT,
         tp_write_fd: ABSENT,
         tp_write_buf: ABSENT,
-        tp_write_count: ABSENT,
         tp_read_fd: ABSENT,
         tp_read_buf: ABSENT,
         tp_read_ret: ABSENT,

@@ -41,6 +41,16 @@ pub const TASK_COUNTED_USER: u32 = 1 << 7;
 /// Flags a child takes over from its parent.
 pub const TASK_INHERITED: u32 = TASK_REFUSED | TASK_STOPPED | TASK_DOOMED;
 
+/// A child's flags from its parent's: the inherited ones, and `TASK_CONN_AUX` for children of
+/// the connection's root. The kernel's fork hook and the daemon's restart scan both use it.
+pub const fn child_flags(parent: u32) -> u32 {
+    let mut flags = parent & TASK_INHERITED;
+    if parent & TASK_CONN_ROOT != 0 {
+        flags |= TASK_CONN_AUX;
+    }
+    flags
+}
+
 #[cfg(feature = "user")]
 // SAFETY: plain old data, `#[repr(C)]`, explicit padding.
 unsafe impl aya::Pod for TrackedTask {}

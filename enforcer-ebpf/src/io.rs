@@ -1,7 +1,7 @@
 //! The bytes sshd moves between the client and its sessions: writes into a session's pty master
 //! or stdin pipe are the client's input; reads from them are the session's output. Only sshd's
 //! per-connection processes (`TASK_CONN_AUX`) are looked at, so each syscall elsewhere costs one
-//! map lookup.
+//! map lookup (exits: one lookup of a pending transfer) before anything else is read.
 //!
 //! Each such transfer updates the channel's idle clock (`ENF_ACTIVITY`) and, when recording, is
 //! copied into the data ring (`ENF_DATA`) at syscall exit, with the number of bytes that really
@@ -56,23 +56,20 @@ fn wake_flags() -> u64 {
     }
 }
 
-/// The channel behind `fd` if the current task is a connection's sshd process: (key, file).
+/// The connection of task `tid` if it is one of a connection's sshd processes: the only map
+/// lookup a syscall elsewhere pays, before anything else is read.
 #[inline(always)]
-fn channel(fd: u64) -> Option<(IoKey, u64)> {
-    let (_, tid) = current_ids();
-    let task = *unsafe { ENF_TASKS.get(&tid) }?;
-    if task.flags & TASK_CONN_AUX == 0 {
-        return None;
-    }
+fn aux_conn(tid: u32) -> Option<u64> {
+    let task = unsafe { ENF_TASKS.get(&tid) }?;
+    (task.flags & TASK_CONN_AUX != 0).then_some(task.conn_id)
+}
+
+/// The channel of connection `conn_id` behind the current task's `fd`: (key, file).
+#[inline(always)]
+fn channel(conn_id: u64, fd: u64) -> Option<(IoKey, u64)> {
     let file = kernel::fd_file(kernel::current(), fd).ok()?;
     let object = kernel::channel_object(file)?;
-    Some((
-        IoKey {
-            conn_id: task.conn_id,
-            object,
-        },
-        file,
-    ))
+    Some((IoKey { conn_id, object }, file))
 }
 
 /// Whether the terminal behind a pty master is at a password prompt: echo off in canonical
@@ -214,16 +211,28 @@ fn record(p: &PendingIo, total: u64, now: u64) {
     }
 }
 
-/// Syscall entry: remember the channel and buffer until the syscall says how much moved.
+/// Syscall entry (fd and buffer at these tracepoint offsets): remember the channel and buffer
+/// until the syscall says how much moved.
 #[inline(always)]
-fn begin(fd: u64, buf: u64, dir: u32) {
-    let Some((key, file)) = channel(fd) else {
+fn begin(ctx: &TracePointContext, fd_off: usize, buf_off: usize, dir: u32) {
+    let (_, tid) = current_ids();
+    let Some(conn_id) = aux_conn(tid) else {
+        return;
+    };
+    let (Ok(fd), Ok(buf)) = (unsafe { (ctx.read_at::<u64>(fd_off), ctx.read_at::<u64>(buf_off)) })
+    else {
+        return;
+    };
+    let Some((key, file)) = channel(conn_id, fd) else {
         return;
     };
     let s = settings();
-    let echo_off =
-        dir == DIR_INPUT && key.object & IO_PTY != 0 && s.mask_echo_off != 0 && echo_off(file);
-    let (_, tid) = current_ids();
+    // Only a recording masks: the idle clock counts typed bytes either way.
+    let echo_off = s.enabled != 0
+        && dir == DIR_INPUT
+        && key.object & IO_PTY != 0
+        && s.mask_echo_off != 0
+        && echo_off(file);
     let p = PendingIo {
         key,
         buf,
@@ -235,14 +244,15 @@ fn begin(fd: u64, buf: u64, dir: u32) {
     }
 }
 
-/// Syscall exit: account for the bytes that moved.
+/// Syscall exit (return value at this tracepoint offset): account for the bytes that moved.
 #[inline(always)]
-fn end(ret: i64) {
+fn end(ctx: &TracePointContext, ret_off: usize) {
     let (_, tid) = current_ids();
     let Some(p) = (unsafe { ENF_PENDING.get(&tid) }).copied() else {
         return;
     };
     let _ = ENF_PENDING.remove(&tid);
+    let ret = unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(-1);
     if ret <= 0 {
         return;
     }
@@ -257,39 +267,35 @@ fn end(ret: i64) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn enf_write(ctx: TracePointContext) -> u32 {
-    if let (Ok(fd), Ok(buf)) = unsafe {
-        (
-            ctx.read_at::<u64>(off!(tp_write_fd) as usize),
-            ctx.read_at::<u64>(off!(tp_write_buf) as usize),
-        )
-    } {
-        begin(fd, buf, DIR_INPUT);
-    }
+    begin(
+        &ctx,
+        off!(tp_write_fd) as usize,
+        off!(tp_write_buf) as usize,
+        DIR_INPUT,
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
 pub fn enf_write_ret(ctx: TracePointContext) -> u32 {
-    end(unsafe { ctx.read_at::<i64>(off!(tp_write_ret) as usize) }.unwrap_or(-1));
+    end(&ctx, off!(tp_write_ret) as usize);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn enf_read(ctx: TracePointContext) -> u32 {
-    if let (Ok(fd), Ok(buf)) = unsafe {
-        (
-            ctx.read_at::<u64>(off!(tp_read_fd) as usize),
-            ctx.read_at::<u64>(off!(tp_read_buf) as usize),
-        )
-    } {
-        begin(fd, buf, DIR_OUTPUT);
-    }
+    begin(
+        &ctx,
+        off!(tp_read_fd) as usize,
+        off!(tp_read_buf) as usize,
+        DIR_OUTPUT,
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 pub fn enf_read_ret(ctx: TracePointContext) -> u32 {
-    end(unsafe { ctx.read_at::<i64>(off!(tp_read_ret) as usize) }.unwrap_or(-1));
+    end(&ctx, off!(tp_read_ret) as usize);
     0
 }
 
@@ -302,10 +308,13 @@ pub fn enf_ioctl(ctx: TracePointContext) -> u32 {
     if cmd as u32 as u64 != TIOCSWINSZ {
         return 0;
     }
+    let Some(conn_id) = aux_conn(current_ids().1) else {
+        return 0;
+    };
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_fd) as usize) }) else {
         return 0;
     };
-    let Some((key, _)) = channel(fd) else {
+    let Some((key, _)) = channel(conn_id, fd) else {
         return 0;
     };
     if key.object & IO_PTY == 0 || settings().enabled == 0 {

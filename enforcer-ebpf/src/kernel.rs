@@ -141,17 +141,37 @@ const S_IFIFO: u16 = 0o010000;
 /// The ptmx multiplexer, MKDEV(5, 2) in the kernel's dev_t encoding (major << 20 | minor).
 const PTMX_RDEV: u32 = (5 << 20) | 2;
 
+/// A task's open-file table: its `struct file *` array and the array's size.
+#[derive(Clone, Copy)]
+pub struct FdTable {
+    array: u64,
+    max: u32,
+}
+
+/// `task`'s open-file table.
+#[inline(always)]
+pub fn fd_table(task: u64) -> Result<FdTable, i32> {
+    let files: u64 = field(task, off!(task_files))?;
+    let fdt: u64 = field(files, off!(files_fdt))?;
+    Ok(FdTable {
+        array: field(fdt, off!(fdtable_fd))?,
+        max: field(fdt, off!(fdtable_max_fds))?,
+    })
+}
+
+/// The `struct file *` at `fd` of a table.
+#[inline(always)]
+pub fn fd_at(table: FdTable, fd: u64) -> Result<u64, i32> {
+    if fd >= table.max as u64 {
+        return Err(-1);
+    }
+    field(table.array + fd * 8, 0)
+}
+
 /// The `struct file *` behind `fd` of `task`.
 #[inline(always)]
 pub fn fd_file(task: u64, fd: u64) -> Result<u64, i32> {
-    let files: u64 = field(task, off!(task_files))?;
-    let fdt: u64 = field(files, off!(files_fdt))?;
-    let max: u32 = field(fdt, off!(fdtable_max_fds))?;
-    if fd >= max as u64 {
-        return Err(-1);
-    }
-    let array: u64 = field(fdt, off!(fdtable_fd))?;
-    field(array + fd * 8, 0)
+    fd_at(fd_table(task)?, fd)
 }
 
 /// A file's inode number (0 when unreadable).

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
-    io::{Activity, DataRecord, IoKey, PendingIo},
-    limits::{ConnEntry, UserEntry},
+    io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, IoKey, PendingIo},
+    limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 
@@ -31,16 +31,16 @@ pub static ENF_TASKS: HashMap<u32, TrackedTask> = HashMap::pinned(65536, 0);
 /// Admitted connections: connection id → session limit and live session count. Written by
 /// the daemon at admission, counted here. Pinned.
 #[map]
-pub static ENF_CONNS: HashMap<u64, ConnEntry> = HashMap::pinned(16384, 0);
+pub static ENF_CONNS: HashMap<u64, ConnEntry> = HashMap::pinned(CONN_MAP_ENTRIES, 0);
 
 /// Users with admitted connections: uid → session limit and live session count. Pinned.
 #[map]
-pub static ENF_USERS: HashMap<u32, UserEntry> = HashMap::pinned(16384, 0);
+pub static ENF_USERS: HashMap<u32, UserEntry> = HashMap::pinned(USER_MAP_ENTRIES, 0);
 
 /// Last input/output per session channel (pty or pipe) of each connection: the idle clock.
 /// Pinned, so idle tracking survives a daemon restart. Full map = counted drop.
 #[map]
-pub static ENF_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(16384, 0);
+pub static ENF_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(CHANNEL_MAP_ENTRIES, 0);
 
 /// Reads and writes by sshd's connection processes on session channels, between syscall entry
 /// and exit (task id → channel, buffer, direction).
@@ -60,7 +60,7 @@ pub static ENF_SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(
 /// Bytes of a channel that could not be recorded (ring full, unreadable buffer): the recorder
 /// writes them into the recording as a loss marker.
 #[map]
-pub static ENF_LOST: HashMap<IoKey, u64> = HashMap::with_max_entries(16384, 0);
+pub static ENF_LOST: HashMap<IoKey, u64> = HashMap::with_max_entries(CHANNEL_MAP_ENTRIES, 0);
 
 /// Adds one to a counter slot of the current CPU.
 #[inline(always)]
@@ -77,6 +77,23 @@ pub fn signal_current(sig: u32) {
     // SAFETY: helper call; GPL-compatible licence.
     if unsafe { aya_ebpf::helpers::generated::bpf_send_signal(sig) } < 0 {
         count(Counter::DropSignalFailed);
+    }
+}
+
+/// SIGKILLs the current task and counts why.
+#[inline(always)]
+pub fn kill_current(why: Counter) {
+    signal_current(SIGKILL);
+    count(why);
+}
+
+/// Sends an event to the daemon, counting it as sent or as dropped (ring full).
+#[inline(always)]
+pub fn emit<T>(event: &T) {
+    if ENF_EVENTS.output::<T>(event, 0).is_err() {
+        count(Counter::DropRingbufFull);
+    } else {
+        count(Counter::EventsSent);
     }
 }
 

@@ -19,8 +19,8 @@ use enforcer_common::{
     },
     offsets::ABSENT,
     tasks::{
-        TASK_CONN_AUX, TASK_CONN_ROOT, TASK_COUNTED_CONN, TASK_COUNTED_USER, TASK_DOOMED,
-        TASK_INHERITED, TASK_REFUSED, TASK_SESSION_LEADER, TrackedTask,
+        TASK_COUNTED_CONN, TASK_COUNTED_USER, TASK_DOOMED, TASK_REFUSED, TASK_SESSION_LEADER,
+        TrackedTask, child_flags,
     },
 };
 
@@ -28,7 +28,7 @@ use crate::{
     atomic::fetch_add,
     config::off,
     kernel::{self, field},
-    maps::{ENF_CONNS, ENF_EVENTS, ENF_TASKS, ENF_USERS, SIGKILL, count, signal_current},
+    maps::{ENF_CONNS, ENF_EVENTS, ENF_TASKS, ENF_USERS, count, emit, kill_current},
 };
 
 /// Current (tgid, tid).
@@ -69,12 +69,8 @@ fn try_enf_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // sched_process_fork(struct task_struct *parent, struct task_struct *child)
     let child: u64 = ctx.arg(1);
     let child_tid: i32 = field(child, off!(task_pid))?;
-    let mut flags = parent.flags & TASK_INHERITED;
-    if parent.flags & TASK_CONN_ROOT != 0 {
-        flags |= TASK_CONN_AUX;
-    }
     let task = TrackedTask {
-        flags,
+        flags: child_flags(parent.flags),
         start_ns: kernel::start_ns(child)?,
         _pad: 0,
         ..parent
@@ -87,8 +83,7 @@ fn try_enf_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if parent.flags & TASK_DOOMED != 0 {
         // A terminated session keeps forking: stop the parent here; the child carries the flag
         // and dies at exec or in the daemon's next kill pass.
-        signal_current(SIGKILL);
-        count(Counter::KilledDoomed);
+        kill_current(Counter::KilledDoomed);
     }
     Ok(())
 }
@@ -135,12 +130,10 @@ fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
     // The new image has not run an instruction yet: a SIGKILL sent now is handled before the
     // return to user mode.
     if task.flags & TASK_REFUSED != 0 {
-        signal_current(SIGKILL);
-        count(Counter::KilledRefused);
+        kill_current(Counter::KilledRefused);
         flags |= EXEC_KILLED_REFUSED;
     } else if task.flags & TASK_DOOMED != 0 {
-        signal_current(SIGKILL);
-        count(Counter::KilledDoomed);
+        kill_current(Counter::KilledDoomed);
         flags |= EXEC_KILLED_DOOMED;
     }
     let Some(mut entry) = ENF_EVENTS.reserve::<ExecEvent>(0) else {
@@ -200,9 +193,12 @@ fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
         if kernel::tty(cur, &mut (*ev).tty) {
             flags |= EXEC_HAS_TTY;
         }
+        let fds = kernel::fd_table(cur);
         for fd in 0..3u64 {
-            (*ev).stdio_ino[fd as usize] =
-                kernel::fd_file(cur, fd).map(kernel::file_ino).unwrap_or(0);
+            (*ev).stdio_ino[fd as usize] = fds
+                .and_then(|t| kernel::fd_at(t, fd))
+                .map(kernel::file_ino)
+                .unwrap_or(0);
         }
         (*ev).flags = flags;
     }
@@ -266,10 +262,6 @@ fn try_enf_exit(ctx: &TracePointContext) -> Result<(), i32> {
         exit_code: kernel::exit_code(cur).unwrap_or(0),
         flags: task.flags,
     };
-    if ENF_EVENTS.output::<ExitEvent>(&event, 0).is_err() {
-        count(Counter::DropRingbufFull);
-    } else {
-        count(Counter::EventsSent);
-    }
+    emit(&event);
     Ok(())
 }

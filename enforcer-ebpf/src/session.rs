@@ -16,7 +16,7 @@ use enforcer_common::{
 use crate::{
     atomic::fetch_add,
     config::off,
-    maps::{ENF_CONNS, ENF_EVENTS, ENF_TASKS, ENF_USERS, SIGSTOP, count, signal_current},
+    maps::{ENF_CONNS, ENF_TASKS, ENF_USERS, SIGSTOP, count, emit, signal_current},
     process::{current_ids, header},
 };
 
@@ -97,11 +97,7 @@ fn try_enf_setsid(ctx: &TracePointContext) -> Result<(), i32> {
         uid,
         _pad: 0,
     };
-    if ENF_EVENTS.output::<SessionEvent>(&event, 0).is_err() {
-        count(Counter::DropRingbufFull);
-    } else {
-        count(Counter::EventsSent);
-    }
+    emit(&event);
     Ok(())
 }
 
@@ -122,13 +118,6 @@ pub fn enf_chdir(_ctx: TracePointContext) -> u32 {
     task.flags |= TASK_STOPPED;
     signal_current(SIGSTOP);
     let event = header(EventKind::Stopped, pid, tid, task);
-    if ENF_EVENTS
-        .output::<enforcer_common::events::EventHeader>(&event, 0)
-        .is_err()
-    {
-        count(Counter::DropRingbufFull);
-    } else {
-        count(Counter::EventsSent);
-    }
+    emit(&event);
     0
 }

@@ -126,24 +126,25 @@ impl PamHooks for PamEnforcer {
     }
 
     fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        let log = Syslog;
-        let (args, login) = match prepare(pamh, &args, &log) {
-            Ok(v) => v,
-            Err(code) => return code,
-        };
-        let link = SocketLink::new(&args);
-        logic::open_session(&login, conn_id(pamh), &link, &log);
-        PamResultCode::PAM_SUCCESS
+        session_hook(pamh, &args, logic::open_session)
     }
 
     fn sm_close_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
-        let log = Syslog;
-        let (args, login) = match prepare(pamh, &args, &log) {
-            Ok(v) => v,
-            Err(code) => return code,
-        };
-        let link = SocketLink::new(&args);
-        logic::close_session(&login, conn_id(pamh), &link, &log);
-        PamResultCode::PAM_SUCCESS
+        session_hook(pamh, &args, logic::close_session)
     }
+}
+
+/// What open_session and close_session share: read the login, call `hook`, always succeed.
+fn session_hook(
+    pamh: &mut PamHandle,
+    args: &[&CStr],
+    hook: fn(&Login, Option<u64>, &dyn logic::DaemonLink, &dyn Log),
+) -> PamResultCode {
+    let log = Syslog;
+    let (args, login) = match prepare(pamh, args, &log) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    hook(&login, conn_id(pamh), &SocketLink::new(&args), &log);
+    PamResultCode::PAM_SUCCESS
 }

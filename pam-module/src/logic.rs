@@ -4,18 +4,8 @@ use enforcer_proto::{Admission, Client, ClientError, PamAccount, PamSession, Rep
 
 use crate::args::{FailMode, ModuleArgs};
 
-/// What PAM tells us about the login.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Login {
-    pub user: String,
-    pub service: String,
-    pub rhost: Option<String>,
-    pub tty: Option<String>,
-    /// Our own pid: under sshd, the connection's privileged monitor.
-    pub pid: u32,
-    pub ssh_connection: Option<String>,
-    pub auth_info: Option<String>,
-}
+/// What PAM tells us about the login: exactly what acct_mgmt sends to the daemon.
+pub type Login = PamAccount;
 
 /// The outcome of acct_mgmt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +39,6 @@ pub trait Log {
 /// One request/answer with the daemon, within the module's time budget.
 pub trait DaemonLink {
     fn call(&self, req: &Request) -> Result<Reply, ClientError>;
-    /// Whether every decision is logged.
-    fn debug(&self) -> bool {
-        false
-    }
 }
 
 /// The real link: a fresh connection per hook, bounded by `timeout_ms` overall.
@@ -70,10 +56,6 @@ impl DaemonLink for SocketLink<'_> {
     fn call(&self, req: &Request) -> Result<Reply, ClientError> {
         Client::connect(&self.args.socket, self.args.timeout)?.call(req)
     }
-
-    fn debug(&self) -> bool {
-        self.args.debug
-    }
 }
 
 /// Shown to the user when the daemon cannot decide and the module fails closed.
@@ -87,18 +69,10 @@ pub fn account(
     daemon: &dyn DaemonLink,
     log: &dyn Log,
 ) -> Verdict {
-    let req = Request::PamAccount(PamAccount {
-        user: login.user.clone(),
-        service: login.service.clone(),
-        rhost: login.rhost.clone(),
-        tty: login.tty.clone(),
-        pid: login.pid,
-        ssh_connection: login.ssh_connection.clone(),
-        auth_info: login.auth_info.clone(),
-    });
+    let req = Request::PamAccount(login.clone());
     let problem = match daemon.call(&req) {
         Ok(Reply::Admission(Admission::Admitted { conn_id })) => {
-            if daemon.debug() {
+            if args.debug {
                 log.log(
                     Level::Debug,
                     &format!("user {} admitted as connection {conn_id}", login.user),
@@ -153,26 +127,36 @@ fn session_request(login: &Login, conn_id: Option<u64>) -> PamSession {
     }
 }
 
-/// open_session: tell the daemon the connection is live (with the key identity sshd has now
-/// exposed). Never refuses: admission was acct_mgmt's job, and a refusal here would not close
-/// the connection anyway (sshd only fails its channels).
-pub fn open_session(login: &Login, conn_id: Option<u64>, daemon: &dyn DaemonLink, log: &dyn Log) {
-    if let Err(e) = daemon.call(&Request::PamOpenSession(session_request(login, conn_id))) {
+/// Tells the daemon about a session hook; a failure is logged, never returned: the hooks do
+/// not refuse.
+fn report(
+    hook: &str,
+    request: fn(PamSession) -> Request,
+    login: &Login,
+    conn_id: Option<u64>,
+    daemon: &dyn DaemonLink,
+    log: &dyn Log,
+) {
+    if let Err(e) = daemon.call(&request(session_request(login, conn_id))) {
         log.log(
             Level::Warn,
-            &format!("open_session for user {} not recorded: {e}", login.user),
+            &format!("{hook} for user {} not recorded: {e}", login.user),
         );
     }
 }
 
+/// open_session: tell the daemon the connection is live (with the key identity sshd has now
+/// exposed). Never refuses: admission was acct_mgmt's job, and a refusal here would not close
+/// the connection anyway (sshd only fails its channels).
+pub fn open_session(login: &Login, conn_id: Option<u64>, daemon: &dyn DaemonLink, log: &dyn Log) {
+    let request = Request::PamOpenSession;
+    report("open_session", request, login, conn_id, daemon, log);
+}
+
 /// close_session: release the connection's slot (the daemon also notices the monitor's exit).
 pub fn close_session(login: &Login, conn_id: Option<u64>, daemon: &dyn DaemonLink, log: &dyn Log) {
-    if let Err(e) = daemon.call(&Request::PamCloseSession(session_request(login, conn_id))) {
-        log.log(
-            Level::Warn,
-            &format!("close_session for user {} not recorded: {e}", login.user),
-        );
-    }
+    let request = Request::PamCloseSession;
+    report("close_session", request, login, conn_id, daemon, log);
 }
 
 #[cfg(test)]

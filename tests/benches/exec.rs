@@ -13,7 +13,7 @@
 
 use std::{process::Command, time::Duration};
 
-use enforcer_tests::{Pam, TestDaemon, TestSshd, TestUser, require_root};
+use enforcer_tests::{Pam, TestDaemon, TestSshd, TestUser, require_root, stats::median};
 
 const N: u32 = 5_000;
 const ROUNDS: usize = 6;
@@ -57,11 +57,6 @@ fn local() -> (Duration, Duration) {
         .output()
         .unwrap();
     (parse_ns(&out), children_cpu() - before)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn per_exec(d: Duration) -> String {

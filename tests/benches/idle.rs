@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{Admission, Client, PamAccount, PamSession, Reply, Request};
 use enforcer_tests::{TestDaemon, TestUser, procs::cpu_time, require_root, ssh::wait_until};
 
 const SESSIONS: usize = 2000;
@@ -38,13 +37,6 @@ fn measure(pid: u32) -> (Duration, u64) {
     (cpu_time(pid) - t0, rss(pid))
 }
 
-fn call(d: &TestDaemon, req: &Request) -> Reply {
-    Client::connect(&d.socket, Duration::from_secs(5))
-        .unwrap()
-        .call(req)
-        .unwrap()
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") || !require_root() {
         return;
@@ -64,28 +56,7 @@ fn main() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let account = PamAccount {
-            user: user.name.clone(),
-            service: "bench".into(),
-            rhost: Some("127.0.0.1".into()),
-            tty: None,
-            pid: m.id(),
-            ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
-            auth_info: None,
-        };
-        let Reply::Admission(Admission::Admitted { .. }) = call(&d, &Request::PamAccount(account))
-        else {
-            panic!("not admitted")
-        };
-        call(
-            &d,
-            &Request::PamOpenSession(PamSession {
-                user: user.name.clone(),
-                pid: m.id(),
-                conn_id: None,
-                auth_info: None,
-            }),
-        );
+        d.admit_stand_in(&user, m.id());
         m.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
         monitors.push(m);
     }

@@ -20,9 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{Admission, Client, PamAccount, PamSession, Reply, Request};
 use enforcer_tests::{
     Pam, TestDaemon, TestSshd, TestUser, procs::cpu_time, require_root, ssh::wait_until,
+    stats::median,
 };
 
 const FILE_BYTES: usize = 64 << 20;
@@ -63,11 +63,6 @@ fn machine_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/sys/fs/cgroup/cpu.stat").ok()?;
     let us = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
     Some(Duration::from_micros(us.trim().parse().ok()?))
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn size_of_files(paths: &[PathBuf]) -> u64 {
@@ -211,17 +206,11 @@ fn sessions_part(user: &TestUser, work: &Path) {
             }
             if variant == ON {
                 wait_until(Duration::from_secs(5), || {
-                    d.ctl_json(&["recordings"])
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .all(|r| r["live"] == false)
+                    d.recordings().iter().all(|r| r["live"] == false)
                 });
                 daemon_cpu_on.push(cpu_time(d.pid()) - daemon0);
                 disk[ON] = d
-                    .ctl_json(&["recordings"])
-                    .as_array()
-                    .unwrap()
+                    .recordings()
                     .iter()
                     .map(|r| r["size_bytes"].as_u64().unwrap())
                     .max()
@@ -369,30 +358,7 @@ fn drive(
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    let call = |req: Request| {
-        Client::connect(&d.socket, Duration::from_secs(5))
-            .unwrap()
-            .call(&req)
-            .unwrap()
-    };
-    let account = PamAccount {
-        user: user.name.clone(),
-        service: "bench".into(),
-        rhost: Some("127.0.0.1".into()),
-        tty: None,
-        pid: monitor.id(),
-        ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
-        auth_info: None,
-    };
-    let Reply::Admission(Admission::Admitted { .. }) = call(Request::PamAccount(account)) else {
-        panic!("not admitted")
-    };
-    call(Request::PamOpenSession(PamSession {
-        user: user.name.clone(),
-        pid: monitor.id(),
-        conn_id: None,
-        auth_info: None,
-    }));
+    d.admit_stand_in(user, monitor.id());
     let start = Instant::now();
     monitor.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     assert!(monitor.wait().unwrap().success());
@@ -401,9 +367,7 @@ fn drive(
     std::thread::sleep(Duration::from_secs(3));
     let lost = d.status().dropped["drop_recording_bytes_lost"] - lost_before;
     let size = d
-        .ctl_json(&["recordings"])
-        .as_array()
-        .unwrap()
+        .recordings()
         .last()
         .map_or(0, |r| r["size_bytes"].as_u64().unwrap());
     (elapsed, lost, size)

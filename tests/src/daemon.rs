@@ -6,10 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{Client, Reply, Request, StatusReport};
+use enforcer_proto::{Admission, Client, PamAccount, PamSession, Reply, Request, StatusReport};
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use crate::bin;
+use crate::{Pam, TestUser, bin};
 
 /// A running enforcerd.
 pub struct TestDaemon {
@@ -188,14 +188,28 @@ impl TestDaemon {
             .unwrap_or_else(|e| panic!("status: {e}\n{}", self.log()))
     }
 
+    /// pam_enforcer's lines for a test sshd talking to this daemon.
+    pub fn pam(&self) -> Pam {
+        Pam::Enforcer(format!("socket={} timeout_ms=3000", self.socket.display()))
+    }
+
+    /// An enforcerctl command against this daemon.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("enforcerctl"));
+        c.arg("--socket").arg(&self.socket).args(args);
+        c
+    }
+
     /// Runs enforcerctl against this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("enforcerctl"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap()
+        self.ctl_command(args).output().unwrap()
+    }
+
+    /// Runs enforcerctl against this daemon as `user`.
+    pub fn ctl_as(&self, user: &TestUser, args: &[&str]) -> Output {
+        let mut c = user.command(&bin("enforcerctl"));
+        c.arg("--socket").arg(&self.socket).args(args);
+        c.output().unwrap()
     }
 
     /// Runs enforcerctl, asserts success, returns stdout.
@@ -208,6 +222,43 @@ impl TestDaemon {
             self.log()
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// One request over the control socket, as root.
+    pub fn call(&self, req: &Request) -> Reply {
+        Client::connect(&self.socket, Duration::from_secs(5))
+            .unwrap()
+            .call(req)
+            .unwrap()
+    }
+
+    /// Registers process `pid` as an admitted, open SSH connection of `user` through the PAM
+    /// requests sshd's module would send: a stand-in monitor whose children become sessions.
+    pub fn admit_stand_in(&self, user: &TestUser, pid: u32) {
+        let account = PamAccount {
+            user: user.name.clone(),
+            service: "bench".into(),
+            rhost: Some("127.0.0.1".into()),
+            tty: None,
+            pid,
+            ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
+            auth_info: None,
+        };
+        let Reply::Admission(Admission::Admitted { .. }) = self.call(&Request::PamAccount(account))
+        else {
+            panic!("stand-in monitor {pid} not admitted")
+        };
+        self.call(&Request::PamOpenSession(PamSession {
+            user: user.name.clone(),
+            pid,
+            conn_id: None,
+            auth_info: None,
+        }));
+    }
+
+    /// `enforcerctl recordings --json`: one object per recording.
+    pub fn recordings(&self) -> Vec<serde_json::Value> {
+        self.ctl_json(&["recordings"]).as_array().unwrap().clone()
     }
 
     /// `enforcerctl ARGS --json`, parsed.

@@ -113,3 +113,24 @@ pub fn cpu_time(pid: u32) -> std::time::Duration {
         .unwrap() as u64;
     std::time::Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
+
+/// A directory every test user may write into (for pid files their sessions leave).
+pub fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+/// The pid a session wrote into `path` (`echo $$ > path`), once the line is complete.
+pub fn read_pid(path: &std::path::Path) -> u32 {
+    assert!(crate::ssh::wait_until(
+        std::time::Duration::from_secs(5),
+        || std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n'))
+    ));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -61,6 +61,32 @@ pub fn run(mut cmd: Command) -> Output {
     cmd.output().unwrap()
 }
 
+/// Appends everything `stream` yields to `out`, on a thread of its own, until it ends.
+pub fn collect_into(
+    mut stream: impl Read + Send + 'static,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+}
+
+/// A multi-threaded tokio runtime for the russh clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -207,24 +233,8 @@ impl PtySsh {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        collect_into(child.stdout.take().unwrap(), output.clone());
+        collect_into(child.stderr.take().unwrap(), output.clone());
         let mut p = PtySsh {
             child,
             stdin,

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{TestUser, bin_dir, procs, users::unique_name};
+use crate::{TestUser, procs, users::unique_name};
 
 /// How the PAM stack of a test sshd uses pam_enforcer.
 #[derive(Debug, Clone)]
@@ -48,13 +48,7 @@ pub fn free_port() -> u16 {
 
 /// The built PAM module.
 pub fn pam_module() -> PathBuf {
-    let p = bin_dir().join("libpam_enforcer.so");
-    assert!(
-        p.is_file(),
-        "{} not built; run the tests with `cargo xtask test`",
-        p.display()
-    );
-    p
+    crate::bin("libpam_enforcer.so")
 }
 
 impl TestSshd {
@@ -144,18 +138,8 @@ impl TestSshd {
         sshd
     }
 
-    /// Authorises a user's key (and, with `TrustedUserCAKeys`, certificates).
-    pub fn authorize(&self, user: &TestUser) {
-        authorize(self.dir.path(), user);
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
-    }
-
-    /// The listening sshd's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// An ssh client command logging in as `user` and running `remote`.

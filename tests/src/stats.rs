@@ -24,6 +24,12 @@ pub fn summarize(mut samples: Vec<Duration>) -> Summary {
     }
 }
 
+/// The median (upper middle for an even count).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
 /// Microseconds with one decimal.
 pub fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)

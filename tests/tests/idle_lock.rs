@@ -1,36 +1,11 @@
 //! Idle termination and lock-out of live sessions, end to end under the real sshd.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use enforcer_tests::{
-    Pam, TestDaemon, TestSshd, TestUser, procs, require_root,
-    ssh::{HeldSsh, PtySsh, run, russh_exec_all, russh_login, wait_until},
+    TestDaemon, TestSshd, TestUser, procs, require_root,
+    ssh::{HeldSsh, PtySsh, run, runtime, russh_exec_all, russh_login, wait_until},
 };
-
-fn module_args(d: &TestDaemon) -> String {
-    format!("socket={} timeout_ms=3000", d.socket.display())
-}
-
-/// A directory every test user may write into (for pid files).
-fn shared_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    d
-}
-
-fn read_pid(path: &std::path::Path) -> u32 {
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n'))
-    }));
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn an_idle_pty_session_is_warned_then_cut_at_the_timeout_with_its_nohup_processes() {
@@ -39,15 +14,15 @@ fn an_idle_pty_session_is_warned_then_cut_at_the_timeout_with_its_nohup_processe
     }
     let d = TestDaemon::start("[idle]\ntimeout = \"4s\"\nwarn_before = \"2s\"\n");
     let ivy = TestUser::create("ia");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ivy], "");
-    let marker = shared_dir();
+    let sshd = TestSshd::start(d.pam(), &[&ivy], "");
+    let marker = procs::shared_dir();
     let pidfile = marker.path().join("nohup.pid");
     let mut pty = PtySsh::open(&sshd, &ivy);
     pty.type_text(&format!(
         "nohup sleep 600 >/dev/null 2>&1 & echo $! > {}\n",
         pidfile.display()
     ));
-    let nohup = read_pid(&pidfile);
+    let nohup = procs::read_pid(&pidfile);
     // Last keystroke: now.
     let idle_from = Instant::now();
     assert!(
@@ -94,7 +69,7 @@ fn typing_resets_the_idle_clock() {
     }
     let d = TestDaemon::start("[idle]\ntimeout = \"3s\"\nwarn_before = \"0\"\n");
     let jan = TestUser::create("ib");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&jan], "");
+    let sshd = TestSshd::start(d.pam(), &[&jan], "");
     let mut pty = PtySsh::open(&sshd, &jan);
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(1500));
@@ -124,7 +99,7 @@ fn with_activity_any_output_keeps_a_session_alive_and_with_input_it_does_not() {
             "[idle]\ntimeout = \"3s\"\nwarn_before = \"0\"\nactivity = \"{mode}\"\n"
         ));
         let kit = TestUser::create("ic");
-        let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&kit], "");
+        let sshd = TestSshd::start(d.pam(), &[&kit], "");
         let mut pty = PtySsh::open(&sshd, &kit);
         pty.type_text("while true; do echo tick; sleep 0.5; done\n");
         std::thread::sleep(Duration::from_secs(6));
@@ -144,7 +119,7 @@ fn idle_non_pty_sessions_are_cut_too() {
     }
     let d = TestDaemon::start("[idle]\ntimeout = \"3s\"\nwarn_before = \"0\"\n");
     let lu = TestUser::create("id");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&lu], "");
+    let sshd = TestSshd::start(d.pam(), &[&lu], "");
     let start = Instant::now();
     let out = run(sshd.ssh(&lu, "sleep 60"));
     let took = start.elapsed();
@@ -166,7 +141,7 @@ fn idle_tracking_survives_a_daemon_restart() {
     }
     let mut d = TestDaemon::start("[idle]\ntimeout = \"6s\"\nwarn_before = \"0\"\n");
     let mo = TestUser::create("ie");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&mo], "");
+    let sshd = TestSshd::start(d.pam(), &[&mo], "");
     let mut pty = PtySsh::open(&sshd, &mo);
     let idle_from = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
@@ -187,13 +162,10 @@ fn lock_kills_every_session_of_the_user_at_once_and_spares_others() {
     let d = TestDaemon::start("");
     let ned = TestUser::create("if");
     let oli = TestUser::create("ig");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ned, &oli], "");
+    let sshd = TestSshd::start(d.pam(), &[&ned, &oli], "");
     let other = HeldSsh::open(&sshd, &oli);
     let pty = PtySsh::open(&sshd, &ned);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let handle = rt
         .block_on(russh_login(sshd.port, &ned.name, &ned.key))
         .unwrap();
@@ -266,7 +238,7 @@ fn a_lock_file_dropped_in_the_directory_takes_effect() {
     }
     let d = TestDaemon::start("");
     let pat = TestUser::create("ih");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&pat], "");
+    let sshd = TestSshd::start(d.pam(), &[&pat], "");
     let mut pty = PtySsh::open(&sshd, &pat);
     let locks = d.dir.path().join("locks.d");
     std::fs::create_dir_all(&locks).unwrap();

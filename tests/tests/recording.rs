@@ -9,23 +9,16 @@ use std::{
 };
 
 use enforcer_tests::{
-    Pam, TestDaemon, TestGroup, TestSshd, TestUser, bin, require_root,
-    ssh::{PtySsh, run, wait_until},
+    TestDaemon, TestGroup, TestSshd, TestUser, require_root,
+    ssh::{PtySsh, collect_into, run, wait_until},
 };
-
-fn module_args(d: &TestDaemon) -> String {
-    format!("socket={} timeout_ms=3000", d.socket.display())
-}
-
-fn recordings(d: &TestDaemon) -> Vec<serde_json::Value> {
-    d.ctl_json(&["recordings"]).as_array().unwrap().clone()
-}
 
 /// The recording of `user`'s only session, once it has ended.
 fn ended_recording(d: &TestDaemon, user: &TestUser) -> serde_json::Value {
     let mut found = None;
     let ok = wait_until(Duration::from_secs(10), || {
-        found = recordings(d)
+        found = d
+            .recordings()
             .into_iter()
             .find(|r| r["user"] == user.name.as_str() && r["live"] == false);
         found.is_some()
@@ -34,7 +27,7 @@ fn ended_recording(d: &TestDaemon, user: &TestUser) -> serde_json::Value {
         ok,
         "no ended recording for {}: {:#?}",
         user.name,
-        recordings(d)
+        d.recordings()
     );
     // The recorder closes a recording a grace period after its session's end.
     std::thread::sleep(Duration::from_millis(2500));
@@ -76,7 +69,7 @@ fn a_pty_session_is_recorded_byte_for_byte_including_50_mb_of_binary() {
     }
     let d = TestDaemon::start("");
     let ra = TestUser::create("ra");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ra], "");
+    let sshd = TestSshd::start(d.pam(), &[&ra], "");
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let file = dir.path().join("stream.bin");
@@ -132,7 +125,7 @@ fn input_is_recorded_and_a_password_typed_without_echo_is_masked() {
     }
     let d = TestDaemon::start("");
     let rb = TestUser::create("rb");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&rb], "");
+    let sshd = TestSshd::start(d.pam(), &[&rb], "");
     let mut pty = PtySsh::open(&sshd, &rb);
     pty.type_text("echo visible-$((20+3))\n");
     assert!(pty.wait_for("visible-23", Duration::from_secs(5)));
@@ -174,7 +167,7 @@ fn asciinema_plays_the_recording() {
     }
     let d = TestDaemon::start("");
     let rc = TestUser::create("rc");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&rc], "");
+    let sshd = TestSshd::start(d.pam(), &[&rc], "");
     let mut pty = PtySsh::open(&sshd, &rc);
     pty.type_text(
         "printf 'asciinema-sees-%s\\n' \"$((6*7))\"; printf '\\033[32mgreen ✓\\033[0m\\n'\n",
@@ -238,7 +231,7 @@ fn exec_sessions_record_stdout_and_stderr() {
     }
     let d = TestDaemon::start("");
     let rd = TestUser::create("rd");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&rd], "");
+    let sshd = TestSshd::start(d.pam(), &[&rd], "");
     let out = run(sshd.ssh(&rd, "echo to-stdout; echo to-stderr >&2"));
     assert!(out.status.success());
     let rec = ended_recording(&d, &rd);
@@ -258,35 +251,22 @@ fn watch_follows_a_live_session_from_its_current_screen_until_it_ends() {
     }
     let d = TestDaemon::start("");
     let re = TestUser::create("re");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&re], "");
+    let sshd = TestSshd::start(d.pam(), &[&re], "");
     let mut pty = PtySsh::open(&sshd, &re);
     pty.type_text("echo before-$((1+1))-watch\n");
     assert!(pty.wait_for("before-2-watch", Duration::from_secs(5)));
-    let live = recordings(&d).into_iter().find(|r| r["live"] == true);
-    let id = live.unwrap_or_else(|| panic!("no live recording: {:#?}", recordings(&d)))["id"]
+    let live = d.recordings().into_iter().find(|r| r["live"] == true);
+    let id = live.unwrap_or_else(|| panic!("no live recording: {:#?}", d.recordings()))["id"]
         .as_u64()
         .unwrap();
-    let mut watch = Command::new(bin("enforcerctl"))
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["watch", &id.to_string()])
+    let mut watch = d
+        .ctl_command(&["watch", &id.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (s2, mut stdout) = (seen.clone(), watch.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            s2.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    collect_into(watch.stdout.take().unwrap(), seen.clone());
     let has = |t: &str| seen.lock().unwrap().contains(t);
     assert!(
         wait_until(Duration::from_secs(5), || has("before-2-watch")),
@@ -325,20 +305,13 @@ fn users_see_only_their_own_recordings_and_auditors_see_all() {
     let other = TestUser::create("rg");
     let auditor = TestUser::create("rh");
     auditor.join_group(&auditors);
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&owner, &other], "");
+    let sshd = TestSshd::start(d.pam(), &[&owner, &other], "");
     assert!(run(sshd.ssh(&owner, "echo owner-output")).status.success());
     let id = ended_recording(&d, &owner)["id"]
         .as_u64()
         .unwrap()
         .to_string();
-    let ctl = |u: &TestUser, args: &[&str]| {
-        u.command(&bin("enforcerctl"))
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctl = |u: &TestUser, args: &[&str]| d.ctl_as(u, args);
 
     let denied = ctl(&other, &["play", &id, "--raw"]);
     assert!(!denied.status.success());
@@ -390,7 +363,7 @@ fn bytes_that_cannot_be_recorded_are_counted_and_marked() {
     }
     let d = TestDaemon::start("[recording]\nbuffer_bytes = 65536\n");
     let ri = TestUser::create("ri");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ri], "");
+    let sshd = TestSshd::start(d.pam(), &[&ri], "");
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let file = dir.path().join("out.txt");

@@ -4,20 +4,9 @@
 use std::time::Duration;
 
 use enforcer_tests::{
-    Pam, TestDaemon, TestSshd, TestUser, procs, require_root,
-    ssh::{HeldSsh, run, russh_exec_all, russh_login, wait_until},
+    TestDaemon, TestSshd, TestUser, procs, require_root,
+    ssh::{HeldSsh, run, runtime, russh_exec_all, russh_login, wait_until},
 };
-
-fn module_args(d: &TestDaemon) -> String {
-    format!("socket={} timeout_ms=3000", d.socket.display())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The sessions of the only connection.
 fn sessions_of_only_conn(d: &TestDaemon) -> Vec<serde_json::Value> {
@@ -33,8 +22,8 @@ fn five_channels_under_a_limit_of_three_run_exactly_three() {
     }
     let d = TestDaemon::start("[limits]\nmax_sessions_per_connection = 3\n");
     let ana = TestUser::create("sa");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ana], "");
-    let outcomes = rt().block_on(async {
+    let sshd = TestSshd::start(d.pam(), &[&ana], "");
+    let outcomes = runtime().block_on(async {
         let handle = russh_login(sshd.port, &ana.name, &ana.key).await.unwrap();
         let commands: Vec<String> = (0..5).map(|i| format!("echo ran-{i}; sleep 3")).collect();
         russh_exec_all(&handle, &commands).await
@@ -101,9 +90,9 @@ fn per_user_session_limit_spans_connections() {
     }
     let d = TestDaemon::start("[limits]\nmax_sessions_per_user = 2\n");
     let bo = TestUser::create("sb");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&bo], "");
+    let sshd = TestSshd::start(d.pam(), &[&bo], "");
     let _first = HeldSsh::open(&sshd, &bo);
-    let outcomes = rt().block_on(async {
+    let outcomes = runtime().block_on(async {
         let handle = russh_login(sshd.port, &bo.name, &bo.key).await.unwrap();
         russh_exec_all(
             &handle,
@@ -135,13 +124,8 @@ fn a_double_forked_setsid_process_stays_in_its_session_and_dies_with_it() {
     }
     let d = TestDaemon::start("");
     let cy = TestUser::create("sc");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&cy], "");
-    let marker = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        marker.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let sshd = TestSshd::start(d.pam(), &[&cy], "");
+    let marker = procs::shared_dir();
     let pidfile = marker.path().join("escaped.pid");
     // Subshell fork → setsid → exec: re-parented to init, a new POSIX session, no tty.
     let escape = format!(
@@ -149,12 +133,7 @@ fn a_double_forked_setsid_process_stays_in_its_session_and_dies_with_it() {
         p = pidfile.display()
     );
     let held = HeldSsh::try_open_cmd(sshd.ssh(&cy, &escape)).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || pidfile.exists()));
-    let escaped: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let escaped = procs::read_pid(&pidfile);
     let stat = std::fs::read_to_string(format!("/proc/{escaped}/stat")).unwrap();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -208,7 +187,7 @@ fn commands_are_logged_with_argv_cwd_and_exit_status() {
     }
     let d = TestDaemon::start("");
     let di = TestUser::create("sd");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&di], "");
+    let sshd = TestSshd::start(d.pam(), &[&di], "");
     let out = run(sshd.ssh(
         &di,
         "cd /tmp && sh -c 'exit 7'; ls /nonexistent-enforcer-dir; true",
@@ -244,7 +223,7 @@ fn long_argv_is_cut_and_marked() {
     }
     let d = TestDaemon::start("");
     let ed = TestUser::create("se");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ed], "");
+    let sshd = TestSshd::start(d.pam(), &[&ed], "");
     let long = "x".repeat(3000);
     assert!(
         run(sshd.ssh(&ed, &format!("/bin/echo {long} > /dev/null")))
@@ -265,7 +244,7 @@ fn a_thousand_short_commands_are_all_logged_or_counted() {
     }
     let d = TestDaemon::start("");
     let fy = TestUser::create("sf");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&fy], "");
+    let sshd = TestSshd::start(d.pam(), &[&fy], "");
     let out = run(sshd.ssh(
         &fy,
         "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done",
@@ -300,25 +279,15 @@ fn kill_connection_ends_everything_including_nohup() {
     }
     let d = TestDaemon::start("");
     let gi = TestUser::create("sg");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&gi], "");
-    let marker = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        marker.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let sshd = TestSshd::start(d.pam(), &[&gi], "");
+    let marker = procs::shared_dir();
     let pidfile = marker.path().join("nohup.pid");
     let cmd = format!(
         "nohup sh -c 'echo $$ > {}; exec sleep 600' >/dev/null 2>&1 & echo enforcer-ready; exec sleep 600",
         pidfile.display()
     );
     let held = HeldSsh::try_open_cmd(sshd.ssh(&gi, &cmd)).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || pidfile.exists()));
-    let nohup: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let nohup = procs::read_pid(&pidfile);
     let conn = d.sessions()[0]["id"].as_u64().unwrap();
     let monitor = d.sessions()[0]["monitor_pid"].as_u64().unwrap() as u32;
     d.ctl_ok(&["kill", "connection", &conn.to_string()]);
@@ -341,13 +310,8 @@ fn session_tracking_survives_a_daemon_restart() {
     }
     let mut d = TestDaemon::start("[limits]\nmax_sessions_per_connection = 1\n");
     let ha = TestUser::create("sh");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ha], "");
-    let marker = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        marker.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let sshd = TestSshd::start(d.pam(), &[&ha], "");
+    let marker = procs::shared_dir();
     let go = marker.path().join("go");
     let pidfile = marker.path().join("late.pid");
     // After the restart the session forks a new process: it must still carry the identity.
@@ -363,12 +327,7 @@ fn session_tracking_survives_a_daemon_restart() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0]["id"], before[0]["id"]);
     std::fs::write(&go, "").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || pidfile.exists()));
-    let late: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let late = procs::read_pid(&pidfile);
     assert!(
         wait_until(Duration::from_secs(3), || {
             sessions_of_only_conn(&d)[0]["pids"]
@@ -392,7 +351,7 @@ fn a_refused_pty_session_shows_the_reason_on_the_terminal() {
     }
     let d = TestDaemon::start("[limits]\nmax_sessions_per_user = 1\n");
     let jo = TestUser::create("sj");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&jo], "");
+    let sshd = TestSshd::start(d.pam(), &[&jo], "");
     let _held = HeldSsh::open(&sshd, &jo);
     let out = run(sshd.ssh_with(&jo, &["-tt"], "echo should-not-run"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -415,7 +374,7 @@ fn client_address_comes_from_the_socket_even_when_rhost_is_a_name() {
     let d = TestDaemon::start("");
     let ka = TestUser::create("sk");
     // UseDNS yes: PAM_RHOST becomes the peer's host name ("localhost").
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ka], "UseDNS yes\n");
+    let sshd = TestSshd::start(d.pam(), &[&ka], "UseDNS yes\n");
     let _held = HeldSsh::open(&sshd, &ka);
     let c = &d.sessions()[0];
     assert_eq!(c["rhost"], "localhost", "{c}");

@@ -7,13 +7,9 @@ use std::{
 };
 
 use enforcer_tests::{
-    Pam, TestDaemon, TestGroup, TestSshd, TestUser, bin, procs, require_root,
-    ssh::{HeldSsh, run, russh_login, wait_until},
+    Pam, TestDaemon, TestGroup, TestSshd, TestUser, procs, require_root,
+    ssh::{HeldSsh, run, runtime, russh_login, wait_until},
 };
-
-fn module_args(d: &TestDaemon) -> String {
-    format!("socket={} timeout_ms=3000", d.socket.display())
-}
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -27,7 +23,7 @@ fn per_user_limit_refuses_the_third_login_with_the_message_and_a_close_frees_the
     let d = TestDaemon::start("[limits]\nmax_connections_per_user = 2\n");
     let alice = TestUser::create("a");
     let bob = TestUser::create("b");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&alice, &bob], "");
+    let sshd = TestSshd::start(d.pam(), &[&alice, &bob], "");
 
     let first = HeldSsh::open(&sshd, &alice);
     let _second = HeldSsh::open(&sshd, &alice);
@@ -75,7 +71,7 @@ fn per_source_limit_counts_addresses_across_users() {
     let d = TestDaemon::start("[limits]\nmax_connections_per_source = 2\n");
     let users: Vec<TestUser> = (0..3).map(|_| TestUser::create("s")).collect();
     let refs: Vec<&TestUser> = users.iter().collect();
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &refs, "");
+    let sshd = TestSshd::start(d.pam(), &refs, "");
 
     let _a = HeldSsh::open(&sshd, &users[0]);
     let _b = HeldSsh::open(&sshd, &users[1]);
@@ -100,7 +96,7 @@ fn lock_refuses_with_its_reason_survives_restart_and_unlock_admits() {
     }
     let mut d = TestDaemon::start("");
     let carol = TestUser::create("c");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&carol], "");
+    let sshd = TestSshd::start(d.pam(), &[&carol], "");
     assert!(run(sshd.ssh(&carol, "true")).status.success());
 
     let out = d.ctl_ok(&["lock", "user", &carol.name, "--reason", "incident 7"]);
@@ -151,7 +147,7 @@ fn lock_with_ttl_expires_on_its_own() {
     }
     let d = TestDaemon::start("");
     let dave = TestUser::create("d");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&dave], "");
+    let sshd = TestSshd::start(d.pam(), &[&dave], "");
     let out = d.ctl_ok(&["lock", "user", &dave.name, "--ttl", "2s"]);
     assert!(out.contains("until"), "{out}");
     let refused = run(sshd.ssh(&dave, "true"));
@@ -173,7 +169,7 @@ fn lock_files_dropped_by_hand_lock_and_garbage_still_locks() {
     }
     let d = TestDaemon::start("");
     let erin = TestUser::create("e");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&erin], "");
+    let sshd = TestSshd::start(d.pam(), &[&erin], "");
     let locks = d.dir.path().join("locks.d");
     std::fs::create_dir_all(&locks).unwrap();
     std::fs::write(
@@ -262,7 +258,7 @@ fn crash_of_the_sshd_monitor_releases_the_slot() {
     }
     let d = TestDaemon::start("[limits]\nmax_connections_per_user = 1\n");
     let gus = TestUser::create("g");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&gus], "");
+    let sshd = TestSshd::start(d.pam(), &[&gus], "");
     let held = HeldSsh::open(&sshd, &gus);
     assert_eq!(run(sshd.ssh(&gus, "true")).status.code(), Some(255));
     let sessions = d.sessions();
@@ -295,11 +291,8 @@ fn fifty_concurrent_logins_at_limit_five_admit_exactly_five() {
     }
     let d = TestDaemon::start("[limits]\nmax_connections_per_user = 5\n");
     let hal = TestUser::create("h");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&hal], "");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let sshd = TestSshd::start(d.pam(), &[&hal], "");
+    let rt = runtime();
     let (admitted, refused) = rt.block_on(async {
         let logins = (0..50).map(|_| {
             let (port, user, key) = (sshd.port, hal.name.clone(), hal.key.clone());
@@ -351,7 +344,7 @@ fn sessions_and_audit_show_who_is_behind_the_key() {
     }
     let d = TestDaemon::start("");
     let ida = TestUser::create("i");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&ida], "");
+    let sshd = TestSshd::start(d.pam(), &[&ida], "");
     let held = HeldSsh::open(&sshd, &ida);
     let s = &d.sessions()[0];
     assert_eq!(s["user"], ida.name.as_str());
@@ -402,7 +395,7 @@ fn certificate_logins_record_the_key_id() {
     let _cert = jo.certify(&ca, "jo@corp ticket-123");
     let extra = format!("TrustedUserCAKeys {}.pub\n", ca.display());
     // No authorized key: only the certificate can log in.
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[], &extra);
+    let sshd = TestSshd::start(d.pam(), &[], &extra);
     let held = HeldSsh::try_open_cmd(sshd.ssh(&jo, "echo enforcer-ready; exec sleep 600"))
         .unwrap_or_else(|e| panic!("certificate login failed: {e}\n{}", sshd.log()));
     let s = &d.sessions()[0];
@@ -421,7 +414,7 @@ fn limits_keep_counting_across_a_daemon_restart() {
     }
     let mut d = TestDaemon::start("[limits]\nmax_connections_per_user = 1\n");
     let kim = TestUser::create("k");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&kim], "");
+    let sshd = TestSshd::start(d.pam(), &[&kim], "");
     let held = HeldSsh::open(&sshd, &kim);
     d.restart();
     assert_eq!(d.sessions().len(), 1, "connection table restored");
@@ -452,7 +445,7 @@ fn rules_override_limits_per_group() {
     let lee = TestUser::create("l");
     let max = TestUser::create("m");
     lee.join_group(&ops);
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&lee, &max], "");
+    let sshd = TestSshd::start(d.pam(), &[&lee, &max], "");
     let _l1 = HeldSsh::open(&sshd, &lee);
     let _l2 = HeldSsh::open(&sshd, &lee);
     assert_eq!(
@@ -476,17 +469,10 @@ fn unprivileged_users_cannot_lock_and_see_only_their_own_connections() {
     let d = TestDaemon::start("");
     let nia = TestUser::create("n");
     let oz = TestUser::create("o");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&nia, &oz], "");
+    let sshd = TestSshd::start(d.pam(), &[&nia, &oz], "");
     let _n = HeldSsh::open(&sshd, &nia);
     let _o = HeldSsh::open(&sshd, &oz);
-    let ctl = |user: &TestUser, args: &[&str]| {
-        user.command(&bin("enforcerctl"))
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctl = |u: &TestUser, args: &[&str]| d.ctl_as(u, args);
     let out = ctl(&nia, &["lock", "user", &oz.name]);
     assert!(!out.status.success());
     assert!(
@@ -557,7 +543,7 @@ fn audit_records_reach_journald_with_their_fields() {
         Some(true)
     );
     let pia = TestUser::create("p");
-    let sshd = TestSshd::start(Pam::Enforcer(module_args(&d)), &[&pia], "");
+    let sshd = TestSshd::start(d.pam(), &[&pia], "");
     let _held = HeldSsh::open(&sshd, &pia);
     assert_eq!(run(sshd.ssh(&pia, "true")).status.code(), Some(255));
     let mut seen = Vec::new();

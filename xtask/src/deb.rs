@@ -5,14 +5,14 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{Context, bail};
 
 use crate::{
     build::Built,
-    cmd::{cargo, run as run_cmd, target_dir},
+    cmd::{cargo, run as run_cmd, run_stdout, target_dir},
 };
 
 /// Builds the .deb from a release build; returns the package's path.
@@ -27,30 +27,22 @@ pub fn build(built: &Built) -> anyhow::Result<PathBuf> {
     generate_docs(&built.bin_dir)?;
     let out_dir = target_dir().join("debian");
     fs::create_dir_all(&out_dir)?;
-    let mut c = cargo();
     // --strip: Debian wants stripped binaries (lintian unstripped-binary-or-object).
-    c.args([
-        "deb",
-        "--package",
-        "enforcer",
-        "--no-build",
-        "--strip",
-        "--output",
-    ])
-    .arg(&out_dir)
-    .stderr(Stdio::inherit());
-    eprintln!(
-        "+ cargo deb --package enforcer --no-build --strip --output {}",
-        out_dir.display()
-    );
-    let out = c
-        .output()
-        .context("cannot run `cargo deb` (run `cargo xtask setup`)")?;
-    if !out.status.success() {
-        bail!("`cargo deb` failed with {}", out.status);
-    }
+    let stdout = run_stdout(
+        cargo()
+            .args([
+                "deb",
+                "--package",
+                "enforcer",
+                "--no-build",
+                "--strip",
+                "--output",
+            ])
+            .arg(&out_dir),
+    )
+    .context("building the package (is cargo-deb installed? `cargo xtask setup`)")?;
     // cargo-deb prints the package's path as its last line.
-    let deb = String::from_utf8_lossy(&out.stdout)
+    let deb = stdout
         .lines()
         .last()
         .map(|l| PathBuf::from(l.trim()))

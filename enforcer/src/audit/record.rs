@@ -1,10 +1,11 @@
 //! One audit event. Flat on purpose: log pipelines index top-level keys.
 
 use serde::Serialize;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
 use crate::core::{
     conn::Connection,
+    rfc3339,
     session::{ExitStatus, Session},
 };
 
@@ -111,11 +112,6 @@ pub struct AuditRecord {
     /// How long the connection had been idle (idle_timeout).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_secs: Option<f64>,
-}
-
-/// RFC 3339 in UTC.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 impl AuditRecord {

@@ -233,9 +233,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Reply::Watch(WatchFrameMsg::Resize { .. }) => {}
                     Reply::Watch(WatchFrameMsg::Lost { bytes }) => {
                         out.write_all(
-                            enforcer::ctl::play::marker_line(&format!(
-                                "enforcer: {bytes} bytes lost here"
-                            ))
+                            enforcer::ctl::play::marker_line(
+                                &enforcer::recording::cast::lost_text(bytes),
+                            )
                             .as_bytes(),
                         )?;
                     }

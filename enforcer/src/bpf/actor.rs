@@ -9,8 +9,8 @@ use aya::{
 };
 use enforcer_common::{
     counters::Counter,
-    io::{Activity, IoKey},
-    limits::{ConnEntry, UserEntry},
+    io::{Activity, CHANNEL_MAP_ENTRIES, IoKey},
+    limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 use enforcer_proto::{FeatureProbe, MapStatus, ProgramStatus};
@@ -462,19 +462,19 @@ impl Actor {
             map(
                 "ENF_CONNS",
                 "hash",
-                16384,
+                CONN_MAP_ENTRIES,
                 count(self.conns.keys().filter(Result::is_ok).count()),
             ),
             map(
                 "ENF_USERS",
                 "hash",
-                16384,
+                USER_MAP_ENTRIES,
                 count(self.users.keys().filter(Result::is_ok).count()),
             ),
             map(
                 "ENF_ACTIVITY",
                 "hash",
-                16384,
+                CHANNEL_MAP_ENTRIES,
                 count(self.activity.keys().filter(Result::is_ok).count()),
             ),
             map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use aya::maps::MapInfo;
 use enforcer_common::{
-    io::{Activity, IoKey},
-    limits::{ConnEntry, UserEntry},
+    io::{Activity, CHANNEL_MAP_ENTRIES, IoKey},
+    limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 
@@ -64,19 +64,19 @@ pub fn prepare(dir: &Path, max_tracked_tasks: u32) -> Result<Vec<String>, BpfErr
             name: "ENF_CONNS",
             key_size: 8,
             value_size: size_of::<ConnEntry>() as u32,
-            max_entries: 16384,
+            max_entries: CONN_MAP_ENTRIES,
         },
         Expected {
             name: "ENF_USERS",
             key_size: 4,
             value_size: size_of::<UserEntry>() as u32,
-            max_entries: 16384,
+            max_entries: USER_MAP_ENTRIES,
         },
         Expected {
             name: "ENF_ACTIVITY",
             key_size: size_of::<IoKey>() as u32,
             value_size: size_of::<Activity>() as u32,
-            max_entries: 16384,
+            max_entries: CHANNEL_MAP_ENTRIES,
         },
     ];
     let mut discarded = Vec::new();

@@ -4,9 +4,7 @@
 use std::collections::HashSet;
 
 use aya::maps::{HashMap, MapData};
-use enforcer_common::tasks::{
-    TASK_CONN_AUX, TASK_CONN_ROOT, TASK_DOOMED, TASK_INHERITED, TrackedTask,
-};
+use enforcer_common::tasks::{TASK_DOOMED, TrackedTask, child_flags};
 use nix::{
     errno::Errno,
     sys::signal::{Signal, kill},
@@ -67,14 +65,14 @@ fn ticks_per_sec() -> u64 {
         .map_or(100, |t| t as u64)
 }
 
+/// A start time in clock ticks since boot (/proc's unit) in ns, as the kernel programs keep it.
+pub fn ticks_to_ns(ticks: u64) -> u64 {
+    ticks * (1_000_000_000 / ticks_per_sec())
+}
+
 /// Start time (ns since boot, tick resolution) of a live task, from /proc.
 pub fn proc_start_ns(tid: u32) -> Option<u64> {
-    let stat = procfs::process::Process::new(tid as i32)
-        .ok()?
-        .stat()
-        .ok()?;
-    (stat.state != 'Z' && stat.state != 'X')
-        .then(|| stat.starttime * (1_000_000_000 / ticks_per_sec()))
+    crate::host::proc_key(tid).map(|k| ticks_to_ns(k.start_ticks))
 }
 
 /// Whether two start times (ns since boot) name the same task at /proc's tick resolution.
@@ -118,13 +116,9 @@ pub fn validate(tasks: &mut Tasks, roots: &[u32]) -> (usize, usize) {
                 let Some(start_ns) = proc_start_ns(child) else {
                     continue;
                 };
-                let mut flags = parent_task.flags & TASK_INHERITED;
-                if parent_task.flags & TASK_CONN_ROOT != 0 {
-                    flags |= TASK_CONN_AUX;
-                }
                 let t = TrackedTask {
                     start_ns,
-                    flags,
+                    flags: child_flags(parent_task.flags),
                     _pad: 0,
                     ..parent_task
                 };

@@ -13,31 +13,33 @@ pub enum Role {
     User,
 }
 
-/// Whether `role` may make `req`.
-pub fn authorize(role: Role, req: &Request) -> Result<(), ErrorReply> {
-    let allowed = match req {
+/// The least role that may make `req`.
+fn needed(req: &Request) -> Role {
+    match req {
         // Users see only their own connections and recordings (checked by the daemon).
         Request::Status | Request::Sessions | Request::Recordings { .. } | Request::Play { .. } => {
-            true
+            Role::User
         }
-        Request::Watch { .. } => role == Role::Auditor,
-        Request::Locks => role == Role::Auditor,
+        Request::Watch { .. } | Request::Locks => Role::Auditor,
         Request::PamAccount(_)
         | Request::PamOpenSession(_)
         | Request::PamCloseSession(_)
         | Request::Lock(_)
         | Request::Unlock { .. }
         | Request::KillSession { .. }
-        | Request::KillConnection { .. } => false,
-    };
-    if allowed || role == Role::Root {
-        return Ok(());
+        | Request::KillConnection { .. } => Role::Root,
     }
-    let message = if matches!(req, Request::Watch { .. } | Request::Locks) {
-        "permission denied: this request needs root or membership in the auditor group \
-         (access.auditor_group)"
-    } else {
-        "permission denied: this request needs root; run it with sudo"
+}
+
+/// Whether `role` may make `req`.
+pub fn authorize(role: Role, req: &Request) -> Result<(), ErrorReply> {
+    let message = match (needed(req), role) {
+        (Role::User, _) | (Role::Auditor, Role::Auditor) | (_, Role::Root) => return Ok(()),
+        (Role::Auditor, _) => {
+            "permission denied: this request needs root or membership in the auditor group \
+             (access.auditor_group)"
+        }
+        (Role::Root, _) => "permission denied: this request needs root; run it with sudo",
     };
     Err(ErrorReply::new(ErrorKind::PermissionDenied, message))
 }

@@ -29,6 +29,12 @@ impl Peer {
             role,
         }
     }
+
+    /// Whether this peer may see what belongs to `uid` (connections, sessions, recordings):
+    /// root and auditors everything, users their own.
+    pub fn may_see(&self, uid: Option<u32>) -> bool {
+        self.role != Role::User || uid == Some(self.uid)
+    }
 }
 
 fn is_member(gid: u32, pid: Option<i32>, group: &str) -> bool {

@@ -11,7 +11,7 @@ use enforcer_proto::{AuthIdentity, ConnectionInfo, Endpoint};
 use super::session::Session;
 use crate::config::Dur;
 use serde::{Deserialize, Serialize};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
 /// A process, unambiguously: pid plus start time in clock ticks since boot (/proc stat field 22).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -55,6 +55,32 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection just seen at PAM: nothing known yet beyond who and which monitor.
+    pub fn pending(
+        user: &str,
+        uid: Option<u32>,
+        monitor: ProcKey,
+        idle_timeout: Dur,
+        now: OffsetDateTime,
+    ) -> Self {
+        Connection {
+            id: 0,
+            user: user.to_owned(),
+            uid,
+            monitor,
+            state: ConnState::Pending,
+            client: None,
+            server: None,
+            rhost: None,
+            service: String::new(),
+            admitted_at: now,
+            auth: None,
+            idle_timeout,
+            idle_warned_at: None,
+            sessions: Default::default(),
+        }
+    }
+
     /// The address per-source limits count by.
     pub fn source_ip(&self) -> Option<IpAddr> {
         self.client.map(|c| super::identity::canonical_ip(c.ip()))
@@ -79,7 +105,7 @@ impl Connection {
             rhost: self.rhost.clone(),
             service: self.service.clone(),
             monitor_pid: self.monitor.pid,
-            since: self.admitted_at.format(&Rfc3339).unwrap_or_default(),
+            since: super::rfc3339(self.admitted_at),
             auth: self.auth.clone(),
             sessions: Vec::new(),
         }
@@ -150,6 +176,13 @@ impl Registry {
             .sessions
             .values_mut()
             .find(|s| s.kernel_id == kernel_id)
+    }
+
+    /// Removes the session of `conn_id` whose leader is kernel task `kernel_id`.
+    pub fn remove_session_by_kernel(&mut self, conn_id: u64, kernel_id: u64) -> Option<Session> {
+        let sessions = &mut self.conns.get_mut(&conn_id)?.sessions;
+        let id = sessions.values().find(|s| s.kernel_id == kernel_id)?.id;
+        sessions.remove(&id)
     }
 
     pub fn remove_session(&mut self, id: u64) -> Option<Session> {

@@ -6,6 +6,8 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use enforcer_proto::LockInfo;
 
+use super::rfc3339;
+
 /// File content. Everything optional: an empty file is a lock without reason or expiry.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,10 +32,6 @@ pub struct Lock {
     pub by: Option<String>,
     /// Why the file could not be read as written (the lock still applies).
     pub error: Option<String>,
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 impl Lock {

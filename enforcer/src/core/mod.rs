@@ -6,3 +6,9 @@ pub mod identity;
 pub mod lock;
 pub mod policy;
 pub mod session;
+
+/// RFC 3339 in UTC, as every time enforcer shows or logs is written.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

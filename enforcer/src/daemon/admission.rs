@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::state::State;
 use crate::{
     audit::AuditRecord,
-    bpf::tasks::{proc_start_ns, same_task},
+    bpf::tasks::{proc_start_ns, same_task, ticks_to_ns},
     core::{
         conn::{ConnState, Connection, ProcKey},
         identity::{parse_auth_info, parse_ssh_connection},
@@ -103,20 +103,12 @@ impl State {
         let (uid, limits) = self.limits_for(&req.user);
         let (client, server) = endpoints(&req);
         let conn = Connection {
-            id: 0,
-            user: req.user.clone(),
-            uid,
-            monitor,
-            state: ConnState::Pending,
             client,
             server,
             rhost: req.rhost.clone(),
             service: req.service.clone(),
-            admitted_at: now,
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
-            idle_timeout: limits.idle_timeout,
-            idle_warned_at: None,
-            sessions: Default::default(),
+            ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
         let lock = self.locks.get(&req.user).filter(|l| l.active(now));
         if let Err(refusal) = policy::admit(
@@ -153,13 +145,8 @@ impl State {
         uid: Option<u32>,
         limits: &EffectiveLimits,
     ) {
-        let entry = ConnEntry {
-            sessions: 0,
-            max_sessions: limits.max_sessions_per_connection,
-            uid: uid.unwrap_or(NO_UID),
-        };
         let mut failures = Vec::new();
-        if let Err(e) = self.bpf.set_conn(conn_id, entry).await {
+        if let Err(e) = self.bpf.set_conn(conn_id, conn_entry(0, uid, limits)).await {
             failures.push(e.to_string());
         }
         if let Some(uid) = uid {
@@ -171,11 +158,10 @@ impl State {
                 failures.push(e.to_string());
             }
         }
-        let start_ns = proc_start_ns(monitor.pid).unwrap_or(0);
         let task = TrackedTask {
             conn_id,
             session_id: 0,
-            start_ns,
+            start_ns: ticks_to_ns(monitor.start_ticks),
             flags: TASK_CONN_ROOT,
             _pad: 0,
         };
@@ -201,20 +187,9 @@ impl State {
                 let (uid, limits) = self.limits_for(&req.user);
                 let (client, server) = host::tcp_endpoints(req.pid).unzip();
                 let conn = Connection {
-                    id: 0,
-                    user: req.user.clone(),
-                    uid,
-                    monitor,
-                    state: ConnState::Pending,
                     client,
                     server,
-                    rhost: None,
-                    service: String::new(),
-                    admitted_at: now,
-                    auth: None,
-                    idle_timeout: limits.idle_timeout,
-                    idle_warned_at: None,
-                    sessions: Default::default(),
+                    ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
                 };
                 let id = self.registry.insert(conn);
                 self.register_in_kernel(id, monitor, uid, &limits).await;
@@ -250,13 +225,16 @@ impl State {
             .get(conn_id)
             .is_some_and(|c| c.monitor.pid == pid)
         {
-            let why = self
-                .terminating
-                .get(&conn_id)
-                .copied()
-                .unwrap_or(CloseReason::MonitorExited);
-            self.release(conn_id, why).await;
+            self.release_ended(conn_id, CloseReason::MonitorExited)
+                .await;
         }
+    }
+
+    /// Releases a connection whose monitor ended: for the reason it was being terminated, if
+    /// it was, else `otherwise`.
+    async fn release_ended(&mut self, id: u64, otherwise: CloseReason) {
+        let why = self.terminating.get(&id).copied().unwrap_or(otherwise);
+        self.release(id, why).await;
     }
 
     /// Releases connections whose monitor is gone without us hearing of it (a dropped event, or
@@ -269,12 +247,7 @@ impl State {
             .map(|c| c.id)
             .collect();
         for id in gone {
-            let why = self
-                .terminating
-                .get(&id)
-                .copied()
-                .unwrap_or(CloseReason::MonitorGone);
-            self.release(id, why).await;
+            self.release_ended(id, CloseReason::MonitorGone).await;
         }
     }
 
@@ -322,11 +295,7 @@ impl State {
         for (id, user) in conns {
             let (uid, limits) = self.limits_for(&user);
             let sessions = self.registry.sessions_of(id).count() as u64;
-            let entry = ConnEntry {
-                sessions,
-                max_sessions: limits.max_sessions_per_connection,
-                uid: uid.unwrap_or(NO_UID),
-            };
+            let entry = conn_entry(sessions, uid, &limits);
             if let Err(e) = self.bpf.set_conn(id, entry).await {
                 tracing::error!(conn = id, error = %e, "cannot restore connection limits in the kernel");
             }
@@ -392,5 +361,14 @@ impl State {
         rec.duration_secs = Some((now - conn.admitted_at).as_seconds_f64().max(0.0));
         self.audit.record(rec);
         self.dirty = true;
+    }
+}
+
+/// A connection's kernel entry: its live sessions and the limit they count against.
+fn conn_entry(sessions: u64, uid: Option<u32>, limits: &EffectiveLimits) -> ConnEntry {
+    ConnEntry {
+        sessions,
+        max_sessions: limits.max_sessions_per_connection,
+        uid: uid.unwrap_or(NO_UID),
     }
 }

@@ -208,6 +208,9 @@ impl State {
 
     /// Locks dropped into (or already in) the lock directory: terminate what they cover.
     pub(super) async fn enforce_lock_files(&mut self) {
+        if self.registry.iter().next().is_none() {
+            return; // nobody to lock out: no need to read the directory
+        }
         let now = OffsetDateTime::now_utc();
         let locked: Vec<(String, Option<String>)> = self
             .locks

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::state::{State, Stream};
 use crate::{
-    control::{Peer, Role},
+    control::Peer,
     host,
     recording::{StartRecording, store},
 };
@@ -67,11 +67,6 @@ impl State {
         }
     }
 
-    /// Whether `peer` may see a recording of `uid`/`user`: root and auditors all, users theirs.
-    fn may_see(peer: &Peer, uid: Option<u32>) -> bool {
-        peer.role != Role::User || uid == Some(peer.uid)
-    }
-
     pub(super) fn list_recordings(
         &self,
         peer: &Peer,
@@ -90,7 +85,7 @@ impl State {
             .transpose()?;
         Ok(store::list(&self.config.recording.dir)
             .into_iter()
-            .filter(|r| Self::may_see(peer, r.header.enforcer.uid))
+            .filter(|r| peer.may_see(r.header.enforcer.uid))
             .filter(|r| user.is_none_or(|u| r.header.enforcer.user == u))
             .filter(|r| since.is_none_or(|t| r.header.timestamp >= t.unix_timestamp()))
             .map(|r| {
@@ -118,7 +113,7 @@ impl State {
                         format!("no recording of session {id}; see `enforcerctl recordings`"),
                     )
                 })?;
-                if !Self::may_see(peer, r.header.enforcer.uid) {
+                if !peer.may_see(r.header.enforcer.uid) {
                     return Err(self.denied(
                         &req,
                         peer,

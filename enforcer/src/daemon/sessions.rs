@@ -5,13 +5,14 @@ use std::collections::HashMap;
 
 use enforcer_common::tasks::{TASK_CONN_ROOT, TASK_SESSION_LEADER};
 use enforcer_proto::{ConnectionInfo, ErrorKind, ErrorReply, SessionInfo};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
 use super::{admission::CloseReason, state::State};
 use crate::{
     audit::AuditRecord,
     bpf::{EventOrigin, Exec, KillTarget, KilledAtExec, SessionLimit},
-    control::{Peer, Role},
+    control::Peer,
+    core::rfc3339,
     core::session::{ExitStatus, Session, SessionKind, classify},
     host,
 };
@@ -102,7 +103,7 @@ impl State {
         self.audit.record(self.record("session_started", &origin));
     }
 
-    pub(super) fn on_exec(&mut self, exec: &Exec) {
+    pub(super) fn on_exec(&mut self, exec: Exec) {
         let origin = exec.origin;
         if origin.session_id == 0 {
             // sshd's own processes (re-exec, helpers) before any session.
@@ -119,7 +120,7 @@ impl State {
             if first {
                 (s.kind, s.command) = classify(&exec.argv);
                 s.tty = exec.tty.clone();
-                s.channels = channel_objects(exec);
+                s.channels = channel_objects(&exec);
             }
             let session_id = s.id;
             self.dirty = true;
@@ -130,11 +131,11 @@ impl State {
         let mut rec = self.record("exec", &origin);
         rec.uid = Some(exec.uid);
         rec.ppid = Some(exec.ppid);
-        rec.filename = Some(exec.filename.clone());
-        rec.argv = Some(exec.argv.clone());
+        rec.filename = Some(exec.filename);
+        rec.argv = Some(exec.argv);
         rec.argv_truncated = exec.argv_truncated;
-        rec.cwd = exec.cwd.clone();
-        rec.tty = exec.tty.clone().or(rec.tty);
+        rec.cwd = exec.cwd;
+        rec.tty = exec.tty.or(rec.tty);
         match exec.killed {
             Some(KilledAtExec::Refused) => rec = rec.reason("killed_at_exec_session_refused", None),
             Some(KilledAtExec::Doomed) => rec = rec.reason("killed_at_exec_terminated", None),
@@ -151,28 +152,29 @@ impl State {
         if origin.session_id == 0 {
             return;
         }
-        let status = ExitStatus::from_wait(status);
-        self.audit
-            .record(self.record("exit", &origin).exit_status(status));
-        if flags & TASK_SESSION_LEADER == 0 || origin.tid as u64 != origin.session_id {
-            return;
-        }
-        if self
-            .refusals
-            .remove(&(origin.conn_id, origin.tid))
-            .is_some()
+        let exit = self
+            .record("exit", &origin)
+            .exit_status(ExitStatus::from_wait(status));
+        let leader = flags & TASK_SESSION_LEADER != 0 && origin.tid as u64 == origin.session_id;
+        // A refused session never started, so it does not end either.
+        if !leader
+            || self
+                .refusals
+                .remove(&(origin.conn_id, origin.tid))
+                .is_some()
         {
+            self.audit.record(exit);
             return;
         }
-        let rec = self.record("session_ended", &origin).exit_status(status);
-        let leader = self
+        let mut rec = exit.clone();
+        rec.event = "session_ended".to_owned();
+        self.audit.record(exit);
+        if let Some(s) = self
             .registry
-            .session_by_kernel(origin.conn_id, origin.session_id)
-            .map(|s| s.id);
-        if let Some(s) = leader.and_then(|id| self.registry.remove_session(id)) {
+            .remove_session_by_kernel(origin.conn_id, origin.session_id)
+        {
             self.end_recording(s.id);
             self.dirty = true;
-            let mut rec = rec;
             rec.duration_secs = Some(
                 (OffsetDateTime::now_utc() - s.started_at)
                     .as_seconds_f64()
@@ -232,8 +234,9 @@ impl State {
         let conn = self
             .registry
             .get(id)
-            .ok_or_else(|| not_found("connection", id))?
-            .clone();
+            .ok_or_else(|| not_found("connection", id))?;
+        // Filled in now: the registry does not change while the kill runs.
+        let mut rec = rec.with_conn(conn);
         self.terminating.insert(id, why);
         let n = self
             .bpf
@@ -244,7 +247,6 @@ impl State {
             .await
             .map_err(|e| ErrorReply::new(ErrorKind::Internal, e.to_string()))?
             as u64;
-        let mut rec = rec.with_conn(&conn);
         rec.processes = Some(n);
         self.audit.record(rec);
         Ok(n)
@@ -266,10 +268,9 @@ impl State {
             }
             Err(e) => tracing::warn!(error = %e, "task census failed; process counts omitted"),
         }
-        let fmt = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
         self.registry
             .iter()
-            .filter(|c| peer.role != Role::User || c.uid == Some(peer.uid))
+            .filter(|c| peer.may_see(c.uid))
             .map(|c| {
                 let mut info = c.info();
                 info.sessions = self
@@ -288,8 +289,8 @@ impl State {
                             tty: s.tty.clone(),
                             command: s.command.clone(),
                             leader_pid: s.leader_pid,
-                            started: fmt(s.started_at),
-                            last_activity: fmt(s.last_activity),
+                            started: rfc3339(s.started_at),
+                            last_activity: rfc3339(s.last_activity),
                             processes: pids.len() as u32,
                             pids,
                             commands: s.commands,

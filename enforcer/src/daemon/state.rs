@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
 use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, Reply, Request, Response, StatusReport};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -275,7 +275,7 @@ impl State {
     async fn on_kernel_event(&mut self, ev: KernelEvent) {
         tracing::trace!(?ev, "kernel event");
         match ev {
-            KernelEvent::Exec(exec) => self.on_exec(&exec),
+            KernelEvent::Exec(exec) => self.on_exec(*exec),
             KernelEvent::Exit {
                 origin,
                 status,
@@ -355,7 +355,7 @@ impl State {
         Ok(StatusReport {
             version: self.info.version.into(),
             pid: self.info.pid,
-            started_at: self.info.started_at.format(&Rfc3339).unwrap_or_default(),
+            started_at: crate::core::rfc3339(self.info.started_at),
             uptime_secs: self.info.started.elapsed().as_secs(),
             kernel: self.info.kernel.clone(),
             config_path: self

@@ -52,7 +52,13 @@ pub fn write_event(out: &mut Vec<u8>, time: f64, code: &str, data: &str) {
     out.extend_from_slice(b"\"]\n");
 }
 
+/// The text of a loss marker (an `"m"` event; `watch` shows the same line).
+pub fn lost_text(bytes: u64) -> String {
+    format!("enforcer: {bytes} bytes lost here")
+}
+
 /// One event line (without the newline).
+#[cfg(test)]
 pub fn event_line(time: f64, code: &str, data: &str) -> String {
     let mut line = Vec::with_capacity(data.len() + 24);
     write_event(&mut line, time, code, data);
@@ -80,15 +86,20 @@ impl Utf8Stream {
     pub fn push<'a>(&mut self, bytes: &'a [u8]) -> Decoded<'a> {
         if self.carry.is_empty() {
             // The common case: nothing carried over, so the chunk is used in place.
+            // Keep back an incomplete sequence at the very end (at most 3 bytes).
             let keep = incomplete_tail(bytes);
             let (body, tail) = bytes.split_at(bytes.len() - keep);
-            if let Ok(text) = simdutf8::basic::from_utf8(body) {
-                self.carry.extend_from_slice(tail);
-                return Decoded {
+            self.carry.extend_from_slice(tail);
+            return match simdutf8::basic::from_utf8(body) {
+                Ok(text) => Decoded {
                     text: Cow::Borrowed(text),
                     exact: None,
-                };
-            }
+                },
+                Err(_) => Decoded {
+                    text: String::from_utf8_lossy(body),
+                    exact: Some(body.to_vec()),
+                },
+            };
         }
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(bytes);

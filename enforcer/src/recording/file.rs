@@ -12,7 +12,6 @@ use std::{
 };
 
 use enforcer_common::io::{DIR_INPUT, DIR_OUTPUT, IO_PTY};
-use time::format_description::well_known::Rfc3339;
 
 use super::{
     cast::{self, Header, Meta, Utf8Stream},
@@ -134,7 +133,7 @@ impl Recording {
                 kind: s.kind.clone(),
                 tty: s.tty.clone(),
                 client: s.client.clone(),
-                started: s.started_at.format(&Rfc3339).unwrap_or_default(),
+                started: crate::core::rfc3339(s.started_at),
             },
         };
         // Written at once: the recording is listable (and playable) from its first moment.
@@ -211,7 +210,7 @@ impl Recording {
             }
             Item::Lost { bytes } => {
                 let t = self.time(self.start_ns.max(crate::host::boot_ns()));
-                let text = format!("enforcer: {bytes} bytes lost here");
+                let text = cast::lost_text(bytes);
                 cast::write_event(&mut self.buf, t, "m", &text);
                 frame = Some(WatchFrame::Lost(bytes));
             }
@@ -226,8 +225,14 @@ impl Recording {
 
     fn send(&mut self, frame: WatchFrame, stats: &RecorderStats) {
         self.watchers.retain(|w| !w.is_closed());
-        for w in &self.watchers {
-            if w.try_send(frame.clone()).is_err() {
+        // Copies for all but the last watcher, which takes the frame itself.
+        if let Some((last, rest)) = self.watchers.split_last() {
+            for w in rest {
+                if w.try_send(frame.clone()).is_err() {
+                    add(&stats.watch_frames_dropped, 1);
+                }
+            }
+            if last.try_send(frame).is_err() {
                 add(&stats.watch_frames_dropped, 1);
             }
         }

@@ -316,9 +316,7 @@ impl Recorder {
             if let Some(p) = self.pending.remove(&k) {
                 add(&self.stats.bytes_unattributed, p.bytes as u64);
             }
-            self.sizes.remove(&k);
-            self.lost_seen.remove(&k);
-            let _ = self.lost.remove(&k);
+            self.forget(&k);
         }
         let ended: Vec<u64> = self
             .recordings
@@ -421,6 +419,11 @@ impl Recorder {
     }
 
     fn close(&mut self, id: u64) {
+        if !self.recordings.contains_key(&id) {
+            return;
+        }
+        // The channels' last losses still belong in this recording.
+        self.collect_lost();
         let Some(r) = self.recordings.remove(&id) else {
             return;
         };
@@ -428,7 +431,24 @@ impl Recorder {
         self.stats
             .active
             .store(self.recordings.len() as u64, Ordering::Relaxed);
-        self.by_key.retain(|_, s| *s != id);
+        let keys: Vec<IoKey> = self
+            .by_key
+            .iter()
+            .filter(|(_, s)| **s == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.by_key.remove(&k);
+            self.forget(&k);
+        }
+    }
+
+    /// Drops what is kept per channel (window size, loss counts here and in the kernel) once
+    /// nothing will be written for it any more.
+    fn forget(&mut self, key: &IoKey) {
+        self.sizes.remove(key);
+        self.lost_seen.remove(key);
+        let _ = self.lost.remove(key);
     }
 }
 

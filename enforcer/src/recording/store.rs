@@ -32,9 +32,12 @@ fn last_time(path: &Path, size: u64) -> Option<f64> {
     let mut f = std::fs::File::open(path).ok()?;
     let from = size.saturating_sub(64 << 10);
     f.seek(SeekFrom::Start(from)).ok()?;
-    let mut tail = String::new();
-    f.read_to_string(&mut tail).ok()?;
-    tail.lines()
+    // Bytes, not a String: the seek may land inside a multi-byte character (that partial first
+    // line is skipped anyway).
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
         .rev()
         .find_map(cast::parse_event)
         .map(|e| e.time)
