@@ -27,7 +27,9 @@ use crate::{
     atomic::fetch_add,
     config::{ENF_SETTINGS, off},
     kernel,
-    maps::{ENF_ACTIVITY, ENF_DATA, ENF_LOST, ENF_PENDING, ENF_SCRATCH, ENF_TASKS, count},
+    maps::{
+        ENF_ACTIVITY, ENF_DATA, ENF_LOST, ENF_PENDING, ENF_SCRATCH, ENF_TASKS, ENF_WAKE, count,
+    },
     process::current_ids,
 };
 
@@ -43,17 +45,30 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Unread bytes in the data ring above which the recorder is woken at once.
 const WAKE_AT: u64 = 1 << 20;
+/// Otherwise the recorder is woken at most this often (ns): the first bytes after a quiet spell
+/// reach it at once, a stream wakes it ~50 times a second.
+const WAKE_EVERY_NS: u64 = 20_000_000;
 
-/// Ring flags for one record. By default the kernel wakes the reader whenever it has caught up,
-/// i.e. on nearly every record of a fast stream, and that wakeup costs more than the copy. The
-/// recorder polls on a short timer while it records, so only a filling ring needs a wakeup.
+/// Ring flags for one record written at `now`. By default the kernel wakes the reader whenever
+/// it has caught up, i.e. on nearly every record of a fast stream, and that wakeup costs more
+/// than the copy. Here: when the ring fills, or when the last wakeup is old; the recorder picks
+/// up a burst's tail with a short timer while data flows, and sleeps while nothing does.
 #[inline(always)]
-fn wake_flags() -> u64 {
+fn wake_flags(now: u64) -> u64 {
     if ENF_DATA.query(BPF_RB_AVAIL_DATA) > WAKE_AT {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
+        return BPF_RB_FORCE_WAKEUP;
     }
+    let Some(last) = ENF_WAKE.get_ptr_mut(0) else {
+        return BPF_RB_NO_WAKEUP;
+    };
+    // SAFETY: array slot pointer from a successful lookup; a racing CPU only moves it forward.
+    unsafe {
+        if now.wrapping_sub(*last) < WAKE_EVERY_NS {
+            return BPF_RB_NO_WAKEUP;
+        }
+        *last = now;
+    }
+    BPF_RB_FORCE_WAKEUP
 }
 
 /// The connection of task `tid` if it is one of a connection's sshd processes: the only map
@@ -160,7 +175,7 @@ fn record(p: &PendingIo, total: u64, now: u64) {
         rec.header.flags = DATA_MASKED;
         rec.header.len = total as u32;
         if ENF_DATA
-            .output::<DataHeader>(&rec.header, wake_flags())
+            .output::<DataHeader>(&rec.header, wake_flags(now))
             .is_err()
         {
             lose(&p.key, total);
@@ -199,7 +214,7 @@ fn record(p: &PendingIo, total: u64, now: u64) {
             )
         };
         if ENF_DATA
-            .output::<[u8]>(&bytes[..size_of::<DataHeader>() + n], wake_flags())
+            .output::<[u8]>(&bytes[..size_of::<DataHeader>() + n], wake_flags(now))
             .is_err()
         {
             lose(&p.key, n as u64);
@@ -327,16 +342,17 @@ pub fn enf_ioctl(ctx: TracePointContext) -> u32 {
     let Ok(ws) = (unsafe { bpf_probe_read_user(arg as *const [u16; 4]) }) else {
         return 0;
     };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let h = DataHeader {
         key,
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        boot_ns: now,
         dir: DIR_RESIZE,
         len: 0,
         flags: 0,
         rows: ws[0],
         cols: ws[1],
     };
-    if ENF_DATA.output::<DataHeader>(&h, wake_flags()).is_err() {
+    if ENF_DATA.output::<DataHeader>(&h, wake_flags(now)).is_err() {
         count(Counter::DropRecordingBytes);
     }
     0

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
@@ -52,6 +52,11 @@ pub static ENF_PENDING: HashMap<u32, PendingIo> = HashMap::with_max_entries(4096
 /// events. Size set by the daemon (`recording.buffer_bytes`).
 #[map]
 pub static ENF_DATA: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Boot time (ns) of the last time a program woke the recorder for `ENF_DATA` (see
+/// `io::wake_flags`). One slot; CPUs race on it benignly.
+#[map]
+pub static ENF_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU record under construction (too large for the BPF stack).
 #[map]

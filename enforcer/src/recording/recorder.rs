@@ -200,24 +200,22 @@ impl Recorder {
         batch_scheduling();
         let mut last_flush = Instant::now();
         let mut last_lost = Instant::now();
+        // Whether the last drain found data: while data flows, a short timer picks up what the
+        // programs did not wake us for (see `wake_flags` in enforcer-ebpf); otherwise we sleep
+        // until woken or until the housekeeping below is due.
+        let mut flowing = false;
         loop {
             let mut pfds = [ring.as_raw_fd(), wake.as_raw_fd()].map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
-            // The kernel wakes us only when the ring fills (see `wake_flags` in enforcer-ebpf),
-            // so while anything is recorded a short timer bounds the latency of live watchers.
-            let timeout = if self.recordings.is_empty() && self.pending.is_empty() {
-                250
-            } else {
-                10
-            };
+            let timeout = if flowing { 20 } else { 250 };
             // SAFETY: two valid pollfds.
             unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
             // Non-blocking: resets the count if a command woke us.
             let _ = wake.read();
-            self.drain(&mut ring);
+            flowing = self.drain(&mut ring) > 0;
             loop {
                 match commands.try_recv() {
                     Ok(Command::Shutdown(ack)) => {
@@ -239,8 +237,9 @@ impl Recorder {
                 self.expire();
                 last_lost = Instant::now();
             }
-            if last_flush.elapsed() >= Duration::from_millis(100) {
-                // Streamed while the session runs: readers see at most 100 ms of delay.
+            if !flowing || last_flush.elapsed() >= Duration::from_millis(100) {
+                // Streamed while the session runs: readers see at most 100 ms of delay, and
+                // everything once the stream pauses.
                 for r in self.recordings.values_mut() {
                     r.flush(&self.stats);
                 }
@@ -249,12 +248,16 @@ impl Recorder {
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    /// Handles everything in the ring; returns how many records there were.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
         while let Some(item) = ring.next() {
+            n += 1;
             if let Some((h, payload)) = parse(&item) {
                 self.handle(h, payload);
             }
         }
+        n
     }
 
     fn handle(&mut self, h: DataHeader, payload: &[u8]) {
