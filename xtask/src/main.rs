@@ -3,6 +3,7 @@
 mod build;
 mod cmd;
 mod deb;
+mod fuzz;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,18 @@ enum Cmd {
     },
     /// Build the Debian package (release) into target/debian/.
     Deb,
+    /// Fuzz every parser of untrusted input (cargo-fuzz, nightly) and report executions and
+    /// crashes per target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Stop a target after this many executions (whichever comes first).
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Set up, build, and run every test (unit and privileged end-to-end).
     Test {
         /// Only tests whose name contains this.
@@ -75,6 +88,15 @@ fn main() -> anyhow::Result<()> {
             setup::toolchain()?;
             setup::cargo_deb()?;
             deb::build(&build::all(true)?).map(|_| ())
+        }
+        Cmd::Fuzz {
+            seconds,
+            runs,
+            targets,
+        } => {
+            setup::toolchain()?;
+            fuzz::install()?;
+            fuzz::fuzz(&targets, seconds, runs)
         }
         Cmd::Test { filter } => {
             setup::toolchain()?;

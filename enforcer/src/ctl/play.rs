@@ -58,7 +58,7 @@ pub fn play(recording: &str, out: &mut impl Write, opts: PlayOptions) -> io::Res
     timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut last = 0.0;
     for (t, bytes) in timeline {
-        let mut gap = Duration::from_secs_f64(((t - last) / opts.speed).max(0.0));
+        let mut gap = gap(t - last, opts.speed);
         if let Some(limit) = opts.idle_limit {
             gap = gap.min(limit);
         }
@@ -70,6 +70,16 @@ pub fn play(recording: &str, out: &mut impl Write, opts: PlayOptions) -> io::Res
         out.write_all(&bytes)?;
     }
     out.flush()
+}
+
+/// The pause before an event `secs` after the previous one. A recording is untrusted input:
+/// times that go backwards, are not numbers or are too large for a `Duration` must not panic.
+fn gap(secs: f64, speed: f64) -> Duration {
+    let scaled = secs / speed;
+    if !scaled.is_finite() || scaled <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(scaled).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -120,6 +130,25 @@ mod tests {
             text.contains("[enforcer: 5 bytes lost here]") && text.ends_with("world"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn huge_backward_or_nan_times_do_not_panic() {
+        // Found by `cargo xtask fuzz asciicast`: Duration::from_secs_f64 panics past u64 seconds.
+        for t in ["1e300", "-5", "1e308"] {
+            let rec = format!("{{\"version\":2}}\n[{t},\"o\",\"x\"]\n[0.5,\"o\",\"y\"]");
+            let mut out = Vec::new();
+            let opts = PlayOptions {
+                speed: 1.0,
+                idle_limit: Some(Duration::ZERO),
+                raw: false,
+            };
+            play(&rec, &mut out, opts).unwrap();
+            assert_eq!(out.len(), 2, "{t}: both events played");
+        }
+        assert_eq!(gap(1.0, 0.0), Duration::ZERO, "speed 0 is no pause, not infinity");
+        assert_eq!(gap(f64::NAN, 1.0), Duration::ZERO);
+        assert_eq!(gap(1e300, 1.0), Duration::MAX);
     }
 
     #[test]
