@@ -104,8 +104,29 @@ fn execs_on_the_host_reach_the_daemon() {
     );
 }
 
+fn loaded(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn continuity(d: &TestDaemon) -> (bool, String) {
+    let s = d.status();
+    let f = s
+        .features
+        .iter()
+        .find(|f| f.name == "continuous_enforcement")
+        .expect("status reports continuity");
+    (f.supported, f.detail.clone())
+}
+
+/// The programs are pinned: SIGTERM (restart, upgrade) and a crash leave them attached, the
+/// next daemon adopts them, and only `enforcerd --detach` (uninstall) removes them.
 #[test]
-fn sigterm_detaches_every_program_and_removes_the_socket() {
+fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
     if !require_root() {
         return;
     }
@@ -118,33 +139,53 @@ fn sigterm_detaches_every_program_and_removes_the_socket() {
             .iter()
             .all(|p| p.state == ProgramState::Attached)
     );
-    for id in &ids {
-        let out = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "program {id} should be loaded while the daemon runs"
-        );
-    }
+    assert!(ids.iter().all(|id| loaded(*id)));
+    let (continuous, why) = continuity(&d);
+    assert!(!continuous && why.contains("no pinned programs"), "{why}");
+
     let st = d.stop();
     assert!(st.success(), "enforcerd exited with {st}:\n{}", d.log());
-    for id in &ids {
-        let out = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "program {id} still loaded after SIGTERM:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
     assert!(!d.socket.exists(), "socket file left behind");
-    // Pins stay for the next start (the test harness removes them afterwards).
-    assert!(d.pin_dir.join("ENF_TASKS").exists());
-    assert!(d.log().contains("BPF programs detached"), "{}", d.log());
+    for id in &ids {
+        assert!(loaded(*id), "program {id} detached by SIGTERM");
+    }
+    assert!(
+        d.log().contains("BPF programs stay attached"),
+        "{}",
+        d.log()
+    );
+    d.start_again();
+    let again: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
+    assert_eq!(again, ids, "the running programs are adopted, not replaced");
+    assert_eq!(continuity(&d).0, true, "{:?}", continuity(&d));
+
+    d.kill9();
+    for id in &ids {
+        assert!(loaded(*id), "program {id} detached by a crash");
+    }
+    d.start_again();
+    assert_eq!(
+        d.status()
+            .programs
+            .iter()
+            .filter_map(|p| p.id)
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert!(continuity(&d).0, "{:?}", continuity(&d));
+
+    d.stop();
+    let out = Command::new(enforcer_tests::bin("enforcerd"))
+        .arg("--config")
+        .arg(&d.config_path)
+        .arg("--detach")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!d.pin_dir.exists(), "--detach removes the pin directory");
+    for id in &ids {
+        assert!(!loaded(*id), "program {id} still loaded after --detach");
+    }
 }
 
 #[test]
