@@ -69,6 +69,12 @@ pub static ENF_SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::pinned(1, 0);
 #[map]
 pub static ENF_LOST: HashMap<IoKey, u64> = HashMap::pinned(CHANNEL_MAP_ENTRIES, 0);
 
+/// The active program generation (a build id, see `config::active`), written by the daemon
+/// once a generation is attached and before the previous one is detached. Pinned; its layout
+/// never changes, so every generation shares it.
+#[map]
+pub static ENF_GEN: Array<u64> = Array::pinned(1, 0);
+
 /// Adds one to a counter slot of the current CPU.
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -7,12 +7,14 @@
 //! On start:
 //! - the same build is pinned: its links are kept (adopted) and the daemon reads the pinned
 //!   maps, events queued while it was down included — enforcement was continuous;
-//! - another build (or none) is pinned: the old links are removed **before** the new programs
-//!   are attached. Both generations share the pinned counting maps (ENF_CONNS, ENF_USERS), so
-//!   overlapping them would count every session started meanwhile twice and refuse sessions
-//!   within their limit. The gap lasts one attach (milliseconds, upgrades only); the restart
-//!   reconciliation (`validate`) adopts tasks forked meanwhile, and status says enforcement was
-//!   not continuous and why.
+//! - another build is pinned: the new programs are attached next to the old ones, then one map
+//!   update (`ENF_GEN`, the active generation) hands over, then the old links are removed.
+//!   Both generations share the pinned counting maps (ENF_CONNS, ENF_USERS): were both active
+//!   during the overlap, every session started meanwhile would be counted twice (and a session
+//!   within its limit refused). Every program first checks that its own build id (`ENF_BUILD`,
+//!   a load-time global) is the active one, so exactly one generation acts at any moment and
+//!   there is no gap. A crash in the middle leaves both pinned and the old one active; the next
+//!   start hands over again.
 
 use std::path::{Path, PathBuf};
 
@@ -27,13 +29,22 @@ pub enum Continuity {
     Continuous,
     /// Nothing was pinned: first start, or the programs were detached on purpose.
     Fresh,
-    /// Another build or other load settings were pinned: its links were replaced.
-    Replaced { previous: String },
+    /// Another build or other load settings were pinned: its links were replaced without a
+    /// gap; `maps_kept` is false when pinned maps of another layout had to be discarded (the
+    /// identities and counts they held are gone).
+    Replaced { previous: String, maps_kept: bool },
 }
 
 impl Continuity {
     pub fn is_continuous(&self) -> bool {
-        *self == Continuity::Continuous
+        matches!(
+            self,
+            Continuity::Continuous
+                | Continuity::Replaced {
+                    maps_kept: true,
+                    ..
+                }
+        )
     }
 
     pub fn detail(&self) -> String {
@@ -44,8 +55,17 @@ impl Continuity {
             Continuity::Fresh => {
                 "not continuous: no pinned programs found (first start, or detached with `enforcerd --detach`/pin directory removed)".into()
             }
-            Continuity::Replaced { previous } => format!(
-                "not continuous: pinned programs of another build or settings ({previous}) were detached and replaced; processes forked in the gap were reconciled from /proc"
+            Continuity::Replaced {
+                previous,
+                maps_kept: true,
+            } => format!(
+                "enforcement continuous: the pinned programs of another build or settings ({previous}) ran until this build's took over, without a gap"
+            ),
+            Continuity::Replaced {
+                previous,
+                maps_kept: false,
+            } => format!(
+                "not continuous: the pinned programs of another build ({previous}) were replaced, but their maps had another layout and were discarded (live sessions lost their kernel identity)"
             ),
         }
     }
@@ -62,6 +82,29 @@ pub fn build_id(parts: &[&[u8]]) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+/// The generation id the programs compare with `ENF_GEN` (never 0, the value of a fresh map).
+pub fn generation_id(build: &str) -> u64 {
+    u64::from_str_radix(build, 16).unwrap_or(1).max(1)
+}
+
+/// Makes `generation` the one whose programs act (`ENF_GEN`).
+pub fn activate(ebpf: &mut aya::Ebpf, generation: u64) -> Result<(), BpfError> {
+    let map = ebpf
+        .map_mut("ENF_GEN")
+        .ok_or(BpfError::MissingMap("ENF_GEN"))?;
+    let mut gen_map: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(map).map_err(|source| BpfError::Map {
+            name: "ENF_GEN",
+            source,
+        })?;
+    gen_map
+        .set(0, generation, 0)
+        .map_err(|source| BpfError::Map {
+            name: "ENF_GEN",
+            source,
+        })
 }
 
 /// The directory of a generation's links.
@@ -144,7 +187,14 @@ mod tests {
         assert!(!Continuity::Fresh.is_continuous());
         let r = Continuity::Replaced {
             previous: "build 0123".into(),
+            maps_kept: true,
         };
-        assert!(r.detail().contains("build 0123"));
+        assert!(r.is_continuous() && r.detail().contains("build 0123"));
+        let lost = Continuity::Replaced {
+            previous: "build 0123".into(),
+            maps_kept: false,
+        };
+        assert!(!lost.is_continuous() && lost.detail().contains("discarded"));
+        assert_ne!(generation_id("0000000000000000"), 0);
     }
 }

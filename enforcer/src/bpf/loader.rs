@@ -55,19 +55,6 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
     let btf = Btf::from_sys_fs().map_err(|e| BpfError::Btf(e.to_string()))?;
     let (offsets, missing) = offsets::build(&btf, &layout)?;
     let discarded = pins::prepare(&settings.pin_dir, settings)?;
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("ENF_EVENTS", settings.ring_buffer_bytes)
-        .map_max_entries("ENF_TASKS", settings.max_tracked_tasks)
-        .map_max_entries("ENF_DATA", settings.data_ring_bytes)
-        .override_global("ENF_SETTINGS", &settings.record, true)
-        .default_map_pin_directory(&settings.pin_dir)
-        .override_global("ENF_OFFSETS", &offsets, true)
-        .load(object)
-        .map_err(|e| BpfError::Load(Box::new(e)))?;
-
-    let aya_btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::Btf(e.to_string()))?;
-    let mut features = probe::probe_all(&mut ebpf, Some(&aya_btf));
-
     let build = links::build_id(&[
         object,
         pod_bytes(&settings.record),
@@ -76,6 +63,21 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         &settings.max_tracked_tasks.to_le_bytes(),
         &settings.data_ring_bytes.to_le_bytes(),
     ]);
+    let generation_id = links::generation_id(&build);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("ENF_EVENTS", settings.ring_buffer_bytes)
+        .map_max_entries("ENF_TASKS", settings.max_tracked_tasks)
+        .map_max_entries("ENF_DATA", settings.data_ring_bytes)
+        .override_global("ENF_SETTINGS", &settings.record, true)
+        .default_map_pin_directory(&settings.pin_dir)
+        .override_global("ENF_OFFSETS", &offsets, true)
+        .override_global("ENF_BUILD", &generation_id, true)
+        .load(object)
+        .map_err(|e| BpfError::Load(Box::new(e)))?;
+
+    let aya_btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::Btf(e.to_string()))?;
+    let mut features = probe::probe_all(&mut ebpf, Some(&aya_btf));
+
     let generation = links::dir(&settings.pin_dir, &build);
     let previous = links::pinned_builds(&settings.pin_dir);
     let names: Vec<&str> = std::iter::once("enf_fork")
@@ -117,11 +119,17 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
                 true => links::Continuity::Fresh,
                 false => links::Continuity::Replaced {
                     previous: format!("build {}", previous.join(", ")),
+                    maps_kept: discarded.is_empty(),
                 },
             };
             (programs, continuity)
         }
     };
+    // Hand over: from this update on only this generation acts; then the others go.
+    links::activate(&mut ebpf, generation_id)?;
+    for old in previous.iter().filter(|b| **b != build) {
+        links::remove(&settings.pin_dir, old)?;
+    }
     tracing::info!(build, continuity = %continuity.detail(), "BPF programs attached and pinned");
     features.push(FeatureProbe {
         name: "continuous_enforcement".into(),

@@ -117,6 +117,12 @@ pub fn prepare(dir: &Path, settings: &BpfSettings) -> Result<Vec<String>, BpfErr
             max_entries: 1,
         },
         Expected {
+            name: "ENF_GEN",
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+        },
+        Expected {
             name: "ENF_LOST",
             key_size: size_of::<IoKey>() as u32,
             value_size: 8,
