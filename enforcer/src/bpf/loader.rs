@@ -87,12 +87,9 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         .contains(&build)
         .then(|| links::adopt(&generation, &names))
         .flatten();
-    // Any other generation is detached first (see links.rs for why not after).
-    for old in previous
-        .iter()
-        .filter(|b| adopted.is_none() || **b != build)
-    {
-        links::remove(&settings.pin_dir, old)?;
+    if adopted.is_none() && previous.contains(&build) {
+        // An incomplete generation of this very build (a crash while attaching): redo it.
+        links::remove(&settings.pin_dir, &build)?;
     }
     let (programs, continuity) = match adopted {
         Some(ids) => {
@@ -109,9 +106,9 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         None => {
             let programs = attach_all(&mut ebpf, &aya_btf, &generation)?;
             // The globals the programs were loaded with, next to their links (bpftool map
-            // dump pinned …): they are what the build id covers.
+            // dump pinned …): they are what the build id covers. bpffs refuses dots in names.
             for (name, map) in ebpf.maps().filter(|(n, _)| n.starts_with('.')) {
-                if let Err(e) = map.pin(generation.join(name)) {
+                if let Err(e) = map.pin(generation.join(name.replace('.', ""))) {
                     tracing::warn!(map = name, error = %e, "cannot pin BPF globals");
                 }
             }
