@@ -406,7 +406,7 @@ fn session_limits_hold_while_enforcerd_is_down() {
     let live = sessions_of_only_conn(&d);
     assert_eq!(live.len(), 1, "sessions started while down: {live:#?}");
     let outcomes = rt
-        .block_on(tokio::time::timeout(Duration::from_secs(30), run))
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), run).await })
         .expect("the refused session was never ended after the restart")
         .unwrap();
     let ran = outcomes
