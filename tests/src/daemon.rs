@@ -125,6 +125,17 @@ impl TestDaemon {
         self.spawn();
     }
 
+    /// `enforcerctl status`'s `continuous_enforcement`: (continuous, why).
+    pub fn continuity(&self) -> (bool, String) {
+        let s = self.status();
+        let f = s
+            .features
+            .iter()
+            .find(|f| f.name == "continuous_enforcement")
+            .expect("status reports continuity");
+        (f.supported, f.detail.clone())
+    }
+
     /// The audit log so far, one JSON value per line.
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl"))

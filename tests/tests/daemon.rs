@@ -113,16 +113,6 @@ fn loaded(id: u32) -> bool {
         .success()
 }
 
-fn continuity(d: &TestDaemon) -> (bool, String) {
-    let s = d.status();
-    let f = s
-        .features
-        .iter()
-        .find(|f| f.name == "continuous_enforcement")
-        .expect("status reports continuity");
-    (f.supported, f.detail.clone())
-}
-
 /// The programs are pinned: SIGTERM (restart, upgrade) and a crash leave them attached, the
 /// next daemon adopts them, and only `enforcerd --detach` (uninstall) removes them.
 #[test]
@@ -140,7 +130,7 @@ fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
             .all(|p| p.state == ProgramState::Attached)
     );
     assert!(ids.iter().all(|id| loaded(*id)));
-    let (continuous, why) = continuity(&d);
+    let (continuous, why) = d.continuity();
     assert!(!continuous && why.contains("no pinned programs"), "{why}");
 
     let st = d.stop();
@@ -157,7 +147,7 @@ fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
     d.start_again();
     let again: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
     assert_eq!(again, ids, "the running programs are adopted, not replaced");
-    assert_eq!(continuity(&d).0, true, "{:?}", continuity(&d));
+    assert_eq!(d.continuity().0, true, "{:?}", d.continuity());
 
     d.kill9();
     for id in &ids {
@@ -172,7 +162,7 @@ fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
             .collect::<Vec<_>>(),
         ids
     );
-    assert!(continuity(&d).0, "{:?}", continuity(&d));
+    assert!(d.continuity().0, "{:?}", d.continuity());
 
     d.stop();
     let out = Command::new(enforcer_tests::bin("enforcerd"))
@@ -217,7 +207,7 @@ fn another_build_replaces_the_pinned_programs_without_losing_sessions() {
     let new: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
     assert_eq!(new.len(), 10);
     assert!(new.iter().all(|id| !old.contains(id)), "{old:?} {new:?}");
-    let (continuous, why) = continuity(&d);
+    let (continuous, why) = d.continuity();
     assert!(continuous && why.contains("another build"), "{why}");
     let gone = enforcer_tests::ssh::wait_until(std::time::Duration::from_secs(10), || {
         old.iter().all(|id| !loaded(*id))

@@ -11,6 +11,38 @@ use enforcer_tests::{
     ssh::wait_until,
 };
 
+/// Starts `cmd` over ssh and waits until its recording holds `seen`: (ssh, recording path).
+fn session_recorded_up_to(
+    d: &TestDaemon,
+    sshd: &TestSshd,
+    user: &TestUser,
+    cmd: &str,
+    seen: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let child = sshd
+        .ssh(user, cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut path = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        path = d
+            .recordings()
+            .into_iter()
+            .find(|r| r["user"] == user.name.as_str())
+            .map(|r| std::path::PathBuf::from(r["path"].as_str().unwrap()));
+        path.as_ref()
+            .is_some_and(|p| std::fs::read_to_string(p).unwrap().contains(seen))
+    });
+    assert!(
+        ok,
+        "{seen:?} never reached the recording: {:#?}",
+        d.recordings()
+    );
+    (child, path.unwrap())
+}
+
 #[test]
 fn a_recording_resumes_in_the_same_file_after_kill_9() {
     if !require_root() {
@@ -19,25 +51,13 @@ fn a_recording_resumes_in_the_same_file_after_kill_9() {
     let mut d = TestDaemon::start("");
     let rk = TestUser::create("rk");
     let sshd = TestSshd::start(d.pam(), &[&rk], "");
-    let mut child = sshd
-        .ssh(
-            &rk,
-            "for i in $(seq 1 80); do echo tick-$i; sleep 0.1; done",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut path = None;
-    assert!(wait_until(Duration::from_secs(10), || {
-        path = d
-            .recordings()
-            .into_iter()
-            .find(|r| r["user"] == rk.name.as_str())
-            .map(|r| std::path::PathBuf::from(r["path"].as_str().unwrap()));
-        path.as_ref()
-            .is_some_and(|p| std::fs::read_to_string(p).unwrap().contains("tick-5\\"))
-    }));
+    let (mut child, path) = session_recorded_up_to(
+        &d,
+        &sshd,
+        &rk,
+        "for i in $(seq 1 80); do echo tick-$i; sleep 0.1; done",
+        "tick-5\\",
+    );
     d.kill9();
     std::thread::sleep(Duration::from_millis(1500));
     d.start_again();
@@ -52,10 +72,10 @@ fn a_recording_resumes_in_the_same_file_after_kill_9() {
     let rec = ended_recording(&d, &rk);
     assert_eq!(
         std::path::PathBuf::from(rec["path"].as_str().unwrap()),
-        path.clone().unwrap(),
+        path.clone(),
         "same file"
     );
-    let lines = json_lines(&path.unwrap());
+    let lines = json_lines(&path);
     let m = markers(&lines);
     assert!(
         m.iter().any(|t| t.contains("enforcerd restarted")),
@@ -85,31 +105,19 @@ fn a_full_disk_leaves_whole_lines_and_marks_and_counts_the_gap() {
     let rf = TestUser::create("rf");
     let sshd = TestSshd::start(d.pam(), &[&rf], "");
     // Long lines, and a command per line so the audit log is written too.
-    let mut child = sshd
-        .ssh(
-            &rf,
-            "for i in $(seq 1 60); do echo line-$i-$(printf '%0300d' 0); /bin/true; sleep 0.1; done",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut path = None;
-    assert!(wait_until(Duration::from_secs(10), || {
-        path = d
-            .recordings()
-            .into_iter()
-            .find(|r| r["user"] == rf.name.as_str())
-            .map(|r| std::path::PathBuf::from(r["path"].as_str().unwrap()));
-        path.as_ref()
-            .is_some_and(|p| std::fs::read_to_string(p).unwrap().contains("line-3-"))
-    }));
+    let (mut child, path) = session_recorded_up_to(
+        &d,
+        &sshd,
+        &rf,
+        "for i in $(seq 1 60); do echo line-$i-$(printf '%0300d' 0); /bin/true; sleep 0.1; done",
+        "line-3-",
+    );
     fs.fill();
     std::thread::sleep(Duration::from_secs(2));
     fs.free();
     assert!(child.wait().unwrap().success());
     let rec = ended_recording(&d, &rf);
-    let lines = json_lines(&path.unwrap());
+    let lines = json_lines(&path);
     let m = markers(&lines);
     assert!(
         m.iter()

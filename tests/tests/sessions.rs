@@ -422,11 +422,5 @@ fn session_limits_hold_while_enforcerd_is_down() {
         .find(|o| !o.stdout.contains("ran-"))
         .unwrap();
     assert_eq!(refused.exit_signal.as_deref(), Some("KILL"), "{refused:?}");
-    let s = d.status();
-    let f = s
-        .features
-        .iter()
-        .find(|f| f.name == "continuous_enforcement")
-        .unwrap();
-    assert!(f.supported, "{f:?}");
+    assert!(d.continuity().0, "{:?}", d.continuity());
 }
