@@ -116,7 +116,12 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
                 true => links::Continuity::Fresh,
                 false => links::Continuity::Replaced {
                     previous: format!("build {}", previous.join(", ")),
-                    maps_kept: discarded.is_empty(),
+                    // Ring or scratch sizes may change freely; identities and counts may not.
+                    maps_kept: !discarded.iter().any(|d| {
+                        ["ENF_TASKS", "ENF_CONNS", "ENF_USERS"]
+                            .iter()
+                            .any(|m| d.starts_with(m))
+                    }),
                 },
             };
             (programs, continuity)

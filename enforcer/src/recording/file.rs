@@ -185,12 +185,12 @@ impl Recording {
         }
         let last = super::store::last_time(&path, file.len()).unwrap_or(0.0);
         let mut r = Recording::new(path, file, s, size);
-        let down = (r.time(crate::host::boot_ns()) - last).max(0.0);
         let text = if kernel_continuous {
-            format!(
-                "enforcer: enforcerd restarted here ({down:.1} s ago); the kernel kept capturing, output enforcerd had not yet written (at most 0.1 s) may be missing"
-            )
+            // The pinned ring kept what the session wrote meanwhile; only what the old daemon
+            // had taken from it but not yet written is gone.
+            "enforcer: enforcerd restarted after this point; the kernel kept capturing, so at most 0.1 s of output may be missing".to_owned()
         } else {
+            let down = (r.time(crate::host::boot_ns()) - last).max(0.0);
             format!("enforcer: not recorded for up to {down:.1} s here (enforcerd was down)")
         };
         cast::write_event(&mut r.buf, last, "m", &text);
@@ -310,8 +310,7 @@ impl Recording {
         }
     }
 
-    /// Makes what was written so far visible to readers of the file.
-    /// A failed write loses the buffered lines but never leaves a half line; the loss is
+    /// Makes what was written so far visible to readers of the file. A failed write loses the buffered lines but never leaves a half line; the loss is
     /// counted and marked ("m") in front of the next lines that can be written.
     pub(super) fn flush(&mut self, stats: &RecorderStats) {
         if self.buf.is_empty() && self.gap.is_none() {
