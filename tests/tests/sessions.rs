@@ -398,6 +398,11 @@ fn session_limits_hold_while_enforcerd_is_down() {
     let handle = rt
         .block_on(russh_login(sshd.port, &kd.name, &kd.key))
         .unwrap();
+    // The connection table is saved within 200 ms of a change; a crash before that loses it.
+    let table = d.dir.path().join("state/connections.json");
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&table).is_ok_and(|t| t.contains(&kd.name))
+    }));
     d.kill9();
     let commands: Vec<String> = (0..2).map(|i| format!("echo ran-{i}; sleep 4")).collect();
     let run = rt.spawn(async move { russh_exec_all(&handle, &commands).await });
