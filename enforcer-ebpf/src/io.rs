@@ -282,6 +282,9 @@ fn end(ctx: &TracePointContext, ret_off: usize) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn enf_write(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     begin(
         &ctx,
         off!(tp_write_fd) as usize,
@@ -293,12 +296,18 @@ pub fn enf_write(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
 pub fn enf_write_ret(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     end(&ctx, off!(tp_write_ret) as usize);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn enf_read(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     begin(
         &ctx,
         off!(tp_read_fd) as usize,
@@ -310,6 +319,9 @@ pub fn enf_read(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 pub fn enf_read_ret(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     end(&ctx, off!(tp_read_ret) as usize);
     0
 }
@@ -317,6 +329,9 @@ pub fn enf_read_ret(ctx: TracePointContext) -> u32 {
 /// sshd sets a pty's window size when it allocates it and on every window-change request.
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
 pub fn enf_ioctl(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     let Ok(cmd) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_cmd) as usize) }) else {
         return 0;
     };

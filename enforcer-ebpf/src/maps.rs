@@ -1,6 +1,7 @@
 //! Every map of the BPF object. Names are at most 15 bytes (the kernel's limit; aya would
-//! truncate silently) and start with `ENF_`. Maps holding identity and session counts are
-//! pinned (daemon.bpf_pin_dir) so a daemon restart keeps them.
+//! truncate silently) and start with `ENF_`. Every map is pinned (daemon.bpf_pin_dir), like the
+//! programs' links: the programs keep tracking and enforcing while enforcerd is down, and the
+//! next daemon reads the same maps (events queued meanwhile included).
 
 use aya_ebpf::{
     macros::map,
@@ -14,13 +15,14 @@ use enforcer_common::{
 };
 
 /// Kernel → daemon events (`enforcer_common::events`). Size is set by the daemon at load time;
-/// a failed reservation is counted in `DropRingbufFull`.
+/// a failed reservation is counted in `DropRingbufFull`. Pinned.
 #[map]
-pub static ENF_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+pub static ENF_EVENTS: RingBuf = RingBuf::pinned(1 << 22, 0);
 
 /// Per-CPU counters indexed by `enforcer_common::counters::Counter`; summed by userspace.
+/// Pinned.
 #[map]
-pub static ENF_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+pub static ENF_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 /// Tracked tasks: kernel task id (thread id) → identity. Roots are inserted by the daemon;
 /// descendants are added by `enf_fork` and removed by `enf_exit`. Full map = counted drop.
@@ -43,29 +45,35 @@ pub static ENF_USERS: HashMap<u32, UserEntry> = HashMap::pinned(USER_MAP_ENTRIES
 pub static ENF_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(CHANNEL_MAP_ENTRIES, 0);
 
 /// Reads and writes by sshd's connection processes on session channels, between syscall entry
-/// and exit (task id → channel, buffer, direction).
+/// and exit (task id → channel, buffer, direction). Pinned.
 #[map]
-pub static ENF_PENDING: HashMap<u32, PendingIo> = HashMap::with_max_entries(4096, 0);
+pub static ENF_PENDING: HashMap<u32, PendingIo> = HashMap::pinned(4096, 0);
 
 /// Recorded session bytes (`enforcer_common::io::DataHeader` + payload), read by the daemon's
 /// recorder. Separate from `ENF_EVENTS` so a burst of output cannot crowd out exec/exit
-/// events. Size set by the daemon (`recording.buffer_bytes`).
+/// events. Size set by the daemon (`recording.buffer_bytes`). Pinned.
 #[map]
-pub static ENF_DATA: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+pub static ENF_DATA: RingBuf = RingBuf::pinned(1 << 24, 0);
 
 /// Boot time (ns) of the last time a program woke the recorder for `ENF_DATA` (see
-/// `io::wake_flags`). One slot; CPUs race on it benignly.
+/// `io::wake_flags`). One slot; CPUs race on it benignly. Pinned.
 #[map]
-pub static ENF_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+pub static ENF_WAKE: Array<u64> = Array::pinned(1, 0);
 
-/// Per-CPU record under construction (too large for the BPF stack).
+/// Per-CPU record under construction (too large for the BPF stack). Pinned.
 #[map]
-pub static ENF_SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static ENF_SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::pinned(1, 0);
 
 /// Bytes of a channel that could not be recorded (ring full, unreadable buffer): the recorder
-/// writes them into the recording as a loss marker.
+/// writes them into the recording as a loss marker. Pinned.
 #[map]
-pub static ENF_LOST: HashMap<IoKey, u64> = HashMap::with_max_entries(CHANNEL_MAP_ENTRIES, 0);
+pub static ENF_LOST: HashMap<IoKey, u64> = HashMap::pinned(CHANNEL_MAP_ENTRIES, 0);
+
+/// The active program generation (a build id, see `config::active`), written by the daemon
+/// once a generation is attached and before the previous one is detached. Pinned; its layout
+/// never changes, so every generation shares it.
+#[map]
+pub static ENF_GEN: Array<u64> = Array::pinned(1, 0);
 
 /// Adds one to a counter slot of the current CPU.
 #[inline(always)]

@@ -53,6 +53,9 @@ pub fn header(kind: EventKind, pid: u32, tid: u32, task: &TrackedTask) -> EventH
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn enf_fork(ctx: BtfTracePointContext) -> i32 {
+    if !crate::config::active() {
+        return 0;
+    }
     count(Counter::ForkSeen);
     if try_enf_fork(&ctx).is_err() {
         count(Counter::DropReadFailed);
@@ -90,6 +93,9 @@ fn try_enf_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn enf_exec(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     count(Counter::ExecSeen);
     if try_enf_exec(&ctx).is_err() {
         count(Counter::DropReadFailed);
@@ -209,6 +215,9 @@ fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn enf_exit(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     count(Counter::ExitSeen);
     if try_enf_exit(&ctx).is_err() {
         count(Counter::DropReadFailed);

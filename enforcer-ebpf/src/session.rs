@@ -22,6 +22,9 @@ use crate::{
 
 #[tracepoint(category = "syscalls", name = "sys_exit_setsid")]
 pub fn enf_setsid(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     if try_enf_setsid(&ctx).is_err() {
         count(Counter::DropReadFailed);
     }
@@ -106,6 +109,9 @@ fn try_enf_setsid(ctx: &TracePointContext) -> Result<(), i32> {
 /// reason to the channel and kill it. If the daemon does not, exec kills it anyway.
 #[tracepoint(category = "syscalls", name = "sys_enter_chdir")]
 pub fn enf_chdir(_ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
     let (pid, tid) = current_ids();
     let Some(task) = ENF_TASKS.get_ptr_mut(&tid) else {
         return 0;

@@ -3,7 +3,8 @@
 //! Layout (shared/DESIGN.md part A):
 //! - [`config`]: the TOML configuration;
 //! - [`core`]: the pure session model and policy (connections, limits, locks, identities);
-//! - [`host`], [`locks`], [`audit`]: the edges — /proc and NSS, lock files, the audit log;
+//! - [`host`], [`locks`], [`audit`], [`lines`]: the edges — /proc and NSS, lock files, the audit
+//!   log, files kept valid line by line;
 //! - [`bpf`]: the kernel side (loader, feature probes, the actor owning the aya object);
 //! - [`control`]: the control socket (framing, peer credentials, authorisation);
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
@@ -19,5 +20,6 @@ pub mod ctl;
 pub mod daemon;
 pub mod docs;
 pub mod host;
+pub mod lines;
 pub mod locks;
 pub mod recording;

@@ -111,6 +111,31 @@ impl TestDaemon {
         self.spawn();
     }
 
+    /// Kills the daemon with SIGKILL (a crash: nothing is flushed or cleaned up).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts the daemon again after [`TestDaemon::kill9`] or [`TestDaemon::stop`], on the same
+    /// config and state.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "daemon still running");
+        self.spawn();
+    }
+
+    /// `enforcerctl status`'s `continuous_enforcement`: (continuous, why).
+    pub fn continuity(&self) -> (bool, String) {
+        let s = self.status();
+        let f = s
+            .features
+            .iter()
+            .find(|f| f.name == "continuous_enforcement")
+            .expect("status reports continuity");
+        (f.supported, f.detail.clone())
+    }
+
     /// The audit log so far, one JSON value per line.
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
@@ -295,7 +320,8 @@ impl Drop for TestDaemon {
         if self.child.is_some() {
             self.stop();
         }
-        // Pinned maps outlive the daemon by design; a test's are removed with it.
+        // Pinned programs and maps outlive the daemon by design; removing a test's pin
+        // directory detaches and frees them.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }

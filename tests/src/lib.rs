@@ -2,6 +2,7 @@
 //! fail (not skip) under CI, and daemons, sshd instances and users started per test and cleaned
 //! up by pid/path.
 
+pub mod casts;
 pub mod daemon;
 pub mod debroot;
 pub mod env;

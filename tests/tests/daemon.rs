@@ -104,8 +104,19 @@ fn execs_on_the_host_reach_the_daemon() {
     );
 }
 
+fn loaded(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The programs are pinned: SIGTERM (restart, upgrade) and a crash leave them attached, the
+/// next daemon adopts them, and only `enforcerd --detach` (uninstall) removes them.
 #[test]
-fn sigterm_detaches_every_program_and_removes_the_socket() {
+fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
     if !require_root() {
         return;
     }
@@ -118,33 +129,100 @@ fn sigterm_detaches_every_program_and_removes_the_socket() {
             .iter()
             .all(|p| p.state == ProgramState::Attached)
     );
-    for id in &ids {
-        let out = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "program {id} should be loaded while the daemon runs"
-        );
-    }
+    assert!(ids.iter().all(|id| loaded(*id)));
+    let (continuous, why) = d.continuity();
+    assert!(!continuous && why.contains("no pinned programs"), "{why}");
+
     let st = d.stop();
     assert!(st.success(), "enforcerd exited with {st}:\n{}", d.log());
-    for id in &ids {
-        let out = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "program {id} still loaded after SIGTERM:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
     assert!(!d.socket.exists(), "socket file left behind");
-    // Pins stay for the next start (the test harness removes them afterwards).
-    assert!(d.pin_dir.join("ENF_TASKS").exists());
-    assert!(d.log().contains("BPF programs detached"), "{}", d.log());
+    for id in &ids {
+        assert!(loaded(*id), "program {id} detached by SIGTERM");
+    }
+    assert!(
+        d.log().contains("BPF programs stay attached"),
+        "{}",
+        d.log()
+    );
+    d.start_again();
+    let again: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
+    assert_eq!(again, ids, "the running programs are adopted, not replaced");
+    assert!(d.continuity().0, "{:?}", d.continuity());
+
+    d.kill9();
+    for id in &ids {
+        assert!(loaded(*id), "program {id} detached by a crash");
+    }
+    d.start_again();
+    assert_eq!(
+        d.status()
+            .programs
+            .iter()
+            .filter_map(|p| p.id)
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert!(d.continuity().0, "{:?}", d.continuity());
+
+    d.stop();
+    let out = Command::new(enforcer_tests::bin("enforcerd"))
+        .arg("--config")
+        .arg(&d.config_path)
+        .arg("--detach")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!d.pin_dir.exists(), "--detach removes the pin directory");
+    // The kernel frees detached programs asynchronously.
+    let gone = enforcer_tests::ssh::wait_until(std::time::Duration::from_secs(10), || {
+        ids.iter().all(|id| !loaded(*id))
+    });
+    assert!(gone, "programs still loaded after --detach");
+}
+
+/// Another build (here: other load settings, same map layouts) replaces the pinned programs:
+/// the new ones are attached, take over through ENF_GEN, then the old ones are detached. Live
+/// sessions keep their kernel identity and counts; status calls that continuous.
+#[test]
+fn another_build_replaces_the_pinned_programs_without_losing_sessions() {
+    if !require_root() {
+        return;
+    }
+    let mut d = TestDaemon::start("");
+    let rb = enforcer_tests::TestUser::create("db");
+    let sshd = enforcer_tests::TestSshd::start(d.pam(), &[&rb], "");
+    let held = enforcer_tests::ssh::HeldSsh::open(&sshd, &rb);
+    let old: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
+    d.stop();
+    let mut config: toml::Table = std::fs::read_to_string(&d.config_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    config["recording"]
+        .as_table_mut()
+        .unwrap()
+        .insert("mask_echo_off_input".into(), false.into());
+    std::fs::write(&d.config_path, toml::to_string(&config).unwrap()).unwrap();
+    d.start_again();
+    let new: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
+    assert_eq!(new.len(), 10);
+    assert!(new.iter().all(|id| !old.contains(id)), "{old:?} {new:?}");
+    let (continuous, why) = d.continuity();
+    assert!(continuous && why.contains("another build"), "{why}");
+    let gone = enforcer_tests::ssh::wait_until(std::time::Duration::from_secs(10), || {
+        old.iter().all(|id| !loaded(*id))
+    });
+    assert!(gone, "the old generation is still loaded");
+    let generations = std::fs::read_dir(&d.pin_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("links-"))
+        .count();
+    assert_eq!(generations, 1);
+    // The held connection is still tracked across the replacement.
+    let conns = d.sessions();
+    assert_eq!(conns.len(), 1, "{conns:#?}");
+    drop(held);
 }
 
 #[test]

@@ -9,40 +9,11 @@ use std::{
 };
 
 use enforcer_tests::{
-    TestDaemon, TestGroup, TestSshd, TestUser, require_root,
+    TestDaemon, TestGroup, TestSshd, TestUser,
+    casts::{ended_recording, play_raw},
+    require_root,
     ssh::{PtySsh, collect_into, run, wait_until},
 };
-
-/// The recording of `user`'s only session, once it has ended.
-fn ended_recording(d: &TestDaemon, user: &TestUser) -> serde_json::Value {
-    let mut found = None;
-    let ok = wait_until(Duration::from_secs(10), || {
-        found = d
-            .recordings()
-            .into_iter()
-            .find(|r| r["user"] == user.name.as_str() && r["live"] == false);
-        found.is_some()
-    });
-    assert!(
-        ok,
-        "no ended recording for {}: {:#?}",
-        user.name,
-        d.recordings()
-    );
-    // The recorder closes a recording a grace period after its session's end.
-    std::thread::sleep(Duration::from_millis(2500));
-    found.unwrap()
-}
-
-fn play_raw(d: &TestDaemon, id: u64) -> Vec<u8> {
-    let out = d.ctl(&["play", &id.to_string(), "--raw"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// A mix of everything a terminal stream can carry.
 fn mixed_stream(len: usize) -> Vec<u8> {

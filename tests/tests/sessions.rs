@@ -382,3 +382,50 @@ fn client_address_comes_from_the_socket_even_when_rhost_is_a_name() {
     assert_eq!(c["server"]["addr"], "127.0.0.1");
     assert_eq!(c["server"]["port"], sshd.port);
 }
+
+/// While enforcerd is down (here: killed), the pinned programs go on counting and enforcing: a
+/// session over its connection's limit is stopped before it runs anything of the user's, and
+/// the next daemon, reading what the kernel queued meanwhile, tells it why and ends it.
+#[test]
+fn session_limits_hold_while_enforcerd_is_down() {
+    if !require_root() {
+        return;
+    }
+    let mut d = TestDaemon::start("[limits]\nmax_sessions_per_connection = 1\n");
+    let kd = TestUser::create("sk");
+    let sshd = TestSshd::start(d.pam(), &[&kd], "");
+    let rt = runtime();
+    let handle = rt
+        .block_on(russh_login(sshd.port, &kd.name, &kd.key))
+        .unwrap();
+    // The connection table is saved within 200 ms of a change; a crash before that loses it.
+    let table = d.dir.path().join("state/connections.json");
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&table).is_ok_and(|t| t.contains(&kd.name))
+    }));
+    d.kill9();
+    let commands: Vec<String> = (0..2).map(|i| format!("echo ran-{i}; sleep 4")).collect();
+    let run = rt.spawn(async move { russh_exec_all(&handle, &commands).await });
+    std::thread::sleep(Duration::from_secs(2));
+    d.start_again();
+    let live = sessions_of_only_conn(&d);
+    assert_eq!(live.len(), 1, "sessions started while down: {live:#?}");
+    let outcomes = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), run).await })
+        .expect("the refused session was never ended after the restart")
+        .unwrap();
+    let ran = outcomes
+        .iter()
+        .filter(|o| o.stdout.contains("ran-"))
+        .count();
+    assert_eq!(
+        ran, 1,
+        "a session over the limit ran while enforcerd was down: {outcomes:#?}"
+    );
+    let refused = outcomes
+        .iter()
+        .find(|o| !o.stdout.contains("ran-"))
+        .unwrap();
+    assert_eq!(refused.exit_signal.as_deref(), Some("KILL"), "{refused:?}");
+    assert!(d.continuity().0, "{:?}", d.continuity());
+}

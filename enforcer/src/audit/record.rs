@@ -112,6 +112,12 @@ pub struct AuditRecord {
     /// How long the connection had been idle (idle_timeout).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_secs: Option<f64>,
+    /// Records that could not be written (audit_records_lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    /// When the loss began (audit_records_lost; `time` is when it ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 impl AuditRecord {

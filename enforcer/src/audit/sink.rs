@@ -1,9 +1,10 @@
 //! Writing audit records: a dedicated thread appends JSON lines (one write(2) per line, so lines
 //! never interleave) and forwards to journald. Producers never block; overflow is counted.
+//! A failed write leaves no half line (see [`crate::lines`]); once writing works again an
+//! `audit_records_lost` record says how many records were lost, since when and why.
 
 use std::{
-    fs::{File, OpenOptions},
-    io::Write,
+    fs::OpenOptions,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
@@ -14,7 +15,10 @@ use std::{
     },
 };
 
+use time::OffsetDateTime;
+
 use super::AuditRecord;
+use crate::lines::{LineFile, WriteFailure};
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 const BACKLOG: usize = 65536;
@@ -35,7 +39,9 @@ pub struct AuditCounters {
     pub written: AtomicU64,
     /// Records dropped because the writer fell 65 536 records behind.
     pub dropped_backlog: AtomicU64,
-    /// Records that could not be written to the file (disk full, …).
+    /// Records that could not be written to the file because it was full.
+    pub lost_disk_full: AtomicU64,
+    /// Records that could not be written to the file for another reason.
     pub write_errors: AtomicU64,
     pub journald_errors: AtomicU64,
 }
@@ -53,11 +59,13 @@ pub struct AuditSink {
 
 struct Writer {
     path: PathBuf,
-    file: File,
+    file: LineFile,
     inode: u64,
+    /// Records not written since the last successful write: (count, since, last reason).
+    lost: Option<(u64, OffsetDateTime, WriteFailure)>,
 }
 
-fn open(path: &Path) -> Result<(File, u64), AuditError> {
+fn open(path: &Path) -> Result<(LineFile, u64), AuditError> {
     let err = |source| AuditError::Open {
         path: path.to_owned(),
         source,
@@ -67,11 +75,16 @@ fn open(path: &Path) -> Result<(File, u64), AuditError> {
     }
     let file = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o640)
         .open(path)
         .map_err(err)?;
     let inode = file.metadata().map_err(err)?.ino();
+    let (file, cut) = LineFile::new(file).map_err(err)?;
+    if cut > 0 {
+        tracing::warn!(path = %path.display(), bytes = cut, "audit log ended in a half line (crash); cut back to its last whole line");
+    }
     Ok((file, inode))
 }
 
@@ -87,9 +100,40 @@ impl Writer {
         }
     }
 
+    /// Appends one record line, preceded by an `audit_records_lost` record when earlier
+    /// records could not be written.
     fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
         self.reopen_if_rotated();
-        self.file.write_all(line)
+        if let Some((n, since, why)) = self.lost {
+            let mut rec = AuditRecord::new("audit_records_lost", OffsetDateTime::now_utc()).reason(
+                why.code(),
+                Some(format!(
+                    "{n} audit records could not be written to {}",
+                    self.path.display()
+                )),
+            );
+            rec.lost = Some(n);
+            rec.since = Some(crate::core::rfc3339(since));
+            let mut lines = serde_json::to_vec(&rec).expect("audit record serialises");
+            lines.push(b'\n');
+            lines.extend_from_slice(line);
+            self.file.append(&lines)?;
+            self.lost = None;
+            return Ok(());
+        }
+        self.file.append(line)
+    }
+
+    /// Counts a record that could not be written.
+    fn lose(&mut self, e: &std::io::Error, counters: &AuditCounters) {
+        let why = WriteFailure::of(e);
+        match why {
+            WriteFailure::DiskFull => &counters.lost_disk_full,
+            WriteFailure::Io => &counters.write_errors,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let (n, since, _) = self.lost.unwrap_or((0, OffsetDateTime::now_utc(), why));
+        self.lost = Some((n + 1, since, why));
     }
 }
 
@@ -107,6 +151,7 @@ impl AuditSink {
             path: path.to_owned(),
             file,
             inode,
+            lost: None,
         };
         std::thread::Builder::new()
             .name("enforcerd-audit".into())
@@ -116,12 +161,16 @@ impl AuditSink {
                     let mut line = serde_json::to_vec(&rec).expect("audit record serialises");
                     line.push(b'\n');
                     match writer.write(&line) {
-                        Ok(()) => c.written.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            tracing::error!(error = %e, event = rec.event, "audit write failed");
-                            c.write_errors.fetch_add(1, Ordering::Relaxed)
+                        Ok(()) => {
+                            c.written.fetch_add(1, Ordering::Relaxed);
                         }
-                    };
+                        Err(e) => {
+                            if writer.lost.is_none() {
+                                tracing::error!(error = %e, event = rec.event, "audit write failed; records are counted as lost until writing works again");
+                            }
+                            writer.lose(&e, &c);
+                        }
+                    }
                     if journald && send_journald(&rec).is_err() {
                         c.journald_errors.fetch_add(1, Ordering::Relaxed);
                     }

@@ -8,7 +8,9 @@ use enforcer::config::Config;
 
 /// Host-level SSH session enforcer daemon.
 ///
-/// Runs in the foreground (as root) until SIGTERM or SIGINT, which detach everything it attached.
+/// Runs in the foreground (as root) until SIGTERM or SIGINT. Its kernel programs stay attached
+/// (pinned under daemon.bpf_pin_dir) so enforcement goes on across restarts and upgrades;
+/// `enforcerd --detach` removes them (uninstall).
 #[derive(Parser)]
 #[command(name = "enforcerd", version)]
 struct Args {
@@ -19,6 +21,10 @@ struct Args {
     /// Only validate the config, print "config OK" and exit.
     #[arg(long)]
     check_config: bool,
+    /// Detach every kernel program and free every map by removing daemon.bpf_pin_dir, then
+    /// exit (for uninstalling; a running daemon should be stopped first).
+    #[arg(long)]
+    detach: bool,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.check_config {
         println!("config OK");
+        return Ok(());
+    }
+    if args.detach {
+        let dir = &config.daemon.bpf_pin_dir;
+        match enforcer::bpf::detach_all(dir)? {
+            true => println!("detached: removed {}", dir.display()),
+            false => println!("nothing attached: {} does not exist", dir.display()),
+        }
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,6 @@
 //! The task that owns the aya object (lockc-style): maps are read and written only here, and the
-//! ring buffer is drained here. Dropping it detaches every program (pinned maps stay).
+//! ring buffer is drained here. Dropping it leaves the programs attached: their links and maps
+//! are pinned (see `links.rs`).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -93,6 +94,8 @@ enum Command {
 #[derive(Clone)]
 pub struct BpfHandle {
     tx: mpsc::Sender<Command>,
+    /// Whether the kernel side ran on without a gap since the previous daemon.
+    pub continuity: super::Continuity,
 }
 
 impl BpfHandle {
@@ -180,7 +183,7 @@ impl BpfHandle {
         self.ask(|reply| Command::Validate { roots, reply }).await
     }
 
-    /// Detaches everything and stops the actor; returns once the kernel objects are released.
+    /// Stops the actor and releases this daemon's handles; the pinned programs stay attached.
     pub async fn shutdown(&self) {
         let (ack, rx) = oneshot::channel();
         if self.tx.send(Command::Shutdown(ack)).await.is_ok() {
@@ -190,7 +193,7 @@ impl BpfHandle {
 }
 
 struct Actor {
-    /// Held for its programs and links: dropping it detaches them.
+    /// Held for its programs (their links are pinned: dropping it detaches nothing).
     _ebpf: Ebpf,
     programs: Vec<ProgramStatus>,
     features: Vec<FeatureProbe>,
@@ -220,6 +223,7 @@ pub fn start(
         mut ebpf,
         programs,
         features,
+        continuity,
     } = loader::load(loader::OBJECT, &settings)?;
     let mut take = |name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
     let ring = RingBuf::try_from(take("ENF_EVENTS")?).map_err(map_err("ENF_EVENTS"))?;
@@ -255,7 +259,7 @@ pub fn start(
         undelivered: 0,
     };
     let join = tokio::spawn(actor.run(rx, ring, events));
-    Ok((BpfHandle { tx }, join, recorder_maps))
+    Ok((BpfHandle { tx, continuity }, join, recorder_maps))
 }
 
 /// Kill passes before giving up on a session that keeps producing tasks.
@@ -274,7 +278,7 @@ impl Actor {
                     Some(Command::Shutdown(ack)) => {
                         drop(ring);
                         drop(self);
-                        tracing::info!("BPF programs detached");
+                        tracing::info!("BPF programs stay attached (pinned); `enforcerd --detach` removes them");
                         let _ = ack.send(());
                         return;
                     }

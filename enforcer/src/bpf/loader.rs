@@ -2,11 +2,11 @@
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, TracePoint, links::FdLink},
 };
 use enforcer_proto::{FeatureProbe, ProgramState, ProgramStatus};
 
-use super::{BpfError, BpfSettings, btf::Btf, offsets, pins, probe, tracefs};
+use super::{BpfError, BpfSettings, btf::Btf, links, offsets, pins, probe, tracefs};
 
 /// The BPF object built by `cargo xtask build-ebpf`, embedded by build.rs (empty if it was not
 /// built).
@@ -30,6 +30,7 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub programs: Vec<ProgramStatus>,
     pub features: Vec<FeatureProbe>,
+    pub continuity: links::Continuity,
 }
 
 fn attached(name: &str, kind: &str, attach_point: String, id: Option<u32>) -> ProgramStatus {
@@ -53,7 +54,16 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
     let layout = tracefs::read_layout(&root)?;
     let btf = Btf::from_sys_fs().map_err(|e| BpfError::Btf(e.to_string()))?;
     let (offsets, missing) = offsets::build(&btf, &layout)?;
-    let discarded = pins::prepare(&settings.pin_dir, settings.max_tracked_tasks)?;
+    let discarded = pins::prepare(&settings.pin_dir, settings)?;
+    let build = links::build_id(&[
+        object,
+        pod_bytes(&settings.record),
+        pod_bytes(&offsets),
+        &settings.ring_buffer_bytes.to_le_bytes(),
+        &settings.max_tracked_tasks.to_le_bytes(),
+        &settings.data_ring_bytes.to_le_bytes(),
+    ]);
+    let generation_id = links::generation_id(&build);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("ENF_EVENTS", settings.ring_buffer_bytes)
         .map_max_entries("ENF_TASKS", settings.max_tracked_tasks)
@@ -61,57 +71,73 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         .override_global("ENF_SETTINGS", &settings.record, true)
         .default_map_pin_directory(&settings.pin_dir)
         .override_global("ENF_OFFSETS", &offsets, true)
+        .override_global("ENF_BUILD", &generation_id, true)
         .load(object)
         .map_err(|e| BpfError::Load(Box::new(e)))?;
 
     let aya_btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::Btf(e.to_string()))?;
     let mut features = probe::probe_all(&mut ebpf, Some(&aya_btf));
 
-    let mut programs = Vec::new();
-    let fork: &mut BtfTracePoint = ebpf
-        .program_mut("enf_fork")
-        .ok_or(BpfError::MissingProgram("enf_fork"))?
-        .try_into()
-        .map_err(|source| BpfError::Program {
-            name: "enf_fork",
-            source,
-        })?;
-    fork.load("sched_process_fork", &aya_btf)
-        .map_err(|source| BpfError::Program {
-            name: "enf_fork",
-            source,
-        })?;
-    fork.attach().map_err(|source| BpfError::Program {
-        name: "enf_fork",
-        source,
-    })?;
-    programs.push(attached(
-        "enf_fork",
-        "tp_btf",
-        "sched_process_fork".into(),
-        fork.info().ok().map(|i| i.id()),
-    ));
-
-    for (name, category, tp) in TRACEPOINTS {
-        let program = ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingProgram(name))?;
-        let program: &mut TracePoint = program
-            .try_into()
-            .map_err(|source| BpfError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| BpfError::Program { name, source })?;
-        program
-            .attach(category, tp)
-            .map_err(|source| BpfError::Program { name, source })?;
-        programs.push(attached(
-            name,
-            "tracepoint",
-            format!("{category}/{tp}"),
-            program.info().ok().map(|i| i.id()),
-        ));
+    let generation = links::dir(&settings.pin_dir, &build);
+    let previous = links::pinned_builds(&settings.pin_dir);
+    let names: Vec<&str> = std::iter::once("enf_fork")
+        .chain(TRACEPOINTS.iter().map(|t| t.0))
+        .collect();
+    let adopted = previous
+        .contains(&build)
+        .then(|| links::adopt(&generation, &names))
+        .flatten();
+    if adopted.is_none() && previous.contains(&build) {
+        // An incomplete generation of this very build (a crash while attaching): redo it.
+        links::remove(&settings.pin_dir, &build)?;
     }
+    let (programs, continuity) = match adopted {
+        Some(ids) => {
+            let programs = names
+                .iter()
+                .zip(ids)
+                .map(|(name, id)| {
+                    let (kind, point) = attach_point(name);
+                    attached(name, kind, point, Some(id))
+                })
+                .collect();
+            (programs, links::Continuity::Continuous)
+        }
+        None => {
+            let programs = attach_all(&mut ebpf, &aya_btf, &generation)?;
+            // The globals the programs were loaded with, next to their links (bpftool map
+            // dump pinned …): they are what the build id covers. bpffs refuses dots in names.
+            for (name, map) in ebpf.maps().filter(|(n, _)| n.starts_with('.')) {
+                if let Err(e) = map.pin(generation.join(name.replace('.', ""))) {
+                    tracing::warn!(map = name, error = %e, "cannot pin BPF globals");
+                }
+            }
+            let continuity = match previous.is_empty() {
+                true => links::Continuity::Fresh,
+                false => links::Continuity::Replaced {
+                    previous: format!("build {}", previous.join(", ")),
+                    // Ring or scratch sizes may change freely; identities and counts may not.
+                    maps_kept: !discarded.iter().any(|d| {
+                        ["ENF_TASKS", "ENF_CONNS", "ENF_USERS"]
+                            .iter()
+                            .any(|m| d.starts_with(m))
+                    }),
+                },
+            };
+            (programs, continuity)
+        }
+    };
+    // Hand over: from this update on only this generation acts; then the others go.
+    links::activate(&mut ebpf, generation_id)?;
+    for old in previous.iter().filter(|b| **b != build) {
+        links::remove(&settings.pin_dir, old)?;
+    }
+    tracing::info!(build, continuity = %continuity.detail(), "BPF programs attached and pinned");
+    features.push(FeatureProbe {
+        name: "continuous_enforcement".into(),
+        supported: continuity.is_continuous(),
+        detail: continuity.detail(),
+    });
     features.push(FeatureProbe {
         name: "tracepoint".into(),
         supported: true,
@@ -141,7 +167,10 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         name: "pinned_maps".into(),
         supported: true,
         detail: if discarded.is_empty() {
-            format!("identity maps pinned in {}", settings.pin_dir.display())
+            format!(
+                "maps and program links pinned in {}",
+                settings.pin_dir.display()
+            )
         } else {
             format!(
                 "pinned in {}; {}",
@@ -154,5 +183,83 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         ebpf,
         programs,
         features,
+        continuity,
     })
+}
+
+/// Kind and attach point of a data-path program, for status.
+fn attach_point(name: &str) -> (&'static str, String) {
+    match TRACEPOINTS.iter().find(|t| t.0 == name) {
+        Some((_, category, tp)) => ("tracepoint", format!("{category}/{tp}")),
+        None => ("tp_btf", "sched_process_fork".into()),
+    }
+}
+
+/// Attaches every data-path program and pins its link under `generation`.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    aya_btf: &AyaBtf,
+    generation: &std::path::Path,
+) -> Result<Vec<ProgramStatus>, BpfError> {
+    let mut programs = Vec::new();
+    let fork: &mut BtfTracePoint = ebpf
+        .program_mut("enf_fork")
+        .ok_or(BpfError::MissingProgram("enf_fork"))?
+        .try_into()
+        .map_err(|source| BpfError::Program {
+            name: "enf_fork",
+            source,
+        })?;
+    let err = |source| BpfError::Program {
+        name: "enf_fork",
+        source,
+    };
+    fork.load("sched_process_fork", aya_btf).map_err(err)?;
+    let link = fork.attach().map_err(err)?;
+    links::pin(
+        generation,
+        "enf_fork",
+        fork.take_link(link).map_err(err)?.into(),
+    )?;
+    programs.push(attached(
+        "enf_fork",
+        "tp_btf",
+        "sched_process_fork".into(),
+        fork.info().ok().map(|i| i.id()),
+    ));
+
+    for (name, category, tp) in TRACEPOINTS {
+        let err = |source| BpfError::Program { name, source };
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram(name))?
+            .try_into()
+            .map_err(err)?;
+        program.load().map_err(err)?;
+        let link = program.attach(category, tp).map_err(err)?;
+        let link: FdLink = program
+            .take_link(link)
+            .map_err(err)?
+            .try_into()
+            .map_err(|e| {
+                BpfError::Pins(format!(
+                    "{name}: the kernel gave no BPF link to pin ({e}); pinned tracepoints need Linux 5.15+"
+                ))
+            })?;
+        links::pin(generation, name, link)?;
+        programs.push(attached(
+            name,
+            "tracepoint",
+            format!("{category}/{tp}"),
+            program.info().ok().map(|i| i.id()),
+        ));
+    }
+    Ok(programs)
+}
+
+/// The bytes of a plain `#[repr(C)]` value (no padding is read uninitialised: the shared
+/// types spell their padding out as fields).
+fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: `T` is plain old data; the slice lives no longer than `v`.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }

@@ -1,10 +1,12 @@
-//! The kernel side as the daemon sees it. One task (the actor, `actor.rs`) owns the aya object,
-//! its maps and links; the rest of the daemon talks to it through a [`BpfHandle`] and receives
-//! [`KernelEvent`]s on a channel.
+//! The kernel side as the daemon sees it. One task (the actor, `actor.rs`) owns the aya object
+//! and its maps; the rest of the daemon talks to it through a [`BpfHandle`] and receives
+//! [`KernelEvent`]s on a channel. Links and maps are pinned (`links.rs`, `pins.rs`): the
+//! programs keep enforcing while no daemon runs.
 
 mod actor;
 pub mod btf;
 pub mod events;
+mod links;
 mod loader;
 mod offsets;
 mod pins;
@@ -14,6 +16,7 @@ pub mod tracefs;
 
 pub use actor::{BpfHandle, BpfSnapshot, start};
 pub use events::{EventOrigin, Exec, KernelEvent, KilledAtExec, SessionLimit};
+pub use links::{Continuity, detach_all};
 pub use tasks::KillTarget;
 
 use std::path::PathBuf;
@@ -33,7 +36,7 @@ pub struct RecorderMaps {
 pub struct BpfSettings {
     pub ring_buffer_bytes: u32,
     pub max_tracked_tasks: u32,
-    /// Where identity maps are pinned (bpffs).
+    /// Where maps and program links are pinned (bpffs).
     pub pin_dir: PathBuf,
     /// What the kernel copies into the data ring.
     pub record: enforcer_common::io::RecordSettings,

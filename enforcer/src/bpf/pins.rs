@@ -1,4 +1,5 @@
-//! bpffs pins: the maps that carry identity and session counts outlive a daemon restart.
+//! bpffs pins: every map outlives the daemon (the programs' links are pinned too, see
+//! `links.rs`), so tracking, limits and recording go on while it is down or restarting.
 //!
 //! aya reuses whatever is pinned under a map's name without checking it, so every pin is checked
 //! against the layout this build expects first; a mismatch (older build, changed
@@ -8,12 +9,13 @@ use std::path::Path;
 
 use aya::maps::MapInfo;
 use enforcer_common::{
-    io::{Activity, CHANNEL_MAP_ENTRIES, IoKey},
+    counters::COUNTER_SLOTS,
+    io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, IoKey, PendingIo},
     limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 
-use super::BpfError;
+use super::{BpfError, BpfSettings};
 
 /// `statfs(2)` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -33,7 +35,7 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// Makes `dir` usable for pins (mounting bpffs at /sys/fs/bpf when nothing is mounted there)
 /// and drops stale pins; returns what it had to discard, for the log and status.
-pub fn prepare(dir: &Path, max_tracked_tasks: u32) -> Result<Vec<String>, BpfError> {
+pub fn prepare(dir: &Path, settings: &BpfSettings) -> Result<Vec<String>, BpfError> {
     if !is_bpffs(Path::new(BPFFS)) {
         nix::mount::mount(
             Some("bpf"),
@@ -58,7 +60,7 @@ pub fn prepare(dir: &Path, max_tracked_tasks: u32) -> Result<Vec<String>, BpfErr
             name: "ENF_TASKS",
             key_size: 4,
             value_size: size_of::<TrackedTask>() as u32,
-            max_entries: max_tracked_tasks,
+            max_entries: settings.max_tracked_tasks,
         },
         Expected {
             name: "ENF_CONNS",
@@ -76,6 +78,54 @@ pub fn prepare(dir: &Path, max_tracked_tasks: u32) -> Result<Vec<String>, BpfErr
             name: "ENF_ACTIVITY",
             key_size: size_of::<IoKey>() as u32,
             value_size: size_of::<Activity>() as u32,
+            max_entries: CHANNEL_MAP_ENTRIES,
+        },
+        Expected {
+            name: "ENF_EVENTS",
+            key_size: 0,
+            value_size: 0,
+            max_entries: settings.ring_buffer_bytes,
+        },
+        Expected {
+            name: "ENF_DATA",
+            key_size: 0,
+            value_size: 0,
+            max_entries: settings.data_ring_bytes,
+        },
+        Expected {
+            name: "ENF_COUNTERS",
+            key_size: 4,
+            value_size: 8,
+            max_entries: COUNTER_SLOTS,
+        },
+        Expected {
+            name: "ENF_PENDING",
+            key_size: 4,
+            value_size: size_of::<PendingIo>() as u32,
+            max_entries: 4096,
+        },
+        Expected {
+            name: "ENF_WAKE",
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+        },
+        Expected {
+            name: "ENF_SCRATCH",
+            key_size: 4,
+            value_size: size_of::<DataRecord>() as u32,
+            max_entries: 1,
+        },
+        Expected {
+            name: "ENF_GEN",
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+        },
+        Expected {
+            name: "ENF_LOST",
+            key_size: size_of::<IoKey>() as u32,
+            value_size: 8,
             max_entries: CHANNEL_MAP_ENTRIES,
         },
     ];

@@ -61,7 +61,8 @@ pub struct DaemonConfig {
     pub ring_buffer_bytes: u32,
     /// Capacity of the kernel's tracked-task table (threads included).
     pub max_tracked_tasks: u32,
-    /// bpffs directory where identity maps are pinned, so a restart keeps them.
+    /// bpffs directory where the programs' links and maps are pinned, so enforcement and
+    /// recording go on across restarts (`enforcerd --detach` removes it).
     pub bpf_pin_dir: PathBuf,
 }
 

@@ -20,6 +20,7 @@ use crate::{
         policy::{self, EffectiveLimits},
     },
     host,
+    recording::Resume,
 };
 
 /// Why a connection ended (audit `reason`).
@@ -321,6 +322,19 @@ impl State {
             {
                 tracing::error!(uid, error = %e, "cannot restore user session count in the kernel");
             }
+        }
+        // Recordings of the sessions still live go on in the same files.
+        let resume = Resume {
+            kernel_continuous: self.info.kernel_continuous,
+        };
+        let live: Vec<(u64, u64)> = self
+            .registry
+            .sessions()
+            .filter(|s| !s.channels.is_empty())
+            .map(|s| (s.conn_id, s.id))
+            .collect();
+        for (conn_id, session_id) in live {
+            self.start_recording(conn_id, session_id, Some(resume));
         }
         if !self.registry.is_empty() {
             tracing::info!(

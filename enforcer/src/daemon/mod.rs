@@ -1,5 +1,6 @@
 //! enforcerd: wires the BPF actor, the state actor and the control socket together and runs
-//! until SIGTERM/SIGINT, then detaches everything.
+//! until SIGTERM/SIGINT, then closes its recordings and socket. The kernel programs stay
+//! attached (pinned) for the next daemon; `enforcerd --detach` removes them.
 
 mod admission;
 mod idle;
@@ -58,6 +59,8 @@ pub struct DaemonInfo {
     pub started: Instant,
     pub kernel: String,
     pub config_path: Option<PathBuf>,
+    /// The kernel programs stayed attached since the previous daemon (see `bpf::start`).
+    pub kernel_continuous: bool,
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
@@ -68,7 +71,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
-    let info = DaemonInfo {
+    let mut info = DaemonInfo {
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
         started_at: OffsetDateTime::now_utc(),
@@ -77,6 +80,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into()),
         config_path,
+        kernel_continuous: false,
     };
     // Bind first: a second daemon on the same socket must fail before touching the kernel.
     let server = Server::bind(&config.daemon.socket)?;
@@ -95,6 +99,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         data_ring_bytes: config.recording.buffer_bytes,
     };
     let (bpf, bpf_task, recorder_maps) = bpf::start(settings, events_tx)?;
+    info.kernel_continuous = bpf.continuity.is_continuous();
     let recorder = config
         .recording
         .enabled

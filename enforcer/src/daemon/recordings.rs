@@ -12,7 +12,7 @@ use super::state::{State, Stream};
 use crate::{
     control::Peer,
     host,
-    recording::{StartRecording, store},
+    recording::{Resume, StartRecording, store},
 };
 
 /// Frames a watcher may fall behind before it misses some (counted).
@@ -26,8 +26,9 @@ fn denied(what: &str) -> ErrorReply {
 }
 
 impl State {
-    /// Starts recording a session whose channels just became known.
-    pub(super) fn start_recording(&self, conn_id: u64, session_id: u64) {
+    /// Starts recording a session whose channels just became known, or (`resume`) takes up
+    /// the recording of a session that was live when enforcerd stopped.
+    pub(super) fn start_recording(&self, conn_id: u64, session_id: u64, resume: Option<Resume>) {
         let (Some(recorder), Some(conn)) = (&self.recorder, self.registry.get(conn_id)) else {
             return;
         };
@@ -58,6 +59,7 @@ impl State {
             started_at: s.started_at,
             started_boot_ns: s.started_boot_ns,
             env,
+            resume,
         });
     }
 

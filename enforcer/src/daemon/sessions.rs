@@ -125,7 +125,7 @@ impl State {
             let session_id = s.id;
             self.dirty = true;
             if first {
-                self.start_recording(origin.conn_id, session_id);
+                self.start_recording(origin.conn_id, session_id, None);
             }
         }
         let mut rec = self.record("exec", &origin);

@@ -322,6 +322,10 @@ impl State {
             a.dropped_backlog.load(Ordering::Relaxed),
         );
         dropped.insert(
+            "drop_audit_disk_full".into(),
+            a.lost_disk_full.load(Ordering::Relaxed),
+        );
+        dropped.insert(
             "drop_audit_write_failed".into(),
             a.write_errors.load(Ordering::Relaxed),
         );
@@ -340,6 +344,14 @@ impl State {
             );
             dropped.insert("drop_recording_bytes_lost".into(), get(&s.bytes_lost));
             dropped.insert("drop_recording_write_failed".into(), get(&s.write_errors));
+            dropped.insert(
+                "drop_recording_bytes_disk_full".into(),
+                get(&s.bytes_lost_disk_full),
+            );
+            dropped.insert(
+                "drop_recording_bytes_write_failed".into(),
+                get(&s.bytes_lost_write_error),
+            );
             dropped.insert("drop_watch_frames".into(), get(&s.watch_frames_dropped));
         }
         let mut features = snap.features;

@@ -3,8 +3,8 @@
 
 use std::{
     borrow::Cow,
-    fs::{File, OpenOptions},
-    io::{self, Write},
+    fs::OpenOptions,
+    io,
     num::NonZeroU16,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
@@ -17,6 +17,7 @@ use super::{
     cast::{self, Header, Meta, Utf8Stream},
     recorder::{RecorderStats, StartRecording, WatchFrame, add},
 };
+use crate::lines::{LineFile, WriteFailure};
 
 /// Output replayed to build the screen a new watcher sees first.
 const SCREEN_REPLAY: usize = 4 << 20;
@@ -76,11 +77,25 @@ impl Item<'_> {
     }
 }
 
+/// Session bytes whose lines could not be written (disk full, I/O error): marked with an "m"
+/// event once writing works again.
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    /// Recording time of the first lost line.
+    at: f64,
+    bytes: u64,
+    why: WriteFailure,
+}
+
 pub(super) struct Recording {
     pub(super) path: PathBuf,
-    file: File,
+    file: LineFile,
     /// Event lines not yet written to `file`.
     buf: Vec<u8>,
+    /// Session bytes in `buf`, and the time of its first line.
+    buf_bytes: u64,
+    buf_start: Option<f64>,
+    gap: Option<Gap>,
     start_ns: u64,
     pty: bool,
     size: (u16, u16),
@@ -99,19 +114,21 @@ impl Recording {
         s: &StartRecording,
         (cols, rows): (u16, u16),
     ) -> io::Result<Recording> {
-        let dir = dir.join(format!("{}", s.started_at.date())).join(&s.user);
-        let path = dir.join(format!("session-{}.cast", s.session_id));
+        let path = path_of(dir, s);
+        let dir = path.parent().expect("path_of has parents");
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
-            .map_err(|e| with_path(e, &dir))?;
+            .create(dir)
+            .map_err(|e| with_path(e, dir))?;
         let file = OpenOptions::new()
-            .write(true)
+            .read(true)
+            .append(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| with_path(e, &path))?;
+        let (mut file, _) = LineFile::new(file).map_err(|e| with_path(e, &path))?;
         let header = Header {
             version: 2,
             width: cols,
@@ -139,13 +156,56 @@ impl Recording {
         // Written at once: the recording is listable (and playable) from its first moment.
         let mut header_line = serde_json::to_vec(&header).expect("header serialises");
         header_line.push(b'\n');
-        (&file)
-            .write_all(&header_line)
+        if let Err(e) = file.append(&header_line) {
+            // A file without its header is no recording: leave nothing behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(with_path(e, &path));
+        }
+        Ok(Recording::new(path, file, s, (cols, rows)))
+    }
+
+    /// Reopens the recording of a session that was live when enforcerd stopped (crash,
+    /// restart): a half line left by a crash is cut off, and an "m" marker at the last recorded
+    /// moment says for how long the session went unrecorded.
+    pub(super) fn resume(
+        dir: &Path,
+        s: &StartRecording,
+        size: (u16, u16),
+        kernel_continuous: bool,
+    ) -> io::Result<Recording> {
+        let path = path_of(dir, s);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
             .map_err(|e| with_path(e, &path))?;
-        Ok(Recording {
+        let (file, cut) = LineFile::new(file).map_err(|e| with_path(e, &path))?;
+        if cut > 0 {
+            tracing::warn!(path = %path.display(), bytes = cut, "recording ended in a half line (crash); cut back to its last whole line");
+        }
+        let last = super::store::last_time(&path, file.len()).unwrap_or(0.0);
+        let mut r = Recording::new(path, file, s, size);
+        let text = if kernel_continuous {
+            // The pinned ring kept what the session wrote meanwhile; only what the old daemon
+            // had taken from it but not yet written is gone.
+            "enforcer: enforcerd restarted after this point; the kernel kept capturing, so at most 0.1 s of output may be missing".to_owned()
+        } else {
+            let down = (r.time(crate::host::boot_ns()) - last).max(0.0);
+            format!("enforcer: not recorded for up to {down:.1} s here (enforcerd was down)")
+        };
+        cast::write_event(&mut r.buf, last, "m", &text);
+        r.buf_start = Some(last);
+        Ok(r)
+    }
+
+    fn new(path: PathBuf, file: LineFile, s: &StartRecording, (cols, rows): (u16, u16)) -> Self {
+        Recording {
             path,
             file,
             buf: Vec::with_capacity(BUFFER + (64 << 10)),
+            buf_bytes: 0,
+            buf_start: None,
+            gap: None,
             start_ns: s.started_boot_ns,
             pty: s.keys.iter().any(|k| k.object & IO_PTY != 0),
             size: (cols, rows),
@@ -154,7 +214,7 @@ impl Recording {
             watchers: Vec::new(),
             screen: None,
             ends_at: None,
-        })
+        }
     }
 
     /// Seconds since the session started.
@@ -165,6 +225,15 @@ impl Recording {
     /// Appends one item and passes it on to the watchers.
     pub(super) fn write(&mut self, item: Item, stats: &RecorderStats) {
         let mut frame = None;
+        if self.buf_start.is_none() {
+            self.buf_start = Some(match &item {
+                Item::Data { boot_ns, .. } | Item::Resize { boot_ns, .. } => self.time(*boot_ns),
+                Item::Lost { .. } => self.time(self.start_ns.max(crate::host::boot_ns())),
+            });
+        }
+        if let Item::Data { bytes, .. } = &item {
+            self.buf_bytes += bytes.len() as u64;
+        }
         match item {
             Item::Data {
                 boot_ns,
@@ -241,16 +310,46 @@ impl Recording {
         }
     }
 
-    /// Makes what was written so far visible to readers of the file.
+    /// Makes what was written so far visible to readers of the file. A failed write loses the buffered lines but never leaves a half line; the loss is
+    /// counted and marked ("m") in front of the next lines that can be written.
     pub(super) fn flush(&mut self, stats: &RecorderStats) {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.gap.is_none() {
             return;
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
-            add(&stats.write_errors, 1);
-            tracing::error!(path = %self.path.display(), error = %e, "recording write failed");
+        let result = match self.gap {
+            Some(g) => {
+                let mut lines = Vec::with_capacity(self.buf.len() + 96);
+                let text = format!("{} ({})", cast::lost_text(g.bytes), loss_cause(g.why));
+                cast::write_event(&mut lines, g.at, "m", &text);
+                lines.extend_from_slice(&self.buf);
+                self.file.append(&lines)
+            }
+            None => self.file.append(&self.buf),
+        };
+        match result {
+            Ok(()) => self.gap = None,
+            Err(e) => {
+                let why = WriteFailure::of(&e);
+                add(&stats.write_errors, 1);
+                add(
+                    match why {
+                        WriteFailure::DiskFull => &stats.bytes_lost_disk_full,
+                        WriteFailure::Io => &stats.bytes_lost_write_error,
+                    },
+                    self.buf_bytes,
+                );
+                if self.gap.is_none() {
+                    tracing::error!(path = %self.path.display(), error = %e, "recording write failed; the gap is marked once writing works again");
+                }
+                let at = self.buf_start.unwrap_or(0.0);
+                let g = self.gap.get_or_insert(Gap { at, bytes: 0, why });
+                g.bytes += self.buf_bytes;
+                g.why = why;
+            }
         }
         self.buf.clear();
+        self.buf_bytes = 0;
+        self.buf_start = None;
     }
 
     /// Adds a live watcher: a pty session's current screen first, then what follows.
@@ -284,6 +383,20 @@ impl Recording {
         for w in &self.watchers {
             let _ = w.try_send(WatchFrame::End);
         }
+    }
+}
+
+/// `<dir>/<date>/<user>/session-<id>.cast`
+fn path_of(dir: &Path, s: &StartRecording) -> PathBuf {
+    dir.join(format!("{}", s.started_at.date()))
+        .join(&s.user)
+        .join(format!("session-{}.cast", s.session_id))
+}
+
+fn loss_cause(why: WriteFailure) -> &'static str {
+    match why {
+        WriteFailure::DiskFull => "recording.dir was full",
+        WriteFailure::Io => "write error in recording.dir",
     }
 }
 

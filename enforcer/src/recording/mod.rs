@@ -12,5 +12,5 @@ mod recorder;
 pub mod store;
 
 pub use recorder::{
-    RecorderHandle, RecorderMaps, RecorderStats, StartRecording, WatchFrame, start,
+    RecorderHandle, RecorderMaps, RecorderStats, Resume, StartRecording, WatchFrame, start,
 };

@@ -40,6 +40,17 @@ pub struct StartRecording {
     pub started_boot_ns: u64,
     /// TERM and SHELL of the session.
     pub env: BTreeMap<String, String>,
+    /// Set when the session was live before enforcerd restarted: its recording is reopened
+    /// and marked rather than created.
+    pub resume: Option<Resume>,
+}
+
+/// How a recording is taken up again after a restart.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume {
+    /// The kernel programs stayed attached while enforcerd was down (their data waited in the
+    /// pinned ring), so only what the old daemon had not yet written is missing.
+    pub kernel_continuous: bool,
 }
 
 /// What a live watcher receives.
@@ -60,7 +71,12 @@ pub struct RecorderStats {
     pub bytes_lost: AtomicU64,
     /// Bytes of channels no session claimed in time (e.g. an in-process sftp subsystem).
     pub bytes_unattributed: AtomicU64,
+    /// Failed writes to recording files.
     pub write_errors: AtomicU64,
+    /// Session bytes whose lines could not be written: filesystem full, other write errors
+    /// (marked in the recordings).
+    pub bytes_lost_disk_full: AtomicU64,
+    pub bytes_lost_write_error: AtomicU64,
     /// Live frames a slow watcher missed.
     pub watch_frames_dropped: AtomicU64,
 }
@@ -374,7 +390,14 @@ impl Recorder {
             .iter()
             .find_map(|k| self.sizes.get(k).copied())
             .unwrap_or((80, 24));
-        match Recording::create(&self.dir, &s, size) {
+        let opened = match s.resume {
+            Some(r) => Recording::resume(&self.dir, &s, size, r.kernel_continuous).or_else(|e| {
+                tracing::warn!(session = s.session_id, error = %e, "cannot reopen recording; starting a new one");
+                Recording::create(&self.dir, &s, size)
+            }),
+            None => Recording::create(&self.dir, &s, size),
+        };
+        match opened {
             Ok(r) => {
                 self.recordings.insert(s.session_id, r);
             }

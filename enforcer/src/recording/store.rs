@@ -28,7 +28,7 @@ fn read_header(path: &Path) -> Option<Header> {
 }
 
 /// Time of the last complete event line.
-fn last_time(path: &Path, size: u64) -> Option<f64> {
+pub(super) fn last_time(path: &Path, size: u64) -> Option<f64> {
     let mut f = std::fs::File::open(path).ok()?;
     let from = size.saturating_sub(64 << 10);
     f.seek(SeekFrom::Start(from)).ok()?;
