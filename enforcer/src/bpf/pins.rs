@@ -9,7 +9,7 @@ use std::path::Path;
 use aya::maps::MapInfo;
 use enforcer_common::{
     io::{Activity, CHANNEL_MAP_ENTRIES, IoKey},
-    limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
+    limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 
@@ -71,6 +71,12 @@ pub fn prepare(dir: &Path, max_tracked_tasks: u32) -> Result<Vec<String>, BpfErr
             key_size: 4,
             value_size: size_of::<UserEntry>() as u32,
             max_entries: USER_MAP_ENTRIES,
+        },
+        Expected {
+            name: "ENF_LOCKED",
+            key_size: 4,
+            value_size: 4,
+            max_entries: LOCKED_MAP_ENTRIES,
         },
         Expected {
             name: "ENF_ACTIVITY",

@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn lock_wins_over_everything() {
         let r = Registry::default();
-        let lock = Lock::parse("alice", "reason = \"offboarding\"\n", None);
+        let lock = Lock::parse("alice", b"reason = \"offboarding\"\n", None);
         let e = admit(&r, "alice", None, &limits(0, 0), Some(&lock)).unwrap_err();
         assert_eq!(e.code(), "user_locked");
         assert_eq!(
