@@ -21,7 +21,12 @@ struct RootSshd {
 impl RootSshd {
     fn start(root: &mut DebRoot) -> Self {
         let user = "enfdeb";
-        root.run("useradd", &["--create-home", "--shell", "/bin/sh", user]);
+        // A uid no host user has: a lock ends every process of the uid host-wide (the kernel
+        // programs see the host, not the root's user database).
+        root.run(
+            "useradd",
+            &["--create-home", "--shell", "/bin/sh", "--uid", "64123", user],
+        );
         let key = root.dir().join("id_ed25519");
         let out = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])

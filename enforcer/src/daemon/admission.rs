@@ -130,6 +130,7 @@ impl State {
                 message,
             });
         }
+        self.lift_lock_of(&req.user).await;
         let id = self.registry.insert(conn);
         self.register_in_kernel(id, monitor, uid, &limits).await;
         self.dirty = true;

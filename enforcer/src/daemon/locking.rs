@@ -63,7 +63,11 @@ impl State {
         rec.expires = lock.info(now).expires;
         self.audit.record(rec);
         let sweep_uid = self.all_processes_uid(&req.user, uid);
-        let new = self.locked.insert(req.user.clone(), sweep_uid).is_none();
+        let locked = super::lockout::Locked {
+            uid: sweep_uid,
+            expires: lock.expires,
+        };
+        let new = self.locked.insert(req.user.clone(), locked).is_none();
         self.locks_changed_at = tokio::time::Instant::now();
         self.sync_locked_uids().await;
         self.lock_out(

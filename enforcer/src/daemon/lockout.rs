@@ -66,6 +66,14 @@ pub(super) fn watch(store: LockStore, tx: mpsc::Sender<Msg>) {
     });
 }
 
+/// A user under an active lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Locked {
+    /// The uid whose every process the lock ends (`locks.all_processes`).
+    pub uid: Option<u32>,
+    pub expires: Option<OffsetDateTime>,
+}
+
 /// A connection released while processes with its identity still run.
 pub(super) fn lingering_info(mut info: ConnectionInfo) -> ConnectionInfo {
     info.state = "lingering".into();
@@ -100,15 +108,35 @@ impl State {
                 tracing::info!(user = lock.user, new, "lock found in the lock directory");
                 self.lock_out(&lock.user, uid.filter(|_| new), lock.reason.as_deref(), None);
             }
-            locked.insert(lock.user, uid);
+            let expires = lock.expires;
+            locked.insert(lock.user, Locked { uid, expires });
         }
         self.locked = locked;
         self.sync_locked_uids().await;
     }
 
+    /// Lifts locks whose expiry passed (checked often: a user's execs die while their uid is
+    /// in the kernel's set).
+    pub(super) async fn lift_expired_locks(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        let before = self.locked.len();
+        self.locked.retain(|_, l| l.expires.is_none_or(|e| now < e));
+        if self.locked.len() != before {
+            self.sync_locked_uids().await;
+        }
+    }
+
+    /// A login was admitted although `user` counts as locked here (the lock expired or its
+    /// file went a moment ago): lift it in the kernel before sshd starts the user's shell.
+    pub(super) async fn lift_lock_of(&mut self, user: &str) {
+        if self.locked.remove(user).is_some() {
+            self.sync_locked_uids().await;
+        }
+    }
+
     /// Makes the kernel's locked uids match `self.locked`.
     pub(super) async fn sync_locked_uids(&mut self) {
-        let mut uids: Vec<u32> = self.locked.values().flatten().copied().collect();
+        let mut uids: Vec<u32> = self.locked.values().filter_map(|l| l.uid).collect();
         uids.sort_unstable();
         uids.dedup();
         if uids == self.kernel_locked {

@@ -143,8 +143,8 @@ pub(super) struct State {
     pub recorder: Option<RecorderHandle>,
     /// Released connections whose processes may still run, by id (see `lockout`).
     pub lingering: HashMap<u64, ConnectionInfo>,
-    /// Users under an active lock → the uid whose every process it ends (`all_processes`).
-    pub locked: HashMap<String, Option<u32>>,
+    /// Users under an active lock.
+    pub locked: HashMap<String, lockout::Locked>,
     /// The uids last written to the kernel's `ENF_LOCKED`.
     pub kernel_locked: Vec<u32>,
     /// When a lock or unlock request last changed the directory (older reads are stale).
@@ -219,7 +219,10 @@ impl State {
                 },
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
                 _ = sweep.tick() => self.sweep().await,
-                _ = idle.tick() => self.check_idle().await,
+                _ = idle.tick() => {
+                    self.lift_expired_locks().await;
+                    self.check_idle().await;
+                }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
                 }
