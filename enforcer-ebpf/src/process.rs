@@ -14,8 +14,8 @@ use enforcer_common::{
     counters::Counter,
     events::{
         EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED, EXEC_FILENAME_TRUNCATED,
-        EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_LOCKED, EXEC_KILLED_REFUSED, EventHeader, EventKind, ExecEvent,
-        ExitEvent, FILENAME_LEN,
+        EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_LOCKED, EXEC_KILLED_REFUSED, EventHeader,
+        EventKind, ExecEvent, ExitEvent, FILENAME_LEN,
     },
     offsets::ABSENT,
     tasks::{

@@ -231,7 +231,10 @@ pub fn kill_uid(uid: u32, spare: &std::collections::HashSet<u32>) -> usize {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    tracing::error!(uid, "processes still alive after {UID_KILL_PASSES} kill passes");
+    tracing::error!(
+        uid,
+        "processes still alive after {UID_KILL_PASSES} kill passes"
+    );
     signalled.len()
 }
 

@@ -63,20 +63,41 @@ fn read_entry(path: &Path, user: &str) -> Option<Lock> {
                 at,
             ));
         }
-        Err(e) => return Some(Lock::unreadable(user, &format!("cannot be read ({e})"), None)),
+        Err(e) => {
+            return Some(Lock::unreadable(
+                user,
+                &format!("cannot be read ({e})"),
+                None,
+            ));
+        }
     };
     let Ok(meta) = file.metadata() else {
         return Some(Lock::unreadable(user, "cannot be examined", None));
     };
     if !meta.is_file() {
-        return Some(Lock::unreadable(user, "is not a regular file", mtime(&meta)));
+        return Some(Lock::unreadable(
+            user,
+            "is not a regular file",
+            mtime(&meta),
+        ));
     }
     if meta.len() > MAX_LOCK_FILE {
-        return Some(Lock::unreadable(user, "is larger than 64 KiB", mtime(&meta)));
+        return Some(Lock::unreadable(
+            user,
+            "is larger than 64 KiB",
+            mtime(&meta),
+        ));
     }
     let mut bytes = Vec::new();
-    if let Err(e) = Read::by_ref(&mut file).take(MAX_LOCK_FILE).read_to_end(&mut bytes) {
-        return Some(Lock::unreadable(user, &format!("cannot be read ({e})"), mtime(&meta)));
+    if let Err(e) = Read::by_ref(&mut file)
+        .take(MAX_LOCK_FILE)
+        .read_to_end(&mut bytes)
+    {
+        return Some(Lock::unreadable(
+            user,
+            &format!("cannot be read ({e})"),
+            mtime(&meta),
+        ));
     }
     Some(Lock::parse(user, &bytes, mtime(&meta)))
 }
@@ -175,7 +196,11 @@ mod tests {
             .collect();
         assert_eq!(
             listed,
-            [("alice".into(), true), ("bob".into(), true), ("bob~".into(), false)]
+            [
+                ("alice".into(), true),
+                ("bob".into(), true),
+                ("bob~".into(), false)
+            ]
         );
         assert!(store.remove("alice").unwrap());
         assert!(!store.remove("alice").unwrap());

@@ -205,8 +205,10 @@ fn lock_kills_every_session_of_the_user_at_once_and_spares_others() {
     // Sessions die at once and sshd a moment later, so sshd may still report how each ended:
     // killed (by signal, or 137 from a shell whose child was killed).
     assert!(
-        outcomes.iter().all(|o| o.exit_signal.as_deref() == Some("KILL")
-            || o.exit_status.is_none_or(|s| s == 137)),
+        outcomes
+            .iter()
+            .all(|o| o.exit_signal.as_deref() == Some("KILL")
+                || o.exit_status.is_none_or(|s| s == 137)),
         "{outcomes:?}"
     );
     assert!(

@@ -35,6 +35,13 @@ fn setuid_job_of(user: &TestUser) -> Child {
         .unwrap()
 }
 
+/// Runs `/bin/true` as `user` (setpriv switches uid, then execs it).
+fn exec_as(user: &TestUser) -> std::process::ExitStatus {
+    user.command(std::path::Path::new("/bin/true"))
+        .status()
+        .unwrap()
+}
+
 fn gone(child: &mut Child) -> bool {
     wait_until(DEADLINE, || child.try_wait().unwrap().is_some())
 }
@@ -130,20 +137,14 @@ fn a_lock_ends_every_process_of_the_user_and_kills_their_execs_until_unlock() {
     assert!(gone(&mut job), "a job of the locked user survived");
     assert!(gone(&mut setuid), "a process with the user's euid survived");
     assert!(other.try_wait().unwrap().is_none(), "another user was hit");
-    let exec = max
-        .command(std::path::Path::new("/bin/true"))
-        .status()
-        .unwrap();
+    let exec = exec_as(&max);
     assert_eq!(exec.signal(), Some(libc::SIGKILL), "exec while locked");
     let rec = d.wait_audit("sweep", |v| v["event"] == "user_processes_killed");
     assert_eq!(rec["user"], max.name.as_str());
     assert_eq!(rec["reason"], "user_locked");
     assert!(d.status().events["killed_user_locked"] >= 1);
     d.ctl_ok(&["unlock", "user", &max.name]);
-    let exec = max
-        .command(std::path::Path::new("/bin/true"))
-        .status()
-        .unwrap();
+    let exec = exec_as(&max);
     assert!(exec.success(), "exec after unlock: {exec:?}");
     let _ = other.kill();
     let _ = other.wait();
@@ -163,16 +164,13 @@ fn a_lock_in_the_directory_at_start_or_dropped_there_ends_processes_without_any_
     assert!(gone(&mut early), "a lock present at start was not applied");
     let mut late = job_of(&dropped);
     std::fs::write(locks.path().join(&dropped.name), "reason = \"cm\"\n").unwrap();
-    assert!(gone(&mut late), "a dropped lock file ignored without connections");
+    assert!(
+        gone(&mut late),
+        "a dropped lock file ignored without connections"
+    );
     // Removing the file lifts the lock in the kernel too.
     std::fs::remove_file(locks.path().join(&dropped.name)).unwrap();
-    assert!(wait_until(DEADLINE, || {
-        dropped
-            .command(std::path::Path::new("/bin/true"))
-            .status()
-            .unwrap()
-            .success()
-    }));
+    assert!(wait_until(DEADLINE, || { exec_as(&dropped).success() }));
     drop(d);
 }
 
@@ -191,10 +189,7 @@ fn with_all_processes_off_or_an_exempt_user_a_lock_spares_processes_outside_ssh(
         d.ctl_ok(&["lock", "user", &svc.name]);
         std::thread::sleep(Duration::from_millis(1500));
         assert!(job.try_wait().unwrap().is_none(), "{extra}: job killed");
-        let exec = svc
-            .command(std::path::Path::new("/bin/true"))
-            .status()
-            .unwrap();
+        let exec = exec_as(&svc);
         assert!(exec.success(), "{extra}: exec refused");
         let _ = job.kill();
         let _ = job.wait();
@@ -248,7 +243,10 @@ fn lock_entries_lock_whatever_their_content_and_are_never_followed() {
     let s = entry(&sym.name);
     assert_eq!(s["active"], true);
     assert!(s["reason"].is_null(), "the link was followed: {s}");
-    assert!(s["error"].as_str().unwrap().contains("symbolic link"), "{s}");
+    assert!(
+        s["error"].as_str().unwrap().contains("symbolic link"),
+        "{s}"
+    );
     let n = entry("not a user~");
     assert_eq!(n["active"], false);
     assert!(n["error"].as_str().unwrap().contains("locks nobody"), "{n}");
@@ -271,10 +269,11 @@ fn locking_an_unknown_or_already_locked_user_needs_force_or_replace() {
     fail(&["lock", "user", "no-such-user-zz"], "--force");
     d.ctl_ok(&["lock", "user", "no-such-user-zz", "--force"]);
     d.ctl_ok(&["lock", "user", &kim.name, "--reason", "first"]);
-    fail(&["lock", "user", &kim.name, "--reason", "second"], "--replace");
-    d.ctl_ok(&[
-        "lock", "user", &kim.name, "--reason", "second", "--replace",
-    ]);
+    fail(
+        &["lock", "user", &kim.name, "--reason", "second"],
+        "--replace",
+    );
+    d.ctl_ok(&["lock", "user", &kim.name, "--reason", "second", "--replace"]);
     let locks = d.ctl_json(&["locks"]);
     let kim_lock = locks
         .as_array()

@@ -25,7 +25,14 @@ impl RootSshd {
         // programs see the host, not the root's user database).
         root.run(
             "useradd",
-            &["--create-home", "--shell", "/bin/sh", "--uid", "64123", user],
+            &[
+                "--create-home",
+                "--shell",
+                "/bin/sh",
+                "--uid",
+                "64123",
+                user,
+            ],
         );
         let key = root.dir().join("id_ed25519");
         let out = Command::new("ssh-keygen")

@@ -4,8 +4,8 @@ use enforcer_common::{
     events::{
         ARGV_LEN, CWD_DEPTH, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED,
         EXEC_FILENAME_TRUNCATED, EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_LOCKED,
-        EXEC_KILLED_REFUSED,
-        EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN, SessionEvent,
+        EXEC_KILLED_REFUSED, EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN,
+        SessionEvent,
     },
     limits::{REFUSED_CONN_LIMIT, REFUSED_USER_LIMIT},
 };

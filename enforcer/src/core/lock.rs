@@ -55,10 +55,7 @@ pub fn entry(name: &[u8]) -> Entry {
     let Ok(text) = std::str::from_utf8(name) else {
         return Entry::Invalid(String::from_utf8_lossy(name).into_owned());
     };
-    if let Some(inner) = text
-        .strip_prefix('.')
-        .and_then(|t| t.strip_suffix(".tmp"))
-    {
+    if let Some(inner) = text.strip_prefix('.').and_then(|t| t.strip_suffix(".tmp")) {
         if check_user_name(inner).is_ok() {
             return Entry::Ignored;
         }

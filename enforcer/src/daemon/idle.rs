@@ -94,7 +94,9 @@ impl State {
                         }
                     });
                 }
-                Err(e) => tracing::debug!(conn = k.conn_id, error = %e.message, "connection already gone"),
+                Err(e) => {
+                    tracing::debug!(conn = k.conn_id, error = %e.message, "connection already gone")
+                }
             }
         }
     }

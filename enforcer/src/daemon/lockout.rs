@@ -59,7 +59,11 @@ pub(super) fn watch(store: LockStore, tx: mpsc::Sender<Msg>) {
             else {
                 continue;
             };
-            if tx.send(Msg::LockFiles(LockFiles { read_at, locks })).await.is_err() {
+            if tx
+                .send(Msg::LockFiles(LockFiles { read_at, locks }))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -106,7 +110,12 @@ impl State {
             let new = !self.locked.contains_key(&lock.user);
             if new || live {
                 tracing::info!(user = lock.user, new, "lock found in the lock directory");
-                self.lock_out(&lock.user, uid.filter(|_| new), lock.reason.as_deref(), None);
+                self.lock_out(
+                    &lock.user,
+                    uid.filter(|_| new),
+                    lock.reason.as_deref(),
+                    None,
+                );
             }
             let expires = lock.expires;
             locked.insert(lock.user, Locked { uid, expires });
@@ -139,11 +148,11 @@ impl State {
         let mut uids: Vec<u32> = self.locked.values().filter_map(|l| l.uid).collect();
         uids.sort_unstable();
         uids.dedup();
-        if uids == self.kernel_locked {
+        if self.kernel_locked.as_ref() == Some(&uids) {
             return;
         }
         match self.bpf.set_locked(uids.clone()).await {
-            Ok(()) => self.kernel_locked = uids,
+            Ok(()) => self.kernel_locked = Some(uids),
             Err(e) => tracing::error!(error = %e, "cannot update the locked uids in the kernel"),
         }
     }
@@ -252,7 +261,9 @@ async fn end_now(
                     rec.processes = Some(n as u64);
                     audit.record(rec);
                 }
-                Err(e) => tracing::warn!(conn = conn_id, error = %e, "cannot kill lingering processes"),
+                Err(e) => {
+                    tracing::warn!(conn = conn_id, error = %e, "cannot kill lingering processes")
+                }
             }
         });
     }

@@ -145,8 +145,9 @@ pub(super) struct State {
     pub lingering: HashMap<u64, ConnectionInfo>,
     /// Users under an active lock.
     pub locked: HashMap<String, lockout::Locked>,
-    /// The uids last written to the kernel's `ENF_LOCKED`.
-    pub kernel_locked: Vec<u32>,
+    /// The uids last written to the kernel's `ENF_LOCKED`; `None` until the first write (the
+    /// pinned map may hold a previous run's).
+    pub kernel_locked: Option<Vec<u32>>,
     /// When a lock or unlock request last changed the directory (older reads are stale).
     pub locks_changed_at: tokio::time::Instant,
 }
@@ -164,6 +165,7 @@ pub(super) async fn start(
     let persist = Persist::start(&config.daemon.state_dir);
     let registry = persist.load();
     let locks = LockStore::new(&config.locks.dir);
+    let started = tokio::time::Instant::now();
     lockout::watch(locks.clone(), tx.clone());
     let mut state = State {
         config,
@@ -181,8 +183,8 @@ pub(super) async fn start(
         recorder,
         lingering: HashMap::new(),
         locked: HashMap::new(),
-        kernel_locked: Vec::new(),
-        locks_changed_at: tokio::time::Instant::now(),
+        kernel_locked: None,
+        locks_changed_at: started,
     };
     state.restore().await;
     (StateHandle { tx }, tokio::spawn(state.run(rx, events)))
@@ -320,10 +322,7 @@ impl State {
         events.insert("connections_admitted".into(), c.connections_admitted);
         events.insert("connections_refused".into(), c.connections_refused);
         events.insert("connections_closed".into(), c.connections_closed);
-        events.insert(
-            "connections_lingering".into(),
-            self.lingering.len() as u64,
-        );
+        events.insert("connections_lingering".into(), self.lingering.len() as u64);
         events.insert("users_locked".into(), self.locked.len() as u64);
         events.insert("requests_denied".into(), c.requests_denied);
         events.insert(
