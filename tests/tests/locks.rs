@@ -64,9 +64,9 @@ fn leave_behind(sshd: &TestSshd, user: &TestUser, how: &str) -> u32 {
 }
 
 fn lingering(d: &TestDaemon, user: &TestUser) -> Vec<serde_json::Value> {
-    d.sessions()
+    d.lingering()
         .into_iter()
-        .filter(|c| c["user"] == user.name.as_str() && c["state"] == "lingering")
+        .filter(|c| c["user"] == user.name.as_str())
         .collect()
 }
 
@@ -93,7 +93,7 @@ fn processes_left_after_logout_are_shown_as_lingering_and_killed_by_kill_connect
         wait_until(DEADLINE, || lingering_pids(&d, &lea)
             .contains(&(first as u64))),
         "not shown as lingering: {:#?}",
-        d.sessions()
+        d.lingering()
     );
     let id = lingering(&d, &lea)[0]["id"].as_u64().unwrap().to_string();
     d.ctl_ok(&["kill", "connection", &id]);

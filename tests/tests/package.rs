@@ -433,6 +433,9 @@ fn without_a_running_daemon_the_pam_profile_stays_off_until_enabled() {
     root.run("enforcerctl", &["lock", "user", "enfdeb"]);
     let (ok, out) = sshd.ssh("true");
     assert!(!ok && out.contains("locked"), "a locked user got in: {out}");
+    // Nothing may stop the daemon here (no init system), and while it runs a lock also kills
+    // the user's every exec: lift it, so what is left to see is the PAM stack without enforcer.
+    root.run("enforcerctl", &["unlock", "user", "enfdeb"]);
     root.run("apt", &["remove", "-y", "enforcer"]);
     assert_eq!(pam_files_with_enforcer(&root), Vec::<String>::new());
     let (ok, out) = sshd.ssh("true");
