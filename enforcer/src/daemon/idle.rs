@@ -63,6 +63,11 @@ impl State {
     /// Marks a connection as terminating and kills it after [`MESSAGE_GRACE`].
     pub(super) fn schedule_kill(&mut self, conn_id: u64, why: CloseReason, record: AuditRecord) {
         self.terminating.insert(conn_id, why);
+        // Filled in now: the connection may end by itself before its kill is due.
+        let record = match self.registry.get(conn_id) {
+            Some(c) => record.with_conn(c),
+            None => record,
+        };
         let at = tokio::time::Instant::now() + MESSAGE_GRACE;
         self.pending_kills.push(PendingKill {
             at,
@@ -85,7 +90,7 @@ impl State {
             .partition(|k| k.at <= now);
         self.pending_kills = later;
         for k in due {
-            match self.prepare_kill(k.conn_id, k.why, k.record) {
+            match self.prepare_kill(k.conn_id, k.why, k.record.clone()) {
                 Ok(rec) => {
                     let kill = kill_and_audit(self.bpf.clone(), self.audit.clone(), k.conn_id, rec);
                     tokio::spawn(async move {
@@ -94,8 +99,12 @@ impl State {
                         }
                     });
                 }
-                Err(e) => {
-                    tracing::debug!(conn = k.conn_id, error = %e.message, "connection already gone")
+                Err(_) => {
+                    // It ended by itself within the grace (its sessions were killed): still
+                    // terminated by what scheduled the kill.
+                    let mut rec = k.record;
+                    rec.processes = Some(0);
+                    self.audit.record(rec);
                 }
             }
         }
