@@ -40,6 +40,9 @@ pub enum Counter {
     /// A chunk of session bytes could not be recorded (data ring full, unreadable buffer); the
     /// byte counts are in the affected recordings.
     DropRecordingBytes = 14,
+    /// Tasks of a locked user (`ENF_LOCKED`: real, effective or saved uid) killed at exec or
+    /// fork.
+    KilledLocked = 15,
 }
 
 /// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
@@ -48,7 +51,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::ExecSeen,
         Counter::ForkSeen,
         Counter::ExitSeen,
@@ -64,6 +67,7 @@ impl Counter {
         Counter::DropSignalFailed,
         Counter::DropActivityFull,
         Counter::DropRecordingBytes,
+        Counter::KilledLocked,
     ];
 
     /// Stable snake_case name used in `enforcerctl status` and its JSON.
@@ -84,6 +88,7 @@ impl Counter {
             Counter::DropSignalFailed => "drop_signal_failed",
             Counter::DropActivityFull => "drop_activity_map_full",
             Counter::DropRecordingBytes => "drop_recording_chunks",
+            Counter::KilledLocked => "killed_user_locked",
         }
     }
 

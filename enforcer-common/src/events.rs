@@ -26,6 +26,8 @@ pub const EXEC_KILLED_DOOMED: u32 = 1 << 4;
 pub const EXEC_HAS_TTY: u32 = 1 << 5;
 /// argv could not be read (not paged in).
 pub const EXEC_ARGV_UNREADABLE: u32 = 1 << 6;
+/// Killed at exec: its user is locked (`ENF_LOCKED`).
+pub const EXEC_KILLED_LOCKED: u32 = 1 << 7;
 
 /// What follows the header.
 #[repr(u32)]

@@ -4,6 +4,8 @@
 /// checks pinned maps against these sizes, so they are defined once for both sides.
 pub const CONN_MAP_ENTRIES: u32 = 16384;
 pub const USER_MAP_ENTRIES: u32 = 16384;
+/// Capacity of `ENF_LOCKED` (locked uids).
+pub const LOCKED_MAP_ENTRIES: u32 = 4096;
 
 /// Value of `ENF_CONNS` (key: connection id). Written by the daemon at admission; `sessions`
 /// is then counted by the BPF programs with atomic fetch-and-add.

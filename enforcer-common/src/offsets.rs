@@ -42,6 +42,10 @@ pub struct KernelOffsets {
     pub tty_link: u32,
     pub tty_termios: u32,
     pub ktermios_lflag: u32,
+    /// `task_struct.cred`, `cred.euid`, `cred.suid` (locked-user checks at exec and fork).
+    pub task_cred: u32,
+    pub cred_euid: u32,
+    pub cred_suid: u32,
     /// `sched_process_exec`: `__data_loc` of `filename`, and `old_pid`.
     pub tp_exec_filename: u32,
     pub tp_exec_old_pid: u32,
@@ -104,6 +108,9 @@ impl KernelOffsets {
         tty_link: ABSENT,
         tty_termios: ABSENT,
         ktermios_lflag: ABSENT,
+        task_cred: ABSENT,
+        cred_euid: ABSENT,
+        cred_suid: ABSENT,
         tp_exec_filename: ABSENT,
         tp_exec_old_pid: ABSENT,
         tp_exit_group_dead: ABSENT,

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
     io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, IoKey, PendingIo},
-    limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
+    limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 
@@ -38,6 +38,12 @@ pub static ENF_CONNS: HashMap<u64, ConnEntry> = HashMap::pinned(CONN_MAP_ENTRIES
 /// Users with admitted connections: uid → session limit and live session count. Pinned.
 #[map]
 pub static ENF_USERS: HashMap<u32, UserEntry> = HashMap::pinned(USER_MAP_ENTRIES, 0);
+
+/// Locked users whose every process dies (`locks.all_processes`): uid → 1. A task whose real,
+/// effective or saved uid is here is SIGKILLed at exec (before the new image runs) and at fork
+/// (counted in `KilledLocked`). Written by the daemon from the lock directory. Pinned.
+#[map]
+pub static ENF_LOCKED: HashMap<u32, u32> = HashMap::pinned(LOCKED_MAP_ENTRIES, 0);
 
 /// Last input/output per session channel (pty or pipe) of each connection: the idle clock.
 /// Pinned, so idle tracking survives a daemon restart. Full map = counted drop.

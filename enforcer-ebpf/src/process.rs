@@ -14,8 +14,8 @@ use enforcer_common::{
     counters::Counter,
     events::{
         EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED, EXEC_FILENAME_TRUNCATED,
-        EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_REFUSED, EventHeader, EventKind, ExecEvent,
-        ExitEvent, FILENAME_LEN,
+        EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_LOCKED, EXEC_KILLED_REFUSED, EventHeader,
+        EventKind, ExecEvent, ExitEvent, FILENAME_LEN,
     },
     offsets::ABSENT,
     tasks::{
@@ -28,7 +28,7 @@ use crate::{
     atomic::fetch_add,
     config::off,
     kernel::{self, field},
-    maps::{ENF_CONNS, ENF_EVENTS, ENF_TASKS, ENF_USERS, count, emit, kill_current},
+    maps::{ENF_CONNS, ENF_EVENTS, ENF_LOCKED, ENF_TASKS, ENF_USERS, count, emit, kill_current},
 };
 
 /// Current (tgid, tid).
@@ -51,6 +51,21 @@ pub fn header(kind: EventKind, pid: u32, tid: u32, task: &TrackedTask) -> EventH
     }
 }
 
+/// Whether the current task runs as a locked user: its real uid (helper), or its effective or
+/// saved uid (read from its credentials), is in `ENF_LOCKED`.
+#[inline(always)]
+fn locked_current() -> bool {
+    let is_locked = |uid: u32| unsafe { ENF_LOCKED.get(&uid) }.is_some();
+    if is_locked(bpf_get_current_uid_gid() as u32) {
+        return true;
+    }
+    let Ok(cred) = field::<u64>(kernel::current(), off!(task_cred)) else {
+        return false;
+    };
+    field::<u32>(cred, off!(cred_euid)).is_ok_and(is_locked)
+        || field::<u32>(cred, off!(cred_suid)).is_ok_and(is_locked)
+}
+
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn enf_fork(ctx: BtfTracePointContext) -> i32 {
     if !crate::config::active() {
@@ -65,6 +80,11 @@ pub fn enf_fork(ctx: BtfTracePointContext) -> i32 {
 
 /// The forking task is `current`; a tracked parent hands its identity to the child.
 fn try_enf_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    if locked_current() {
+        // A locked user's process may not multiply; the child dies at its exec or fork, or
+        // in the daemon's sweep of the user's processes.
+        kill_current(Counter::KilledLocked);
+    }
     let (_, parent_tid) = current_ids();
     let Some(parent) = (unsafe { ENF_TASKS.get(&parent_tid) }).copied() else {
         return Ok(());
@@ -129,13 +149,19 @@ fn exec_task(ctx: &TracePointContext, tid: u32) -> Result<Option<TrackedTask>, i
 
 fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
     let (pid, tid) = current_ids();
+    // The new image has not run an instruction yet: a SIGKILL sent now is handled before the
+    // return to user mode.
+    let locked = locked_current();
+    if locked {
+        kill_current(Counter::KilledLocked);
+    }
     let Some(task) = exec_task(ctx, tid)? else {
         return Ok(());
     };
     let mut flags = 0;
-    // The new image has not run an instruction yet: a SIGKILL sent now is handled before the
-    // return to user mode.
-    if task.flags & TASK_REFUSED != 0 {
+    if locked {
+        flags |= EXEC_KILLED_LOCKED;
+    } else if task.flags & TASK_REFUSED != 0 {
         kill_current(Counter::KilledRefused);
         flags |= EXEC_KILLED_REFUSED;
     } else if task.flags & TASK_DOOMED != 0 {

@@ -170,6 +170,74 @@ pub fn tell_and_kill(pid: u32, message: &str) -> std::io::Result<()> {
     written
 }
 
+/// Real, effective and saved uid from a /proc/PID/status text; `None` for a zombie (it
+/// cannot be killed, only reaped) or an unreadable text.
+fn status_uids(text: &str) -> Option<[u32; 3]> {
+    let mut uids = None;
+    for line in text.lines() {
+        if let Some(state) = line.strip_prefix("State:") {
+            if matches!(state.trim_start().chars().next(), Some('Z' | 'X')) {
+                return None;
+            }
+        } else if let Some(ids) = line.strip_prefix("Uid:") {
+            let mut it = ids.split_whitespace().map(|v| v.parse::<u32>().ok());
+            uids = Some([it.next()??, it.next()??, it.next()??]);
+        }
+    }
+    uids
+}
+
+/// Processes (not zombies) whose real, effective or saved uid is `uid`.
+pub fn uid_processes(uid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|t| status_uids(&t))
+                .is_some_and(|ids| ids.contains(&uid))
+        })
+        .collect()
+}
+
+/// Passes before giving up on a user whose processes keep appearing.
+const UID_KILL_PASSES: usize = 100;
+
+/// SIGKILLs every process of `uid` but `spare`, pass after pass until none is left (a process
+/// forking meanwhile is caught by the next pass). Never root's, never our own. Returns how
+/// many processes were signalled.
+pub fn kill_uid(uid: u32, spare: &std::collections::HashSet<u32>) -> usize {
+    if uid == 0 {
+        return 0;
+    }
+    let me = std::process::id();
+    let mut signalled = std::collections::HashSet::new();
+    for _ in 0..UID_KILL_PASSES {
+        let victims: Vec<u32> = uid_processes(uid)
+            .into_iter()
+            .filter(|p| *p != me && *p != 1 && !spare.contains(p))
+            .collect();
+        if victims.is_empty() {
+            return signalled.len();
+        }
+        for pid in victims {
+            // SAFETY: plain syscall.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                signalled.insert(pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    tracing::error!(
+        uid,
+        "processes still alive after {UID_KILL_PASSES} kill passes"
+    );
+    signalled.len()
+}
+
 /// A user as NSS knows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIdentity {
@@ -236,6 +304,18 @@ mod tests {
             start_ticks: key.start_ticks + 1,
             ..key
         }));
+    }
+
+    #[test]
+    fn status_gives_real_effective_and_saved_uid_and_skips_zombies() {
+        let t = "Name:\tsleep\nState:\tS (sleeping)\nUid:\t1000\t0\t1001\t0\nGid:\t1\t1\t1\t1\n";
+        assert_eq!(status_uids(t), Some([1000, 0, 1001]));
+        assert_eq!(status_uids("State:\tZ (zombie)\nUid:\t5\t5\t5\t5\n"), None);
+        assert_eq!(status_uids("Name:\tx\n"), None);
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(status_uids(&own).map(|u| u[0]), Some(uid));
+        assert!(uid_processes(uid).contains(&std::process::id()));
     }
 
     #[test]

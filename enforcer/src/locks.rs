@@ -2,14 +2,20 @@
 //! `enforcerctl lock` (through the daemon) or dropped by configuration management.
 
 use std::{
-    io::Write,
-    os::unix::fs::PermissionsExt,
+    io::{Read, Write},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{OpenOptionsExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
 use time::OffsetDateTime;
 
-use crate::core::lock::{Lock, check_user_name};
+use crate::core::lock::{self, Entry, Lock, check_user_name};
+
+/// Larger lock files are not read (they still lock).
+const MAX_LOCK_FILE: u64 = 64 << 10;
 
 /// Lock storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +40,66 @@ pub struct LockStore {
     dir: PathBuf,
 }
 
-fn mtime(path: &Path) -> Option<OffsetDateTime> {
-    std::fs::metadata(path)
-        .ok()?
-        .modified()
-        .ok()
-        .map(OffsetDateTime::from)
+fn mtime(meta: &std::fs::Metadata) -> Option<OffsetDateTime> {
+    meta.modified().ok().map(OffsetDateTime::from)
+}
+
+/// Reads one entry without following a symlink or blocking on a FIFO; `None` when absent.
+/// Whatever else is there locks `user`.
+fn read_entry(path: &Path, user: &str) -> Option<Lock> {
+    let lstat = || std::fs::symlink_metadata(path).ok();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    let mut file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            let at = lstat().as_ref().and_then(mtime);
+            return Some(Lock::unreadable(
+                user,
+                "is a symbolic link (not followed)",
+                at,
+            ));
+        }
+        Err(e) => {
+            return Some(Lock::unreadable(
+                user,
+                &format!("cannot be read ({e})"),
+                None,
+            ));
+        }
+    };
+    let Ok(meta) = file.metadata() else {
+        return Some(Lock::unreadable(user, "cannot be examined", None));
+    };
+    if !meta.is_file() {
+        return Some(Lock::unreadable(
+            user,
+            "is not a regular file",
+            mtime(&meta),
+        ));
+    }
+    if meta.len() > MAX_LOCK_FILE {
+        return Some(Lock::unreadable(
+            user,
+            "is larger than 64 KiB",
+            mtime(&meta),
+        ));
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = Read::by_ref(&mut file)
+        .take(MAX_LOCK_FILE)
+        .read_to_end(&mut bytes)
+    {
+        return Some(Lock::unreadable(
+            user,
+            &format!("cannot be read ({e})"),
+            mtime(&meta),
+        ));
+    }
+    Some(Lock::parse(user, &bytes, mtime(&meta)))
 }
 
 impl LockStore {
@@ -56,22 +116,22 @@ impl LockStore {
 
     /// The lock of `user`, read from disk now (so a file dropped a moment ago counts).
     pub fn get(&self, user: &str) -> Option<Lock> {
-        let path = self.path(user).ok()?;
-        let text = std::fs::read_to_string(&path).ok()?;
-        Some(Lock::parse(user, &text, mtime(&path)))
+        read_entry(&self.path(user).ok()?, user)
     }
 
-    /// Every lock file (names that cannot be user names, e.g. editor backups, are skipped).
+    /// Every entry of the directory: locks, and names that cannot be user names (e.g. editor
+    /// backups), which lock nobody and say so.
     pub fn list(&self) -> Vec<Lock> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
         let mut locks: Vec<Lock> = dir
             .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| check_user_name(name).is_ok() && !name.ends_with('~'))
-            .filter_map(|name| self.get(&name))
+            .filter_map(|e| match lock::entry(e.file_name().as_bytes()) {
+                Entry::User(name) => read_entry(&e.path(), &name),
+                Entry::Invalid(name) => Some(Lock::invalid_name(&name)),
+                Entry::Ignored => None,
+            })
             .collect();
         locks.sort_by(|a, b| a.user.cmp(&b.user));
         locks
@@ -129,10 +189,47 @@ mod tests {
         );
         std::fs::write(dir.path().join("locks.d/bob"), "").unwrap();
         std::fs::write(dir.path().join("locks.d/bob~"), "").unwrap();
-        let users: Vec<_> = store.list().into_iter().map(|l| l.user).collect();
-        assert_eq!(users, ["alice", "bob"]);
+        let listed: Vec<_> = store
+            .list()
+            .into_iter()
+            .map(|l| (l.user, l.valid_name))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("alice".into(), true),
+                ("bob".into(), true),
+                ("bob~".into(), false)
+            ]
+        );
         assert!(store.remove("alice").unwrap());
         assert!(!store.remove("alice").unwrap());
+    }
+
+    #[test]
+    fn symlinks_fifos_and_binary_files_lock_without_being_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LockStore::new(dir.path());
+        let target = dir.path().join("target.toml");
+        std::fs::write(&target, "reason = \"from the target\"\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("sym")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::write(dir.path().join("bin"), b"\xff\xfe\x00").unwrap();
+        std::fs::create_dir(dir.path().join("dir")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        for (user, why) in [
+            ("sym", "symbolic link"),
+            ("fifo", "not a regular file"),
+            ("bin", "not UTF-8"),
+            ("dir", "not a regular file"),
+        ] {
+            let l = store.get(user).unwrap();
+            assert!(l.active(now), "{user}");
+            assert_eq!(l.reason, None, "{user}: the target is never read");
+            assert!(l.error.as_deref().unwrap().contains(why), "{user}: {l:?}");
+        }
+        let listed: Vec<_> = store.list().into_iter().map(|l| l.user).collect();
+        assert_eq!(listed, ["bin", "dir", "fifo", "sym", "target.toml"]);
     }
 
     #[test]

@@ -167,9 +167,23 @@ impl TestDaemon {
         }
     }
 
-    /// The live connections (`enforcerctl sessions --json`).
+    /// The live connections (`enforcerctl sessions --json`, without ended connections whose
+    /// processes linger: [`TestDaemon::lingering`]).
     pub fn sessions(&self) -> Vec<serde_json::Value> {
-        self.ctl_json(&["sessions"]).as_array().unwrap().clone()
+        self.connections(|state| state != "lingering")
+    }
+
+    /// Ended connections whose processes still run, as `enforcerctl sessions` lists them.
+    pub fn lingering(&self) -> Vec<serde_json::Value> {
+        self.connections(|state| state == "lingering")
+    }
+
+    fn connections(&self, keep: impl Fn(&str) -> bool) -> Vec<serde_json::Value> {
+        let all = self.ctl_json(&["sessions"]);
+        let all = all.as_array().unwrap().iter();
+        all.filter(|c| keep(c["state"].as_str().unwrap_or_default()))
+            .cloned()
+            .collect()
     }
 
     fn wait_ready(&mut self) {

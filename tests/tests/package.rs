@@ -21,7 +21,19 @@ struct RootSshd {
 impl RootSshd {
     fn start(root: &mut DebRoot) -> Self {
         let user = "enfdeb";
-        root.run("useradd", &["--create-home", "--shell", "/bin/sh", user]);
+        // A uid no host user has: a lock ends every process of the uid host-wide (the kernel
+        // programs see the host, not the root's user database).
+        root.run(
+            "useradd",
+            &[
+                "--create-home",
+                "--shell",
+                "/bin/sh",
+                "--uid",
+                "64123",
+                user,
+            ],
+        );
         let key = root.dir().join("id_ed25519");
         let out = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -421,6 +433,9 @@ fn without_a_running_daemon_the_pam_profile_stays_off_until_enabled() {
     root.run("enforcerctl", &["lock", "user", "enfdeb"]);
     let (ok, out) = sshd.ssh("true");
     assert!(!ok && out.contains("locked"), "a locked user got in: {out}");
+    // Nothing may stop the daemon here (no init system), and while it runs a lock also kills
+    // the user's every exec: lift it, so what is left to see is the PAM stack without enforcer.
+    root.run("enforcerctl", &["unlock", "user", "enfdeb"]);
     root.run("apt", &["remove", "-y", "enforcer"]);
     assert_eq!(pam_files_with_enforcer(&root), Vec::<String>::new());
     let (ok, out) = sshd.ssh("true");

@@ -9,6 +9,12 @@ pub struct LockRequest {
     /// Lock expires this many seconds from now; `None` = until unlocked.
     pub ttl_secs: Option<u64>,
     pub reason: Option<String>,
+    /// Lock the name even though NSS does not know such a user (yet).
+    #[serde(default)]
+    pub force: bool,
+    /// Replace an active lock's reason and expiry (without it, locking a locked user fails).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// A lock as stored in `locks.dir`.

@@ -49,7 +49,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Lock a user: refuse their new logins until `unlock` or the TTL ends.
+    /// Lock a user: end their SSH connections, what those left running and (unless
+    /// `locks.all_processes` is off) every process of theirs; refuse their logins and execs
+    /// until `unlock` or the TTL ends.
     Lock {
         target: Target,
         name: String,
@@ -59,6 +61,12 @@ enum Cmd {
         /// Shown to the user when a login is refused, and in the audit log.
         #[arg(long)]
         reason: Option<String>,
+        /// Lock the name even though no such user is known on this node.
+        #[arg(long)]
+        force: bool,
+        /// Replace the reason and expiry of an existing lock.
+        #[arg(long)]
+        replace: bool,
     },
     /// Remove a user's lock.
     Unlock { target: Target, name: String },
@@ -152,6 +160,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             ttl,
             reason,
+            force,
+            replace,
         } => {
             if ttl.is_some_and(|t| t.is_zero()) {
                 bail!("--ttl must be longer than zero (omit it for a lock without expiry)");
@@ -160,6 +170,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 user: name,
                 ttl_secs: ttl.map(|t| t.as_secs().max(1)),
                 reason,
+                force,
+                replace,
             };
             match client.call(&Request::Lock(req))? {
                 Reply::Locked(l) => {

@@ -11,7 +11,7 @@ use aya::{
 use enforcer_common::{
     counters::Counter,
     io::{Activity, CHANNEL_MAP_ENTRIES, IoKey},
-    limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
+    limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 use enforcer_proto::{FeatureProbe, MapStatus, ProgramStatus};
@@ -79,9 +79,13 @@ enum Command {
         conn_id: u64,
         reply: Reply<()>,
     },
-    Kill {
+    KillPass {
         target: KillTarget,
-        reply: Reply<usize>,
+        reply: Reply<Vec<u32>>,
+    },
+    SetLocked {
+        uids: Vec<u32>,
+        reply: Reply<()>,
     },
     Validate {
         roots: Vec<u32>,
@@ -173,8 +177,28 @@ impl BpfHandle {
     /// Kills every task of a session or connection, repeating until none is left (a task that
     /// forks meanwhile is caught by the next pass; its child cannot exec). Returns how many
     /// tasks were signalled.
+    /// The passes run here, in the caller's task: the actor only does one pass per request and
+    /// stays free for everything else while SIGKILLs land.
     pub async fn kill(&self, target: KillTarget) -> Result<usize, BpfError> {
-        self.ask(|reply| Command::Kill { target, reply }).await
+        let mut signalled = std::collections::HashSet::new();
+        for _ in 0..KILL_PASSES {
+            let pass = self
+                .ask(|reply| Command::KillPass { target, reply })
+                .await?;
+            if pass.is_empty() {
+                return Ok(signalled.len());
+            }
+            signalled.extend(pass);
+            // Give SIGKILL time to land; the exit tracepoint then removes the entries.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tracing::error!(?target, "tasks still alive after {KILL_PASSES} kill passes");
+        Ok(signalled.len())
+    }
+
+    /// Makes `ENF_LOCKED` exactly `uids`: their processes die at exec and fork from now on.
+    pub async fn set_locked(&self, uids: Vec<u32>) -> Result<(), BpfError> {
+        self.ask(|reply| Command::SetLocked { uids, reply }).await
     }
 
     /// Drops entries of tasks that ended while the daemon was down and adopts descendants of
@@ -202,6 +226,7 @@ struct Actor {
     tasks: Tasks,
     conns: HashMap<MapData, u64, ConnEntry>,
     users: HashMap<MapData, u32, UserEntry>,
+    locked: HashMap<MapData, u32, u32>,
     activity: HashMap<MapData, IoKey, Activity>,
     received: u64,
     malformed: u64,
@@ -231,6 +256,7 @@ pub fn start(
     let tasks = HashMap::try_from(take("ENF_TASKS")?).map_err(map_err("ENF_TASKS"))?;
     let conns = HashMap::try_from(take("ENF_CONNS")?).map_err(map_err("ENF_CONNS"))?;
     let users = HashMap::try_from(take("ENF_USERS")?).map_err(map_err("ENF_USERS"))?;
+    let locked = HashMap::try_from(take("ENF_LOCKED")?).map_err(map_err("ENF_LOCKED"))?;
     let activity = HashMap::try_from(take("ENF_ACTIVITY")?).map_err(map_err("ENF_ACTIVITY"))?;
     let recorder_maps = RecorderMaps {
         data: RingBuf::try_from(take("ENF_DATA")?).map_err(map_err("ENF_DATA"))?,
@@ -253,6 +279,7 @@ pub fn start(
         tasks,
         conns,
         users,
+        locked,
         activity,
         received: 0,
         malformed: 0,
@@ -281,9 +308,6 @@ impl Actor {
                         tracing::info!("BPF programs stay attached (pinned); `enforcerd --detach` removes them");
                         let _ = ack.send(());
                         return;
-                    }
-                    Some(Command::Kill { target, reply }) => {
-                        let _ = reply.send(Ok(self.kill(target).await));
                     }
                     Some(cmd) => self.handle(cmd),
                     None => return,
@@ -318,21 +342,6 @@ impl Actor {
                 }
             }
         }
-    }
-
-    async fn kill(&mut self, target: KillTarget) -> usize {
-        let mut signalled = std::collections::HashSet::new();
-        for _ in 0..KILL_PASSES {
-            let pass = tasks::kill_pass(&mut self.tasks, target);
-            if pass.is_empty() {
-                return signalled.len();
-            }
-            signalled.extend(pass);
-            // Give SIGKILL time to land; the exit tracepoint then removes the entries.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        tracing::error!(?target, "tasks still alive after {KILL_PASSES} kill passes");
-        signalled.len()
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -411,11 +420,33 @@ impl Actor {
                 }
                 let _ = reply.send(Ok(()));
             }
+            Command::KillPass { target, reply } => {
+                let _ = reply.send(Ok(tasks::kill_pass(&mut self.tasks, target)));
+            }
+            Command::SetLocked { uids, reply } => {
+                let _ = reply.send(self.set_locked(&uids).map_err(map_err("ENF_LOCKED")));
+            }
             Command::Validate { roots, reply } => {
                 let _ = reply.send(Ok(tasks::validate(&mut self.tasks, &roots)));
             }
-            Command::Kill { .. } | Command::Shutdown(_) => unreachable!("handled in run"),
+            Command::Shutdown(_) => unreachable!("handled in run"),
         }
+    }
+
+    fn set_locked(&mut self, uids: &[u32]) -> Result<(), MapError> {
+        let stale: Vec<u32> = self
+            .locked
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|u| !uids.contains(u))
+            .collect();
+        for uid in stale {
+            absent_ok(self.locked.remove(&uid))?;
+        }
+        for &uid in uids {
+            self.locked.insert(uid, 1, 0)?;
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Result<BpfSnapshot, BpfError> {
@@ -474,6 +505,12 @@ impl Actor {
                 "hash",
                 USER_MAP_ENTRIES,
                 count(self.users.keys().filter(Result::is_ok).count()),
+            ),
+            map(
+                "ENF_LOCKED",
+                "hash",
+                LOCKED_MAP_ENTRIES,
+                count(self.locked.keys().filter(Result::is_ok).count()),
             ),
             map(
                 "ENF_ACTIVITY",

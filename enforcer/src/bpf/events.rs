@@ -3,8 +3,9 @@
 use enforcer_common::{
     events::{
         ARGV_LEN, CWD_DEPTH, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED,
-        EXEC_FILENAME_TRUNCATED, EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_REFUSED,
-        EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN, SessionEvent,
+        EXEC_FILENAME_TRUNCATED, EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_LOCKED,
+        EXEC_KILLED_REFUSED, EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN,
+        SessionEvent,
     },
     limits::{REFUSED_CONN_LIMIT, REFUSED_USER_LIMIT},
 };
@@ -27,6 +28,8 @@ pub enum KilledAtExec {
     Refused,
     /// Its session or connection is being terminated.
     Doomed,
+    /// It ran as a locked user.
+    Locked,
 }
 
 /// A decoded exec.
@@ -172,6 +175,8 @@ fn exec(ev: &ExecEvent) -> Exec {
             Some(KilledAtExec::Refused)
         } else if flags & EXEC_KILLED_DOOMED != 0 {
             Some(KilledAtExec::Doomed)
+        } else if flags & EXEC_KILLED_LOCKED != 0 {
+            Some(KilledAtExec::Locked)
         } else {
             None
         },

@@ -11,7 +11,7 @@ use aya::maps::MapInfo;
 use enforcer_common::{
     counters::COUNTER_SLOTS,
     io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, IoKey, PendingIo},
-    limits::{CONN_MAP_ENTRIES, ConnEntry, USER_MAP_ENTRIES, UserEntry},
+    limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
 
@@ -73,6 +73,12 @@ pub fn prepare(dir: &Path, settings: &BpfSettings) -> Result<Vec<String>, BpfErr
             key_size: 4,
             value_size: size_of::<UserEntry>() as u32,
             max_entries: USER_MAP_ENTRIES,
+        },
+        Expected {
+            name: "ENF_LOCKED",
+            key_size: 4,
+            value_size: 4,
+            max_entries: LOCKED_MAP_ENTRIES,
         },
         Expected {
             name: "ENF_ACTIVITY",

@@ -128,6 +128,12 @@ pub struct RecordingConfig {
 pub struct LocksConfig {
     /// One file per locked user; dropping a file there locks, removing it unlocks.
     pub dir: PathBuf,
+    /// A lock ends every process running as the user on this node (real, effective or saved
+    /// uid), not only their SSH connections, and refuses their every exec while it lasts.
+    pub all_processes: bool,
+    /// Users (e.g. service accounts) whose processes outside SSH survive their lock even with
+    /// `all_processes`; their SSH connections and lingering processes are still ended.
+    pub exempt: Vec<String>,
 }
 
 /// `[access]`
@@ -219,6 +225,8 @@ impl Default for LocksConfig {
     fn default() -> Self {
         Self {
             dir: "/etc/enforcer/locks.d".into(),
+            all_processes: true,
+            exempt: Vec::new(),
         }
     }
 }

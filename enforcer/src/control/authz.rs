@@ -62,6 +62,8 @@ mod tests {
             user: "a".into(),
             ttl_secs: None,
             reason: None,
+            force: false,
+            replace: false,
         });
         let pam = Request::PamCloseSession(enforcer_proto::PamSession {
             user: "a".into(),

@@ -1,5 +1,7 @@
 //! User locks as stored in `locks.dir/<user>`: optional TOML with `reason` and `expires`.
-//! A file that cannot be parsed still locks (fail closed) and reports why.
+//! An entry locks its name whatever its content (fail closed): bytes that are not UTF-8 or not
+//! TOML, a symlink, a directory all lock, and say why. Entry names that cannot be user names
+//! lock nobody and are reported.
 
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -30,8 +32,38 @@ pub struct Lock {
     pub expires: Option<OffsetDateTime>,
     pub since: Option<OffsetDateTime>,
     pub by: Option<String>,
-    /// Why the file could not be read as written (the lock still applies).
+    /// Why the file could not be read as written (the lock still applies), or why the entry
+    /// locks nobody (`valid_name` false).
     pub error: Option<String>,
+    /// False for a directory entry whose name cannot be a user name: reported, never applied.
+    pub valid_name: bool,
+}
+
+/// What a name in the lock directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A user's lock.
+    User(String),
+    /// Not a user name (shown lossily): reported by `locks`, locks nobody.
+    Invalid(String),
+    /// The daemon's own temporary file (`.NAME.tmp`) while it writes a lock.
+    Ignored,
+}
+
+/// Classifies a lock directory entry by its raw name.
+pub fn entry(name: &[u8]) -> Entry {
+    let Ok(text) = std::str::from_utf8(name) else {
+        return Entry::Invalid(String::from_utf8_lossy(name).into_owned());
+    };
+    if let Some(inner) = text.strip_prefix('.').and_then(|t| t.strip_suffix(".tmp")) {
+        if check_user_name(inner).is_ok() {
+            return Entry::Ignored;
+        }
+    }
+    match check_user_name(text) {
+        Ok(()) => Entry::User(text.to_owned()),
+        Err(_) => Entry::Invalid(text.to_owned()),
+    }
 }
 
 impl Lock {
@@ -50,18 +82,56 @@ impl Lock {
             since: Some(now),
             by: Some(by),
             error: None,
+            valid_name: true,
         }
     }
 
-    /// Reads a lock file; `mtime` stands in for `locked_at` when the file has none.
-    pub fn parse(user: &str, text: &str, mtime: Option<OffsetDateTime>) -> Self {
-        let mut lock = Lock {
+    /// A lock whose file could not be read as one (symlink, not a regular file, unreadable,
+    /// too large): it locks anyway and says why.
+    pub fn unreadable(user: &str, why: &str, mtime: Option<OffsetDateTime>) -> Self {
+        Lock {
+            error: Some(format!("lock entry {why}; locking anyway")),
+            ..Self::bare(user, mtime)
+        }
+    }
+
+    /// An entry whose name cannot be a user name.
+    pub fn invalid_name(name: &str) -> Self {
+        Lock {
+            error: Some(format!(
+                "{}; this entry locks nobody (rename it to the user's name)",
+                check_user_name(name).err().unwrap_or_default()
+            )),
+            valid_name: false,
+            ..Self::bare(name, None)
+        }
+    }
+
+    fn bare(user: &str, mtime: Option<OffsetDateTime>) -> Self {
+        Lock {
             user: user.to_owned(),
             reason: None,
             expires: None,
             since: mtime,
             by: None,
             error: None,
+            valid_name: true,
+        }
+    }
+
+    /// Reads a lock file's bytes, whatever they are; `mtime` stands in for `locked_at` when
+    /// the file has none.
+    pub fn parse(user: &str, bytes: &[u8], mtime: Option<OffsetDateTime>) -> Self {
+        let mut lock = Self::bare(user, mtime);
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                lock.error = Some(format!(
+                    "lock file is not UTF-8 text (invalid byte at offset {}), locking anyway",
+                    e.valid_up_to()
+                ));
+                return lock;
+            }
         };
         let file: LockFile = match toml::from_str(text) {
             Ok(f) => f,
@@ -108,7 +178,7 @@ impl Lock {
 
     /// Whether the lock applies at `now`.
     pub fn active(&self, now: OffsetDateTime) -> bool {
-        self.expires.is_none_or(|e| now < e)
+        self.valid_name && self.expires.is_none_or(|e| now < e)
     }
 
     /// What the user is told when a login is refused.
@@ -160,7 +230,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_a_permanent_lock() {
-        let l = Lock::parse("alice", "", None);
+        let l = Lock::parse("alice", b"", None);
         assert!(l.active(OffsetDateTime::now_utc()));
         assert_eq!(l.reason, None);
         assert_eq!(l.error, None);
@@ -170,7 +240,7 @@ mod tests {
     fn reason_and_expiry() {
         let l = Lock::parse(
             "alice",
-            "reason = \"incident 42\"\nexpires = \"2026-12-01T00:00:00Z\"\n",
+            b"reason = \"incident 42\"\nexpires = \"2026-12-01T00:00:00Z\"\n",
             None,
         );
         assert_eq!(l.reason.as_deref(), Some("incident 42"));
@@ -184,17 +254,39 @@ mod tests {
 
     #[test]
     fn garbage_still_locks_and_says_why() {
-        let l = Lock::parse("bob", "this is not toml = = =", None);
+        let l = Lock::parse("bob", b"this is not toml = = =", None);
         assert!(l.active(OffsetDateTime::now_utc()));
         assert!(l.error.unwrap().contains("locking anyway"));
-        let l = Lock::parse("bob", "resaon = \"typo\"\n", None);
+        let l = Lock::parse("bob", b"resaon = \"typo\"\n", None);
         assert!(l.error.is_some(), "unknown keys are reported");
         assert!(l.active(OffsetDateTime::now_utc()));
     }
 
     #[test]
+    fn bytes_that_are_not_utf8_still_lock() {
+        let l = Lock::parse("bob", b"reason = \"\xff\xfe\"\n", None);
+        assert!(l.active(OffsetDateTime::now_utc()));
+        assert!(l.error.unwrap().contains("not UTF-8"));
+        let l = Lock::unreadable("bob", "is a symbolic link (not followed)", None);
+        assert!(l.active(OffsetDateTime::now_utc()));
+        assert!(l.error.unwrap().contains("symbolic link"));
+    }
+
+    #[test]
+    fn entries_by_name() {
+        assert_eq!(entry(b"alice"), Entry::User("alice".into()));
+        assert_eq!(entry(b".alice.tmp"), Entry::Ignored);
+        for bad in [&b"bob~"[..], b"a b", b".hidden", b"\xffx", b"-x"] {
+            assert!(matches!(entry(bad), Entry::Invalid(_)), "{bad:?}");
+        }
+        let l = Lock::invalid_name("bob~");
+        assert!(!l.active(OffsetDateTime::now_utc()), "locks nobody");
+        assert!(l.error.unwrap().contains("locks nobody"));
+    }
+
+    #[test]
     fn bad_expiry_does_not_unlock() {
-        let l = Lock::parse("bob", "expires = \"tomorrow\"\n", None);
+        let l = Lock::parse("bob", b"expires = \"tomorrow\"\n", None);
         assert!(l.active(OffsetDateTime::now_utc()));
         assert!(l.error.unwrap().contains("does not expire"));
     }
@@ -209,7 +301,7 @@ mod tests {
             "uid 0".into(),
             now,
         );
-        let back = Lock::parse("carol", &l.to_file(), None);
+        let back = Lock::parse("carol", l.to_file().as_bytes(), None);
         assert_eq!(back, l);
         assert_eq!(back.expires, Some(datetime!(2026-11-23 13:00 UTC)));
     }

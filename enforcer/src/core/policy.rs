@@ -47,7 +47,7 @@ pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> Effec
 /// Why a login is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    Locked(Lock),
+    Locked(Box<Lock>),
     UserLimit { limit: u32 },
     SourceLimit { limit: u32, source: IpAddr },
 }
@@ -86,7 +86,7 @@ pub fn admit(
     lock: Option<&Lock>,
 ) -> Result<(), Refusal> {
     if let Some(lock) = lock {
-        return Err(Refusal::Locked(lock.clone()));
+        return Err(Refusal::Locked(Box::new(lock.clone())));
     }
     let per_user = limits.max_connections_per_user;
     if per_user > 0 && registry.count_user(user) >= per_user {
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn lock_wins_over_everything() {
         let r = Registry::default();
-        let lock = Lock::parse("alice", "reason = \"offboarding\"\n", None);
+        let lock = Lock::parse("alice", b"reason = \"offboarding\"\n", None);
         let e = admit(&r, "alice", None, &limits(0, 0), Some(&lock)).unwrap_err();
         assert_eq!(e.code(), "user_locked");
         assert_eq!(

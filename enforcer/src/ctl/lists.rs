@@ -107,7 +107,13 @@ pub fn render_locks(locks: &[LockInfo]) -> String {
         }
         rows.push(vec![
             l.user.clone(),
-            if l.active { "yes" } else { "expired" }.into(),
+            match (l.active, &l.expires) {
+                (true, _) => "yes",
+                (false, Some(_)) => "expired",
+                // An entry whose name is not a user name (its error says so).
+                (false, None) => "no",
+            }
+            .into(),
             l.expires.clone().unwrap_or_else(|| "never".into()),
             dash(&l.since),
             dash(&l.by),

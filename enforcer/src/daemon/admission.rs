@@ -131,6 +131,7 @@ impl State {
                 message,
             });
         }
+        self.lift_lock_of(&req.user).await;
         let id = self.registry.insert(conn);
         self.register_in_kernel(id, monitor, uid, &limits).await;
         self.dirty = true;
@@ -250,6 +251,24 @@ impl State {
         for id in gone {
             self.release_ended(id, CloseReason::MonitorGone).await;
         }
+        self.forget_ended_lingering().await;
+    }
+
+    /// Forgets released connections none of whose processes is left.
+    async fn forget_ended_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let Ok(tasks) = self.bpf.census().await else {
+            return;
+        };
+        let live = host::process_ids();
+        let with_tasks: std::collections::HashSet<u64> = tasks
+            .into_iter()
+            .filter(|(tid, _)| live.contains(tid))
+            .map(|(_, t)| t.conn_id)
+            .collect();
+        self.lingering.retain(|id, _| with_tasks.contains(id));
     }
 
     /// After a restart: release connections whose monitor is gone, end sessions whose leader is
@@ -351,6 +370,10 @@ impl State {
             return;
         };
         self.terminating.remove(&id);
+        // Processes it leaves running (nohup, setsid, double fork) keep its identity: shown
+        // and killable as lingering until none is left (the sweep forgets it then).
+        self.lingering
+            .insert(id, super::lockout::lingering_info(conn.info()));
         for session_id in conn.sessions.keys() {
             self.end_recording(*session_id);
         }

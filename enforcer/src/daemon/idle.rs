@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use time::OffsetDateTime;
 
-use super::{admission::CloseReason, state::State};
+use super::{admission::CloseReason, lockout::kill_and_audit, state::State};
 use crate::{audit::AuditRecord, config::Activity, host};
 
 /// How often idle clocks are checked (the cut lands within this of the timeout).
@@ -30,13 +30,22 @@ fn human(d: Duration) -> String {
 }
 
 impl State {
-    /// Shows one line on every session of a connection (terminal or stderr).
+    /// Shows one line on every session of a connection (terminal or stderr), off the actor
+    /// (a full terminal may take up to 100 ms each).
     pub(super) fn tell_connection(&self, conn_id: u64, message: &str) {
-        for s in self.registry.sessions_of(conn_id) {
-            if let Err(e) = host::tell(s.leader_pid, &format!("\r\n{message}\r\n")) {
-                tracing::debug!(session = s.id, error = %e, "message not delivered");
+        let leaders: Vec<u32> = self
+            .registry
+            .sessions_of(conn_id)
+            .map(|s| s.leader_pid)
+            .collect();
+        let message = format!("\r\n{message}\r\n");
+        tokio::task::spawn_blocking(move || {
+            for pid in leaders {
+                if let Err(e) = host::tell(pid, &message) {
+                    tracing::debug!(pid, error = %e, "message not delivered");
+                }
             }
-        }
+        });
     }
 
     /// Tells every session of a connection why it ends, and kills it after [`MESSAGE_GRACE`].
@@ -48,7 +57,17 @@ impl State {
         record: AuditRecord,
     ) {
         self.tell_connection(conn_id, message);
+        self.schedule_kill(conn_id, why, record);
+    }
+
+    /// Marks a connection as terminating and kills it after [`MESSAGE_GRACE`].
+    pub(super) fn schedule_kill(&mut self, conn_id: u64, why: CloseReason, record: AuditRecord) {
         self.terminating.insert(conn_id, why);
+        // Filled in now: the connection may end by itself before its kill is due.
+        let record = match self.registry.get(conn_id) {
+            Some(c) => record.with_conn(c),
+            None => record,
+        };
         let at = tokio::time::Instant::now() + MESSAGE_GRACE;
         self.pending_kills.push(PendingKill {
             at,
@@ -63,16 +82,30 @@ impl State {
         self.pending_kills.iter().map(|k| k.at).min()
     }
 
-    /// Runs the kills that are due.
-    pub(super) async fn run_due_kills(&mut self) {
+    /// Starts the kills that are due (they run in their own tasks).
+    pub(super) fn run_due_kills(&mut self) {
         let now = tokio::time::Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_kills)
             .into_iter()
             .partition(|k| k.at <= now);
         self.pending_kills = later;
         for k in due {
-            if let Err(e) = self.kill_connection(k.conn_id, k.why, k.record).await {
-                tracing::debug!(conn = k.conn_id, error = %e, "connection already gone");
+            match self.prepare_kill(k.conn_id, k.why, k.record.clone()) {
+                Ok(rec) => {
+                    let kill = kill_and_audit(self.bpf.clone(), self.audit.clone(), k.conn_id, rec);
+                    tokio::spawn(async move {
+                        if let Err(e) = kill.await {
+                            tracing::warn!(error = %e.message, "connection kill failed");
+                        }
+                    });
+                }
+                Err(_) => {
+                    // It ended by itself within the grace (its sessions were killed): still
+                    // terminated by what scheduled the kill.
+                    let mut rec = k.record;
+                    rec.processes = Some(0);
+                    self.audit.record(rec);
+                }
             }
         }
     }
@@ -176,58 +209,6 @@ impl State {
                 AuditRecord::new("idle_timeout", now).reason("idle_timeout", Some(message.clone()));
             rec.idle_secs = Some(idle.as_secs_f64());
             self.close_with_message(id, CloseReason::IdleTimeout, &message, rec);
-        }
-    }
-
-    /// Terminates every live connection of a locked user, telling each session why.
-    pub(super) fn lock_out(
-        &mut self,
-        user: &str,
-        reason: Option<&str>,
-        by: Option<(u32, Option<i32>)>,
-    ) -> usize {
-        let ids: Vec<u64> = self
-            .registry
-            .iter()
-            .filter(|c| c.user == user && !self.terminating.contains_key(&c.id))
-            .map(|c| c.id)
-            .collect();
-        let because = reason.map(|r| format!(": {r}")).unwrap_or_default();
-        let message =
-            format!("enforcer: account {user} is locked{because}; closing this connection");
-        for &id in &ids {
-            let mut rec = AuditRecord::new("connection_killed", OffsetDateTime::now_utc())
-                .reason("user_locked", Some(message.clone()));
-            if let Some((uid, pid)) = by {
-                rec = rec.by(uid, pid);
-            }
-            self.close_with_message(id, CloseReason::UserLocked, &message, rec);
-        }
-        ids.len()
-    }
-
-    /// Locks dropped into (or already in) the lock directory: terminate what they cover.
-    pub(super) async fn enforce_lock_files(&mut self) {
-        if self.registry.iter().next().is_none() {
-            return; // nobody to lock out: no need to read the directory
-        }
-        let now = OffsetDateTime::now_utc();
-        let locked: Vec<(String, Option<String>)> = self
-            .locks
-            .list()
-            .into_iter()
-            .filter(|l| {
-                l.active(now)
-                    && self
-                        .registry
-                        .iter()
-                        .any(|c| c.user == l.user && !self.terminating.contains_key(&c.id))
-            })
-            .map(|l| (l.user, l.reason))
-            .collect();
-        for (user, reason) in locked {
-            tracing::info!(user, "lock file found for a user with live connections");
-            self.lock_out(&user, reason.as_deref(), None);
         }
     }
 }

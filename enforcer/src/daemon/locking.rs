@@ -28,6 +28,27 @@ impl State {
     ) -> Result<LockInfo, ErrorReply> {
         check_user_name(&req.user).map_err(|m| ErrorReply::new(ErrorKind::BadRequest, m))?;
         let now = OffsetDateTime::now_utc();
+        let uid = crate::host::user_identity(&req.user).map(|i| i.uid);
+        if uid.is_none() && !req.force {
+            return Err(ErrorReply::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no user {} is known on this node (NSS); check the name, or use --force to lock it anyway",
+                    req.user
+                ),
+            ));
+        }
+        if let Some(existing) = self.locks.get(&req.user).filter(|l| l.active(now)) {
+            if !req.replace {
+                return Err(ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{}; use --replace to change its reason and expiry",
+                        existing.refusal_message().replace("account", "user")
+                    ),
+                ));
+            }
+        }
         let ttl = req.ttl_secs.map(std::time::Duration::from_secs);
         let by = match crate::host::user_name(peer.uid) {
             Some(name) => format!("{name} (uid {})", peer.uid),
@@ -41,17 +62,33 @@ impl State {
         rec.user = Some(req.user.clone());
         rec.expires = lock.info(now).expires;
         self.audit.record(rec);
-        self.lock_out(&req.user, req.reason.as_deref(), Some((peer.uid, peer.pid)));
+        let sweep_uid = self.all_processes_uid(&req.user, uid);
+        let locked = super::lockout::Locked {
+            uid: sweep_uid,
+            expires: lock.expires,
+        };
+        let new = self.locked.insert(req.user.clone(), locked).is_none();
+        self.locks_changed_at = tokio::time::Instant::now();
+        self.sync_locked_uids().await;
+        self.lock_out(
+            &req.user,
+            sweep_uid.filter(|_| new),
+            req.reason.as_deref(),
+            Some((peer.uid, peer.pid)),
+        );
         Ok(lock.info(now))
     }
 
-    pub(super) fn unlock(&mut self, user: &str, peer: &Peer) -> Result<(), ErrorReply> {
+    pub(super) async fn unlock(&mut self, user: &str, peer: &Peer) -> Result<(), ErrorReply> {
         if !self.locks.remove(user).map_err(store_error)? {
             return Err(ErrorReply::new(
                 ErrorKind::NotFound,
                 format!("user {user} is not locked"),
             ));
         }
+        self.locked.remove(user);
+        self.locks_changed_at = tokio::time::Instant::now();
+        self.sync_locked_uids().await;
         let mut rec = AuditRecord::new("unlock", OffsetDateTime::now_utc()).by(peer.uid, peer.pid);
         rec.user = Some(user.to_owned());
         self.audit.record(rec);

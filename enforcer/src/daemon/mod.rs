@@ -5,6 +5,7 @@
 mod admission;
 mod idle;
 mod locking;
+mod lockout;
 mod persist;
 mod recordings;
 mod sessions;

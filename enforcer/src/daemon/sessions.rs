@@ -7,7 +7,7 @@ use enforcer_common::tasks::{TASK_CONN_ROOT, TASK_SESSION_LEADER};
 use enforcer_proto::{ConnectionInfo, ErrorKind, ErrorReply, SessionInfo};
 use time::OffsetDateTime;
 
-use super::{admission::CloseReason, state::State};
+use super::{admission::CloseReason, lockout::kill_and_audit, state::State};
 use crate::{
     audit::AuditRecord,
     bpf::{EventOrigin, Exec, KillTarget, KilledAtExec, SessionLimit},
@@ -139,6 +139,7 @@ impl State {
         match exec.killed {
             Some(KilledAtExec::Refused) => rec = rec.reason("killed_at_exec_session_refused", None),
             Some(KilledAtExec::Doomed) => rec = rec.reason("killed_at_exec_terminated", None),
+            Some(KilledAtExec::Locked) => rec = rec.reason("killed_at_exec_user_locked", None),
             None => {}
         }
         self.audit.record(rec);
@@ -224,32 +225,40 @@ impl State {
         Ok(n)
     }
 
-    /// Kills a connection (its monitor and every process with its identity).
+    /// Kills a connection (its monitor and every process with its identity), or what a
+    /// released connection left running.
     pub(super) async fn kill_connection(
         &mut self,
         id: u64,
         why: CloseReason,
         rec: AuditRecord,
     ) -> Result<u64, ErrorReply> {
-        let conn = self
-            .registry
-            .get(id)
+        let rec = self.prepare_kill(id, why, rec)?;
+        kill_and_audit(self.bpf.clone(), self.audit.clone(), id, rec).await
+    }
+
+    /// Marks a connection as terminating and fills in its audit record (before the kill:
+    /// the registry entry goes once the monitor dies).
+    pub(super) fn prepare_kill(
+        &mut self,
+        id: u64,
+        why: CloseReason,
+        rec: AuditRecord,
+    ) -> Result<AuditRecord, ErrorReply> {
+        if let Some(conn) = self.registry.get(id) {
+            let rec = rec.with_conn(conn);
+            self.terminating.insert(id, why);
+            return Ok(rec);
+        }
+        let lingering = self
+            .lingering
+            .remove(&id)
             .ok_or_else(|| not_found("connection", id))?;
-        // Filled in now: the registry does not change while the kill runs.
-        let mut rec = rec.with_conn(conn);
-        self.terminating.insert(id, why);
-        let n = self
-            .bpf
-            .kill(KillTarget {
-                conn_id: id,
-                session_id: None,
-            })
-            .await
-            .map_err(|e| ErrorReply::new(ErrorKind::Internal, e.to_string()))?
-            as u64;
-        rec.processes = Some(n);
-        self.audit.record(rec);
-        Ok(n)
+        let mut rec = rec;
+        rec.user = Some(lingering.user);
+        rec.uid = lingering.uid;
+        rec.conn_id = Some(id);
+        Ok(rec)
     }
 
     /// Connections with their sessions, as `peer` may see them.
@@ -298,6 +307,49 @@ impl State {
                     })
                     .collect();
                 info
+            })
+            .chain(self.lingering_list(peer, &processes))
+            .collect()
+    }
+
+    /// Released connections whose processes still run, one entry per kernel session they came
+    /// from (`kind` "lingering"; processes started outside any session are under id 0).
+    fn lingering_list(
+        &self,
+        peer: &Peer,
+        processes: &HashMap<(u64, u64), Vec<u32>>,
+    ) -> Vec<ConnectionInfo> {
+        self.lingering
+            .values()
+            .filter(|c| peer.may_see(c.uid))
+            .filter_map(|c| {
+                let mut info = c.clone();
+                let mut groups: Vec<_> = processes
+                    .iter()
+                    .filter(|((conn, _), _)| *conn == c.id)
+                    .collect();
+                groups.sort_unstable_by_key(|((_, session), _)| *session);
+                info.sessions = groups
+                    .into_iter()
+                    .map(|((_, session), pids)| {
+                        let mut pids = pids.clone();
+                        pids.sort_unstable();
+                        SessionInfo {
+                            id: 0,
+                            kind: "lingering".into(),
+                            pty: false,
+                            tty: None,
+                            command: None,
+                            leader_pid: *session as u32,
+                            started: c.since.clone(),
+                            last_activity: c.since.clone(),
+                            processes: pids.len() as u32,
+                            pids,
+                            commands: 0,
+                        }
+                    })
+                    .collect();
+                (!info.sessions.is_empty()).then_some(info)
             })
             .collect()
     }

@@ -3,7 +3,9 @@
 
 use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
-use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, Reply, Request, Response, StatusReport};
+use enforcer_proto::{
+    ConnectionInfo, ErrorKind, ErrorReply, FeatureProbe, Reply, Request, Response, StatusReport,
+};
 use time::OffsetDateTime;
 use tokio::{
     sync::{mpsc, oneshot},
@@ -14,6 +16,7 @@ use super::{
     DaemonInfo,
     admission::CloseReason,
     idle::{IDLE_EVERY, PendingKill},
+    lockout::{self, LockFiles},
     persist::{FLUSH_EVERY, Persist},
 };
 use crate::{
@@ -31,10 +34,7 @@ use crate::{
 /// monitor in /proc costs ~10 µs of kernel time, so not every second.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// How often the lock directory is read (a dropped lock file takes effect within this).
-const LOCK_FILES_EVERY: Duration = Duration::from_secs(1);
-
-enum Msg {
+pub(super) enum Msg {
     Request {
         req: Request,
         peer: Peer,
@@ -45,6 +45,8 @@ enum Msg {
         peer: Peer,
         reply: oneshot::Sender<Result<Stream, ErrorReply>>,
     },
+    /// The lock directory as just read (see `lockout::watch`).
+    LockFiles(LockFiles),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -139,6 +141,15 @@ pub(super) struct State {
     pub pending_kills: Vec<PendingKill>,
     /// `None` when recording is off.
     pub recorder: Option<RecorderHandle>,
+    /// Released connections whose processes may still run, by id (see `lockout`).
+    pub lingering: HashMap<u64, ConnectionInfo>,
+    /// Users under an active lock.
+    pub locked: HashMap<String, lockout::Locked>,
+    /// The uids last written to the kernel's `ENF_LOCKED`; `None` until the first write (the
+    /// pinned map may hold a previous run's).
+    pub kernel_locked: Option<Vec<u32>>,
+    /// When a lock or unlock request last changed the directory (older reads are stale).
+    pub locks_changed_at: tokio::time::Instant,
 }
 
 /// Spawns the state actor (after restoring the connection table).
@@ -154,6 +165,8 @@ pub(super) async fn start(
     let persist = Persist::start(&config.daemon.state_dir);
     let registry = persist.load();
     let locks = LockStore::new(&config.locks.dir);
+    let started = tokio::time::Instant::now();
+    lockout::watch(locks.clone(), tx.clone());
     let mut state = State {
         config,
         info,
@@ -168,6 +181,10 @@ pub(super) async fn start(
         terminating: HashMap::new(),
         pending_kills: Vec::new(),
         recorder,
+        lingering: HashMap::new(),
+        locked: HashMap::new(),
+        kernel_locked: None,
+        locks_changed_at: started,
     };
     state.restore().await;
     (StateHandle { tx }, tokio::spawn(state.run(rx, events)))
@@ -177,8 +194,6 @@ impl State {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut events: mpsc::Receiver<KernelEvent>) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut lock_files = tokio::time::interval(LOCK_FILES_EVERY);
-        lock_files.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle = tokio::time::interval(IDLE_EVERY);
@@ -194,6 +209,7 @@ impl State {
                         let resp = self.open_stream(req, &peer).await;
                         let _ = reply.send(resp);
                     }
+                    Some(Msg::LockFiles(files)) => self.apply_lock_files(files).await,
                     Some(Msg::Shutdown(ack)) => {
                         if let Some(p) = self.persist.take() {
                             p.finish(&self.registry);
@@ -205,10 +221,12 @@ impl State {
                 },
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
                 _ = sweep.tick() => self.sweep().await,
-                _ = lock_files.tick() => self.enforce_lock_files().await,
-                _ = idle.tick() => self.check_idle().await,
+                _ = idle.tick() => {
+                    self.lift_expired_locks().await;
+                    self.check_idle().await;
+                }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
-                    self.run_due_kills().await;
+                    self.run_due_kills();
                 }
                 _ = flush.tick(), if self.dirty => {
                     if let Some(p) = &self.persist {
@@ -260,7 +278,7 @@ impl State {
                     .map(|processes| Reply::Killed { processes })
             }
             Request::Lock(r) => self.lock(r, peer).await.map(Reply::Locked),
-            Request::Unlock { user } => self.unlock(&user, peer).map(|_| Reply::Done),
+            Request::Unlock { user } => self.unlock(&user, peer).await.map(|_| Reply::Done),
             Request::Locks => Ok(Reply::Locks(self.list_locks())),
             Request::Recordings { user, since } => self
                 .list_recordings(peer, user.as_deref(), since.as_deref())
@@ -304,6 +322,8 @@ impl State {
         events.insert("connections_admitted".into(), c.connections_admitted);
         events.insert("connections_refused".into(), c.connections_refused);
         events.insert("connections_closed".into(), c.connections_closed);
+        events.insert("connections_lingering".into(), self.lingering.len() as u64);
+        events.insert("users_locked".into(), self.locked.len() as u64);
         events.insert("requests_denied".into(), c.requests_denied);
         events.insert(
             "sessions_active".into(),
