@@ -8,10 +8,12 @@ mod persist;
 mod recordings;
 mod sessions;
 mod state;
+mod status;
 
+pub use recordings::list as list_recordings;
 pub use state::{StateHandle, Stream};
 
-use std::{path::PathBuf, time::Instant};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use time::OffsetDateTime;
 use tokio::{
@@ -23,8 +25,8 @@ use crate::{
     audit::{AuditError, AuditSink},
     bpf::{self, BpfError, BpfSettings},
     config::Config,
-    control::{ControlError, Server},
-    recording,
+    control::{ControlError, ControlSettings, ControlStats, Ctx, Lane, Server, Slots},
+    recording::{self, RecordingIndex},
 };
 
 /// Queue between the BPF actor and the state actor; overflow is counted, never waited on.
@@ -78,8 +80,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             .unwrap_or_else(|_| "unknown".into()),
         config_path,
     };
+    raise_fd_limit();
     // Bind first: a second daemon on the same socket must fail before touching the kernel.
-    let server = Server::bind(&config.daemon.socket)?;
+    let server = Server::bind(&config.daemon.socket, Lane::Public)?;
+    let pam_server = Server::bind(&config.daemon.pam_socket, Lane::Pam)?;
     let audit = AuditSink::start(&config.audit.path, config.audit.journald)?;
     let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
     let settings = BpfSettings {
@@ -95,38 +99,52 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         data_ring_bytes: config.recording.buffer_bytes,
     };
     let (bpf, bpf_task, recorder_maps) = bpf::start(settings, events_tx)?;
+    let recordings = RecordingIndex::scan(&config.recording.dir);
     let recorder = config
         .recording
         .enabled
-        .then(|| recording::start(recorder_maps, config.recording.dir.clone()))
+        .then(|| {
+            recording::start(
+                recorder_maps,
+                config.recording.dir.clone(),
+                recordings.clone(),
+            )
+        })
         .transpose()
         .map_err(DaemonError::Recorder)?;
     // Loading parsed the kernel's BTF twice (tens of MB in small allocations, all freed now):
     // hand that memory back instead of keeping it resident for the daemon's lifetime.
     // SAFETY: plain libc call.
     unsafe { libc::malloc_trim(0) };
-    let auditor_group = config.access.auditor_group.clone();
-    let socket = config.daemon.socket.clone();
-    let (state, state_task) = state::start(
-        config,
+    let settings = ControlSettings::new(&config.control, &config.access.auditor_group);
+    let (socket, pam_socket) = (
+        config.daemon.socket.clone(),
+        config.daemon.pam_socket.clone(),
+    );
+    let control = Arc::new(ControlStats::default());
+    let parts = state::Parts {
         info,
-        bpf.clone(),
+        bpf: bpf.clone(),
         audit,
-        recorder.clone(),
-        events_rx,
-    )
-    .await;
-    tracing::info!(socket = %socket.display(), "enforcerd ready");
+        recorder: recorder.clone(),
+        recordings: recordings.clone(),
+        control: control.clone(),
+    };
+    let (state, state_task) = state::start(config, parts, events_rx).await;
+    let ctx = Ctx::new(state.clone(), settings, Slots::new(control), recordings);
+    tracing::info!(socket = %socket.display(), pam_socket = %pam_socket.display(), "enforcerd ready");
     // systemd (Type=notify): logins are only let through PAM once this socket answers.
     notify_service_manager(libsystemd::daemon::NotifyState::Ready);
 
     tokio::select! {
-        _ = server.serve(state.clone(), auditor_group) => {}
+        _ = server.serve(ctx.clone()) => {}
+        _ = pam_server.serve(ctx.clone()) => {}
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
-    drop(server); // stop accepting, remove the socket file
+    drop(server); // stop accepting, remove the socket files
+    drop(pam_server);
     state.shutdown().await;
     let _ = state_task.await;
     if let Some(r) = recorder {
@@ -137,6 +155,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let _ = bpf_task.await;
     tracing::info!("enforcerd stopped");
     Ok(())
+}
+
+/// Raises the soft fd limit to the hard one: every control connection and open recording holds
+/// an fd, and the usual soft limit (1024) is within reach of a single local user.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-files limit already at its maximum"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
 }
 
 /// Tells systemd about a state change; a no-op when not started by systemd.

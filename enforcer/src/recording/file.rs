@@ -16,6 +16,7 @@ use enforcer_common::io::{DIR_INPUT, DIR_OUTPUT, IO_PTY};
 use super::{
     cast::{self, Header, Meta, Utf8Stream},
     recorder::{RecorderStats, StartRecording, WatchFrame, add},
+    store::Stored,
 };
 
 /// Output replayed to build the screen a new watcher sees first.
@@ -98,7 +99,7 @@ impl Recording {
         dir: &Path,
         s: &StartRecording,
         (cols, rows): (u16, u16),
-    ) -> io::Result<Recording> {
+    ) -> io::Result<(Recording, Stored)> {
         let dir = dir.join(format!("{}", s.started_at.date())).join(&s.user);
         let path = dir.join(format!("session-{}.cast", s.session_id));
         std::fs::DirBuilder::new()
@@ -142,7 +143,13 @@ impl Recording {
         (&file)
             .write_all(&header_line)
             .map_err(|e| with_path(e, &path))?;
-        Ok(Recording {
+        let stored = Stored {
+            path: path.clone(),
+            header,
+            size: header_line.len() as u64,
+            duration: None,
+        };
+        let recording = Recording {
             path,
             file,
             buf: Vec::with_capacity(BUFFER + (64 << 10)),
@@ -154,7 +161,8 @@ impl Recording {
             watchers: Vec::new(),
             screen: None,
             ends_at: None,
-        })
+        };
+        Ok((recording, stored))
     }
 
     /// Seconds since the session started.
@@ -277,13 +285,16 @@ impl Recording {
     }
 
     /// Writes what the decoder still holds, flushes, and tells the watchers it is over.
-    pub(super) fn close(mut self, stats: &RecorderStats) {
+    /// Returns the final size and duration (for the index).
+    pub(super) fn close(mut self, stats: &RecorderStats) -> (u64, f64) {
         let t = self.time(crate::host::boot_ns());
         cast::write_output(&mut self.buf, t, &self.output.finish());
         self.flush(stats);
         for w in &self.watchers {
             let _ = w.try_send(WatchFrame::End);
         }
+        let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        (size, t)
     }
 }
 

@@ -89,13 +89,6 @@ pub fn list(dir: &Path) -> Vec<Stored> {
     out
 }
 
-/// The recording of session `id`.
-pub fn find(dir: &Path, id: u64) -> Option<Stored> {
-    list(dir)
-        .into_iter()
-        .find(|r| r.header.enforcer.session_id == id)
-}
-
 impl Stored {
     pub fn info(&self, live: bool) -> RecordingInfo {
         let m = &self.header.enforcer;
@@ -118,9 +111,19 @@ impl Stored {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::recording::cast::Meta;
+
+    /// A recording as the index holds it, for tests.
+    pub(crate) fn stored(id: u64, user: &str, ts: i64) -> Stored {
+        Stored {
+            path: format!("/r/{user}/session-{id}.cast").into(),
+            header: header(id, user, ts),
+            size: 10,
+            duration: None,
+        }
+    }
 
     fn header(id: u64, user: &str, ts: i64) -> Header {
         Header {
@@ -166,9 +169,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             [3, 7]
         );
-        let r = find(dir.path(), 7).unwrap();
+        let r = &all[1];
         assert_eq!(r.duration, Some(2.25));
         assert_eq!(r.info(false).user, "alice");
-        assert!(find(dir.path(), 99).is_none());
     }
 }
