@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod debroot;
 pub mod env;
+pub mod hostile;
 pub mod procs;
 pub mod ssh;
 pub mod sshd;

@@ -72,7 +72,9 @@ pub fn list(dir: &Path) -> Vec<Stored> {
             for f in files.flatten() {
                 let name = f.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with("session-") && name.ends_with(".cast") {
+                // Regular files only: opening anything else (a FIFO) could wait forever.
+                let regular = f.file_type().is_ok_and(|t| t.is_file());
+                if regular && name.starts_with("session-") && name.ends_with(".cast") {
                     out.extend(load(f.path()));
                 }
             }
