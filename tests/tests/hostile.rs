@@ -66,11 +66,22 @@ fn idle_connection_flood_does_not_exhaust_fds_or_refuse_logins() {
     login_works(&sshd, &victim);
     // Another unprivileged user and root are still answered.
     let ctl = d.ctl_as(&victim, &["status"]);
-    assert!(ctl.status.success(), "{}", String::from_utf8_lossy(&ctl.stderr));
+    assert!(
+        ctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
     let s = d.status();
-    assert!(s.events["control_connections_non_root"] <= 32, "{:?}", s.events);
+    assert!(
+        s.events["control_connections_non_root"] <= 32,
+        "{:?}",
+        s.events
+    );
     let report = hostile::finish(flood);
-    assert!(report["closed_by_daemon"].as_u64().unwrap() > 100, "{report}");
+    assert!(
+        report["closed_by_daemon"].as_u64().unwrap() > 100,
+        "{report}"
+    );
 }
 
 #[test]
@@ -117,7 +128,10 @@ fn slow_loris_and_idle_peers_are_cut_root_is_not() {
     assert!(dropped(&d, "drop_control_read_timeout") >= 10);
     assert!(dropped(&d, "drop_control_idle_timeout") >= 5);
     // Root's connection, idle for as long, still works.
-    assert!(matches!(root.call(&Request::Status).unwrap(), Reply::Status(_)));
+    assert!(matches!(
+        root.call(&Request::Status).unwrap(),
+        Reply::Status(_)
+    ));
 }
 
 #[test]
@@ -127,7 +141,9 @@ fn denial_flood_is_audited_once_then_aggregated() {
     }
     let d = TestDaemon::start("");
     let attacker = TestUser::create("hda");
-    let peer = hostile::finish(hostile::spawn(HOSTILE, &attacker, &d.socket, "deny", 1, 3.0));
+    let peer = hostile::finish(hostile::spawn(
+        HOSTILE, &attacker, &d.socket, "deny", 1, 3.0,
+    ));
     let requests = peer["requests"].as_u64().unwrap();
     assert!(requests > 100, "{peer}");
     let s = d.status();
@@ -142,7 +158,10 @@ fn denial_flood_is_audited_once_then_aggregated() {
     let summary = d.wait_audit("aggregated denials", |v| {
         v["event"] == "requests_denied" && mine(v)
     });
-    assert!(summary["count"].as_u64().unwrap() + 1 >= requests, "{summary}");
+    assert!(
+        summary["count"].as_u64().unwrap() + 1 >= requests,
+        "{summary}"
+    );
 }
 
 #[test]
@@ -158,7 +177,10 @@ fn large_or_blocking_recordings_dir_does_not_stall_logins() {
         let dir = d.dir.path().join("recordings");
         fake_recordings(&dir, &attacker.name, attacker.uid, 1_000_000, 10_000);
         // A recording file that blocks whoever opens it (as a hung filesystem would).
-        let fifo = dir.join("2026-11-23").join(&attacker.name).join("session-1.cast");
+        let fifo = dir
+            .join("2026-11-23")
+            .join(&attacker.name)
+            .join("session-1.cast");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let mut d = d;
@@ -167,11 +189,13 @@ fn large_or_blocking_recordings_dir_does_not_stall_logins() {
     };
     let sshd = TestSshd::start(pam_fail_closed(&d), &[&victim], "");
     eventually("the start-up scan indexed 10 000 recordings", || {
-        let out = d.ctl_as(&attacker, &["recordings", "--json"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().map(|a| a.len()))
-            == Some(10_000)
+        let listed = Client::connect(&d.socket, Duration::from_secs(5)).and_then(|mut c| {
+            c.call(&Request::Recordings {
+                user: None,
+                since: None,
+            })
+        });
+        matches!(listed, Ok(Reply::Recordings(r)) if r.len() == 10_000)
     });
     let lister = hostile::spawn(HOSTILE, &attacker, &d.socket, "list", 2, 6.0);
     for _ in 0..5 {
@@ -179,7 +203,11 @@ fn large_or_blocking_recordings_dir_does_not_stall_logins() {
     }
     // play looks the recording up in the index; the file is read by the connection's task.
     let play = d.ctl_as(&attacker, &["play", "1000042", "--raw"]);
-    assert!(play.status.success(), "{}", String::from_utf8_lossy(&play.stderr));
+    assert!(
+        play.status.success(),
+        "{}",
+        String::from_utf8_lossy(&play.stderr)
+    );
     let report = hostile::finish(lister);
     assert!(report["requests"].as_u64().unwrap() >= 2, "{report}");
 }
@@ -190,14 +218,25 @@ fn pam_socket_is_root_only() {
         return;
     }
     let d = TestDaemon::start("");
-    let mode = std::fs::metadata(&d.pam_socket).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&d.pam_socket)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let user = TestUser::create("hpa");
     // enforcerctl pointed at the PAM socket cannot even connect.
     let mut c = user.command(&enforcer_tests::bin("enforcerctl"));
-    let out = c.arg("--socket").arg(&d.pam_socket).arg("status").output().unwrap();
+    let out = c
+        .arg("--socket")
+        .arg(&d.pam_socket)
+        .arg("status")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     // Root's requests on it are answered.
     let mut root = Client::connect(&d.pam_socket, Duration::from_secs(5)).unwrap();
-    assert!(matches!(root.call(&Request::Status).unwrap(), Reply::Status(_)));
+    assert!(matches!(
+        root.call(&Request::Status).unwrap(),
+        Reply::Status(_)
+    ));
 }

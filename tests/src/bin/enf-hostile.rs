@@ -121,7 +121,14 @@ async fn main() {
     for _ in 0..count {
         let (socket, stats) = (socket.clone(), stats.clone());
         tasks.push(match mode.as_str() {
-            "deny" => tokio::spawn(repeat(socket, Request::Unlock { user: "root".into() }, end, stats)),
+            "deny" => tokio::spawn(repeat(
+                socket,
+                Request::Unlock {
+                    user: "root".into(),
+                },
+                end,
+                stats,
+            )),
             "list" => tokio::spawn(repeat(
                 socket,
                 Request::Recordings {
