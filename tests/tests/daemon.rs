@@ -142,6 +142,7 @@ fn sigterm_detaches_every_program_and_removes_the_socket() {
         );
     }
     assert!(!d.socket.exists(), "socket file left behind");
+    assert!(!d.pam_socket.exists(), "PAM socket file left behind");
     // Pins stay for the next start (the test harness removes them afterwards).
     assert!(d.pin_dir.join("ENF_TASKS").exists());
     assert!(d.log().contains("BPF programs detached"), "{}", d.log());
