@@ -8,9 +8,10 @@ use std::{
 
 use enforcer_proto::{Client, Reply, Request};
 use enforcer_tests::{
-    Pam, TestDaemon, TestSshd, TestUser,
+    TestDaemon, TestSshd, TestUser,
     hostile::{self, fake_recordings, open_fds, rss_kib},
     require_root,
+    ssh::wait_until,
 };
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_enf-hostile");
@@ -19,7 +20,7 @@ fn dropped(d: &TestDaemon, reason: &str) -> u64 {
     d.status().dropped.get(reason).copied().unwrap_or(0)
 }
 
-/// An ssh login through the module (fail=closed, as packaged) succeeds.
+/// An ssh login through the module (the default fail=closed, as packaged) succeeds.
 fn login_works(sshd: &TestSshd, user: &TestUser) {
     let out = sshd.ssh(user, "true").output().unwrap();
     assert!(
@@ -29,20 +30,12 @@ fn login_works(sshd: &TestSshd, user: &TestUser) {
     );
 }
 
-fn pam_fail_closed(d: &TestDaemon) -> Pam {
-    Pam::Enforcer(format!(
-        "socket={} timeout_ms=3000 fail=closed",
-        d.pam_socket.display()
-    ))
-}
-
 /// Waits (up to 20 s) until `cond` holds.
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(20), cond),
+        "never happened: {what}"
+    );
 }
 
 #[test]
@@ -53,7 +46,7 @@ fn idle_connection_flood_does_not_exhaust_fds_or_refuse_logins() {
     let d = TestDaemon::start("");
     let attacker = TestUser::create("hfa");
     let victim = TestUser::create("hfv");
-    let sshd = TestSshd::start(pam_fail_closed(&d), &[&victim], "");
+    let sshd = TestSshd::start(d.pam(), &[&victim], "");
     let before = open_fds(d.pid());
 
     let flood = hostile::spawn(HOSTILE, &attacker, &d.socket, "idle", 1100, 8.0);
@@ -187,7 +180,7 @@ fn large_or_blocking_recordings_dir_does_not_stall_logins() {
         d.restart();
         d
     };
-    let sshd = TestSshd::start(pam_fail_closed(&d), &[&victim], "");
+    let sshd = TestSshd::start(d.pam(), &[&victim], "");
     eventually("the start-up scan indexed 10 000 recordings", || {
         let listed = Client::connect(&d.socket, Duration::from_secs(5)).and_then(|mut c| {
             c.call(&Request::Recordings {

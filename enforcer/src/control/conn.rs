@@ -150,18 +150,22 @@ async fn answer(
     let resp = match req {
         // From the in-memory index, off the actor and off the runtime's workers.
         Request::Recordings { user, since } => {
-            let _turn = match uid {
-                0 => None,
-                _ => ctx.listing.acquire().await.ok(),
-            };
             let (index, who) = (ctx.recordings.clone(), peer.clone());
-            let frame = tokio::task::spawn_blocking(move || {
-                let resp: Response =
-                    list_recordings(&index, &who, user.as_deref(), since.as_deref())
-                        .map(Reply::Recordings);
-                encode(&resp)
-            })
-            .await;
+            let frame = {
+                // Released before the answer is written: a peer that does not read it holds
+                // only its own connection.
+                let _turn = match uid {
+                    0 => None,
+                    _ => ctx.listing.acquire().await.ok(),
+                };
+                tokio::task::spawn_blocking(move || {
+                    let resp: Response =
+                        list_recordings(&index, &who, user.as_deref(), since.as_deref())
+                            .map(Reply::Recordings);
+                    encode(&resp)
+                })
+                .await
+            };
             return match frame {
                 Ok(Ok(bytes)) => write_bytes(stream, &ctx.settings, uid, &bytes).await,
                 _ => {

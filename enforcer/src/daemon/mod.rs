@@ -49,6 +49,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("cannot start the session recorder: {0}")]
     Recorder(std::io::Error),
+    #[error("cannot start the daemon's core runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -81,6 +83,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         config_path,
     };
     raise_fd_limit();
+    tune_malloc();
     // Bind first: a second daemon on the same socket must fail before touching the kernel.
     let server = Server::bind(&config.daemon.socket, Lane::Public)?;
     let pam_server = Server::bind(&config.daemon.pam_socket, Lane::Pam)?;
@@ -98,7 +101,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         },
         data_ring_bytes: config.recording.buffer_bytes,
     };
-    let (bpf, bpf_task, recorder_maps) = bpf::start(settings, events_tx)?;
+    // The actors and the PAM socket run on a runtime of their own: however busy the public
+    // socket's connections keep the main runtime's workers, a login decision waits only for
+    // the OS to schedule this thread.
+    let core = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("enforcerd-core")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let (bpf, bpf_task, recorder_maps) = {
+        let _on_core = core.enter();
+        bpf::start(settings, events_tx)?
+    };
     let recordings = RecordingIndex::scan(&config.recording.dir);
     let recorder = config
         .recording
@@ -130,21 +145,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         recordings: recordings.clone(),
         control: control.clone(),
     };
-    let (state, state_task) = state::start(config, parts, events_rx).await;
+    let (state, state_task) = core
+        .spawn(state::start(config, parts, events_rx))
+        .await
+        .expect("the state actor starts");
     let ctx = Ctx::new(state.clone(), settings, Slots::new(control), recordings);
+    let pam_task = {
+        let ctx = ctx.clone();
+        core.spawn(async move { pam_server.serve(ctx).await })
+    };
     tracing::info!(socket = %socket.display(), pam_socket = %pam_socket.display(), "enforcerd ready");
     // systemd (Type=notify): logins are only let through PAM once this socket answers.
     notify_service_manager(libsystemd::daemon::NotifyState::Ready);
 
     tokio::select! {
         _ = server.serve(ctx.clone()) => {}
-        _ = pam_server.serve(ctx.clone()) => {}
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
     drop(server); // stop accepting, remove the socket files
-    drop(pam_server);
+    pam_task.abort();
+    let _ = pam_task.await;
     state.shutdown().await;
     let _ = state_task.await;
     if let Some(r) = recorder {
@@ -153,8 +175,24 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }
     bpf.shutdown().await;
     let _ = bpf_task.await;
+    core.shutdown_background();
     tracing::info!("enforcerd stopped");
     Ok(())
+}
+
+/// Keeps short-lived large buffers (a `recordings` answer, a request body) from staying
+/// resident: few malloc arenas (blocking-pool threads would otherwise each get their own), and a
+/// fixed mmap threshold (glibc raises it after each large free, so later large buffers would
+/// come from, and stay in, the heap).
+fn tune_malloc() {
+    // SAFETY: plain libc calls, before other threads allocate much.
+    let ok = unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2) == 1
+            && libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) == 1
+    };
+    if !ok {
+        tracing::warn!("cannot tune malloc; memory of large answers may stay resident");
+    }
 }
 
 /// Raises the soft fd limit to the hard one: every control connection and open recording holds

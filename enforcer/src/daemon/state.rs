@@ -243,9 +243,16 @@ impl State {
         let mut denials = tokio::time::interval(Duration::from_secs(1));
         denials.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // PAM first: whatever waits on the PAM lane is served before anything else, so a
+            // login waits for at most the one message being handled when it arrived. The rest
+            // stay fairly (randomly) polled: a `biased` order would let a flood of public
+            // requests starve kernel events and the lock and idle timers.
+            while let Ok(msg) = pam.try_recv() {
+                if self.on_msg(msg).await {
+                    return;
+                }
+            }
             tokio::select! {
-                // PAM first: no other peer's requests, nor kernel events, delay a login.
-                biased;
                 Some(msg) = pam.recv() => {
                     if self.on_msg(msg).await {
                         return;

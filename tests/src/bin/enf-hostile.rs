@@ -51,16 +51,27 @@ fn payload(mode: &str) -> Vec<u8> {
     }
 }
 
+/// A new connection, retried every 100 ms; `None` once `end` has passed.
+async fn connect(socket: &str, end: Instant, stats: &Stats) -> Option<UnixStream> {
+    while Instant::now() < end {
+        match UnixStream::connect(socket).await {
+            Ok(s) => {
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                return Some(s);
+            }
+            Err(_) => {
+                stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    None
+}
+
 /// Holds one connection in `mode` until `end`, reconnecting when it is closed.
 async fn hold(socket: String, mode: String, end: Instant, stats: Arc<Stats>) {
     let bytes = payload(&mode);
-    while Instant::now() < end {
-        let Ok(mut s) = UnixStream::connect(&socket).await else {
-            stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        stats.connects.fetch_add(1, Ordering::Relaxed);
+    while let Some(mut s) = connect(&socket, end, &stats).await {
         let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
         stats.peak.fetch_max(open, Ordering::Relaxed);
         if s.write_all(&bytes).await.is_ok() {
@@ -79,13 +90,7 @@ async fn hold(socket: String, mode: String, end: Instant, stats: Arc<Stats>) {
 /// Sends `req` over and over until `end`, reconnecting when closed.
 async fn repeat(socket: String, req: Request, end: Instant, stats: Arc<Stats>) {
     let frame = encode(&req).unwrap();
-    while Instant::now() < end {
-        let Ok(mut s) = UnixStream::connect(&socket).await else {
-            stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        stats.connects.fetch_add(1, Ordering::Relaxed);
+    while let Some(mut s) = connect(&socket, end, &stats).await {
         while Instant::now() < end {
             if s.write_all(&frame).await.is_err() {
                 break;
