@@ -158,15 +158,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     // systemd (Type=notify): logins are only let through PAM once this socket answers.
     notify_service_manager(libsystemd::daemon::NotifyState::Ready);
 
+    // A task, not polled here: this thread is not one of the (lower-priority) workers.
+    let public_task = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { server.serve(ctx).await })
+    };
     tokio::select! {
-        _ = server.serve(ctx.clone()) => {}
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
-    drop(server); // stop accepting, remove the socket files
-    pam_task.abort();
-    let _ = pam_task.await;
+    // Stop accepting; dropping the servers removes the socket files.
+    for task in [public_task, pam_task] {
+        task.abort();
+        let _ = task.await;
+    }
     state.shutdown().await;
     let _ = state_task.await;
     if let Some(r) = recorder {
@@ -178,6 +184,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     core.shutdown_background();
     tracing::info!("enforcerd stopped");
     Ok(())
+}
+
+/// How much less CPU priority the public socket's threads get than the core runtime (actors,
+/// PAM socket): under a flood of public connections a login decision still gets the CPU first.
+/// Lowering needs no capability (raising the core's would need CAP_SYS_NICE).
+const PUBLIC_NICE: i32 = 10;
+
+/// `on_thread_start` of the runtime that serves the public control socket.
+pub fn public_thread() {
+    // SAFETY: plain syscalls on the calling thread (who = its tid).
+    let ok = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PUBLIC_NICE) == 0
+    };
+    if !ok {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "public control threads keep the default priority");
+    }
 }
 
 /// Keeps short-lived large buffers (a `recordings` answer, a request body) from staying
