@@ -3,7 +3,8 @@
 use serde::{Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
 
-/// Largest frame either side accepts; a status or session list is far below this.
+/// Largest frame either side accepts; a status or session list is far below this. The daemon
+/// accepts much less from unprivileged peers (`control.max_frame_bytes`).
 pub const MAX_FRAME: u32 = 16 << 20;
 
 /// A frame could not be read or written.
@@ -11,8 +12,8 @@ pub const MAX_FRAME: u32 = 16 << 20;
 pub enum FrameError {
     #[error("control socket I/O failed: {0}")]
     Io(#[from] io::Error),
-    #[error("peer sent a {0}-byte frame, larger than the {MAX_FRAME}-byte limit")]
-    TooLarge(u32),
+    #[error("peer announced a {len}-byte frame, larger than the {max}-byte limit")]
+    TooLarge { len: u32, max: u32 },
     #[error(
         "malformed message on the control socket: {0} (are enforcerd and its client the same version?)"
     )]
@@ -21,23 +22,31 @@ pub enum FrameError {
     Closed,
 }
 
-fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+/// One whole frame (header and body), ready to write.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg)?;
     let len = u32::try_from(body.len()).ok().filter(|l| *l <= MAX_FRAME);
-    let len = len.ok_or(FrameError::TooLarge(u32::MAX))?;
+    let len = len.ok_or(FrameError::TooLarge {
+        len: u32::MAX,
+        max: MAX_FRAME,
+    })?;
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-fn check_len(header: [u8; 4]) -> Result<usize, FrameError> {
+/// The announced body length, checked against `max` before any of the body is read.
+pub fn check_len(header: [u8; 4], max: u32) -> Result<u64, FrameError> {
     let len = u32::from_be_bytes(header);
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
-    Ok(len as usize)
+    Ok(u64::from(len))
 }
+
+/// Initial body buffer: a peer announcing a large frame gets memory only as its bytes arrive.
+const BODY_START: usize = 4096;
 
 fn eof_to_closed(e: io::Error) -> FrameError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -57,8 +66,12 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Fram
 pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
     let mut header = [0u8; 4];
     r.read_exact(&mut header).map_err(eof_to_closed)?;
-    let mut body = vec![0u8; check_len(header)?];
-    r.read_exact(&mut body).map_err(eof_to_closed)?;
+    let len = check_len(header, MAX_FRAME)?;
+    let mut body = Vec::with_capacity(BODY_START.min(len as usize));
+    r.take(len).read_to_end(&mut body)?;
+    if body.len() as u64 != len {
+        return Err(FrameError::Closed);
+    }
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -76,9 +89,11 @@ mod async_io {
         Ok(w.flush().await?)
     }
 
-    /// Reads one frame; `Ok(None)` when the peer closed the connection between frames.
+    /// Reads one frame of at most `max` bytes; `Ok(None)` when the peer closed the connection
+    /// between frames. The body buffer grows as bytes arrive: an announced size costs nothing.
     pub async fn read_frame_async<T: DeserializeOwned>(
         r: &mut (impl AsyncRead + Unpin),
+        max: u32,
     ) -> Result<Option<T>, FrameError> {
         let mut header = [0u8; 4];
         match r.read_exact(&mut header).await {
@@ -86,8 +101,12 @@ mod async_io {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        let mut body = vec![0u8; check_len(header)?];
-        r.read_exact(&mut body).await.map_err(eof_to_closed)?;
+        let len = check_len(header, max)?;
+        let mut body = Vec::with_capacity(BODY_START.min(len as usize));
+        (&mut *r).take(len).read_to_end(&mut body).await?;
+        if body.len() as u64 != len {
+            return Err(FrameError::Closed);
+        }
         Ok(Some(serde_json::from_slice(&body)?))
     }
 }
@@ -114,9 +133,21 @@ mod tests {
         let bytes = (MAX_FRAME + 1).to_be_bytes();
         let err = read_frame::<Request>(&mut bytes.as_slice()).unwrap_err();
         assert!(
-            matches!(err, FrameError::TooLarge(n) if n == MAX_FRAME + 1),
+            matches!(err, FrameError::TooLarge { len, .. } if len == MAX_FRAME + 1),
             "{err}"
         );
+    }
+
+    #[test]
+    fn announced_size_is_not_allocated_up_front() {
+        // A header announcing the maximum followed by 10 bytes ends as a closed connection
+        // (the body buffer grows with what arrives instead of being sized by the header).
+        let mut buf = MAX_FRAME.to_be_bytes().to_vec();
+        buf.extend_from_slice(b"0123456789");
+        assert!(matches!(
+            read_frame::<Request>(&mut buf.as_slice()),
+            Err(FrameError::Closed)
+        ));
     }
 
     #[test]

@@ -15,3 +15,6 @@ pub use msg::*;
 
 /// Default control socket path (overridable in the daemon config and with `--socket`).
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcerd.sock";
+
+/// Default root-only socket of the PAM module (`daemon.pam_socket`, module argument `socket=`).
+pub const DEFAULT_PAM_SOCKET: &str = "/run/enforcer/pam.sock";

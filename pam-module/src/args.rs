@@ -24,7 +24,7 @@ pub struct ModuleArgs {
 impl Default for ModuleArgs {
     fn default() -> Self {
         ModuleArgs {
-            socket: enforcer_proto::DEFAULT_SOCKET.into(),
+            socket: enforcer_proto::DEFAULT_PAM_SOCKET.into(),
             timeout: Duration::from_millis(2000),
             fail: FailMode::Closed,
             debug: false,
@@ -77,7 +77,7 @@ mod tests {
     fn defaults_fail_closed() {
         let a = parse(&[]).unwrap();
         assert_eq!(a.fail, FailMode::Closed);
-        assert_eq!(a.socket, PathBuf::from("/run/enforcer/enforcerd.sock"));
+        assert_eq!(a.socket, PathBuf::from("/run/enforcer/pam.sock"));
         assert_eq!(a.timeout, Duration::from_secs(2));
     }
 

@@ -3,9 +3,9 @@
 //! enforcerd over its control socket with a hard deadline. The decisions live in [`logic`],
 //! behind traits, so they are tested without sshd.
 //!
-//! Module arguments: `socket=PATH` (default /run/enforcer/enforcerd.sock), `timeout_ms=N`
-//! (default 2000; sshd is never held longer), `fail=closed|open` (what to do when the daemon
-//! cannot answer; default closed), `debug` (log every decision to syslog).
+//! Module arguments: `socket=PATH` (default /run/enforcer/pam.sock, the daemon's root-only PAM
+//! socket), `timeout_ms=N` (default 2000; sshd is never held longer), `fail=closed|open` (what to
+//! do when the daemon cannot answer; default closed), `debug` (log every decision to syslog).
 
 pub mod args;
 pub mod logic;

@@ -79,7 +79,7 @@ fn main() {
         let d = TestDaemon::start("");
         host.push(local());
         let sshd = TestSshd::start(
-            Pam::Enforcer(format!("socket={}", d.socket.display())),
+            Pam::Enforcer(format!("socket={}", d.pam_socket.display())),
             &[&user],
             "",
         );

@@ -188,7 +188,7 @@ fn sessions_part(user: &TestUser, work: &Path) {
         {
             let d = TestDaemon::start(&format!("[recording]\nenabled = {}\n", variant == ON));
             let sshd = TestSshd::start(
-                Pam::Enforcer(format!("socket={}", d.socket.display())),
+                Pam::Enforcer(format!("socket={}", d.pam_socket.display())),
                 &[user],
                 "",
             );
@@ -222,7 +222,7 @@ fn sessions_part(user: &TestUser, work: &Path) {
     for _ in 0..PEER_ROUNDS {
         let d = TestDaemon::start("[recording]\nenabled = false\n");
         let sshd = TestSshd::start(
-            Pam::Enforcer(format!("socket={}", d.socket.display())),
+            Pam::Enforcer(format!("socket={}", d.pam_socket.display())),
             &[user],
             "",
         );

@@ -15,6 +15,8 @@ use crate::{Pam, TestUser, bin};
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// The root-only socket pam_enforcer talks to (`daemon.pam_socket`).
+    pub pam_socket: PathBuf,
     pub config_path: PathBuf,
     /// This daemon's bpffs pin directory (removed when the test ends).
     pub pin_dir: PathBuf,
@@ -26,7 +28,7 @@ impl TestDaemon {
     /// with the test's own `extra` TOML, section by section (extra wins).
     fn config(dir: &Path, pin_dir: &Path, journald: bool, extra: &str) -> String {
         let base = format!(
-            "[daemon]\nsocket = \"{d}/enforcerd.sock\"\nstate_dir = \"{d}/state\"\nbpf_pin_dir = \"{p}\"\n\
+            "[daemon]\nsocket = \"{d}/enforcerd.sock\"\npam_socket = \"{d}/pam.sock\"\nstate_dir = \"{d}/state\"\nbpf_pin_dir = \"{p}\"\n\
              [audit]\npath = \"{d}/audit.jsonl\"\njournald = {journald}\n\
              [recording]\ndir = \"{d}/recordings\"\n\
              [locks]\ndir = \"{d}/locks.d\"\n",
@@ -74,9 +76,11 @@ impl TestDaemon {
         )
         .unwrap();
         let socket = dir.path().join("enforcerd.sock");
+        let pam_socket = dir.path().join("pam.sock");
         let mut d = TestDaemon {
             dir,
             socket,
+            pam_socket,
             config_path,
             pin_dir,
             child: None,
@@ -229,7 +233,10 @@ impl TestDaemon {
 
     /// pam_enforcer's lines for a test sshd talking to this daemon.
     pub fn pam(&self) -> Pam {
-        Pam::Enforcer(format!("socket={} timeout_ms=3000", self.socket.display()))
+        Pam::Enforcer(format!(
+            "socket={} timeout_ms=3000",
+            self.pam_socket.display()
+        ))
     }
 
     /// An enforcerctl command against this daemon.

@@ -6,6 +6,7 @@ pub mod casts;
 pub mod daemon;
 pub mod debroot;
 pub mod env;
+pub mod hostile;
 pub mod procs;
 pub mod ssh;
 pub mod sshd;

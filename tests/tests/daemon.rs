@@ -136,6 +136,7 @@ fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
     let st = d.stop();
     assert!(st.success(), "enforcerd exited with {st}:\n{}", d.log());
     assert!(!d.socket.exists(), "socket file left behind");
+    assert!(!d.pam_socket.exists(), "PAM socket file left behind");
     for id in &ids {
         assert!(loaded(*id), "program {id} detached by SIGTERM");
     }

@@ -101,6 +101,8 @@ pub enum ErrorKind {
     NotFound,
     /// The daemon failed internally; details are in its log.
     Internal,
+    /// The peer holds more than the daemon grants it (connections, request size, time).
+    Limited,
 }
 
 impl ErrorReply {

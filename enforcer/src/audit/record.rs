@@ -68,6 +68,9 @@ pub struct AuditRecord {
     /// The control request concerned (for denials).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// How many events one aggregate record stands for (`requests_denied`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// Session id (as in `enforcerctl sessions`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<u64>,

@@ -71,6 +71,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("enforcerd")
+        // This runtime serves the public control socket: below the core runtime (actors, PAM).
+        .on_thread_start(enforcer::daemon::public_thread)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(enforcer::daemon::run(config, args.config))?;

@@ -46,6 +46,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub locks: LocksConfig,
     pub access: AccessConfig,
+    pub control: ControlConfig,
     pub rules: Vec<Rule>,
 }
 
@@ -53,8 +54,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
-    /// Control socket (enforcerctl and the PAM module connect here).
+    /// Control socket (enforcerctl; mode 0666, authorised per request).
     pub socket: PathBuf,
+    /// Root-only socket (mode 0600) for pam_enforcer: served ahead of everything else.
+    pub pam_socket: PathBuf,
     /// Persistent state (connection table across restarts).
     pub state_dir: PathBuf,
     /// Size of the kernel → daemon event ring buffer in bytes (power of two, ≥ 4096).
@@ -144,6 +147,23 @@ pub struct AccessConfig {
     pub auditor_group: String,
 }
 
+/// `[control]` — what unprivileged peers of the control socket may hold. Root is exempt from
+/// the caps (not from the timeouts while a frame is half read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Concurrent connections of one non-root uid.
+    pub max_connections_per_uid: u32,
+    /// Concurrent connections of all non-root uids together.
+    pub max_connections_non_root: u32,
+    /// Largest request frame a non-root peer may announce, bytes.
+    pub max_frame_bytes: u32,
+    /// A frame must be complete this long after its first byte (every peer).
+    pub read_timeout: Dur,
+    /// A non-root connection with no request for this long is closed.
+    pub idle_timeout: Dur,
+}
+
 /// `[[rules]]` — overrides for matching users or groups. For each key, the first matching rule
 /// that sets it wins (like sshd's `Match`); keys no rule sets come from the global sections.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -173,6 +193,7 @@ impl Default for Config {
             recording: RecordingConfig::default(),
             locks: LocksConfig::default(),
             access: AccessConfig::default(),
+            control: ControlConfig::default(),
             rules: Vec::new(),
         }
     }
@@ -182,6 +203,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             socket: enforcer_proto::DEFAULT_SOCKET.into(),
+            pam_socket: enforcer_proto::DEFAULT_PAM_SOCKET.into(),
             state_dir: "/var/lib/enforcer".into(),
             ring_buffer_bytes: 4 << 20,
             max_tracked_tasks: 65536,
@@ -231,6 +253,18 @@ impl Default for LocksConfig {
     }
 }
 
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_uid: 32,
+            max_connections_non_root: 256,
+            max_frame_bytes: 64 << 10,
+            read_timeout: Dur::secs(5),
+            idle_timeout: Dur::secs(60),
+        }
+    }
+}
+
 impl Default for AccessConfig {
     fn default() -> Self {
         Self {
@@ -273,12 +307,38 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((k.to_owned(), m));
-        let sock = self.daemon.socket.as_os_str().len();
-        // sun_path is 108 bytes including the NUL.
-        if sock == 0 || sock > 107 {
+        for (key, path) in [
+            ("daemon.socket", &self.daemon.socket),
+            ("daemon.pam_socket", &self.daemon.pam_socket),
+        ] {
+            let len = path.as_os_str().len();
+            // sun_path is 108 bytes including the NUL.
+            if len == 0 || len > 107 {
+                return bad(key, format!("path must be 1..=107 bytes long, is {len}"));
+            }
+        }
+        if self.daemon.pam_socket == self.daemon.socket {
             return bad(
-                "daemon.socket",
-                format!("path must be 1..=107 bytes long, is {sock}"),
+                "daemon.pam_socket",
+                "must differ from daemon.socket (it is the root-only socket for the PAM module)"
+                    .into(),
+            );
+        }
+        let c = &self.control;
+        if c.max_frame_bytes < 4096 || c.max_frame_bytes > enforcer_proto::frame::MAX_FRAME {
+            return bad(
+                "control.max_frame_bytes",
+                format!(
+                    "{} must be between 4096 and {}",
+                    c.max_frame_bytes,
+                    enforcer_proto::frame::MAX_FRAME
+                ),
+            );
+        }
+        if c.read_timeout.is_zero() || c.idle_timeout.is_zero() {
+            return bad(
+                "control",
+                "read_timeout and idle_timeout must be longer than 0".into(),
             );
         }
         let rb = self.daemon.ring_buffer_bytes;

@@ -122,3 +122,20 @@ fn ring_buffer_must_be_a_power_of_two() {
         "{err}"
     );
 }
+
+#[test]
+fn pam_socket_must_differ_from_the_public_one() {
+    let text = "[daemon]\nsocket = \"/run/x.sock\"\npam_socket = \"/run/x.sock\"\n";
+    let err = Config::parse(text, "t").unwrap_err();
+    assert!(err.to_string().contains("daemon.pam_socket"), "{err}");
+}
+
+#[test]
+fn control_frame_cap_and_timeouts_are_checked() {
+    let err = Config::parse("[control]\nmax_frame_bytes = 100\n", "t").unwrap_err();
+    assert!(err.to_string().contains("control.max_frame_bytes"), "{err}");
+    let err = Config::parse("[control]\nread_timeout = \"0\"\n", "t").unwrap_err();
+    assert!(err.to_string().contains("control"), "{err}");
+    let c = Config::embedded().control;
+    assert_eq!((c.max_connections_per_uid, c.max_frame_bytes), (32, 65536));
+}

@@ -1,18 +1,18 @@
-//! Accepting control connections and exchanging frames.
+//! The control sockets: binding them and accepting connections. The public socket (0666) caps
+//! what unprivileged uids may hold at accept; the PAM socket (0600, root only) has its own accept
+//! loop and reaches the state actor through its priority lane.
 
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use enforcer_proto::{
-    ErrorKind, ErrorReply, FrameError, Request, Response,
-    frame::{read_frame_async, write_frame_async},
-};
+use enforcer_proto::{ErrorKind, ErrorReply, Response, frame::encode};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::Peer;
-use crate::daemon::StateHandle;
+use super::conn::{self, Ctx};
+use crate::core::control::ControlDrop;
 
 /// Control socket failures.
 #[derive(Debug, thiserror::Error)]
@@ -26,16 +26,26 @@ pub enum ControlError {
     },
 }
 
-/// The bound control socket; the socket file is removed when this is dropped.
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// `daemon.socket`, mode 0666: anyone, authorised per request, capped per uid.
+    Public,
+    /// `daemon.pam_socket`, mode 0600: the PAM module (root), served first by the actor.
+    Pam,
+}
+
+/// A bound control socket; the socket file is removed when this is dropped.
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
+    lane: Lane,
 }
 
 impl Server {
-    /// Binds `path` (mode 0666: every request is authorised from peer credentials), replacing a
-    /// stale socket file but never one a live daemon still answers on.
-    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+    /// Binds `path` for `lane` (public: mode 0666, PAM: 0600), replacing a stale socket file but
+    /// never one a live daemon still answers on.
+    pub fn bind(path: &Path, lane: Lane) -> Result<Self, ControlError> {
         let err = |source| ControlError::Bind {
             path: path.to_owned(),
             source,
@@ -50,25 +60,69 @@ impl Server {
             std::fs::remove_file(path).map_err(err)?;
         }
         let listener = UnixListener::bind(path).map_err(err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+        let mode = match lane {
+            Lane::Public => 0o666,
+            Lane::Pam => 0o600,
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
         Ok(Self {
             listener,
             path: path.to_owned(),
+            lane,
         })
     }
 
     /// Serves until the task is cancelled.
-    pub async fn serve(&self, state: StateHandle, auditor_group: String) {
+    pub async fn serve(&self, ctx: Arc<Ctx>) {
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, state.clone(), auditor_group.clone()));
-                }
+                Ok((stream, _)) => self.admit(stream, &ctx),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept on control socket failed");
+                    // EMFILE and friends: the caps keep unprivileged peers far below the fd
+                    // limit, so this is root's doing or a real shortage; back off briefly.
+                    tracing::warn!(error = %e, lane = ?self.lane, "accept on control socket failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
+        }
+    }
+
+    /// Takes the connection's slot (public lane) and spawns its task, or closes it at once.
+    fn admit(&self, stream: UnixStream, ctx: &Arc<Ctx>) {
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no peer credentials on control connection; closing it");
+                return;
+            }
+        };
+        match self.lane {
+            Lane::Pam if cred.uid() != 0 => {
+                // Only reachable if someone loosened the socket's mode.
+                tracing::warn!(
+                    uid = cred.uid(),
+                    "non-root peer on the PAM socket; closing it"
+                );
+            }
+            Lane::Pam => {
+                tokio::spawn(conn::serve(stream, cred, ctx.clone(), Lane::Pam, None));
+            }
+            Lane::Public => match ctx.slots.open(cred.uid(), ctx.settings.caps) {
+                Ok(slot) => {
+                    tokio::spawn(conn::serve(
+                        stream,
+                        cred,
+                        ctx.clone(),
+                        Lane::Public,
+                        Some(slot),
+                    ));
+                }
+                Err(reason) => {
+                    ctx.slots.stats.count(reason);
+                    tracing::debug!(uid = cred.uid(), ?reason, "control connection refused");
+                    refuse(&stream, reason);
+                }
+            },
         }
     }
 }
@@ -79,42 +133,10 @@ impl Drop for Server {
     }
 }
 
-async fn handle(mut stream: UnixStream, state: StateHandle, auditor_group: String) {
-    let peer = match stream.peer_cred() {
-        Ok(c) => Peer::resolve(c.uid(), c.gid(), c.pid(), &auditor_group),
-        Err(e) => {
-            tracing::warn!(error = %e, "no peer credentials on control connection; closing it");
-            return;
-        }
-    };
-    loop {
-        let req = match read_frame_async::<Request>(&mut stream).await {
-            Ok(Some(req)) => req,
-            Ok(None) | Err(FrameError::Closed) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, uid = peer.uid, "bad control request");
-                let resp: Response = Err(ErrorReply::new(ErrorKind::BadRequest, e.to_string()));
-                let _ = write_frame_async(&mut stream, &resp).await;
-                return;
-            }
-        };
-        // Authorisation (and auditing of denials) happens in the state actor.
-        if matches!(req, Request::Play { .. } | Request::Watch { .. }) {
-            let ok = match state.stream(req, peer.clone()).await {
-                Ok(s) => super::stream::send_stream(&mut stream, s).await,
-                Err(e) => write_frame_async(&mut stream, &Response::Err(e))
-                    .await
-                    .is_ok(),
-            };
-            if !ok {
-                return;
-            }
-            continue;
-        }
-        let resp = state.request(req, peer.clone()).await;
-        if let Err(e) = write_frame_async(&mut stream, &resp).await {
-            tracing::debug!(error = %e, "control client went away before its answer");
-            return;
-        }
+/// Tells the peer why it is closed when that fits in the socket buffer now (never waits).
+pub(super) fn refuse(stream: &UnixStream, reason: ControlDrop) {
+    let resp: Response = Err(ErrorReply::new(ErrorKind::Limited, reason.message()));
+    if let Ok(frame) = encode(&resp) {
+        let _ = stream.try_write(&frame);
     }
 }

@@ -2,6 +2,7 @@
 //! daemon feeds in what it read from the kernel, /proc and disk, and acts on the answers.
 
 pub mod conn;
+pub mod control;
 pub mod identity;
 pub mod lock;
 pub mod policy;

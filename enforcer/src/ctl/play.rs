@@ -146,7 +146,11 @@ mod tests {
             play(&rec, &mut out, opts).unwrap();
             assert_eq!(out.len(), 2, "{t}: both events played");
         }
-        assert_eq!(gap(1.0, 0.0), Duration::ZERO, "speed 0 is no pause, not infinity");
+        assert_eq!(
+            gap(1.0, 0.0),
+            Duration::ZERO,
+            "speed 0 is no pause, not infinity"
+        );
         assert_eq!(gap(f64::NAN, 1.0), Duration::ZERO);
         assert_eq!(gap(1e300, 1.0), Duration::MAX);
     }

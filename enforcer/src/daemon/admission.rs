@@ -81,8 +81,12 @@ fn endpoints(req: &PamAccount) -> (Option<SocketAddr>, Option<SocketAddr>) {
 const NO_UID: u32 = u32::MAX;
 
 impl State {
-    fn limits_for(&self, user: &str) -> (Option<u32>, EffectiveLimits) {
-        let ident = host::user_identity(user);
+    /// Limits of `user` from their NSS identity (`None`: unknown to NSS).
+    fn limits_with(
+        &self,
+        user: &str,
+        ident: Option<&host::UserIdentity>,
+    ) -> (Option<u32>, EffectiveLimits) {
         let groups = ident
             .as_ref()
             .map(|i| i.groups.as_slice())
@@ -93,15 +97,25 @@ impl State {
         )
     }
 
+    /// Limits of `user`, looking them up through NSS: only where no request waits (restore at
+    /// start-up); requests arrive with the identity resolved by their connection task.
+    fn limits_for(&self, user: &str) -> (Option<u32>, EffectiveLimits) {
+        self.limits_with(user, host::user_identity(user).as_ref())
+    }
+
     /// PAM acct_mgmt: decide and, when admitted, reserve the slot and start tracking the monitor.
-    pub(super) async fn pam_account(&mut self, req: PamAccount) -> Result<Admission, ErrorReply> {
+    pub(super) async fn pam_account(
+        &mut self,
+        req: PamAccount,
+        ident: Option<host::UserIdentity>,
+    ) -> Result<Admission, ErrorReply> {
         let now = OffsetDateTime::now_utc();
         let monitor = host::proc_key(req.pid).ok_or_else(|| no_such_process(req.pid))?;
         if let Some(c) = self.registry.by_monitor(monitor) {
             // acct_mgmt asked twice on one connection: same answer, no second slot.
             return Ok(Admission::Admitted { conn_id: c.id });
         }
-        let (uid, limits) = self.limits_for(&req.user);
+        let (uid, limits) = self.limits_with(&req.user, ident.as_ref());
         let (client, server) = endpoints(&req);
         let conn = Connection {
             client,
@@ -178,7 +192,11 @@ impl State {
     }
 
     /// PAM open_session: the connection is live; sshd has now exposed the key or certificate.
-    pub(super) async fn pam_open(&mut self, req: PamSession) -> Result<(), ErrorReply> {
+    pub(super) async fn pam_open(
+        &mut self,
+        req: PamSession,
+        ident: Option<host::UserIdentity>,
+    ) -> Result<(), ErrorReply> {
         let now = OffsetDateTime::now_utc();
         let monitor = host::proc_key(req.pid).ok_or_else(|| no_such_process(req.pid))?;
         let auth = req.auth_info.as_deref().and_then(parse_auth_info);
@@ -186,7 +204,7 @@ impl State {
             Some(c) => c.id,
             None => {
                 // No acct_mgmt reached us (module only in the session stack): record it anyway.
-                let (uid, limits) = self.limits_for(&req.user);
+                let (uid, limits) = self.limits_with(&req.user, ident.as_ref());
                 let (client, server) = host::tcp_endpoints(req.pid).unzip();
                 let conn = Connection {
                     client,

@@ -10,10 +10,12 @@ mod persist;
 mod recordings;
 mod sessions;
 mod state;
+mod status;
 
+pub use recordings::list as list_recordings;
 pub use state::{StateHandle, Stream};
 
-use std::{path::PathBuf, time::Instant};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use time::OffsetDateTime;
 use tokio::{
@@ -25,8 +27,8 @@ use crate::{
     audit::{AuditError, AuditSink},
     bpf::{self, BpfError, BpfSettings},
     config::Config,
-    control::{ControlError, Server},
-    recording,
+    control::{ControlError, ControlSettings, ControlStats, Ctx, Lane, Server, Slots},
+    recording::{self, RecordingIndex},
 };
 
 /// Queue between the BPF actor and the state actor; overflow is counted, never waited on.
@@ -49,6 +51,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("cannot start the session recorder: {0}")]
     Recorder(std::io::Error),
+    #[error("cannot start the daemon's core runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -83,8 +87,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         config_path,
         kernel_continuous: false,
     };
+    raise_fd_limit();
+    tune_malloc();
     // Bind first: a second daemon on the same socket must fail before touching the kernel.
-    let server = Server::bind(&config.daemon.socket)?;
+    let server = Server::bind(&config.daemon.socket, Lane::Public)?;
+    let pam_server = Server::bind(&config.daemon.pam_socket, Lane::Pam)?;
     let audit = AuditSink::start(&config.audit.path, config.audit.journald)?;
     let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
     let settings = BpfSettings {
@@ -99,40 +106,79 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         },
         data_ring_bytes: config.recording.buffer_bytes,
     };
-    let (bpf, bpf_task, recorder_maps) = bpf::start(settings, events_tx)?;
+    // The actors and the PAM socket run on a runtime of their own: however busy the public
+    // socket's connections keep the main runtime's workers, a login decision waits only for
+    // the OS to schedule this thread.
+    let core = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("enforcerd-core")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let (bpf, bpf_task, recorder_maps) = {
+        let _on_core = core.enter();
+        bpf::start(settings, events_tx)?
+    };
     info.kernel_continuous = bpf.continuity.is_continuous();
+    let recordings = RecordingIndex::scan(&config.recording.dir);
     let recorder = config
         .recording
         .enabled
-        .then(|| recording::start(recorder_maps, config.recording.dir.clone()))
+        .then(|| {
+            recording::start(
+                recorder_maps,
+                config.recording.dir.clone(),
+                recordings.clone(),
+            )
+        })
         .transpose()
         .map_err(DaemonError::Recorder)?;
     // Loading parsed the kernel's BTF twice (tens of MB in small allocations, all freed now):
     // hand that memory back instead of keeping it resident for the daemon's lifetime.
     // SAFETY: plain libc call.
     unsafe { libc::malloc_trim(0) };
-    let auditor_group = config.access.auditor_group.clone();
-    let socket = config.daemon.socket.clone();
-    let (state, state_task) = state::start(
-        config,
+    let settings = ControlSettings::new(&config.control, &config.access.auditor_group);
+    let (socket, pam_socket) = (
+        config.daemon.socket.clone(),
+        config.daemon.pam_socket.clone(),
+    );
+    let control = Arc::new(ControlStats::default());
+    let parts = state::Parts {
         info,
-        bpf.clone(),
+        bpf: bpf.clone(),
         audit,
-        recorder.clone(),
-        events_rx,
-    )
-    .await;
-    tracing::info!(socket = %socket.display(), "enforcerd ready");
+        recorder: recorder.clone(),
+        recordings: recordings.clone(),
+        control: control.clone(),
+    };
+    let (state, state_task) = core
+        .spawn(state::start(config, parts, events_rx))
+        .await
+        .expect("the state actor starts");
+    let ctx = Ctx::new(state.clone(), settings, Slots::new(control), recordings);
+    let pam_task = {
+        let ctx = ctx.clone();
+        core.spawn(async move { pam_server.serve(ctx).await })
+    };
+    tracing::info!(socket = %socket.display(), pam_socket = %pam_socket.display(), "enforcerd ready");
     // systemd (Type=notify): logins are only let through PAM once this socket answers.
     notify_service_manager(libsystemd::daemon::NotifyState::Ready);
 
+    // A task, not polled here: this thread is not one of the (lower-priority) workers.
+    let public_task = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { server.serve(ctx).await })
+    };
     tokio::select! {
-        _ = server.serve(state.clone(), auditor_group) => {}
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
-    drop(server); // stop accepting, remove the socket file
+    // Stop accepting; dropping the servers removes the socket files.
+    for task in [public_task, pam_task] {
+        task.abort();
+        let _ = task.await;
+    }
     state.shutdown().await;
     let _ = state_task.await;
     if let Some(r) = recorder {
@@ -141,8 +187,55 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }
     bpf.shutdown().await;
     let _ = bpf_task.await;
+    core.shutdown_background();
     tracing::info!("enforcerd stopped");
     Ok(())
+}
+
+/// How much less CPU priority the public socket's threads get than the core runtime (actors,
+/// PAM socket): under a flood of public connections a login decision still gets the CPU first.
+/// Lowering needs no capability (raising the core's would need CAP_SYS_NICE).
+const PUBLIC_NICE: i32 = 10;
+
+/// `on_thread_start` of the runtime that serves the public control socket.
+pub fn public_thread() {
+    // SAFETY: plain syscalls on the calling thread (who = its tid).
+    let ok = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PUBLIC_NICE) == 0
+    };
+    if !ok {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "public control threads keep the default priority");
+    }
+}
+
+/// Keeps short-lived large buffers (a `recordings` answer, a request body) from staying
+/// resident: few malloc arenas (blocking-pool threads would otherwise each get their own), and a
+/// fixed mmap threshold (glibc raises it after each large free, so later large buffers would
+/// come from, and stay in, the heap).
+fn tune_malloc() {
+    // SAFETY: plain libc calls, before other threads allocate much.
+    let ok = unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2) == 1
+            && libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) == 1
+    };
+    if !ok {
+        tracing::warn!("cannot tune malloc; memory of large answers may stay resident");
+    }
+}
+
+/// Raises the soft fd limit to the hard one: every control connection and open recording holds
+/// an fd, and the usual soft limit (1024) is within reach of a single local user.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-files limit already at its maximum"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
 }
 
 /// Tells systemd about a state change; a no-op when not started by systemd.

@@ -1,5 +1,5 @@
 //! Recordings from the state actor's side: starting and ending them with their sessions, and who
-//! may list, play and watch them.
+//! may list, play and watch them (from the in-memory index: nothing here reads a recording).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,7 @@ use super::state::{State, Stream};
 use crate::{
     control::Peer,
     host,
-    recording::{Resume, StartRecording, store},
+    recording::{RecordingIndex, Resume, StartRecording},
 };
 
 /// Frames a watcher may fall behind before it misses some (counted).
@@ -69,37 +69,6 @@ impl State {
         }
     }
 
-    pub(super) fn list_recordings(
-        &self,
-        peer: &Peer,
-        user: Option<&str>,
-        since: Option<&str>,
-    ) -> Result<Vec<RecordingInfo>, ErrorReply> {
-        let since = since
-            .map(|s| {
-                OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-                    ErrorReply::new(
-                        ErrorKind::BadRequest,
-                        format!("--since {s:?}: use an RFC 3339 time like 2026-11-23T10:00:00Z"),
-                    )
-                })
-            })
-            .transpose()?;
-        Ok(store::list(&self.config.recording.dir)
-            .into_iter()
-            .filter(|r| peer.may_see(r.header.enforcer.uid))
-            .filter(|r| user.is_none_or(|u| r.header.enforcer.user == u))
-            .filter(|r| since.is_none_or(|t| r.header.timestamp >= t.unix_timestamp()))
-            .map(|r| {
-                r.info(
-                    self.registry
-                        .session(r.header.enforcer.session_id)
-                        .is_some(),
-                )
-            })
-            .collect())
-    }
-
     /// Authorises `play`/`watch` and opens what they stream.
     pub(super) async fn open_stream(
         &mut self,
@@ -109,10 +78,17 @@ impl State {
         self.check(&req, peer)?;
         match req {
             Request::Play { id } => {
-                let r = store::find(&self.config.recording.dir, id).ok_or_else(|| {
+                let r = self.recordings.find(id).ok_or_else(|| {
+                    let scanning = if self.recordings.scanned() {
+                        ""
+                    } else {
+                        " (recordings are still being indexed after start; retry shortly)"
+                    };
                     ErrorReply::new(
                         ErrorKind::NotFound,
-                        format!("no recording of session {id}; see `enforcerctl recordings`"),
+                        format!(
+                            "no recording of session {id}{scanning}; see `enforcerctl recordings`"
+                        ),
                     )
                 })?;
                 if !peer.may_see(r.header.enforcer.uid) {
@@ -144,4 +120,29 @@ impl State {
             )),
         }
     }
+}
+
+/// `recordings`: what `peer` may see, from the index (no file is read). Called by the control
+/// connection's task, off the state actor.
+pub fn list(
+    index: &RecordingIndex,
+    peer: &Peer,
+    user: Option<&str>,
+    since: Option<&str>,
+) -> Result<Vec<RecordingInfo>, ErrorReply> {
+    let since = since
+        .map(|s| {
+            OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+                ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    format!("--since {s:?}: use an RFC 3339 time like 2026-11-23T10:00:00Z"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(index.list(|r| {
+        peer.may_see(r.header.enforcer.uid)
+            && user.is_none_or(|u| r.header.enforcer.user == u)
+            && since.is_none_or(|t| r.header.timestamp >= t.unix_timestamp())
+    }))
 }

@@ -1,11 +1,13 @@
 //! The state actor: the single owner of the daemon's model. Control requests and kernel events
 //! are applied here one at a time, which is what makes admission decisions atomic.
 
-use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
-
-use enforcer_proto::{
-    ConnectionInfo, ErrorKind, ErrorReply, FeatureProbe, Reply, Request, Response, StatusReport,
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
 };
+
+use enforcer_proto::{ConnectionInfo, ErrorKind, ErrorReply, Reply, Request, Response};
 use time::OffsetDateTime;
 use tokio::{
     sync::{mpsc, oneshot},
@@ -23,10 +25,14 @@ use crate::{
     audit::{AuditRecord, AuditSink},
     bpf::{BpfHandle, KernelEvent},
     config::Config,
-    control::{Peer, authorize},
-    core::conn::Registry,
+    control::{ControlStats, Peer, authorize},
+    core::{
+        conn::Registry,
+        control::{DenialAudit, DenialLimiter, DenialSummary},
+    },
+    host::UserIdentity,
     locks::LockStore,
-    recording::{RecorderHandle, WatchFrame},
+    recording::{RecorderHandle, RecordingIndex, WatchFrame},
 };
 
 /// How often connections whose sshd monitor vanished unnoticed are released. A backstop: the
@@ -38,6 +44,8 @@ pub(super) enum Msg {
     Request {
         req: Request,
         peer: Peer,
+        /// NSS identity of the PAM request's user, looked up before the request got here.
+        identity: Option<UserIdentity>,
         reply: oneshot::Sender<Response>,
     },
     Stream {
@@ -62,18 +70,35 @@ pub enum Stream {
 #[derive(Clone)]
 pub struct StateHandle {
     tx: mpsc::Sender<Msg>,
+    /// The PAM lane, which the actor always serves first.
+    pam_tx: mpsc::Sender<Msg>,
 }
 
 impl StateHandle {
-    /// Authorises and applies a request; returns its answer.
-    pub async fn request(&self, req: Request, peer: Peer) -> Response {
+    /// The same actor through its priority lane (the PAM socket's connections use this one).
+    pub fn priority(&self) -> StateHandle {
+        StateHandle {
+            tx: self.pam_tx.clone(),
+            pam_tx: self.pam_tx.clone(),
+        }
+    }
+
+    /// Authorises and applies a request; returns its answer. `identity`: the NSS lookup of a
+    /// PAM request's user, done by the caller so that the actor never waits on NSS.
+    pub async fn request(
+        &self,
+        req: Request,
+        peer: Peer,
+        identity: Option<UserIdentity>,
+    ) -> Response {
         let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::Request { req, peer, reply })
-            .await
-            .is_err()
-        {
+        let msg = Msg::Request {
+            req,
+            peer,
+            identity,
+            reply,
+        };
+        if self.tx.send(msg).await.is_err() {
             return Err(shutting_down());
         }
         rx.await.unwrap_or_else(|_| Err(shutting_down()))
@@ -150,18 +175,39 @@ pub(super) struct State {
     pub kernel_locked: Option<Vec<u32>>,
     /// When a lock or unlock request last changed the directory (older reads are stale).
     pub locks_changed_at: tokio::time::Instant,
+    /// Every recording on disk, for `play` lookups without reading files here.
+    pub recordings: RecordingIndex,
+    /// Connections the control socket closed, per reason (shown in status).
+    pub control: Arc<ControlStats>,
+    pub denials: DenialLimiter,
+}
+
+/// What the actor is given at start besides the config.
+pub(super) struct Parts {
+    pub info: DaemonInfo,
+    pub bpf: BpfHandle,
+    pub audit: AuditSink,
+    pub recorder: Option<RecorderHandle>,
+    pub recordings: RecordingIndex,
+    pub control: Arc<ControlStats>,
 }
 
 /// Spawns the state actor (after restoring the connection table).
 pub(super) async fn start(
     config: Config,
-    info: DaemonInfo,
-    bpf: BpfHandle,
-    audit: AuditSink,
-    recorder: Option<RecorderHandle>,
+    parts: Parts,
     events: mpsc::Receiver<KernelEvent>,
 ) -> (StateHandle, JoinHandle<()>) {
+    let Parts {
+        info,
+        bpf,
+        audit,
+        recorder,
+        recordings,
+        control,
+    } = parts;
     let (tx, rx) = mpsc::channel(256);
+    let (pam_tx, pam_rx) = mpsc::channel(256);
     let persist = Persist::start(&config.daemon.state_dir);
     let registry = persist.load();
     let locks = LockStore::new(&config.locks.dir);
@@ -185,41 +231,56 @@ pub(super) async fn start(
         locked: HashMap::new(),
         kernel_locked: None,
         locks_changed_at: started,
+        recordings,
+        control,
+        denials: DenialLimiter::default(),
     };
     state.restore().await;
-    (StateHandle { tx }, tokio::spawn(state.run(rx, events)))
+    let handle = StateHandle { tx, pam_tx };
+    (handle, tokio::spawn(state.run(pam_rx, rx, events)))
 }
 
 impl State {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut events: mpsc::Receiver<KernelEvent>) {
+    async fn run(
+        mut self,
+        mut pam: mpsc::Receiver<Msg>,
+        mut rx: mpsc::Receiver<Msg>,
+        mut events: mpsc::Receiver<KernelEvent>,
+    ) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle = tokio::time::interval(IDLE_EVERY);
         idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut denials = tokio::time::interval(Duration::from_secs(1));
+        denials.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // PAM first: whatever waits on the PAM lane is served before anything else, so a
+            // login waits for at most the one message being handled when it arrived. The rest
+            // stay fairly (randomly) polled: a `biased` order would let a flood of public
+            // requests starve kernel events and the lock and idle timers.
+            while let Ok(msg) = pam.try_recv() {
+                if self.on_msg(msg).await {
+                    return;
+                }
+            }
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(Msg::Request { req, peer, reply }) => {
-                        let resp = self.handle(req, &peer).await;
-                        let _ = reply.send(resp);
-                    }
-                    Some(Msg::Stream { req, peer, reply }) => {
-                        let resp = self.open_stream(req, &peer).await;
-                        let _ = reply.send(resp);
-                    }
-                    Some(Msg::LockFiles(files)) => self.apply_lock_files(files).await,
-                    Some(Msg::Shutdown(ack)) => {
-                        if let Some(p) = self.persist.take() {
-                            p.finish(&self.registry);
-                        }
-                        let _ = ack.send(());
+                Some(msg) = pam.recv() => {
+                    if self.on_msg(msg).await {
                         return;
+                    }
+                }
+                msg = rx.recv() => match msg {
+                    Some(msg) => {
+                        if self.on_msg(msg).await {
+                            return;
+                        }
                     }
                     None => return,
                 },
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
+                _ = denials.tick() => self.flush_denials(),
                 _ = sweep.tick() => self.sweep().await,
                 _ = idle.tick() => {
                     self.lift_expired_locks().await;
@@ -238,14 +299,47 @@ impl State {
         }
     }
 
+    /// Applies one message; true when the actor must stop.
+    async fn on_msg(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Request {
+                req,
+                peer,
+                identity,
+                reply,
+            } => {
+                let resp = self.handle(req, &peer, identity).await;
+                let _ = reply.send(resp);
+            }
+            Msg::Stream { req, peer, reply } => {
+                let resp = self.open_stream(req, &peer).await;
+                let _ = reply.send(resp);
+            }
+            Msg::LockFiles(files) => self.apply_lock_files(files).await,
+            Msg::Shutdown(ack) => {
+                if let Some(p) = self.persist.take() {
+                    p.finish(&self.registry);
+                }
+                let _ = ack.send(());
+                return true;
+            }
+        }
+        false
+    }
+
     /// Checks `req` against the peer's role, auditing a denial.
     pub(super) fn check(&mut self, req: &Request, peer: &Peer) -> Result<(), ErrorReply> {
         authorize(peer.role, req).map_err(|denied| self.denied(req, peer, denied))
     }
 
-    /// Records a denied request and returns the denial.
+    /// Records a denied request and returns the denial. Every denial is counted; the audit log
+    /// gets the first of each uid at once and the rest aggregated (`requests_denied_aggregated`).
     pub(super) fn denied(&mut self, req: &Request, peer: &Peer, denied: ErrorReply) -> ErrorReply {
         self.counters.requests_denied += 1;
+        match self.denials.on_denial(peer.uid, Instant::now()) {
+            DenialAudit::Aggregate => return denied,
+            DenialAudit::Record(ended) => self.audit_denial_summaries(ended),
+        }
         let mut rec = AuditRecord::new("request_denied", OffsetDateTime::now_utc())
             .by(peer.uid, peer.pid)
             .reason("permission_denied", Some(denied.message.clone()));
@@ -254,12 +348,38 @@ impl State {
         denied
     }
 
-    async fn handle(&mut self, req: Request, peer: &Peer) -> Response {
+    fn flush_denials(&mut self) {
+        let ended = self.denials.flush(Instant::now());
+        self.audit_denial_summaries(ended);
+    }
+
+    fn audit_denial_summaries(&mut self, summaries: impl IntoIterator<Item = DenialSummary>) {
+        for s in summaries {
+            let mut rec = AuditRecord::new("requests_denied", OffsetDateTime::now_utc()).reason(
+                "permission_denied",
+                Some(format!(
+                    "{} more requests denied in {:.0} s after the one audited",
+                    s.count,
+                    s.window.as_secs_f64()
+                )),
+            );
+            rec.by_uid = Some(s.uid);
+            rec.count = Some(s.count);
+            self.audit.record(rec);
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        req: Request,
+        peer: &Peer,
+        identity: Option<UserIdentity>,
+    ) -> Response {
         self.check(&req, peer)?;
         match req {
             Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
-            Request::PamAccount(r) => self.pam_account(r).await.map(Reply::Admission),
-            Request::PamOpenSession(r) => self.pam_open(r).await.map(|_| Reply::Done),
+            Request::PamAccount(r) => self.pam_account(r, identity).await.map(Reply::Admission),
+            Request::PamOpenSession(r) => self.pam_open(r, identity).await.map(|_| Reply::Done),
             Request::PamCloseSession(r) => {
                 self.pam_close(r).await;
                 Ok(Reply::Done)
@@ -280,9 +400,11 @@ impl State {
             Request::Lock(r) => self.lock(r, peer).await.map(Reply::Locked),
             Request::Unlock { user } => self.unlock(&user, peer).await.map(|_| Reply::Done),
             Request::Locks => Ok(Reply::Locks(self.list_locks())),
-            Request::Recordings { user, since } => self
-                .list_recordings(peer, user.as_deref(), since.as_deref())
-                .map(Reply::Recordings),
+            // Answered by the connection task from the index (never on the actor).
+            Request::Recordings { user, since } => {
+                super::recordings::list(&self.recordings, peer, user.as_deref(), since.as_deref())
+                    .map(Reply::Recordings)
+            }
             Request::Play { .. } | Request::Watch { .. } => Err(ErrorReply::new(
                 ErrorKind::BadRequest,
                 "play and watch answer with a stream of frames; use enforcerctl play/watch",
@@ -308,100 +430,6 @@ impl State {
             } => self.on_session(origin, start_ns, refused),
             KernelEvent::Stopped { origin } => self.on_stopped(origin),
         }
-    }
-
-    async fn status(&self) -> Result<StatusReport, ErrorReply> {
-        let snap = self.bpf.snapshot().await.map_err(|e| {
-            tracing::error!(error = %e, "BPF snapshot failed");
-            ErrorReply::new(ErrorKind::Internal, format!("{e}"))
-        })?;
-        let mut events = snap.events;
-        let mut dropped = snap.dropped;
-        let c = &self.counters;
-        events.insert("connections_active".into(), self.registry.len() as u64);
-        events.insert("connections_admitted".into(), c.connections_admitted);
-        events.insert("connections_refused".into(), c.connections_refused);
-        events.insert("connections_closed".into(), c.connections_closed);
-        events.insert("connections_lingering".into(), self.lingering.len() as u64);
-        events.insert("users_locked".into(), self.locked.len() as u64);
-        events.insert("requests_denied".into(), c.requests_denied);
-        events.insert(
-            "sessions_active".into(),
-            self.registry.sessions().count() as u64,
-        );
-        events.insert("sessions_started".into(), c.sessions_started);
-        events.insert("sessions_refused".into(), c.sessions_refused);
-        events.insert("commands_logged".into(), c.commands);
-        let a = &self.audit.counters;
-        events.insert(
-            "audit_records_written".into(),
-            a.written.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_backlog".into(),
-            a.dropped_backlog.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_disk_full".into(),
-            a.lost_disk_full.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_write_failed".into(),
-            a.write_errors.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_journald_failed".into(),
-            a.journald_errors.load(Ordering::Relaxed),
-        );
-        if let Some(r) = &self.recorder {
-            let s = &r.stats;
-            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-            events.insert("recordings_active".into(), get(&s.active));
-            events.insert("recording_bytes".into(), get(&s.bytes_recorded));
-            events.insert(
-                "recording_bytes_unattributed".into(),
-                get(&s.bytes_unattributed),
-            );
-            dropped.insert("drop_recording_bytes_lost".into(), get(&s.bytes_lost));
-            dropped.insert("drop_recording_write_failed".into(), get(&s.write_errors));
-            dropped.insert(
-                "drop_recording_bytes_disk_full".into(),
-                get(&s.bytes_lost_disk_full),
-            );
-            dropped.insert(
-                "drop_recording_bytes_write_failed".into(),
-                get(&s.bytes_lost_write_error),
-            );
-            dropped.insert("drop_watch_frames".into(), get(&s.watch_frames_dropped));
-        }
-        let mut features = snap.features;
-        features.push(FeatureProbe {
-            name: "journald".into(),
-            supported: self.audit.journald,
-            detail: if self.audit.journald {
-                "audit records also sent to journald".into()
-            } else {
-                "off (audit.journald = false or no /run/systemd/journal/socket)".into()
-            },
-        });
-        Ok(StatusReport {
-            version: self.info.version.into(),
-            pid: self.info.pid,
-            started_at: crate::core::rfc3339(self.info.started_at),
-            uptime_secs: self.info.started.elapsed().as_secs(),
-            kernel: self.info.kernel.clone(),
-            config_path: self
-                .info
-                .config_path
-                .as_ref()
-                .map(|p| p.display().to_string()),
-            socket: self.config.daemon.socket.display().to_string(),
-            programs: snap.programs,
-            maps: snap.maps,
-            features,
-            events,
-            dropped,
-        })
     }
 }
 

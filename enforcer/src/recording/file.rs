@@ -16,6 +16,7 @@ use enforcer_common::io::{DIR_INPUT, DIR_OUTPUT, IO_PTY};
 use super::{
     cast::{self, Header, Meta, Utf8Stream},
     recorder::{RecorderStats, StartRecording, WatchFrame, add},
+    store::Stored,
 };
 use crate::lines::{LineFile, WriteFailure};
 
@@ -113,7 +114,7 @@ impl Recording {
         dir: &Path,
         s: &StartRecording,
         (cols, rows): (u16, u16),
-    ) -> io::Result<Recording> {
+    ) -> io::Result<(Recording, Stored)> {
         let path = path_of(dir, s);
         let dir = path.parent().expect("path_of has parents");
         std::fs::DirBuilder::new()
@@ -161,7 +162,13 @@ impl Recording {
             let _ = std::fs::remove_file(&path);
             return Err(with_path(e, &path));
         }
-        Ok(Recording::new(path, file, s, (cols, rows)))
+        let stored = Stored {
+            path: path.clone(),
+            header,
+            size: header_line.len() as u64,
+            duration: None,
+        };
+        Ok((Recording::new(path, file, s, (cols, rows)), stored))
     }
 
     /// Reopens the recording of a session that was live when enforcerd stopped (crash,
@@ -172,7 +179,7 @@ impl Recording {
         s: &StartRecording,
         size: (u16, u16),
         kernel_continuous: bool,
-    ) -> io::Result<Recording> {
+    ) -> io::Result<(Recording, Stored)> {
         let path = path_of(dir, s);
         let file = OpenOptions::new()
             .read(true)
@@ -183,7 +190,13 @@ impl Recording {
         if cut > 0 {
             tracing::warn!(path = %path.display(), bytes = cut, "recording ended in a half line (crash); cut back to its last whole line");
         }
-        let last = super::store::last_time(&path, file.len()).unwrap_or(0.0);
+        let stored = super::store::load(path.clone()).ok_or_else(|| {
+            with_path(
+                io::Error::new(io::ErrorKind::InvalidData, "no readable asciicast header"),
+                &path,
+            )
+        })?;
+        let last = stored.duration.unwrap_or(0.0);
         let mut r = Recording::new(path, file, s, size);
         let text = if kernel_continuous {
             // The pinned ring kept what the session wrote meanwhile; only what the old daemon
@@ -195,7 +208,7 @@ impl Recording {
         };
         cast::write_event(&mut r.buf, last, "m", &text);
         r.buf_start = Some(last);
-        Ok(r)
+        Ok((r, stored))
     }
 
     fn new(path: PathBuf, file: LineFile, s: &StartRecording, (cols, rows): (u16, u16)) -> Self {
@@ -376,13 +389,16 @@ impl Recording {
     }
 
     /// Writes what the decoder still holds, flushes, and tells the watchers it is over.
-    pub(super) fn close(mut self, stats: &RecorderStats) {
+    /// Returns the final size and duration (for the index).
+    pub(super) fn close(mut self, stats: &RecorderStats) -> (u64, f64) {
         let t = self.time(crate::host::boot_ns());
         cast::write_output(&mut self.buf, t, &self.output.finish());
         self.flush(stats);
         for w in &self.watchers {
             let _ = w.try_send(WatchFrame::End);
         }
+        let size = self.file.len();
+        (size, t)
     }
 }
 

@@ -3,14 +3,17 @@
 //!
 //! A dedicated thread (the recorder) owns the kernel's data ring and the open files; the state
 //! actor tells it when a session starts (which channels are its) and ends. `store` finds and
-//! describes recordings on disk for listing and playback.
+//! describes recordings on disk; `index` keeps that in memory (scanned once, then updated by the
+//! recorder) for listing and playback.
 
 pub mod cast;
 mod escape;
 mod file;
+mod index;
 mod recorder;
 pub mod store;
 
+pub use index::RecordingIndex;
 pub use recorder::{
     RecorderHandle, RecorderMaps, RecorderStats, Resume, StartRecording, WatchFrame, start,
 };

@@ -21,7 +21,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 pub use crate::bpf::RecorderMaps;
 use time::OffsetDateTime;
 
-use super::file::{Item, Recording};
+use super::{
+    RecordingIndex,
+    file::{Item, Recording},
+};
 
 /// A session whose channels are now known (its leader exec'd).
 #[derive(Debug, Clone)]
@@ -148,8 +151,12 @@ impl RecorderHandle {
     }
 }
 
-/// Starts the recorder thread, writing under `dir`.
-pub fn start(maps: RecorderMaps, dir: PathBuf) -> std::io::Result<RecorderHandle> {
+/// Starts the recorder thread, writing under `dir` and keeping `index` current.
+pub fn start(
+    maps: RecorderMaps,
+    dir: PathBuf,
+    index: RecordingIndex,
+) -> std::io::Result<RecorderHandle> {
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(EventFd::from_flags(
         EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
@@ -164,6 +171,7 @@ pub fn start(maps: RecorderMaps, dir: PathBuf) -> std::io::Result<RecorderHandle
         sizes: HashMap::new(),
         lost_seen: HashMap::new(),
         stats: stats.clone(),
+        index,
     };
     let thread_wake = wake.clone();
     std::thread::Builder::new()
@@ -194,6 +202,7 @@ struct Recorder {
     sizes: HashMap<IoKey, (u16, u16)>,
     lost_seen: HashMap<IoKey, u64>,
     stats: Arc<RecorderStats>,
+    index: RecordingIndex,
 }
 
 fn parse(item: &[u8]) -> Option<(DataHeader, &[u8])> {
@@ -398,8 +407,9 @@ impl Recorder {
             None => Recording::create(&self.dir, &s, size),
         };
         match opened {
-            Ok(r) => {
+            Ok((r, stored)) => {
                 self.recordings.insert(s.session_id, r);
+                self.index.started(stored);
             }
             Err(e) => {
                 add(&self.stats.write_errors, 1);
@@ -453,7 +463,8 @@ impl Recorder {
         let Some(r) = self.recordings.remove(&id) else {
             return;
         };
-        r.close(&self.stats);
+        let (size, duration) = r.close(&self.stats);
+        self.index.ended(id, size, Some(duration));
         self.stats
             .active
             .store(self.recordings.len() as u64, Ordering::Relaxed);

@@ -43,7 +43,8 @@ pub(super) fn last_time(path: &Path, size: u64) -> Option<f64> {
         .map(|e| e.time)
 }
 
-fn load(path: PathBuf) -> Option<Stored> {
+/// The recording at `path` with its header, size and last event time.
+pub(super) fn load(path: PathBuf) -> Option<Stored> {
     let size = std::fs::metadata(&path).ok()?.len();
     let header = read_header(&path)?;
     let duration = last_time(&path, size);
@@ -72,7 +73,9 @@ pub fn list(dir: &Path) -> Vec<Stored> {
             for f in files.flatten() {
                 let name = f.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with("session-") && name.ends_with(".cast") {
+                // Regular files only: opening anything else (a FIFO) could wait forever.
+                let regular = f.file_type().is_ok_and(|t| t.is_file());
+                if regular && name.starts_with("session-") && name.ends_with(".cast") {
                     out.extend(load(f.path()));
                 }
             }
@@ -87,13 +90,6 @@ pub fn list(dir: &Path) -> Vec<Stored> {
         )
     });
     out
-}
-
-/// The recording of session `id`.
-pub fn find(dir: &Path, id: u64) -> Option<Stored> {
-    list(dir)
-        .into_iter()
-        .find(|r| r.header.enforcer.session_id == id)
 }
 
 impl Stored {
@@ -118,9 +114,19 @@ impl Stored {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::recording::cast::Meta;
+
+    /// A recording as the index holds it, for tests.
+    pub(crate) fn stored(id: u64, user: &str, ts: i64) -> Stored {
+        Stored {
+            path: format!("/r/{user}/session-{id}.cast").into(),
+            header: header(id, user, ts),
+            size: 10,
+            duration: None,
+        }
+    }
 
     fn header(id: u64, user: &str, ts: i64) -> Header {
         Header {
@@ -166,9 +172,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             [3, 7]
         );
-        let r = find(dir.path(), 7).unwrap();
+        let r = &all[1];
         assert_eq!(r.duration, Some(2.25));
         assert_eq!(r.info(false).user, "alice");
-        assert!(find(dir.path(), 99).is_none());
     }
 }

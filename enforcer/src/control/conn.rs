@@ -1,0 +1,246 @@
+//! One control connection: reading requests within the peer's limits (frame cap, read deadline,
+//! idle timeout), doing the peer's blocking lookups here rather than on the state actor, and
+//! answering.
+
+use std::{sync::Arc, time::Duration};
+
+use enforcer_proto::{
+    ErrorKind, ErrorReply, FrameError, Reply, Request, Response,
+    frame::{encode, read_frame_async, write_frame_async},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{UnixStream, unix::UCred},
+    sync::Semaphore,
+    time::timeout,
+};
+
+use super::{
+    Peer,
+    limits::{ControlSettings, SlotGuard, Slots},
+    server::{Lane, refuse},
+};
+use crate::{
+    core::control::ControlDrop,
+    daemon::{StateHandle, list_recordings},
+    host,
+    recording::RecordingIndex,
+};
+
+/// What every connection task shares.
+pub struct Ctx {
+    pub state: StateHandle,
+    pub settings: ControlSettings,
+    pub slots: Arc<Slots>,
+    pub recordings: RecordingIndex,
+    /// Unprivileged `recordings` listings run one at a time (each walks the whole index).
+    pub listing: Semaphore,
+}
+
+impl Ctx {
+    pub fn new(
+        state: StateHandle,
+        settings: ControlSettings,
+        slots: Arc<Slots>,
+        recordings: RecordingIndex,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            settings,
+            slots,
+            recordings,
+            listing: Semaphore::new(1),
+        })
+    }
+}
+
+/// Why reading the next request ended the connection.
+enum Bad {
+    /// A limit: counted and told in one line.
+    Limit(ControlDrop),
+    /// Not a frame we understand.
+    Frame(FrameError),
+}
+
+/// Serves one connection until the peer closes it or breaks a limit. `_slot` is its place in
+/// the per-uid caps, given back when this returns.
+pub async fn serve(
+    mut stream: UnixStream,
+    cred: UCred,
+    ctx: Arc<Ctx>,
+    lane: Lane,
+    _slot: Option<SlotGuard>,
+) {
+    let uid = cred.uid();
+    let peer = if uid == 0 {
+        Peer::resolve(uid, cred.gid(), cred.pid(), "")
+    } else {
+        // Group membership goes through NSS: never on a runtime worker.
+        let (gid, pid, group) = (cred.gid(), cred.pid(), ctx.settings.auditor_group.clone());
+        match tokio::task::spawn_blocking(move || Peer::resolve(uid, gid, pid, &group)).await {
+            Ok(p) => p,
+            Err(_) => return,
+        }
+    };
+    let state = match lane {
+        Lane::Pam => ctx.state.priority(),
+        Lane::Public => ctx.state.clone(),
+    };
+    loop {
+        let req = match next_request(&mut stream, &ctx.settings, uid).await {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(Bad::Limit(reason)) => {
+                ctx.slots.stats.count(reason);
+                tracing::debug!(uid, ?reason, "control connection closed");
+                refuse(&stream, reason);
+                return;
+            }
+            Err(Bad::Frame(e)) => {
+                tracing::debug!(error = %e, uid, "bad control request");
+                let resp: Response = Err(ErrorReply::new(ErrorKind::BadRequest, e.to_string()));
+                send(&mut stream, &ctx.settings, uid, &resp).await;
+                return;
+            }
+        };
+        if !answer(&mut stream, &ctx, &state, &peer, req).await {
+            return;
+        }
+    }
+}
+
+/// The next request: a non-root peer must start one within the idle timeout, and every peer
+/// must finish it within the read timeout of its first byte.
+async fn next_request(
+    stream: &mut UnixStream,
+    settings: &ControlSettings,
+    uid: u32,
+) -> Result<Option<Request>, Bad> {
+    let mut first = [0u8; 1];
+    let read = if uid == 0 {
+        stream.read(&mut first).await
+    } else {
+        timeout(settings.idle_timeout, stream.read(&mut first))
+            .await
+            .map_err(|_| Bad::Limit(ControlDrop::IdleTimeout))?
+    };
+    if !matches!(read, Ok(1)) {
+        return Ok(None);
+    }
+    let mut frame = (&first[..]).chain(&mut *stream);
+    let read = read_frame_async::<Request>(&mut frame, settings.frame_cap(uid));
+    match timeout(settings.read_timeout, read).await {
+        Err(_) => Err(Bad::Limit(ControlDrop::ReadTimeout)),
+        Ok(Ok(req)) => Ok(req),
+        Ok(Err(FrameError::Closed)) => Ok(None),
+        Ok(Err(FrameError::TooLarge { .. })) => Err(Bad::Limit(ControlDrop::FrameTooLarge)),
+        Ok(Err(e)) => Err(Bad::Frame(e)),
+    }
+}
+
+/// Answers one request; false when the connection is over.
+async fn answer(
+    stream: &mut UnixStream,
+    ctx: &Ctx,
+    state: &StateHandle,
+    peer: &Peer,
+    req: Request,
+) -> bool {
+    let uid = peer.uid;
+    let resp = match req {
+        // From the in-memory index, off the actor and off the runtime's workers.
+        Request::Recordings { user, since } => {
+            let (index, who) = (ctx.recordings.clone(), peer.clone());
+            let frame = {
+                // Released before the answer is written: a peer that does not read it holds
+                // only its own connection.
+                let _turn = match uid {
+                    0 => None,
+                    _ => ctx.listing.acquire().await.ok(),
+                };
+                tokio::task::spawn_blocking(move || {
+                    let resp: Response =
+                        list_recordings(&index, &who, user.as_deref(), since.as_deref())
+                            .map(Reply::Recordings);
+                    encode(&resp)
+                })
+                .await
+            };
+            return match frame {
+                Ok(Ok(bytes)) => write_bytes(stream, &ctx.settings, uid, &bytes).await,
+                _ => {
+                    let resp: Response = Err(ErrorReply::new(
+                        ErrorKind::Internal,
+                        "cannot encode the recordings list; narrow it with --user or --since",
+                    ));
+                    send(stream, &ctx.settings, uid, &resp).await
+                }
+            };
+        }
+        // Authorisation (and auditing of denials) happens in the state actor.
+        Request::Play { .. } | Request::Watch { .. } => {
+            return match state.stream(req, peer.clone()).await {
+                Ok(s) => super::stream::send_stream(stream, s).await,
+                Err(e) => send(stream, &ctx.settings, uid, &Err(e)).await,
+            };
+        }
+        // NSS lookups of the login's user, here rather than on the actor (root only: anyone
+        // else is denied these requests anyway).
+        Request::PamAccount(ref r) if uid == 0 => {
+            let identity = lookup(&r.user).await;
+            state.request(req, peer.clone(), identity).await
+        }
+        Request::PamOpenSession(ref r) if uid == 0 => {
+            let identity = lookup(&r.user).await;
+            state.request(req, peer.clone(), identity).await
+        }
+        req => state.request(req, peer.clone(), None).await,
+    };
+    send(stream, &ctx.settings, uid, &resp).await
+}
+
+async fn lookup(user: &str) -> Option<host::UserIdentity> {
+    let user = user.to_owned();
+    tokio::task::spawn_blocking(move || host::user_identity(&user))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// How long a non-root peer may take to read an answer (root: as long as it likes).
+fn write_budget(settings: &ControlSettings, uid: u32) -> Duration {
+    match uid {
+        0 => Duration::MAX,
+        _ => settings.idle_timeout,
+    }
+}
+
+async fn send(
+    stream: &mut UnixStream,
+    settings: &ControlSettings,
+    uid: u32,
+    resp: &Response,
+) -> bool {
+    let write = write_frame_async(stream, resp);
+    let ok = matches!(
+        timeout(write_budget(settings, uid), write).await,
+        Ok(Ok(()))
+    );
+    if !ok {
+        tracing::debug!(uid, "control client went away before its answer");
+    }
+    ok
+}
+
+async fn write_bytes(
+    stream: &mut UnixStream,
+    settings: &ControlSettings,
+    uid: u32,
+    bytes: &[u8],
+) -> bool {
+    let write = stream.write_all(bytes);
+    matches!(
+        timeout(write_budget(settings, uid), write).await,
+        Ok(Ok(()))
+    )
+}

@@ -1,0 +1,110 @@
+//! `enforcerctl status`: the daemon's counters, the kernel side's, and what was dropped.
+
+use std::sync::atomic::Ordering;
+
+use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, StatusReport};
+
+use super::state::State;
+
+impl State {
+    pub(super) async fn status(&self) -> Result<StatusReport, ErrorReply> {
+        let snap = self.bpf.snapshot().await.map_err(|e| {
+            tracing::error!(error = %e, "BPF snapshot failed");
+            ErrorReply::new(ErrorKind::Internal, format!("{e}"))
+        })?;
+        let mut events = snap.events;
+        let mut dropped = snap.dropped;
+        let c = &self.counters;
+        events.insert("connections_active".into(), self.registry.len() as u64);
+        events.insert("connections_admitted".into(), c.connections_admitted);
+        events.insert("connections_refused".into(), c.connections_refused);
+        events.insert("connections_closed".into(), c.connections_closed);
+        events.insert("connections_lingering".into(), self.lingering.len() as u64);
+        events.insert("users_locked".into(), self.locked.len() as u64);
+        events.insert("requests_denied".into(), c.requests_denied);
+        events.insert(
+            "sessions_active".into(),
+            self.registry.sessions().count() as u64,
+        );
+        events.insert("sessions_started".into(), c.sessions_started);
+        events.insert("sessions_refused".into(), c.sessions_refused);
+        events.insert("commands_logged".into(), c.commands);
+        let a = &self.audit.counters;
+        events.insert(
+            "audit_records_written".into(),
+            a.written.load(Ordering::Relaxed),
+        );
+        dropped.insert(
+            "drop_audit_backlog".into(),
+            a.dropped_backlog.load(Ordering::Relaxed),
+        );
+        dropped.insert(
+            "drop_audit_disk_full".into(),
+            a.lost_disk_full.load(Ordering::Relaxed),
+        );
+        dropped.insert(
+            "drop_audit_write_failed".into(),
+            a.write_errors.load(Ordering::Relaxed),
+        );
+        dropped.insert(
+            "drop_audit_journald_failed".into(),
+            a.journald_errors.load(Ordering::Relaxed),
+        );
+        if let Some(r) = &self.recorder {
+            let s = &r.stats;
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            events.insert("recordings_active".into(), get(&s.active));
+            events.insert("recording_bytes".into(), get(&s.bytes_recorded));
+            events.insert(
+                "recording_bytes_unattributed".into(),
+                get(&s.bytes_unattributed),
+            );
+            dropped.insert("drop_recording_bytes_lost".into(), get(&s.bytes_lost));
+            dropped.insert("drop_recording_write_failed".into(), get(&s.write_errors));
+            dropped.insert(
+                "drop_recording_bytes_disk_full".into(),
+                get(&s.bytes_lost_disk_full),
+            );
+            dropped.insert(
+                "drop_recording_bytes_write_failed".into(),
+                get(&s.bytes_lost_write_error),
+            );
+            dropped.insert("drop_watch_frames".into(), get(&s.watch_frames_dropped));
+        }
+        for (name, n) in self.control.snapshot() {
+            dropped.insert(name.into(), n);
+        }
+        events.insert(
+            "control_connections_non_root".into(),
+            self.control.non_root_open.load(Ordering::Relaxed),
+        );
+        let mut features = snap.features;
+        features.push(FeatureProbe {
+            name: "journald".into(),
+            supported: self.audit.journald,
+            detail: if self.audit.journald {
+                "audit records also sent to journald".into()
+            } else {
+                "off (audit.journald = false or no /run/systemd/journal/socket)".into()
+            },
+        });
+        Ok(StatusReport {
+            version: self.info.version.into(),
+            pid: self.info.pid,
+            started_at: crate::core::rfc3339(self.info.started_at),
+            uptime_secs: self.info.started.elapsed().as_secs(),
+            kernel: self.info.kernel.clone(),
+            config_path: self
+                .info
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            socket: self.config.daemon.socket.display().to_string(),
+            programs: snap.programs,
+            maps: snap.maps,
+            features,
+            events,
+            dropped,
+        })
+    }
+}
