@@ -187,6 +187,12 @@ fn status_uids(text: &str) -> Option<[u32; 3]> {
     uids
 }
 
+/// The real uid of a live process (not a zombie).
+pub fn real_uid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_uids(&text).map(|[real, _, _]| real)
+}
+
 /// Processes (not zombies) whose real, effective or saved uid is `uid`.
 pub fn uid_processes(uid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

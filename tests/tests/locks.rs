@@ -85,7 +85,7 @@ fn processes_left_after_logout_are_shown_as_lingering_and_killed_by_kill_connect
         return;
     }
     // Only the SSH side: the uid sweep must not be what kills them.
-    let d = TestDaemon::start("[locks]\nall_processes = false\n");
+    let mut d = TestDaemon::start("[locks]\nall_processes = false\n");
     let lea = TestUser::create("la");
     let sshd = TestSshd::start(d.pam(), &[&lea], "");
     let first = leave_behind(&sshd, &lea, "nohup");
@@ -113,6 +113,16 @@ fn processes_left_after_logout_are_shown_as_lingering_and_killed_by_kill_connect
         let shown = lingering_pids(&d, &lea);
         others.iter().all(|p| shown.contains(&(*p as u64)))
     }));
+    // A restart forgets nothing: the leftovers are found again from the pinned task table.
+    d.restart();
+    assert!(
+        wait_until(DEADLINE, || {
+            let shown = lingering_pids(&d, &lea);
+            others.iter().all(|p| shown.contains(&(*p as u64)))
+        }),
+        "lingering processes not shown after a daemon restart: {:#?}",
+        d.lingering()
+    );
     d.ctl_ok(&["lock", "user", &lea.name]);
     assert!(
         wait_until(DEADLINE, || others.iter().all(|p| !procs::alive(*p))),

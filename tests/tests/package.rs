@@ -19,10 +19,11 @@ struct RootSshd {
 }
 
 impl RootSshd {
-    fn start(root: &mut DebRoot) -> Self {
+    /// `uid`: one no host user has, and a different one per test: a lock ends every process
+    /// of the uid host-wide (the kernel programs see the host, not the root's user database),
+    /// so a lock in one test would cut another test's logins.
+    fn start(root: &mut DebRoot, uid: u32) -> Self {
         let user = "enfdeb";
-        // A uid no host user has: a lock ends every process of the uid host-wide (the kernel
-        // programs see the host, not the root's user database).
         root.run(
             "useradd",
             &[
@@ -30,7 +31,7 @@ impl RootSshd {
                 "--shell",
                 "/bin/sh",
                 "--uid",
-                "64123",
+                &uid.to_string(),
                 user,
             ],
         );
@@ -324,7 +325,7 @@ fn apt_install_enforces_under_the_stock_sshd_and_purge_leaves_logins_working() {
     assert!(!programs.is_empty(), "{status}");
 
     // A login through the root's sshd works, is audited, and is enforced (a lock refuses it).
-    let sshd = RootSshd::start(&mut root);
+    let sshd = RootSshd::start(&mut root, 64123);
     let (ok, out) = sshd.ssh("echo hello from $(id -un)");
     assert!(ok && out.contains("hello from enfdeb"), "{out}");
     let audited = enforcer_tests::ssh::wait_until(Duration::from_secs(5), || {
@@ -421,7 +422,7 @@ fn without_a_running_daemon_the_pam_profile_stays_off_until_enabled() {
         "no hint given:\n{out}"
     );
     assert_eq!(pam_files_with_enforcer(&root), Vec::<String>::new());
-    let sshd = RootSshd::start(&mut root);
+    let sshd = RootSshd::start(&mut root, 64124);
     let (ok, out) = sshd.ssh("true");
     assert!(ok, "login refused with the daemon down: {out}");
 

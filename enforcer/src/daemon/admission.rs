@@ -360,6 +360,7 @@ impl State {
                 tracing::error!(uid, error = %e, "cannot restore user session count in the kernel");
             }
         }
+        self.adopt_lingering().await;
         // Recordings of the sessions still live go on in the same files.
         let resume = Resume {
             kernel_continuous: self.info.kernel_continuous,

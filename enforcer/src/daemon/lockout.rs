@@ -85,7 +85,62 @@ pub(super) fn lingering_info(mut info: ConnectionInfo) -> ConnectionInfo {
     info
 }
 
+/// A lingering connection found after a restart, known only from its processes: the user is
+/// the first process's real uid, `since` the earliest process start (the connection's own
+/// address and identity went with the daemon that released it).
+fn adopted_info(conn_id: u64, uid: Option<u32>, since: OffsetDateTime) -> ConnectionInfo {
+    ConnectionInfo {
+        id: conn_id,
+        user: uid
+            .and_then(host::user_name)
+            .or_else(|| uid.map(|u| format!("uid {u}")))
+            .unwrap_or_else(|| "unknown".into()),
+        uid,
+        state: "lingering".into(),
+        client: None,
+        server: None,
+        rhost: None,
+        service: String::new(),
+        monitor_pid: 0,
+        since: crate::core::rfc3339(since),
+        auth: None,
+        sessions: Vec::new(),
+    }
+}
+
 impl State {
+    /// After a restart: tracked processes whose connection the restored table no longer has
+    /// (released before the restart: nohup'd, setsid'd, double-forked leftovers) are lingering,
+    /// so `sessions` shows them and a lock or `kill connection` ends them as before.
+    pub(super) async fn adopt_lingering(&mut self) {
+        let Ok(tasks) = self.bpf.census().await else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let boot_now = host::boot_ns();
+        // Connection → (a process of it, its earliest start in ns since boot).
+        let mut found: HashMap<u64, (u32, u64)> = HashMap::new();
+        for (tid, t) in tasks {
+            if self.registry.get(t.conn_id).is_some() || self.lingering.contains_key(&t.conn_id) {
+                continue;
+            }
+            let e = found.entry(t.conn_id).or_insert((tid, t.start_ns));
+            if t.start_ns < e.1 {
+                *e = (tid, t.start_ns);
+            }
+        }
+        for (conn_id, (pid, start_ns)) in found {
+            let since = now - Duration::from_nanos(boot_now.saturating_sub(start_ns));
+            let info = adopted_info(conn_id, host::real_uid(pid), since);
+            tracing::info!(
+                conn = conn_id,
+                user = info.user,
+                "processes of an ended connection adopted as lingering"
+            );
+            self.lingering.insert(conn_id, info);
+        }
+    }
+
     /// The uid whose every process a lock of `user` ends, if `locks.all_processes` covers it
     /// (never root).
     pub(super) fn all_processes_uid(&self, user: &str, uid: Option<u32>) -> Option<u32> {

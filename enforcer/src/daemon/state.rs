@@ -180,6 +180,10 @@ pub(super) struct State {
     /// Connections the control socket closed, per reason (shown in status).
     pub control: Arc<ControlStats>,
     pub denials: DenialLimiter,
+    /// The last BPF snapshot and when it was taken: unprivileged `status` requests are served
+    /// from it (see `status::SNAPSHOT_REUSE`), so a loop of them cannot keep the BPF actor
+    /// walking its maps while logins wait.
+    pub snapshot: Option<(Instant, crate::bpf::BpfSnapshot)>,
 }
 
 /// What the actor is given at start besides the config.
@@ -234,6 +238,7 @@ pub(super) async fn start(
         recordings,
         control,
         denials: DenialLimiter::default(),
+        snapshot: None,
     };
     state.restore().await;
     let handle = StateHandle { tx, pam_tx };
@@ -377,7 +382,10 @@ impl State {
     ) -> Response {
         self.check(&req, peer)?;
         match req {
-            Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
+            Request::Status => self
+                .status(peer.role == crate::control::Role::Root)
+                .await
+                .map(|s| Reply::Status(Box::new(s))),
             Request::PamAccount(r) => self.pam_account(r, identity).await.map(Reply::Admission),
             Request::PamOpenSession(r) => self.pam_open(r, identity).await.map(|_| Reply::Done),
             Request::PamCloseSession(r) => {

@@ -1,17 +1,39 @@
 //! `enforcerctl status`: the daemon's counters, the kernel side's, and what was dropped.
 
-use std::sync::atomic::Ordering;
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, StatusReport};
 
 use super::state::State;
+use crate::bpf::BpfSnapshot;
+
+/// How old a BPF snapshot may be when an unprivileged peer asks for `status`. Counting the
+/// entries of the kernel maps walks them (tens of thousands of syscalls with many tracked
+/// tasks); root always gets a fresh one.
+pub(super) const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 
 impl State {
-    pub(super) async fn status(&self) -> Result<StatusReport, ErrorReply> {
+    /// A BPF snapshot: fresh when `fresh`, else one at most [`SNAPSHOT_REUSE`] old.
+    async fn snapshot(&mut self, fresh: bool) -> Result<BpfSnapshot, ErrorReply> {
+        if let Some((at, snap)) = &self.snapshot {
+            if !fresh && at.elapsed() < SNAPSHOT_REUSE {
+                return Ok(snap.clone());
+            }
+        }
         let snap = self.bpf.snapshot().await.map_err(|e| {
             tracing::error!(error = %e, "BPF snapshot failed");
             ErrorReply::new(ErrorKind::Internal, format!("{e}"))
         })?;
+        self.snapshot = Some((Instant::now(), snap.clone()));
+        Ok(snap)
+    }
+
+    /// The status report; `fresh` (root) always reads the kernel's counters anew.
+    pub(super) async fn status(&mut self, fresh: bool) -> Result<StatusReport, ErrorReply> {
+        let snap = self.snapshot(fresh).await?;
         let mut events = snap.events;
         let mut dropped = snap.dropped;
         let c = &self.counters;
