@@ -1,7 +1,7 @@
 //! `enforcerctl status`: the daemon's counters, the kernel side's, and what was dropped.
 
 use std::{
-    sync::atomic::Ordering,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -51,47 +51,38 @@ impl State {
         events.insert("sessions_started".into(), c.sessions_started);
         events.insert("sessions_refused".into(), c.sessions_refused);
         events.insert("commands_logged".into(), c.commands);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let a = &self.audit.counters;
-        events.insert(
-            "audit_records_written".into(),
-            a.written.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_backlog".into(),
-            a.dropped_backlog.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_disk_full".into(),
-            a.lost_disk_full.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_write_failed".into(),
-            a.write_errors.load(Ordering::Relaxed),
-        );
-        dropped.insert(
-            "drop_audit_journald_failed".into(),
-            a.journald_errors.load(Ordering::Relaxed),
-        );
+        events.insert("audit_records_written".into(), get(&a.written));
+        for (name, c) in [
+            ("drop_audit_backlog", &a.dropped_backlog),
+            ("drop_audit_disk_full", &a.lost_disk_full),
+            ("drop_audit_write_failed", &a.write_errors),
+            ("drop_audit_journald_failed", &a.journald_errors),
+        ] {
+            dropped.insert(name.into(), get(c));
+        }
         if let Some(r) = &self.recorder {
             let s = &r.stats;
-            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-            events.insert("recordings_active".into(), get(&s.active));
-            events.insert("recording_bytes".into(), get(&s.bytes_recorded));
-            events.insert(
-                "recording_bytes_unattributed".into(),
-                get(&s.bytes_unattributed),
-            );
-            dropped.insert("drop_recording_bytes_lost".into(), get(&s.bytes_lost));
-            dropped.insert("drop_recording_write_failed".into(), get(&s.write_errors));
-            dropped.insert(
-                "drop_recording_bytes_disk_full".into(),
-                get(&s.bytes_lost_disk_full),
-            );
-            dropped.insert(
-                "drop_recording_bytes_write_failed".into(),
-                get(&s.bytes_lost_write_error),
-            );
-            dropped.insert("drop_watch_frames".into(), get(&s.watch_frames_dropped));
+            for (name, c) in [
+                ("recordings_active", &s.active),
+                ("recording_bytes", &s.bytes_recorded),
+                ("recording_bytes_unattributed", &s.bytes_unattributed),
+            ] {
+                events.insert(name.into(), get(c));
+            }
+            for (name, c) in [
+                ("drop_recording_bytes_lost", &s.bytes_lost),
+                ("drop_recording_write_failed", &s.write_errors),
+                ("drop_recording_bytes_disk_full", &s.bytes_lost_disk_full),
+                (
+                    "drop_recording_bytes_write_failed",
+                    &s.bytes_lost_write_error,
+                ),
+                ("drop_watch_frames", &s.watch_frames_dropped),
+            ] {
+                dropped.insert(name.into(), get(c));
+            }
         }
         for (name, n) in self.control.snapshot() {
             dropped.insert(name.into(), n);
