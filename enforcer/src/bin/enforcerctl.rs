@@ -4,16 +4,20 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
-use enforcer_proto::{Client, DEFAULT_SOCKET, LockRequest, Reply, Request, WatchFrameMsg};
+use enforcer_proto::{
+    Client, DEFAULT_PAM_SOCKET, DEFAULT_SOCKET, LockRequest, Reply, Request, WatchFrameMsg,
+};
 use serde::Serialize;
 
 /// Inspect and steer enforcerd.
 #[derive(Parser)]
 #[command(name = "enforcerctl", version)]
 struct Cli {
-    /// enforcerd's control socket.
-    #[arg(long, global = true, env = "ENFORCER_SOCKET", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// enforcerd's control socket [default: the root-only /run/enforcer/pam.sock when run as
+    /// root and it exists (never queued behind unprivileged peers), else
+    /// /run/enforcer/enforcerd.sock].
+    #[arg(long, global = true, env = "ENFORCER_SOCKET")]
+    socket: Option<PathBuf>,
     /// How long to wait for the daemon.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -144,8 +148,20 @@ fn unexpected(reply: Reply) -> anyhow::Error {
     )
 }
 
+/// The socket to ask: the one given, else root's own socket when root may use it.
+fn socket(given: Option<&std::path::Path>) -> PathBuf {
+    if let Some(path) = given {
+        return path.to_owned();
+    }
+    let root_only = std::path::Path::new(DEFAULT_PAM_SOCKET);
+    if nix::unistd::geteuid().is_root() && root_only.exists() {
+        return root_only.to_owned();
+    }
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = Client::connect(&cli.socket, cli.timeout)?;
+    let mut client = Client::connect(&socket(cli.socket.as_deref()), cli.timeout)?;
     match cli.cmd {
         Cmd::Status { json } => match client.call(&Request::Status)? {
             Reply::Status(s) => print(json, &*s, enforcer::ctl::render_status),

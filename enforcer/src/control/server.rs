@@ -12,7 +12,7 @@ use enforcer_proto::{ErrorKind, ErrorReply, Response, frame::encode};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::conn::{self, Ctx};
-use crate::core::control::ControlDrop;
+use crate::core::control::{ControlDrop, RefusalPacer};
 
 /// Control socket failures.
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +74,17 @@ impl Server {
 
     /// Serves until the task is cancelled.
     pub async fn serve(&self, ctx: Arc<Ctx>) {
+        let mut pacer = RefusalPacer::default();
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) => self.admit(stream, &ctx),
+                Ok((stream, _)) => {
+                    if !self.admit(stream, &ctx) {
+                        let pause = pacer.refused(std::time::Instant::now());
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                }
                 Err(e) => {
                     // EMFILE and friends: the caps keep unprivileged peers far below the fd
                     // limit, so this is root's doing or a real shortage; back off briefly.
@@ -87,13 +95,14 @@ impl Server {
         }
     }
 
-    /// Takes the connection's slot (public lane) and spawns its task, or closes it at once.
-    fn admit(&self, stream: UnixStream, ctx: &Arc<Ctx>) {
+    /// Takes the connection's slot (public lane) and spawns its task, or closes it at once
+    /// (`false`: turned away).
+    fn admit(&self, stream: UnixStream, ctx: &Arc<Ctx>) -> bool {
         let cred = match stream.peer_cred() {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "no peer credentials on control connection; closing it");
-                return;
+                return false;
             }
         };
         match self.lane {
@@ -103,9 +112,11 @@ impl Server {
                     uid = cred.uid(),
                     "non-root peer on the PAM socket; closing it"
                 );
+                false
             }
             Lane::Pam => {
                 tokio::spawn(conn::serve(stream, cred, ctx.clone(), Lane::Pam, None));
+                true
             }
             Lane::Public => match ctx.slots.open(cred.uid(), ctx.settings.caps) {
                 Ok(slot) => {
@@ -116,11 +127,13 @@ impl Server {
                         Lane::Public,
                         Some(slot),
                     ));
+                    true
                 }
                 Err(reason) => {
                     ctx.slots.stats.count(reason);
                     tracing::debug!(uid = cred.uid(), ?reason, "control connection refused");
                     refuse(&stream, reason);
+                    false
                 }
             },
         }

@@ -112,6 +112,49 @@ impl ConnTable {
     }
 }
 
+/// Connections the public socket turns away per second, sustained, before its accept loop
+/// pauses (bursts of [`REFUSAL_BURST`] pass at once).
+pub const REFUSALS_PER_SEC: f64 = 200.0;
+/// Refusals allowed back to back before pacing starts.
+pub const REFUSAL_BURST: f64 = 100.0;
+
+/// Paces turning connections away: a peer over its cap that reconnects in a loop would otherwise
+/// have the daemon accept, check and close thousands of connections a second, and spin itself.
+/// Past the budget the accept loop pauses, so further connects wait in the kernel's listen
+/// backlog, costing neither side CPU (a token bucket: [`REFUSALS_PER_SEC`], [`REFUSAL_BURST`]).
+#[derive(Debug)]
+pub struct RefusalPacer {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Default for RefusalPacer {
+    fn default() -> Self {
+        RefusalPacer {
+            tokens: REFUSAL_BURST,
+            last: None,
+        }
+    }
+}
+
+impl RefusalPacer {
+    /// Records a refusal at `now`; returns how long the accept loop should pause before it
+    /// accepts again (zero while within the budget).
+    pub fn refused(&mut self, now: Instant) -> Duration {
+        if let Some(last) = self.last {
+            let refill = now.duration_since(last).as_secs_f64() * REFUSALS_PER_SEC;
+            self.tokens = (self.tokens + refill).min(REFUSAL_BURST);
+        }
+        self.last = Some(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / REFUSALS_PER_SEC)
+        }
+    }
+}
+
 /// How long denials of one uid are aggregated after the one audited at once.
 pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
 
@@ -195,6 +238,28 @@ impl DenialLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_pass_in_a_burst_then_are_paced_to_the_sustained_rate() {
+        let mut p = RefusalPacer::default();
+        let t0 = Instant::now();
+        for _ in 0..REFUSAL_BURST as usize {
+            assert_eq!(p.refused(t0), Duration::ZERO);
+        }
+        let pause = p.refused(t0);
+        assert_eq!(pause, Duration::from_secs_f64(1.0 / REFUSALS_PER_SEC));
+        // A storm that keeps coming right after each pause is held to the sustained rate.
+        let mut t = t0 + pause;
+        let mut refused = 0;
+        while t < t0 + Duration::from_secs(1) {
+            t += p.refused(t).max(Duration::from_micros(1));
+            refused += 1;
+        }
+        assert!(refused <= REFUSALS_PER_SEC as usize + 1, "{refused}");
+        // Quiet for a while: the burst is back.
+        let later = t + Duration::from_secs(5);
+        assert_eq!(p.refused(later), Duration::ZERO);
+    }
 
     const CAPS: ConnCaps = ConnCaps {
         per_uid: 2,
