@@ -244,6 +244,65 @@ pub fn kill_uid(uid: u32, spare: &std::collections::HashSet<u32>) -> usize {
     signalled.len()
 }
 
+/// Rounds of [`kill_as`] before giving up on a user whose processes keep appearing.
+const KILL_AS_ROUNDS: usize = 50;
+
+/// SIGKILLs every process whose real or saved uid is `uid`, in single kernel walks: a child
+/// takes the uid (`setresuid`, which drops every capability) and calls `kill(-1, SIGKILL)`,
+/// which signals everything it may signal under the task-list lock, and a fork racing it is
+/// aborted by the pending fatal signal. So a process that forks in a loop and lets its parent
+/// exit (a pid that changes faster than /proc can be read) cannot slip between passes, as it
+/// can between [`kill_uid`]'s reads of /proc. Repeats until a walk finds nothing or nothing
+/// alive is left; returns how many walks signalled something. Never root's.
+pub fn kill_as(uid: u32) -> usize {
+    if uid == 0 {
+        return 0;
+    }
+    let mut rounds = 0;
+    for _ in 0..KILL_AS_ROUNDS {
+        // SAFETY: the child only makes async-signal-safe syscalls, then _exit.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: plain syscalls in the forked child.
+            unsafe {
+                if libc::setresuid(uid, uid, uid) != 0 {
+                    libc::_exit(2);
+                }
+                let r = libc::kill(-1, libc::SIGKILL);
+                libc::_exit(if r == 0 { 0 } else { 1 });
+            }
+        }
+        if child < 0 {
+            tracing::error!(uid, error = %std::io::Error::last_os_error(), "cannot fork to kill a user's processes");
+            return rounds;
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            // Something was signalled. A zombie counts too (it is signalled "successfully"
+            // until reaped), so stop once /proc shows nothing alive of the uid.
+            Some(0) => {
+                rounds += 1;
+                if uid_processes(uid).is_empty() {
+                    return rounds;
+                }
+            }
+            Some(1) => return rounds, // ESRCH: nothing of the uid is left
+            _ => {
+                tracing::error!(uid, status, "kill helper failed");
+                return rounds;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::error!(
+        uid,
+        "processes still appearing after {KILL_AS_ROUNDS} kill walks"
+    );
+    rounds
+}
+
 /// A user as NSS knows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIdentity {
@@ -322,6 +381,11 @@ mod tests {
         let uid = nix::unistd::getuid().as_raw();
         assert_eq!(status_uids(&own).map(|u| u[0]), Some(uid));
         assert!(uid_processes(uid).contains(&std::process::id()));
+    }
+
+    #[test]
+    fn kill_as_never_touches_root() {
+        assert_eq!(kill_as(0), 0);
     }
 
     #[test]

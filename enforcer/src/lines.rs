@@ -68,7 +68,7 @@ impl LineFile {
     pub fn append(&mut self, lines: &[u8]) -> io::Result<()> {
         debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
         if self.torn {
-            self.file.set_len(self.len)?;
+            self.cut_back()?;
             self.torn = false;
         }
         match self.file.write_all(lines) {
@@ -79,10 +79,24 @@ impl LineFile {
             Err(e) => {
                 // Shrinking frees blocks, so it works on a full disk; if it fails anyway the
                 // next append tries again first.
-                self.torn = self.file.set_len(self.len).is_err();
+                self.torn = self.cut_back().is_err();
                 Err(e)
             }
         }
+    }
+
+    /// Cuts the file back to its last whole line. Someone else may have shortened it meanwhile
+    /// (logrotate's copytruncate): then the last whole line is looked for in what is there, never
+    /// extended to the old length (that would write a hole of NUL bytes).
+    fn cut_back(&mut self) -> io::Result<()> {
+        let size = self.file.metadata()?.len();
+        if size < self.len {
+            self.len = last_line_end(&mut self.file, size)?;
+        }
+        if size > self.len {
+            self.file.set_len(self.len)?;
+        }
+        Ok(())
     }
 
     /// Length of the file's whole lines.
@@ -116,6 +130,36 @@ fn last_line_end(file: &mut File, size: u64) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_shortened_by_someone_else_is_never_extended_with_a_hole() {
+        // Found in review: after logrotate's copytruncate, cutting back to the old length
+        // extended the file with NUL bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&path)
+                .unwrap()
+        };
+        let (mut f, _) = LineFile::new(open()).unwrap();
+        f.append(b"one\ntwo\n").unwrap();
+        // copytruncate, then a write that left half a line (as a full disk does).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        std::io::Write::write_all(&mut open(), b"new\nhal").unwrap();
+        f.cut_back().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new\n");
+        f.append(b"next\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new\nnext\n");
+    }
     use std::fs::OpenOptions;
 
     fn open(path: &std::path::Path) -> (LineFile, u64) {

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use enforcer_proto::{Admission, PamAccount, Reply, Request};
 use enforcer_tests::{
     TestDaemon, TestSshd, TestUser, procs, require_root,
     ssh::{PtySsh, run, wait_until},
@@ -293,4 +294,123 @@ fn locking_an_unknown_or_already_locked_user_needs_force_or_replace() {
         .unwrap()
         .clone();
     assert_eq!(kim_lock["reason"], "second");
+}
+
+/// Found in review: a process that forks and lets its parent exit, over and over without an
+/// exec (a shell function calling itself in the background), changes pid faster than /proc
+/// can be read. The kernel kills each parent at fork, but the child runs on; a sweep that reads
+/// /proc found nothing to kill and stopped. The lock must end the chain.
+#[test]
+fn a_lock_ends_a_process_that_keeps_changing_its_pid() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start("");
+    let hopper = TestUser::create("lh");
+    let mut start = hopper.command(std::path::Path::new("/bin/sh"));
+    start
+        .args([
+            "-c",
+            "hop() { i=0; while [ $i -lt 300 ]; do i=$((i+1)); done; hop & }; hop",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _ = start.status().unwrap();
+    assert!(
+        wait_until(DEADLINE, || !procs::uid_processes(hopper.uid).is_empty()),
+        "the hopping process never ran"
+    );
+    d.ctl_ok(&["lock", "user", &hopper.name]);
+    let ended = wait_until(DEADLINE, || {
+        // Gone, and still gone a moment later (not just between two hops).
+        procs::uid_processes(hopper.uid).is_empty() && {
+            std::thread::sleep(Duration::from_millis(300));
+            procs::uid_processes(hopper.uid).is_empty()
+        }
+    });
+    let left = procs::uid_processes(hopper.uid);
+    d.ctl_ok(&["unlock", "user", &hopper.name]);
+    if !ended {
+        // Do not leave a runaway chain behind: kill(-1) as the user ends every process of it.
+        let _ = hopper
+            .command(std::path::Path::new("/bin/kill"))
+            .args(["-9", "-1"])
+            .status();
+    }
+    assert!(
+        ended,
+        "the locked user's hopping process survived the lock: {left:?}\n{}",
+        d.log()
+    );
+}
+
+/// A second name for an account (here a passwd entry with the same uid), removed by name.
+struct Alias(String);
+
+impl Drop for Alias {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(&self.0).output();
+    }
+}
+
+/// Found in review: a lock is a file named after the user, and PAM_USER is whatever the client
+/// typed. Where NSS maps another spelling to the same account (case-insensitive directories,
+/// `alice@example.com`, a second passwd entry with the same uid), that spelling was neither
+/// refused nor cut. A lock covers the account, by uid.
+#[test]
+fn a_lock_covers_every_name_of_the_account() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start("");
+    let owner = TestUser::create("lk");
+    let alias = Alias(enforcer_tests::users::unique_name("lka"));
+    let out = std::process::Command::new("useradd")
+        .args(["--non-unique", "--no-create-home", "--uid"])
+        .arg(owner.uid.to_string())
+        .arg(&alias.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "useradd: {out:?}");
+    let stand_in = |name: &str, pid: u32| {
+        Request::PamAccount(PamAccount {
+            user: name.to_owned(),
+            service: "sshd".into(),
+            rhost: Some("127.0.0.1".into()),
+            tty: None,
+            pid,
+            ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
+            auth_info: None,
+        })
+    };
+    // A live connection under the other name (a stand-in monitor, run by root).
+    let mut live = std::process::Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reply = d.call(&stand_in(&alias.0, live.id()));
+    assert!(
+        matches!(reply, Reply::Admission(Admission::Admitted { .. })),
+        "{reply:?}"
+    );
+    d.ctl_ok(&["lock", "user", &owner.name, "--reason", "by uid"]);
+    assert!(
+        wait_until(DEADLINE, || live.try_wait().unwrap().is_some()),
+        "the account's connection under another name survived the lock"
+    );
+    let mut next = std::process::Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reply = d.call(&stand_in(&alias.0, next.id()));
+    let _ = next.kill();
+    let _ = next.wait();
+    assert!(
+        matches!(&reply, Reply::Admission(Admission::Refused { message, .. }) if message.contains("by uid")),
+        "a login under another name of the locked account: {reply:?}"
+    );
+    d.ctl_ok(&["unlock", "user", &owner.name]);
 }

@@ -30,7 +30,7 @@ pub enum Continuity {
     /// Nothing was pinned: first start, or the programs were detached on purpose.
     Fresh,
     /// Another build or other load settings were pinned: its links were replaced without a
-    /// gap; `maps_kept` is false when the identity or count maps had another layout and had to
+    /// gap; `maps_kept` is false when the identity, count, ring or loss maps had another layout
     /// be discarded (what they held is gone).
     Replaced { previous: String, maps_kept: bool },
 }
@@ -65,7 +65,7 @@ impl Continuity {
                 previous,
                 maps_kept: false,
             } => format!(
-                "not continuous: the pinned programs of another build ({previous}) were replaced, but the maps holding task identities or session counts had another layout and were discarded (live sessions lost their kernel identity)"
+                "not continuous: the pinned programs of another build ({previous}) were replaced, but maps with another layout were discarded: task identities or session counts (live sessions lost their kernel identity), or the event and recording rings with what they held"
             ),
         }
     }

@@ -116,11 +116,20 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
                 true => links::Continuity::Fresh,
                 false => links::Continuity::Replaced {
                     previous: format!("build {}", previous.join(", ")),
-                    // Ring or scratch sizes may change freely; identities and counts may not.
+                    // Scratch sizes may change freely. Identities and counts may not, and a
+                    // discarded ring or loss map takes what the old programs queued while no
+                    // daemon ran with it (resumed recordings then say they have a gap).
                     maps_kept: !discarded.iter().any(|d| {
-                        ["ENF_TASKS", "ENF_CONNS", "ENF_USERS"]
-                            .iter()
-                            .any(|m| d.starts_with(m))
+                        [
+                            "ENF_TASKS",
+                            "ENF_CONNS",
+                            "ENF_USERS",
+                            "ENF_EVENTS",
+                            "ENF_DATA",
+                            "ENF_LOST",
+                        ]
+                        .iter()
+                        .any(|m| d.starts_with(m))
                     }),
                 },
             };

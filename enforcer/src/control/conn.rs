@@ -180,7 +180,9 @@ async fn answer(
         // Authorisation (and auditing of denials) happens in the state actor.
         Request::Play { .. } | Request::Watch { .. } => {
             return match state.stream(req, peer.clone()).await {
-                Ok(s) => super::stream::send_stream(stream, s).await,
+                Ok(s) => {
+                    super::stream::send_stream(stream, s, write_budget(&ctx.settings, uid)).await
+                }
                 Err(e) => send(stream, &ctx.settings, uid, &Err(e)).await,
             };
         }

@@ -2,6 +2,8 @@
 
 use base64::Engine;
 use enforcer_proto::{Reply, Response, WatchFrameMsg, frame::write_frame_async};
+use std::time::Duration;
+
 use tokio::{io::AsyncReadExt, net::UnixStream};
 
 use crate::{daemon::Stream, recording::WatchFrame};
@@ -9,15 +11,21 @@ use crate::{daemon::Stream, recording::WatchFrame};
 /// Bytes of a recording per frame (cut at a line end, so every frame is whole JSON lines).
 const CHUNK: usize = 256 << 10;
 
-async fn send(out: &mut UnixStream, reply: Reply) -> bool {
+/// Writes one frame within `budget` (a peer that stops reading must not hold its connection,
+/// and the frame's memory, forever).
+async fn send(out: &mut UnixStream, reply: Reply, budget: Duration) -> bool {
     let resp: Response = Ok(reply);
-    write_frame_async(out, &resp).await.is_ok()
+    matches!(
+        tokio::time::timeout(budget, write_frame_async(out, &resp)).await,
+        Ok(Ok(()))
+    )
 }
 
-/// Sends a stream to the client; returns false when the client went away.
-pub async fn send_stream(out: &mut UnixStream, stream: Stream) -> bool {
+/// Sends a stream to the client, each frame within `budget`; returns false when the client went
+/// away or stopped reading.
+pub async fn send_stream(out: &mut UnixStream, stream: Stream, budget: Duration) -> bool {
     match stream {
-        Stream::File(path) => send_file(out, &path).await,
+        Stream::File(path) => send_file(out, &path, budget).await,
         Stream::Live(mut frames) => {
             while let Some(frame) = frames.recv().await {
                 let msg = match frame {
@@ -28,16 +36,17 @@ pub async fn send_stream(out: &mut UnixStream, stream: Stream) -> bool {
                     WatchFrame::Lost(bytes) => WatchFrameMsg::Lost { bytes },
                     WatchFrame::End => break,
                 };
-                if !send(out, Reply::Watch(msg)).await {
+                if !send(out, Reply::Watch(msg), budget).await {
                     return false;
                 }
             }
-            send(out, Reply::Watch(WatchFrameMsg::End)).await && send(out, Reply::End).await
+            send(out, Reply::Watch(WatchFrameMsg::End), budget).await
+                && send(out, Reply::End, budget).await
         }
     }
 }
 
-async fn send_file(out: &mut UnixStream, path: &std::path::Path) -> bool {
+async fn send_file(out: &mut UnixStream, path: &std::path::Path, budget: Duration) -> bool {
     let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) => {
@@ -63,9 +72,9 @@ async fn send_file(out: &mut UnixStream, path: &std::path::Path) -> bool {
         let rest = carry.split_off(end + 1);
         let text = String::from_utf8_lossy(&carry).into_owned();
         carry = rest;
-        if !send(out, Reply::RecordingData { text }).await {
+        if !send(out, Reply::RecordingData { text }, budget).await {
             return false;
         }
     }
-    send(out, Reply::End).await
+    send(out, Reply::End, budget).await
 }

@@ -125,7 +125,18 @@ impl State {
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
             ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
-        let lock = self.locks.get(&req.user).filter(|l| l.active(now));
+        let lock = self
+            .locks
+            .get(&req.user)
+            .filter(|l| l.active(now))
+            .or_else(|| {
+                // Another spelling NSS maps to a locked account (`ALICE`, `alice@example.com`).
+                let uid = uid?;
+                let (name, _) = self.locked.iter().find(|(_, l)| {
+                    l.account_uid == Some(uid) && l.expires.is_none_or(|e| now < e)
+                })?;
+                self.locks.get(name).filter(|l| l.active(now))
+            });
         if let Err(refusal) = policy::admit(
             &self.registry,
             &req.user,

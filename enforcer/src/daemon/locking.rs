@@ -65,6 +65,7 @@ impl State {
         let sweep_uid = self.all_processes_uid(&req.user, uid);
         let locked = super::lockout::Locked {
             uid: sweep_uid,
+            account_uid: uid,
             expires: lock.expires,
         };
         let new = self.locked.insert(req.user.clone(), locked).is_none();
@@ -72,6 +73,7 @@ impl State {
         self.sync_locked_uids().await;
         self.lock_out(
             &req.user,
+            uid,
             sweep_uid.filter(|_| new),
             req.reason.as_deref(),
             Some((peer.uid, peer.pid)),

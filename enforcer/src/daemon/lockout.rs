@@ -75,7 +75,22 @@ pub(super) fn watch(store: LockStore, tx: mpsc::Sender<Msg>) {
 pub(super) struct Locked {
     /// The uid whose every process the lock ends (`locks.all_processes`).
     pub uid: Option<u32>,
+    /// The locked account's uid (whatever `all_processes` says): logins and connections are
+    /// matched by it too, so another spelling of the name NSS maps to the same account
+    /// (`ALICE`, `alice@example.com`) is locked as well.
+    pub account_uid: Option<u32>,
     pub expires: Option<OffsetDateTime>,
+}
+
+/// Whether a lock of `user` (uid `account_uid`) covers a connection of `conn_user` (`conn_uid`):
+/// by name, or by uid when both are known.
+pub(super) fn covers(
+    user: &str,
+    account_uid: Option<u32>,
+    conn_user: &str,
+    conn_uid: Option<u32>,
+) -> bool {
+    conn_user == user || (account_uid.is_some() && conn_uid == account_uid)
 }
 
 /// A connection released while processes with its identity still run.
@@ -157,23 +172,35 @@ impl State {
         let now = OffsetDateTime::now_utc();
         let mut locked = HashMap::new();
         for (lock, uid) in files.locks.into_iter().filter(|(l, _)| l.active(now)) {
-            let uid = self.all_processes_uid(&lock.user, uid);
-            let live = self
-                .registry
-                .iter()
-                .any(|c| c.user == lock.user && !self.terminating.contains_key(&c.id));
-            let new = !self.locked.contains_key(&lock.user);
+            let previous = self.locked.get(&lock.user).copied();
+            // An NSS hiccup must not lift a lock: keep the uid the lock was known by.
+            let account_uid = uid.or_else(|| previous.and_then(|l| l.account_uid));
+            let uid = self.all_processes_uid(&lock.user, account_uid);
+            let live = self.registry.iter().any(|c| {
+                covers(&lock.user, account_uid, &c.user, c.uid)
+                    && !self.terminating.contains_key(&c.id)
+            });
+            // New, or its uid only now known (the sweep could not run without it).
+            let new = previous.is_none_or(|p| p.uid.is_none() && uid.is_some());
             if new || live {
                 tracing::info!(user = lock.user, new, "lock found in the lock directory");
                 self.lock_out(
                     &lock.user,
+                    account_uid,
                     uid.filter(|_| new),
                     lock.reason.as_deref(),
                     None,
                 );
             }
             let expires = lock.expires;
-            locked.insert(lock.user, Locked { uid, expires });
+            locked.insert(
+                lock.user,
+                Locked {
+                    uid,
+                    account_uid,
+                    expires,
+                },
+            );
         }
         self.locked = locked;
         self.sync_locked_uids().await;
@@ -217,6 +244,7 @@ impl State {
     pub(super) fn lock_out(
         &mut self,
         user: &str,
+        account_uid: Option<u32>,
         sweep_uid: Option<u32>,
         reason: Option<&str>,
         by: Option<(u32, Option<i32>)>,
@@ -224,7 +252,9 @@ impl State {
         let ids: Vec<u64> = self
             .registry
             .iter()
-            .filter(|c| c.user == user && !self.terminating.contains_key(&c.id))
+            .filter(|c| {
+                covers(user, account_uid, &c.user, c.uid) && !self.terminating.contains_key(&c.id)
+            })
             .map(|c| c.id)
             .collect();
         let because = reason.map(|r| format!(": {r}")).unwrap_or_default();
@@ -252,7 +282,7 @@ impl State {
         let lingering: Vec<(u64, AuditRecord)> = self
             .lingering
             .iter()
-            .filter(|(_, c)| c.user == user)
+            .filter(|(_, c)| covers(user, account_uid, &c.user, c.uid))
             .map(|(&id, c)| {
                 let mut rec = record("connection_killed");
                 rec.user = Some(c.user.clone());
@@ -337,8 +367,14 @@ async fn end_now(
     let n = tokio::task::spawn_blocking(move || host::kill_uid(uid, &spare))
         .await
         .unwrap_or(0);
-    if n > 0 {
-        rec.processes = Some(n as u64);
+    // Then, once the spared sshd processes had their grace, one atomic walk after another: a
+    // process that keeps forking and exiting changes pid faster than /proc can be read.
+    tokio::time::sleep(super::idle::MESSAGE_GRACE * 2).await;
+    let walks = tokio::task::spawn_blocking(move || host::kill_as(uid))
+        .await
+        .unwrap_or(0);
+    if n > 0 || walks > 0 {
+        rec.processes = Some((n + walks) as u64);
         audit.record(rec);
     }
 }

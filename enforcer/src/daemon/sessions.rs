@@ -1,17 +1,21 @@
 //! Sessions inside connections, from kernel events: start/refusal, the commands run, their
 //! exits, and terminating a session or a whole connection on request.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use enforcer_common::tasks::{TASK_CONN_ROOT, TASK_SESSION_LEADER};
 use enforcer_proto::{ConnectionInfo, ErrorKind, ErrorReply, SessionInfo};
 use time::OffsetDateTime;
 
-use super::{admission::CloseReason, lockout::kill_and_audit, state::State};
+use super::{
+    admission::CloseReason,
+    lockout::kill_and_audit,
+    state::{ProcessView, State},
+};
 use crate::{
     audit::AuditRecord,
     bpf::{EventOrigin, Exec, KillTarget, KilledAtExec, SessionLimit},
-    control::Peer,
+    control::{Peer, Role},
     core::rfc3339,
     core::session::{ExitStatus, Session, SessionKind, classify},
     host,
@@ -261,11 +265,19 @@ impl State {
         Ok(rec)
     }
 
-    /// Connections with their sessions, as `peer` may see them.
-    pub(super) async fn list(&self, peer: &Peer) -> Vec<ConnectionInfo> {
+    /// Live tracked processes by (connection, kernel session). Walking the kernel's task table
+    /// costs milliseconds with many tasks, so unprivileged peers get a view up to
+    /// [`super::status::SNAPSHOT_REUSE`] old (a loop of `sessions` cannot keep the actors busy
+    /// while logins wait); root and auditors get a fresh one.
+    async fn processes(&mut self, fresh: bool) -> Arc<ProcessView> {
+        if let Some((at, view)) = &self.process_view {
+            if !fresh && at.elapsed() < super::status::SNAPSHOT_REUSE {
+                return view.clone();
+            }
+        }
         // Threads are in the census too; /proc lists processes only.
         let live = host::process_ids();
-        let mut processes: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+        let mut processes: ProcessView = HashMap::new();
         match self.bpf.census().await {
             Ok(tasks) => {
                 for (tid, t) in tasks.into_iter().filter(|(tid, _)| live.contains(tid)) {
@@ -277,6 +289,15 @@ impl State {
             }
             Err(e) => tracing::warn!(error = %e, "task census failed; process counts omitted"),
         }
+        let view = Arc::new(processes);
+        self.process_view = Some((std::time::Instant::now(), view.clone()));
+        view
+    }
+
+    /// Connections with their sessions, as `peer` may see them.
+    pub(super) async fn list(&mut self, peer: &Peer) -> Vec<ConnectionInfo> {
+        let processes = self.processes(peer.role != Role::User).await;
+        let processes = &*processes;
         self.registry
             .iter()
             .filter(|c| peer.may_see(c.uid))
@@ -308,7 +329,7 @@ impl State {
                     .collect();
                 info
             })
-            .chain(self.lingering_list(peer, &processes))
+            .chain(self.lingering_list(peer, processes))
             .collect()
     }
 

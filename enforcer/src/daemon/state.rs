@@ -184,7 +184,12 @@ pub(super) struct State {
     /// from it (see `status::SNAPSHOT_REUSE`), so a loop of them cannot keep the BPF actor
     /// walking its maps while logins wait.
     pub snapshot: Option<(Instant, crate::bpf::BpfSnapshot)>,
+    /// The last view of live tracked processes and when it was taken (see `sessions::processes`).
+    pub process_view: Option<(Instant, Arc<ProcessView>)>,
 }
+
+/// Live tracked processes by (connection id, kernel session id).
+pub(super) type ProcessView = HashMap<(u64, u64), Vec<u32>>;
 
 /// What the actor is given at start besides the config.
 pub(super) struct Parts {
@@ -239,6 +244,7 @@ pub(super) async fn start(
         control,
         denials: DenialLimiter::default(),
         snapshot: None,
+        process_view: None,
     };
     state.restore().await;
     let handle = StateHandle { tx, pam_tx };
