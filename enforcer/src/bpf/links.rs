@@ -31,7 +31,7 @@ pub enum Continuity {
     Fresh,
     /// Another build or other load settings were pinned: its links were replaced without a
     /// gap; `maps_kept` is false when the identity, count, ring or loss maps had another layout
-    /// be discarded (what they held is gone).
+    /// and were discarded (what they held is gone).
     Replaced { previous: String, maps_kept: bool },
 }
 
