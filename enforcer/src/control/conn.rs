@@ -196,6 +196,10 @@ async fn answer(
             let identity = lookup(&r.user).await;
             state.request(req, peer.clone(), identity).await
         }
+        Request::Lock(ref r) if uid == 0 => {
+            let identity = lookup(&r.user).await;
+            state.request(req, peer.clone(), identity).await
+        }
         req => state.request(req, peer.clone(), None).await,
     };
     send(stream, &ctx.settings, uid, &resp).await

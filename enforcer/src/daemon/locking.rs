@@ -21,14 +21,16 @@ fn store_error(e: LockError) -> ErrorReply {
 impl State {
     /// Locks a user: new logins are refused from now on, and every live connection of theirs
     /// is terminated at once.
+    /// `identity`: NSS's answer for the user, looked up before the request reached the actor.
     pub(super) async fn lock(
         &mut self,
         req: LockRequest,
         peer: &Peer,
+        identity: Option<crate::host::UserIdentity>,
     ) -> Result<LockInfo, ErrorReply> {
         check_user_name(&req.user).map_err(|m| ErrorReply::new(ErrorKind::BadRequest, m))?;
         let now = OffsetDateTime::now_utc();
-        let uid = crate::host::user_identity(&req.user).map(|i| i.uid);
+        let uid = identity.map(|i| i.uid);
         if uid.is_none() && !req.force {
             return Err(ErrorReply::new(
                 ErrorKind::NotFound,

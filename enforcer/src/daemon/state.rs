@@ -44,7 +44,7 @@ pub(super) enum Msg {
     Request {
         req: Request,
         peer: Peer,
-        /// NSS identity of the PAM request's user, looked up before the request got here.
+        /// NSS identity of the PAM or lock request's user, looked up before the request got here.
         identity: Option<UserIdentity>,
         reply: oneshot::Sender<Response>,
     },
@@ -221,7 +221,9 @@ pub(super) async fn start(
     let registry = persist.load();
     let locks = LockStore::new(&config.locks.dir);
     let started = tokio::time::Instant::now();
-    lockout::watch(locks.clone(), tx.clone());
+    // The watcher's reads reach the actor on the priority lane: a flood of public requests
+    // must not delay a lock dropped into the directory.
+    lockout::watch(locks.clone(), pam_tx.clone());
     let mut state = State {
         config,
         info,
@@ -411,7 +413,7 @@ impl State {
                     .await
                     .map(|processes| Reply::Killed { processes })
             }
-            Request::Lock(r) => self.lock(r, peer).await.map(Reply::Locked),
+            Request::Lock(r) => self.lock(r, peer, identity).await.map(Reply::Locked),
             Request::Unlock { user } => self.unlock(&user, peer).await.map(|_| Reply::Done),
             Request::Locks => Ok(Reply::Locks(self.list_locks())),
             // Answered by the connection task from the index (never on the actor).
