@@ -391,7 +391,7 @@ impl State {
         self.check(&req, peer)?;
         match req {
             Request::Status => self
-                .status(peer.role == crate::control::Role::Root)
+                .status(peer.role != crate::control::Role::User)
                 .await
                 .map(|s| Reply::Status(Box::new(s))),
             Request::PamAccount(r) => self.pam_account(r, identity).await.map(Reply::Admission),

@@ -12,7 +12,7 @@ use crate::bpf::BpfSnapshot;
 
 /// How old a BPF snapshot may be when an unprivileged peer asks for `status`. Counting the
 /// entries of the kernel maps walks them (tens of thousands of syscalls with many tracked
-/// tasks); root always gets a fresh one.
+/// tasks); root and auditors always get a fresh one.
 pub(super) const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 
 impl State {
@@ -31,7 +31,7 @@ impl State {
         Ok(snap)
     }
 
-    /// The status report; `fresh` (root) always reads the kernel's counters anew.
+    /// The status report; `fresh` (root, auditors) always reads the kernel's counters anew.
     pub(super) async fn status(&mut self, fresh: bool) -> Result<StatusReport, ErrorReply> {
         let snap = self.snapshot(fresh).await?;
         let mut events = snap.events;
