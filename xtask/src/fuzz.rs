@@ -25,6 +25,9 @@ pub const TARGETS: &[&str] = &[
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
+/// Where cargo-fuzz puts what it builds (fuzz/target/<triple>/release/<target>).
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
 /// Installs cargo-fuzz at the pinned version unless it is there.
 pub fn install() -> anyhow::Result<()> {
     let version = output(Command::new("cargo").args(["fuzz", "--version"]));
@@ -107,7 +110,7 @@ pub fn fuzz(targets: &[String], seconds: u64, runs: Option<u64>) -> anyhow::Resu
         .collect();
     if !crashed.is_empty() {
         bail!(
-            "crashes in {}: reproduce with `cargo +{BPF_TOOLCHAIN} fuzz run TARGET ARTIFACT` in fuzz/, \
+            "crashes in {}: reproduce with `cargo +{BPF_TOOLCHAIN} fuzz run TARGET ARTIFACT`, \
              then add the input as a regression test",
             crashed.join(", ")
         );
@@ -133,15 +136,15 @@ fn run_target(
     std::fs::create_dir_all(&corpus)?;
     std::fs::create_dir_all(&artifact_dir)?;
     let before = artifacts(&artifact_dir);
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(dir.parent().unwrap_or(dir))
-        .args([&format!("+{BPF_TOOLCHAIN}"), "fuzz", "run", target])
-        .arg(&corpus);
+    // The binary `cargo fuzz build` made: `cargo fuzz run` would build again first (minutes
+    // with sanitizers whenever a source changed) and count that against the target's time.
+    let binary = dir.join("target").join(TRIPLE).join("release").join(target);
+    let mut cmd = Command::new(&binary);
+    cmd.arg(&corpus);
     if seeds.is_dir() {
         cmd.arg(&seeds);
     }
-    cmd.arg("--")
-        .arg(format!("-max_total_time={seconds}"))
+    cmd.arg(format!("-max_total_time={seconds}"))
         .arg("-print_final_stats=1")
         .arg("-rss_limit_mb=2048")
         .arg(format!("-artifact_prefix={}/", artifact_dir.display()));
@@ -157,7 +160,7 @@ fn run_target(
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .output()
-        .with_context(|| format!("cannot start cargo fuzz for {target}"))?;
+        .with_context(|| format!("cannot start {}", binary.display()))?;
     let log = String::from_utf8_lossy(&out.stderr);
     let stat = |name: &str| {
         log.lines()
