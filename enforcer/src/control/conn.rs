@@ -82,9 +82,12 @@ pub async fn serve(
             Err(_) => return,
         }
     };
-    let state = match lane {
-        Lane::Pam => ctx.state.priority(),
-        Lane::Public => ctx.state.clone(),
+    // Root's requests take the priority lane on either socket: a PAM line still naming the
+    // public socket (hand-written for an older release) keeps logins ahead of other peers.
+    let state = if lane == Lane::Pam || uid == 0 {
+        ctx.state.priority()
+    } else {
+        ctx.state.clone()
     };
     loop {
         let req = match next_request(&mut stream, &ctx.settings, uid).await {

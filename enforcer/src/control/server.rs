@@ -8,6 +8,8 @@ use std::{
     sync::Arc,
 };
 
+use std::os::fd::AsRawFd;
+
 use enforcer_proto::{ErrorKind, ErrorReply, Response, frame::encode};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -59,7 +61,7 @@ impl Server {
             }
             std::fs::remove_file(path).map_err(err)?;
         }
-        let listener = UnixListener::bind(path).map_err(err)?;
+        let listener = listen(path, lane).map_err(err)?;
         let mode = match lane {
             Lane::Public => 0o666,
             Lane::Pam => 0o600,
@@ -138,6 +140,32 @@ impl Server {
             },
         }
     }
+}
+
+/// Connections the public socket's listen queue holds. Small on purpose: while refusals are
+/// paced ([`RefusalPacer`]) the queue drains slowly, and a legitimate peer's connection waits
+/// behind every one queued before it; with a short queue that is a fraction of a second, and
+/// a flood meets a full queue (EAGAIN, which costs nobody anything) instead.
+const PUBLIC_BACKLOG: i32 = 64;
+/// The PAM socket's (root only, never paced).
+const PAM_BACKLOG: i32 = 1024;
+
+/// A non-blocking listening socket at `path` with the lane's listen queue.
+fn listen(path: &Path, lane: Lane) -> std::io::Result<UnixListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    let backlog = match lane {
+        Lane::Public => PUBLIC_BACKLOG,
+        Lane::Pam => PAM_BACKLOG,
+    };
+    socket::listen(&fd, Backlog::new(backlog)?)?;
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
 }
 
 impl Drop for Server {
