@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use crate::{
-    cmd::{output, run, workspace_root},
+    cmd::{run, workspace_root},
     setup::BPF_TOOLCHAIN,
 };
 
@@ -30,21 +30,7 @@ const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// Installs cargo-fuzz at the pinned version unless it is there.
 pub fn install() -> anyhow::Result<()> {
-    let version = output(Command::new("cargo").args(["fuzz", "--version"]));
-    if version
-        .as_deref()
-        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
-    {
-        return Ok(());
-    }
-    run(Command::new("cargo").args([
-        "install",
-        "--locked",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ_VERSION,
-        "--force",
-    ]))
+    crate::setup::cargo_tool("fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION)
 }
 
 /// What one target's run found.

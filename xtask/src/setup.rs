@@ -75,19 +75,22 @@ const CARGO_DEB_VERSION: &str = "3.7.0";
 
 /// Installs cargo-deb at the pinned version unless it is there.
 pub fn cargo_deb() -> anyhow::Result<()> {
-    let version = output(Command::new("cargo").args(["deb", "--version"]));
-    if version
-        .as_deref()
-        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
-    {
+    cargo_tool("deb", "cargo-deb", CARGO_DEB_VERSION)
+}
+
+/// Installs the cargo subcommand `sub` (crate `krate`) at `version` unless that version is
+/// what `cargo SUB --version` reports.
+pub fn cargo_tool(sub: &str, krate: &str, version: &str) -> anyhow::Result<()> {
+    let installed = output(Command::new("cargo").args([sub, "--version"]));
+    if installed.as_deref().is_some_and(|v| v.contains(version)) {
         return Ok(());
     }
     run(Command::new("cargo").args([
         "install",
         "--locked",
-        "cargo-deb",
+        krate,
         "--version",
-        CARGO_DEB_VERSION,
+        version,
         "--force",
     ]))
 }
