@@ -278,20 +278,24 @@ impl TestDaemon {
             .unwrap()
     }
 
-    /// Registers process `pid` as an admitted, open SSH connection of `user` through the PAM
-    /// requests sshd's module would send: a stand-in monitor whose children become sessions.
-    pub fn admit_stand_in(&self, user: &TestUser, pid: u32) {
-        let account = PamAccount {
-            user: user.name.clone(),
+    /// PAM `account` for login name `user` with process `pid` standing in for sshd's monitor:
+    /// the daemon's answer.
+    pub fn account(&self, user: &str, pid: u32) -> Reply {
+        self.call(&Request::PamAccount(PamAccount {
+            user: user.to_owned(),
             service: "bench".into(),
             rhost: Some("127.0.0.1".into()),
             tty: None,
             pid,
             ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
             auth_info: None,
-        };
-        let Reply::Admission(Admission::Admitted { .. }) = self.call(&Request::PamAccount(account))
-        else {
+        }))
+    }
+
+    /// Registers process `pid` as an admitted, open SSH connection of `user` through the PAM
+    /// requests sshd's module would send: a stand-in monitor whose children become sessions.
+    pub fn admit_stand_in(&self, user: &TestUser, pid: u32) {
+        let Reply::Admission(Admission::Admitted { .. }) = self.account(&user.name, pid) else {
             panic!("stand-in monitor {pid} not admitted")
         };
         self.call(&Request::PamOpenSession(PamSession {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_proto::{Admission, PamAccount, Reply, Request};
+use enforcer_proto::{Admission, Reply};
 use enforcer_tests::{
     TestDaemon, TestSshd, TestUser, procs, require_root,
     ssh::{PtySsh, run, wait_until},
@@ -380,24 +380,13 @@ fn a_lock_covers_every_name_of_the_account() {
         .output()
         .unwrap();
     assert!(out.status.success(), "useradd: {out:?}");
-    let stand_in = |name: &str, pid: u32| {
-        Request::PamAccount(PamAccount {
-            user: name.to_owned(),
-            service: "sshd".into(),
-            rhost: Some("127.0.0.1".into()),
-            tty: None,
-            pid,
-            ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
-            auth_info: None,
-        })
-    };
     // A live connection under the other name (a stand-in monitor, run by root).
     let mut live = std::process::Command::new("sleep")
         .arg("600")
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let reply = d.call(&stand_in(&alias.0, live.id()));
+    let reply = d.account(&alias.0, live.id());
     assert!(
         matches!(reply, Reply::Admission(Admission::Admitted { .. })),
         "{reply:?}"
@@ -412,7 +401,7 @@ fn a_lock_covers_every_name_of_the_account() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let reply = d.call(&stand_in(&alias.0, next.id()));
+    let reply = d.account(&alias.0, next.id());
     let _ = next.kill();
     let _ = next.wait();
     assert!(
