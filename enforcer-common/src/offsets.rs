@@ -27,6 +27,8 @@ pub struct KernelOffsets {
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
     pub signal_tty: u32,
+    /// `signal_struct.leader`: set by setsid(), cleared in every child.
+    pub signal_leader: u32,
     pub tty_name: u32,
     pub task_files: u32,
     pub files_fdt: u32,
@@ -93,6 +95,7 @@ impl KernelOffsets {
         mount_parent: ABSENT,
         mount_mountpoint: ABSENT,
         signal_tty: ABSENT,
+        signal_leader: ABSENT,
         tty_name: ABSENT,
         task_files: ABSENT,
         files_fdt: ABSENT,

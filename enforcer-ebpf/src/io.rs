@@ -1,18 +1,15 @@
 //! The bytes sshd moves between the client and its sessions: writes into a session's pty master
 //! or stdin pipe are the client's input; reads from them are the session's output. Only sshd's
-//! per-connection processes (`TASK_CONN_AUX`) are looked at, so each syscall elsewhere costs one
-//! map lookup (exits: one lookup of a pending transfer) before anything else is read.
+//! per-connection processes (`TASK_CONN_AUX`) are looked at. The entry points (`sshd.rs`:
+//! uprobes on sshd's own calls; `syscalls.rs`: the host-wide fallback) hand the call's
+//! arguments to [`begin`], [`end`] and [`ioctl`].
 //!
 //! Each such transfer updates the channel's idle clock (`ENF_ACTIVITY`) and, when recording, is
 //! copied into the data ring (`ENF_DATA`) at syscall exit, with the number of bytes that really
 //! moved. What cannot be copied is counted per channel in `ENF_LOST`.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_ktime_get_boot_ns, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw,
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
+use aya_ebpf::helpers::{
+    bpf_ktime_get_boot_ns, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw,
 };
 use enforcer_common::{
     counters::Counter,
@@ -226,16 +223,12 @@ fn record(p: &PendingIo, total: u64, now: u64) {
     }
 }
 
-/// Syscall entry (fd and buffer at these tracepoint offsets): remember the channel and buffer
-/// until the syscall says how much moved.
+/// Start of a read or write by an sshd process (`fd`, user buffer `buf`): remember the channel
+/// and buffer until the call says how much moved.
 #[inline(always)]
-fn begin(ctx: &TracePointContext, fd_off: usize, buf_off: usize, dir: u32) {
+pub fn begin(fd: u64, buf: u64, dir: u32) {
     let (_, tid) = current_ids();
     let Some(conn_id) = aux_conn(tid) else {
-        return;
-    };
-    let (Ok(fd), Ok(buf)) = (unsafe { (ctx.read_at::<u64>(fd_off), ctx.read_at::<u64>(buf_off)) })
-    else {
         return;
     };
     let Some((key, file)) = channel(conn_id, fd) else {
@@ -259,15 +252,14 @@ fn begin(ctx: &TracePointContext, fd_off: usize, buf_off: usize, dir: u32) {
     }
 }
 
-/// Syscall exit (return value at this tracepoint offset): account for the bytes that moved.
+/// End of that read or write (`ret`: bytes moved or -errno): account for the bytes.
 #[inline(always)]
-fn end(ctx: &TracePointContext, ret_off: usize) {
+pub fn end(ret: i64) {
     let (_, tid) = current_ids();
     let Some(p) = (unsafe { ENF_PENDING.get(&tid) }).copied() else {
         return;
     };
     let _ = ENF_PENDING.remove(&tid);
-    let ret = unsafe { ctx.read_at::<i64>(ret_off) }.unwrap_or(-1);
     if ret <= 0 {
         return;
     }
@@ -280,82 +272,25 @@ fn end(ctx: &TracePointContext, ret_off: usize) {
     }
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn enf_write(ctx: TracePointContext) -> u32 {
-    if !crate::config::active() {
-        return 0;
-    }
-    begin(
-        &ctx,
-        off!(tp_write_fd) as usize,
-        off!(tp_write_buf) as usize,
-        DIR_INPUT,
-    );
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn enf_write_ret(ctx: TracePointContext) -> u32 {
-    if !crate::config::active() {
-        return 0;
-    }
-    end(&ctx, off!(tp_write_ret) as usize);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn enf_read(ctx: TracePointContext) -> u32 {
-    if !crate::config::active() {
-        return 0;
-    }
-    begin(
-        &ctx,
-        off!(tp_read_fd) as usize,
-        off!(tp_read_buf) as usize,
-        DIR_OUTPUT,
-    );
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_read")]
-pub fn enf_read_ret(ctx: TracePointContext) -> u32 {
-    if !crate::config::active() {
-        return 0;
-    }
-    end(&ctx, off!(tp_read_ret) as usize);
-    0
-}
-
-/// sshd sets a pty's window size when it allocates it and on every window-change request.
-#[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
-pub fn enf_ioctl(ctx: TracePointContext) -> u32 {
-    if !crate::config::active() {
-        return 0;
-    }
-    let Ok(cmd) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_cmd) as usize) }) else {
-        return 0;
-    };
+/// An ioctl by an sshd process: sshd sets a pty's window size (`TIOCSWINSZ`) when it allocates
+/// it and on every window-change request; that goes into the recording.
+#[inline(always)]
+pub fn ioctl(fd: u64, cmd: u64, arg: u64) {
     if cmd as u32 as u64 != TIOCSWINSZ {
-        return 0;
+        return;
     }
     let Some(conn_id) = aux_conn(current_ids().1) else {
-        return 0;
-    };
-    let Ok(fd) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_fd) as usize) }) else {
-        return 0;
+        return;
     };
     let Some((key, _)) = channel(conn_id, fd) else {
-        return 0;
+        return;
     };
     if key.object & IO_PTY == 0 || settings().enabled == 0 {
-        return 0;
+        return;
     }
-    let Ok(arg) = (unsafe { ctx.read_at::<u64>(off!(tp_ioctl_arg) as usize) }) else {
-        return 0;
-    };
     // struct winsize { unsigned short ws_row, ws_col, ws_xpixel, ws_ypixel; }
     let Ok(ws) = (unsafe { bpf_probe_read_user(arg as *const [u16; 4]) }) else {
-        return 0;
+        return;
     };
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let h = DataHeader {
@@ -370,5 +305,4 @@ pub fn enf_ioctl(ctx: TracePointContext) -> u32 {
     if ENF_DATA.output::<DataHeader>(&h, wake_flags(now)).is_err() {
         count(Counter::DropRecordingBytes);
     }
-    0
 }

@@ -66,6 +66,14 @@ pub fn argv(task: u64, dst: &mut [u8; ARGV_LEN]) -> Result<(u32, bool), i32> {
     Ok((n as u32, total > ARGV_LEN as u64))
 }
 
+/// Whether `task` leads its session (it called setsid()); false when unknown.
+#[inline(always)]
+pub fn session_leader(task: u64) -> bool {
+    field::<u64>(task, off!(task_signal))
+        .and_then(|signal| field::<i32>(signal, off!(signal_leader)))
+        .is_ok_and(|l| l != 0)
+}
+
 /// The controlling terminal's name ("pts/3") into `dst`; false when there is none.
 #[inline(always)]
 pub fn tty(task: u64, dst: &mut [u8; TTY_LEN]) -> bool {

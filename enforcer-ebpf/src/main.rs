@@ -2,9 +2,11 @@
 //! (an admitted SSH connection's sshd monitor), detects sessions (a channel child's setsid),
 //! enforces session limits itself (a refused session dies at exec), and reports exec/exit.
 //!
-//! Only tracepoints are used for the data path: fentry/LSM are refused on the kernels we target
-//! (shared/DESIGN.md part B). The `probes` module holds trivial programs the daemon loads once to
-//! find out what the running kernel accepts.
+//! The data path uses sched tracepoints (every process, but only on fork, exec and exit) and
+//! uprobes on sshd's own calls (`sshd`: only sshd processes); syscall tracepoints (`syscalls`)
+//! are the host-wide fallback. fentry/LSM are refused on the kernels we target
+//! (shared/DESIGN.md part B). The `probes` module holds trivial programs the daemon loads once
+//! to find out what the running kernel accepts.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
@@ -25,6 +27,10 @@ mod probes;
 mod process;
 #[cfg(target_arch = "bpf")]
 mod session;
+#[cfg(target_arch = "bpf")]
+mod sshd;
+#[cfg(target_arch = "bpf")]
+mod syscalls;
 
 /// Dual licence: GPL-compatible so the verifier allows GPL-only helpers (bpf_send_signal).
 #[cfg(target_arch = "bpf")]

@@ -1,9 +1,13 @@
 //! Trivial programs the daemon loads once at start to learn which program types this kernel
-//! accepts (and unloads right after). Nothing here is attached.
+//! accepts (and unloads right after). Only the uprobe is attached, for a moment, to the daemon
+//! itself: loading alone does not show that uprobes can be attached.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, lsm},
-    programs::{BtfTracePointContext, FEntryContext, LsmContext, SkBuffContext, SockAddrContext},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, lsm, uprobe},
+    programs::{
+        BtfTracePointContext, FEntryContext, LsmContext, ProbeContext, SkBuffContext,
+        SockAddrContext,
+    },
 };
 
 #[fentry(function = "do_exit")]
@@ -29,4 +33,9 @@ pub fn enf_p_connect4(_ctx: SockAddrContext) -> i32 {
 #[cgroup_skb]
 pub fn enf_p_cgskb(_ctx: SkBuffContext) -> i32 {
     1
+}
+
+#[uprobe]
+pub fn enf_p_uprobe(_ctx: ProbeContext) -> u32 {
+    0
 }

@@ -155,9 +155,20 @@ fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
     if locked {
         kill_current(Counter::KilledLocked);
     }
-    let Some(task) = exec_task(ctx, tid)? else {
+    let Some(mut task) = exec_task(ctx, tid)? else {
         return Ok(());
     };
+    if task.session_id == 0 && kernel::session_leader(kernel::current()) {
+        // It called setsid() in code no hook watches (sshd's own call is seen where it returns):
+        // its session starts now, before the new program runs.
+        if let Some(entry) = ENF_TASKS.get_ptr_mut(&tid) {
+            // SAFETY: map value pointer from a successful lookup; only this task updates it.
+            let entry = unsafe { &mut *entry };
+            if crate::session::start(pid, tid, entry) {
+                task = *entry;
+            }
+        }
+    }
     let mut flags = 0;
     if locked {
         flags |= EXEC_KILLED_LOCKED;

@@ -1,35 +1,25 @@
 //! Sessions: a tracked task below sshd's per-connection processes that calls setsid() starts
 //! one (that is what sshd does for every shell/exec/subsystem channel). The limit decision is
 //! made here, atomically, so a refused session never needs a round trip to the daemon.
-
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//!
+//! sshd's own setsid() and chdir() are seen where they return and start (`sshd.rs`, or the
+//! host-wide `syscalls.rs`); a task that became a session leader in some other code (a program
+//! that calls setsid() itself) starts its session at its first exec (`process.rs`).
 use enforcer_common::{
     counters::Counter,
     events::{EventKind, SessionEvent},
     limits::{REFUSED_CONN_LIMIT, REFUSED_NONE, REFUSED_USER_LIMIT},
     tasks::{
         TASK_CONN_AUX, TASK_CONN_ROOT, TASK_COUNTED_CONN, TASK_COUNTED_USER, TASK_REFUSED,
-        TASK_SESSION_LEADER, TASK_STOPPED,
+        TASK_SESSION_LEADER, TASK_STOPPED, TrackedTask,
     },
 };
 
 use crate::{
     atomic::fetch_add,
-    config::off,
     maps::{ENF_CONNS, ENF_TASKS, ENF_USERS, SIGSTOP, count, emit, signal_current},
     process::{current_ids, header},
 };
-
-#[tracepoint(category = "syscalls", name = "sys_exit_setsid")]
-pub fn enf_setsid(ctx: TracePointContext) -> u32 {
-    if !crate::config::active() {
-        return 0;
-    }
-    if try_enf_setsid(&ctx).is_err() {
-        count(Counter::DropReadFailed);
-    }
-    0
-}
 
 /// Takes a slot in `*sessions` unless `max` (0 = unlimited) are taken; true when taken.
 #[inline(always)]
@@ -42,20 +32,27 @@ fn take_slot(sessions: *mut u64, max: u32) -> bool {
     true
 }
 
-fn try_enf_setsid(ctx: &TracePointContext) -> Result<(), i32> {
-    let ret: i64 = unsafe { ctx.read_at(off!(tp_setsid_ret) as usize) }?;
+/// setsid() returned `ret` in the current task.
+#[inline(always)]
+pub fn setsid_returned(ret: i64) {
     if ret < 0 {
-        return Ok(());
+        return;
     }
     let (pid, tid) = current_ids();
     let Some(task) = ENF_TASKS.get_ptr_mut(&tid) else {
-        return Ok(());
+        return;
     };
     // SAFETY: map value pointer from a successful lookup; only this task updates its entry.
-    let task = unsafe { &mut *task };
+    start(pid, tid, unsafe { &mut *task });
+}
+
+/// Starts a session led by the current task (`task` is its entry in `ENF_TASKS`) unless it is
+/// already in one or is one of sshd's own processes. True when it started one.
+#[inline(always)]
+pub fn start(pid: u32, tid: u32, task: &mut TrackedTask) -> bool {
     // Already in a session (a user's own setsid cannot leave it), or sshd's own processes.
     if task.session_id != 0 || task.flags & (TASK_CONN_ROOT | TASK_CONN_AUX) != 0 {
-        return Ok(());
+        return false;
     }
     let mut refused = REFUSED_NONE;
     let mut limit = 0;
@@ -101,29 +98,25 @@ fn try_enf_setsid(ctx: &TracePointContext) -> Result<(), i32> {
         _pad: 0,
     };
     emit(&event);
-    Ok(())
+    true
 }
 
 /// sshd's channel child calls chdir(home) after wiring its stdio to the channel and before
 /// exec: a refused session stops there (still in sshd's code) so the daemon can write the
 /// reason to the channel and kill it. If the daemon does not, exec kills it anyway.
-#[tracepoint(category = "syscalls", name = "sys_enter_chdir")]
-pub fn enf_chdir(_ctx: TracePointContext) -> u32 {
-    if !crate::config::active() {
-        return 0;
-    }
+#[inline(always)]
+pub fn chdir_called() {
     let (pid, tid) = current_ids();
     let Some(task) = ENF_TASKS.get_ptr_mut(&tid) else {
-        return 0;
+        return;
     };
     // SAFETY: map value pointer from a successful lookup.
     let task = unsafe { &mut *task };
     if task.flags & TASK_REFUSED == 0 || task.flags & TASK_STOPPED != 0 {
-        return 0;
+        return;
     }
     task.flags |= TASK_STOPPED;
     signal_current(SIGSTOP);
     let event = header(EventKind::Stopped, pid, tid, task);
     emit(&event);
-    0
 }

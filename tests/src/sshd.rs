@@ -54,6 +54,11 @@ pub fn pam_module() -> PathBuf {
 impl TestSshd {
     /// Starts sshd for `users` (their keys authorised), with `pam` and extra sshd_config lines.
     pub fn start(pam: Pam, users: &[&TestUser], extra_config: &str) -> Self {
+        Self::start_from(Path::new("/usr/sbin/sshd"), pam, users, extra_config)
+    }
+
+    /// Like [`TestSshd::start`], running the sshd executable at `binary`.
+    pub fn start_from(binary: &Path, pam: Pam, users: &[&TestUser], extra_config: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("enf-sshd-")
             .tempdir()
@@ -106,7 +111,7 @@ impl TestSshd {
         }
         // sshd's PAM service name is its argv[0] basename: run it through a symlink.
         let argv0 = d.join(&service);
-        std::os::unix::fs::symlink("/usr/sbin/sshd", &argv0).unwrap();
+        std::os::unix::fs::symlink(binary, &argv0).unwrap();
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
         let mut cmd = Command::new(&argv0);
         cmd.args(["-D", "-e", "-f"])

@@ -17,13 +17,17 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
         ("enf_fork", "tp_btf", "sched_process_fork"),
         ("enf_exec", "tracepoint", "sched/sched_process_exec"),
         ("enf_exit", "tracepoint", "sched/sched_process_exit"),
-        ("enf_setsid", "tracepoint", "syscalls/sys_exit_setsid"),
-        ("enf_chdir", "tracepoint", "syscalls/sys_enter_chdir"),
-        ("enf_write", "tracepoint", "syscalls/sys_enter_write"),
-        ("enf_read", "tracepoint", "syscalls/sys_enter_read"),
-        ("enf_read_ret", "tracepoint", "syscalls/sys_exit_read"),
-        ("enf_write_ret", "tracepoint", "syscalls/sys_exit_write"),
-        ("enf_ioctl", "tracepoint", "syscalls/sys_enter_ioctl"),
+        ("enf_u_read", "uprobe", "read@plt in /usr/sbin/sshd"),
+        ("enf_u_read_ret", "uretprobe", "read@plt in /usr/sbin/sshd"),
+        ("enf_u_write", "uprobe", "write@plt in /usr/sbin/sshd"),
+        (
+            "enf_u_write_ret",
+            "uretprobe",
+            "write@plt in /usr/sbin/sshd",
+        ),
+        ("enf_u_ioctl", "uprobe", "ioctl@plt in /usr/sbin/sshd"),
+        ("enf_u_setsid", "uretprobe", "setsid@plt in /usr/sbin/sshd"),
+        ("enf_u_chdir", "uprobe", "chdir@plt in /usr/sbin/sshd"),
     ] {
         let p = programs
             .iter()
@@ -43,6 +47,8 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
         "cgroup_sock_addr",
         "cgroup_skb",
         "bpf_send_signal",
+        "uprobe",
+        "io_hooks",
     ] {
         let probe = features
             .iter()
@@ -53,9 +59,22 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
             "{probe}"
         );
     }
-    // The tracepoint data path must be what this kernel accepts.
+    // The tracepoint data path must be what this kernel accepts, and sshd's I/O is hooked in
+    // sshd alone: no syscall tracepoint is attached.
     let tp = features.iter().find(|p| p["name"] == "tracepoint").unwrap();
     assert_eq!(tp["supported"], true);
+    assert!(
+        !tp["detail"].as_str().unwrap().contains("syscalls/"),
+        "{tp}"
+    );
+    let io = features.iter().find(|p| p["name"] == "io_hooks").unwrap();
+    assert_eq!(io["supported"], true, "{io}");
+    assert!(
+        programs
+            .iter()
+            .all(|p| !p["attach_point"].as_str().unwrap().starts_with("syscalls/")),
+        "{s}"
+    );
     let dropped = s["dropped"].as_object().unwrap();
     for reason in [
         "drop_ringbuf_full",

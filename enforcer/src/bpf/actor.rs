@@ -2,7 +2,7 @@
 //! ring buffer is drained here. Dropping it leaves the programs attached: their links and maps
 //! are pinned (see `links.rs`).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use aya::{
     Ebpf,
@@ -12,7 +12,7 @@ use enforcer_common::{
     counters::Counter,
     io::{Activity, CHANNEL_MAP_ENTRIES, IoKey},
     limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
-    tasks::TrackedTask,
+    tasks::{TASK_CONN_ROOT, TrackedTask},
 };
 use enforcer_proto::{FeatureProbe, MapStatus, ProgramStatus};
 use tokio::{
@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use super::{
-    BpfError, BpfSettings, KernelEvent, RecorderMaps, events, loader,
+    BpfError, BpfSettings, KernelEvent, RecorderMaps, events, loader, sshd_hooks,
     tasks::{self, KillTarget, Tasks},
 };
 
@@ -217,8 +217,10 @@ impl BpfHandle {
 }
 
 struct Actor {
-    /// Held for its programs (their links are pinned: dropping it detaches nothing).
-    _ebpf: Ebpf,
+    /// Held for its programs (their links are pinned: dropping it detaches nothing), and to
+    /// hook sshd executables as they show up.
+    ebpf: Ebpf,
+    io: loader::IoPath,
     programs: Vec<ProgramStatus>,
     features: Vec<FeatureProbe>,
     settings: BpfSettings,
@@ -249,6 +251,7 @@ pub fn start(
         programs,
         features,
         continuity,
+        io,
     } = loader::load(loader::OBJECT, &settings)?;
     let mut take = |name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
     let ring = RingBuf::try_from(take("ENF_EVENTS")?).map_err(map_err("ENF_EVENTS"))?;
@@ -270,8 +273,9 @@ pub fn start(
             source: std::io::Error::from(e).into(),
         })?;
     let (tx, rx) = mpsc::channel(64);
-    let actor = Actor {
-        _ebpf: ebpf,
+    let mut actor = Actor {
+        ebpf,
+        io,
         programs,
         features,
         settings,
@@ -285,6 +289,13 @@ pub fn start(
         malformed: 0,
         undelivered: 0,
     };
+    // Connections that outlived the previous daemon: their sshd may be a file this generation
+    // has not hooked yet (another build, or an sshd upgraded since).
+    for (tid, task) in tasks::census(&actor.tasks) {
+        if task.flags & TASK_CONN_ROOT != 0 {
+            actor.hook_root(tid);
+        }
+    }
     let join = tokio::spawn(actor.run(rx, ring, events));
     Ok((BpfHandle { tx, continuity }, join, recorder_maps))
 }
@@ -350,6 +361,10 @@ impl Actor {
                 let _ = reply.send(self.snapshot());
             }
             Command::Track { tid, task, reply } => {
+                if task.flags & TASK_CONN_ROOT != 0 {
+                    // Before the answer: sshd forks the connection's processes after it.
+                    self.hook_root(tid);
+                }
                 let _ = reply.send(
                     self.tasks
                         .insert(tid, task, 0)
@@ -430,6 +445,25 @@ impl Actor {
                 let _ = reply.send(Ok(tasks::validate(&mut self.tasks, &roots)));
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Hooks the sshd executable a connection's root runs, when it is sshd and not hooked yet.
+    /// A failure is logged and shown in status; the connection goes on without I/O hooks.
+    fn hook_root(&mut self, pid: u32) {
+        let loader::IoPath::Sshd(hooks) = &mut self.io else {
+            return;
+        };
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(target) = std::fs::read_link(&exe) else {
+            return;
+        };
+        if hooks.covers(&exe) || !sshd_hooks::looks_like_sshd(&target) {
+            return;
+        }
+        let shown = target.display().to_string();
+        if let Err(e) = hooks.hook(&mut self.ebpf, &exe, &shown) {
+            tracing::warn!(pid, executable = shown, error = %e, "cannot hook this sshd: its connections are not recorded");
         }
     }
 
@@ -520,10 +554,25 @@ impl Actor {
             ),
             map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),
         ];
+        let mut programs = self.programs.clone();
+        let mut features = self.features.clone();
+        match &self.io {
+            loader::IoPath::Sshd(hooks) => {
+                programs.extend(hooks.programs());
+                features.push(hooks.feature());
+            }
+            loader::IoPath::Syscalls(reason) => features.push(FeatureProbe {
+                name: "io_hooks".into(),
+                supported: false,
+                detail: format!(
+                    "syscall tracepoints: every process on the host pays on each read and write ({reason})"
+                ),
+            }),
+        }
         Ok(BpfSnapshot {
-            programs: self.programs.clone(),
+            programs,
             maps,
-            features: self.features.clone(),
+            features,
             events,
             dropped,
         })

@@ -146,6 +146,17 @@ pub fn remove(pin_dir: &Path, build: &str) -> Result<(), BpfError> {
         .map_err(|e| BpfError::Pins(format!("removing {}: {e}", d.display())))
 }
 
+/// Removes the pins `names` of a generation where present: their links detach.
+pub fn remove_pins<'a>(dir: &Path, names: impl IntoIterator<Item = &'a str>) {
+    for name in names {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => tracing::info!(program = name, "detached (not used in this mode)"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(program = name, error = %e, "cannot remove pinned link"),
+        }
+    }
+}
+
 /// Pins one link of the generation being attached.
 pub fn pin(dir: &Path, name: &str, link: FdLink) -> Result<(), BpfError> {
     std::fs::create_dir_all(dir)

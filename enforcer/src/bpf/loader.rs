@@ -6,16 +6,23 @@ use aya::{
 };
 use enforcer_proto::{FeatureProbe, ProgramState, ProgramStatus};
 
-use super::{BpfError, BpfSettings, btf::Btf, links, offsets, pins, probe, tracefs};
+use super::{
+    BpfError, BpfSettings, btf::Btf, links, offsets, pins, probe, sshd_hooks::SshdHooks, tracefs,
+};
+use crate::config::IoHooks;
 
 /// The BPF object built by `cargo xtask build-ebpf`, embedded by build.rs (empty if it was not
 /// built).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
-/// Tracepoint programs: (program, category, tracepoint).
-const TRACEPOINTS: [(&str, &str, &str); 9] = [
+/// Tracepoint programs (program, category, tracepoint): the sched ones are always attached.
+const SCHED: [(&str, &str, &str); 2] = [
     ("enf_exec", "sched", "sched_process_exec"),
     ("enf_exit", "sched", "sched_process_exit"),
+];
+
+/// The host-wide fallback for sshd's I/O, setsid and chdir (`io_hooks = "syscalls"`).
+const SYSCALLS: [(&str, &str, &str); 7] = [
     ("enf_setsid", "syscalls", "sys_exit_setsid"),
     ("enf_chdir", "syscalls", "sys_enter_chdir"),
     ("enf_write", "syscalls", "sys_enter_write"),
@@ -25,12 +32,45 @@ const TRACEPOINTS: [(&str, &str, &str); 9] = [
     ("enf_ioctl", "syscalls", "sys_enter_ioctl"),
 ];
 
+/// How sshd's I/O is hooked in this run.
+pub enum IoPath {
+    /// Uprobes on sshd's PLT stubs; more executables are hooked as they show up.
+    Sshd(SshdHooks),
+    /// Syscall tracepoints, for the reason given.
+    Syscalls(String),
+}
+
 /// A loaded, attached object with what we learned while loading it.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub programs: Vec<ProgramStatus>,
     pub features: Vec<FeatureProbe>,
     pub continuity: links::Continuity,
+    pub io: IoPath,
+}
+
+/// Chooses the I/O path; `Ok(None)` means the sshd uprobes.
+fn choose_io(settings: &BpfSettings, uprobe: &FeatureProbe) -> Result<Option<String>, BpfError> {
+    if settings.io_hooks == IoHooks::Syscalls {
+        return Ok(Some("configured: [daemon] io_hooks = \"syscalls\"".into()));
+    }
+    let mut problems = Vec::new();
+    if !uprobe.supported {
+        problems.push(format!("this kernel refuses uprobes ({})", uprobe.detail));
+    }
+    for path in settings.sshd_binaries.iter().filter(|p| p.exists()) {
+        if let Err(e) = super::plt::stubs(path, &super::sshd_hooks::FUNCTIONS) {
+            problems.push(e.to_string());
+        }
+    }
+    match (problems.is_empty(), settings.io_hooks) {
+        (true, _) => Ok(None),
+        (false, IoHooks::Sshd) => Err(BpfError::Hook(problems.join("; "))),
+        (false, _) => Ok(Some(format!(
+            "io_hooks = \"auto\" fell back to syscall tracepoints: {}",
+            problems.join("; ")
+        ))),
+    }
 }
 
 fn attached(name: &str, kind: &str, attach_point: String, id: Option<u32>) -> ProgramStatus {
@@ -77,11 +117,19 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
 
     let aya_btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::Btf(e.to_string()))?;
     let mut features = probe::probe_all(&mut ebpf, Some(&aya_btf));
+    let uprobe = probe::uprobe(&mut ebpf);
+    let syscalls = choose_io(settings, &uprobe)?;
+    features.push(uprobe);
+    let tracepoints: Vec<_> = SCHED
+        .iter()
+        .chain(syscalls.iter().flat_map(|_| SYSCALLS.iter()))
+        .copied()
+        .collect();
 
     let generation = links::dir(&settings.pin_dir, &build);
     let previous = links::pinned_builds(&settings.pin_dir);
     let names: Vec<&str> = std::iter::once("enf_fork")
-        .chain(TRACEPOINTS.iter().map(|t| t.0))
+        .chain(tracepoints.iter().map(|t| t.0))
         .collect();
     let adopted = previous
         .contains(&build)
@@ -104,7 +152,7 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
             (programs, links::Continuity::Continuous)
         }
         None => {
-            let programs = attach_all(&mut ebpf, &aya_btf, &generation)?;
+            let programs = attach_all(&mut ebpf, &aya_btf, &generation, &tracepoints)?;
             // The globals the programs were loaded with, next to their links (bpftool map
             // dump pinned …): they are what the build id covers. bpffs refuses dots in names.
             for (name, map) in ebpf.maps().filter(|(n, _)| n.starts_with('.')) {
@@ -136,6 +184,21 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
             (programs, continuity)
         }
     };
+    // One I/O path per generation: both would count and record every byte twice.
+    let io = match syscalls {
+        Some(reason) => {
+            SshdHooks::remove_pins(&generation);
+            IoPath::Syscalls(reason)
+        }
+        None => {
+            links::remove_pins(&generation, SYSCALLS.iter().map(|t| t.0));
+            let mut hooks = SshdHooks::adopt(&generation);
+            for path in settings.sshd_binaries.iter().filter(|p| p.exists()) {
+                hooks.hook(&mut ebpf, path, &path.display().to_string())?;
+            }
+            IoPath::Sshd(hooks)
+        }
+    };
     // Hand over: from this update on only this generation acts; then the others go.
     links::activate(&mut ebpf, generation_id)?;
     for old in previous.iter().filter(|b| **b != build) {
@@ -150,7 +213,12 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
     features.push(FeatureProbe {
         name: "tracepoint".into(),
         supported: true,
-        detail: "sched_process_{exec,exit}, sys_exit_setsid, sys_enter_chdir, sys_{enter,exit}_{read,write}, sys_enter_ioctl attached".into(),
+        detail: tracepoints
+            .iter()
+            .map(|(_, category, tp)| format!("{category}/{tp}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " attached",
     });
     features.push(FeatureProbe {
         name: "tracepoint_exit_group_dead".into(),
@@ -193,12 +261,13 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         programs,
         features,
         continuity,
+        io,
     })
 }
 
 /// Kind and attach point of a data-path program, for status.
 fn attach_point(name: &str) -> (&'static str, String) {
-    match TRACEPOINTS.iter().find(|t| t.0 == name) {
+    match SCHED.iter().chain(&SYSCALLS).find(|t| t.0 == name) {
         Some((_, category, tp)) => ("tracepoint", format!("{category}/{tp}")),
         None => ("tp_btf", "sched_process_fork".into()),
     }
@@ -209,6 +278,7 @@ fn attach_all(
     ebpf: &mut Ebpf,
     aya_btf: &AyaBtf,
     generation: &std::path::Path,
+    tracepoints: &[(&'static str, &'static str, &'static str)],
 ) -> Result<Vec<ProgramStatus>, BpfError> {
     let mut programs = Vec::new();
     let fork: &mut BtfTracePoint = ebpf
@@ -237,7 +307,7 @@ fn attach_all(
         fork.info().ok().map(|i| i.id()),
     ));
 
-    for (name, category, tp) in TRACEPOINTS {
+    for &(name, category, tp) in tracepoints {
         let err = |source| BpfError::Program { name, source };
         let program: &mut TracePoint = ebpf
             .program_mut(name)

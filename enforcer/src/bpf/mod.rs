@@ -10,7 +10,9 @@ mod links;
 mod loader;
 mod offsets;
 mod pins;
+mod plt;
 mod probe;
+mod sshd_hooks;
 pub mod tasks;
 pub mod tracefs;
 
@@ -42,6 +44,10 @@ pub struct BpfSettings {
     pub record: enforcer_common::io::RecordSettings,
     /// Size of the data ring (bytes).
     pub data_ring_bytes: u32,
+    /// Where sshd's I/O, setsid and chdir are hooked.
+    pub io_hooks: crate::config::IoHooks,
+    /// sshd executables hooked at start.
+    pub sshd_binaries: Vec<PathBuf>,
 }
 
 /// Failures of the kernel side.
@@ -67,6 +73,10 @@ pub enum BpfError {
     Btf(String),
     #[error("BPF pin directory: {0}")]
     Pins(String),
+    #[error(
+        "cannot hook sshd's calls: {0}; set `[daemon] io_hooks = \"syscalls\"` to use syscall tracepoints instead (every process then pays for them)"
+    )]
+    Hook(String),
     #[error("BPF object has no program {0}; rebuild with `cargo xtask build`")]
     MissingProgram(&'static str),
     #[error("BPF object has no map {0}; rebuild with `cargo xtask build`")]

@@ -59,6 +59,7 @@ pub fn build(btf: &Btf, tp: &TracepointLayout) -> Result<(KernelOffsets, Vec<Str
         mount_parent: g("mount", "mnt_parent"),
         mount_mountpoint: g("mount", "mnt_mountpoint"),
         signal_tty: g("signal_struct", "tty"),
+        signal_leader: g("signal_struct", "leader"),
         tty_name: g("tty_struct", "name"),
         task_files: g("task_struct", "files"),
         files_fdt: g("files_struct", "fdt"),

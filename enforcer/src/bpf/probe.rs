@@ -1,9 +1,13 @@
-//! Feature probes: load (never attach) trivial programs of each type we might use and record what
-//! the kernel says. Probe programs are unloaded right after.
+//! Feature probes: load trivial programs of each type we might use and record what the kernel
+//! says. Probe programs are unloaded right after; only the uprobe is attached (to the daemon
+//! itself, for a moment), since attaching is what a kernel may refuse.
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, CgroupSkb, CgroupSockAddr, FEntry, Lsm, ProgramError, ProgramType},
+    programs::{
+        BtfTracePoint, CgroupSkb, CgroupSockAddr, FEntry, Lsm, ProgramError, ProgramType, UProbe,
+        uprobe::UProbeScope,
+    },
     sys::{BpfHelper, is_helper_supported},
 };
 use enforcer_proto::FeatureProbe;
@@ -80,7 +84,28 @@ macro_rules! unload_impl {
         }
     )*};
 }
-unload_impl!(FEntry, Lsm, BtfTracePoint, CgroupSockAddr, CgroupSkb);
+unload_impl!(
+    FEntry,
+    Lsm,
+    BtfTracePoint,
+    CgroupSockAddr,
+    CgroupSkb,
+    UProbe
+);
+
+/// Whether uprobes can be loaded and attached here: one on libc's getpid in this process,
+/// detached again at once.
+pub fn uprobe(ebpf: &mut Ebpf) -> FeatureProbe {
+    probe(
+        "uprobe",
+        "uprobe on libc getpid in enforcerd",
+        try_load::<UProbe>(ebpf, "enf_p_uprobe", |p| {
+            p.load()?;
+            let link = p.attach("getpid", "libc", UProbeScope::CallingProcess)?;
+            p.detach(link)
+        }),
+    )
+}
 
 /// Probes every optional feature. `btf` is the kernel's BTF (`None` when unreadable).
 pub fn probe_all(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Vec<FeatureProbe> {

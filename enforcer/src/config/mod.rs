@@ -67,6 +67,26 @@ pub struct DaemonConfig {
     /// bpffs directory where the programs' links and maps are pinned, so enforcement and
     /// recording go on across restarts (`enforcerd --detach` removes it).
     pub bpf_pin_dir: PathBuf,
+    /// How sshd's reads, writes, setsid and chdir are seen (recording, idle clocks, session
+    /// starts).
+    pub io_hooks: IoHooks,
+    /// sshd executables hooked at start (those that exist). An executable named `sshd*` that
+    /// runs an admitted connection is hooked when first seen, so these are only a head start.
+    pub sshd_binaries: Vec<PathBuf>,
+}
+
+/// `[daemon] io_hooks`: where the kernel sees the bytes sshd moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoHooks {
+    /// `sshd` when the kernel takes uprobes and every existing `sshd_binaries` entry has the
+    /// PLT stubs; `syscalls` otherwise (the reason is in `enforcerctl status`).
+    Auto,
+    /// Uprobes on sshd's own calls: processes outside sshd pay nothing. Start fails if the
+    /// kernel or an `sshd_binaries` entry does not allow it.
+    Sshd,
+    /// Syscall tracepoints: every process on the host pays on every read and write.
+    Syscalls,
 }
 
 /// `[audit]`
@@ -208,6 +228,11 @@ impl Default for DaemonConfig {
             ring_buffer_bytes: 4 << 20,
             max_tracked_tasks: 65536,
             bpf_pin_dir: "/sys/fs/bpf/enforcer".into(),
+            io_hooks: IoHooks::Auto,
+            sshd_binaries: vec![
+                "/usr/sbin/sshd".into(),
+                "/usr/lib/openssh/sshd-session".into(),
+            ],
         }
     }
 }

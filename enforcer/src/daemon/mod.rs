@@ -105,6 +105,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             _pad: 0,
         },
         data_ring_bytes: config.recording.buffer_bytes,
+        io_hooks: config.daemon.io_hooks,
+        sshd_binaries: config.daemon.sshd_binaries.clone(),
     };
     // The actors and the PAM socket run on a runtime of their own: however busy the public
     // socket's connections keep the main runtime's workers, a login decision waits only for
