@@ -43,6 +43,9 @@ pub enum Counter {
     /// Tasks of a locked user (`ENF_LOCKED`: real, effective or saved uid) killed at exec or
     /// fork.
     KilledLocked = 15,
+    /// A forwarding socket could not be tracked: its connection already had
+    /// `MAX_FORWARDS_PER_CONN` live, or `ENF_FORWARDS`/`ENF_FWD_ACTIVITY` was full.
+    DropForwardsFull = 16,
 }
 
 /// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
@@ -51,7 +54,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::ExecSeen,
         Counter::ForkSeen,
         Counter::ExitSeen,
@@ -68,6 +71,7 @@ impl Counter {
         Counter::DropActivityFull,
         Counter::DropRecordingBytes,
         Counter::KilledLocked,
+        Counter::DropForwardsFull,
     ];
 
     /// Stable snake_case name used in `enforcerctl status` and its JSON.
@@ -89,6 +93,7 @@ impl Counter {
             Counter::DropActivityFull => "drop_activity_map_full",
             Counter::DropRecordingBytes => "drop_recording_chunks",
             Counter::KilledLocked => "killed_user_locked",
+            Counter::DropForwardsFull => "drop_forwards_full",
         }
     }
 
@@ -102,6 +107,7 @@ impl Counter {
                 | Counter::DropSignalFailed
                 | Counter::DropActivityFull
                 | Counter::DropRecordingBytes
+                | Counter::DropForwardsFull
         )
     }
 }

@@ -42,6 +42,8 @@ pub enum EventKind {
     /// Header only: a refused session's leader stopped at chdir (its stdio is the channel now);
     /// the daemon writes the reason to it and kills it.
     Stopped = 4,
+    /// [`ForwardEvent`]
+    Forward = 5,
 }
 
 impl EventKind {
@@ -52,6 +54,7 @@ impl EventKind {
             2 => Some(EventKind::Exit),
             3 => Some(EventKind::Session),
             4 => Some(EventKind::Stopped),
+            5 => Some(EventKind::Forward),
             _ => None,
         }
     }
@@ -130,4 +133,34 @@ pub struct SessionEvent {
     /// Connection's user.
     pub uid: u32,
     pub _pad: u32,
+}
+
+/// Bytes of a socket address carried in a [`ForwardEvent`] (`sockaddr_un` is the largest sshd
+/// connects to).
+pub const SOCKADDR_LEN: usize = 112;
+
+/// `ForwardEvent::what`: sshd connected a socket for a channel (direct-tcpip: `ssh -L`, `-D`,
+/// `-W`/ProxyJump; direct-streamlocal); `addr` is where it connected.
+pub const FORWARD_CONNECTED: u32 = 1;
+/// sshd accepted a connection on one of its forwarding listeners (`ssh -R`, X11, agent).
+pub const FORWARD_ACCEPTED: u32 = 2;
+/// sshd closed a forwarding socket; `bytes_in`/`bytes_out` are what moved through it.
+pub const FORWARD_CLOSED: u32 = 3;
+
+/// A forwarding channel's socket, opened or closed by a connection's sshd process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardEvent {
+    pub header: EventHeader,
+    /// `FORWARD_*`.
+    pub what: u32,
+    /// Bytes of `addr` in use.
+    pub addr_len: u32,
+    /// The socket's inode number (as in /proc/net/*).
+    pub ino: u64,
+    /// Bytes sshd wrote into the socket (from the client) and read from it (to the client).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The `struct sockaddr` passed to connect().
+    pub addr: [u8; SOCKADDR_LEN],
 }

@@ -6,12 +6,16 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IoKey {
     pub conn_id: u64,
-    /// `IO_PTY | index` for a pseudo-terminal, else the pipe's inode number.
+    /// `IO_PTY | index` for a pseudo-terminal, `IO_FORWARD | inode` for a forwarding
+    /// channel's socket, else the pipe's inode number.
     pub object: u64,
 }
 
 /// Set in [`IoKey::object`] for a pty (the rest is the pty index, as in /dev/pts/N).
 pub const IO_PTY: u64 = 1 << 63;
+/// Set in [`IoKey::object`] for a forwarding channel's socket (the rest is its inode number):
+/// its bytes move the idle clock but are never recorded.
+pub const IO_FORWARD: u64 = 1 << 62;
 
 /// Last input/output on a channel (`ENF_ACTIVITY` value), `bpf_ktime_get_boot_ns()` times.
 #[repr(C)]
@@ -42,6 +46,13 @@ unsafe impl aya::Pod for IoKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for Activity {}
+
+/// Live forwarding sockets one connection may have tracked (`ENF_FWD_COUNT`): one client
+/// opening thousands of tunnels (a SOCKS proxy) cannot fill `ENF_FORWARDS` for everybody.
+/// Past it, the connection's other forwards still keep it active.
+pub const MAX_FORWARDS_PER_CONN: u64 = 128;
+/// Capacity of `ENF_FORWARDS` and `ENF_FWD_ACTIVITY`.
+pub const FORWARD_MAP_ENTRIES: u32 = 65536;
 
 /// Capacity of the per-channel maps `ENF_ACTIVITY` and `ENF_LOST`.
 pub const CHANNEL_MAP_ENTRIES: u32 = 16384;

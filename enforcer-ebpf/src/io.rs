@@ -15,7 +15,7 @@ use enforcer_common::{
     counters::Counter,
     io::{
         Activity, CHUNK, DATA_MASKED, DIR_INPUT, DIR_OUTPUT, DIR_RESIZE, DataHeader, DataRecord,
-        IO_PTY, IoKey, MAX_CHUNKS, PendingIo,
+        IO_FORWARD, IO_PTY, IoKey, MAX_CHUNKS, PendingIo,
     },
     tasks::TASK_CONN_AUX,
 };
@@ -25,7 +25,8 @@ use crate::{
     config::{ENF_SETTINGS, off},
     kernel,
     maps::{
-        ENF_ACTIVITY, ENF_DATA, ENF_LOST, ENF_PENDING, ENF_SCRATCH, ENF_TASKS, ENF_WAKE, count,
+        ENF_ACTIVITY, ENF_DATA, ENF_FORWARDS, ENF_FWD_ACTIVITY, ENF_LOST, ENF_PENDING,
+        ENF_SCRATCH, ENF_TASKS, ENF_WAKE, count,
     },
     process::current_ids,
 };
@@ -76,11 +77,18 @@ fn aux_conn(tid: u32) -> Option<u64> {
     (task.flags & TASK_CONN_AUX != 0).then_some(task.conn_id)
 }
 
-/// The channel of connection `conn_id` behind the current task's `fd`: (key, file).
+/// The channel of connection `conn_id` behind the current task's `fd`: (key, file). A session's
+/// pty or pipe, or a socket registered as one of the connection's forwards.
 #[inline(always)]
 fn channel(conn_id: u64, fd: u64) -> Option<(IoKey, u64)> {
     let file = kernel::fd_file(kernel::current(), fd).ok()?;
-    let object = kernel::channel_object(file)?;
+    let object = match kernel::channel_object(file) {
+        Some(object) => object,
+        None => {
+            let ino = kernel::socket_ino(file)?;
+            (unsafe { ENF_FORWARDS.get(&ino) }.copied() == Some(conn_id)).then_some(IO_FORWARD | ino)?
+        }
+    };
     Some((IoKey { conn_id, object }, file))
 }
 
@@ -107,7 +115,12 @@ fn settings() -> enforcer_common::io::RecordSettings {
 /// Records input or output on a channel's idle clock.
 #[inline(always)]
 fn touch(key: &IoKey, input: bool, bytes: u64, now: u64) {
-    if let Some(a) = ENF_ACTIVITY.get_ptr_mut(key) {
+    let (map, full) = if key.object & IO_FORWARD != 0 {
+        (&ENF_FWD_ACTIVITY, Counter::DropForwardsFull)
+    } else {
+        (&ENF_ACTIVITY, Counter::DropActivityFull)
+    };
+    if let Some(a) = map.get_ptr_mut(key) {
         // SAFETY: map value pointer from a successful lookup. Timestamps race benignly (the
         // latest wins); byte counts are added atomically.
         unsafe {
@@ -134,8 +147,8 @@ fn touch(key: &IoKey, input: bool, bytes: u64, now: u64) {
             ..Default::default()
         }
     };
-    if ENF_ACTIVITY.insert(key, &a, 0).is_err() {
-        count(Counter::DropActivityFull);
+    if map.insert(key, &a, 0).is_err() {
+        count(full);
     }
 }
 
@@ -266,7 +279,9 @@ pub fn end(ret: i64) {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     touch(&p.key, p.dir == DIR_INPUT, ret as u64, now);
     let s = settings();
-    let wanted = p.dir == DIR_OUTPUT || p.key.object & IO_PTY != 0 || s.pipe_input != 0;
+    // Forwarded bytes only move the idle clock: they are the client's traffic to elsewhere.
+    let wanted = p.key.object & IO_FORWARD == 0
+        && (p.dir == DIR_OUTPUT || p.key.object & IO_PTY != 0 || s.pipe_input != 0);
     if s.enabled != 0 && wanted {
         record(&p, ret as u64, now);
     }

@@ -146,6 +146,7 @@ pub fn cwd(task: u64, dst: &mut [[u8; CWD_NAME_LEN]; CWD_DEPTH]) -> Result<(u32,
 const S_IFMT: u16 = 0o170000;
 const S_IFCHR: u16 = 0o020000;
 const S_IFIFO: u16 = 0o010000;
+const S_IFSOCK: u16 = 0o140000;
 /// The ptmx multiplexer, MKDEV(5, 2) in the kernel's dev_t encoding (major << 20 | minor).
 const PTMX_RDEV: u32 = (5 << 20) | 2;
 
@@ -188,6 +189,17 @@ pub fn file_ino(file: u64) -> u64 {
     field::<u64>(file, off!(file_inode))
         .and_then(|inode| field(inode, off!(inode_ino)))
         .unwrap_or(0)
+}
+
+/// The inode number of a socket file; `None` for anything else.
+#[inline(always)]
+pub fn socket_ino(file: u64) -> Option<u64> {
+    let inode: u64 = field(file, off!(file_inode)).ok()?;
+    let mode: u16 = field(inode, off!(inode_mode)).ok()?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    field(inode, off!(inode_ino)).ok()
 }
 
 /// What a session channel file is: `IO_PTY | index` for a pty master, the inode number for a

@@ -16,6 +16,8 @@ mod atomic;
 #[cfg(target_arch = "bpf")]
 mod config;
 #[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
 mod io;
 #[cfg(target_arch = "bpf")]
 mod kernel;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
-    io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, IoKey, PendingIo},
+    io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, FORWARD_MAP_ENTRIES, IoKey, PendingIo},
     limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
@@ -49,6 +49,21 @@ pub static ENF_LOCKED: HashMap<u32, u32> = HashMap::pinned(LOCKED_MAP_ENTRIES, 0
 /// Pinned, so idle tracking survives a daemon restart. Full map = counted drop.
 #[map]
 pub static ENF_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(CHANNEL_MAP_ENTRIES, 0);
+
+/// Sockets of forwarding channels (`ssh -L/-R/-D/-W`, agent, X11): inode → connection id.
+/// Added where a connection's sshd process connects or accepts one, removed where it closes
+/// it (or by the daemon when the connection ends). Pinned.
+#[map]
+pub static ENF_FORWARDS: HashMap<u64, u64> = HashMap::pinned(FORWARD_MAP_ENTRIES, 0);
+
+/// Live tracked forwards per connection (at most `MAX_FORWARDS_PER_CONN`). Pinned.
+#[map]
+pub static ENF_FWD_COUNT: HashMap<u64, u64> = HashMap::pinned(CONN_MAP_ENTRIES, 0);
+
+/// Last input/output per forwarding socket: kept apart from `ENF_ACTIVITY` so that tunnels,
+/// which a client opens by the thousand, can never crowd out sessions' idle clocks. Pinned.
+#[map]
+pub static ENF_FWD_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(FORWARD_MAP_ENTRIES, 0);
 
 /// Reads and writes by sshd's connection processes on session channels, between syscall entry
 /// and exit (task id → channel, buffer, direction). Pinned.

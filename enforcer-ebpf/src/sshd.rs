@@ -1,5 +1,5 @@
 //! Uprobes on sshd's own calls into libc: the stubs (PLT entries) through which sshd's code calls
-//! read, write, ioctl, setsid and chdir. The daemon attaches them to the sshd executable's file,
+//! read, write, ioctl, setsid, chdir, connect, accept and close. The daemon attaches them to the sshd executable's file,
 //! so they fire only in processes running sshd's code: its per-connection processes, which move
 //! every byte between the client and the session, and a channel child until it execs the
 //! user's program. Every other process on the host runs none of these programs.
@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use enforcer_common::io::{DIR_INPUT, DIR_OUTPUT};
 
-use crate::{io, session};
+use crate::{forward, io, session};
 
 /// Argument `n` of the probed call (0 when absent: never a channel, a command or a buffer).
 #[inline(always)]
@@ -73,6 +73,30 @@ pub fn enf_u_setsid(ctx: RetProbeContext) -> u32 {
 pub fn enf_u_chdir(_ctx: ProbeContext) -> u32 {
     if crate::config::active() {
         session::chdir_called();
+    }
+    0
+}
+
+#[uprobe]
+pub fn enf_u_connect(ctx: ProbeContext) -> u32 {
+    if crate::config::active() {
+        forward::connecting(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    }
+    0
+}
+
+#[uretprobe]
+pub fn enf_u_accept(ctx: RetProbeContext) -> u32 {
+    if crate::config::active() {
+        forward::accepted(ctx.ret::<i64>());
+    }
+    0
+}
+
+#[uprobe]
+pub fn enf_u_close(ctx: ProbeContext) -> u32 {
+    if crate::config::active() {
+        forward::closing(arg(&ctx, 0));
     }
     0
 }

@@ -224,8 +224,12 @@ pub struct PtySsh {
 impl PtySsh {
     /// Logs in and waits for `marker` (printed by the remote shell) to know the session runs.
     pub fn open(sshd: &TestSshd, user: &TestUser) -> Self {
-        let mut child = sshd
-            .ssh_login(user, &["-tt"])
+        Self::spawn(&mut sshd.ssh_login(user, &["-tt"]))
+    }
+
+    /// Runs `cmd` (an ssh client asking for a pty) and waits until its remote shell answers.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -23,6 +23,26 @@ pub struct ConnectionInfo {
     /// Live sessions (channels) of the connection.
     #[serde(default)]
     pub sessions: Vec<SessionInfo>,
+    /// Live forwarding channels (`ssh -L/-R/-D/-W`, agent, X11).
+    #[serde(default)]
+    pub forwards: Vec<ForwardInfo>,
+}
+
+/// One forwarding channel of a connection (kind `forward` in `enforcerctl sessions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardInfo {
+    /// `direct_tcpip` (-L, -D, -W/ProxyJump), `direct_streamlocal`, `forwarded_tcpip` (-R,
+    /// X11), `forwarded_streamlocal`, `agent`.
+    pub forward: String,
+    /// Where sshd connected (host:port, socket path), or the listener it accepted on.
+    pub target: String,
+    /// RFC 3339.
+    pub opened: String,
+    /// RFC 3339.
+    pub last_activity: String,
+    /// Bytes from the client through the forward, and back.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// One session (shell, exec or subsystem channel) of a connection.

@@ -121,6 +121,15 @@ pub struct AuditRecord {
     /// When the loss began (audit_records_lost; `time` is when it ended).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Where a forward goes: host:port or socket path sshd connected to, or the listener it
+    /// accepted on (forward_opened, forward_closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Bytes from the client through a forward, and back (forward_closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
 }
 
 impl AuditRecord {

@@ -231,6 +231,9 @@ struct Actor {
     users: HashMap<MapData, u32, UserEntry>,
     locked: HashMap<MapData, u32, u32>,
     activity: HashMap<MapData, IoKey, Activity>,
+    forwards: HashMap<MapData, u64, u64>,
+    fwd_count: HashMap<MapData, u64, u64>,
+    fwd_activity: HashMap<MapData, IoKey, Activity>,
     received: u64,
     malformed: u64,
     /// Events the daemon could not take (its queue was full or closed).
@@ -262,6 +265,10 @@ pub fn start(
     let users = HashMap::try_from(take("ENF_USERS")?).map_err(map_err("ENF_USERS"))?;
     let locked = HashMap::try_from(take("ENF_LOCKED")?).map_err(map_err("ENF_LOCKED"))?;
     let activity = HashMap::try_from(take("ENF_ACTIVITY")?).map_err(map_err("ENF_ACTIVITY"))?;
+    let forwards = HashMap::try_from(take("ENF_FORWARDS")?).map_err(map_err("ENF_FORWARDS"))?;
+    let fwd_count = HashMap::try_from(take("ENF_FWD_COUNT")?).map_err(map_err("ENF_FWD_COUNT"))?;
+    let fwd_activity =
+        HashMap::try_from(take("ENF_FWD_ACTIVITY")?).map_err(map_err("ENF_FWD_ACTIVITY"))?;
     let recorder_maps = RecorderMaps {
         data: RingBuf::try_from(take("ENF_DATA")?).map_err(map_err("ENF_DATA"))?,
         lost: HashMap::try_from(take("ENF_LOST")?).map_err(map_err("ENF_LOST"))?,
@@ -286,6 +293,9 @@ pub fn start(
         users,
         locked,
         activity,
+        forwards,
+        fwd_count,
+        fwd_activity,
         received: 0,
         malformed: 0,
         undelivered: 0,
@@ -340,6 +350,7 @@ impl Actor {
                             // updates). A full queue is a counted drop; the daemon's sweep
                             // reconciles any connection whose end it missed.
                             Ok(ev) => {
+                                let ev = events::resolve_accepted(ev);
                                 if events.try_send(ev).is_err() {
                                     self.undelivered += 1;
                                 }
@@ -422,7 +433,9 @@ impl Actor {
                 let _ = reply.send(Ok(tasks::census(&self.tasks)));
             }
             Command::Activity(reply) => {
-                let _ = reply.send(Ok(self.activity.iter().filter_map(Result::ok).collect()));
+                let sessions = self.activity.iter().filter_map(Result::ok);
+                let forwards = self.fwd_activity.iter().filter_map(Result::ok);
+                let _ = reply.send(Ok(sessions.chain(forwards).collect()));
             }
             Command::ForgetActivity { conn_id, reply } => {
                 let keys: Vec<IoKey> = self
@@ -434,6 +447,27 @@ impl Actor {
                 for k in keys {
                     let _ = self.activity.remove(&k);
                 }
+                // Its forwards' sockets died with sshd's process, which closed none of them.
+                let sockets: Vec<u64> = self
+                    .forwards
+                    .iter()
+                    .filter_map(Result::ok)
+                    .filter(|(_, conn)| *conn == conn_id)
+                    .map(|(ino, _)| ino)
+                    .collect();
+                for ino in sockets {
+                    let _ = self.forwards.remove(&ino);
+                }
+                let keys: Vec<IoKey> = self
+                    .fwd_activity
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.conn_id == conn_id)
+                    .collect();
+                for k in keys {
+                    let _ = self.fwd_activity.remove(&k);
+                }
+                let _ = self.fwd_count.remove(&conn_id);
                 let _ = reply.send(Ok(()));
             }
             Command::KillPass { target, reply } => {

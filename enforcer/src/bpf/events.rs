@@ -5,7 +5,7 @@ use enforcer_common::{
         ARGV_LEN, CWD_DEPTH, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED,
         EXEC_FILENAME_TRUNCATED, EXEC_HAS_TTY, EXEC_KILLED_DOOMED, EXEC_KILLED_LOCKED,
         EXEC_KILLED_REFUSED, EventHeader, EventKind, ExecEvent, ExitEvent, FILENAME_LEN,
-        SessionEvent,
+        FORWARD_ACCEPTED, FORWARD_CLOSED, ForwardEvent, SessionEvent,
     },
     limits::{REFUSED_CONN_LIMIT, REFUSED_USER_LIMIT},
 };
@@ -52,6 +52,21 @@ pub struct Exec {
     pub killed: Option<KilledAtExec>,
 }
 
+/// What happened to a forwarding channel's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardChange {
+    /// sshd connected it (`target` from the address it passed) or accepted it (the BPF actor
+    /// looks its listener up in /proc/net).
+    Opened {
+        kind: crate::core::forward::ForwardKind,
+        target: String,
+    },
+    /// Accepted on a listener; not yet looked up.
+    Accepted,
+    /// sshd closed it: bytes from the client into it, and out of it to the client.
+    Closed { bytes_in: u64, bytes_out: u64 },
+}
+
 /// Which limit refused a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionLimit {
@@ -80,6 +95,12 @@ pub enum KernelEvent {
     /// A refused session's leader is stopped with its stdio on the channel.
     Stopped {
         origin: EventOrigin,
+    },
+    /// A forwarding channel's socket (inode `ino`) opened or closed.
+    Forward {
+        origin: EventOrigin,
+        ino: u64,
+        change: ForwardChange,
     },
 }
 
@@ -217,7 +238,52 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         Some(EventKind::Stopped) => Ok(KernelEvent::Stopped {
             origin: origin(&header),
         }),
+        Some(EventKind::Forward) => {
+            let ev: ForwardEvent = read(bytes, "a forward event")?;
+            let change = match ev.what {
+                FORWARD_ACCEPTED => ForwardChange::Accepted,
+                FORWARD_CLOSED => ForwardChange::Closed {
+                    bytes_in: ev.bytes_in,
+                    bytes_out: ev.bytes_out,
+                },
+                _ => {
+                    let len = (ev.addr_len as usize).min(ev.addr.len());
+                    let (kind, target) = crate::core::forward::connected(&ev.addr[..len]);
+                    ForwardChange::Opened { kind, target }
+                }
+            };
+            Ok(KernelEvent::Forward {
+                origin: origin(&ev.header),
+                ino: ev.ino,
+                change,
+            })
+        }
         None => Err(DecodeError::Kind(header.kind)),
+    }
+}
+
+/// An accepted forward's kind and listener, from /proc/net (the kernel event has only the
+/// socket's inode). Every other event passes unchanged.
+pub fn resolve_accepted(ev: KernelEvent) -> KernelEvent {
+    use crate::core::forward::{self, Local};
+    let KernelEvent::Forward {
+        origin,
+        ino,
+        change: ForwardChange::Accepted,
+    } = ev
+    else {
+        return ev;
+    };
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/net/{name}")).unwrap_or_default();
+    let local = forward::tcp_local(&read("tcp"), ino, false)
+        .or_else(|| forward::tcp_local(&read("tcp6"), ino, true))
+        .map(Local::Tcp)
+        .or_else(|| forward::unix_local(&read("unix"), ino).map(Local::Unix));
+    let (kind, target) = forward::accepted(local);
+    KernelEvent::Forward {
+        origin,
+        ino,
+        change: ForwardChange::Opened { kind, target },
     }
 }
 

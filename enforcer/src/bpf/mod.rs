@@ -17,7 +17,7 @@ pub mod tasks;
 pub mod tracefs;
 
 pub use actor::{BpfHandle, BpfSnapshot, start};
-pub use events::{EventOrigin, Exec, KernelEvent, KilledAtExec, SessionLimit};
+pub use events::{EventOrigin, Exec, ForwardChange, KernelEvent, KilledAtExec, SessionLimit};
 pub use links::{Continuity, detach_all};
 pub use tasks::KillTarget;
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use aya::maps::MapInfo;
 use enforcer_common::{
     counters::COUNTER_SLOTS,
-    io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, IoKey, PendingIo},
+    io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, FORWARD_MAP_ENTRIES, IoKey, PendingIo},
     limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
@@ -127,6 +127,24 @@ pub fn prepare(dir: &Path, settings: &BpfSettings) -> Result<Vec<String>, BpfErr
             key_size: 4,
             value_size: 8,
             max_entries: 1,
+        },
+        Expected {
+            name: "ENF_FORWARDS",
+            key_size: 8,
+            value_size: 8,
+            max_entries: FORWARD_MAP_ENTRIES,
+        },
+        Expected {
+            name: "ENF_FWD_COUNT",
+            key_size: 8,
+            value_size: 8,
+            max_entries: CONN_MAP_ENTRIES,
+        },
+        Expected {
+            name: "ENF_FWD_ACTIVITY",
+            key_size: size_of::<IoKey>() as u32,
+            value_size: size_of::<Activity>() as u32,
+            max_entries: FORWARD_MAP_ENTRIES,
         },
         Expected {
             name: "ENF_LOST",

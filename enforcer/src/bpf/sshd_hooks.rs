@@ -21,19 +21,25 @@ use enforcer_proto::{FeatureProbe, ProgramState, ProgramStatus};
 
 use super::{BpfError, links, plt};
 
-/// Programs and the libc function whose stub each one is attached to.
-pub const PROGRAMS: [(&str, &str); 7] = [
-    ("enf_u_read", "read"),
-    ("enf_u_read_ret", "read"),
-    ("enf_u_write", "write"),
-    ("enf_u_write_ret", "write"),
-    ("enf_u_ioctl", "ioctl"),
-    ("enf_u_setsid", "setsid"),
-    ("enf_u_chdir", "chdir"),
+/// Programs, the libc function whose stub each one is attached to, and whether it runs where
+/// the call returns (a uretprobe).
+pub const PROGRAMS: [(&str, &str, bool); 10] = [
+    ("enf_u_read", "read", false),
+    ("enf_u_read_ret", "read", true),
+    ("enf_u_write", "write", false),
+    ("enf_u_write_ret", "write", true),
+    ("enf_u_ioctl", "ioctl", false),
+    ("enf_u_setsid", "setsid", true),
+    ("enf_u_chdir", "chdir", false),
+    ("enf_u_connect", "connect", false),
+    ("enf_u_accept", "accept", true),
+    ("enf_u_close", "close", false),
 ];
 
 /// The functions whose stubs must all be found.
-pub const FUNCTIONS: [&str; 5] = ["read", "write", "ioctl", "setsid", "chdir"];
+pub const FUNCTIONS: [&str; 8] = [
+    "read", "write", "ioctl", "setsid", "chdir", "connect", "accept", "close",
+];
 
 /// Prefix of the pins of an executable's probes: `sshd_<dev>_<ino>_<program>_<n>`.
 const PIN_PREFIX: &str = "sshd_";
@@ -83,7 +89,7 @@ impl SshdHooks {
             };
             hooked.insert((dev, ino), "pinned by an earlier daemon".to_owned());
             let program = program.rsplit_once('_').map_or(program, |(p, _)| p);
-            if let Some((p, _)) = PROGRAMS.iter().find(|(p, _)| *p == program) {
+            if let Some((p, _, _)) = PROGRAMS.iter().find(|(p, _, _)| *p == program) {
                 let link: Option<FdLink> = aya::programs::links::PinnedLink::from_pin(entry.path())
                     .ok()
                     .map(Into::into);
@@ -140,7 +146,7 @@ impl SshdHooks {
         let stubs = plt::stubs(path, &FUNCTIONS).map_err(|e| BpfError::Hook(e.to_string()))?;
         let mut pinned = Vec::new();
         let result = (|| {
-            for (name, function) in PROGRAMS {
+            for (name, function, _) in PROGRAMS {
                 let program = uprobe(ebpf, name)?;
                 for (n, offset) in stubs[function].iter().enumerate() {
                     let err = |source| BpfError::Program { name, source };
@@ -187,14 +193,9 @@ impl SshdHooks {
         let files = self.hooked.values().cloned().collect::<Vec<_>>().join(", ");
         PROGRAMS
             .iter()
-            .map(|(name, function)| ProgramStatus {
+            .map(|(name, function, ret)| ProgramStatus {
                 name: (*name).into(),
-                kind: if name.ends_with("_ret") || *name == "enf_u_setsid" {
-                    "uretprobe"
-                } else {
-                    "uprobe"
-                }
-                .into(),
+                kind: if *ret { "uretprobe" } else { "uprobe" }.into(),
                 attach_point: format!("{function}@plt in {files}"),
                 state: if self.hooked.is_empty() {
                     ProgramState::Failed("not attached yet: no sshd executable found".into())
@@ -209,7 +210,7 @@ impl SshdHooks {
     /// Status: the `io_hooks` feature.
     pub fn feature(&self) -> FeatureProbe {
         let mut detail = format!(
-            "uprobes on sshd's read/write/ioctl/setsid/chdir stubs: processes outside sshd run no enforcer program on their syscalls; hooked: {}",
+            "uprobes on sshd's read/write/ioctl/setsid/chdir/connect/accept/close stubs: processes outside sshd run no enforcer program on their syscalls; hooked: {}",
             if self.hooked.is_empty() {
                 "none yet (an sshd* executable is hooked when it runs its first admitted connection)".to_owned()
             } else {

@@ -128,6 +128,18 @@ pub struct IdleConfig {
     /// Warn the user this long before the cut-off.
     pub warn_before: Dur,
     pub activity: Activity,
+    /// Whether bytes through forwarding channels (tunnels, ProxyJump, agent, X11) are activity.
+    pub forwarding: Forwarding,
+}
+
+/// `[idle] forwarding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    /// Bytes either way through a forward keep its connection alive.
+    Active,
+    /// Only sessions count: a connection carrying only tunnels is idle.
+    Ignore,
 }
 
 /// `[recording]`
@@ -252,6 +264,7 @@ impl Default for IdleConfig {
             timeout: Dur::secs(15 * 60),
             warn_before: Dur::secs(60),
             activity: Activity::Input,
+            forwarding: Forwarding::Active,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use enforcer_proto::{AuthIdentity, ConnectionInfo, Endpoint};
 
-use super::session::Session;
+use super::{forward::Forward, session::Session};
 use crate::config::Dur;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -52,6 +52,9 @@ pub struct Connection {
     /// Live sessions (channels), by session id.
     #[serde(default)]
     pub sessions: BTreeMap<u64, Session>,
+    /// Live forwarding channels, by socket inode.
+    #[serde(default)]
+    pub forwards: BTreeMap<u64, Forward>,
 }
 
 impl Connection {
@@ -78,6 +81,7 @@ impl Connection {
             idle_timeout,
             idle_warned_at: None,
             sessions: Default::default(),
+            forwards: Default::default(),
         }
     }
 
@@ -108,6 +112,18 @@ impl Connection {
             since: super::rfc3339(self.admitted_at),
             auth: self.auth.clone(),
             sessions: Vec::new(),
+            forwards: self
+                .forwards
+                .values()
+                .map(|f| enforcer_proto::ForwardInfo {
+                    forward: f.kind.name().into(),
+                    target: f.target.clone(),
+                    opened: super::rfc3339(f.opened_at),
+                    last_activity: super::rfc3339(f.last_activity),
+                    bytes_in: f.bytes_in,
+                    bytes_out: f.bytes_out,
+                })
+                .collect(),
         }
     }
 }
@@ -260,6 +276,7 @@ pub(crate) mod tests {
             idle_timeout: Dur::ZERO,
             idle_warned_at: None,
             sessions: BTreeMap::new(),
+            forwards: BTreeMap::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod control;
+pub mod forward;
 pub mod identity;
 pub mod lock;
 pub mod policy;

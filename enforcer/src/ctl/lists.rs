@@ -16,6 +16,9 @@ pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
     let mut out = String::new();
     for c in conns {
         out.push_str(&render_conns(std::slice::from_ref(c)));
+        if !c.forwards.is_empty() {
+            out.push_str(&render_forwards(c));
+        }
         if c.sessions.is_empty() {
             out.push_str("    (no sessions)\n");
             continue;
@@ -49,6 +52,29 @@ pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// A connection's forwarding channels: kind `forward`, what they carry, bytes both ways.
+fn render_forwards(c: &ConnectionInfo) -> String {
+    let mut rows = vec![
+        [
+            "  FORWARD", "KIND", "TARGET", "OPENED", "LAST ACTIVITY", "BYTES IN", "BYTES OUT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for f in &c.forwards {
+        rows.push(vec![
+            format!("  {}", f.forward),
+            "forward".into(),
+            f.target.clone(),
+            f.opened.clone(),
+            f.last_activity.clone(),
+            f.bytes_in.to_string(),
+            f.bytes_out.to_string(),
+        ]);
+    }
+    table(&rows)
 }
 
 fn render_conns(conns: &[ConnectionInfo]) -> String {

@@ -421,6 +421,7 @@ impl State {
             }
         }
         let now = OffsetDateTime::now_utc();
+        self.close_forwards(&conn, now);
         self.counters.connections_closed += 1;
         let mut rec = AuditRecord::new("connection_closed", now)
             .with_conn(&conn)

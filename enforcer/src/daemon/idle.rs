@@ -6,7 +6,13 @@ use std::{collections::HashMap, time::Duration};
 use time::OffsetDateTime;
 
 use super::{admission::CloseReason, lockout::kill_and_audit, state::State};
-use crate::{audit::AuditRecord, config::Activity, host};
+use enforcer_common::io::IO_FORWARD;
+
+use crate::{
+    audit::AuditRecord,
+    config::{Activity, Forwarding},
+    host,
+};
 
 /// How often idle clocks are checked (the cut lands within this of the timeout).
 pub const IDLE_EVERY: Duration = Duration::from_millis(250);
@@ -128,9 +134,30 @@ impl State {
         let wall =
             |ns: u64| (ns != 0).then(|| now - Duration::from_nanos(boot_now.saturating_sub(ns)));
         let any = self.config.idle.activity == Activity::Any;
+        let forwarding = self.config.idle.forwarding == Forwarding::Active;
         // Latest activity per connection, and per session channel for `enforcerctl sessions`.
         let mut latest: HashMap<u64, OffsetDateTime> = HashMap::new();
         for (key, a) in &activity {
+            if key.object & IO_FORWARD != 0 {
+                // A tunnel's traffic either way is the client's doing.
+                let seen = wall(a.last_input_ns).max(wall(a.last_output_ns));
+                if let (true, Some(t)) = (forwarding, seen) {
+                    let e = latest.entry(key.conn_id).or_insert(t);
+                    *e = (*e).max(t);
+                }
+                let forward = self
+                    .registry
+                    .get_mut(key.conn_id)
+                    .and_then(|c| c.forwards.get_mut(&(key.object & !IO_FORWARD)));
+                if let Some(f) = forward {
+                    f.bytes_in = a.input_bytes;
+                    f.bytes_out = a.output_bytes;
+                    if let Some(t) = seen.filter(|t| *t > f.last_activity) {
+                        f.last_activity = t;
+                    }
+                }
+                continue;
+            }
             let warned = self
                 .registry
                 .get(key.conn_id)

@@ -97,6 +97,8 @@ pub(super) fn covers(
 pub(super) fn lingering_info(mut info: ConnectionInfo) -> ConnectionInfo {
     info.state = "lingering".into();
     info.sessions.clear();
+    // Forwards die with sshd's process.
+    info.forwards.clear();
     info
 }
 
@@ -120,6 +122,7 @@ fn adopted_info(conn_id: u64, uid: Option<u32>, since: OffsetDateTime) -> Connec
         since: crate::core::rfc3339(since),
         auth: None,
         sessions: Vec::new(),
+        forwards: Vec::new(),
     }
 }
 

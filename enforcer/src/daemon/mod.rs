@@ -3,6 +3,7 @@
 //! attached (pinned) for the next daemon; `enforcerd --detach` removes them.
 
 mod admission;
+mod forwards;
 mod idle;
 mod locking;
 mod lockout;

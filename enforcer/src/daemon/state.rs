@@ -445,6 +445,11 @@ impl State {
                 ..
             } => self.on_session(origin, start_ns, refused),
             KernelEvent::Stopped { origin } => self.on_stopped(origin),
+            KernelEvent::Forward {
+                origin,
+                ino,
+                change,
+            } => self.on_forward(origin, ino, change),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use enforcer_common::{
     counters::Counter,
-    io::CHANNEL_MAP_ENTRIES,
+    io::{CHANNEL_MAP_ENTRIES, FORWARD_MAP_ENTRIES},
     limits::{CONN_MAP_ENTRIES, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES},
 };
 use enforcer_proto::{FeatureProbe, MapStatus};
@@ -81,6 +81,12 @@ impl Actor {
                 "hash",
                 CHANNEL_MAP_ENTRIES,
                 count(self.activity.keys().filter(Result::is_ok).count()),
+            ),
+            map(
+                "ENF_FORWARDS",
+                "hash",
+                FORWARD_MAP_ENTRIES,
+                count(self.forwards.keys().filter(Result::is_ok).count()),
             ),
             map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),
         ];
