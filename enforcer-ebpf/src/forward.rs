@@ -100,8 +100,7 @@ fn open(fd: u64, what: u32, addr: u64, len: u64) {
         (*ev).bytes_in = 0;
         (*ev).bytes_out = 0;
         (*ev).addr_len = 0;
-        if n > 0 && bpf_probe_read_user((*ev).addr.as_mut_ptr().cast(), n, addr as *const _) == 0
-        {
+        if n > 0 && bpf_probe_read_user((*ev).addr.as_mut_ptr().cast(), n, addr as *const _) == 0 {
             (*ev).addr_len = n;
         }
     }

@@ -25,8 +25,8 @@ use crate::{
     config::{ENF_SETTINGS, off},
     kernel,
     maps::{
-        ENF_ACTIVITY, ENF_DATA, ENF_FORWARDS, ENF_FWD_ACTIVITY, ENF_LOST, ENF_PENDING,
-        ENF_SCRATCH, ENF_TASKS, ENF_WAKE, count,
+        ENF_ACTIVITY, ENF_DATA, ENF_FORWARDS, ENF_FWD_ACTIVITY, ENF_LOST, ENF_PENDING, ENF_SCRATCH,
+        ENF_TASKS, ENF_WAKE, count,
     },
     process::current_ids,
 };
@@ -86,7 +86,8 @@ fn channel(conn_id: u64, fd: u64) -> Option<(IoKey, u64)> {
         Some(object) => object,
         None => {
             let ino = kernel::socket_ino(file)?;
-            (unsafe { ENF_FORWARDS.get(&ino) }.copied() == Some(conn_id)).then_some(IO_FORWARD | ino)?
+            (unsafe { ENF_FORWARDS.get(&ino) }.copied() == Some(conn_id))
+                .then_some(IO_FORWARD | ino)?
         }
     };
     Some((IoKey { conn_id, object }, file))

@@ -12,8 +12,8 @@ use std::{
 
 use enforcer_tests::{
     TestDaemon, TestSshd, TestUser, require_root,
-    sshd::free_port,
     ssh::{PtySsh, wait_until},
+    sshd::free_port,
 };
 
 /// A line-echo server on 127.0.0.1; returns its port.
@@ -36,13 +36,14 @@ fn echo_server() -> u16 {
 }
 
 /// One request through the tunnel on a connection of its own.
-fn request(port: u16, n: u32) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    writeln!(s, "ping {n}").unwrap();
+fn request(port: u16, n: u32) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "ping {n}")?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
+    BufReader::new(&s).read_line(&mut line)?;
     assert_eq!(line.trim(), format!("ping {n}"));
+    Ok(())
 }
 
 /// `ssh -N -L lport:127.0.0.1:target`, up once the local port answers.
@@ -55,7 +56,11 @@ fn tunnel(sshd: &TestSshd, u: &TestUser, target: u16) -> (Child, u16) {
         .spawn()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(15), || TcpStream::connect(("127.0.0.1", lport)).is_ok()),
+        wait_until(Duration::from_secs(15), || TcpStream::connect((
+            "127.0.0.1",
+            lport
+        ))
+        .is_ok()),
         "tunnel did not come up: {}",
         sshd.log()
     );
@@ -77,7 +82,13 @@ fn a_tunnel_carrying_requests_outlives_the_idle_timeout_and_is_audited() {
     // A request every second for 8 s: more than twice the timeout.
     let start = Instant::now();
     for n in 0..8 {
-        request(lport, n);
+        if let Err(e) = request(lport, n) {
+            panic!(
+                "request {n} through the tunnel failed after {:?} ({e}): {:#?}",
+                start.elapsed(),
+                d.audit()
+            );
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
     assert!(
@@ -105,7 +116,10 @@ fn a_tunnel_carrying_requests_outlives_the_idle_timeout_and_is_audited() {
     });
     assert!(shown, "{:#?}", d.sessions());
     let text = String::from_utf8(d.ctl(&["sessions"]).stdout).unwrap();
-    assert!(text.contains("forward") && text.contains(&format!("127.0.0.1:{echo}")), "{text}");
+    assert!(
+        text.contains("forward") && text.contains(&format!("127.0.0.1:{echo}")),
+        "{text}"
+    );
     drop(held);
 
     let opened = d.wait_audit("forward_opened", |r| {
@@ -130,7 +144,10 @@ fn a_tunnel_carrying_requests_outlives_the_idle_timeout_and_is_audited() {
 
     // Traffic stops: now it is idle, cut at the timeout, and the audit says why.
     assert!(
-        wait_until(Duration::from_secs(10), || client.try_wait().unwrap().is_some()),
+        wait_until(Duration::from_secs(10), || client
+            .try_wait()
+            .unwrap()
+            .is_some()),
         "an unused tunnel was not cut"
     );
     d.wait_audit("idle cut", |r| {
@@ -151,7 +168,7 @@ fn with_forwarding_ignored_a_tunnel_alone_is_cut_while_in_use() {
     let start = Instant::now();
     let mut n = 0;
     while client.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(12) {
-        let _ = std::panic::catch_unwind(|| request(lport, n));
+        let _ = request(lport, n);
         n += 1;
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -159,7 +176,11 @@ fn with_forwarding_ignored_a_tunnel_alone_is_cut_while_in_use() {
         client.try_wait().unwrap().is_some(),
         "a tunnel-only connection was kept alive with forwarding ignored"
     );
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     d.wait_audit("idle cut", |r| {
         r["event"] == "connection_closed" && r["reason"] == "idle_timeout"
     });
@@ -196,10 +217,18 @@ fn a_shell_through_a_proxyjump_bastion_lives_while_typed_into() {
             .args(["-tt", "target"]),
     );
     let connections = || d.sessions().len();
-    assert!(wait_until(Duration::from_secs(10), || connections() == 2), "{:#?}", d.sessions());
+    assert!(
+        wait_until(Duration::from_secs(10), || connections() == 2),
+        "{:#?}",
+        d.sessions()
+    );
     for n in 0..8 {
         pty.type_text(&format!("echo typed-{n}\n"));
-        assert!(pty.wait_for(&format!("typed-{n}"), Duration::from_secs(5)), "{}", pty.output());
+        assert!(
+            pty.wait_for(&format!("typed-{n}"), Duration::from_secs(5)),
+            "{}",
+            pty.output()
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     assert!(pty.is_open(), "cut while typing: {:#?}", d.audit());
@@ -208,6 +237,12 @@ fn a_shell_through_a_proxyjump_bastion_lives_while_typed_into() {
         .into_iter()
         .find(|c| c["forwards"].as_array().is_some_and(|f| !f.is_empty()))
         .unwrap_or_else(|| panic!("no connection carries the jump: {:#?}", d.sessions()));
-    assert_eq!(bastion["forwards"][0]["forward"], "direct_tcpip", "{bastion}");
-    assert_eq!(bastion["forwards"][0]["target"], format!("127.0.0.1:{}", sshd.port));
+    assert_eq!(
+        bastion["forwards"][0]["forward"], "direct_tcpip",
+        "{bastion}"
+    );
+    assert_eq!(
+        bastion["forwards"][0]["target"],
+        format!("127.0.0.1:{}", sshd.port)
+    );
 }

@@ -274,7 +274,8 @@ pub fn resolve_accepted(ev: KernelEvent) -> KernelEvent {
     else {
         return ev;
     };
-    let read = |name: &str| std::fs::read_to_string(format!("/proc/net/{name}")).unwrap_or_default();
+    let read =
+        |name: &str| std::fs::read_to_string(format!("/proc/net/{name}")).unwrap_or_default();
     let local = forward::tcp_local(&read("tcp"), ino, false)
         .or_else(|| forward::tcp_local(&read("tcp6"), ino, true))
         .map(Local::Tcp)

@@ -55,6 +55,10 @@ pub struct Connection {
     /// Live forwarding channels, by socket inode.
     #[serde(default)]
     pub forwards: BTreeMap<u64, Forward>,
+    /// When a forward last opened or closed: a tunnel whose every request is a short TCP
+    /// connection may never be caught open by the idle sweep.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub forward_event_at: Option<OffsetDateTime>,
 }
 
 impl Connection {
@@ -82,6 +86,7 @@ impl Connection {
             idle_warned_at: None,
             sessions: Default::default(),
             forwards: Default::default(),
+            forward_event_at: None,
         }
     }
 
@@ -277,6 +282,7 @@ pub(crate) mod tests {
             idle_warned_at: None,
             sessions: BTreeMap::new(),
             forwards: BTreeMap::new(),
+            forward_event_at: None,
         }
     }
 

@@ -211,7 +211,10 @@ mod tests {
     #[test]
     fn accepted_sockets_are_told_apart_by_their_listener() {
         let tcp: SocketAddr = "127.0.0.1:2222".parse().unwrap();
-        assert_eq!(accepted(Some(Local::Tcp(tcp))).0, ForwardKind::ForwardedTcpip);
+        assert_eq!(
+            accepted(Some(Local::Tcp(tcp))).0,
+            ForwardKind::ForwardedTcpip
+        );
         assert_eq!(
             accepted(Some(Local::Unix("/tmp/ssh-AbCdEf1234/agent.4242".into()))).0,
             ForwardKind::Agent
@@ -238,7 +241,10 @@ mod tests {
     #[test]
     fn proc_net_unix_gives_the_path_of_an_inode() {
         let text = "Num       RefCount Protocol Flags    Type St Inode Path\n0000000000000000: 00000003 00000000 00000000 0001 03 9911 /tmp/ssh-XyZ/agent.77\n0000000000000000: 00000003 00000000 00000000 0001 03 9912\n";
-        assert_eq!(unix_local(text, 9911).as_deref(), Some("/tmp/ssh-XyZ/agent.77"));
+        assert_eq!(
+            unix_local(text, 9911).as_deref(),
+            Some("/tmp/ssh-XyZ/agent.77")
+        );
         assert_eq!(unix_local(text, 9912), None);
     }
 }

@@ -58,7 +58,13 @@ pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
 fn render_forwards(c: &ConnectionInfo) -> String {
     let mut rows = vec![
         [
-            "  FORWARD", "KIND", "TARGET", "OPENED", "LAST ACTIVITY", "BYTES IN", "BYTES OUT",
+            "  FORWARD",
+            "KIND",
+            "TARGET",
+            "OPENED",
+            "LAST ACTIVITY",
+            "BYTES IN",
+            "BYTES OUT",
         ]
         .map(String::from)
         .to_vec(),

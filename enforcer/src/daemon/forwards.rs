@@ -37,6 +37,7 @@ impl State {
         let Some(conn) = self.registry.get_mut(origin.conn_id) else {
             return;
         };
+        conn.forward_event_at = Some(now);
         let (kind, target) = match change {
             ForwardChange::Opened { kind, target } => (kind, target),
             ForwardChange::Accepted => forward::accepted(None),
@@ -74,8 +75,7 @@ impl State {
     /// A connection ended with forwards open: sshd's process died without closing them.
     pub(super) fn close_forwards(&mut self, conn: &Connection, now: OffsetDateTime) {
         for f in conn.forwards.values() {
-            self.audit
-                .record(closed(now, conn, f, "connection_closed"));
+            self.audit.record(closed(now, conn, f, "connection_closed"));
         }
     }
 }

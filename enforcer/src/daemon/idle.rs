@@ -199,6 +199,7 @@ impl State {
                 .sessions_of(c.id)
                 .map(|s| s.started_at)
                 .chain(latest.get(&c.id).copied())
+                .chain(c.forward_event_at.filter(|_| forwarding))
                 .fold(c.admitted_at, OffsetDateTime::max);
             let idle: Duration = (now - last).try_into().unwrap_or_default();
             let timeout = c.idle_timeout.0;
