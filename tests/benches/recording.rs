@@ -130,7 +130,7 @@ fn sessions_part(user: &TestUser, work: &Path) {
     let line = "enforcer recording benchmark: 0123456789 abcdefghijklmnopqrstuvwxyz ✓ ─┼─\n";
     std::fs::write(
         &data,
-        line.repeat(FILE_BYTES / line.len() + 1).as_bytes()[..FILE_BYTES].to_vec(),
+        &line.repeat(FILE_BYTES / line.len() + 1).as_bytes()[..FILE_BYTES],
     )
     .unwrap();
     let elapsed = work.join("elapsed");
