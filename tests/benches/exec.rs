@@ -6,6 +6,7 @@
 //!   pays for the tracepoints; this is the target);
 //! - session: the loop inside an SSH session under enforcer (every exec is logged and audited:
 //!   the worst case).
+//!
 //! Rounds alternate baseline and host (the daemon is started and stopped between them); both
 //! run with a minimal environment, as sshd gives a session. The spread between baseline rounds
 //! is the noise floor. CPU time (user + system of the loop and its children, which includes the

@@ -6,14 +6,18 @@
 //! recorded instead by tlog-rec-session, script(1) or `asciinema rec` (enforcer recording off).
 //! Variants alternate over rounds; medians are reported with bytes written per byte of output,
 //! and on/off is judged on the median of per-round ratios (variants of a round run back to back).
+//! Less noisy than wall time here: the session's CPU (every process of it, sshd's included),
+//! enforcerd's CPU per MB of output, and the BPF run time of the daemon's programs per MB.
 //!
 //! Part 2 — loss at a given rate: the pty path here is far slower than the recorder, and sshd's
 //! encryption caps exec sessions too, so the recording path is driven directly: a stand-in
 //! connection admitted over the PAM protocol (like the idle benchmark), whose direct child reads
 //! the session's stdout pipe with read(2) exactly as sshd's per-connection process does, fed by
-//! `pv -L RATE`. Lost bytes come from the kernel's per-channel loss count.
+//! `pv -L RATE`. Lost bytes come from the kernel's per-channel loss count; enforcerd's CPU and
+//! the programs' BPF run time per MB are reported next to them.
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -21,8 +25,13 @@ use std::{
 };
 
 use enforcer_tests::{
-    Pam, TestDaemon, TestSshd, TestUser, procs::cpu_time, require_root, ssh::wait_until,
-    stats::median,
+    Pam, TestDaemon, TestSshd, TestUser,
+    bpfstats::{self, DaemonPrograms, Runs},
+    cgroup::CpuCgroup,
+    procs::{cpu_time, descendants},
+    require_root,
+    ssh::wait_until,
+    stats::{median, ratio_range},
 };
 
 const FILE_BYTES: usize = 64 << 20;
@@ -53,16 +62,6 @@ fn timed(sshd: &TestSshd, user: &TestUser, body: &str, elapsed_file: &Path) -> (
 /// Writes dirty pages back so the next run does not pay for the previous one's files.
 fn sync() {
     assert!(Command::new("sync").status().unwrap().success());
-}
-
-/// CPU time of every task on the machine so far (cgroup v1 cpuacct, or v2's root cpu.stat).
-fn machine_cpu() -> Option<Duration> {
-    if let Ok(ns) = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/cpuacct.usage") {
-        return Some(Duration::from_nanos(ns.trim().parse().ok()?));
-    }
-    let stat = std::fs::read_to_string("/sys/fs/cgroup/cpu.stat").ok()?;
-    let us = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
-    Some(Duration::from_micros(us.trim().parse().ok()?))
 }
 
 fn size_of_files(paths: &[PathBuf]) -> u64 {
@@ -130,7 +129,7 @@ fn sessions_part(user: &TestUser, work: &Path) {
     let line = "enforcer recording benchmark: 0123456789 abcdefghijklmnopqrstuvwxyz ✓ ─┼─\n";
     std::fs::write(
         &data,
-        line.repeat(FILE_BYTES / line.len() + 1).as_bytes()[..FILE_BYTES].to_vec(),
+        &line.repeat(FILE_BYTES / line.len() + 1).as_bytes()[..FILE_BYTES],
     )
     .unwrap();
     let elapsed = work.join("elapsed");
@@ -175,10 +174,12 @@ fn sessions_part(user: &TestUser, work: &Path) {
     let mut disk: Vec<u64> = vec![0; 3 + peers.len()];
     let mut received = 0;
     let mut lost_on = 0;
-    // CPU of a whole run with recording off (every task on the machine), and enforcerd's
-    // own CPU for a recorded run: what recording costs next to what the session itself costs.
-    let mut machine_cpu_off = Vec::new();
-    let mut daemon_cpu_on = Vec::new();
+    // Per variant and round: CPU of the session (all of its processes, sshd's included: the
+    // sshd listener runs in a cgroup of its own) and of enforcerd; BPF runs of the daemon's
+    // programs (stats on for every variant alike: they cost ~25 ns per program run).
+    let mut session_cpu: Vec<Vec<Duration>> = vec![Vec::new(); 3];
+    let mut daemon_cpu: Vec<Vec<Duration>> = vec![Vec::new(); 3];
+    let mut bpf: Vec<BTreeMap<String, Runs>> = vec![BTreeMap::new(); 3];
     for round in 0..ROUNDS {
         for variant in [OFF, ON, CONTROL]
             .into_iter()
@@ -192,23 +193,28 @@ fn sessions_part(user: &TestUser, work: &Path) {
                 &[user],
                 "",
             );
+            let (progs, group) = (DaemonPrograms::of(&d), CpuCgroup::create());
+            group.adopt(sshd.pid());
             sync();
             // Let the fresh daemon and sshd finish starting up before the clock runs.
             std::thread::sleep(Duration::from_millis(300));
-            let (machine0, daemon0) = (machine_cpu(), cpu_time(d.pid()));
-            let (t, got) = timed(&sshd, user, &cat, &elapsed);
-            received = got;
-            times[variant].push(t);
-            if variant == OFF {
-                if let (Some(a), Some(b)) = (machine0, machine_cpu()) {
-                    machine_cpu_off.push(b - a);
-                }
-            }
-            if variant == ON {
+            let (session0, daemon0) = (group.cpu(), cpu_time(d.pid()));
+            let ((t, got), runs) = progs.measure(|| {
+                let r = timed(&sshd, user, &cat, &elapsed);
                 wait_until(Duration::from_secs(5), || {
                     d.recordings().iter().all(|r| r["live"] == false)
                 });
-                daemon_cpu_on.push(cpu_time(d.pid()) - daemon0);
+                r
+            });
+            received = got;
+            times[variant].push(t);
+            wait_until(Duration::from_secs(5), || {
+                descendants(sshd.pid()).is_empty()
+            });
+            session_cpu[variant].push(group.cpu() - session0);
+            daemon_cpu[variant].push(cpu_time(d.pid()) - daemon0);
+            bpfstats::accumulate(&mut bpf[variant], &runs);
+            if variant == ON {
                 disk[ON] = d
                     .recordings()
                     .iter()
@@ -301,15 +307,41 @@ fn sessions_part(user: &TestUser, work: &Path) {
         }
     );
     println!("recording on/off, ratio of medians: {ratio:.3} (A/A control: {noise:.3})");
-    if !machine_cpu_off.is_empty() {
-        let (session, recorder) = (median(machine_cpu_off), median(daemon_cpu_on));
+    let mb = FILE_BYTES as f64 / 1e6;
+    let bpf_mb = |i: usize| bpfstats::total(&bpf[i]).ns as f64 / (mb * ROUNDS as f64);
+    println!();
+    println!(
+        "| variant | session CPU | off/variant CPU, per round: median (min–max) | enforcerd CPU per MB | BPF ns per MB | BPF calls per MB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (i, name) in names.iter().take(3).enumerate() {
+        let r: Vec<f64> = session_cpu[OFF]
+            .iter()
+            .zip(&session_cpu[i])
+            .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+            .collect();
+        let calls = bpfstats::total(&bpf[i]).cnt as f64 / (mb * ROUNDS as f64);
         println!(
-            "CPU per run (medians): the session with recording off {:.2} s (all tasks); enforcerd recording it {:.3} s = {:.1} % of that",
-            session.as_secs_f64(),
-            recorder.as_secs_f64(),
-            recorder.as_secs_f64() / session.as_secs_f64() * 100.0
+            "| {name} | {:.3} s | {} | {:.2} ms | {:.0} | {calls:.0} |",
+            median(session_cpu[i].clone()).as_secs_f64(),
+            ratio_range(r),
+            median(daemon_cpu[i].clone()).as_secs_f64() * 1e3 / mb,
+            bpf_mb(i),
         );
     }
+    println!(
+        "(session CPU: every process of the ssh session, sshd's included; BPF: the daemon's programs over each run, every process's syscalls on the host included, so off shows what the programs cost with recording off)"
+    );
+    let (session, recorder) = (
+        median(session_cpu[OFF].clone()),
+        median(daemon_cpu[ON].clone()),
+    );
+    println!(
+        "enforcerd recording a run: {:.3} s of CPU = {:.1} % of the session's with recording off; recording's own BPF time (on − off): {:.0} ns per MB",
+        recorder.as_secs_f64(),
+        recorder.as_secs_f64() / session.as_secs_f64() * 100.0,
+        bpf_mb(ON) - bpf_mb(OFF)
+    );
     println!(
         "faster than every peer: {}",
         if faster {
@@ -320,15 +352,18 @@ fn sessions_part(user: &TestUser, work: &Path) {
     );
 }
 
-/// Drives the recording path at `rate` (bytes/s; 0 = unlimited) for `bytes`; returns (elapsed,
-/// bytes lost, recording size).
-fn drive(
-    d: &TestDaemon,
-    user: &TestUser,
-    work: &Path,
-    rate: u64,
-    bytes: u64,
-) -> (Duration, u64, u64) {
+/// What one driven run cost and lost.
+struct Driven {
+    elapsed: Duration,
+    lost: u64,
+    recording_size: u64,
+    daemon_cpu: Duration,
+    /// The daemon's programs while the output flowed.
+    bpf: Runs,
+}
+
+/// Drives the recording path at `rate` (bytes/s; 0 = unlimited) for `bytes`.
+fn drive(d: &TestDaemon, user: &TestUser, work: &Path, rate: u64, bytes: u64) -> Driven {
     let generator = work.join("gen.sh");
     let limit = if rate == 0 {
         String::new()
@@ -351,6 +386,7 @@ fn drive(
     )
     .unwrap();
     let lost_before = d.status().dropped["drop_recording_bytes_lost"];
+    let daemon0 = cpu_time(d.pid());
     let mut monitor = Command::new("bash")
         .arg("-c")
         // `; exit`: bash would otherwise exec the last command in place of the monitor.
@@ -359,18 +395,26 @@ fn drive(
         .spawn()
         .unwrap();
     d.admit_stand_in(user, monitor.id());
-    let start = Instant::now();
-    monitor.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    assert!(monitor.wait().unwrap().success());
-    let elapsed = start.elapsed();
+    let (elapsed, runs) = DaemonPrograms::of(d).measure(|| {
+        let start = Instant::now();
+        monitor.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        assert!(monitor.wait().unwrap().success());
+        start.elapsed()
+    });
     // The recorder may still be writing what the kernel handed it; give it time to finish.
     std::thread::sleep(Duration::from_secs(3));
     let lost = d.status().dropped["drop_recording_bytes_lost"] - lost_before;
-    let size = d
+    let recording_size = d
         .recordings()
         .last()
         .map_or(0, |r| r["size_bytes"].as_u64().unwrap());
-    (elapsed, lost, size)
+    Driven {
+        elapsed,
+        lost,
+        recording_size,
+        daemon_cpu: cpu_time(d.pid()) - daemon0,
+        bpf: bpfstats::total(&runs),
+    }
 }
 
 fn rates_part(user: &TestUser, work: &Path) {
@@ -378,8 +422,10 @@ fn rates_part(user: &TestUser, work: &Path) {
     println!(
         "## bench recording, part 2: loss by output rate (session stdout read by sshd's stand-in, recording on)"
     );
-    println!("| target rate | achieved | output | bytes lost | recording bytes per output byte |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| target rate | achieved | output | bytes lost | recording bytes per output byte | enforcerd CPU per MB | BPF ns per MB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let mut worst_ok = 0.0;
     for rate_mb in [10u64, 50, 100, 200, 400, 0] {
         let bytes = if rate_mb == 0 {
@@ -388,8 +434,9 @@ fn rates_part(user: &TestUser, work: &Path) {
             (rate_mb << 20) * 3 / 2
         }
         .max(30 << 20);
-        let (t, lost, size) = drive(&d, user, work, rate_mb << 20, bytes);
-        let achieved = bytes as f64 / t.as_secs_f64() / 1e6;
+        let r = drive(&d, user, work, rate_mb << 20, bytes);
+        let (mb, lost) = (bytes as f64 / 1e6, r.lost);
+        let achieved = mb / r.elapsed.as_secs_f64();
         if lost == 0 {
             worst_ok = f64::max(worst_ok, achieved);
         }
@@ -399,9 +446,11 @@ fn rates_part(user: &TestUser, work: &Path) {
             format!("{rate_mb} MiB/s")
         };
         println!(
-            "| {target} | {achieved:.0} MB/s | {} MB | {lost} | {:.3} |",
+            "| {target} | {achieved:.0} MB/s | {} MB | {lost} | {:.3} | {:.2} ms | {:.0} |",
             bytes >> 20,
-            size as f64 / bytes as f64
+            r.recording_size as f64 / bytes as f64,
+            r.daemon_cpu.as_secs_f64() * 1e3 / mb,
+            r.bpf.ns as f64 / mb
         );
     }
     println!();

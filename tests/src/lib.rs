@@ -2,7 +2,9 @@
 //! fail (not skip) under CI, and daemons, sshd instances and users started per test and cleaned
 //! up by pid/path.
 
+pub mod bpfstats;
 pub mod casts;
+pub mod cgroup;
 pub mod daemon;
 pub mod debroot;
 pub mod env;

@@ -147,6 +147,11 @@ impl TestSshd {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// The listener's pid (every connection's processes descend from it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An ssh client command logging in as `user` and running `remote`.
     pub fn ssh(&self, user: &TestUser, remote: &str) -> Command {
         self.ssh_with(user, &[], remote)

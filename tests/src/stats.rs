@@ -30,6 +30,19 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The median of ratios (upper middle for an even count).
+pub fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `median (min–max)` of ratios, three decimals.
+pub fn ratio_range(v: Vec<f64>) -> String {
+    let min = v.iter().copied().fold(f64::MAX, f64::min);
+    let max = v.iter().copied().fold(f64::MIN, f64::max);
+    format!("{:.3} ({min:.3}–{max:.3})", median_f64(v))
+}
+
 /// Microseconds with one decimal.
 pub fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)

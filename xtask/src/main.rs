@@ -35,7 +35,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`, `recording`.
+    /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`, `recording`, `lock`,
+    /// `syscall`.
     Bench {
         /// Which benchmark.
         name: String,
