@@ -10,7 +10,6 @@ pub mod debroot;
 pub mod env;
 pub mod hostile;
 pub mod procs;
-pub mod progstats;
 pub mod ssh;
 pub mod sshd;
 pub mod stats;

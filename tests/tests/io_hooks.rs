@@ -7,10 +7,9 @@ use std::{io::Write, path::Path, process::Command, time::Duration};
 
 use enforcer_tests::{
     TestDaemon, TestSshd, TestUser,
+    bpfstats::DaemonPrograms,
     casts::{ended_recording, play_raw},
-    procs,
-    progstats::{self, Stats},
-    require_root,
+    procs, require_root,
     ssh::{run, wait_until},
 };
 
@@ -27,15 +26,8 @@ fn dd(count: u32) {
 
 /// Runs of each of `d`'s programs (by name) while `f` runs.
 fn runs_during(d: &TestDaemon, f: impl FnOnce()) -> Vec<(String, u64)> {
-    let ids = progstats::program_ids(&d.ctl_json(&["status"]));
-    let all: Vec<u32> = ids.values().copied().collect();
-    let _stats = Stats::enable();
-    let before = progstats::runs(&all);
-    f();
-    let ran = progstats::delta(&before, &progstats::runs(&all));
-    ids.into_iter()
-        .map(|(name, id)| (name, ran.get(&id).map_or(0, |r| r.count)))
-        .collect()
+    let ((), ran) = DaemonPrograms::of(d).measure(f);
+    ran.into_iter().map(|(name, r)| (name, r.cnt)).collect()
 }
 
 fn feature(d: &TestDaemon, name: &str) -> serde_json::Value {
