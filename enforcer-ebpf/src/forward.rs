@@ -13,7 +13,7 @@ use enforcer_common::{
         EventKind, FORWARD_ACCEPTED, FORWARD_CLOSED, FORWARD_CONNECTED, ForwardEvent, SOCKADDR_LEN,
     },
     io::{IO_FORWARD, IoKey, MAX_FORWARDS_PER_CONN},
-    tasks::TASK_CONN_AUX,
+    tasks::{TASK_CONN_AUX, TrackedTask},
 };
 
 use crate::{
@@ -23,9 +23,9 @@ use crate::{
     process::{current_ids, header},
 };
 
-/// The current task's connection and tracked identity, when it is a connection's sshd process.
+/// The current task's ids and tracked identity, when it is a connection's sshd process.
 #[inline(always)]
-fn aux() -> Option<(u32, u32, enforcer_common::tasks::TrackedTask)> {
+fn aux() -> Option<(u32, u32, TrackedTask)> {
     let (pid, tid) = current_ids();
     let task = *unsafe { ENF_TASKS.get(&tid) }?;
     (task.flags & TASK_CONN_AUX != 0).then_some((pid, tid, task))
@@ -56,17 +56,62 @@ fn release_slot(conn_id: u64) {
     }
 }
 
+/// The current sshd process of a connection and the socket behind its `fd`:
+/// (pid, tid, identity, socket inode).
+#[inline(always)]
+fn socket_of_aux(fd: u64) -> Option<(u32, u32, TrackedTask, u64)> {
+    let (pid, tid, task) = aux()?;
+    let ino = kernel::fd_file(kernel::current(), fd)
+        .ok()
+        .and_then(kernel::socket_ino)?;
+    Some((pid, tid, task, ino))
+}
+
+/// Tells the daemon about socket `ino`: `what`, the bytes through it, and the first `len` bytes
+/// of the user-space address at `addr` (0: none).
+#[inline(always)]
+fn send(
+    pid: u32,
+    tid: u32,
+    task: &TrackedTask,
+    what: u32,
+    ino: u64,
+    bytes: (u64, u64),
+    addr: u64,
+    len: u64,
+) {
+    let Some(mut entry) = ENF_EVENTS.reserve::<ForwardEvent>(0) else {
+        count(Counter::DropRingbufFull);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let n = if len > SOCKADDR_LEN as u64 {
+        SOCKADDR_LEN as u32
+    } else {
+        len as u32
+    };
+    // SAFETY: `ev` points at a reserved, exclusively owned ring record; `n` ≤ its addr size
+    // and the helper validates the user address.
+    unsafe {
+        (*ev).header = header(EventKind::Forward, pid, tid, task);
+        (*ev).what = what;
+        (*ev).ino = ino;
+        (*ev).bytes_in = bytes.0;
+        (*ev).bytes_out = bytes.1;
+        (*ev).addr_len = 0;
+        if n > 0 && bpf_probe_read_user((*ev).addr.as_mut_ptr().cast(), n, addr as *const _) == 0 {
+            (*ev).addr_len = n;
+        }
+    }
+    entry.submit(0);
+    count(Counter::EventsSent);
+}
+
 /// Registers the socket behind `fd` and tells the daemon; `addr`/`len`: the address connected
 /// to (0 for an accepted socket).
 #[inline(always)]
 fn open(fd: u64, what: u32, addr: u64, len: u64) {
-    let Some((pid, tid, task)) = aux() else {
-        return;
-    };
-    let Some(ino) = kernel::fd_file(kernel::current(), fd)
-        .ok()
-        .and_then(kernel::socket_ino)
-    else {
+    let Some((pid, tid, task, ino)) = socket_of_aux(fd) else {
         return;
     };
     if unsafe { ENF_FORWARDS.get(&ino) }.is_some() {
@@ -81,31 +126,7 @@ fn open(fd: u64, what: u32, addr: u64, len: u64) {
         count(Counter::DropForwardsFull);
         return;
     }
-    let Some(mut entry) = ENF_EVENTS.reserve::<ForwardEvent>(0) else {
-        count(Counter::DropRingbufFull);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    let n = if len > SOCKADDR_LEN as u64 {
-        SOCKADDR_LEN as u32
-    } else {
-        len as u32
-    };
-    // SAFETY: `ev` points at a reserved, exclusively owned ring record; `n` ≤ its addr size
-    // and the helper validates the user address.
-    unsafe {
-        (*ev).header = header(EventKind::Forward, pid, tid, &task);
-        (*ev).what = what;
-        (*ev).ino = ino;
-        (*ev).bytes_in = 0;
-        (*ev).bytes_out = 0;
-        (*ev).addr_len = 0;
-        if n > 0 && bpf_probe_read_user((*ev).addr.as_mut_ptr().cast(), n, addr as *const _) == 0 {
-            (*ev).addr_len = n;
-        }
-    }
-    entry.submit(0);
-    count(Counter::EventsSent);
+    send(pid, tid, &task, what, ino, (0, 0), addr, len);
 }
 
 /// sshd calls connect(fd, addr, len): a direct-tcpip or direct-streamlocal channel.
@@ -125,13 +146,7 @@ pub fn accepted(ret: i64) {
 /// sshd calls close(fd): if it is a forward of this connection, it ends here.
 #[inline(always)]
 pub fn closing(fd: u64) {
-    let Some((pid, tid, task)) = aux() else {
-        return;
-    };
-    let Some(ino) = kernel::fd_file(kernel::current(), fd)
-        .ok()
-        .and_then(kernel::socket_ino)
-    else {
+    let Some((pid, tid, task, ino)) = socket_of_aux(fd) else {
         return;
     };
     if unsafe { ENF_FORWARDS.get(&ino) }.copied() != Some(task.conn_id) {
@@ -143,24 +158,9 @@ pub fn closing(fd: u64) {
         conn_id: task.conn_id,
         object: IO_FORWARD | ino,
     };
-    let (bytes_in, bytes_out) = unsafe { ENF_FWD_ACTIVITY.get(&key) }
+    let bytes = unsafe { ENF_FWD_ACTIVITY.get(&key) }
         .map(|a| (a.input_bytes, a.output_bytes))
         .unwrap_or((0, 0));
     let _ = ENF_FWD_ACTIVITY.remove(&key);
-    let Some(mut entry) = ENF_EVENTS.reserve::<ForwardEvent>(0) else {
-        count(Counter::DropRingbufFull);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: a reserved, exclusively owned ring record.
-    unsafe {
-        (*ev).header = header(EventKind::Forward, pid, tid, &task);
-        (*ev).what = FORWARD_CLOSED;
-        (*ev).ino = ino;
-        (*ev).bytes_in = bytes_in;
-        (*ev).bytes_out = bytes_out;
-        (*ev).addr_len = 0;
-    }
-    entry.submit(0);
-    count(Counter::EventsSent);
+    send(pid, tid, &task, FORWARD_CLOSED, ino, bytes, 0, 0);
 }

@@ -9,12 +9,12 @@
 //! Less noisy than wall time here: the session's CPU (every process of it, sshd's included),
 //! enforcerd's CPU per MB of output, and the BPF run time of the daemon's programs per MB.
 //!
-//! Part 2 — loss at a given rate: the pty path here is far slower than the recorder, and sshd's
-//! encryption caps exec sessions too, so the recording path is driven directly: a stand-in
-//! connection admitted over the PAM protocol (like the idle benchmark), whose direct child reads
-//! the session's stdout pipe with read(2) exactly as sshd's per-connection process does, fed by
-//! `pv -L RATE`. Lost bytes come from the kernel's per-channel loss count; enforcerd's CPU and
-//! the programs' BPF run time per MB are reported next to them.
+//! Part 2 — loss at a given rate: the pty path here is far slower than the recorder, so exec
+//! sessions (`ssh host 'yes … | pv -L RATE'`, stdout through a pipe that sshd reads) carry the
+//! output, with the cheapest cipher (aes128-gcm); sshd's encryption on this machine caps the
+//! achieved rate. Lost bytes come from the kernel's per-channel loss count; enforcerd's CPU and
+//! the programs' BPF run time per MB are reported next to them. (The kernel sees session bytes
+//! where sshd's own code reads them, so no stand-in for sshd can drive this path.)
 
 use std::{
     collections::BTreeMap,
@@ -362,8 +362,15 @@ struct Driven {
     bpf: Runs,
 }
 
-/// Drives the recording path at `rate` (bytes/s; 0 = unlimited) for `bytes`.
-fn drive(d: &TestDaemon, user: &TestUser, work: &Path, rate: u64, bytes: u64) -> Driven {
+/// An exec session of `sshd` writing `bytes` of output at `rate` (bytes/s; 0 = unlimited).
+fn drive(
+    d: &TestDaemon,
+    sshd: &TestSshd,
+    user: &TestUser,
+    work: &Path,
+    rate: u64,
+    bytes: u64,
+) -> Driven {
     let generator = work.join("gen.sh");
     let limit = if rate == 0 {
         String::new()
@@ -375,30 +382,17 @@ fn drive(d: &TestDaemon, user: &TestUser, work: &Path, rate: u64, bytes: u64) ->
         format!("yes 'enforcer recording benchmark line: 0123456789 abcdefghijklmnopqrstuvwxyz' | head -c {bytes} | pv -q {limit}\n"),
     )
     .unwrap();
-    let aux = work.join("aux.sh");
-    // The stand-in for sshd's per-connection process: it reads the session's stdout pipe.
-    std::fs::write(
-        &aux,
-        format!(
-            "exec cat > /dev/null < <(exec setsid bash {})\n",
-            generator.display()
-        ),
-    )
-    .unwrap();
     let lost_before = d.status().dropped["drop_recording_bytes_lost"];
     let daemon0 = cpu_time(d.pid());
-    let mut monitor = Command::new("bash")
-        .arg("-c")
-        // `; exit`: bash would otherwise exec the last command in place of the monitor.
-        .arg(format!("read go; bash {}; exit", aux.display()))
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    d.admit_stand_in(user, monitor.id());
+    let mut session = sshd.ssh_with(
+        user,
+        &["-c", "aes128-gcm@openssh.com", "-o", "LogLevel=ERROR"],
+        &format!("bash {}", generator.display()),
+    );
+    session.stdout(Stdio::null());
     let (elapsed, runs) = DaemonPrograms::of(d).measure(|| {
         let start = Instant::now();
-        monitor.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-        assert!(monitor.wait().unwrap().success());
+        assert!(session.status().unwrap().success());
         start.elapsed()
     });
     // The recorder may still be writing what the kernel handed it; give it time to finish.
@@ -419,8 +413,9 @@ fn drive(d: &TestDaemon, user: &TestUser, work: &Path, rate: u64, bytes: u64) ->
 
 fn rates_part(user: &TestUser, work: &Path) {
     let d = TestDaemon::start("");
+    let sshd = TestSshd::start(d.pam(), &[user], "");
     println!(
-        "## bench recording, part 2: loss by output rate (session stdout read by sshd's stand-in, recording on)"
+        "## bench recording, part 2: loss by output rate (ssh exec sessions, stdout through sshd, recording on)"
     );
     println!(
         "| target rate | achieved | output | bytes lost | recording bytes per output byte | enforcerd CPU per MB | BPF ns per MB |"
@@ -434,11 +429,19 @@ fn rates_part(user: &TestUser, work: &Path) {
             (rate_mb << 20) * 3 / 2
         }
         .max(30 << 20);
-        let r = drive(&d, user, work, rate_mb << 20, bytes);
+        let r = drive(&d, &sshd, user, work, rate_mb << 20, bytes);
         let (mb, lost) = (bytes as f64 / 1e6, r.lost);
         let achieved = mb / r.elapsed.as_secs_f64();
-        if lost == 0 {
+        // A recording smaller than the output (asciicast adds ~1.5 %) lost bytes the kernel
+        // never saw: that counts as loss too.
+        let complete = r.recording_size >= bytes;
+        if lost == 0 && complete {
             worst_ok = f64::max(worst_ok, achieved);
+        } else if !complete {
+            println!(
+                "(recording of {} bytes for {bytes} bytes of output: INCOMPLETE)",
+                r.recording_size
+            );
         }
         let target = if rate_mb == 0 {
             "unlimited".to_owned()

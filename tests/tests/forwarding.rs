@@ -246,3 +246,57 @@ fn a_shell_through_a_proxyjump_bastion_lives_while_typed_into() {
         format!("127.0.0.1:{}", sshd.port)
     );
 }
+
+#[test]
+fn a_client_opening_hundreds_of_forwards_is_capped_and_counted_and_blinds_nobody_else() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start("[idle]\ntimeout = \"5s\"\nwarn_before = \"0\"\n");
+    let greedy = TestUser::create("fg");
+    let other = TestUser::create("fo");
+    let sshd = TestSshd::start(d.pam(), &[&greedy, &other], "");
+    let echo = echo_server();
+    let (_greedy_client, gport) = tunnel(&sshd, &greedy, echo);
+    // 200 forwards held open at once (a SOCKS client's worth): 128 are tracked, the rest
+    // counted as dropped.
+    let held: Vec<TcpStream> = (0..200)
+        .map(|n| {
+            let mut s = TcpStream::connect(("127.0.0.1", gport)).unwrap();
+            writeln!(s, "hold {n}").unwrap();
+            s
+        })
+        .collect();
+    let tracked = || {
+        d.sessions()
+            .iter()
+            .filter(|c| c["user"] == greedy.name.as_str())
+            .map(|c| c["forwards"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            d.status()
+                .dropped
+                .get("drop_forwards_full")
+                .copied()
+                .unwrap_or(0)
+                >= 72
+        }),
+        "{:?}",
+        d.status().dropped
+    );
+    assert_eq!(tracked(), 128);
+    // Another user's tunnel is still measured: it stays up while used.
+    let (mut other_client, oport) = tunnel(&sshd, &other, echo);
+    for n in 0..6 {
+        request(oport, n).unwrap_or_else(|e| panic!("other user's tunnel: {e}"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        other_client.try_wait().unwrap().is_none(),
+        "{:#?}",
+        d.audit()
+    );
+    drop(held);
+}

@@ -2,7 +2,7 @@
 //! ring buffer is drained here. Dropping it leaves the programs attached: their links and maps
 //! are pinned (see `links.rs`).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use aya::{
     Ebpf,
@@ -21,10 +21,11 @@ use tokio::{
 };
 
 use super::{
-    BpfError, BpfSettings, KernelEvent, RecorderMaps, events, loader, sshd_hooks,
+    BpfError, BpfSettings, KernelEvent, RecorderMaps, events, loader,
     tasks::{self, KillTarget, Tasks},
 };
 
+mod forget;
 mod snapshot;
 
 /// BPF_NOEXIST: insert only when the key is absent.
@@ -438,36 +439,7 @@ impl Actor {
                 let _ = reply.send(Ok(sessions.chain(forwards).collect()));
             }
             Command::ForgetActivity { conn_id, reply } => {
-                let keys: Vec<IoKey> = self
-                    .activity
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.conn_id == conn_id)
-                    .collect();
-                for k in keys {
-                    let _ = self.activity.remove(&k);
-                }
-                // Its forwards' sockets died with sshd's process, which closed none of them.
-                let sockets: Vec<u64> = self
-                    .forwards
-                    .iter()
-                    .filter_map(Result::ok)
-                    .filter(|(_, conn)| *conn == conn_id)
-                    .map(|(ino, _)| ino)
-                    .collect();
-                for ino in sockets {
-                    let _ = self.forwards.remove(&ino);
-                }
-                let keys: Vec<IoKey> = self
-                    .fwd_activity
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.conn_id == conn_id)
-                    .collect();
-                for k in keys {
-                    let _ = self.fwd_activity.remove(&k);
-                }
-                let _ = self.fwd_count.remove(&conn_id);
+                self.forget(conn_id);
                 let _ = reply.send(Ok(()));
             }
             Command::KillPass { target, reply } => {
@@ -483,22 +455,10 @@ impl Actor {
         }
     }
 
-    /// Hooks the sshd executable a connection's root runs, when it is sshd and not hooked yet.
-    /// A failure is logged and shown in status; the connection goes on without I/O hooks.
+    /// Hooks the sshd executable a connection's root runs (sshd_hooks.rs).
     fn hook_root(&mut self, pid: u32) {
-        let loader::IoPath::Sshd(hooks) = &mut self.io else {
-            return;
-        };
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let Ok(target) = std::fs::read_link(&exe) else {
-            return;
-        };
-        if hooks.covers(&exe) || !sshd_hooks::looks_like_sshd(&target) {
-            return;
-        }
-        let shown = target.display().to_string();
-        if let Err(e) = hooks.hook(&mut self.ebpf, &exe, &shown) {
-            tracing::warn!(pid, executable = shown, error = %e, "cannot hook this sshd: its connections are not recorded");
+        if let loader::IoPath::Sshd(hooks) = &mut self.io {
+            hooks.hook_process(&mut self.ebpf, pid);
         }
     }
 

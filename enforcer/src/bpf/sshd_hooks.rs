@@ -188,6 +188,23 @@ impl SshdHooks {
         Ok(())
     }
 
+    /// Hooks the executable process `pid` runs, when it is sshd and not hooked yet (a
+    /// connection's root). A failure is logged and shown in status; the connection goes on
+    /// without I/O hooks.
+    pub fn hook_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(target) = std::fs::read_link(&exe) else {
+            return;
+        };
+        if self.covers(&exe) || !looks_like_sshd(&target) {
+            return;
+        }
+        let shown = target.display().to_string();
+        if let Err(e) = self.hook(ebpf, &exe, &shown) {
+            tracing::warn!(pid, executable = shown, error = %e, "cannot hook this sshd: its connections are not recorded");
+        }
+    }
+
     /// Status: one line per program.
     pub fn programs(&self) -> Vec<ProgramStatus> {
         let files = self.hooked.values().cloned().collect::<Vec<_>>().join(", ");
