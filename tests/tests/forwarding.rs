@@ -258,6 +258,15 @@ fn a_client_opening_hundreds_of_forwards_is_capped_and_counted_and_blinds_nobody
     let sshd = TestSshd::start(d.pam(), &[&greedy, &other], "");
     let echo = echo_server();
     let (_greedy_client, gport) = tunnel(&sshd, &greedy, echo);
+    let tracked = || {
+        d.sessions()
+            .iter()
+            .filter(|c| c["user"] == greedy.name.as_str())
+            .map(|c| c["forwards"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    };
+    // The probe that found the tunnel up has let go of its slot.
+    assert!(wait_until(Duration::from_secs(5), || tracked() == 0));
     // 200 forwards held open at once (a SOCKS client's worth): 128 are tracked, the rest
     // counted as dropped.
     let held: Vec<TcpStream> = (0..200)
@@ -267,13 +276,6 @@ fn a_client_opening_hundreds_of_forwards_is_capped_and_counted_and_blinds_nobody
             s
         })
         .collect();
-    let tracked = || {
-        d.sessions()
-            .iter()
-            .filter(|c| c["user"] == greedy.name.as_str())
-            .map(|c| c["forwards"].as_array().map_or(0, Vec::len))
-            .sum::<usize>()
-    };
     assert!(
         wait_until(Duration::from_secs(10), || {
             d.status()
