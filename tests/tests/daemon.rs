@@ -28,6 +28,9 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
         ("enf_u_ioctl", "uprobe", "ioctl@plt in /usr/sbin/sshd"),
         ("enf_u_setsid", "uretprobe", "setsid@plt in /usr/sbin/sshd"),
         ("enf_u_chdir", "uprobe", "chdir@plt in /usr/sbin/sshd"),
+        ("enf_u_connect", "uprobe", "connect@plt in /usr/sbin/sshd"),
+        ("enf_u_accept", "uretprobe", "accept@plt in /usr/sbin/sshd"),
+        ("enf_u_close", "uprobe", "close@plt in /usr/sbin/sshd"),
     ] {
         let p = programs
             .iter()
@@ -141,7 +144,8 @@ fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
     }
     let mut d = TestDaemon::start("");
     let ids: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
-    assert_eq!(ids.len(), 10, "every data-path program is attached");
+    // fork, exec, exit and the 10 uprobes on sshd's calls.
+    assert_eq!(ids.len(), 13, "every data-path program is attached");
     assert!(
         d.status()
             .programs
@@ -225,7 +229,7 @@ fn another_build_replaces_the_pinned_programs_without_losing_sessions() {
     std::fs::write(&d.config_path, toml::to_string(&config).unwrap()).unwrap();
     d.start_again();
     let new: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
-    assert_eq!(new.len(), 10);
+    assert_eq!(new.len(), 13);
     assert!(new.iter().all(|id| !old.contains(id)), "{old:?} {new:?}");
     let (continuous, why) = d.continuity();
     assert!(continuous && why.contains("another build"), "{why}");

@@ -89,6 +89,10 @@ enum Command {
         uids: Vec<u32>,
         reply: Reply<()>,
     },
+    IsLocked {
+        uid: u32,
+        reply: Reply<bool>,
+    },
     Validate {
         roots: Vec<u32>,
         reply: Reply<(usize, usize)>,
@@ -201,6 +205,11 @@ impl BpfHandle {
     /// Makes `ENF_LOCKED` exactly `uids`: their processes die at exec and fork from now on.
     pub async fn set_locked(&self, uids: Vec<u32>) -> Result<(), BpfError> {
         self.ask(|reply| Command::SetLocked { uids, reply }).await
+    }
+
+    /// Whether `uid` is in the kernel's locked set now.
+    pub async fn is_locked(&self, uid: u32) -> Result<bool, BpfError> {
+        self.ask(|reply| Command::IsLocked { uid, reply }).await
     }
 
     /// Drops entries of tasks that ended while the daemon was down and adopts descendants of
@@ -447,6 +456,9 @@ impl Actor {
             }
             Command::SetLocked { uids, reply } => {
                 let _ = reply.send(self.set_locked(&uids).map_err(map_err("ENF_LOCKED")));
+            }
+            Command::IsLocked { uid, reply } => {
+                let _ = reply.send(Ok(self.locked.get(&uid, 0).is_ok()));
             }
             Command::Validate { roots, reply } => {
                 let _ = reply.send(Ok(tasks::validate(&mut self.tasks, &roots)));

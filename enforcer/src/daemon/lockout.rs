@@ -359,6 +359,9 @@ async fn end_now(
     let Some((uid, conns, mut rec)) = sweep else {
         return;
     };
+    if !bpf.is_locked(uid).await.unwrap_or(true) {
+        return;
+    }
     let spare: HashSet<u32> = match bpf.census().await {
         Ok(tasks) => tasks
             .into_iter()
@@ -373,6 +376,14 @@ async fn end_now(
     // Then, once the spared sshd processes had their grace, one atomic walk after another: a
     // process that keeps forking and exiting changes pid faster than /proc can be read.
     tokio::time::sleep(super::idle::MESSAGE_GRACE * 2).await;
+    // Unlocked meanwhile: the user may already be logged in again, legitimately.
+    if !bpf.is_locked(uid).await.unwrap_or(true) {
+        if n > 0 {
+            rec.processes = Some(n as u64);
+            audit.record(rec);
+        }
+        return;
+    }
     let walks = tokio::task::spawn_blocking(move || host::kill_as(uid))
         .await
         .unwrap_or(0);
