@@ -8,6 +8,7 @@
 //! - [`bpf`]: the kernel side (loader, feature probes, the actor owning the aya object);
 //! - [`control`]: the control socket (framing, peer credentials, authorisation);
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
+//! - [`metrics`]: Prometheus metrics on `[metrics] listen`;
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
 //! - [`docs`]: man pages and completions generated from the CLI definitions.
 
@@ -22,4 +23,5 @@ pub mod docs;
 pub mod host;
 pub mod lines;
 pub mod locks;
+pub mod metrics;
 pub mod recording;

@@ -26,6 +26,7 @@ const TEST_PACKAGES: &[&str] = &[
     "debootstrap", // a clean Debian root to `apt install` the .deb into
     "lintian",     // the .deb must be lintian-clean
 ];
+// Debian's `prometheus` (server + promtool) too, installed without starting it: `prometheus()`.
 
 /// rust-src for the BPF toolchain and bpf-linker built against that toolchain's own LLVM.
 pub fn toolchain() -> anyhow::Result<()> {
@@ -186,7 +187,38 @@ pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
 
 /// Packages the test suite needs.
 pub fn test_packages() -> anyhow::Result<()> {
-    apt_install(TEST_PACKAGES)
+    apt_install(TEST_PACKAGES)?;
+    prometheus()
+}
+
+/// Where a temporary policy-rc.d goes while Prometheus is installed.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Debian's Prometheus server and promtool: the metrics test scrapes enforcerd with a private
+/// instance of it (own config, data dir and port). Its own service must never run: a
+/// policy-rc.d that forbids starting services is put in place for the install (unless one is
+/// there already), and the service is disabled afterwards (sysvinit links and systemd unit).
+fn prometheus() -> anyhow::Result<()> {
+    if missing_packages(&["prometheus"]).is_empty() {
+        return Ok(());
+    }
+    let policy = std::path::Path::new(POLICY_RC_D);
+    let ours = !policy.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(policy, "#!/bin/sh\n# cargo xtask setup: no service starts during its apt-get install\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}; run as root"))?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = apt_install(&["prometheus"]);
+    if ours {
+        std::fs::remove_file(policy).with_context(|| format!("removing {POLICY_RC_D}"))?;
+    }
+    installed?;
+    // Best effort: either init system's enablement may be absent on this machine.
+    let _ = output(Command::new("update-rc.d").args(["prometheus", "disable"]));
+    let _ = output(Command::new("deb-systemd-helper").args(["disable", "prometheus.service"]));
+    Ok(())
 }
 
 fn nix_is_root() -> bool {

@@ -3,6 +3,8 @@
 
 mod record;
 mod sink;
+mod tally;
 
 pub use record::AuditRecord;
 pub use sink::{AuditCounters, AuditError, AuditSink};
+pub use tally::AuditTally;

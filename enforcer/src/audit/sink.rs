@@ -54,6 +54,8 @@ pub struct AuditSink {
     /// channel preallocates every slot: 50 MB for this backlog) and bounded by this count.
     queued: Arc<AtomicUsize>,
     pub counters: Arc<AuditCounters>,
+    /// Every record queued, by event and reason (the metrics read it).
+    pub tally: Arc<super::AuditTally>,
     pub journald: bool,
 }
 
@@ -184,6 +186,7 @@ impl AuditSink {
             tx,
             queued,
             counters,
+            tally: Arc::default(),
             journald,
         })
     }
@@ -197,6 +200,8 @@ impl AuditSink {
             reason = rec.reason,
             "audit"
         );
+        // Counted as an event even when the writer cannot keep up (that loss is counted too).
+        self.tally.count(&rec);
         if self.queued.load(Ordering::Relaxed) >= BACKLOG {
             self.counters
                 .dropped_backlog

@@ -36,7 +36,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
@@ -47,6 +47,7 @@ pub struct Config {
     pub locks: LocksConfig,
     pub access: AccessConfig,
     pub control: ControlConfig,
+    pub metrics: MetricsConfig,
     pub rules: Vec<Rule>,
 }
 
@@ -196,6 +197,15 @@ pub struct ControlConfig {
     pub idle_timeout: Dur,
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics on GET /metrics at this address; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// `[[rules]]` — overrides for matching users or groups. For each key, the first matching rule
 /// that sets it wins (like sshd's `Match`); keys no rule sets come from the global sections.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -213,22 +223,6 @@ pub struct Rule {
     pub max_sessions_per_user: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            daemon: DaemonConfig::default(),
-            audit: AuditConfig::default(),
-            limits: Limits::default(),
-            idle: IdleConfig::default(),
-            recording: RecordingConfig::default(),
-            locks: LocksConfig::default(),
-            access: AccessConfig::default(),
-            control: ControlConfig::default(),
-            rules: Vec::new(),
-        }
-    }
 }
 
 impl Default for DaemonConfig {

@@ -42,6 +42,18 @@ fn shipped_example_documents_every_key() {
             "rules key {key} undocumented"
         );
     }
+    // Off by default, so shown commented out.
+    assert!(EMBEDDED_DEFAULT.contains("# listen = \"127.0.0.1:9464\""));
+}
+
+#[test]
+fn metrics_listen_is_an_address() {
+    let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n", "t").unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    let err = Config::parse("[metrics]\nlisten = \"localhost\"\n", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listen"), "{err}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use enforcer_proto::{
-    ErrorKind, ErrorReply, FrameError, Reply, Request, Response,
+    Admission, ErrorKind, ErrorReply, FrameError, Reply, Request, Response,
     frame::{encode, read_frame_async, write_frame_async},
 };
 use tokio::{
@@ -24,6 +24,7 @@ use crate::{
     core::control::ControlDrop,
     daemon::{StateHandle, list_recordings},
     host,
+    metrics::{Metrics, Outcome},
     recording::RecordingIndex,
 };
 
@@ -35,6 +36,8 @@ pub struct Ctx {
     pub recordings: RecordingIndex,
     /// Unprivileged `recordings` listings run one at a time (each walks the whole index).
     pub listing: Semaphore,
+    /// PAM decision latency and outcomes are measured here.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Ctx {
@@ -43,6 +46,7 @@ impl Ctx {
         settings: ControlSettings,
         slots: Arc<Slots>,
         recordings: RecordingIndex,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -50,6 +54,7 @@ impl Ctx {
             slots,
             recordings,
             listing: Semaphore::new(1),
+            metrics,
         })
     }
 }
@@ -191,9 +196,18 @@ async fn answer(
         }
         // NSS lookups of the login's user, here rather than on the actor (root only: anyone
         // else is denied these requests anyway).
+        // The decision's latency as sshd waits for it, NSS lookup and queueing included.
         Request::PamAccount(ref r) if uid == 0 => {
+            let started = std::time::Instant::now();
             let identity = lookup(&r.user).await;
-            state.request(req, peer.clone(), identity).await
+            let resp = state.request(req, peer.clone(), identity).await;
+            let outcome = match &resp {
+                Ok(Reply::Admission(Admission::Admitted { .. })) => Outcome::admitted,
+                Ok(Reply::Admission(Admission::Refused { .. })) => Outcome::refused,
+                _ => Outcome::error,
+            };
+            ctx.metrics.pam_decision(started.elapsed(), outcome);
+            resp
         }
         Request::PamOpenSession(ref r) if uid == 0 => {
             let identity = lookup(&r.user).await;

@@ -19,6 +19,14 @@ pub enum SessionKind {
 }
 
 impl SessionKind {
+    /// Every kind (the metrics show each, zero or not).
+    pub const ALL: [SessionKind; 4] = [
+        SessionKind::Starting,
+        SessionKind::Shell,
+        SessionKind::Exec,
+        SessionKind::Subsystem,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SessionKind::Starting => "starting",

@@ -54,6 +54,8 @@ pub enum DaemonError {
     Recorder(std::io::Error),
     #[error("cannot start the daemon's core runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -93,6 +95,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     // Bind first: a second daemon on the same socket must fail before touching the kernel.
     let server = Server::bind(&config.daemon.socket, Lane::Public)?;
     let pam_server = Server::bind(&config.daemon.pam_socket, Lane::Pam)?;
+    let metrics_server = config
+        .metrics
+        .listen
+        .map(crate::metrics::Server::bind)
+        .transpose()?;
     let audit = AuditSink::start(&config.audit.path, config.audit.journald)?;
     let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
     let settings = BpfSettings {
@@ -146,6 +153,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         config.daemon.pam_socket.clone(),
     );
     let control = Arc::new(ControlStats::default());
+    let audit_tally = audit.tally.clone();
     let parts = state::Parts {
         info,
         bpf: bpf.clone(),
@@ -158,7 +166,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .spawn(state::start(config, parts, events_rx))
         .await
         .expect("the state actor starts");
-    let ctx = Ctx::new(state.clone(), settings, Slots::new(control), recordings);
+    let metrics = crate::metrics::Metrics::new(audit_tally);
+    let ctx = Ctx::new(
+        state.clone(),
+        settings,
+        Slots::new(control),
+        recordings,
+        metrics.clone(),
+    );
     let pam_task = {
         let ctx = ctx.clone();
         core.spawn(async move { pam_server.serve(ctx).await })
@@ -172,13 +187,25 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         let ctx = ctx.clone();
         tokio::spawn(async move { server.serve(ctx).await })
     };
+    // On the main runtime with the public socket: scrapes never compete with a login decision.
+    let metrics_task = metrics_server.map(|server| {
+        if let Some(addr) = server.local_addr() {
+            tracing::info!(%addr, "serving metrics on /metrics");
+        }
+        let state = state.clone();
+        let fetch = move || {
+            let state = state.clone();
+            async move { state.metrics_view().await }
+        };
+        tokio::spawn(server.serve(metrics, fetch))
+    });
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
     }
     notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
     // Stop accepting; dropping the servers removes the socket files.
-    for task in [public_task, pam_task] {
+    for task in [public_task, pam_task].into_iter().chain(metrics_task) {
         task.abort();
         let _ = task.await;
     }

@@ -55,6 +55,8 @@ pub(super) enum Msg {
     },
     /// The lock directory as just read (see `lockout::watch`).
     LockFiles(LockFiles),
+    /// What the metrics show (asked at most once a second, see `crate::metrics`).
+    Metrics(oneshot::Sender<Option<crate::metrics::MetricsView>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -116,6 +118,13 @@ impl StateHandle {
             return Err(shutting_down());
         }
         rx.await.unwrap_or_else(|_| Err(shutting_down()))
+    }
+
+    /// The metrics' view of the model; `None` when the actor is gone or the kernel unreadable.
+    pub async fn metrics_view(&self) -> Option<crate::metrics::MetricsView> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Metrics(reply)).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Stops the actor after the requests already queued.
@@ -329,6 +338,9 @@ impl State {
                 let _ = reply.send(resp);
             }
             Msg::LockFiles(files) => self.apply_lock_files(files).await,
+            Msg::Metrics(reply) => {
+                let _ = reply.send(self.metrics_view().await);
+            }
             Msg::Shutdown(ack) => {
                 if let Some(p) = self.persist.take() {
                     p.finish(&self.registry);

@@ -1,6 +1,7 @@
 //! `enforcerctl status`: the daemon's counters, the kernel side's, and what was dropped.
 
 use std::{
+    collections::BTreeMap,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -8,7 +9,14 @@ use std::{
 use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, StatusReport};
 
 use super::state::State;
-use crate::bpf::BpfSnapshot;
+use crate::{
+    bpf::BpfSnapshot,
+    core::{conn::ConnState, session::SessionKind},
+    metrics::MetricsView,
+};
+
+/// Counters by their status names.
+type Counts = BTreeMap<String, u64>;
 
 /// How old a BPF snapshot may be when an unprivileged peer asks for `status`. Counting the
 /// entries of the kernel maps walks them (tens of thousands of syscalls with many tracked
@@ -33,9 +41,74 @@ impl State {
 
     /// The status report; `fresh` (root, auditors) always reads the kernel's counters anew.
     pub(super) async fn status(&mut self, fresh: bool) -> Result<StatusReport, ErrorReply> {
-        let snap = self.snapshot(fresh).await?;
-        let mut events = snap.events;
-        let mut dropped = snap.dropped;
+        let mut snap = self.snapshot(fresh).await?;
+        let (events, dropped) = self.counters(&mut snap);
+        let mut features = snap.features;
+        features.push(FeatureProbe {
+            name: "journald".into(),
+            supported: self.audit.journald,
+            detail: if self.audit.journald {
+                "audit records also sent to journald".into()
+            } else {
+                "off (audit.journald = false or no /run/systemd/journal/socket)".into()
+            },
+        });
+        Ok(StatusReport {
+            version: self.info.version.into(),
+            pid: self.info.pid,
+            started_at: crate::core::rfc3339(self.info.started_at),
+            uptime_secs: self.info.started.elapsed().as_secs(),
+            kernel: self.info.kernel.clone(),
+            config_path: self
+                .info
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            socket: self.config.daemon.socket.display().to_string(),
+            programs: snap.programs,
+            maps: snap.maps,
+            features,
+            events,
+            dropped,
+        })
+    }
+
+    /// What the metrics show: the status counters (from a snapshot at most
+    /// [`SNAPSHOT_REUSE`] old), connections by state and sessions by kind.
+    pub(super) async fn metrics_view(&mut self) -> Option<MetricsView> {
+        let mut snap = self.snapshot(false).await.ok()?;
+        let (events, dropped) = self.counters(&mut snap);
+        let mut connections: BTreeMap<&'static str, u64> =
+            ["pending", "open", "terminating", "lingering"]
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect();
+        for c in self.registry.iter() {
+            let state = match c.state {
+                _ if self.terminating.contains_key(&c.id) => "terminating",
+                ConnState::Pending => "pending",
+                ConnState::Open => "open",
+            };
+            *connections.entry(state).or_default() += 1;
+        }
+        *connections.entry("lingering").or_default() += self.lingering.len() as u64;
+        let mut sessions: BTreeMap<&'static str, u64> =
+            SessionKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
+        for s in self.registry.sessions() {
+            *sessions.entry(s.kind.as_str()).or_default() += 1;
+        }
+        Some(MetricsView {
+            events,
+            dropped,
+            connections,
+            sessions,
+        })
+    }
+
+    /// The status event and drop counters: the kernel's (taken out of `snap`) and the daemon's.
+    fn counters(&self, snap: &mut BpfSnapshot) -> (Counts, Counts) {
+        let mut events = std::mem::take(&mut snap.events);
+        let mut dropped = std::mem::take(&mut snap.dropped);
         let c = &self.counters;
         events.insert("connections_active".into(), self.registry.len() as u64);
         events.insert("connections_admitted".into(), c.connections_admitted);
@@ -91,33 +164,6 @@ impl State {
             "control_connections_non_root".into(),
             self.control.non_root_open.load(Ordering::Relaxed),
         );
-        let mut features = snap.features;
-        features.push(FeatureProbe {
-            name: "journald".into(),
-            supported: self.audit.journald,
-            detail: if self.audit.journald {
-                "audit records also sent to journald".into()
-            } else {
-                "off (audit.journald = false or no /run/systemd/journal/socket)".into()
-            },
-        });
-        Ok(StatusReport {
-            version: self.info.version.into(),
-            pid: self.info.pid,
-            started_at: crate::core::rfc3339(self.info.started_at),
-            uptime_secs: self.info.started.elapsed().as_secs(),
-            kernel: self.info.kernel.clone(),
-            config_path: self
-                .info
-                .config_path
-                .as_ref()
-                .map(|p| p.display().to_string()),
-            socket: self.config.daemon.socket.display().to_string(),
-            programs: snap.programs,
-            maps: snap.maps,
-            features,
-            events,
-            dropped,
-        })
+        (events, dropped)
     }
 }
