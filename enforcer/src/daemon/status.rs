@@ -97,11 +97,18 @@ impl State {
         for s in self.registry.sessions() {
             *sessions.entry(s.kind.as_str()).or_default() += 1;
         }
+        // Forwarding channels are kind `forward` in `enforcerctl sessions` too.
+        let mut forwards = BTreeMap::new();
+        for f in self.registry.iter().flat_map(|c| c.forwards.values()) {
+            *forwards.entry(f.kind.name()).or_default() += 1;
+        }
+        sessions.insert("forward", forwards.values().sum());
         Some(MetricsView {
             events,
             dropped,
             connections,
             sessions,
+            forwards,
         })
     }
 

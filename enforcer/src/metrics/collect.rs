@@ -21,6 +21,8 @@ pub struct MetricsView {
     /// Live sessions by kind (`shell`, `exec`, `subsystem`, `starting`, …): every kind the
     /// daemon knows, zero or not.
     pub sessions: BTreeMap<&'static str, u64>,
+    /// Live forwarding channels by what they forward (`direct_tcpip`, `agent`, …).
+    pub forwards: BTreeMap<&'static str, u64>,
 }
 
 /// Whether a status event is a level (now) rather than a count (so far).
@@ -112,11 +114,20 @@ impl Collector for Snapshot {
         family(
             &mut e,
             "sessions",
-            "Live sessions (channels) by kind",
+            "Live sessions (channels) by kind; forwarding channels are kind forward",
             Gauge,
             v.sessions
                 .iter()
                 .map(|(k, n)| ([("kind", k.to_string())], *n)),
+        )?;
+        family(
+            &mut e,
+            "forwards",
+            "Live forwarding channels by what they forward",
+            Gauge,
+            v.forwards
+                .iter()
+                .map(|(k, n)| ([("forward", k.to_string())], *n)),
         )?;
         let by_reason = |event: &'static str| {
             self.reasons(event)
@@ -232,6 +243,7 @@ mod tests {
         let mut view = MetricsView::default();
         view.connections.extend([("open", 2), ("lingering", 1)]);
         view.sessions.extend([("shell", 1), ("forward", 3)]);
+        view.forwards.extend([("direct_tcpip", 2), ("agent", 1)]);
         view.events.extend([
             ("exec_seen".to_owned(), 40),
             ("sessions_active".to_owned(), 4),
@@ -255,6 +267,7 @@ mod tests {
             "enforcer_connections{state=\"open\"} 2",
             "enforcer_connections{state=\"lingering\"} 1",
             "enforcer_sessions{kind=\"forward\"} 3",
+            "enforcer_forwards{forward=\"direct_tcpip\"} 2",
             "enforcer_connections_refused_total{reason=\"max_connections_per_user\"} 2",
             "enforcer_connections_refused_total{reason=\"user_locked\"} 1",
             "enforcer_kills_total{target=\"connection\",reason=\"user_locked\"} 1",
