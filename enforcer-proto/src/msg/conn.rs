@@ -26,6 +26,12 @@ pub struct ConnectionInfo {
     /// Live forwarding channels (`ssh -L/-R/-D/-W`, agent, X11).
     #[serde(default)]
     pub forwards: Vec<ForwardInfo>,
+    /// The last activity the idle timeout counts (RFC 3339; absent until first measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<String>,
+    /// When the connection is cut if it stays idle (RFC 3339; absent without an idle timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_cut_at: Option<String>,
 }
 
 /// One forwarding channel of a connection (kind `forward` in `enforcerctl sessions`).

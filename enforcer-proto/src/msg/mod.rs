@@ -1,12 +1,14 @@
 //! Messages. Every request gets exactly one [`Response`].
 
 mod conn;
+mod history;
 mod lock;
 mod pam;
 mod recording;
 mod status;
 
 pub use conn::*;
+pub use history::*;
 pub use lock::*;
 pub use pam::*;
 pub use recording::*;
@@ -28,6 +30,9 @@ pub enum Request {
     PamCloseSession(PamSession),
     /// Live connections (`enforcerctl sessions`). Root and auditors see all; users their own.
     Sessions,
+    /// Ended connections from the audit log, newest first (`enforcerctl history`). Root and
+    /// auditors.
+    History(HistoryQuery),
     /// Lock a user: new logins are refused until unlock or expiry. Root only.
     Lock(LockRequest),
     /// Remove a user's lock. Root only.
@@ -71,6 +76,7 @@ pub enum Reply {
         processes: u64,
     },
     Recordings(Vec<RecordingInfo>),
+    History(Vec<HistoryEntry>),
     /// A piece of a recording (whole lines of the asciicast file).
     RecordingData {
         text: String,

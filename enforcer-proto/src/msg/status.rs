@@ -26,6 +26,24 @@ pub struct StatusReport {
     pub events: BTreeMap<String, u64>,
     /// Lost work, by reason. Every reason is always present, zero or not.
     pub dropped: BTreeMap<String, u64>,
+    /// The policy in force (absent from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
+}
+
+/// The policy in force: the config's sections with their keys and values as in the TOML file
+/// (durations as strings), so every key a section has is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    pub limits: serde_json::Value,
+    pub idle: serde_json::Value,
+    pub recording: serde_json::Value,
+    pub locks: serde_json::Value,
+    /// `[[rules]]` in order: the first rule that sets a key for a user wins.
+    pub rules: Vec<serde_json::Value>,
+    /// `[metrics] listen`, when metrics are served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// One BPF program of the daemon.

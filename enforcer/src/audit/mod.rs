@@ -1,6 +1,7 @@
 //! The audit log: one JSON object per line (and, when available, one journald entry) per event.
 //! Field names are stable and documented in README.md.
 
+pub mod history;
 mod record;
 mod sink;
 mod tally;

@@ -4,8 +4,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
+use enforcer::ctl::{self, clock::Clock, pam};
 use enforcer_proto::{
-    Client, DEFAULT_PAM_SOCKET, DEFAULT_SOCKET, LockRequest, Reply, Request, WatchFrameMsg,
+    Client, DEFAULT_PAM_SOCKET, DEFAULT_SOCKET, HistoryQuery, LockRequest, Reply, Request,
+    WatchFrameMsg,
 };
 use serde::Serialize;
 
@@ -52,6 +54,21 @@ enum Cmd {
     Sessions {
         #[arg(long)]
         json: bool,
+        /// Only this user's connections.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Ended connections, newest first, from the audit log (root and auditors).
+    History {
+        #[arg(long)]
+        json: bool,
+        /// Only this user's connections.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only connections live at or after this: 2h, 1d, today, yesterday, 2026-11-23
+        /// (local midnight), or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Lock a user: end their SSH connections, what those left running and (unless
     /// `locks.all_processes` is off) every process of theirs; refuse their logins and execs
@@ -88,7 +105,8 @@ enum Cmd {
         /// Only this user's.
         #[arg(long)]
         user: Option<String>,
-        /// Only those started at or after this RFC 3339 time.
+        /// Only those started at or after this: 2h, 1d, today, yesterday, 2026-11-23 (local
+        /// midnight), or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
     },
@@ -160,17 +178,59 @@ fn socket(given: Option<&std::path::Path>) -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
 
+/// Where the PAM configuration that decides the fail mode lives.
+const PAM_DIR: &str = "/etc/pam.d";
+
+/// `status --json`: the daemon's report plus this host's pam_enforcer.so account lines.
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    #[serde(flatten)]
+    report: &'a enforcer_proto::StatusReport,
+    pam_account_hooks: &'a [pam::AccountHook],
+}
+
+/// `--since` as the daemon takes it (RFC 3339).
+fn since_rfc3339(since: Option<&str>, clock: &Clock) -> anyhow::Result<Option<String>> {
+    since
+        .map(|s| {
+            let at = ctl::clock::parse_since(s, clock.local_now())?;
+            Ok(enforcer::core::rfc3339(at.to_offset(time::UtcOffset::UTC)))
+        })
+        .transpose()
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let clock = Clock::system();
     let mut client = Client::connect(&socket(cli.socket.as_deref()), cli.timeout)?;
     match cli.cmd {
         Cmd::Status { json } => match client.call(&Request::Status)? {
-            Reply::Status(s) => print(json, &*s, enforcer::ctl::render_status),
+            Reply::Status(s) => {
+                // The fail mode lives in this host's PAM configuration, not in the daemon.
+                let hooks = pam::scan(std::path::Path::new(PAM_DIR));
+                let report = StatusOut {
+                    report: &s,
+                    pam_account_hooks: &hooks,
+                };
+                print(json, &report, |r| {
+                    ctl::render_status(r.report, &clock, &pam::describe(r.pam_account_hooks))
+                })
+            }
             other => Err(unexpected(other)),
         },
-        Cmd::Sessions { json } => match client.call(&Request::Sessions)? {
-            Reply::Sessions(s) => print(json, &s, |s| enforcer::ctl::render_sessions(s)),
+        Cmd::Sessions { json, user } => match client.call(&Request::Sessions)? {
+            Reply::Sessions(s) => {
+                let s = ctl::filter_user(s, user.as_deref());
+                print(json, &s, |s| ctl::render_sessions(s, &clock))
+            }
             other => Err(unexpected(other)),
         },
+        Cmd::History { json, user, since } => {
+            let since = since_rfc3339(since.as_deref(), &clock)?;
+            match client.call(&Request::History(HistoryQuery { user, since }))? {
+                Reply::History(h) => print(json, &h, |h| ctl::render_history(h, &clock)),
+                other => Err(unexpected(other)),
+            }
+        }
         Cmd::Lock {
             target: Target::User,
             name,
@@ -209,12 +269,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => Err(unexpected(other)),
         },
         Cmd::Locks { json } => match client.call(&Request::Locks)? {
-            Reply::Locks(l) => print(json, &l, |l| enforcer::ctl::render_locks(l)),
+            Reply::Locks(l) => print(json, &l, |l| ctl::render_locks(l, &clock)),
             other => Err(unexpected(other)),
         },
         Cmd::Recordings { json, user, since } => {
+            let since = since_rfc3339(since.as_deref(), &clock)?;
             match client.call(&Request::Recordings { user, since })? {
-                Reply::Recordings(r) => print(json, &r, |r| enforcer::ctl::render_recordings(r)),
+                Reply::Recordings(r) => print(json, &r, |r| ctl::render_recordings(r, &clock)),
                 other => Err(unexpected(other)),
             }
         }

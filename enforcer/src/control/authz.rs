@@ -20,7 +20,7 @@ fn needed(req: &Request) -> Role {
         Request::Status | Request::Sessions | Request::Recordings { .. } | Request::Play { .. } => {
             Role::User
         }
-        Request::Watch { .. } | Request::Locks => Role::Auditor,
+        Request::Watch { .. } | Request::Locks | Request::History(_) => Role::Auditor,
         Request::PamAccount(_)
         | Request::PamOpenSession(_)
         | Request::PamCloseSession(_)
@@ -80,8 +80,12 @@ mod tests {
     }
 
     #[test]
-    fn auditors_read_locks_users_do_not() {
-        assert!(authorize(Role::Auditor, &Request::Locks).is_ok());
-        assert!(authorize(Role::User, &Request::Locks).is_err());
+    fn auditors_read_locks_and_history_users_do_not() {
+        let history = Request::History(Default::default());
+        for req in [Request::Locks, history] {
+            assert!(authorize(Role::Auditor, &req).is_ok());
+            assert!(authorize(Role::Root, &req).is_ok());
+            assert!(authorize(Role::User, &req).is_err());
+        }
     }
 }

@@ -16,11 +16,12 @@ use tokio::{
 };
 
 use super::{
-    Peer,
+    Peer, authorize,
     limits::{ControlSettings, SlotGuard, Slots},
     server::{Lane, refuse},
 };
 use crate::{
+    audit::history,
     core::control::ControlDrop,
     daemon::{StateHandle, list_recordings},
     host,
@@ -38,6 +39,9 @@ pub struct Ctx {
     pub listing: Semaphore,
     /// PAM decision latency and outcomes are measured here.
     pub metrics: Arc<Metrics>,
+    /// The audit log `history` reads, one reader at a time (each scans the whole file).
+    pub audit_path: std::path::PathBuf,
+    pub history: Semaphore,
 }
 
 impl Ctx {
@@ -47,6 +51,7 @@ impl Ctx {
         slots: Arc<Slots>,
         recordings: RecordingIndex,
         metrics: Arc<Metrics>,
+        audit_path: std::path::PathBuf,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -55,6 +60,8 @@ impl Ctx {
             recordings,
             listing: Semaphore::new(1),
             metrics,
+            audit_path,
+            history: Semaphore::new(1),
         })
     }
 }
@@ -184,6 +191,23 @@ async fn answer(
                     send(stream, &ctx.settings, uid, &resp).await
                 }
             };
+        }
+        // Root and auditors: read from the audit log on the blocking pool. Anyone else goes on
+        // to the state actor, which denies and audits the denial.
+        Request::History(ref query) if authorize(peer.role, &req).is_ok() => {
+            let (path, query) = (ctx.audit_path.clone(), query.clone());
+            let _turn = ctx.history.acquire().await.ok();
+            match tokio::task::spawn_blocking(move || history::read(&path, &query)).await {
+                Ok(Ok(entries)) => Ok(Reply::History(entries)),
+                Ok(Err(e @ history::HistoryError::Since(_))) => {
+                    Err(ErrorReply::new(ErrorKind::BadRequest, e.to_string()))
+                }
+                Ok(Err(e)) => Err(ErrorReply::new(ErrorKind::Internal, e.to_string())),
+                Err(_) => Err(ErrorReply::new(
+                    ErrorKind::Internal,
+                    "reading the audit log failed; see enforcerd's log",
+                )),
+            }
         }
         // Authorisation (and auditing of denials) happens in the state actor.
         Request::Play { .. } | Request::Watch { .. } => {

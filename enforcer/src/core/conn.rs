@@ -129,6 +129,8 @@ impl Connection {
                     bytes_out: f.bytes_out,
                 })
                 .collect(),
+            idle_since: None,
+            idle_cut_at: None,
         }
     }
 }

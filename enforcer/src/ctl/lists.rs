@@ -1,6 +1,13 @@
 use enforcer_proto::{ConnectionInfo, Endpoint, LockInfo};
 
-use super::table;
+use super::{clock::Clock, cut, table};
+
+/// Widest a free-text cell gets in a table (commands, reasons, forward targets).
+const TEXT: usize = 48;
+/// Widest the AUTH cell gets: method and the start of the key fingerprint or certificate id.
+const AUTH: usize = 36;
+/// Widest the PIDS cell gets.
+const PIDS: usize = 30;
 
 fn ep(e: &Option<Endpoint>) -> String {
     e.as_ref()
@@ -8,16 +15,24 @@ fn ep(e: &Option<Endpoint>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Renders `enforcerctl sessions`: one block per connection, its sessions below it.
-pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
+/// Only `user`'s connections (`sessions --user`); all when `None`.
+pub fn filter_user(conns: Vec<ConnectionInfo>, user: Option<&str>) -> Vec<ConnectionInfo> {
+    conns
+        .into_iter()
+        .filter(|c| user.is_none_or(|u| c.user == u))
+        .collect()
+}
+
+/// Renders `enforcerctl sessions`: one block per connection, its forwards and sessions below.
+pub fn render_sessions(conns: &[ConnectionInfo], clock: &Clock) -> String {
     if conns.is_empty() {
         return "no live connections\n".into();
     }
     let mut out = String::new();
     for c in conns {
-        out.push_str(&render_conns(std::slice::from_ref(c)));
+        out.push_str(&render_conns(std::slice::from_ref(c), clock));
         if !c.forwards.is_empty() {
-            out.push_str(&render_forwards(c));
+            out.push_str(&render_forwards(c, clock));
         }
         if c.sessions.is_empty() {
             out.push_str("    (no sessions)\n");
@@ -29,8 +44,9 @@ pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
                 "KIND",
                 "TTY",
                 "STARTED",
-                "LAST ACTIVITY",
+                "IDLE",
                 "PROCS",
+                "PIDS",
                 "CMDS",
                 "COMMAND",
             ]
@@ -38,15 +54,17 @@ pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
             .to_vec(),
         ];
         for s in &c.sessions {
+            let pids: Vec<String> = s.pids.iter().map(u32::to_string).collect();
             rows.push(vec![
                 format!("  {}", s.id),
                 s.kind.clone(),
                 s.tty.clone().unwrap_or_else(|| "-".into()),
-                s.started.clone(),
-                s.last_activity.clone(),
+                clock.local(&s.started),
+                clock.ago(&s.last_activity),
                 s.processes.to_string(),
+                cut(&pids.join(","), PIDS),
                 s.commands.to_string(),
-                s.command.clone().unwrap_or_default(),
+                cut(s.command.as_deref().unwrap_or_default(), TEXT),
             ]);
         }
         out.push_str(&table(&rows));
@@ -55,14 +73,14 @@ pub fn render_sessions(conns: &[ConnectionInfo]) -> String {
 }
 
 /// A connection's forwarding channels: kind `forward`, what they carry, bytes both ways.
-fn render_forwards(c: &ConnectionInfo) -> String {
+fn render_forwards(c: &ConnectionInfo, clock: &Clock) -> String {
     let mut rows = vec![
         [
             "  FORWARD",
             "KIND",
             "TARGET",
             "OPENED",
-            "LAST ACTIVITY",
+            "IDLE",
             "BYTES IN",
             "BYTES OUT",
         ]
@@ -73,9 +91,9 @@ fn render_forwards(c: &ConnectionInfo) -> String {
         rows.push(vec![
             format!("  {}", f.forward),
             "forward".into(),
-            f.target.clone(),
-            f.opened.clone(),
-            f.last_activity.clone(),
+            cut(&f.target, TEXT),
+            clock.local(&f.opened),
+            clock.ago(&f.last_activity),
             f.bytes_in.to_string(),
             f.bytes_out.to_string(),
         ]);
@@ -83,10 +101,19 @@ fn render_forwards(c: &ConnectionInfo) -> String {
     table(&rows)
 }
 
-fn render_conns(conns: &[ConnectionInfo]) -> String {
+/// How long a connection has been idle as its idle timeout counts, and when it is cut.
+fn idle(c: &ConnectionInfo, clock: &Clock) -> String {
+    match (&c.idle_since, &c.idle_cut_at) {
+        (Some(since), Some(cut)) => format!("{} (cut in {})", clock.ago(since), clock.until(cut)),
+        (Some(since), None) => clock.ago(since),
+        _ => "-".into(),
+    }
+}
+
+fn render_conns(conns: &[ConnectionInfo], clock: &Clock) -> String {
     let mut rows = vec![
         [
-            "CONN", "USER", "STATE", "CLIENT", "SERVER", "SINCE", "MONITOR", "AUTH",
+            "CONN", "USER", "STATE", "CLIENT", "SERVER", "SINCE", "IDLE", "MONITOR", "AUTH",
         ]
         .map(String::from)
         .to_vec(),
@@ -113,16 +140,17 @@ fn render_conns(conns: &[ConnectionInfo]) -> String {
             c.state.clone(),
             ep(&c.client),
             ep(&c.server),
-            c.since.clone(),
+            clock.local(&c.since),
+            idle(c, clock),
             c.monitor_pid.to_string(),
-            auth,
+            cut(&auth, AUTH),
         ]);
     }
     table(&rows)
 }
 
 /// Renders `enforcerctl locks`.
-pub fn render_locks(locks: &[LockInfo]) -> String {
+pub fn render_locks(locks: &[LockInfo], clock: &Clock) -> String {
     if locks.is_empty() {
         return "no locks\n".into();
     }
@@ -146,17 +174,23 @@ pub fn render_locks(locks: &[LockInfo]) -> String {
                 (false, None) => "no",
             }
             .into(),
-            l.expires.clone().unwrap_or_else(|| "never".into()),
-            dash(&l.since),
+            l.expires
+                .as_deref()
+                .map(|e| clock.local(e))
+                .unwrap_or_else(|| "never".into()),
+            l.since
+                .as_deref()
+                .map(|s| clock.local(s))
+                .unwrap_or_else(|| "-".into()),
             dash(&l.by),
-            reason,
+            cut(&reason, TEXT),
         ]);
     }
     table(&rows)
 }
 
 /// Renders `enforcerctl recordings`.
-pub fn render_recordings(recs: &[enforcer_proto::RecordingInfo]) -> String {
+pub fn render_recordings(recs: &[enforcer_proto::RecordingInfo], clock: &Clock) -> String {
     if recs.is_empty() {
         return "no recordings\n".into();
     }
@@ -171,7 +205,7 @@ pub fn render_recordings(recs: &[enforcer_proto::RecordingInfo]) -> String {
         rows.push(vec![
             r.id.to_string(),
             r.user.clone(),
-            r.started.clone(),
+            clock.local(&r.started),
             r.duration_secs
                 .map(|d| format!("{d:.1}s"))
                 .unwrap_or_else(|| "-".into()),
@@ -179,8 +213,106 @@ pub fn render_recordings(recs: &[enforcer_proto::RecordingInfo]) -> String {
             r.tty.clone().unwrap_or_else(|| "-".into()),
             r.size_bytes.to_string(),
             if r.live { "live" } else { "ended" }.into(),
-            r.command.clone().unwrap_or_default(),
+            cut(r.command.as_deref().unwrap_or_default(), TEXT),
         ]);
     }
     table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enforcer_proto::{AuthIdentity, SessionInfo};
+    use time::macros::{datetime, offset};
+
+    fn clock() -> Clock {
+        Clock {
+            now: datetime!(2026-11-23 12:00:00 UTC),
+            offset: |_| offset!(+1),
+        }
+    }
+
+    fn conn(user: &str, state: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            id: 3,
+            user: user.into(),
+            uid: Some(1000),
+            state: state.into(),
+            client: Some(Endpoint {
+                addr: "10.0.0.1".into(),
+                port: 5555,
+            }),
+            server: None,
+            rhost: None,
+            service: "sshd".into(),
+            monitor_pid: 42,
+            since: "2026-11-23T11:00:00Z".into(),
+            auth: Some(AuthIdentity {
+                method: "publickey".into(),
+                key_fingerprint: Some("SHA256:0123456789abcdefghijklmnopqrstuvwxyzABCDEFG".into()),
+                ..Default::default()
+            }),
+            sessions: vec![SessionInfo {
+                id: 9,
+                kind: "exec".into(),
+                pty: false,
+                tty: None,
+                command: Some(format!("rsync --server {}", "x".repeat(80))),
+                leader_pid: 100,
+                started: "2026-11-23T11:00:01Z".into(),
+                last_activity: "2026-11-23T11:55:48Z".into(),
+                processes: 2,
+                pids: vec![100, 101],
+                commands: 4,
+            }],
+            forwards: Vec::new(),
+            idle_since: Some("2026-11-23T11:55:48Z".into()),
+            idle_cut_at: Some("2026-11-23T12:10:48Z".into()),
+        }
+    }
+
+    #[test]
+    fn sessions_show_local_times_idle_and_cut_wide_cells() {
+        let text = render_sessions(&[conn("alice", "open")], &clock());
+        let lines: Vec<&str> = text.lines().collect();
+        for want in [
+            "2026-11-23 12:00:00",
+            "4m 12s (cut in 10m 48s)",
+            "publickey SHA256:0123456789abcdefgh…",
+        ] {
+            assert!(lines[1].contains(want), "{want:?} not in {:?}", lines[1]);
+        }
+        assert!(
+            lines[2].contains("IDLE") && lines[2].contains("PIDS"),
+            "{text}"
+        );
+        let session = lines[3];
+        for want in ["2026-11-23 12:00:01", "4m 12s", "100,101"] {
+            assert!(session.contains(want), "{want:?} not in {session:?}");
+        }
+        let command = session.split("  ").last().unwrap().trim_start();
+        assert_eq!(command.chars().count(), TEXT, "{command}");
+        assert!(command.ends_with('…'));
+        // Without an idle timeout: only how long.
+        let mut c = conn("alice", "open");
+        c.idle_cut_at = None;
+        let text = render_sessions(&[c], &clock());
+        assert!(
+            text.contains("  4m 12s  ") && !text.contains("cut in"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn user_filter_keeps_only_that_user() {
+        let conns = vec![
+            conn("alice", "open"),
+            conn("bob", "open"),
+            conn("alice", "lingering"),
+        ];
+        let alice = filter_user(conns.clone(), Some("alice"));
+        assert_eq!(alice.len(), 2);
+        assert!(alice.iter().all(|c| c.user == "alice"));
+        assert_eq!(filter_user(conns, None).len(), 3);
+    }
 }

@@ -1,15 +1,29 @@
 //! `enforcerctl`'s human-readable rendering of daemon answers (`--json` prints them as is).
 
+pub mod clock;
+mod history;
 mod lists;
+pub mod pam;
 pub mod play;
 mod status;
 
-pub use lists::{render_locks, render_recordings, render_sessions};
+pub use history::render_history;
+pub use lists::{filter_user, render_locks, render_recordings, render_sessions};
 pub use status::render_status;
 
 /// Formats seconds as "1h 2m 3s".
 pub fn human_secs(secs: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+/// Cuts a wide cell to `max` characters, ending it with "…" (`--json` has it whole).
+pub fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 /// Left-aligns rows of cells into columns two spaces apart.
@@ -37,4 +51,14 @@ pub fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wide_cells_are_cut() {
+        assert_eq!(super::cut("short", 10), "short");
+        assert_eq!(super::cut("abcdefghijkl", 5), "abcd…");
+        assert_eq!(super::cut("ééééééé", 3), "éé…");
+    }
 }

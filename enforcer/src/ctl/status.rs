@@ -1,19 +1,29 @@
-use enforcer_proto::{ProgramState, StatusReport};
+use enforcer_proto::{PolicyReport, ProgramState, StatusReport};
+use serde_json::Value;
 
-use super::{human_secs, table};
+use super::{clock::Clock, human_secs, table};
 
-/// Renders `enforcerctl status`.
-pub fn render_status(s: &StatusReport) -> String {
+/// Renders `enforcerctl status`; `fail_mode`: what logins meet while the daemon is down (see
+/// `ctl::pam`), one line each.
+pub fn render_status(s: &StatusReport, clock: &Clock, fail_mode: &[String]) -> String {
     let mut out = format!(
         "enforcerd {} (pid {}), up {} since {}\nkernel {}  config {}  socket {}\n",
         s.version,
         s.pid,
         human_secs(s.uptime_secs),
-        s.started_at,
+        clock.local(&s.started_at),
         s.kernel,
         s.config_path.as_deref().unwrap_or("(embedded default)"),
         s.socket,
     );
+    if let Some(p) = &s.policy {
+        out.push_str("\nPOLICY\n");
+        out.push_str(&table(&policy_rows(p)));
+    }
+    out.push_str("\nWHILE ENFORCERD IS DOWN (pam_enforcer.so account lines in /etc/pam.d)\n");
+    for line in fail_mode {
+        out.push_str(&format!("  {line}\n"));
+    }
     out.push_str("\nPROGRAMS\n");
     let rows: Vec<Vec<String>> = s
         .programs
@@ -76,4 +86,103 @@ pub fn render_status(s: &StatusReport) -> String {
         .collect();
     out.push_str(&table(&rows));
     out
+}
+
+/// A config value as the TOML file would have it, without quotes.
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "none".into(),
+        Value::Array(a) => a.iter().map(show).collect::<Vec<_>>().join(", "),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `section.key  value` rows of the policy in force, rules last.
+fn policy_rows(p: &PolicyReport) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for (section, value) in [
+        ("limits", &p.limits),
+        ("idle", &p.idle),
+        ("recording", &p.recording),
+        ("locks", &p.locks),
+    ] {
+        let Some(keys) = value.as_object() else {
+            continue;
+        };
+        for (key, v) in keys {
+            let mut text = show(v);
+            if section == "limits" && v == &Value::from(0) {
+                text.push_str(" (unlimited)");
+            } else if section == "idle" && key == "timeout" && text == "0" {
+                text.push_str(" (off)");
+            }
+            rows.push(vec![format!("{section}.{key}"), text]);
+        }
+    }
+    for (i, rule) in p.rules.iter().enumerate() {
+        let Some(keys) = rule.as_object() else {
+            continue;
+        };
+        let who: Vec<String> = ["users", "groups"]
+            .into_iter()
+            .filter_map(|k| {
+                Some(format!(
+                    "{k} {}",
+                    show(
+                        keys.get(k)
+                            .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))?
+                    )
+                ))
+            })
+            .collect();
+        let sets: Vec<String> = keys
+            .iter()
+            .filter(|(k, _)| *k != "users" && *k != "groups")
+            .map(|(k, v)| format!("{k} {}", show(v)))
+            .collect();
+        rows.push(vec![
+            format!("rules[{i}]"),
+            format!("{}: {}", who.join("; "), sets.join(", ")),
+        ]);
+    }
+    rows.push(vec![
+        "metrics".into(),
+        p.metrics_listen
+            .as_ref()
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_else(|| "off".into()),
+    ]);
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn policy_rows_name_every_key_and_explain_zero() {
+        let p = PolicyReport {
+            limits: json!({"max_connections_per_user": 0, "max_sessions_per_user": 3}),
+            idle: json!({"timeout": "0", "warn_before": "1m", "activity": "input"}),
+            recording: json!({"enabled": true, "dir": "/var/lib/enforcer/recordings"}),
+            locks: json!({"all_processes": true, "exempt": []}),
+            rules: vec![json!({"users": ["alice"], "groups": [], "idle_timeout": "5m"})],
+            metrics_listen: Some("127.0.0.1:9464".into()),
+        };
+        let text = table(&policy_rows(&p));
+        for want in [
+            "limits.max_connections_per_user  0 (unlimited)",
+            "limits.max_sessions_per_user     3",
+            "idle.timeout                     0 (off)",
+            "recording.enabled                true",
+            "locks.exempt                     none",
+            "rules[0]                         users alice: idle_timeout 5m",
+            "metrics                          http://127.0.0.1:9464/metrics",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+    }
 }

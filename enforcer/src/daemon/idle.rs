@@ -187,10 +187,11 @@ impl State {
         let warn_before = self.config.idle.warn_before.0;
         let mut to_cut = Vec::new();
         let mut to_warn = Vec::new();
+        self.idle_since.clear();
         for c in self
             .registry
             .iter()
-            .filter(|c| !c.idle_timeout.is_zero() && !self.terminating.contains_key(&c.id))
+            .filter(|c| !self.terminating.contains_key(&c.id))
         {
             // Opening a channel is the client's doing too; a connection without any is idle
             // from its start.
@@ -201,6 +202,11 @@ impl State {
                 .chain(latest.get(&c.id).copied())
                 .chain(c.forward_event_at.filter(|_| forwarding))
                 .fold(c.admitted_at, OffsetDateTime::max);
+            // Shown by `enforcerctl sessions` (IDLE, and when it is cut).
+            self.idle_since.insert(c.id, last);
+            if c.idle_timeout.is_zero() {
+                continue;
+            }
             let idle: Duration = (now - last).try_into().unwrap_or_default();
             let timeout = c.idle_timeout.0;
             if idle >= timeout {

@@ -123,6 +123,8 @@ fn adopted_info(conn_id: u64, uid: Option<u32>, since: OffsetDateTime) -> Connec
         auth: None,
         sessions: Vec::new(),
         forwards: Vec::new(),
+        idle_since: None,
+        idle_cut_at: None,
     }
 }
 

@@ -154,6 +154,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     );
     let control = Arc::new(ControlStats::default());
     let audit_tally = audit.tally.clone();
+    let audit_path = config.audit.path.clone();
     let parts = state::Parts {
         info,
         bpf: bpf.clone(),
@@ -173,6 +174,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         Slots::new(control),
         recordings,
         metrics.clone(),
+        audit_path,
     );
     let pam_task = {
         let ctx = ctx.clone();

@@ -303,6 +303,11 @@ impl State {
             .filter(|c| peer.may_see(c.uid))
             .map(|c| {
                 let mut info = c.info();
+                let idle_since = self.idle_since.get(&c.id).copied();
+                info.idle_since = idle_since.map(rfc3339);
+                info.idle_cut_at = idle_since
+                    .filter(|_| !c.idle_timeout.is_zero())
+                    .map(|t| rfc3339(t + c.idle_timeout.0));
                 info.sessions = self
                     .registry
                     .sessions_of(c.id)

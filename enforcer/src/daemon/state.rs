@@ -195,6 +195,8 @@ pub(super) struct State {
     pub snapshot: Option<(Instant, crate::bpf::BpfSnapshot)>,
     /// The last view of live tracked processes and when it was taken (see `sessions::processes`).
     pub process_view: Option<(Instant, Arc<ProcessView>)>,
+    /// Each connection's last activity that counts for its idle timeout (see `check_idle`).
+    pub idle_since: HashMap<u64, OffsetDateTime>,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -256,6 +258,7 @@ pub(super) async fn start(
         denials: DenialLimiter::default(),
         snapshot: None,
         process_view: None,
+        idle_since: HashMap::new(),
     };
     state.restore().await;
     let handle = StateHandle { tx, pam_tx };
@@ -433,6 +436,11 @@ impl State {
                 super::recordings::list(&self.recordings, peer, user.as_deref(), since.as_deref())
                     .map(Reply::Recordings)
             }
+            // Read from the audit log by the connection task (never on the actor).
+            Request::History(_) => Err(ErrorReply::new(
+                ErrorKind::Internal,
+                "history is read by the connection task; this is a bug, please report it",
+            )),
             Request::Play { .. } | Request::Watch { .. } => Err(ErrorReply::new(
                 ErrorKind::BadRequest,
                 "play and watch answer with a stream of frames; use enforcerctl play/watch",
@@ -478,6 +486,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::PamOpenSession(_) => "pam_open_session",
         Request::PamCloseSession(_) => "pam_close_session",
         Request::Sessions => "sessions",
+        Request::History(_) => "history",
         Request::Lock(_) => "lock",
         Request::Unlock { .. } => "unlock",
         Request::Locks => "locks",

@@ -6,11 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, StatusReport};
+use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, PolicyReport, StatusReport};
 
 use super::state::State;
 use crate::{
     bpf::BpfSnapshot,
+    config::Config,
     core::{conn::ConnState, session::SessionKind},
     metrics::MetricsView,
 };
@@ -70,6 +71,7 @@ impl State {
             features,
             events,
             dropped,
+            policy: Some(policy_report(&self.config)),
         })
     }
 
@@ -172,5 +174,20 @@ impl State {
             self.control.non_root_open.load(Ordering::Relaxed),
         );
         (events, dropped)
+    }
+}
+
+/// The policy in force, as the config names it (what `[[rules]]` and reloads change shows).
+fn policy_report(c: &Config) -> PolicyReport {
+    fn value<T: serde::Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap_or_default()
+    }
+    PolicyReport {
+        limits: value(&c.limits),
+        idle: value(&c.idle),
+        recording: value(&c.recording),
+        locks: value(&c.locks),
+        rules: c.rules.iter().map(value).collect(),
+        metrics_listen: c.metrics.listen.map(|a| a.to_string()),
     }
 }
