@@ -2,7 +2,7 @@
 
 use enforcer_proto::HistoryEntry;
 
-use super::{clock::Clock, cut, human_secs, table};
+use super::{clock::Clock, human_secs, table};
 
 /// Renders `enforcerctl history`, newest first as the daemon sends it.
 pub fn render_history(entries: &[HistoryEntry], clock: &Clock) -> String {
@@ -25,7 +25,7 @@ pub fn render_history(entries: &[HistoryEntry], clock: &Clock) -> String {
             clock.local(&e.logout),
             human_secs(e.duration_secs.round() as u64),
             e.reason.clone().unwrap_or_else(|| "-".into()),
-            cut(e.identity.as_deref().unwrap_or("-"), 30),
+            e.identity.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     table(&rows)
@@ -61,7 +61,7 @@ mod tests {
             "2026-11-23 13:00:05",
             "1h 5s",
             "idle_timeout",
-            "SHA256:0123456789abcdefghijkl…",
+            "SHA256:0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
         ] {
             assert!(row.contains(want), "{want:?} not in {row:?}");
         }

@@ -4,8 +4,6 @@ use super::{clock::Clock, cut, table};
 
 /// Widest a free-text cell gets in a table (commands, reasons, forward targets).
 const TEXT: usize = 48;
-/// Widest the AUTH cell gets: method and the start of the key fingerprint or certificate id.
-const AUTH: usize = 36;
 /// Widest the PIDS cell gets.
 const PIDS: usize = 30;
 
@@ -143,7 +141,8 @@ fn render_conns(conns: &[ConnectionInfo], clock: &Clock) -> String {
             clock.local(&c.since),
             idle(c, clock),
             c.monitor_pid.to_string(),
-            cut(&auth, AUTH),
+            // Whole: an identity is compared, not skimmed.
+            auth,
         ]);
     }
     table(&rows)
@@ -278,7 +277,7 @@ mod tests {
         for want in [
             "2026-11-23 12:00:00",
             "4m 12s (cut in 10m 48s)",
-            "publickey SHA256:0123456789abcdefgh…",
+            "publickey SHA256:0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
         ] {
             assert!(lines[1].contains(want), "{want:?} not in {:?}", lines[1]);
         }

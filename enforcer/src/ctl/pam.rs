@@ -60,7 +60,9 @@ pub fn account_hooks(file: &str, text: &str) -> Vec<AccountHook> {
         let Some(module) = next_token(&mut rest) else {
             continue;
         };
-        if Path::new(module).file_name().and_then(|n| n.to_str()) != Some("pam_enforcer.so") {
+        // The installed name, or the build's own (`target/release/libpam_enforcer.so`).
+        let name = Path::new(module).file_name().and_then(|n| n.to_str());
+        if !name.is_some_and(|n| n.ends_with("pam_enforcer.so")) {
             continue;
         }
         out.push(AccountHook {
@@ -140,6 +142,7 @@ session required pam_enforcer.so fail=open
 account required pam_enforcer.so
 account required pam_enforcer.so fail=maybe
 account required pam_enforcer.sox fail=open
+account required /src/target/release/libpam_enforcer.so timeout_ms=3000 fail=open
 ";
         let hooks = account_hooks("/etc/pam.d/common-account", text);
         let modes: Vec<(usize, FailMode)> =
@@ -151,6 +154,7 @@ account required pam_enforcer.sox fail=open
                 (5, FailMode::Open),
                 (6, FailMode::Closed),
                 (7, FailMode::BadArguments("fail=maybe".into())),
+                (9, FailMode::Open),
             ]
         );
         let lines = describe(&hooks);
