@@ -219,8 +219,8 @@ async fn answer(
             };
         }
         // NSS lookups of the login's user, here rather than on the actor (root only: anyone
-        // else is denied these requests anyway).
-        // The decision's latency as sshd waits for it, NSS lookup and queueing included.
+        // else is denied these requests anyway). The account decision's latency is measured as
+        // sshd waits for it: lookup and queueing included.
         Request::PamAccount(ref r) if uid == 0 => {
             let started = std::time::Instant::now();
             let identity = lookup(&r.user).await;
