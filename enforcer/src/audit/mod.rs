@@ -4,5 +4,6 @@
 mod record;
 mod sink;
 
+pub use crate::core::audit::{AuditEvent, AuditReason};
 pub use record::AuditRecord;
 pub use sink::{AuditCounters, AuditError, AuditSink};

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::state::State;
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditEvent, AuditReason, AuditRecord},
     bpf::tasks::{proc_start_ns, same_task, ticks_to_ns},
     core::{
         conn::{ConnState, Connection, ProcKey},
@@ -41,14 +41,14 @@ pub(super) enum CloseReason {
 }
 
 impl CloseReason {
-    fn code(self) -> &'static str {
+    fn reason(self) -> AuditReason {
         match self {
-            CloseReason::Logout => "logout",
-            CloseReason::MonitorExited => "monitor_exited",
-            CloseReason::MonitorGone => "monitor_gone",
-            CloseReason::Killed => "killed",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::UserLocked => "user_locked",
+            CloseReason::Logout => AuditReason::Logout,
+            CloseReason::MonitorExited => AuditReason::MonitorExited,
+            CloseReason::MonitorGone => AuditReason::MonitorGone,
+            CloseReason::Killed => AuditReason::Killed,
+            CloseReason::IdleTimeout => AuditReason::IdleTimeout,
+            CloseReason::UserLocked => AuditReason::UserLocked,
         }
     }
 }
@@ -146,9 +146,9 @@ impl State {
         ) {
             self.counters.connections_refused += 1;
             let message = refusal.message(&req.user);
-            let mut rec = AuditRecord::new("connection_refused", now)
+            let mut rec = AuditRecord::new(AuditEvent::ConnectionRefused, now)
                 .with_conn(&conn)
-                .reason(refusal.code(), Some(message.clone()));
+                .reason(refusal.reason(), Some(message.clone()));
             rec.conn_id = None;
             self.audit.record(rec);
             return Ok(Admission::Refused {
@@ -236,7 +236,7 @@ impl State {
             conn.auth = auth;
         }
         self.counters.connections_admitted += 1;
-        let rec = AuditRecord::new("connection_admitted", now).with_conn(conn);
+        let rec = AuditRecord::new(AuditEvent::ConnectionAdmitted, now).with_conn(conn);
         self.audit.record(rec);
         self.dirty = true;
         Ok(())
@@ -315,11 +315,11 @@ impl State {
             .collect();
         for id in ended {
             if let Some(s) = self.registry.remove_session(id) {
-                let mut rec =
-                    AuditRecord::new("session_ended", OffsetDateTime::now_utc()).with_session(&s);
+                let mut rec = AuditRecord::new(AuditEvent::SessionEnded, OffsetDateTime::now_utc())
+                    .with_session(&s);
                 rec.conn_id = Some(s.conn_id);
                 self.audit
-                    .record(rec.reason("ended_while_enforcerd_was_down", None));
+                    .record(rec.reason(AuditReason::EndedWhileEnforcerdWasDown, None));
             }
         }
         let roots: Vec<u32> = self.registry.iter().map(|c| c.monitor.pid).collect();
@@ -423,9 +423,9 @@ impl State {
         let now = OffsetDateTime::now_utc();
         self.close_forwards(&conn, now);
         self.counters.connections_closed += 1;
-        let mut rec = AuditRecord::new("connection_closed", now)
+        let mut rec = AuditRecord::new(AuditEvent::ConnectionClosed, now)
             .with_conn(&conn)
-            .reason(why.code(), None);
+            .reason(why.reason(), None);
         rec.duration_secs = Some((now - conn.admitted_at).as_seconds_f64().max(0.0));
         self.audit.record(rec);
         self.dirty = true;

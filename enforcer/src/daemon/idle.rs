@@ -9,7 +9,7 @@ use super::{admission::CloseReason, lockout::kill_and_audit, state::State};
 use enforcer_common::io::IO_FORWARD;
 
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditEvent, AuditReason, AuditRecord},
     config::{Activity, Forwarding},
     host,
 };
@@ -233,8 +233,8 @@ impl State {
                 human(idle),
                 human(timeout)
             );
-            let mut rec =
-                AuditRecord::new("idle_timeout", now).reason("idle_timeout", Some(message.clone()));
+            let mut rec = AuditRecord::new(AuditEvent::IdleTimeout, now)
+                .reason(AuditReason::IdleTimeout, Some(message.clone()));
             rec.idle_secs = Some(idle.as_secs_f64());
             self.close_with_message(id, CloseReason::IdleTimeout, &message, rec);
         }

@@ -15,7 +15,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 
 use super::{admission::CloseReason, state::Msg, state::State};
 use crate::{
-    audit::{AuditRecord, AuditSink},
+    audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
     bpf::{BpfHandle, KillTarget},
     core::lock::Lock,
     host,
@@ -263,9 +263,9 @@ impl State {
         let because = reason.map(|r| format!(": {r}")).unwrap_or_default();
         let message =
             format!("\r\nenforcer: account {user} is locked{because}; closing this connection\r\n");
-        let record = |event: &str| {
+        let record = |event: AuditEvent| {
             let mut rec = AuditRecord::new(event, OffsetDateTime::now_utc())
-                .reason("user_locked", Some(message.trim().to_owned()));
+                .reason(AuditReason::UserLocked, Some(message.trim().to_owned()));
             if let Some((uid, pid)) = by {
                 rec = rec.by(uid, pid);
             }
@@ -280,14 +280,18 @@ impl State {
                 };
                 (s.leader_pid, target)
             }));
-            self.schedule_kill(id, CloseReason::UserLocked, record("connection_killed"));
+            self.schedule_kill(
+                id,
+                CloseReason::UserLocked,
+                record(AuditEvent::ConnectionKilled),
+            );
         }
         let lingering: Vec<(u64, AuditRecord)> = self
             .lingering
             .iter()
             .filter(|(_, c)| covers(user, account_uid, &c.user, c.uid))
             .map(|(&id, c)| {
-                let mut rec = record("connection_killed");
+                let mut rec = record(AuditEvent::ConnectionKilled);
                 rec.user = Some(c.user.clone());
                 rec.uid = c.uid;
                 rec.conn_id = Some(id);
@@ -295,7 +299,7 @@ impl State {
             })
             .collect();
         let sweep = sweep_uid.map(|uid| {
-            let mut rec = record("user_processes_killed");
+            let mut rec = record(AuditEvent::UserProcessesKilled);
             rec.user = Some(user.to_owned());
             rec.uid = Some(uid);
             (uid, ids.clone(), rec)

@@ -23,7 +23,7 @@ use super::{
     status::Sweeps,
 };
 use crate::{
-    audit::{AuditRecord, AuditSink},
+    audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
     bpf::{BpfHandle, KernelEvent},
     config::Config,
     control::{ControlStats, Peer, authorize},
@@ -363,9 +363,9 @@ impl State {
             DenialAudit::Aggregate => return denied,
             DenialAudit::Record(ended) => self.audit_denial_summaries(ended),
         }
-        let mut rec = AuditRecord::new("request_denied", OffsetDateTime::now_utc())
+        let mut rec = AuditRecord::new(AuditEvent::RequestDenied, OffsetDateTime::now_utc())
             .by(peer.uid, peer.pid)
-            .reason("permission_denied", Some(denied.message.clone()));
+            .reason(AuditReason::PermissionDenied, Some(denied.message.clone()));
         rec.request = Some(op_name(req).into());
         self.audit.record(rec);
         denied
@@ -378,14 +378,15 @@ impl State {
 
     fn audit_denial_summaries(&mut self, summaries: impl IntoIterator<Item = DenialSummary>) {
         for s in summaries {
-            let mut rec = AuditRecord::new("requests_denied", OffsetDateTime::now_utc()).reason(
-                "permission_denied",
-                Some(format!(
-                    "{} more requests denied in {:.0} s after the one audited",
-                    s.count,
-                    s.window.as_secs_f64()
-                )),
-            );
+            let mut rec = AuditRecord::new(AuditEvent::RequestsDenied, OffsetDateTime::now_utc())
+                .reason(
+                    AuditReason::PermissionDenied,
+                    Some(format!(
+                        "{} more requests denied in {:.0} s after the one audited",
+                        s.count,
+                        s.window.as_secs_f64()
+                    )),
+                );
             rec.by_uid = Some(s.uid);
             rec.count = Some(s.count);
             self.audit.record(rec);
@@ -416,9 +417,9 @@ impl State {
                 .await
                 .map(|processes| Reply::Killed { processes }),
             Request::KillConnection { id } => {
-                let rec = AuditRecord::new("connection_killed", OffsetDateTime::now_utc())
+                let rec = AuditRecord::new(AuditEvent::ConnectionKilled, OffsetDateTime::now_utc())
                     .by(peer.uid, peer.pid)
-                    .reason("killed_by_operator", None);
+                    .reason(AuditReason::KilledByOperator, None);
                 self.kill_connection(id, CloseReason::Killed, rec)
                     .await
                     .map(|processes| Reply::Killed { processes })
