@@ -9,7 +9,8 @@
 //! - [`control`]: the control socket (framing, peer credentials, authorisation);
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
-//! - [`docs`]: man pages and completions generated from the CLI definitions.
+//! - [`docs`]: man pages and completions generated from the CLI definitions;
+//! - [`usage`]: argument errors as one line, exit 2.
 
 pub mod audit;
 pub mod bpf;
@@ -23,3 +24,4 @@ pub mod host;
 pub mod lines;
 pub mod locks;
 pub mod recording;
+pub mod usage;

@@ -296,9 +296,44 @@ fn enforcerctl_without_a_daemon_says_how_to_start_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(
-        err.contains("not running") && err.contains("start it with"),
+        err.contains("not running") && err.contains("start it with `systemctl start enforcerd`"),
         "{err}"
     );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn argument_errors_are_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    for args in [
+        &["status", "--bogus"][..],
+        &["lock", "user"],
+        &["statsu"],
+        &[],
+    ] {
+        let out = Command::new(bin("enforcerctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.starts_with("enforcerctl: "), "{err}");
+        assert!(
+            err.contains("--help`"),
+            "{args:?}: says where the help is: {err}"
+        );
+    }
+    let out = Command::new(bin("enforcerd"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "enforcerd too: {err}");
 }
 
 #[test]

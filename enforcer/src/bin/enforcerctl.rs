@@ -3,14 +3,14 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::bail;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use enforcer_proto::{
     Client, DEFAULT_PAM_SOCKET, DEFAULT_SOCKET, LockRequest, Reply, Request, WatchFrameMsg,
 };
 use serde::Serialize;
 
 /// Inspect and steer enforcerd.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "enforcerctl", version)]
 struct Cli {
     /// enforcerd's control socket [default: the root-only /run/enforcer/pam.sock when run as
@@ -119,7 +119,10 @@ fn main() -> ExitCode {
     {
         return code;
     }
-    let cli = Cli::parse();
+    let cli = match enforcer::usage::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
