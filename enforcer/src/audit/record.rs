@@ -3,9 +3,12 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use enforcer_proto::ConfigChange;
+
 use crate::core::{
     audit::{AuditEvent, AuditReason},
     conn::Connection,
+    reload::ReloadTrigger,
     rfc3339,
     session::{ExitStatus, Session},
 };
@@ -133,6 +136,16 @@ pub struct AuditRecord {
     pub bytes_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    /// The config file a reload read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_path: Option<String>,
+    /// What asked for a reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<ReloadTrigger>,
+    /// Config keys a reload changed (`config_reloaded`), or would have changed but only a
+    /// restart can (`config_reload_failed`, reason `needs_restart`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<ConfigChange>>,
 }
 
 impl AuditRecord {
@@ -188,6 +201,9 @@ impl AuditRecord {
             target: None,
             bytes_in: None,
             bytes_out: None,
+            config_path: None,
+            trigger: None,
+            changes: None,
         }
     }
 

@@ -111,6 +111,9 @@ enum Cmd {
         /// Session id (from `enforcerctl sessions`)
         id: u64,
     },
+    /// Re-read enforcerd's config file and apply it to new and live connections, or keep the
+    /// running config and say why (a bad file, or keys only a restart applies).
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -277,6 +280,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reply = client.read_response()?;
             }
         }
+        Cmd::Reload => match client.call(&Request::Reload)? {
+            Reply::Reloaded(r) if r.changes.is_empty() => {
+                println!("reloaded {}: no changes", r.config_path);
+                Ok(())
+            }
+            Reply::Reloaded(r) => {
+                let n = r.changes.len();
+                let s = if n == 1 { "" } else { "s" };
+                println!("reloaded {}: {n} change{s}", r.config_path);
+                for c in &r.changes {
+                    println!("  {c}");
+                }
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
         Cmd::Kill { what, id } => {
             let (req, noun) = match what {
                 KillWhat::Session => (Request::KillSession { id }, "session"),

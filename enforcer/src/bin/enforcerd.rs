@@ -7,9 +7,10 @@ use enforcer::config::Config;
 
 /// Host-level SSH session enforcer daemon.
 ///
-/// Runs in the foreground (as root) until SIGTERM or SIGINT. Its kernel programs stay attached
-/// (pinned under daemon.bpf_pin_dir) so enforcement goes on across restarts and upgrades;
-/// `enforcerd --detach` removes them (uninstall).
+/// Runs in the foreground (as root) until SIGTERM or SIGINT; SIGHUP re-reads the config file
+/// (as `enforcerctl reload` does). Its kernel programs stay attached (pinned under
+/// daemon.bpf_pin_dir) so enforcement goes on across restarts and upgrades; `enforcerd --detach`
+/// removes them (uninstall).
 #[derive(clap::Parser)]
 #[command(name = "enforcerd", version)]
 struct Args {

@@ -56,12 +56,14 @@ names! {
         /// Aggregate of one uid's further denials within 10 s.
         RequestsDenied = "requests_denied",
         AuditRecordsLost = "audit_records_lost",
+        ConfigReloaded = "config_reloaded",
+        ConfigReloadFailed = "config_reload_failed",
     }
 }
 
 names! {
     /// The `reason` of an audit record: why a login or session was refused, a connection
-    /// ended, something was killed, a request denied or records lost.
+    /// ended, something was killed, a request denied, records lost or a reload failed.
     AuditReason {
         UserLocked = "user_locked",
         MaxConnectionsPerUser = "max_connections_per_user",
@@ -94,6 +96,12 @@ names! {
         DiskFull = "disk_full",
         /// Audit records lost: another write error.
         WriteError = "write_error",
+        /// Reload: enforcerd runs on the embedded defaults; there is no file to re-read.
+        NoConfigFile = "no_config_file",
+        /// Reload: the file could not be read or is not a valid config.
+        InvalidConfig = "invalid_config",
+        /// Reload: the file changes keys that only a restart applies.
+        NeedsRestart = "needs_restart",
     }
 }
 

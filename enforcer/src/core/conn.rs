@@ -34,6 +34,9 @@ pub struct Connection {
     pub id: u64,
     pub user: String,
     pub uid: Option<u32>,
+    /// The user's groups when admitted: `[[rules]]` match them, at a reload too.
+    #[serde(default)]
+    pub groups: Vec<String>,
     pub monitor: ProcKey,
     pub state: ConnState,
     pub client: Option<SocketAddr>,
@@ -74,6 +77,7 @@ impl Connection {
             id: 0,
             user: user.to_owned(),
             uid,
+            groups: Vec::new(),
             monitor,
             state: ConnState::Pending,
             client: None,
@@ -267,6 +271,7 @@ pub(crate) mod tests {
             id: 0,
             user: user.into(),
             uid: Some(1000),
+            groups: Vec::new(),
             monitor: ProcKey {
                 pid,
                 start_ticks: 100 + pid as u64,

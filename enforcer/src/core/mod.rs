@@ -8,6 +8,7 @@ pub mod forward;
 pub mod identity;
 pub mod lock;
 pub mod policy;
+pub mod reload;
 pub mod session;
 
 /// RFC 3339 in UTC, as every time enforcer shows or logs is written.

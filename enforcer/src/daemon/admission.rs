@@ -78,7 +78,7 @@ fn endpoints(req: &PamAccount) -> (Option<SocketAddr>, Option<SocketAddr>) {
 }
 
 /// Marks a uid unknown to NSS in the kernel's connection entry (no per-user session limit).
-const NO_UID: u32 = u32::MAX;
+pub(super) const NO_UID: u32 = u32::MAX;
 
 impl State {
     /// Limits of `user` from their NSS identity (`None`: unknown to NSS).
@@ -95,12 +95,6 @@ impl State {
             ident.as_ref().map(|i| i.uid),
             policy::effective_limits(&self.config, user, groups),
         )
-    }
-
-    /// Limits of `user`, looking them up through NSS: only where no request waits (restore at
-    /// start-up); requests arrive with the identity resolved by their connection task.
-    fn limits_for(&self, user: &str) -> (Option<u32>, EffectiveLimits) {
-        self.limits_with(user, host::user_identity(user).as_ref())
     }
 
     /// PAM acct_mgmt: decide and, when admitted, reserve the slot and start tracking the monitor.
@@ -123,6 +117,7 @@ impl State {
             rhost: req.rhost.clone(),
             service: req.service.clone(),
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
+            groups: groups_of(ident.as_ref()),
             ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
         let lock = self
@@ -220,6 +215,7 @@ impl State {
                 let conn = Connection {
                     client,
                     server,
+                    groups: groups_of(ident.as_ref()),
                     ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
                 };
                 let id = self.registry.insert(conn);
@@ -342,7 +338,13 @@ impl State {
             .map(|c| (c.id, c.user.clone()))
             .collect();
         for (id, user) in conns {
-            let (uid, limits) = self.limits_for(&user);
+            // NSS here only because no request waits yet (start-up); requests arrive with the
+            // identity resolved by their connection task.
+            let ident = host::user_identity(&user);
+            let (uid, limits) = self.limits_with(&user, ident.as_ref());
+            if let Some(c) = self.registry.get_mut(id) {
+                c.groups = groups_of(ident.as_ref());
+            }
             let sessions = self.registry.sessions_of(id).count() as u64;
             let entry = conn_entry(sessions, uid, &limits);
             if let Err(e) = self.bpf.set_conn(id, entry).await {
@@ -430,6 +432,11 @@ impl State {
         self.audit.record(rec);
         self.dirty = true;
     }
+}
+
+/// The groups `[[rules]]` match a connection by (none when NSS does not know the user).
+fn groups_of(ident: Option<&host::UserIdentity>) -> Vec<String> {
+    ident.map(|i| i.groups.clone()).unwrap_or_default()
 }
 
 /// A connection's kernel entry: its live sessions and the limit they count against.

@@ -11,9 +11,12 @@ use std::{
 
 use enforcer_proto::ConnectionInfo;
 use time::OffsetDateTime;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 
-use super::{admission::CloseReason, state::Msg, state::State};
+use super::{admission::CloseReason, handle::Msg, state::State};
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
     bpf::{BpfHandle, KillTarget},
@@ -32,15 +35,16 @@ pub(super) struct LockFiles {
 }
 
 /// Reads the lock directory every [`LOCK_FILES_EVERY`] off the state actor (files and NSS
-/// block) and hands it over; ends when the actor does.
-pub(super) fn watch(store: LockStore, tx: mpsc::Sender<Msg>) {
+/// block) and hands it over; ends when the actor does. `store` names the directory in force
+/// (a reload may move `locks.dir`).
+pub(super) fn watch(store: watch::Receiver<LockStore>, tx: mpsc::Sender<Msg>) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(LOCK_FILES_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             let read_at = tokio::time::Instant::now();
-            let store = store.clone();
+            let store = store.borrow().clone();
             let Ok(locks) = tokio::task::spawn_blocking(move || {
                 let now = OffsetDateTime::now_utc();
                 store

@@ -10,15 +10,17 @@ use std::{
 use enforcer_proto::{ConnectionInfo, ErrorKind, ErrorReply, Reply, Request, Response};
 use time::OffsetDateTime;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, watch},
     task::JoinHandle,
 };
 
+pub use super::handle::{StateHandle, Stream};
 use super::{
     DaemonInfo,
     admission::CloseReason,
+    handle::Msg,
     idle::{IDLE_EVERY, PendingKill},
-    lockout::{self, LockFiles},
+    lockout,
     persist::{FLUSH_EVERY, Persist},
     status::Sweeps,
 };
@@ -26,114 +28,20 @@ use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
     bpf::{BpfHandle, KernelEvent},
     config::Config,
-    control::{ControlStats, Peer, authorize},
+    control::{ControlStats, Peer, SharedSettings, authorize},
     core::{
         conn::Registry,
         control::{DenialAudit, DenialLimiter, DenialSummary},
     },
     host::UserIdentity,
     locks::LockStore,
-    recording::{RecorderHandle, RecordingIndex, WatchFrame},
+    recording::{RecorderHandle, RecordingIndex},
 };
 
 /// How often connections whose sshd monitor vanished unnoticed are released. A backstop: the
 /// kernel reports every monitor's exit, and an event it had to drop is counted; checking each
 /// monitor in /proc costs ~10 µs of kernel time, so not every second.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-pub(super) enum Msg {
-    Request {
-        req: Request,
-        peer: Peer,
-        /// NSS identity of the PAM or lock request's user, looked up before the request got here.
-        identity: Option<UserIdentity>,
-        reply: oneshot::Sender<Response>,
-    },
-    Stream {
-        req: Request,
-        peer: Peer,
-        reply: oneshot::Sender<Result<Stream, ErrorReply>>,
-    },
-    /// The lock directory as just read (see `lockout::watch`).
-    LockFiles(LockFiles),
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// What a streaming request (play, watch) is answered from.
-pub enum Stream {
-    /// A recording file, sent as it is on disk.
-    File(std::path::PathBuf),
-    /// A live session's frames until it ends.
-    Live(mpsc::Receiver<WatchFrame>),
-}
-
-/// Cloneable access to the state actor.
-#[derive(Clone)]
-pub struct StateHandle {
-    tx: mpsc::Sender<Msg>,
-    /// The PAM lane, which the actor always serves first.
-    pam_tx: mpsc::Sender<Msg>,
-}
-
-impl StateHandle {
-    /// The same actor through its priority lane (the PAM socket's connections use this one).
-    pub fn priority(&self) -> StateHandle {
-        StateHandle {
-            tx: self.pam_tx.clone(),
-            pam_tx: self.pam_tx.clone(),
-        }
-    }
-
-    /// Authorises and applies a request; returns its answer. `identity`: the NSS lookup of a
-    /// PAM request's user, done by the caller so that the actor never waits on NSS.
-    pub async fn request(
-        &self,
-        req: Request,
-        peer: Peer,
-        identity: Option<UserIdentity>,
-    ) -> Response {
-        let (reply, rx) = oneshot::channel();
-        let msg = Msg::Request {
-            req,
-            peer,
-            identity,
-            reply,
-        };
-        if self.tx.send(msg).await.is_err() {
-            return Err(shutting_down());
-        }
-        rx.await.unwrap_or_else(|_| Err(shutting_down()))
-    }
-
-    /// Authorises a streaming request (play, watch) and opens what it streams.
-    pub async fn stream(&self, req: Request, peer: Peer) -> Result<Stream, ErrorReply> {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::Stream { req, peer, reply })
-            .await
-            .is_err()
-        {
-            return Err(shutting_down());
-        }
-        rx.await.unwrap_or_else(|_| Err(shutting_down()))
-    }
-
-    /// Stops the actor after the requests already queued.
-    pub async fn shutdown(&self) {
-        let (ack, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(ack)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-fn shutting_down() -> ErrorReply {
-    ErrorReply::new(
-        ErrorKind::Internal,
-        "enforcerd is shutting down; retry once it is back",
-    )
-}
 
 /// Daemon-side counters shown in status.
 #[derive(Debug, Default)]
@@ -180,6 +88,10 @@ pub(super) struct State {
     pub recordings: RecordingIndex,
     /// Connections the control socket closed, per reason (shown in status).
     pub control: Arc<ControlStats>,
+    /// The control sockets' settings in force (a reload replaces them).
+    pub control_settings: Arc<SharedSettings>,
+    /// The lock directory the watcher reads (a reload may move it).
+    pub lock_dir: watch::Sender<LockStore>,
     pub denials: DenialLimiter,
     /// The last BPF snapshot and when it was taken: unprivileged `status` requests are served
     /// from it (see `status::SNAPSHOT_REUSE`), so a loop of them cannot keep the BPF actor
@@ -202,6 +114,7 @@ pub(super) struct Parts {
     pub recorder: Option<RecorderHandle>,
     pub recordings: RecordingIndex,
     pub control: Arc<ControlStats>,
+    pub control_settings: Arc<SharedSettings>,
 }
 
 /// Spawns the state actor (after restoring the connection table).
@@ -217,6 +130,7 @@ pub(super) async fn start(
         recorder,
         recordings,
         control,
+        control_settings,
     } = parts;
     let (tx, rx) = mpsc::channel(256);
     let (pam_tx, pam_rx) = mpsc::channel(256);
@@ -226,7 +140,9 @@ pub(super) async fn start(
     let started = tokio::time::Instant::now();
     // The watcher's reads reach the actor on the priority lane: a flood of public requests
     // must not delay a lock dropped into the directory.
-    lockout::watch(locks.clone(), pam_tx.clone());
+    let (lock_dir, lock_dir_rx) = watch::channel(locks.clone());
+    lockout::watch(lock_dir_rx, pam_tx.clone());
+    let config_path = info.config_path.as_deref().map(Arc::from);
     let mut state = State {
         config,
         info,
@@ -247,13 +163,19 @@ pub(super) async fn start(
         locks_changed_at: started,
         recordings,
         control,
+        control_settings,
+        lock_dir,
         denials: DenialLimiter::default(),
         snapshot: None,
         process_view: None,
         sweeps: Sweeps::default(),
     };
     state.restore().await;
-    let handle = StateHandle { tx, pam_tx };
+    let handle = StateHandle {
+        tx,
+        pam_tx,
+        config_path,
+    };
     (handle, tokio::spawn(state.run(pam_rx, rx, events)))
 }
 
@@ -339,6 +261,15 @@ impl State {
                 let _ = reply.send(resp);
             }
             Msg::LockFiles(files) => self.apply_lock_files(files).await,
+            Msg::Reload {
+                loaded,
+                trigger,
+                peer,
+                reply,
+            } => {
+                let resp = self.reload(*loaded, trigger, peer.as_ref()).await;
+                let _ = reply.send(resp.map(Reply::Reloaded));
+            }
             Msg::Shutdown(ack) => {
                 if let Some(p) = self.persist.take() {
                     p.finish(&self.registry);
@@ -436,6 +367,11 @@ impl State {
                 ErrorKind::BadRequest,
                 "play and watch answer with a stream of frames; use enforcerctl play/watch",
             )),
+            // Root's reloads come as `Msg::Reload`, with the file already read.
+            Request::Reload => Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "reload is sent by the connection task; use enforcerctl reload",
+            )),
         }
     }
 
@@ -485,5 +421,6 @@ fn op_name(req: &Request) -> &'static str {
         Request::Recordings { .. } => "recordings",
         Request::Play { .. } => "play",
         Request::Watch { .. } => "watch",
+        Request::Reload => "reload",
     }
 }
