@@ -245,7 +245,14 @@ impl State {
     /// PAM close_session.
     pub(super) async fn pam_close(&mut self, req: PamSession) {
         if let Some(id) = self.registry.by_monitor_pid(req.pid).map(|c| c.id) {
-            self.release(id, CloseReason::Logout).await;
+            // sshd may get to close the session of a connection we are ending (idle, lock,
+            // kill) once its sessions died: the reason is still ours.
+            let why = self
+                .terminating
+                .get(&id)
+                .copied()
+                .unwrap_or(CloseReason::Logout);
+            self.release(id, why).await;
         }
     }
 
