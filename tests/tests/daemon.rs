@@ -69,6 +69,18 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
             "drop reason {reason} missing: {s}"
         );
     }
+    // The state actor times its periodic jobs.
+    let sweeps = s["sweeps"].as_array().unwrap();
+    for (name, every) in [("idle_check", 250), ("monitor_sweep", 5000)] {
+        let w = sweeps
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("sweep {name} missing: {s}"));
+        assert_eq!(w["every_ms"], every);
+        for field in ["runs", "last_us", "max_us", "total_us"] {
+            assert!(w[field].is_u64(), "{name}.{field}: {w}");
+        }
+    }
     let maps = s["maps"].as_array().unwrap();
     let tasks = maps.iter().find(|m| m["name"] == "ENF_TASKS").unwrap();
     assert_eq!(tasks["max_entries"], 65536);
@@ -82,7 +94,10 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
     // And the human form shows the same programs.
     let text = d.ctl_ok(&["status"]);
     assert!(
-        text.contains("enf_exec") && text.contains("attached") && text.contains("DROPPED"),
+        text.contains("enf_exec")
+            && text.contains("attached")
+            && text.contains("DROPPED")
+            && text.contains("idle_check"),
         "{text}"
     );
 }

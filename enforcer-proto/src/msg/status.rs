@@ -26,6 +26,27 @@ pub struct StatusReport {
     pub events: BTreeMap<String, u64>,
     /// Lost work, by reason. Every reason is always present, zero or not.
     pub dropped: BTreeMap<String, u64>,
+    /// The state actor's periodic jobs and how long they take (logins wait while one runs).
+    #[serde(default)]
+    pub sweeps: Vec<SweepStatus>,
+}
+
+/// One periodic job of the state actor: how often it runs and how long it took (wall time,
+/// waiting on the BPF actor included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepStatus {
+    /// `idle_check` (idle clocks) or `monitor_sweep` (connections whose sshd monitor is gone).
+    pub name: String,
+    /// Interval between runs, ms.
+    pub every_ms: u64,
+    /// Runs since the daemon started.
+    pub runs: u64,
+    /// Duration of the latest run, µs.
+    pub last_us: u64,
+    /// Longest run since the daemon started, µs.
+    pub max_us: u64,
+    /// All runs together, µs (mean over a window: difference of two reads over their `runs`).
+    pub total_us: u64,
 }
 
 /// One BPF program of the daemon.

@@ -67,6 +67,23 @@ pub fn render_status(s: &StatusReport) -> String {
         .map(|(k, v)| vec![k.clone(), v.to_string()])
         .collect();
     out.push_str(&table(&rows));
+    out.push_str("\nSWEEPS (every, runs, last, max, mean)\n");
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1e3);
+    let rows: Vec<Vec<String>> = s
+        .sweeps
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                format!("{} ms", w.every_ms),
+                w.runs.to_string(),
+                ms(w.last_us),
+                ms(w.max_us),
+                ms(w.total_us.checked_div(w.runs).unwrap_or(0)),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&rows));
     let lost: u64 = s.dropped.values().sum();
     out.push_str(&format!("\nDROPPED ({lost} in total)\n"));
     let rows: Vec<Vec<String>> = s

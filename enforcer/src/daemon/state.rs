@@ -20,6 +20,7 @@ use super::{
     idle::{IDLE_EVERY, PendingKill},
     lockout::{self, LockFiles},
     persist::{FLUSH_EVERY, Persist},
+    status::Sweeps,
 };
 use crate::{
     audit::{AuditRecord, AuditSink},
@@ -38,7 +39,7 @@ use crate::{
 /// How often connections whose sshd monitor vanished unnoticed are released. A backstop: the
 /// kernel reports every monitor's exit, and an event it had to drop is counted; checking each
 /// monitor in /proc costs ~10 µs of kernel time, so not every second.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 pub(super) enum Msg {
     Request {
@@ -186,6 +187,8 @@ pub(super) struct State {
     pub snapshot: Option<(Instant, crate::bpf::BpfSnapshot)>,
     /// The last view of live tracked processes and when it was taken (see `sessions::processes`).
     pub process_view: Option<(Instant, Arc<ProcessView>)>,
+    /// How long the periodic jobs below take (shown in status).
+    pub sweeps: Sweeps,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -247,6 +250,7 @@ pub(super) async fn start(
         denials: DenialLimiter::default(),
         snapshot: None,
         process_view: None,
+        sweeps: Sweeps::default(),
     };
     state.restore().await;
     let handle = StateHandle { tx, pam_tx };
@@ -294,10 +298,16 @@ impl State {
                 },
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
                 _ = denials.tick() => self.flush_denials(),
-                _ = sweep.tick() => self.sweep().await,
+                _ = sweep.tick() => {
+                    let t = Instant::now();
+                    self.sweep().await;
+                    self.sweeps.monitors.record(t.elapsed());
+                }
                 _ = idle.tick() => {
                     self.lift_expired_locks().await;
+                    let t = Instant::now();
                     self.check_idle().await;
+                    self.sweeps.idle.record(t.elapsed());
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();

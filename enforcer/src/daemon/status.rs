@@ -5,9 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, StatusReport};
+use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, StatusReport, SweepStatus};
 
-use super::state::State;
+use super::{idle::IDLE_EVERY, state::State};
 use crate::bpf::BpfSnapshot;
 
 /// How old a BPF snapshot may be when an unprivileged peer asks for `status`. Counting the
@@ -118,6 +118,69 @@ impl State {
             features,
             events,
             dropped,
+            sweeps: vec![
+                self.sweeps.idle.status("idle_check", IDLE_EVERY),
+                self.sweeps
+                    .monitors
+                    .status("monitor_sweep", super::state::SWEEP_EVERY),
+            ],
         })
+    }
+}
+
+/// How long the actor's periodic jobs take: each one holds up every login while it runs.
+#[derive(Debug, Default)]
+pub(super) struct Sweeps {
+    /// The idle clocks (`check_idle`).
+    pub idle: SweepTimer,
+    /// Connections whose monitor is gone (`sweep`).
+    pub monitors: SweepTimer,
+}
+
+/// Durations of one periodic job.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct SweepTimer {
+    runs: u64,
+    last: Duration,
+    max: Duration,
+    total: Duration,
+}
+
+impl SweepTimer {
+    pub fn record(&mut self, took: Duration) {
+        self.runs += 1;
+        self.last = took;
+        self.max = self.max.max(took);
+        self.total += took;
+    }
+
+    fn status(&self, name: &str, every: Duration) -> SweepStatus {
+        let us = |d: Duration| d.as_micros() as u64;
+        SweepStatus {
+            name: name.into(),
+            every_ms: every.as_millis() as u64,
+            runs: self.runs,
+            last_us: us(self.last),
+            max_us: us(self.max),
+            total_us: us(self.total),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_timer_keeps_last_max_and_total() {
+        let mut t = SweepTimer::default();
+        for ms in [3, 9, 2] {
+            t.record(Duration::from_millis(ms));
+        }
+        let s = t.status("idle_check", Duration::from_millis(250));
+        assert_eq!(
+            (s.runs, s.last_us, s.max_us, s.total_us, s.every_ms),
+            (3, 2000, 9000, 14000, 250)
+        );
     }
 }
