@@ -216,7 +216,8 @@ impl TestDaemon {
         self.child.as_ref().expect("daemon running").id()
     }
 
-    fn try_status(&self) -> Result<StatusReport, enforcer_proto::ClientError> {
+    /// `status` over the protocol, or why it failed (e.g. no answer within 5 s).
+    pub fn try_status(&self) -> Result<StatusReport, enforcer_proto::ClientError> {
         let mut c = Client::connect(&self.socket, Duration::from_secs(5))?;
         match c.call(&Request::Status)? {
             Reply::Status(s) => Ok(*s),
