@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use super::{
-    BpfError, BpfSettings, KernelEvent, RecorderMaps, events, loader,
+    BpfError, BpfSettings, KernelEvent, RecorderMaps, batch, events, loader,
     tasks::{self, KillTarget, Tasks},
 };
 
@@ -406,7 +406,7 @@ impl Actor {
                 let _ = reply.send(Ok(tasks::census(&self.tasks)));
             }
             Command::Activity(reply) => {
-                let _ = reply.send(Ok(self.activity.iter().filter_map(Result::ok).collect()));
+                let _ = reply.send(batch::entries(&self.activity).map_err(map_err("ENF_ACTIVITY")));
             }
             Command::ForgetActivity { conn_id, reply } => {
                 let keys: Vec<IoKey> = self
@@ -468,6 +468,8 @@ impl Actor {
         events.insert("events_received".into(), self.received);
         dropped.insert("drop_events_malformed".into(), self.malformed);
         dropped.insert("drop_daemon_backlog".into(), self.undelivered);
+        // Counted from batch reads: a key-by-key walk of tens of thousands of tasks would hold
+        // this actor (and the status request) for tens of milliseconds.
         let count = |n: usize| Some(n as u64);
         let map = |name: &str, kind: &str, max_entries: u32, entries: Option<u64>| MapStatus {
             name: name.into(),
@@ -492,31 +494,31 @@ impl Actor {
                 "ENF_TASKS",
                 "hash",
                 self.settings.max_tracked_tasks,
-                count(self.tasks.keys().filter(Result::is_ok).count()),
+                batch::entries(&self.tasks).ok().map(|e| e.len() as u64),
             ),
             map(
                 "ENF_CONNS",
                 "hash",
                 CONN_MAP_ENTRIES,
-                count(self.conns.keys().filter(Result::is_ok).count()),
+                batch::entries(&self.conns).ok().map(|e| e.len() as u64),
             ),
             map(
                 "ENF_USERS",
                 "hash",
                 USER_MAP_ENTRIES,
-                count(self.users.keys().filter(Result::is_ok).count()),
+                batch::entries(&self.users).ok().map(|e| e.len() as u64),
             ),
             map(
                 "ENF_LOCKED",
                 "hash",
                 LOCKED_MAP_ENTRIES,
-                count(self.locked.keys().filter(Result::is_ok).count()),
+                batch::entries(&self.locked).ok().map(|e| e.len() as u64),
             ),
             map(
                 "ENF_ACTIVITY",
                 "hash",
                 CHANNEL_MAP_ENTRIES,
-                count(self.activity.keys().filter(Result::is_ok).count()),
+                batch::entries(&self.activity).ok().map(|e| e.len() as u64),
             ),
             map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),
         ];

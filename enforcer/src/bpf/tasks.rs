@@ -14,9 +14,12 @@ use nix::{
 /// The table as the actor holds it.
 pub type Tasks = HashMap<MapData, u32, TrackedTask>;
 
-/// Every (task id, identity) in the table.
+/// Every (task id, identity) in the table, read in batches (tens of thousands of entries).
 pub fn census(tasks: &Tasks) -> Vec<(u32, TrackedTask)> {
-    tasks.iter().filter_map(Result::ok).collect()
+    super::batch::entries(tasks).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the tracked-task table");
+        Vec::new()
+    })
 }
 
 /// What a kill matches: a whole connection, or one session of it.
