@@ -8,7 +8,7 @@ use std::{
 
 use enforcer_proto::{AuthIdentity, ConnectionInfo, Endpoint};
 
-use super::session::Session;
+use super::session::{Session, Sessions};
 use crate::config::Dur;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -51,7 +51,7 @@ pub struct Connection {
     pub idle_warned_at: Option<OffsetDateTime>,
     /// Live sessions (channels), by session id.
     #[serde(default)]
-    pub sessions: BTreeMap<u64, Session>,
+    pub sessions: Sessions,
 }
 
 impl Connection {
@@ -113,13 +113,39 @@ impl Connection {
 }
 
 /// All live connections and their sessions. Serialisable: it is the daemon's persistent state.
+/// A connection's id and monitor never change once it is in here.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RegistryFile")]
 pub struct Registry {
     conns: BTreeMap<u64, Connection>,
     /// Next id to hand out; ids are never reused, across restarts too.
     next_id: u64,
     #[serde(default)]
     next_session_id: u64,
+    /// Connection id by monitor: every PAM request looks its connection up by monitor, and a
+    /// scan of 10 000 connections per request adds up. Rebuilt when the table is loaded.
+    #[serde(skip)]
+    monitors: BTreeMap<ProcKey, u64>,
+}
+
+/// [`Registry`] as stored.
+#[derive(Deserialize)]
+struct RegistryFile {
+    conns: BTreeMap<u64, Connection>,
+    next_id: u64,
+    #[serde(default)]
+    next_session_id: u64,
+}
+
+impl From<RegistryFile> for Registry {
+    fn from(f: RegistryFile) -> Self {
+        Registry {
+            monitors: f.conns.values().map(|c| (c.monitor, c.id)).collect(),
+            conns: f.conns,
+            next_id: f.next_id,
+            next_session_id: f.next_session_id,
+        }
+    }
 }
 
 impl Registry {
@@ -128,6 +154,7 @@ impl Registry {
         self.next_id = self.next_id.max(1);
         conn.id = self.next_id;
         self.next_id += 1;
+        self.monitors.insert(conn.monitor, conn.id);
         self.conns.insert(conn.id, conn);
         self.next_id - 1
     }
@@ -142,7 +169,11 @@ impl Registry {
 
     /// Removes a connection and its sessions.
     pub fn remove(&mut self, id: u64) -> Option<Connection> {
-        self.conns.remove(&id)
+        let conn = self.conns.remove(&id)?;
+        if self.monitors.get(&conn.monitor) == Some(&id) {
+            self.monitors.remove(&conn.monitor);
+        }
+        Some(conn)
     }
 
     /// Adds a session to its connection, assigning its id (never reused); `None` when the
@@ -152,13 +183,13 @@ impl Registry {
         self.next_session_id = self.next_session_id.max(1);
         session.id = self.next_session_id;
         self.next_session_id += 1;
-        conn.sessions.insert(session.id, session);
+        conn.sessions.insert(session);
         Some(self.next_session_id - 1)
     }
 
     /// A session by id, whatever its connection.
     pub fn session(&self, id: u64) -> Option<&Session> {
-        self.conns.values().find_map(|c| c.sessions.get(&id))
+        self.conns.values().find_map(|c| c.sessions.get(id))
     }
 
     /// The session the kernel knows as `kernel_id` in connection `conn_id`.
@@ -182,11 +213,11 @@ impl Registry {
     pub fn remove_session_by_kernel(&mut self, conn_id: u64, kernel_id: u64) -> Option<Session> {
         let sessions = &mut self.conns.get_mut(&conn_id)?.sessions;
         let id = sessions.values().find(|s| s.kernel_id == kernel_id)?.id;
-        sessions.remove(&id)
+        sessions.remove(id)
     }
 
     pub fn remove_session(&mut self, id: u64) -> Option<Session> {
-        self.conns.values_mut().find_map(|c| c.sessions.remove(&id))
+        self.conns.values_mut().find_map(|c| c.sessions.remove(id))
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
@@ -202,12 +233,20 @@ impl Registry {
 
     /// The connection whose monitor is this process.
     pub fn by_monitor(&self, key: ProcKey) -> Option<&Connection> {
-        self.conns.values().find(|c| c.monitor == key)
+        self.conns.get(self.monitors.get(&key)?)
     }
 
     /// The connection whose monitor has this pid (whatever its start time).
     pub fn by_monitor_pid(&self, pid: u32) -> Option<&Connection> {
-        self.conns.values().find(|c| c.monitor.pid == pid)
+        let any_start = ProcKey {
+            pid,
+            start_ticks: 0,
+        }..=ProcKey {
+            pid,
+            start_ticks: u64::MAX,
+        };
+        let (_, id) = self.monitors.range(any_start).next()?;
+        self.conns.get(id)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Connection> {
@@ -259,7 +298,7 @@ pub(crate) mod tests {
             auth: None,
             idle_timeout: Dur::ZERO,
             idle_warned_at: None,
-            sessions: BTreeMap::new(),
+            sessions: Sessions::default(),
         }
     }
 
@@ -292,7 +331,7 @@ pub(crate) mod tests {
         );
     }
 
-    fn session(conn_id: u64, kernel_id: u64) -> Session {
+    pub fn session(conn_id: u64, kernel_id: u64) -> Session {
         Session {
             id: 0,
             conn_id,
@@ -352,5 +391,11 @@ pub(crate) mod tests {
             "reused pid"
         );
         assert_eq!(r.by_monitor_pid(10).map(|c| c.id), Some(id));
+        assert!(r.by_monitor_pid(9).is_none() && r.by_monitor_pid(11).is_none());
+        // The index is rebuilt when the table is loaded, and follows removals.
+        let back: Registry = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.by_monitor(key).map(|c| c.id), Some(id));
+        r.remove(id);
+        assert!(r.by_monitor(key).is_none() && r.by_monitor_pid(10).is_none());
     }
 }

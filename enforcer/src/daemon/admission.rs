@@ -405,7 +405,7 @@ impl State {
         self.lingering
             .insert(id, super::lockout::lingering_info(conn.info()));
         for session_id in conn.sessions.keys() {
-            self.end_recording(*session_id);
+            self.end_recording(session_id);
         }
         if let Err(e) = self.bpf.remove_conn(id).await {
             tracing::warn!(conn = id, error = %e, "cannot remove connection from the kernel");
