@@ -20,7 +20,7 @@ use super::{
     idle::{IDLE_EVERY, PendingKill},
     lockout::{self, LockFiles},
     persist::{FLUSH_EVERY, Persist},
-    status::Sweeps,
+    status::{SweepTimer, Sweeps},
 };
 use crate::{
     audit::{AuditRecord, AuditSink},
@@ -299,15 +299,15 @@ impl State {
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
                 _ = denials.tick() => self.flush_denials(),
                 _ = sweep.tick() => {
-                    let t = Instant::now();
+                    let t = SweepTimer::start();
                     self.sweep().await;
-                    self.sweeps.monitors.record(t.elapsed());
+                    self.sweeps.monitors.record(t);
                 }
                 _ = idle.tick() => {
                     self.lift_expired_locks().await;
-                    let t = Instant::now();
+                    let t = SweepTimer::start();
                     self.check_idle().await;
-                    self.sweeps.idle.record(t.elapsed());
+                    self.sweeps.idle.record(t);
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
