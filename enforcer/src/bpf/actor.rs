@@ -76,7 +76,7 @@ enum Command {
     Census(Reply<Vec<(u32, TrackedTask)>>),
     Activity(Reply<Vec<(IoKey, Activity)>>),
     ForgetActivity {
-        conn_id: u64,
+        keys: Vec<IoKey>,
         reply: Reply<()>,
     },
     KillPass {
@@ -168,9 +168,9 @@ impl BpfHandle {
         self.ask(Command::Activity).await
     }
 
-    /// Drops the activity entries of a connection that ended.
-    pub async fn forget_activity(&self, conn_id: u64) -> Result<(), BpfError> {
-        self.ask(|reply| Command::ForgetActivity { conn_id, reply })
+    /// Drops activity entries (of connections that ended).
+    pub async fn forget_activity(&self, keys: Vec<IoKey>) -> Result<(), BpfError> {
+        self.ask(|reply| Command::ForgetActivity { keys, reply })
             .await
     }
 
@@ -408,13 +408,7 @@ impl Actor {
             Command::Activity(reply) => {
                 let _ = reply.send(batch::entries(&self.activity).map_err(map_err("ENF_ACTIVITY")));
             }
-            Command::ForgetActivity { conn_id, reply } => {
-                let keys: Vec<IoKey> = self
-                    .activity
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.conn_id == conn_id)
-                    .collect();
+            Command::ForgetActivity { keys, reply } => {
                 for k in keys {
                     let _ = self.activity.remove(&k);
                 }

@@ -114,7 +114,7 @@ impl Connection {
 
 /// All live connections and their sessions. Serialisable: it is the daemon's persistent state.
 /// A connection's id and monitor never change once it is in here.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(from = "RegistryFile")]
 pub struct Registry {
     conns: BTreeMap<u64, Connection>,
@@ -126,7 +126,20 @@ pub struct Registry {
     /// scan of 10 000 connections per request adds up. Rebuilt when the table is loaded.
     #[serde(skip)]
     monitors: BTreeMap<ProcKey, u64>,
+    /// Bumped whenever a connection or a session comes or goes (see [`Registry::changes`]).
+    #[serde(skip)]
+    changes: u64,
 }
+
+/// Equal tables hold the same connections and hand out the same ids next.
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.next_id, self.next_session_id, &self.conns)
+            == (other.next_id, other.next_session_id, &other.conns)
+    }
+}
+
+impl Eq for Registry {}
 
 /// [`Registry`] as stored.
 #[derive(Deserialize)]
@@ -144,6 +157,7 @@ impl From<RegistryFile> for Registry {
             conns: f.conns,
             next_id: f.next_id,
             next_session_id: f.next_session_id,
+            changes: 0,
         }
     }
 }
@@ -156,6 +170,7 @@ impl Registry {
         self.next_id += 1;
         self.monitors.insert(conn.monitor, conn.id);
         self.conns.insert(conn.id, conn);
+        self.changes += 1;
         self.next_id - 1
     }
 
@@ -170,6 +185,7 @@ impl Registry {
     /// Removes a connection and its sessions.
     pub fn remove(&mut self, id: u64) -> Option<Connection> {
         let conn = self.conns.remove(&id)?;
+        self.changes += 1;
         if self.monitors.get(&conn.monitor) == Some(&id) {
             self.monitors.remove(&conn.monitor);
         }
@@ -184,6 +200,7 @@ impl Registry {
         session.id = self.next_session_id;
         self.next_session_id += 1;
         conn.sessions.insert(session);
+        self.changes += 1;
         Some(self.next_session_id - 1)
     }
 
@@ -213,11 +230,19 @@ impl Registry {
     pub fn remove_session_by_kernel(&mut self, conn_id: u64, kernel_id: u64) -> Option<Session> {
         let sessions = &mut self.conns.get_mut(&conn_id)?.sessions;
         let id = sessions.values().find(|s| s.kernel_id == kernel_id)?.id;
+        self.changes += 1;
         sessions.remove(id)
     }
 
     pub fn remove_session(&mut self, id: u64) -> Option<Session> {
+        self.changes += 1;
         self.conns.values_mut().find_map(|c| c.sessions.remove(id))
+    }
+
+    /// A count that moves whenever a connection or a session is added or removed: anything
+    /// derived from the table's shape (the idle schedule) is stale once it moved.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
@@ -251,6 +276,11 @@ impl Registry {
 
     pub fn iter(&self) -> impl Iterator<Item = &Connection> {
         self.conns.values()
+    }
+
+    /// Every connection, to update in place (their ids and monitors stay as they are).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Connection> {
+        self.conns.values_mut()
     }
 
     pub fn len(&self) -> usize {

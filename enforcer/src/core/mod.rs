@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod control;
 pub mod identity;
+pub mod idle;
 pub mod lock;
 pub mod policy;
 pub mod session;

@@ -410,9 +410,8 @@ impl State {
         if let Err(e) = self.bpf.remove_conn(id).await {
             tracing::warn!(conn = id, error = %e, "cannot remove connection from the kernel");
         }
-        if let Err(e) = self.bpf.forget_activity(id).await {
-            tracing::warn!(conn = id, error = %e, "cannot remove connection activity from the kernel");
-        }
+        // Its channels' idle clocks go with the next idle check.
+        self.activity_orphans = true;
         if let Some(uid) = conn.uid {
             if !self.registry.iter().any(|c| c.uid == Some(uid)) {
                 if let Err(e) = self.bpf.remove_user(uid).await {

@@ -189,6 +189,12 @@ pub(super) struct State {
     pub process_view: Option<(Instant, Arc<ProcessView>)>,
     /// How long the periodic jobs below take (shown in status).
     pub sweeps: Sweeps,
+    /// A connection was released since the idle check last read the kernel's activity: its
+    /// channels' entries are left for that check to remove (reading them per release would walk
+    /// the whole map each time).
+    pub activity_orphans: bool,
+    /// When the idle check next has something to do.
+    pub idle_schedule: crate::core::idle::Schedule,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -251,6 +257,8 @@ pub(super) async fn start(
         snapshot: None,
         process_view: None,
         sweeps: Sweeps::default(),
+        activity_orphans: true,
+        idle_schedule: Default::default(),
     };
     state.restore().await;
     let handle = StateHandle { tx, pam_tx };
@@ -305,9 +313,7 @@ impl State {
                 }
                 _ = idle.tick() => {
                     self.lift_expired_locks().await;
-                    let t = SweepTimer::start();
-                    self.check_idle().await;
-                    self.sweeps.idle.record(t);
+                    self.check_idle(false).await;
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
