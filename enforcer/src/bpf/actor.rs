@@ -9,9 +9,8 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    counters::Counter,
-    io::{Activity, CHANNEL_MAP_ENTRIES, IoKey},
-    limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
+    io::{Activity, IoKey},
+    limits::{ConnEntry, UserEntry},
     tasks::TrackedTask,
 };
 use enforcer_proto::{FeatureProbe, MapStatus, ProgramStatus};
@@ -20,6 +19,8 @@ use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
+
+mod snapshot;
 
 use super::{
     BpfError, BpfSettings, KernelEvent, RecorderMaps, batch, events, loader,
@@ -45,9 +46,14 @@ type Reply<T> = oneshot::Sender<Result<T, BpfError>>;
 
 enum Command {
     Snapshot(Reply<BpfSnapshot>),
+    Drops(Reply<u64>),
     Track {
         tid: u32,
         task: TrackedTask,
+        reply: Reply<()>,
+    },
+    Untrack {
+        tid: u32,
         reply: Reply<()>,
     },
     SetConn {
@@ -117,9 +123,19 @@ impl BpfHandle {
         self.ask(Command::Snapshot).await
     }
 
+    /// Kernel events lost so far, every reason together (see `enforcerctl status`).
+    pub async fn drops(&self) -> Result<u64, BpfError> {
+        self.ask(Command::Drops).await
+    }
+
     /// Starts tracking a task (and, through the kernel, everything it creates from now on).
     pub async fn track(&self, tid: u32, task: TrackedTask) -> Result<(), BpfError> {
         self.ask(|reply| Command::Track { tid, task, reply }).await
+    }
+
+    /// Stops tracking a task that ended before the kernel could see it end.
+    pub async fn untrack(&self, tid: u32) -> Result<(), BpfError> {
+        self.ask(|reply| Command::Untrack { tid, reply }).await
     }
 
     /// Registers an admitted connection's session limit.
@@ -349,12 +365,19 @@ impl Actor {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Drops(reply) => {
+                let _ = reply.send(self.drops());
+            }
             Command::Track { tid, task, reply } => {
                 let _ = reply.send(
                     self.tasks
                         .insert(tid, task, 0)
                         .map_err(map_err("ENF_TASKS")),
                 );
+            }
+            Command::Untrack { tid, reply } => {
+                let _ =
+                    reply.send(absent_ok(self.tasks.remove(&tid)).map_err(map_err("ENF_TASKS")));
             }
             Command::SetConn {
                 conn_id,
@@ -441,88 +464,6 @@ impl Actor {
             self.locked.insert(uid, 1, 0)?;
         }
         Ok(())
-    }
-
-    fn snapshot(&self) -> Result<BpfSnapshot, BpfError> {
-        let mut events = BTreeMap::new();
-        let mut dropped = BTreeMap::new();
-        for c in Counter::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(c as u32), 0)
-                .map_err(map_err("ENF_COUNTERS"))?;
-            let total: u64 = per_cpu.iter().sum();
-            if c.is_drop() {
-                &mut dropped
-            } else {
-                &mut events
-            }
-            .insert(c.name().to_owned(), total);
-        }
-        events.insert("events_received".into(), self.received);
-        dropped.insert("drop_events_malformed".into(), self.malformed);
-        dropped.insert("drop_daemon_backlog".into(), self.undelivered);
-        // Counted from batch reads: a key-by-key walk of tens of thousands of tasks would hold
-        // this actor (and the status request) for tens of milliseconds.
-        let count = |n: usize| Some(n as u64);
-        let map = |name: &str, kind: &str, max_entries: u32, entries: Option<u64>| MapStatus {
-            name: name.into(),
-            kind: kind.into(),
-            max_entries,
-            entries,
-        };
-        let maps = vec![
-            map(
-                "ENF_EVENTS",
-                "ringbuf",
-                self.settings.ring_buffer_bytes,
-                None,
-            ),
-            map(
-                "ENF_COUNTERS",
-                "percpu_array",
-                enforcer_common::counters::COUNTER_SLOTS,
-                count(Counter::ALL.len()),
-            ),
-            map(
-                "ENF_TASKS",
-                "hash",
-                self.settings.max_tracked_tasks,
-                batch::entries(&self.tasks).ok().map(|e| e.len() as u64),
-            ),
-            map(
-                "ENF_CONNS",
-                "hash",
-                CONN_MAP_ENTRIES,
-                batch::entries(&self.conns).ok().map(|e| e.len() as u64),
-            ),
-            map(
-                "ENF_USERS",
-                "hash",
-                USER_MAP_ENTRIES,
-                batch::entries(&self.users).ok().map(|e| e.len() as u64),
-            ),
-            map(
-                "ENF_LOCKED",
-                "hash",
-                LOCKED_MAP_ENTRIES,
-                batch::entries(&self.locked).ok().map(|e| e.len() as u64),
-            ),
-            map(
-                "ENF_ACTIVITY",
-                "hash",
-                CHANNEL_MAP_ENTRIES,
-                batch::entries(&self.activity).ok().map(|e| e.len() as u64),
-            ),
-            map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),
-        ];
-        Ok(BpfSnapshot {
-            programs: self.programs.clone(),
-            maps,
-            features: self.features.clone(),
-            events,
-            dropped,
-        })
     }
 }
 

@@ -73,6 +73,11 @@ pub fn ticks_to_ns(ticks: u64) -> u64 {
     ticks * (1_000_000_000 / ticks_per_sec())
 }
 
+/// A start time in ns since boot in clock ticks (/proc's unit).
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    ns / (1_000_000_000 / ticks_per_sec())
+}
+
 /// Start time (ns since boot, tick resolution) of a live task, from /proc.
 pub fn proc_start_ns(tid: u32) -> Option<u64> {
     crate::host::proc_key(tid).map(|k| ticks_to_ns(k.start_ticks))
@@ -144,6 +149,12 @@ mod tests {
         let tick = 1_000_000_000 / ticks_per_sec();
         assert!(same_task(5 * tick + 123, 5 * tick));
         assert!(!same_task(6 * tick, 5 * tick));
+    }
+
+    #[test]
+    fn ticks_and_ns_convert_both_ways() {
+        assert_eq!(ns_to_ticks(ticks_to_ns(12345)), 12345);
+        assert_eq!(ns_to_ticks(ticks_to_ns(7) + 1), 7);
     }
 
     #[test]

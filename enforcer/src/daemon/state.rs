@@ -195,6 +195,11 @@ pub(super) struct State {
     pub activity_orphans: bool,
     /// When the idle check next has something to do.
     pub idle_schedule: crate::core::idle::Schedule,
+    /// When the sweep for ended monitors reads the kernel's task table.
+    pub monitor_sweep: crate::core::conn::MonitorSweep,
+    /// Connections whose monitor the kernel could not be told to track (a full table): their
+    /// end is only seen by the sweep, in /proc.
+    pub unregistered: std::collections::HashSet<u64>,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -259,6 +264,8 @@ pub(super) async fn start(
         sweeps: Sweeps::default(),
         activity_orphans: true,
         idle_schedule: Default::default(),
+        monitor_sweep: Default::default(),
+        unregistered: Default::default(),
     };
     state.restore().await;
     let handle = StateHandle { tx, pam_tx };
