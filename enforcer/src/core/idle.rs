@@ -48,6 +48,15 @@ pub struct IdleCheck {
     pub next_due: Option<OffsetDateTime>,
 }
 
+/// Changes one check makes to a connection.
+struct Update {
+    conn_id: u64,
+    /// `idle_warned_at` set (`Some(Some)`) or cleared (`Some(None)`).
+    warned: Option<Option<OffsetDateTime>>,
+    /// Sessions' new last activity, by session id.
+    sessions: Vec<(u64, OffsetDateTime)>,
+}
+
 /// When the idle check has something to do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Schedule {
@@ -84,7 +93,10 @@ pub fn check(
     activity.sort_unstable_by_key(|a| a.conn_id);
     let mut rest = &activity[..];
     let warn_before = settings.warn_before;
-    for c in registry.iter_mut() {
+    // What to change once the walk is done, only where something changes (a connection the
+    // writer thread still shares is copied when changed).
+    let mut updates: Vec<Update> = Vec::new();
+    for c in registry.iter() {
         let id = c.id;
         let before = rest.partition_point(|a| a.conn_id < id);
         out.orphans
@@ -92,6 +104,11 @@ pub fn check(
         let n = rest[before..].partition_point(|a| a.conn_id == id);
         let (mine, after) = rest[before..].split_at(n);
         rest = after;
+        let mut update = Update {
+            conn_id: id,
+            warned: None,
+            sessions: Vec::new(),
+        };
         // Latest counted activity of the connection.
         let mut latest: Option<OffsetDateTime> = None;
         for a in mine {
@@ -106,53 +123,67 @@ pub fn check(
             };
             latest = latest.max(counted);
             if let Some(t) = a.input.max(output).filter(|_| sessions) {
-                for s in c.sessions.values_mut() {
-                    if s.channels.contains(&a.object) && t > s.last_activity {
-                        s.last_activity = t;
-                    }
-                }
+                update.sessions.extend(
+                    c.sessions
+                        .values()
+                        .filter(|s| s.channels.contains(&a.object) && t > s.last_activity)
+                        .map(|s| (s.id, t)),
+                );
             }
         }
-        if c.idle_timeout.is_zero() || terminating(id) {
-            continue;
-        }
-        // Opening a channel is the client's doing too; a connection without any is idle from
-        // its start.
-        let last = c
-            .sessions
-            .latest_start()
-            .into_iter()
-            .chain(latest)
-            .fold(c.admitted_at, OffsetDateTime::max);
-        let idle: Duration = (now - last).try_into().unwrap_or_default();
-        let timeout = c.idle_timeout.0;
-        if idle >= timeout {
-            out.cut.push((id, idle, timeout));
-            continue;
-        }
-        let warn_pending = !warn_before.is_zero() && c.idle_warned_at.is_none_or(|w| w < last);
-        let due = if warn_pending && idle + warn_before >= timeout {
-            c.idle_warned_at = Some(now);
-            out.changed = true;
-            out.warn.push((id, timeout - idle));
-            last.checked_add((timeout).try_into().unwrap_or(time::Duration::MAX))
-        } else {
-            if c.idle_warned_at.is_some_and(|w| w < last) {
-                // Activity since the warning: the clock starts over.
-                c.idle_warned_at = None;
-                out.changed = true;
-            }
-            let at = if warn_pending {
-                timeout.saturating_sub(warn_before)
+        if !c.idle_timeout.is_zero() && !terminating(id) {
+            // Opening a channel is the client's doing too; a connection without any is idle
+            // from its start.
+            let last = c
+                .sessions
+                .latest_start()
+                .into_iter()
+                .chain(latest)
+                .fold(c.admitted_at, OffsetDateTime::max);
+            let idle: Duration = (now - last).try_into().unwrap_or_default();
+            let timeout = c.idle_timeout.0;
+            let warn_pending = !warn_before.is_zero() && c.idle_warned_at.is_none_or(|w| w < last);
+            let due = if idle >= timeout {
+                out.cut.push((id, idle, timeout));
+                None
+            } else if warn_pending && idle + warn_before >= timeout {
+                update.warned = Some(Some(now));
+                out.warn.push((id, timeout - idle));
+                Some(timeout)
             } else {
-                timeout
+                if c.idle_warned_at.is_some_and(|w| w < last) {
+                    // Activity since the warning: the clock starts over.
+                    update.warned = Some(None);
+                }
+                Some(if warn_pending {
+                    timeout.saturating_sub(warn_before)
+                } else {
+                    timeout
+                })
             };
-            last.checked_add(at.try_into().unwrap_or(time::Duration::MAX))
+            let due = due.and_then(|d| last.checked_add(d.try_into().ok()?));
+            out.next_due = match (out.next_due, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if update.warned.is_some() || !update.sessions.is_empty() {
+            updates.push(update);
+        }
+    }
+    out.changed = updates.iter().any(|u| u.warned.is_some());
+    for u in updates {
+        let Some(c) = registry.get_mut(u.conn_id) else {
+            continue;
         };
-        out.next_due = match (out.next_due, due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        if let Some(warned) = u.warned {
+            c.idle_warned_at = warned;
+        }
+        for (session_id, t) in u.sessions {
+            if let Some(s) = c.sessions.values_mut().find(|s| s.id == session_id) {
+                s.last_activity = s.last_activity.max(t);
+            }
+        }
     }
     out.orphans
         .extend(rest.iter().map(|a| (a.conn_id, a.object)));

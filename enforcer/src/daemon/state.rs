@@ -196,7 +196,7 @@ pub(super) struct State {
     /// When the idle check next has something to do.
     pub idle_schedule: crate::core::idle::Schedule,
     /// When the sweep for ended monitors reads the kernel's task table.
-    pub monitor_sweep: crate::core::conn::MonitorSweep,
+    pub monitor_sweep: crate::core::sweep::MonitorSweep,
     /// Connections whose monitor the kernel could not be told to track (a full table): their
     /// end is only seen by the sweep, in /proc.
     pub unregistered: std::collections::HashSet<u64>,
