@@ -48,15 +48,6 @@ pub struct IdleCheck {
     pub next_due: Option<OffsetDateTime>,
 }
 
-/// Changes one check makes to a connection.
-struct Update {
-    conn_id: u64,
-    /// `idle_warned_at` set (`Some(Some)`) or cleared (`Some(None)`).
-    warned: Option<Option<OffsetDateTime>>,
-    /// Sessions' new last activity, by session id.
-    sessions: Vec<(u64, OffsetDateTime)>,
-}
-
 /// When the idle check has something to do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Schedule {
@@ -94,21 +85,22 @@ pub fn check(
     let mut rest = &activity[..];
     let warn_before = settings.warn_before;
     // What to change once the walk is done, only where something changes (a connection the
-    // writer thread still shares is copied when changed).
-    let mut updates: Vec<Update> = Vec::new();
+    // writer thread still shares is copied when changed): `idle_warned_at` set or cleared,
+    // and sessions' new last activity (connection, session, time).
+    let mut warned: Vec<(u64, Option<OffsetDateTime>)> = Vec::new();
+    let mut touched: Vec<(u64, u64, OffsetDateTime)> = Vec::new();
     for c in registry.iter() {
         let id = c.id;
-        let before = rest.partition_point(|a| a.conn_id < id);
+        // Stepped over, not searched: the next entries are the ones at the front.
+        let before = rest.iter().take_while(|a| a.conn_id < id).count();
         out.orphans
             .extend(rest[..before].iter().map(|a| (a.conn_id, a.object)));
-        let n = rest[before..].partition_point(|a| a.conn_id == id);
+        let n = rest[before..]
+            .iter()
+            .take_while(|a| a.conn_id == id)
+            .count();
         let (mine, after) = rest[before..].split_at(n);
         rest = after;
-        let mut update = Update {
-            conn_id: id,
-            warned: None,
-            sessions: Vec::new(),
-        };
         // Latest counted activity of the connection.
         let mut latest: Option<OffsetDateTime> = None;
         for a in mine {
@@ -123,11 +115,11 @@ pub fn check(
             };
             latest = latest.max(counted);
             if let Some(t) = a.input.max(output).filter(|_| sessions) {
-                update.sessions.extend(
+                touched.extend(
                     c.sessions
                         .values()
                         .filter(|s| s.channels.contains(&a.object) && t > s.last_activity)
-                        .map(|s| (s.id, t)),
+                        .map(|s| (id, s.id, t)),
                 );
             }
         }
@@ -147,13 +139,13 @@ pub fn check(
                 out.cut.push((id, idle, timeout));
                 None
             } else if warn_pending && idle + warn_before >= timeout {
-                update.warned = Some(Some(now));
+                warned.push((id, Some(now)));
                 out.warn.push((id, timeout - idle));
                 Some(timeout)
             } else {
                 if c.idle_warned_at.is_some_and(|w| w < last) {
                     // Activity since the warning: the clock starts over.
-                    update.warned = Some(None);
+                    warned.push((id, None));
                 }
                 Some(if warn_pending {
                     timeout.saturating_sub(warn_before)
@@ -167,22 +159,19 @@ pub fn check(
                 (a, b) => a.or(b),
             };
         }
-        if update.warned.is_some() || !update.sessions.is_empty() {
-            updates.push(update);
+    }
+    out.changed = !warned.is_empty();
+    for (id, at) in warned {
+        if let Some(c) = registry.get_mut(id) {
+            c.idle_warned_at = at;
         }
     }
-    out.changed = updates.iter().any(|u| u.warned.is_some());
-    for u in updates {
-        let Some(c) = registry.get_mut(u.conn_id) else {
-            continue;
-        };
-        if let Some(warned) = u.warned {
-            c.idle_warned_at = warned;
-        }
-        for (session_id, t) in u.sessions {
-            if let Some(s) = c.sessions.values_mut().find(|s| s.id == session_id) {
-                s.last_activity = s.last_activity.max(t);
-            }
+    for (id, session_id, t) in touched {
+        let session = registry
+            .get_mut(id)
+            .and_then(|c| c.sessions.values_mut().find(|s| s.id == session_id));
+        if let Some(s) = session {
+            s.last_activity = s.last_activity.max(t);
         }
     }
     out.orphans
