@@ -63,16 +63,21 @@ impl Sample {
         self.cpu.div_f64(MEASURE.as_secs_f64())
     }
 
-    /// (mean over the window, max since start) of a sweep, ms.
-    fn sweep(&self, name: &str) -> (f64, f64) {
+    /// A sweep over the window: "mean / max ms" in wall time, then in CPU time (mean per run in
+    /// the window, skipped idle ticks included; max since the daemon started).
+    fn sweep(&self, name: &str) -> String {
         let find = |v: &[SweepStatus]| v.iter().find(|s| s.name == name).cloned();
         let (Some(a), Some(b)) = (find(&self.sweeps.0), find(&self.sweeps.1)) else {
-            return (f64::NAN, f64::NAN);
+            return "-".into();
         };
-        let runs = (b.runs - a.runs).max(1);
-        (
-            (b.total_us - a.total_us) as f64 / runs as f64 / 1e3,
+        let runs = (b.runs - a.runs).max(1) as f64;
+        let mean = |x: u64, y: u64| (y - x) as f64 / runs / 1e3;
+        format!(
+            "{:.2} / {:.2} ms (CPU {:.2} / {:.2} ms)",
+            mean(a.total_us, b.total_us),
             b.max_us as f64 / 1e3,
+            mean(a.total_cpu_us, b.total_cpu_us),
+            b.max_cpu_us as f64 / 1e3
         )
     }
 
@@ -185,6 +190,50 @@ fn main() {
     // Let the start-up work (exec records, recording headers) drain before measuring.
     std::thread::sleep(Duration::from_secs(3));
     let full = measure(&d);
+    // A full idle check over every connection (a root `sessions` listing forces one, to show
+    // each session's latest activity), as when a cut or warning comes due.
+    let idle_totals = |d: &TestDaemon| {
+        let s = d.status().sweeps;
+        let w = s.iter().find(|w| w.name == "idle_check").cloned().unwrap();
+        (w.total_us, w.total_cpu_us)
+    };
+    // Ticks meanwhile find nothing due: microseconds each.
+    let mut checks: Vec<(Duration, Duration)> = (0..5)
+        .map(|_| {
+            let (wall, cpu) = idle_totals(&d);
+            d.call(&Request::Sessions);
+            let (wall2, cpu2) = idle_totals(&d);
+            (
+                Duration::from_micros(wall2 - wall),
+                Duration::from_micros(cpu2 - cpu),
+            )
+        })
+        .collect();
+    checks.sort();
+    // The periodic check over every connection, as after each login or session end (the table
+    // changed): one more login at a time, then the ticks of the next 400 ms.
+    let mut more = StandIns(
+        Command::new(bin("enf-stand-in"))
+            .arg("5")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let more_pids = BufReader::new(more.0.stdout.take().unwrap()).lines();
+    let mut periodic: Vec<(Duration, Duration)> = more_pids
+        .map(|pid| {
+            let (wall, cpu) = idle_totals(&d);
+            admit(&d, &user.name, pid.unwrap().trim().parse().unwrap());
+            std::thread::sleep(Duration::from_millis(400));
+            let (wall2, cpu2) = idle_totals(&d);
+            (
+                Duration::from_micros(wall2 - wall),
+                Duration::from_micros(cpu2 - cpu),
+            )
+        })
+        .collect();
+    periodic.sort();
+    drop(more);
 
     println!(
         "## bench idle ({sessions} idle tracked sessions, {}s measured each way)",
@@ -198,12 +247,12 @@ fn main() {
         ("no sessions (baseline)".to_owned(), &base),
         (format!("{sessions} idle sessions"), &full),
     ] {
-        let (im, ix) = x.sweep("idle_check");
-        let (mm, mx) = x.sweep("monitor_sweep");
         println!(
-            "| {label} | {} ({:.2}% of a core) | {im:.2} / {ix:.2} ms | {mm:.2} / {mx:.2} ms | {} | {} |",
+            "| {label} | {} ({:.2}% of a core) | {} | {} | {} | {} |",
             ms(x.cpu_per_sec()),
             x.cpu_per_sec().as_secs_f64() * 100.0,
+            x.sweep("idle_check"),
+            x.sweep("monitor_sweep"),
             mib(x.mem.own_kib()),
             mib(x.mem.total_kib),
         );
@@ -227,6 +276,22 @@ fn main() {
         rings.join(", "),
         mib(full.mem.bpf_map_kib)
     );
+    for (what, runs) in [
+        ("after a login (the table changed)", &periodic),
+        (
+            "forced by a `sessions` listing, sessions' activity updated",
+            &checks,
+        ),
+    ] {
+        let median = runs[runs.len() / 2];
+        println!(
+            "Full idle check over {sessions} connections, {what}, 5 runs: median {} (CPU {}), slowest {} (CPU {})",
+            ms(median.0),
+            ms(median.1),
+            ms(runs[runs.len() - 1].0),
+            ms(runs[runs.len() - 1].1),
+        );
+    }
     let a = summarize(admissions);
     println!(
         "Admission over the PAM socket (account + open_session): {sessions} in {:.1} s ({:.0}/s), p50 {}, p99 {}; all sessions registered after {:.1} s",

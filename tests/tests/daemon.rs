@@ -99,7 +99,15 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
             .find(|w| w["name"] == name)
             .unwrap_or_else(|| panic!("sweep {name} missing: {s}"));
         assert_eq!(w["every_ms"], every);
-        for field in ["runs", "last_us", "max_us", "total_us"] {
+        for field in [
+            "runs",
+            "last_us",
+            "max_us",
+            "total_us",
+            "last_cpu_us",
+            "max_cpu_us",
+            "total_cpu_us",
+        ] {
             assert!(w[field].is_u64(), "{name}.{field}: {w}");
         }
     }

@@ -47,6 +47,14 @@ pub struct SweepStatus {
     pub max_us: u64,
     /// All runs together, µs (mean over a window: difference of two reads over their `runs`).
     pub total_us: u64,
+    /// CPU time of the daemon's core thread (both actors) in the latest run, the longest and
+    /// all runs together, µs: what the run cost, whatever else kept the CPUs busy.
+    #[serde(default)]
+    pub last_cpu_us: u64,
+    #[serde(default)]
+    pub max_cpu_us: u64,
+    #[serde(default)]
+    pub total_cpu_us: u64,
 }
 
 /// One BPF program of the daemon.

@@ -6,10 +6,12 @@ pub mod conn;
 pub mod control;
 pub mod forward;
 pub mod identity;
+pub mod idle;
 pub mod lock;
 pub mod policy;
 pub mod reload;
 pub mod session;
+pub mod sweep;
 
 /// RFC 3339 in UTC, as every time enforcer shows or logs is written.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {

@@ -1,7 +1,10 @@
 //! Connection admission: what the PAM module's three hooks do, and releasing a connection when
 //! its sshd monitor ends (close_session, kernel exit event, or the sweep).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
 
 use enforcer_common::{
     limits::{ConnEntry, UserEntry},
@@ -13,7 +16,7 @@ use time::OffsetDateTime;
 use super::state::State;
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord},
-    bpf::tasks::{proc_start_ns, same_task, ticks_to_ns},
+    bpf::tasks::{ns_to_ticks, proc_start_ns, same_task, ticks_to_ns},
     core::{
         conn::{ConnState, Connection, ProcKey},
         identity::{parse_auth_info, parse_ssh_connection},
@@ -153,20 +156,24 @@ impl State {
         }
         self.lift_lock_of(&req.user).await;
         let id = self.registry.insert(conn);
-        self.register_in_kernel(id, monitor, uid, &limits).await;
         self.dirty = true;
+        if !self.register_in_kernel(id, monitor, uid, &limits).await {
+            self.release(id, CloseReason::MonitorExited).await;
+        }
         Ok(Admission::Admitted { conn_id: id })
     }
 
     /// Session limits first (the monitor may fork a channel at once), then the monitor itself:
-    /// from here on the kernel follows everything it starts.
+    /// from here on the kernel follows everything it starts. False when the monitor ended
+    /// before the kernel tracked it: no exit event will come for it, and its entry would make
+    /// the sweep (which trusts the kernel's table) take it for alive.
     async fn register_in_kernel(
-        &self,
+        &mut self,
         conn_id: u64,
         monitor: ProcKey,
         uid: Option<u32>,
         limits: &EffectiveLimits,
-    ) {
+    ) -> bool {
         let mut failures = Vec::new();
         if let Err(e) = self.bpf.set_conn(conn_id, conn_entry(0, uid, limits)).await {
             failures.push(e.to_string());
@@ -189,12 +196,21 @@ impl State {
         };
         if let Err(e) = self.bpf.track(monitor.pid, task).await {
             failures.push(e.to_string());
+            // No exit event will come: the sweep looks for this monitor in /proc.
+            self.unregistered.insert(conn_id);
+        }
+        let live = host::alive(monitor);
+        if !live {
+            if let Err(e) = self.bpf.untrack(monitor.pid).await {
+                failures.push(e.to_string());
+            }
         }
         for f in failures {
             // The sweep still notices the monitor's end; session limits or tracking for this
             // connection are lost (drop counters say why: e.g. a full map).
             tracing::error!(conn = conn_id, pid = monitor.pid, error = %f, "kernel registration incomplete");
         }
+        live
     }
 
     /// PAM open_session: the connection is live; sshd has now exposed the key or certificate.
@@ -219,7 +235,10 @@ impl State {
                     ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
                 };
                 let id = self.registry.insert(conn);
-                self.register_in_kernel(id, monitor, uid, &limits).await;
+                if !self.register_in_kernel(id, monitor, uid, &limits).await {
+                    self.release(id, CloseReason::MonitorExited).await;
+                    return Err(no_such_process(req.pid));
+                }
                 id
             }
         };
@@ -241,7 +260,14 @@ impl State {
     /// PAM close_session.
     pub(super) async fn pam_close(&mut self, req: PamSession) {
         if let Some(id) = self.registry.by_monitor_pid(req.pid).map(|c| c.id) {
-            self.release(id, CloseReason::Logout).await;
+            // sshd may get to close the session of a connection we are ending (idle, lock,
+            // kill) once its sessions died: the reason is still ours.
+            let why = self
+                .terminating
+                .get(&id)
+                .copied()
+                .unwrap_or(CloseReason::Logout);
+            self.release(id, why).await;
         }
     }
 
@@ -265,31 +291,62 @@ impl State {
     }
 
     /// Releases connections whose monitor is gone without us hearing of it (a dropped event, or
-    /// an exit while the daemon was down).
+    /// an exit while the daemon was down). The kernel drops a task's entry from its table when
+    /// the task exits, also when the exit event is lost: a monitor still in the table with its
+    /// start time is alive. Only the others are looked up in /proc (reading /proc for every
+    /// monitor would cost ~20 µs each, 200 ms for 10 000 connections, with logins waiting).
+    /// The table itself is read only when `core::conn::MonitorSweep` says so.
     pub(super) async fn sweep(&mut self) {
+        let drops = match self.bpf.drops().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the drop counters");
+                None
+            }
+        };
+        let unsure = !self.lingering.is_empty() || !self.unregistered.is_empty();
+        let census = drops.is_none_or(|d| self.monitor_sweep.census_needed(d, unsure));
+        if census {
+            let tasks = self.bpf.census().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "task census failed; every monitor is looked up in /proc");
+                Vec::new()
+            });
+            let tracked: HashMap<u32, u64> = tasks
+                .iter()
+                .filter(|(_, t)| t.flags & TASK_CONN_ROOT != 0)
+                .map(|(tid, t)| (*tid, ns_to_ticks(t.start_ns)))
+                .collect();
+            self.release_gone_monitors(&tracked).await;
+            self.forget_ended_lingering(&tasks);
+        }
+        if let Some(d) = drops {
+            self.monitor_sweep.done(d, census);
+        }
+    }
+
+    /// Releases connections whose monitor is neither in `tracked` (see [`State::sweep`]) nor
+    /// alive in /proc.
+    async fn release_gone_monitors(&mut self, tracked: &HashMap<u32, u64>) {
         let gone: Vec<u64> = self
             .registry
-            .iter()
-            .filter(|c| !host::alive(c.monitor))
-            .map(|c| c.id)
+            .untracked_monitors(tracked)
+            .into_iter()
+            .filter(|(_, monitor)| !host::alive(*monitor))
+            .map(|(id, _)| id)
             .collect();
         for id in gone {
             self.release_ended(id, CloseReason::MonitorGone).await;
         }
-        self.forget_ended_lingering().await;
     }
 
-    /// Forgets released connections none of whose processes is left.
-    async fn forget_ended_lingering(&mut self) {
+    /// Forgets released connections none of whose processes is left (`tasks`: the census).
+    fn forget_ended_lingering(&mut self, tasks: &[(u32, TrackedTask)]) {
         if self.lingering.is_empty() {
             return;
         }
-        let Ok(tasks) = self.bpf.census().await else {
-            return;
-        };
         let live = host::process_ids();
-        let with_tasks: std::collections::HashSet<u64> = tasks
-            .into_iter()
+        let with_tasks: HashSet<u64> = tasks
+            .iter()
             .filter(|(tid, _)| live.contains(tid))
             .map(|(_, t)| t.conn_id)
             .collect();
@@ -300,7 +357,9 @@ impl State {
     /// gone, check the pinned task table against /proc (adopting tasks forked while the daemon
     /// was down) and re-sync the kernel's session counts.
     pub(super) async fn restore(&mut self) {
-        self.sweep().await;
+        // Every monitor in /proc: the pinned table may still hold tasks that ended while no
+        // program ran (`validate` below removes them).
+        self.release_gone_monitors(&HashMap::new()).await;
         let ended: Vec<u64> = self
             .registry
             .sessions()
@@ -330,8 +389,7 @@ impl State {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot reconcile tracked tasks"),
         }
-        let mut per_user: std::collections::HashMap<u32, (u64, u32)> =
-            std::collections::HashMap::new();
+        let mut per_user: HashMap<u32, (u64, u32)> = HashMap::new();
         let conns: Vec<(u64, String)> = self
             .registry
             .iter()
@@ -402,19 +460,19 @@ impl State {
             return;
         };
         self.terminating.remove(&id);
+        self.unregistered.remove(&id);
         // Processes it leaves running (nohup, setsid, double fork) keep its identity: shown
         // and killable as lingering until none is left (the sweep forgets it then).
         self.lingering
             .insert(id, super::lockout::lingering_info(conn.info()));
         for session_id in conn.sessions.keys() {
-            self.end_recording(*session_id);
+            self.end_recording(session_id);
         }
         if let Err(e) = self.bpf.remove_conn(id).await {
             tracing::warn!(conn = id, error = %e, "cannot remove connection from the kernel");
         }
-        if let Err(e) = self.bpf.forget_activity(id).await {
-            tracing::warn!(conn = id, error = %e, "cannot remove connection activity from the kernel");
-        }
+        // Its channels' idle clocks go with the next idle check.
+        self.activity_orphans = true;
         if let Some(uid) = conn.uid {
             if !self.registry.iter().any(|c| c.uid == Some(uid)) {
                 if let Err(e) = self.bpf.remove_user(uid).await {

@@ -283,6 +283,8 @@ impl State {
                 return view.clone();
             }
         }
+        // Each session's latest activity, as the kernel has it now.
+        self.check_idle(true).await;
         // Threads are in the census too; /proc lists processes only.
         let live = host::process_ids();
         let mut processes: ProcessView = HashMap::new();

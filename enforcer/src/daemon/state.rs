@@ -22,7 +22,7 @@ use super::{
     idle::{IDLE_EVERY, PendingKill},
     lockout,
     persist::{FLUSH_EVERY, Persist},
-    status::Sweeps,
+    status::{SweepTimer, Sweeps},
 };
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
@@ -101,6 +101,17 @@ pub(super) struct State {
     pub process_view: Option<(Instant, Arc<ProcessView>)>,
     /// How long the periodic jobs below take (shown in status).
     pub sweeps: Sweeps,
+    /// A connection was released since the idle check last read the kernel's activity: its
+    /// channels' entries are left for that check to remove (reading them per release would walk
+    /// the whole map each time).
+    pub activity_orphans: bool,
+    /// When the idle check next has something to do.
+    pub idle_schedule: crate::core::idle::Schedule,
+    /// When the sweep for ended monitors reads the kernel's task table.
+    pub monitor_sweep: crate::core::sweep::MonitorSweep,
+    /// Connections whose monitor the kernel could not be told to track (a full table): their
+    /// end is only seen by the sweep, in /proc.
+    pub unregistered: std::collections::HashSet<u64>,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -169,6 +180,10 @@ pub(super) async fn start(
         snapshot: None,
         process_view: None,
         sweeps: Sweeps::default(),
+        activity_orphans: true,
+        idle_schedule: Default::default(),
+        monitor_sweep: Default::default(),
+        unregistered: Default::default(),
     };
     state.restore().await;
     let handle = StateHandle {
@@ -221,15 +236,13 @@ impl State {
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
                 _ = denials.tick() => self.flush_denials(),
                 _ = sweep.tick() => {
-                    let t = Instant::now();
+                    let t = SweepTimer::start();
                     self.sweep().await;
-                    self.sweeps.monitors.record(t.elapsed());
+                    self.sweeps.monitors.record(t);
                 }
                 _ = idle.tick() => {
                     self.lift_expired_locks().await;
-                    let t = Instant::now();
-                    self.check_idle().await;
-                    self.sweeps.idle.record(t.elapsed());
+                    self.check_idle(false).await;
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();

@@ -137,21 +137,52 @@ pub(super) struct Sweeps {
     pub monitors: SweepTimer,
 }
 
-/// Durations of one periodic job.
+/// Durations of one periodic job: wall time, and CPU time of the thread running it.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct SweepTimer {
     runs: u64,
     last: Duration,
     max: Duration,
     total: Duration,
+    last_cpu: Duration,
+    max_cpu: Duration,
+    total_cpu: Duration,
+}
+
+/// A run being timed (see [`SweepTimer::start`]).
+pub(super) struct Timing {
+    wall: Instant,
+    cpu: Duration,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 impl SweepTimer {
-    pub fn record(&mut self, took: Duration) {
+    pub fn start() -> Timing {
+        Timing {
+            wall: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    /// Ends the run `t` (on the thread that started it).
+    pub fn record(&mut self, t: Timing) {
+        self.add(t.wall.elapsed(), thread_cpu().saturating_sub(t.cpu));
+    }
+
+    fn add(&mut self, took: Duration, cpu: Duration) {
         self.runs += 1;
         self.last = took;
         self.max = self.max.max(took);
         self.total += took;
+        self.last_cpu = cpu;
+        self.max_cpu = self.max_cpu.max(cpu);
+        self.total_cpu += cpu;
     }
 
     fn status(&self, name: &str, every: Duration) -> SweepStatus {
@@ -163,6 +194,9 @@ impl SweepTimer {
             last_us: us(self.last),
             max_us: us(self.max),
             total_us: us(self.total),
+            last_cpu_us: us(self.last_cpu),
+            max_cpu_us: us(self.max_cpu),
+            total_cpu_us: us(self.total_cpu),
         }
     }
 }
@@ -174,13 +208,22 @@ mod tests {
     #[test]
     fn sweep_timer_keeps_last_max_and_total() {
         let mut t = SweepTimer::default();
-        for ms in [3, 9, 2] {
-            t.record(Duration::from_millis(ms));
+        let ms = Duration::from_millis;
+        for (wall, cpu) in [(3, 1), (9, 2), (2, 2)] {
+            t.add(ms(wall), ms(cpu));
         }
-        let s = t.status("idle_check", Duration::from_millis(250));
+        let s = t.status("idle_check", ms(250));
         assert_eq!(
             (s.runs, s.last_us, s.max_us, s.total_us, s.every_ms),
             (3, 2000, 9000, 14000, 250)
         );
+        assert_eq!(
+            (s.last_cpu_us, s.max_cpu_us, s.total_cpu_us),
+            (2000, 2000, 5000)
+        );
+        // A real run on this thread.
+        let run = SweepTimer::start();
+        t.record(run);
+        assert_eq!(t.status("x", ms(1)).runs, 4);
     }
 }
