@@ -23,7 +23,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "enforcerd is not running (nothing listens on {}); start it with `enforcerd --config /etc/enforcer/enforcer.toml` or `cargo xtask run`",
+        "enforcerd is not running (nothing listens on {}); start it with `systemctl start enforcerd` (without systemd: `service enforcerd start`)",
         socket.display()
     )]
     NotRunning { socket: PathBuf },
@@ -205,7 +205,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
-        assert!(err.to_string().contains("start it with"), "{err}");
+        // The service, not a developer command: this is what an operator reads.
+        assert!(
+            err.to_string()
+                .contains("start it with `systemctl start enforcerd`"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("cargo"), "{err}");
     }
 
     #[test]

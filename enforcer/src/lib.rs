@@ -10,7 +10,8 @@
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
 //! - [`metrics`]: Prometheus metrics on `[metrics] listen`;
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
-//! - [`docs`]: man pages and completions generated from the CLI definitions.
+//! - [`docs`]: man pages and completions generated from the CLI definitions;
+//! - [`usage`]: argument errors as one line, exit 2.
 
 pub mod audit;
 pub mod bpf;
@@ -25,3 +26,4 @@ pub mod lines;
 pub mod locks;
 pub mod metrics;
 pub mod recording;
+pub mod usage;

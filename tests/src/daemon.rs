@@ -35,19 +35,14 @@ impl TestDaemon {
             d = dir.display(),
             p = pin_dir.display()
         );
-        let mut config: toml::Table = base.parse().expect("base config");
-        let extra: toml::Table = extra.parse().unwrap_or_else(|e| panic!("test config: {e}"));
-        for (key, value) in extra {
-            match (config.get_mut(&key), value) {
-                (Some(toml::Value::Table(section)), toml::Value::Table(more)) => {
-                    section.extend(more)
-                }
-                (_, value) => {
-                    config.insert(key, value);
-                }
-            }
-        }
-        toml::to_string(&config).expect("config serialises")
+        merge(&base, extra)
+    }
+
+    /// Edits the config file as an operator would before a reload: `extra`'s sections merged
+    /// into the current file, key by key (extra wins).
+    pub fn edit_config(&self, extra: &str) {
+        let current = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, merge(&current, extra)).unwrap();
     }
 
     /// Starts a daemon on the base config plus `extra` TOML (e.g. a `[limits]` section), and
@@ -216,7 +211,8 @@ impl TestDaemon {
         self.child.as_ref().expect("daemon running").id()
     }
 
-    fn try_status(&self) -> Result<StatusReport, enforcer_proto::ClientError> {
+    /// `status` over the protocol, or why it failed (e.g. no answer within 5 s).
+    pub fn try_status(&self) -> Result<StatusReport, enforcer_proto::ClientError> {
         let mut c = Client::connect(&self.socket, Duration::from_secs(5))?;
         match c.call(&Request::Status)? {
             Reply::Status(s) => Ok(*s),
@@ -338,6 +334,21 @@ impl TestDaemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `base` TOML with `extra`'s sections merged in, section by section (extra wins).
+fn merge(base: &str, extra: &str) -> String {
+    let mut config: toml::Table = base.parse().expect("base config");
+    let extra: toml::Table = extra.parse().unwrap_or_else(|e| panic!("test config: {e}"));
+    for (key, value) in extra {
+        match (config.get_mut(&key), value) {
+            (Some(toml::Value::Table(section)), toml::Value::Table(more)) => section.extend(more),
+            (_, value) => {
+                config.insert(key, value);
+            }
+        }
+    }
+    toml::to_string(&config).expect("config serialises")
 }
 
 impl Drop for TestDaemon {

@@ -134,3 +134,80 @@ pub fn read_pid(path: &std::path::Path) -> u32 {
         .parse()
         .unwrap()
 }
+
+/// Resident memory of a process from /proc/PID/smaps, with the BPF map mappings apart.
+#[derive(Debug, Clone, Default)]
+pub struct Resident {
+    /// Every mapping's `Rss`, KiB (what VmRSS says).
+    pub total_kib: u64,
+    /// Mappings of `anon_inode:bpf-map`, KiB: in enforcerd the two ring buffers it reads (each
+    /// a read-only producer mapping at offset 0x1000 — its data pages twice, so records can
+    /// wrap — plus a read-write consumer page). Kernel memory, not heap.
+    pub bpf_map_kib: u64,
+    /// Those mappings: (size KiB, perms, offset, Rss KiB).
+    pub bpf_maps: Vec<(u64, String, String, u64)>,
+}
+
+impl Resident {
+    /// RSS without the BPF map mappings, KiB.
+    pub fn own_kib(&self) -> u64 {
+        self.total_kib - self.bpf_map_kib
+    }
+}
+
+/// Reads `pid`'s resident memory from smaps.
+pub fn resident(pid: u32) -> Resident {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut r = Resident::default();
+    let mut current: Option<(u64, String, String)> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if let Some((lo, hi)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let (perms, offset) = (f.next().unwrap_or_default(), f.next().unwrap_or_default());
+            let name = f.nth(2).unwrap_or_default();
+            let size = |h: &str| u64::from_str_radix(h, 16).unwrap_or(0);
+            current = (name == "anon_inode:bpf-map")
+                .then(|| ((size(hi) - size(lo)) / 1024, perms.into(), offset.into()));
+        } else if first == "Rss:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            r.total_kib += kib;
+            if let Some((size, perms, offset)) = current.take() {
+                r.bpf_map_kib += kib;
+                r.bpf_maps.push((size, perms, offset, kib));
+            }
+        }
+    }
+    r
+}
+
+/// A sysctl under /proc/sys raised for the life of the guard, restored when dropped.
+pub struct RaisedSysctl {
+    path: std::path::PathBuf,
+    old: String,
+}
+
+impl RaisedSysctl {
+    /// Raises `/proc/sys/KEY` to at least `min`; `None` when it already is.
+    pub fn at_least(key: &str, min: u64) -> Option<Self> {
+        let path = std::path::Path::new("/proc/sys").join(key);
+        let old = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+        if old.parse::<u64>().unwrap() >= min {
+            return None;
+        }
+        std::fs::write(&path, min.to_string()).unwrap();
+        Some(RaisedSysctl { path, old })
+    }
+}
+
+impl Drop for RaisedSysctl {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.path, &self.old) {
+            eprintln!(
+                "cannot restore {} to {}: {e}",
+                self.path.display(),
+                self.old
+            );
+        }
+    }
+}

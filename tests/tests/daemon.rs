@@ -91,6 +91,26 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
             "drop reason {reason} missing: {s}"
         );
     }
+    // The state actor times its periodic jobs.
+    let sweeps = s["sweeps"].as_array().unwrap();
+    for (name, every) in [("idle_check", 250), ("monitor_sweep", 5000)] {
+        let w = sweeps
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("sweep {name} missing: {s}"));
+        assert_eq!(w["every_ms"], every);
+        for field in [
+            "runs",
+            "last_us",
+            "max_us",
+            "total_us",
+            "last_cpu_us",
+            "max_cpu_us",
+            "total_cpu_us",
+        ] {
+            assert!(w[field].is_u64(), "{name}.{field}: {w}");
+        }
+    }
     let maps = s["maps"].as_array().unwrap();
     let tasks = maps.iter().find(|m| m["name"] == "ENF_TASKS").unwrap();
     assert_eq!(tasks["max_entries"], 65536);
@@ -104,7 +124,10 @@ fn status_lists_attached_programs_probes_and_drop_counters() {
     // And the human form shows the same programs.
     let text = d.ctl_ok(&["status"]);
     assert!(
-        text.contains("enf_exec") && text.contains("attached") && text.contains("DROPPED"),
+        text.contains("enf_exec")
+            && text.contains("attached")
+            && text.contains("DROPPED")
+            && text.contains("idle_check"),
         "{text}"
     );
 }
@@ -281,9 +304,44 @@ fn enforcerctl_without_a_daemon_says_how_to_start_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(
-        err.contains("not running") && err.contains("start it with"),
+        err.contains("not running") && err.contains("start it with `systemctl start enforcerd`"),
         "{err}"
     );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn argument_errors_are_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    for args in [
+        &["status", "--bogus"][..],
+        &["lock", "user"],
+        &["statsu"],
+        &[],
+    ] {
+        let out = Command::new(bin("enforcerctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.starts_with("enforcerctl: "), "{err}");
+        assert!(
+            err.contains("--help`"),
+            "{args:?}: says where the help is: {err}"
+        );
+    }
+    let out = Command::new(bin("enforcerd"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "enforcerd too: {err}");
 }
 
 #[test]

@@ -404,6 +404,7 @@ fn certificate_logins_record_the_key_id() {
     assert_eq!(s["auth"]["cert_serial"], 77);
     let admitted = d.wait_audit("admission", |v| v["event"] == "connection_admitted");
     assert_eq!(admitted["cert_key_id"], "jo@corp ticket-123");
+    assert_eq!(admitted["cert_principals"], serde_json::json!([jo.name]));
     held.close();
 }
 

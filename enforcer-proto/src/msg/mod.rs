@@ -5,6 +5,7 @@ mod history;
 mod lock;
 mod pam;
 mod recording;
+mod reload;
 mod status;
 
 pub use conn::*;
@@ -12,6 +13,7 @@ pub use history::*;
 pub use lock::*;
 pub use pam::*;
 pub use recording::*;
+pub use reload::*;
 pub use status::*;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +57,9 @@ pub enum Request {
     /// A live session's terminal, from the current screen on, as `Watch` frames until its end.
     /// Root and auditors.
     Watch { id: u64 },
+    /// Re-read the config file enforcerd was started with, validate it whole and apply it to
+    /// new and live connections, or keep the running one and say why. Root only.
+    Reload,
 }
 
 /// The answer to a request.
@@ -82,6 +87,8 @@ pub enum Reply {
         text: String,
     },
     Watch(WatchFrameMsg),
+    /// The config file was re-read and applied.
+    Reloaded(ReloadReport),
     /// The end of a stream of frames.
     End,
 }

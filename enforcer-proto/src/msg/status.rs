@@ -29,6 +29,9 @@ pub struct StatusReport {
     /// The policy in force (absent from older daemons).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyReport>,
+    /// The state actor's periodic jobs and how long they take (logins wait while one runs).
+    #[serde(default)]
+    pub sweeps: Vec<SweepStatus>,
 }
 
 /// The policy in force: the config's sections with their keys and values as in the TOML file
@@ -44,6 +47,32 @@ pub struct PolicyReport {
     /// `[metrics] listen`, when metrics are served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+}
+
+/// One periodic job of the state actor: how often it runs and how long it took (wall time,
+/// waiting on the BPF actor included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepStatus {
+    /// `idle_check` (idle clocks) or `monitor_sweep` (connections whose sshd monitor is gone).
+    pub name: String,
+    /// Interval between runs, ms.
+    pub every_ms: u64,
+    /// Runs since the daemon started.
+    pub runs: u64,
+    /// Duration of the latest run, µs.
+    pub last_us: u64,
+    /// Longest run since the daemon started, µs.
+    pub max_us: u64,
+    /// All runs together, µs (mean over a window: difference of two reads over their `runs`).
+    pub total_us: u64,
+    /// CPU time of the daemon's core thread (both actors) in the latest run, the longest and
+    /// all runs together, µs: what the run cost, whatever else kept the CPUs busy.
+    #[serde(default)]
+    pub last_cpu_us: u64,
+    #[serde(default)]
+    pub max_cpu_us: u64,
+    #[serde(default)]
+    pub total_cpu_us: u64,
 }
 
 /// One BPF program of the daemon.

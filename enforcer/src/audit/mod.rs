@@ -6,6 +6,7 @@ mod record;
 mod sink;
 mod tally;
 
+pub use crate::core::audit::{AuditEvent, AuditReason};
 pub use record::AuditRecord;
 pub use sink::{AuditCounters, AuditError, AuditSink};
 pub use tally::AuditTally;

@@ -3,19 +3,22 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use enforcer_proto::ConfigChange;
+
 use crate::core::{
+    audit::{AuditEvent, AuditReason},
     conn::Connection,
+    reload::ReloadTrigger,
     rfc3339,
     session::{ExitStatus, Session},
 };
 
 /// An audit event; absent fields are omitted from the JSON.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditRecord {
     /// RFC 3339, UTC.
     pub time: String,
-    /// snake_case event name, e.g. `connection_admitted`.
-    pub event: String,
+    pub event: AuditEvent,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,9 +51,12 @@ pub struct AuditRecord {
     pub cert_serial: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_ca_fingerprint: Option<String>,
+    /// The principals (user names) the certificate is valid for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cert_principals: Vec<String>,
     /// Machine-readable cause (refusals, closes, locks).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<AuditReason>,
     /// What the user was told, or the human text of the reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -130,14 +136,74 @@ pub struct AuditRecord {
     pub bytes_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    /// The config file a reload read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_path: Option<String>,
+    /// What asked for a reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<ReloadTrigger>,
+    /// Config keys a reload changed (`config_reloaded`), or would have changed but only a
+    /// restart can (`config_reload_failed`, reason `needs_restart`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<ConfigChange>>,
 }
 
 impl AuditRecord {
-    pub fn new(event: &str, now: OffsetDateTime) -> Self {
+    /// A record of `event` at `now` with no other field set.
+    pub fn new(event: AuditEvent, now: OffsetDateTime) -> Self {
         AuditRecord {
             time: rfc3339(now),
-            event: event.to_owned(),
-            ..Default::default()
+            event,
+            user: None,
+            uid: None,
+            conn_id: None,
+            client_addr: None,
+            client_port: None,
+            server_addr: None,
+            server_port: None,
+            rhost: None,
+            service: None,
+            monitor_pid: None,
+            auth_method: None,
+            key_type: None,
+            key_fingerprint: None,
+            cert_key_id: None,
+            cert_serial: None,
+            cert_ca_fingerprint: None,
+            cert_principals: Vec::new(),
+            reason: None,
+            message: None,
+            duration_secs: None,
+            by_uid: None,
+            by_user: None,
+            by_pid: None,
+            expires: None,
+            request: None,
+            count: None,
+            session_id: None,
+            kind: None,
+            tty: None,
+            command: None,
+            pid: None,
+            ppid: None,
+            filename: None,
+            argv: None,
+            argv_truncated: false,
+            cwd: None,
+            exit_code: None,
+            signal: None,
+            limit: None,
+            processes: None,
+            commands: None,
+            idle_secs: None,
+            lost: None,
+            since: None,
+            target: None,
+            bytes_in: None,
+            bytes_out: None,
+            config_path: None,
+            trigger: None,
+            changes: None,
         }
     }
 
@@ -160,6 +226,7 @@ impl AuditRecord {
             self.cert_key_id = a.cert_key_id.clone();
             self.cert_serial = a.cert_serial;
             self.cert_ca_fingerprint = a.cert_ca_fingerprint.clone();
+            self.cert_principals = a.cert_principals.clone();
         }
         self
     }
@@ -182,8 +249,8 @@ impl AuditRecord {
         self
     }
 
-    pub fn reason(mut self, reason: &str, message: Option<String>) -> Self {
-        self.reason = Some(reason.to_owned());
+    pub fn reason(mut self, reason: AuditReason, message: Option<String>) -> Self {
+        self.reason = Some(reason);
         self.message = message;
         self
     }
@@ -198,7 +265,7 @@ impl AuditRecord {
 
     /// One-line human summary (journald MESSAGE).
     pub fn summary(&self) -> String {
-        let mut s = self.event.clone();
+        let mut s = self.event.as_str().to_owned();
         if let Some(u) = &self.user {
             s.push_str(&format!(" user={u}"));
         }
@@ -224,9 +291,9 @@ mod tests {
     fn json_has_stable_names_and_omits_unknowns() {
         let mut c = conn("alice", 42, "10.0.0.1:5555");
         c.id = 7;
-        let r = AuditRecord::new("connection_refused", OffsetDateTime::UNIX_EPOCH)
+        let r = AuditRecord::new(AuditEvent::ConnectionRefused, OffsetDateTime::UNIX_EPOCH)
             .with_conn(&c)
-            .reason("max_connections_per_user", Some("too many".into()));
+            .reason(AuditReason::MaxConnectionsPerUser, Some("too many".into()));
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["time"], "1970-01-01T00:00:00Z");
         assert_eq!(v["event"], "connection_refused");
@@ -243,5 +310,72 @@ mod tests {
             r.summary(),
             "connection_refused user=alice conn=7 from=10.0.0.1 reason=max_connections_per_user"
         );
+    }
+
+    #[test]
+    fn certificate_principals_are_audited_with_the_connection() {
+        let mut c = conn("alice", 42, "10.0.0.1:5555");
+        c.auth = Some(enforcer_proto::AuthIdentity {
+            method: "publickey".into(),
+            cert_key_id: Some("alice@corp".into()),
+            cert_principals: vec!["alice".into(), "deploy".into()],
+            ..Default::default()
+        });
+        let r = AuditRecord::new(AuditEvent::ConnectionAdmitted, OffsetDateTime::UNIX_EPOCH)
+            .with_conn(&c);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["cert_principals"], serde_json::json!(["alice", "deploy"]));
+        // A plain key login has none, and the field is left out.
+        c.auth = None;
+        let r = AuditRecord::new(AuditEvent::ConnectionAdmitted, OffsetDateTime::UNIX_EPOCH)
+            .with_conn(&c);
+        assert!(
+            serde_json::to_value(&r)
+                .unwrap()
+                .get("cert_principals")
+                .is_none()
+        );
+    }
+
+    /// README's audit table documents exactly the fields a record can have.
+    #[test]
+    fn readme_documents_every_field_and_no_other() {
+        let source = include_str!("record.rs");
+        let body = source
+            .split("pub struct AuditRecord {")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .expect("the struct in record.rs");
+        let fields: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub "))
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        assert!(fields.len() > 40, "parsed {fields:?}");
+        let readme = include_str!("../../../README.md");
+        // The first field table after the section's heading (other sections have their own).
+        let table = readme
+            .split("### Audit log")
+            .nth(1)
+            .and_then(|section| section.split("| field | meaning |").nth(1))
+            .expect("README's Audit log section has its field table");
+        let documented: Vec<&str> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|l| {
+                let first = l.split('|').nth(1).unwrap_or_default();
+                first.split('`').skip(1).step_by(2)
+            })
+            .collect();
+        for f in &fields {
+            assert!(documented.contains(f), "README's audit table lacks `{f}`");
+        }
+        for d in &documented {
+            assert!(
+                fields.contains(d),
+                "README documents `{d}`, which no record has"
+            );
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::{
 
 use time::OffsetDateTime;
 
-use super::AuditRecord;
+use super::{AuditEvent, AuditReason, AuditRecord};
 use crate::lines::{LineFile, WriteFailure};
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -107,13 +107,18 @@ impl Writer {
     fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
         self.reopen_if_rotated();
         if let Some((n, since, why)) = self.lost {
-            let mut rec = AuditRecord::new("audit_records_lost", OffsetDateTime::now_utc()).reason(
-                why.code(),
-                Some(format!(
-                    "{n} audit records could not be written to {}",
-                    self.path.display()
-                )),
-            );
+            let reason = match why {
+                WriteFailure::DiskFull => AuditReason::DiskFull,
+                WriteFailure::Io => AuditReason::WriteError,
+            };
+            let mut rec = AuditRecord::new(AuditEvent::AuditRecordsLost, OffsetDateTime::now_utc())
+                .reason(
+                    reason,
+                    Some(format!(
+                        "{n} audit records could not be written to {}",
+                        self.path.display()
+                    )),
+                );
             rec.lost = Some(n);
             rec.since = Some(crate::core::rfc3339(since));
             let mut lines = serde_json::to_vec(&rec).expect("audit record serialises");
@@ -168,7 +173,7 @@ impl AuditSink {
                         }
                         Err(e) => {
                             if writer.lost.is_none() {
-                                tracing::error!(error = %e, event = rec.event, "audit write failed; records are counted as lost until writing works again");
+                                tracing::error!(error = %e, event = rec.event.as_str(), "audit write failed; records are counted as lost until writing works again");
                             }
                             writer.lose(&e, &c);
                         }
@@ -194,10 +199,10 @@ impl AuditSink {
     /// Queues a record; never blocks the caller.
     pub fn record(&self, rec: AuditRecord) {
         tracing::debug!(
-            event = rec.event,
+            event = rec.event.as_str(),
             user = rec.user,
             conn = rec.conn_id,
-            reason = rec.reason,
+            reason = rec.reason.map(|r| r.as_str()),
             "audit"
         );
         // Counted as an event even when the writer cannot keep up (that loss is counted too).
@@ -207,7 +212,7 @@ impl AuditSink {
                 .dropped_backlog
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                event = rec.event,
+                event = rec.event.as_str(),
                 "audit writer backlog full; record dropped"
             );
             return;
@@ -256,10 +261,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log/audit.jsonl");
         let sink = AuditSink::start(&path, false).unwrap();
-        sink.record(AuditRecord::new("lock", OffsetDateTime::UNIX_EPOCH));
+        sink.record(AuditRecord::new(
+            AuditEvent::Lock,
+            OffsetDateTime::UNIX_EPOCH,
+        ));
         wait_written(&sink, 1);
         std::fs::rename(&path, dir.path().join("log/audit.jsonl.1")).unwrap();
-        sink.record(AuditRecord::new("unlock", OffsetDateTime::UNIX_EPOCH));
+        sink.record(AuditRecord::new(
+            AuditEvent::Unlock,
+            OffsetDateTime::UNIX_EPOCH,
+        ));
         wait_written(&sink, 2);
         let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();

@@ -7,40 +7,30 @@ use std::{
 };
 
 use super::AuditRecord;
+use crate::core::audit::{AuditEvent, AuditReason};
 
-/// Counts of audit records: event → reason ("" when none) → count. Both come from fixed sets
-/// in the code (never user input), so the table stays small.
+/// Counts of audit records by (event, reason). Both are closed enums, so the table stays small
+/// and counting never allocates once a pair has been seen.
 #[derive(Debug, Default)]
 pub struct AuditTally {
-    counts: Mutex<HashMap<String, HashMap<String, u64>>>,
+    counts: Mutex<HashMap<(AuditEvent, Option<AuditReason>), u64>>,
 }
 
 impl AuditTally {
-    /// Counts one record (allocates only for a pair not seen before).
+    /// Counts one record.
     pub fn count(&self, rec: &AuditRecord) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let event = match counts.get_mut(rec.event.as_str()) {
-            Some(e) => e,
-            None => counts.entry(rec.event.clone()).or_default(),
-        };
-        let reason = rec.reason.as_deref().unwrap_or_default();
-        match event.get_mut(reason) {
-            Some(n) => *n += 1,
-            None => {
-                event.insert(reason.to_owned(), 1);
-            }
-        }
+        *counts.entry((rec.event, rec.reason)).or_default() += 1;
     }
 
-    /// A copy of the table: (event, reason) → count.
+    /// A copy of the table: (event, reason or "") → count, by their names in the log.
     pub fn counts(&self) -> BTreeMap<(String, String), u64> {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts
             .iter()
-            .flat_map(|(event, reasons)| {
-                reasons
-                    .iter()
-                    .map(move |(reason, n)| ((event.clone(), reason.clone()), *n))
+            .map(|((event, reason), n)| {
+                let reason = reason.map(AuditReason::as_str).unwrap_or_default();
+                ((event.as_str().to_owned(), reason.to_owned()), *n)
             })
             .collect()
     }
@@ -54,17 +44,18 @@ mod tests {
     #[test]
     fn counts_by_event_and_reason() {
         let t = AuditTally::default();
-        let rec = |e: &str, r: Option<&str>| {
+        let rec = |e: AuditEvent, r: Option<AuditReason>| {
             let rec = AuditRecord::new(e, OffsetDateTime::UNIX_EPOCH);
             match r {
                 Some(r) => rec.reason(r, None),
                 None => rec,
             }
         };
-        t.count(&rec("connection_refused", Some("user_locked")));
-        t.count(&rec("connection_refused", Some("user_locked")));
-        t.count(&rec("connection_refused", Some("max_connections_per_user")));
-        t.count(&rec("exec", None));
+        let refused = AuditEvent::ConnectionRefused;
+        t.count(&rec(refused, Some(AuditReason::UserLocked)));
+        t.count(&rec(refused, Some(AuditReason::UserLocked)));
+        t.count(&rec(refused, Some(AuditReason::MaxConnectionsPerUser)));
+        t.count(&rec(AuditEvent::Exec, None));
         let c = t.counts();
         let get = |e: &str, r: &str| c.get(&(e.to_owned(), r.to_owned())).copied();
         assert_eq!(get("connection_refused", "user_locked"), Some(2));

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::bail;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use enforcer::ctl::{self, clock::Clock, pam};
 use enforcer_proto::{
     Client, DEFAULT_PAM_SOCKET, DEFAULT_SOCKET, HistoryQuery, LockRequest, Reply, Request,
@@ -12,7 +12,7 @@ use enforcer_proto::{
 use serde::Serialize;
 
 /// Inspect and steer enforcerd.
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "enforcerctl", version)]
 struct Cli {
     /// enforcerd's control socket [default: the root-only /run/enforcer/pam.sock when run as
@@ -129,6 +129,9 @@ enum Cmd {
         /// Session id (from `enforcerctl sessions`)
         id: u64,
     },
+    /// Re-read enforcerd's config file and apply it to new and live connections, or keep the
+    /// running config and say why (a bad file, or keys only a restart applies).
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -137,7 +140,10 @@ fn main() -> ExitCode {
     {
         return code;
     }
-    let cli = Cli::parse();
+    let cli = match enforcer::usage::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -335,6 +341,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reply = client.read_response()?;
             }
         }
+        Cmd::Reload => match client.call(&Request::Reload)? {
+            Reply::Reloaded(r) if r.changes.is_empty() => {
+                println!("reloaded {}: no changes", r.config_path);
+                Ok(())
+            }
+            Reply::Reloaded(r) => {
+                let n = r.changes.len();
+                let s = if n == 1 { "" } else { "s" };
+                println!("reloaded {}: {n} change{s}", r.config_path);
+                for c in &r.changes {
+                    println!("  {c}");
+                }
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
         Cmd::Kill { what, id } => {
             let (req, noun) = match what {
                 KillWhat::Session => (Request::KillSession { id }, "session"),

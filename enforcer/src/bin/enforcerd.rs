@@ -3,15 +3,15 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::Parser;
 use enforcer::config::Config;
 
 /// Host-level SSH session enforcer daemon.
 ///
-/// Runs in the foreground (as root) until SIGTERM or SIGINT. Its kernel programs stay attached
-/// (pinned under daemon.bpf_pin_dir) so enforcement goes on across restarts and upgrades;
-/// `enforcerd --detach` removes them (uninstall).
-#[derive(Parser)]
+/// Runs in the foreground (as root) until SIGTERM or SIGINT; SIGHUP re-reads the config file
+/// (as `enforcerctl reload` does). Its kernel programs stay attached (pinned under
+/// daemon.bpf_pin_dir) so enforcement goes on across restarts and upgrades; `enforcerd --detach`
+/// removes them (uninstall).
+#[derive(clap::Parser)]
 #[command(name = "enforcerd", version)]
 struct Args {
     /// Config file (TOML). Without it the embedded defaults are used
@@ -33,7 +33,10 @@ fn main() -> ExitCode {
     {
         return code;
     }
-    let args = Args::parse();
+    let args = match enforcer::usage::parse::<Args>() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ENFORCER_LOG")

@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use super::{
-    BpfError, BpfSettings, KernelEvent, RecorderMaps, events, loader,
+    BpfError, BpfSettings, KernelEvent, RecorderMaps, batch, events, loader,
     tasks::{self, KillTarget, Tasks},
 };
 
@@ -47,9 +47,14 @@ type Reply<T> = oneshot::Sender<Result<T, BpfError>>;
 
 enum Command {
     Snapshot(Reply<BpfSnapshot>),
+    Drops(Reply<u64>),
     Track {
         tid: u32,
         task: TrackedTask,
+        reply: Reply<()>,
+    },
+    Untrack {
+        tid: u32,
         reply: Reply<()>,
     },
     SetConn {
@@ -78,7 +83,7 @@ enum Command {
     Census(Reply<Vec<(u32, TrackedTask)>>),
     Activity(Reply<Vec<(IoKey, Activity)>>),
     ForgetActivity {
-        conn_id: u64,
+        keys: Vec<IoKey>,
         reply: Reply<()>,
     },
     KillPass {
@@ -123,9 +128,19 @@ impl BpfHandle {
         self.ask(Command::Snapshot).await
     }
 
+    /// Kernel events lost so far, every reason together (see `enforcerctl status`).
+    pub async fn drops(&self) -> Result<u64, BpfError> {
+        self.ask(Command::Drops).await
+    }
+
     /// Starts tracking a task (and, through the kernel, everything it creates from now on).
     pub async fn track(&self, tid: u32, task: TrackedTask) -> Result<(), BpfError> {
         self.ask(|reply| Command::Track { tid, task, reply }).await
+    }
+
+    /// Stops tracking a task that ended before the kernel could see it end.
+    pub async fn untrack(&self, tid: u32) -> Result<(), BpfError> {
+        self.ask(|reply| Command::Untrack { tid, reply }).await
     }
 
     /// Registers an admitted connection's session limit.
@@ -174,9 +189,9 @@ impl BpfHandle {
         self.ask(Command::Activity).await
     }
 
-    /// Drops the activity entries of a connection that ended.
-    pub async fn forget_activity(&self, conn_id: u64) -> Result<(), BpfError> {
-        self.ask(|reply| Command::ForgetActivity { conn_id, reply })
+    /// Drops activity entries (of connections that ended).
+    pub async fn forget_activity(&self, keys: Vec<IoKey>) -> Result<(), BpfError> {
+        self.ask(|reply| Command::ForgetActivity { keys, reply })
             .await
     }
 
@@ -382,6 +397,9 @@ impl Actor {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Drops(reply) => {
+                let _ = reply.send(self.drops());
+            }
             Command::Track { tid, task, reply } => {
                 if task.flags & TASK_CONN_ROOT != 0 {
                     // Before the answer: sshd forks the connection's processes after it.
@@ -392,6 +410,10 @@ impl Actor {
                         .insert(tid, task, 0)
                         .map_err(map_err("ENF_TASKS")),
                 );
+            }
+            Command::Untrack { tid, reply } => {
+                let _ =
+                    reply.send(absent_ok(self.tasks.remove(&tid)).map_err(map_err("ENF_TASKS")));
             }
             Command::SetConn {
                 conn_id,
@@ -405,6 +427,7 @@ impl Actor {
                 );
             }
             Command::RemoveConn { conn_id, reply } => {
+                self.forget_forwards(conn_id);
                 let _ = reply
                     .send(absent_ok(self.conns.remove(&conn_id)).map_err(map_err("ENF_CONNS")));
             }
@@ -443,12 +466,16 @@ impl Actor {
                 let _ = reply.send(Ok(tasks::census(&self.tasks)));
             }
             Command::Activity(reply) => {
-                let sessions = self.activity.iter().filter_map(Result::ok);
-                let forwards = self.fwd_activity.iter().filter_map(Result::ok);
-                let _ = reply.send(Ok(sessions.chain(forwards).collect()));
+                let sessions = batch::entries(&self.activity).map_err(map_err("ENF_ACTIVITY"));
+                let forwards =
+                    batch::entries(&self.fwd_activity).map_err(map_err("ENF_FWD_ACTIVITY"));
+                let _ = reply.send(sessions.and_then(|mut s| {
+                    s.extend(forwards?);
+                    Ok(s)
+                }));
             }
-            Command::ForgetActivity { conn_id, reply } => {
-                self.forget(conn_id);
+            Command::ForgetActivity { keys, reply } => {
+                self.forget_activity(keys);
                 let _ = reply.send(Ok(()));
             }
             Command::KillPass { target, reply } => {

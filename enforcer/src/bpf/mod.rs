@@ -4,6 +4,7 @@
 //! programs keep enforcing while no daemon runs.
 
 mod actor;
+mod batch;
 pub mod btf;
 pub mod events;
 mod links;

@@ -14,9 +14,12 @@ use nix::{
 /// The table as the actor holds it.
 pub type Tasks = HashMap<MapData, u32, TrackedTask>;
 
-/// Every (task id, identity) in the table.
+/// Every (task id, identity) in the table, read in batches (tens of thousands of entries).
 pub fn census(tasks: &Tasks) -> Vec<(u32, TrackedTask)> {
-    tasks.iter().filter_map(Result::ok).collect()
+    super::batch::entries(tasks).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the tracked-task table");
+        Vec::new()
+    })
 }
 
 /// What a kill matches: a whole connection, or one session of it.
@@ -68,6 +71,11 @@ fn ticks_per_sec() -> u64 {
 /// A start time in clock ticks since boot (/proc's unit) in ns, as the kernel programs keep it.
 pub fn ticks_to_ns(ticks: u64) -> u64 {
     ticks * (1_000_000_000 / ticks_per_sec())
+}
+
+/// A start time in ns since boot in clock ticks (/proc's unit).
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    ns / (1_000_000_000 / ticks_per_sec())
 }
 
 /// Start time (ns since boot, tick resolution) of a live task, from /proc.
@@ -141,6 +149,12 @@ mod tests {
         let tick = 1_000_000_000 / ticks_per_sec();
         assert!(same_task(5 * tick + 123, 5 * tick));
         assert!(!same_task(6 * tick, 5 * tick));
+    }
+
+    #[test]
+    fn ticks_and_ns_convert_both_ways() {
+        assert_eq!(ns_to_ticks(ticks_to_ns(12345)), 12345);
+        assert_eq!(ns_to_ticks(ticks_to_ns(7) + 1), 7);
     }
 
     #[test]

@@ -27,7 +27,8 @@ fn needed(req: &Request) -> Role {
         | Request::Lock(_)
         | Request::Unlock { .. }
         | Request::KillSession { .. }
-        | Request::KillConnection { .. } => Role::Root,
+        | Request::KillConnection { .. }
+        | Request::Reload => Role::Root,
     }
 }
 
@@ -71,7 +72,12 @@ mod tests {
             conn_id: None,
             auth_info: None,
         });
-        for req in [lock, pam, Request::Unlock { user: "a".into() }] {
+        for req in [
+            lock,
+            pam,
+            Request::Unlock { user: "a".into() },
+            Request::Reload,
+        ] {
             assert!(authorize(Role::Root, &req).is_ok());
             let e = authorize(Role::Auditor, &req).unwrap_err();
             assert_eq!(e.kind, ErrorKind::PermissionDenied);

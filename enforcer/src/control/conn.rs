@@ -17,12 +17,12 @@ use tokio::{
 
 use super::{
     Peer, authorize,
-    limits::{ControlSettings, SlotGuard, Slots},
+    limits::{ControlSettings, SharedSettings, SlotGuard, Slots},
     server::{Lane, refuse},
 };
 use crate::{
     audit::history,
-    core::control::ControlDrop,
+    core::{control::ControlDrop, reload::ReloadTrigger},
     daemon::{StateHandle, list_recordings},
     host,
     metrics::{Metrics, Outcome},
@@ -32,7 +32,8 @@ use crate::{
 /// What every connection task shares.
 pub struct Ctx {
     pub state: StateHandle,
-    pub settings: ControlSettings,
+    /// `[control]` and `access.auditor_group` as in force now (a reload replaces them).
+    pub settings: Arc<SharedSettings>,
     pub slots: Arc<Slots>,
     pub recordings: RecordingIndex,
     /// Unprivileged `recordings` listings run one at a time (each walks the whole index).
@@ -47,7 +48,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(
         state: StateHandle,
-        settings: ControlSettings,
+        settings: Arc<SharedSettings>,
         slots: Arc<Slots>,
         recordings: RecordingIndex,
         metrics: Arc<Metrics>,
@@ -88,7 +89,8 @@ pub async fn serve(
         Peer::resolve(uid, cred.gid(), cred.pid(), "")
     } else {
         // Group membership goes through NSS: never on a runtime worker.
-        let (gid, pid, group) = (cred.gid(), cred.pid(), ctx.settings.auditor_group.clone());
+        let group = ctx.settings.get().auditor_group.clone();
+        let (gid, pid) = (cred.gid(), cred.pid());
         match tokio::task::spawn_blocking(move || Peer::resolve(uid, gid, pid, &group)).await {
             Ok(p) => p,
             Err(_) => return,
@@ -102,7 +104,9 @@ pub async fn serve(
         ctx.state.clone()
     };
     loop {
-        let req = match next_request(&mut stream, &ctx.settings, uid).await {
+        // Read per request: a reload applies to connections already open.
+        let settings = ctx.settings.get();
+        let req = match next_request(&mut stream, &settings, uid).await {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(Bad::Limit(reason)) => {
@@ -114,11 +118,11 @@ pub async fn serve(
             Err(Bad::Frame(e)) => {
                 tracing::debug!(error = %e, uid, "bad control request");
                 let resp: Response = Err(ErrorReply::new(ErrorKind::BadRequest, e.to_string()));
-                send(&mut stream, &ctx.settings, uid, &resp).await;
+                send(&mut stream, &settings, uid, &resp).await;
                 return;
             }
         };
-        if !answer(&mut stream, &ctx, &state, &peer, req).await {
+        if !answer(&mut stream, &ctx, &settings, &state, &peer, req).await {
             return;
         }
     }
@@ -157,6 +161,7 @@ async fn next_request(
 async fn answer(
     stream: &mut UnixStream,
     ctx: &Ctx,
+    settings: &ControlSettings,
     state: &StateHandle,
     peer: &Peer,
     req: Request,
@@ -182,13 +187,13 @@ async fn answer(
                 .await
             };
             return match frame {
-                Ok(Ok(bytes)) => write_bytes(stream, &ctx.settings, uid, &bytes).await,
+                Ok(Ok(bytes)) => write_bytes(stream, settings, uid, &bytes).await,
                 _ => {
                     let resp: Response = Err(ErrorReply::new(
                         ErrorKind::Internal,
                         "cannot encode the recordings list; narrow it with --user or --since",
                     ));
-                    send(stream, &ctx.settings, uid, &resp).await
+                    send(stream, settings, uid, &resp).await
                 }
             };
         }
@@ -212,10 +217,8 @@ async fn answer(
         // Authorisation (and auditing of denials) happens in the state actor.
         Request::Play { .. } | Request::Watch { .. } => {
             return match state.stream(req, peer.clone()).await {
-                Ok(s) => {
-                    super::stream::send_stream(stream, s, write_budget(&ctx.settings, uid)).await
-                }
-                Err(e) => send(stream, &ctx.settings, uid, &Err(e)).await,
+                Ok(s) => super::stream::send_stream(stream, s, write_budget(settings, uid)).await,
+                Err(e) => send(stream, settings, uid, &Err(e)).await,
             };
         }
         // NSS lookups of the login's user, here rather than on the actor (root only: anyone
@@ -241,9 +244,15 @@ async fn answer(
             let identity = lookup(&r.user).await;
             state.request(req, peer.clone(), identity).await
         }
+        // The config file is read and parsed here, not on the actor (root only, as above).
+        Request::Reload if uid == 0 => {
+            state
+                .reload(ReloadTrigger::Enforcerctl, Some(peer.clone()))
+                .await
+        }
         req => state.request(req, peer.clone(), None).await,
     };
-    send(stream, &ctx.settings, uid, &resp).await
+    send(stream, settings, uid, &resp).await
 }
 
 async fn lookup(user: &str) -> Option<host::UserIdentity> {

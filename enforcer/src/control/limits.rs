@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -47,6 +47,25 @@ impl ControlSettings {
         } else {
             self.max_frame_bytes
         }
+    }
+}
+
+/// The settings in force, replaced whole by a config reload: every accept and every request
+/// reads the current ones (a connection's role stays what it was when it connected).
+#[derive(Debug)]
+pub struct SharedSettings(RwLock<Arc<ControlSettings>>);
+
+impl SharedSettings {
+    pub fn new(settings: ControlSettings) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(Arc::new(settings))))
+    }
+
+    pub fn get(&self) -> Arc<ControlSettings> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, settings: ControlSettings) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 }
 

@@ -11,6 +11,6 @@ mod stream;
 
 pub use authz::{Role, authorize};
 pub use conn::Ctx;
-pub use limits::{ControlSettings, ControlStats, Slots};
+pub use limits::{ControlSettings, ControlStats, SharedSettings, Slots};
 pub use peer::Peer;
 pub use server::{ControlError, Lane, Server};

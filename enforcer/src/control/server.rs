@@ -120,7 +120,7 @@ impl Server {
                 tokio::spawn(conn::serve(stream, cred, ctx.clone(), Lane::Pam, None));
                 true
             }
-            Lane::Public => match ctx.slots.open(cred.uid(), ctx.settings.caps) {
+            Lane::Public => match ctx.slots.open(cred.uid(), ctx.settings.get().caps) {
                 Ok(slot) => {
                     tokio::spawn(conn::serve(
                         stream,

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use crate::config::{Config, Dur};
 
-use super::{conn::Registry, lock::Lock};
+use super::{audit::AuditReason, conn::Registry, lock::Lock};
 
 /// The limits that apply to one user after `[[rules]]` (0 = unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +53,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Stable reason code (audit log, protocol).
-    pub fn code(&self) -> &'static str {
+    /// The audit reason.
+    pub fn reason(&self) -> AuditReason {
         match self {
-            Refusal::Locked(_) => "user_locked",
-            Refusal::UserLimit { .. } => "max_connections_per_user",
-            Refusal::SourceLimit { .. } => "max_connections_per_source",
+            Refusal::Locked(_) => AuditReason::UserLocked,
+            Refusal::UserLimit { .. } => AuditReason::MaxConnectionsPerUser,
+            Refusal::SourceLimit { .. } => AuditReason::MaxConnectionsPerSource,
         }
+    }
+
+    /// Stable reason code (the protocol's `Admission::Refused`; the audit reason's name).
+    pub fn code(&self) -> &'static str {
+        self.reason().as_str()
     }
 
     /// The line sshd shows the user.

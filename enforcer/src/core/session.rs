@@ -67,6 +67,84 @@ pub struct Session {
     pub started_boot_ns: u64,
 }
 
+/// A connection's live sessions, in id order. A connection has a few (sshd's MaxSessions
+/// defaults to 10), so a vector of exactly that many: a map would allocate room for eleven,
+/// ~1.9 KB per connection for the usual single session. Stored as a map by id, as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sessions {
+    list: Vec<Session>,
+    /// The latest `started_at`, kept here so the idle check reads it without following the
+    /// vector to the heap (thousands of connections, four times a second).
+    latest_start: Option<OffsetDateTime>,
+}
+
+impl Sessions {
+    fn new(list: Vec<Session>) -> Self {
+        let latest_start = list.iter().map(|s| s.started_at).max();
+        Sessions { list, latest_start }
+    }
+
+    /// When the latest session started.
+    pub fn latest_start(&self) -> Option<OffsetDateTime> {
+        self.latest_start
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Session> {
+        self.list.iter().find(|s| s.id == id)
+    }
+
+    /// Adds a session (replacing one with the same id).
+    pub fn insert(&mut self, session: Session) {
+        self.remove(session.id);
+        self.latest_start = self.latest_start.max(Some(session.started_at));
+        let at = self.list.partition_point(|s| s.id < session.id);
+        self.list.reserve_exact(1);
+        self.list.insert(at, session);
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<Session> {
+        let at = self.list.iter().position(|s| s.id == id)?;
+        let s = self.list.remove(at);
+        self.list.shrink_to_fit();
+        self.latest_start = self.list.iter().map(|s| s.started_at).max();
+        Some(s)
+    }
+
+    pub fn values(&self) -> std::slice::Iter<'_, Session> {
+        self.list.iter()
+    }
+
+    /// Sessions to update in place (their `started_at` stays as it is).
+    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, Session> {
+        self.list.iter_mut()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.list.iter().map(|s| s.id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl Serialize for Sessions {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_map(self.list.iter().map(|s| (s.id, s)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sessions {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let by_id = std::collections::BTreeMap::<u64, Session>::deserialize(de)?;
+        Ok(Sessions::new(by_id.into_values().collect()))
+    }
+}
+
 /// Classifies a session by its leader's first exec: sshd runs a login shell as `-bash` (argv[0]
 /// prefixed with '-') and a command as `$SHELL -c COMMAND`.
 pub fn classify(argv: &[String]) -> (SessionKind, Option<String>) {
@@ -139,6 +217,40 @@ mod tests {
             )
         );
         assert_eq!(classify(&v(&[])), (SessionKind::Starting, None));
+    }
+
+    #[test]
+    fn sessions_keep_id_order_and_are_stored_as_a_map_by_id() {
+        let s = |id| Session {
+            id,
+            started_at: OffsetDateTime::UNIX_EPOCH + std::time::Duration::from_secs(id),
+            ..crate::core::conn::tests::session(1, id)
+        };
+        let mut all = Sessions::default();
+        for id in [5, 2, 9] {
+            all.insert(s(id));
+        }
+        assert_eq!(all.keys().collect::<Vec<_>>(), [2, 5, 9]);
+        assert_eq!(all.get(5).map(|x| x.id), Some(5));
+        let at = |secs| Some(OffsetDateTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        assert_eq!(all.latest_start(), at(9));
+        let json = serde_json::to_value(&all).unwrap();
+        assert_eq!(
+            json.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["2", "5", "9"]
+        );
+        let as_map: std::collections::BTreeMap<u64, Session> =
+            serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(as_map.len(), 3, "the format of a map by id");
+        assert_eq!(serde_json::from_value::<Sessions>(json).unwrap(), all);
+        assert_eq!(all.remove(9).map(|x| x.id), Some(9));
+        assert!(all.remove(9).is_none());
+        assert_eq!(all.latest_start(), at(5));
+        assert_eq!(
+            (all.len(), all.list.capacity()),
+            (2, 2),
+            "no spare room kept"
+        );
     }
 
     #[test]

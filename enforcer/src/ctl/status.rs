@@ -77,6 +77,27 @@ pub fn render_status(s: &StatusReport, clock: &Clock, fail_mode: &[String]) -> S
         .map(|(k, v)| vec![k.clone(), v.to_string()])
         .collect();
     out.push_str(&table(&rows));
+    out.push_str("\nSWEEPS (every, runs, last, max, mean; CPU: last, max, mean)\n");
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1e3);
+    let rows: Vec<Vec<String>> = s
+        .sweeps
+        .iter()
+        .map(|w| {
+            let mean = |total: u64| ms(total.checked_div(w.runs).unwrap_or(0));
+            vec![
+                w.name.clone(),
+                format!("{} ms", w.every_ms),
+                w.runs.to_string(),
+                ms(w.last_us),
+                ms(w.max_us),
+                mean(w.total_us),
+                ms(w.last_cpu_us),
+                ms(w.max_cpu_us),
+                mean(w.total_cpu_us),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&rows));
     let lost: u64 = s.dropped.values().sum();
     out.push_str(&format!("\nDROPPED ({lost} in total)\n"));
     let rows: Vec<Vec<String>> = s

@@ -1,7 +1,10 @@
 //! Connection admission: what the PAM module's three hooks do, and releasing a connection when
 //! its sshd monitor ends (close_session, kernel exit event, or the sweep).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
 
 use enforcer_common::{
     limits::{ConnEntry, UserEntry},
@@ -12,8 +15,8 @@ use time::OffsetDateTime;
 
 use super::state::State;
 use crate::{
-    audit::AuditRecord,
-    bpf::tasks::{proc_start_ns, same_task, ticks_to_ns},
+    audit::{AuditEvent, AuditReason, AuditRecord},
+    bpf::tasks::{ns_to_ticks, proc_start_ns, same_task, ticks_to_ns},
     core::{
         conn::{ConnState, Connection, ProcKey},
         identity::{parse_auth_info, parse_ssh_connection},
@@ -41,14 +44,14 @@ pub(super) enum CloseReason {
 }
 
 impl CloseReason {
-    fn code(self) -> &'static str {
+    fn reason(self) -> AuditReason {
         match self {
-            CloseReason::Logout => "logout",
-            CloseReason::MonitorExited => "monitor_exited",
-            CloseReason::MonitorGone => "monitor_gone",
-            CloseReason::Killed => "killed",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::UserLocked => "user_locked",
+            CloseReason::Logout => AuditReason::Logout,
+            CloseReason::MonitorExited => AuditReason::MonitorExited,
+            CloseReason::MonitorGone => AuditReason::MonitorGone,
+            CloseReason::Killed => AuditReason::Killed,
+            CloseReason::IdleTimeout => AuditReason::IdleTimeout,
+            CloseReason::UserLocked => AuditReason::UserLocked,
         }
     }
 }
@@ -78,7 +81,7 @@ fn endpoints(req: &PamAccount) -> (Option<SocketAddr>, Option<SocketAddr>) {
 }
 
 /// Marks a uid unknown to NSS in the kernel's connection entry (no per-user session limit).
-const NO_UID: u32 = u32::MAX;
+pub(super) const NO_UID: u32 = u32::MAX;
 
 impl State {
     /// Limits of `user` from their NSS identity (`None`: unknown to NSS).
@@ -95,12 +98,6 @@ impl State {
             ident.as_ref().map(|i| i.uid),
             policy::effective_limits(&self.config, user, groups),
         )
-    }
-
-    /// Limits of `user`, looking them up through NSS: only where no request waits (restore at
-    /// start-up); requests arrive with the identity resolved by their connection task.
-    fn limits_for(&self, user: &str) -> (Option<u32>, EffectiveLimits) {
-        self.limits_with(user, host::user_identity(user).as_ref())
     }
 
     /// PAM acct_mgmt: decide and, when admitted, reserve the slot and start tracking the monitor.
@@ -123,6 +120,7 @@ impl State {
             rhost: req.rhost.clone(),
             service: req.service.clone(),
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
+            groups: groups_of(ident.as_ref()),
             ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
         let lock = self
@@ -146,9 +144,9 @@ impl State {
         ) {
             self.counters.connections_refused += 1;
             let message = refusal.message(&req.user);
-            let mut rec = AuditRecord::new("connection_refused", now)
+            let mut rec = AuditRecord::new(AuditEvent::ConnectionRefused, now)
                 .with_conn(&conn)
-                .reason(refusal.code(), Some(message.clone()));
+                .reason(refusal.reason(), Some(message.clone()));
             rec.conn_id = None;
             self.audit.record(rec);
             return Ok(Admission::Refused {
@@ -158,20 +156,24 @@ impl State {
         }
         self.lift_lock_of(&req.user).await;
         let id = self.registry.insert(conn);
-        self.register_in_kernel(id, monitor, uid, &limits).await;
         self.dirty = true;
+        if !self.register_in_kernel(id, monitor, uid, &limits).await {
+            self.release(id, CloseReason::MonitorExited).await;
+        }
         Ok(Admission::Admitted { conn_id: id })
     }
 
     /// Session limits first (the monitor may fork a channel at once), then the monitor itself:
-    /// from here on the kernel follows everything it starts.
+    /// from here on the kernel follows everything it starts. False when the monitor ended
+    /// before the kernel tracked it: no exit event will come for it, and its entry would make
+    /// the sweep (which trusts the kernel's table) take it for alive.
     async fn register_in_kernel(
-        &self,
+        &mut self,
         conn_id: u64,
         monitor: ProcKey,
         uid: Option<u32>,
         limits: &EffectiveLimits,
-    ) {
+    ) -> bool {
         let mut failures = Vec::new();
         if let Err(e) = self.bpf.set_conn(conn_id, conn_entry(0, uid, limits)).await {
             failures.push(e.to_string());
@@ -194,12 +196,21 @@ impl State {
         };
         if let Err(e) = self.bpf.track(monitor.pid, task).await {
             failures.push(e.to_string());
+            // No exit event will come: the sweep looks for this monitor in /proc.
+            self.unregistered.insert(conn_id);
+        }
+        let live = host::alive(monitor);
+        if !live {
+            if let Err(e) = self.bpf.untrack(monitor.pid).await {
+                failures.push(e.to_string());
+            }
         }
         for f in failures {
             // The sweep still notices the monitor's end; session limits or tracking for this
             // connection are lost (drop counters say why: e.g. a full map).
             tracing::error!(conn = conn_id, pid = monitor.pid, error = %f, "kernel registration incomplete");
         }
+        live
     }
 
     /// PAM open_session: the connection is live; sshd has now exposed the key or certificate.
@@ -220,10 +231,14 @@ impl State {
                 let conn = Connection {
                     client,
                     server,
+                    groups: groups_of(ident.as_ref()),
                     ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
                 };
                 let id = self.registry.insert(conn);
-                self.register_in_kernel(id, monitor, uid, &limits).await;
+                if !self.register_in_kernel(id, monitor, uid, &limits).await {
+                    self.release(id, CloseReason::MonitorExited).await;
+                    return Err(no_such_process(req.pid));
+                }
                 id
             }
         };
@@ -236,7 +251,7 @@ impl State {
             conn.auth = auth;
         }
         self.counters.connections_admitted += 1;
-        let rec = AuditRecord::new("connection_admitted", now).with_conn(conn);
+        let rec = AuditRecord::new(AuditEvent::ConnectionAdmitted, now).with_conn(conn);
         self.audit.record(rec);
         self.dirty = true;
         Ok(())
@@ -245,7 +260,14 @@ impl State {
     /// PAM close_session.
     pub(super) async fn pam_close(&mut self, req: PamSession) {
         if let Some(id) = self.registry.by_monitor_pid(req.pid).map(|c| c.id) {
-            self.release(id, CloseReason::Logout).await;
+            // sshd may get to close the session of a connection we are ending (idle, lock,
+            // kill) once its sessions died: the reason is still ours.
+            let why = self
+                .terminating
+                .get(&id)
+                .copied()
+                .unwrap_or(CloseReason::Logout);
+            self.release(id, why).await;
         }
     }
 
@@ -269,31 +291,62 @@ impl State {
     }
 
     /// Releases connections whose monitor is gone without us hearing of it (a dropped event, or
-    /// an exit while the daemon was down).
+    /// an exit while the daemon was down). The kernel drops a task's entry from its table when
+    /// the task exits, also when the exit event is lost: a monitor still in the table with its
+    /// start time is alive. Only the others are looked up in /proc (reading /proc for every
+    /// monitor would cost ~20 µs each, 200 ms for 10 000 connections, with logins waiting).
+    /// The table itself is read only when `core::conn::MonitorSweep` says so.
     pub(super) async fn sweep(&mut self) {
+        let drops = match self.bpf.drops().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the drop counters");
+                None
+            }
+        };
+        let unsure = !self.lingering.is_empty() || !self.unregistered.is_empty();
+        let census = drops.is_none_or(|d| self.monitor_sweep.census_needed(d, unsure));
+        if census {
+            let tasks = self.bpf.census().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "task census failed; every monitor is looked up in /proc");
+                Vec::new()
+            });
+            let tracked: HashMap<u32, u64> = tasks
+                .iter()
+                .filter(|(_, t)| t.flags & TASK_CONN_ROOT != 0)
+                .map(|(tid, t)| (*tid, ns_to_ticks(t.start_ns)))
+                .collect();
+            self.release_gone_monitors(&tracked).await;
+            self.forget_ended_lingering(&tasks);
+        }
+        if let Some(d) = drops {
+            self.monitor_sweep.done(d, census);
+        }
+    }
+
+    /// Releases connections whose monitor is neither in `tracked` (see [`State::sweep`]) nor
+    /// alive in /proc.
+    async fn release_gone_monitors(&mut self, tracked: &HashMap<u32, u64>) {
         let gone: Vec<u64> = self
             .registry
-            .iter()
-            .filter(|c| !host::alive(c.monitor))
-            .map(|c| c.id)
+            .untracked_monitors(tracked)
+            .into_iter()
+            .filter(|(_, monitor)| !host::alive(*monitor))
+            .map(|(id, _)| id)
             .collect();
         for id in gone {
             self.release_ended(id, CloseReason::MonitorGone).await;
         }
-        self.forget_ended_lingering().await;
     }
 
-    /// Forgets released connections none of whose processes is left.
-    async fn forget_ended_lingering(&mut self) {
+    /// Forgets released connections none of whose processes is left (`tasks`: the census).
+    fn forget_ended_lingering(&mut self, tasks: &[(u32, TrackedTask)]) {
         if self.lingering.is_empty() {
             return;
         }
-        let Ok(tasks) = self.bpf.census().await else {
-            return;
-        };
         let live = host::process_ids();
-        let with_tasks: std::collections::HashSet<u64> = tasks
-            .into_iter()
+        let with_tasks: HashSet<u64> = tasks
+            .iter()
             .filter(|(tid, _)| live.contains(tid))
             .map(|(_, t)| t.conn_id)
             .collect();
@@ -304,7 +357,9 @@ impl State {
     /// gone, check the pinned task table against /proc (adopting tasks forked while the daemon
     /// was down) and re-sync the kernel's session counts.
     pub(super) async fn restore(&mut self) {
-        self.sweep().await;
+        // Every monitor in /proc: the pinned table may still hold tasks that ended while no
+        // program ran (`validate` below removes them).
+        self.release_gone_monitors(&HashMap::new()).await;
         let ended: Vec<u64> = self
             .registry
             .sessions()
@@ -315,11 +370,11 @@ impl State {
             .collect();
         for id in ended {
             if let Some(s) = self.registry.remove_session(id) {
-                let mut rec =
-                    AuditRecord::new("session_ended", OffsetDateTime::now_utc()).with_session(&s);
+                let mut rec = AuditRecord::new(AuditEvent::SessionEnded, OffsetDateTime::now_utc())
+                    .with_session(&s);
                 rec.conn_id = Some(s.conn_id);
                 self.audit
-                    .record(rec.reason("ended_while_enforcerd_was_down", None));
+                    .record(rec.reason(AuditReason::EndedWhileEnforcerdWasDown, None));
             }
         }
         let roots: Vec<u32> = self.registry.iter().map(|c| c.monitor.pid).collect();
@@ -334,15 +389,20 @@ impl State {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot reconcile tracked tasks"),
         }
-        let mut per_user: std::collections::HashMap<u32, (u64, u32)> =
-            std::collections::HashMap::new();
+        let mut per_user: HashMap<u32, (u64, u32)> = HashMap::new();
         let conns: Vec<(u64, String)> = self
             .registry
             .iter()
             .map(|c| (c.id, c.user.clone()))
             .collect();
         for (id, user) in conns {
-            let (uid, limits) = self.limits_for(&user);
+            // NSS here only because no request waits yet (start-up); requests arrive with the
+            // identity resolved by their connection task.
+            let ident = host::user_identity(&user);
+            let (uid, limits) = self.limits_with(&user, ident.as_ref());
+            if let Some(c) = self.registry.get_mut(id) {
+                c.groups = groups_of(ident.as_ref());
+            }
             let sessions = self.registry.sessions_of(id).count() as u64;
             let entry = conn_entry(sessions, uid, &limits);
             if let Err(e) = self.bpf.set_conn(id, entry).await {
@@ -400,19 +460,19 @@ impl State {
             return;
         };
         self.terminating.remove(&id);
+        self.unregistered.remove(&id);
         // Processes it leaves running (nohup, setsid, double fork) keep its identity: shown
         // and killable as lingering until none is left (the sweep forgets it then).
         self.lingering
             .insert(id, super::lockout::lingering_info(conn.info()));
         for session_id in conn.sessions.keys() {
-            self.end_recording(*session_id);
+            self.end_recording(session_id);
         }
         if let Err(e) = self.bpf.remove_conn(id).await {
             tracing::warn!(conn = id, error = %e, "cannot remove connection from the kernel");
         }
-        if let Err(e) = self.bpf.forget_activity(id).await {
-            tracing::warn!(conn = id, error = %e, "cannot remove connection activity from the kernel");
-        }
+        // Its channels' idle clocks go with the next idle check.
+        self.activity_orphans = true;
         if let Some(uid) = conn.uid {
             if !self.registry.iter().any(|c| c.uid == Some(uid)) {
                 if let Err(e) = self.bpf.remove_user(uid).await {
@@ -423,13 +483,18 @@ impl State {
         let now = OffsetDateTime::now_utc();
         self.close_forwards(&conn, now);
         self.counters.connections_closed += 1;
-        let mut rec = AuditRecord::new("connection_closed", now)
+        let mut rec = AuditRecord::new(AuditEvent::ConnectionClosed, now)
             .with_conn(&conn)
-            .reason(why.code(), None);
+            .reason(why.reason(), None);
         rec.duration_secs = Some((now - conn.admitted_at).as_seconds_f64().max(0.0));
         self.audit.record(rec);
         self.dirty = true;
     }
+}
+
+/// The groups `[[rules]]` match a connection by (none when NSS does not know the user).
+fn groups_of(ident: Option<&host::UserIdentity>) -> Vec<String> {
+    ident.map(|i| i.groups.clone()).unwrap_or_default()
 }
 
 /// A connection's kernel entry: its live sessions and the limit they count against.

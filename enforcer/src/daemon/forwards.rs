@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::state::State;
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditEvent, AuditReason, AuditRecord},
     bpf::{EventOrigin, ForwardChange},
     core::{
         conn::Connection,
@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// An audit record about forward `f` of `conn`.
-fn record(event: &str, now: OffsetDateTime, conn: &Connection, f: &Forward) -> AuditRecord {
+fn record(event: AuditEvent, now: OffsetDateTime, conn: &Connection, f: &Forward) -> AuditRecord {
     let mut rec = AuditRecord::new(event, now).with_conn(conn);
     rec.kind = Some(f.kind.name().into());
     rec.target = Some(f.target.clone());
@@ -23,8 +23,8 @@ fn record(event: &str, now: OffsetDateTime, conn: &Connection, f: &Forward) -> A
 }
 
 /// The record of a forward's end, with what moved through it.
-fn closed(now: OffsetDateTime, conn: &Connection, f: &Forward, why: &str) -> AuditRecord {
-    let mut rec = record("forward_closed", now, conn, f).reason(why, None);
+fn closed(now: OffsetDateTime, conn: &Connection, f: &Forward, why: AuditReason) -> AuditRecord {
+    let mut rec = record(AuditEvent::ForwardClosed, now, conn, f).reason(why, None);
     rec.bytes_in = Some(f.bytes_in);
     rec.bytes_out = Some(f.bytes_out);
     rec.duration_secs = Some((now - f.opened_at).as_seconds_f64().max(0.0));
@@ -51,7 +51,7 @@ impl State {
                 // The kernel's count at close is the last word (the idle sweep samples it).
                 f.bytes_in = f.bytes_in.max(bytes_in);
                 f.bytes_out = f.bytes_out.max(bytes_out);
-                let rec = closed(now, conn, &f, "closed");
+                let rec = closed(now, conn, &f, AuditReason::Closed);
                 self.audit.record(rec);
                 self.dirty = true;
                 return;
@@ -65,7 +65,7 @@ impl State {
             bytes_in: 0,
             bytes_out: 0,
         };
-        let mut rec = record("forward_opened", now, conn, &f);
+        let mut rec = record(AuditEvent::ForwardOpened, now, conn, &f);
         rec.pid = Some(origin.pid);
         conn.forwards.insert(ino, f);
         self.audit.record(rec);
@@ -75,7 +75,8 @@ impl State {
     /// A connection ended with forwards open: sshd's process died without closing them.
     pub(super) fn close_forwards(&mut self, conn: &Connection, now: OffsetDateTime) {
         for f in conn.forwards.values() {
-            self.audit.record(closed(now, conn, f, "connection_closed"));
+            self.audit
+                .record(closed(now, conn, f, AuditReason::ConnectionClosed));
         }
     }
 }

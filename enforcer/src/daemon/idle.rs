@@ -1,24 +1,21 @@
 //! Idle connections and locked users: warning, then terminating every process of the
 //! connection, the sshd monitor included.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
+use enforcer_common::io::IoKey;
 use time::OffsetDateTime;
 
-use super::{admission::CloseReason, lockout::kill_and_audit, state::State};
-use enforcer_common::io::IO_FORWARD;
-
+use super::{admission::CloseReason, lockout::kill_and_audit, state::State, status::SweepTimer};
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditEvent, AuditReason, AuditRecord},
     config::{Activity, Forwarding},
+    core::idle::{self, ChannelActivity, IdleSettings, Schedule},
     host,
 };
 
 /// How often idle clocks are checked (the cut lands within this of the timeout).
 pub const IDLE_EVERY: Duration = Duration::from_millis(250);
-
-/// Output within this long after our own warning is the warning itself, not activity.
-const OWN_OUTPUT: Duration = Duration::from_secs(1);
 
 /// Time sshd gets to carry a final message to the client before its processes are killed.
 pub const MESSAGE_GRACE: Duration = Duration::from_millis(300);
@@ -117,9 +114,29 @@ impl State {
     }
 
     /// Updates sessions' activity from the kernel, warns connections nearing their idle timeout
-    /// and terminates those past it.
-    pub(super) async fn check_idle(&mut self) {
-        if self.registry.is_empty() {
+    /// and terminates those past it (decided by `core::idle`); drops the kernel's entries of
+    /// channels whose connection is gone. Runs every [`IDLE_EVERY`] but reads the kernel only
+    /// when something can be due (see `core::idle::Schedule`), or when `force`d (a listing
+    /// shows each session's latest activity).
+    pub(super) async fn check_idle(&mut self, force: bool) {
+        let t = SweepTimer::start();
+        self.idle_pass(force).await;
+        self.sweeps.idle.record(t);
+    }
+
+    async fn idle_pass(&mut self, force: bool) {
+        let changes = self.registry.changes();
+        let due = self
+            .idle_schedule
+            .is_due(changes, OffsetDateTime::now_utc());
+        if !(force || due || self.activity_orphans) {
+            return;
+        }
+        if self.registry.is_empty() && !self.activity_orphans {
+            self.idle_schedule = Schedule {
+                changes: Some(changes),
+                next_due: None,
+            };
             return;
         }
         let activity = match self.bpf.activity().await {
@@ -133,114 +150,57 @@ impl State {
         let boot_now = host::boot_ns();
         let wall =
             |ns: u64| (ns != 0).then(|| now - Duration::from_nanos(boot_now.saturating_sub(ns)));
-        let any = self.config.idle.activity == Activity::Any;
-        let forwarding = self.config.idle.forwarding == Forwarding::Active;
-        // Latest activity per connection, and per session channel for `enforcerctl sessions`.
-        let mut latest: HashMap<u64, OffsetDateTime> = HashMap::new();
-        for (key, a) in &activity {
-            if key.object & IO_FORWARD != 0 {
-                // A tunnel's traffic either way is the client's doing.
-                let seen = wall(a.last_input_ns).max(wall(a.last_output_ns));
-                if let (true, Some(t)) = (forwarding, seen) {
-                    let e = latest.entry(key.conn_id).or_insert(t);
-                    *e = (*e).max(t);
-                }
-                let forward = self
-                    .registry
-                    .get_mut(key.conn_id)
-                    .and_then(|c| c.forwards.get_mut(&(key.object & !IO_FORWARD)));
-                if let Some(f) = forward {
-                    f.bytes_in = a.input_bytes;
-                    f.bytes_out = a.output_bytes;
-                    if let Some(t) = seen.filter(|t| *t > f.last_activity) {
-                        f.last_activity = t;
-                    }
-                }
-                continue;
-            }
-            let warned = self
-                .registry
-                .get(key.conn_id)
-                .and_then(|c| c.idle_warned_at);
-            let output = wall(a.last_output_ns)
-                .filter(|t| warned.is_none_or(|w| *t < w || *t > w + OWN_OUTPUT));
-            let input = wall(a.last_input_ns);
-            let counted = if any { input.max(output) } else { input };
-            if let Some(t) = counted {
-                let e = latest.entry(key.conn_id).or_insert(t);
-                *e = (*e).max(t);
-            }
-            let seen = input.max(output);
-            let Some(conn) = self.registry.get_mut(key.conn_id) else {
-                continue;
-            };
-            for s in conn
-                .sessions
-                .values_mut()
-                .filter(|s| s.channels.contains(&key.object))
-            {
-                if let Some(t) = seen.filter(|t| *t > s.last_activity) {
-                    s.last_activity = t;
-                }
-            }
-        }
-        let warn_before = self.config.idle.warn_before.0;
-        let mut to_cut = Vec::new();
-        let mut to_warn = Vec::new();
-        self.idle_since.clear();
-        for c in self
-            .registry
+        let channels: Vec<ChannelActivity> = activity
             .iter()
-            .filter(|c| !self.terminating.contains_key(&c.id))
-        {
-            // Opening a channel is the client's doing too; a connection without any is idle
-            // from its start.
-            let last = self
-                .registry
-                .sessions_of(c.id)
-                .map(|s| s.started_at)
-                .chain(latest.get(&c.id).copied())
-                .chain(c.forward_event_at.filter(|_| forwarding))
-                .fold(c.admitted_at, OffsetDateTime::max);
-            // Shown by `enforcerctl sessions` (IDLE, and when it is cut).
-            self.idle_since.insert(c.id, last);
-            if c.idle_timeout.is_zero() {
-                continue;
-            }
-            let idle: Duration = (now - last).try_into().unwrap_or_default();
-            let timeout = c.idle_timeout.0;
-            if idle >= timeout {
-                to_cut.push((c.id, idle, timeout));
-            } else if !warn_before.is_zero()
-                && idle + warn_before >= timeout
-                && c.idle_warned_at.is_none_or(|w| w < last)
-            {
-                to_warn.push((c.id, timeout - idle));
-            } else if c.idle_warned_at.is_some_and(|w| w < last) {
-                to_warn.push((c.id, Duration::MAX));
+            .map(|(key, a)| ChannelActivity {
+                conn_id: key.conn_id,
+                object: key.object,
+                input: wall(a.last_input_ns),
+                output: wall(a.last_output_ns),
+                input_bytes: a.input_bytes,
+                output_bytes: a.output_bytes,
+            })
+            .collect();
+        drop(activity);
+        let settings = IdleSettings {
+            any_activity: self.config.idle.activity == Activity::Any,
+            warn_before: self.config.idle.warn_before.0,
+            forwarding: self.config.idle.forwarding == Forwarding::Active,
+        };
+        let terminating = &self.terminating;
+        let out = idle::check(&mut self.registry, channels, now, settings, force, |id| {
+            terminating.contains_key(&id)
+        });
+        self.idle_schedule = Schedule {
+            changes: Some(self.registry.changes()),
+            next_due: out.next_due,
+        };
+        self.dirty |= out.changed;
+        if force {
+            self.idle_since = out.idle_since.iter().copied().collect();
+        }
+        self.activity_orphans = false;
+        if !out.orphans.is_empty() {
+            let keys = out
+                .orphans
+                .iter()
+                .map(|&(conn_id, object)| IoKey { conn_id, object })
+                .collect();
+            if let Err(e) = self.bpf.forget_activity(keys).await {
+                tracing::warn!(error = %e, "cannot remove activity of ended connections from the kernel");
             }
         }
-        for (id, left) in to_warn {
-            let Some(c) = self.registry.get_mut(id) else {
-                continue;
-            };
-            if left == Duration::MAX {
-                // Activity since the warning: the clock starts over.
-                c.idle_warned_at = None;
-                continue;
-            }
-            c.idle_warned_at = Some(now);
-            self.dirty = true;
+        for (id, left) in out.warn {
             self.tell_connection(id, &format!("enforcer: this connection is idle and will be closed in {} unless you type something", human(left)));
         }
-        for (id, idle, timeout) in to_cut {
+        for (id, idle, timeout) in out.cut {
             let message = format!(
                 "enforcer: connection closed after {} idle (limit {})",
                 human(idle),
                 human(timeout)
             );
-            let mut rec =
-                AuditRecord::new("idle_timeout", now).reason("idle_timeout", Some(message.clone()));
+            let mut rec = AuditRecord::new(AuditEvent::IdleTimeout, now)
+                .reason(AuditReason::IdleTimeout, Some(message.clone()));
             rec.idle_secs = Some(idle.as_secs_f64());
             self.close_with_message(id, CloseReason::IdleTimeout, &message, rec);
         }

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::state::State;
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditEvent, AuditReason, AuditRecord},
     control::Peer,
     core::lock::{Lock, check_user_name},
     locks::LockError,
@@ -58,9 +58,9 @@ impl State {
         };
         let lock = Lock::new(&req.user, req.reason.clone(), ttl, by, now);
         self.locks.put(&lock).map_err(store_error)?;
-        let mut rec = AuditRecord::new("lock", now)
+        let mut rec = AuditRecord::new(AuditEvent::Lock, now)
             .by(peer.uid, peer.pid)
-            .reason("locked", req.reason.clone());
+            .reason(AuditReason::Locked, req.reason.clone());
         rec.user = Some(req.user.clone());
         rec.expires = lock.info(now).expires;
         self.audit.record(rec);
@@ -93,7 +93,8 @@ impl State {
         self.locked.remove(user);
         self.locks_changed_at = tokio::time::Instant::now();
         self.sync_locked_uids().await;
-        let mut rec = AuditRecord::new("unlock", OffsetDateTime::now_utc()).by(peer.uid, peer.pid);
+        let mut rec =
+            AuditRecord::new(AuditEvent::Unlock, OffsetDateTime::now_utc()).by(peer.uid, peer.pid);
         rec.user = Some(user.to_owned());
         self.audit.record(rec);
         Ok(())

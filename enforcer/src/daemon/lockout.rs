@@ -11,11 +11,14 @@ use std::{
 
 use enforcer_proto::ConnectionInfo;
 use time::OffsetDateTime;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 
-use super::{admission::CloseReason, state::Msg, state::State};
+use super::{admission::CloseReason, handle::Msg, state::State};
 use crate::{
-    audit::{AuditRecord, AuditSink},
+    audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
     bpf::{BpfHandle, KillTarget},
     core::lock::Lock,
     host,
@@ -32,15 +35,16 @@ pub(super) struct LockFiles {
 }
 
 /// Reads the lock directory every [`LOCK_FILES_EVERY`] off the state actor (files and NSS
-/// block) and hands it over; ends when the actor does.
-pub(super) fn watch(store: LockStore, tx: mpsc::Sender<Msg>) {
+/// block) and hands it over; ends when the actor does. `store` names the directory in force
+/// (a reload may move `locks.dir`).
+pub(super) fn watch(store: watch::Receiver<LockStore>, tx: mpsc::Sender<Msg>) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(LOCK_FILES_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             let read_at = tokio::time::Instant::now();
-            let store = store.clone();
+            let store = store.borrow().clone();
             let Ok(locks) = tokio::task::spawn_blocking(move || {
                 let now = OffsetDateTime::now_utc();
                 store
@@ -265,9 +269,9 @@ impl State {
         let because = reason.map(|r| format!(": {r}")).unwrap_or_default();
         let message =
             format!("\r\nenforcer: account {user} is locked{because}; closing this connection\r\n");
-        let record = |event: &str| {
+        let record = |event: AuditEvent| {
             let mut rec = AuditRecord::new(event, OffsetDateTime::now_utc())
-                .reason("user_locked", Some(message.trim().to_owned()));
+                .reason(AuditReason::UserLocked, Some(message.trim().to_owned()));
             if let Some((uid, pid)) = by {
                 rec = rec.by(uid, pid);
             }
@@ -282,14 +286,18 @@ impl State {
                 };
                 (s.leader_pid, target)
             }));
-            self.schedule_kill(id, CloseReason::UserLocked, record("connection_killed"));
+            self.schedule_kill(
+                id,
+                CloseReason::UserLocked,
+                record(AuditEvent::ConnectionKilled),
+            );
         }
         let lingering: Vec<(u64, AuditRecord)> = self
             .lingering
             .iter()
             .filter(|(_, c)| covers(user, account_uid, &c.user, c.uid))
             .map(|(&id, c)| {
-                let mut rec = record("connection_killed");
+                let mut rec = record(AuditEvent::ConnectionKilled);
                 rec.user = Some(c.user.clone());
                 rec.uid = c.uid;
                 rec.conn_id = Some(id);
@@ -297,7 +305,7 @@ impl State {
             })
             .collect();
         let sweep = sweep_uid.map(|uid| {
-            let mut rec = record("user_processes_killed");
+            let mut rec = record(AuditEvent::UserProcessesKilled);
             rec.user = Some(user.to_owned());
             rec.uid = Some(uid);
             (uid, ids.clone(), rec)

@@ -1,14 +1,17 @@
 //! enforcerd: wires the BPF actor, the state actor and the control socket together and runs
-//! until SIGTERM/SIGINT, then closes its recordings and socket. The kernel programs stay
-//! attached (pinned) for the next daemon; `enforcerd --detach` removes them.
+//! until SIGTERM/SIGINT (SIGHUP reloads the config), then closes its recordings and socket.
+//! The kernel programs stay attached (pinned) for the next daemon; `enforcerd --detach`
+//! removes them.
 
 mod admission;
 mod forwards;
+mod handle;
 mod idle;
 mod locking;
 mod lockout;
 mod persist;
 mod recordings;
+mod reload;
 mod sessions;
 mod state;
 mod status;
@@ -28,7 +31,10 @@ use crate::{
     audit::{AuditError, AuditSink},
     bpf::{self, BpfError, BpfSettings},
     config::Config,
-    control::{ControlError, ControlSettings, ControlStats, Ctx, Lane, Server, Slots},
+    control::{
+        ControlError, ControlSettings, ControlStats, Ctx, Lane, Server, SharedSettings, Slots,
+    },
+    core::reload::ReloadTrigger,
     recording::{self, RecordingIndex},
 };
 
@@ -78,6 +84,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let mut info = DaemonInfo {
         version: env!("CARGO_PKG_VERSION"),
@@ -147,7 +154,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     // hand that memory back instead of keeping it resident for the daemon's lifetime.
     // SAFETY: plain libc call.
     unsafe { libc::malloc_trim(0) };
-    let settings = ControlSettings::new(&config.control, &config.access.auditor_group);
+    let settings = SharedSettings::new(ControlSettings::new(
+        &config.control,
+        &config.access.auditor_group,
+    ));
     let (socket, pam_socket) = (
         config.daemon.socket.clone(),
         config.daemon.pam_socket.clone(),
@@ -162,6 +172,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         recorder: recorder.clone(),
         recordings: recordings.clone(),
         control: control.clone(),
+        control_settings: settings.clone(),
     };
     let (state, state_task) = core
         .spawn(state::start(config, parts, events_rx))
@@ -201,9 +212,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         };
         tokio::spawn(server.serve(metrics, fetch))
     });
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => break tracing::info!("SIGINT: shutting down"),
+            // Applied (and audited, failure included) by the state actor; a task, so that a
+            // reload never delays the shutdown signals.
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let state = state.clone();
+                tokio::spawn(async move { state.reload(ReloadTrigger::Sighup, None).await });
+            }
+        }
     }
     notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
     // Stop accepting; dropping the servers removes the socket files.

@@ -1,9 +1,10 @@
 //! The connection table on disk (`state_dir/connections.json`), so limits keep counting the
 //! connections that are still open when the daemon restarts.
 //!
-//! Writes stay off the request path: the state actor marks the table dirty, hands a serialised
-//! copy over at most every [`FLUSH_EVERY`], and a writer thread writes the latest copy (older
-//! pending copies are superseded). A crash can lose at most that interval; the sweep after a
+//! Writes stay off the request path: the state actor marks the table dirty, hands a copy over
+//! at most every [`FLUSH_EVERY`] (a pointer per connection: connections are shared until
+//! changed), and a writer thread serialises and writes the latest copy (older pending copies
+//! are superseded). A crash can lose at most that interval plus one write; the sweep after a
 //! restart releases connections that ended meanwhile.
 
 use std::{
@@ -20,7 +21,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 struct Slot {
-    pending: Option<Vec<u8>>,
+    pending: Option<Registry>,
     closed: bool,
 }
 
@@ -57,16 +58,19 @@ impl Persist {
             .spawn(move || {
                 let (lock, cv) = &*s;
                 loop {
-                    let bytes = {
+                    let registry = {
                         let mut slot = lock.lock().unwrap();
                         while slot.pending.is_none() && !slot.closed {
                             slot = cv.wait(slot).unwrap();
                         }
                         match slot.pending.take() {
-                            Some(b) => b,
+                            Some(r) => r,
                             None => return,
                         }
                     };
+                    let bytes = serde_json::to_vec(&registry).expect("registry serialises");
+                    // The connections it shared are the actor's alone again.
+                    drop(registry);
                     write_atomically(&p, &bytes);
                 }
             })
@@ -103,9 +107,8 @@ impl Persist {
 
     /// Queues the current table for writing (replacing any copy not yet written).
     pub fn submit(&self, registry: &Registry) {
-        let bytes = serde_json::to_vec(registry).expect("registry serialises");
         let (lock, cv) = &*self.slot;
-        lock.lock().unwrap().pending = Some(bytes);
+        lock.lock().unwrap().pending = Some(registry.clone());
         cv.notify_one();
     }
 

@@ -32,7 +32,7 @@ impl State {
         let (Some(recorder), Some(conn)) = (&self.recorder, self.registry.get(conn_id)) else {
             return;
         };
-        let Some(s) = conn.sessions.get(&session_id) else {
+        let Some(s) = conn.sessions.get(session_id) else {
             return;
         };
         if s.channels.is_empty() {

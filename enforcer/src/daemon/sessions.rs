@@ -13,7 +13,7 @@ use super::{
     state::{ProcessView, State},
 };
 use crate::{
-    audit::AuditRecord,
+    audit::{AuditEvent, AuditReason, AuditRecord},
     bpf::{EventOrigin, Exec, KillTarget, KilledAtExec, SessionLimit},
     control::{Peer, Role},
     core::rfc3339,
@@ -30,7 +30,7 @@ fn not_found(what: &str, id: u64) -> ErrorReply {
 
 impl State {
     /// A record about `origin`'s connection, with its session when known.
-    fn record(&self, event: &str, origin: &EventOrigin) -> AuditRecord {
+    fn record(&self, event: AuditEvent, origin: &EventOrigin) -> AuditRecord {
         let mut rec = AuditRecord::new(event, OffsetDateTime::now_utc());
         if let Some(c) = self.registry.get(origin.conn_id) {
             rec = rec.with_conn(c);
@@ -63,17 +63,17 @@ impl State {
                 .unwrap_or_default();
             let (code, what) = match which {
                 SessionLimit::PerConnection => (
-                    "max_sessions_per_connection",
+                    AuditReason::MaxSessionsPerConnection,
                     format!("this connection already has {limit} of {limit} allowed sessions"),
                 ),
                 SessionLimit::PerUser => (
-                    "max_sessions_per_user",
+                    AuditReason::MaxSessionsPerUser,
                     format!("user {user} already has {limit} of {limit} allowed sessions"),
                 ),
             };
             let message = format!("enforcer: session refused: {what}");
             let mut rec = self
-                .record("session_refused", &origin)
+                .record(AuditEvent::SessionRefused, &origin)
                 .reason(code, Some(message.clone()));
             rec.limit = Some(limit);
             self.audit.record(rec);
@@ -104,7 +104,8 @@ impl State {
             return;
         }
         self.dirty = true;
-        self.audit.record(self.record("session_started", &origin));
+        self.audit
+            .record(self.record(AuditEvent::SessionStarted, &origin));
     }
 
     pub(super) fn on_exec(&mut self, exec: Exec) {
@@ -132,7 +133,7 @@ impl State {
                 self.start_recording(origin.conn_id, session_id, None);
             }
         }
-        let mut rec = self.record("exec", &origin);
+        let mut rec = self.record(AuditEvent::Exec, &origin);
         rec.uid = Some(exec.uid);
         rec.ppid = Some(exec.ppid);
         rec.filename = Some(exec.filename);
@@ -141,9 +142,15 @@ impl State {
         rec.cwd = exec.cwd;
         rec.tty = exec.tty.or(rec.tty);
         match exec.killed {
-            Some(KilledAtExec::Refused) => rec = rec.reason("killed_at_exec_session_refused", None),
-            Some(KilledAtExec::Doomed) => rec = rec.reason("killed_at_exec_terminated", None),
-            Some(KilledAtExec::Locked) => rec = rec.reason("killed_at_exec_user_locked", None),
+            Some(KilledAtExec::Refused) => {
+                rec = rec.reason(AuditReason::KilledAtExecSessionRefused, None)
+            }
+            Some(KilledAtExec::Doomed) => {
+                rec = rec.reason(AuditReason::KilledAtExecTerminated, None)
+            }
+            Some(KilledAtExec::Locked) => {
+                rec = rec.reason(AuditReason::KilledAtExecUserLocked, None)
+            }
             None => {}
         }
         self.audit.record(rec);
@@ -158,7 +165,7 @@ impl State {
             return;
         }
         let exit = self
-            .record("exit", &origin)
+            .record(AuditEvent::Exit, &origin)
             .exit_status(ExitStatus::from_wait(status));
         let leader = flags & TASK_SESSION_LEADER != 0 && origin.tid as u64 == origin.session_id;
         // A refused session never started, so it does not end either.
@@ -172,7 +179,7 @@ impl State {
             return;
         }
         let mut rec = exit.clone();
-        rec.event = "session_ended".to_owned();
+        rec.event = AuditEvent::SessionEnded;
         self.audit.record(exit);
         if let Some(s) = self
             .registry
@@ -219,13 +226,14 @@ impl State {
             .await
             .map_err(|e| ErrorReply::new(ErrorKind::Internal, e.to_string()))?
             as u64;
-        let mut rec = AuditRecord::new("session_killed", OffsetDateTime::now_utc());
+        let mut rec = AuditRecord::new(AuditEvent::SessionKilled, OffsetDateTime::now_utc());
         if let Some(c) = self.registry.get(s.conn_id) {
             rec = rec.with_conn(c);
         }
         let mut rec = rec.with_session(&s).by(peer.uid, peer.pid);
         rec.processes = Some(n);
-        self.audit.record(rec.reason("killed_by_operator", None));
+        self.audit
+            .record(rec.reason(AuditReason::KilledByOperator, None));
         Ok(n)
     }
 
@@ -275,6 +283,8 @@ impl State {
                 return view.clone();
             }
         }
+        // Each session's latest activity, as the kernel has it now.
+        self.check_idle(true).await;
         // Threads are in the census too; /proc lists processes only.
         let live = host::process_ids();
         let mut processes: ProcessView = HashMap::new();

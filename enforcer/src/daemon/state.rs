@@ -10,138 +10,38 @@ use std::{
 use enforcer_proto::{ConnectionInfo, ErrorKind, ErrorReply, Reply, Request, Response};
 use time::OffsetDateTime;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, watch},
     task::JoinHandle,
 };
 
+pub use super::handle::{StateHandle, Stream};
 use super::{
     DaemonInfo,
     admission::CloseReason,
+    handle::Msg,
     idle::{IDLE_EVERY, PendingKill},
-    lockout::{self, LockFiles},
+    lockout,
     persist::{FLUSH_EVERY, Persist},
+    status::{SweepTimer, Sweeps},
 };
 use crate::{
-    audit::{AuditRecord, AuditSink},
+    audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
     bpf::{BpfHandle, KernelEvent},
     config::Config,
-    control::{ControlStats, Peer, authorize},
+    control::{ControlStats, Peer, SharedSettings, authorize},
     core::{
         conn::Registry,
         control::{DenialAudit, DenialLimiter, DenialSummary},
     },
     host::UserIdentity,
     locks::LockStore,
-    recording::{RecorderHandle, RecordingIndex, WatchFrame},
+    recording::{RecorderHandle, RecordingIndex},
 };
 
 /// How often connections whose sshd monitor vanished unnoticed are released. A backstop: the
 /// kernel reports every monitor's exit, and an event it had to drop is counted; checking each
 /// monitor in /proc costs ~10 µs of kernel time, so not every second.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-pub(super) enum Msg {
-    Request {
-        req: Request,
-        peer: Peer,
-        /// NSS identity of the PAM or lock request's user, looked up before the request got here.
-        identity: Option<UserIdentity>,
-        reply: oneshot::Sender<Response>,
-    },
-    Stream {
-        req: Request,
-        peer: Peer,
-        reply: oneshot::Sender<Result<Stream, ErrorReply>>,
-    },
-    /// The lock directory as just read (see `lockout::watch`).
-    LockFiles(LockFiles),
-    /// What the metrics show (asked at most once a second, see `crate::metrics`).
-    Metrics(oneshot::Sender<Option<crate::metrics::MetricsView>>),
-    Shutdown(oneshot::Sender<()>),
-}
-
-/// What a streaming request (play, watch) is answered from.
-pub enum Stream {
-    /// A recording file, sent as it is on disk.
-    File(std::path::PathBuf),
-    /// A live session's frames until it ends.
-    Live(mpsc::Receiver<WatchFrame>),
-}
-
-/// Cloneable access to the state actor.
-#[derive(Clone)]
-pub struct StateHandle {
-    tx: mpsc::Sender<Msg>,
-    /// The PAM lane, which the actor always serves first.
-    pam_tx: mpsc::Sender<Msg>,
-}
-
-impl StateHandle {
-    /// The same actor through its priority lane (the PAM socket's connections use this one).
-    pub fn priority(&self) -> StateHandle {
-        StateHandle {
-            tx: self.pam_tx.clone(),
-            pam_tx: self.pam_tx.clone(),
-        }
-    }
-
-    /// Authorises and applies a request; returns its answer. `identity`: the NSS lookup of a
-    /// PAM request's user, done by the caller so that the actor never waits on NSS.
-    pub async fn request(
-        &self,
-        req: Request,
-        peer: Peer,
-        identity: Option<UserIdentity>,
-    ) -> Response {
-        let (reply, rx) = oneshot::channel();
-        let msg = Msg::Request {
-            req,
-            peer,
-            identity,
-            reply,
-        };
-        if self.tx.send(msg).await.is_err() {
-            return Err(shutting_down());
-        }
-        rx.await.unwrap_or_else(|_| Err(shutting_down()))
-    }
-
-    /// Authorises a streaming request (play, watch) and opens what it streams.
-    pub async fn stream(&self, req: Request, peer: Peer) -> Result<Stream, ErrorReply> {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::Stream { req, peer, reply })
-            .await
-            .is_err()
-        {
-            return Err(shutting_down());
-        }
-        rx.await.unwrap_or_else(|_| Err(shutting_down()))
-    }
-
-    /// The metrics' view of the model; `None` when the actor is gone or the kernel unreadable.
-    pub async fn metrics_view(&self) -> Option<crate::metrics::MetricsView> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Metrics(reply)).await.ok()?;
-        rx.await.ok().flatten()
-    }
-
-    /// Stops the actor after the requests already queued.
-    pub async fn shutdown(&self) {
-        let (ack, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(ack)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
-fn shutting_down() -> ErrorReply {
-    ErrorReply::new(
-        ErrorKind::Internal,
-        "enforcerd is shutting down; retry once it is back",
-    )
-}
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Daemon-side counters shown in status.
 #[derive(Debug, Default)]
@@ -188,6 +88,10 @@ pub(super) struct State {
     pub recordings: RecordingIndex,
     /// Connections the control socket closed, per reason (shown in status).
     pub control: Arc<ControlStats>,
+    /// The control sockets' settings in force (a reload replaces them).
+    pub control_settings: Arc<SharedSettings>,
+    /// The lock directory the watcher reads (a reload may move it).
+    pub lock_dir: watch::Sender<LockStore>,
     pub denials: DenialLimiter,
     /// The last BPF snapshot and when it was taken: unprivileged `status` requests are served
     /// from it (see `status::SNAPSHOT_REUSE`), so a loop of them cannot keep the BPF actor
@@ -197,6 +101,19 @@ pub(super) struct State {
     pub process_view: Option<(Instant, Arc<ProcessView>)>,
     /// Each connection's last activity that counts for its idle timeout (see `check_idle`).
     pub idle_since: HashMap<u64, OffsetDateTime>,
+    /// How long the periodic jobs below take (shown in status).
+    pub sweeps: Sweeps,
+    /// A connection was released since the idle check last read the kernel's activity: its
+    /// channels' entries are left for that check to remove (reading them per release would walk
+    /// the whole map each time).
+    pub activity_orphans: bool,
+    /// When the idle check next has something to do.
+    pub idle_schedule: crate::core::idle::Schedule,
+    /// When the sweep for ended monitors reads the kernel's task table.
+    pub monitor_sweep: crate::core::sweep::MonitorSweep,
+    /// Connections whose monitor the kernel could not be told to track (a full table): their
+    /// end is only seen by the sweep, in /proc.
+    pub unregistered: std::collections::HashSet<u64>,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -210,6 +127,7 @@ pub(super) struct Parts {
     pub recorder: Option<RecorderHandle>,
     pub recordings: RecordingIndex,
     pub control: Arc<ControlStats>,
+    pub control_settings: Arc<SharedSettings>,
 }
 
 /// Spawns the state actor (after restoring the connection table).
@@ -225,6 +143,7 @@ pub(super) async fn start(
         recorder,
         recordings,
         control,
+        control_settings,
     } = parts;
     let (tx, rx) = mpsc::channel(256);
     let (pam_tx, pam_rx) = mpsc::channel(256);
@@ -234,7 +153,9 @@ pub(super) async fn start(
     let started = tokio::time::Instant::now();
     // The watcher's reads reach the actor on the priority lane: a flood of public requests
     // must not delay a lock dropped into the directory.
-    lockout::watch(locks.clone(), pam_tx.clone());
+    let (lock_dir, lock_dir_rx) = watch::channel(locks.clone());
+    lockout::watch(lock_dir_rx, pam_tx.clone());
+    let config_path = info.config_path.as_deref().map(Arc::from);
     let mut state = State {
         config,
         info,
@@ -255,13 +176,24 @@ pub(super) async fn start(
         locks_changed_at: started,
         recordings,
         control,
+        control_settings,
+        lock_dir,
         denials: DenialLimiter::default(),
         snapshot: None,
         process_view: None,
         idle_since: HashMap::new(),
+        sweeps: Sweeps::default(),
+        activity_orphans: true,
+        idle_schedule: Default::default(),
+        monitor_sweep: Default::default(),
+        unregistered: Default::default(),
     };
     state.restore().await;
-    let handle = StateHandle { tx, pam_tx };
+    let handle = StateHandle {
+        tx,
+        pam_tx,
+        config_path,
+    };
     (handle, tokio::spawn(state.run(pam_rx, rx, events)))
 }
 
@@ -306,10 +238,14 @@ impl State {
                 },
                 Some(ev) = events.recv() => self.on_kernel_event(ev).await,
                 _ = denials.tick() => self.flush_denials(),
-                _ = sweep.tick() => self.sweep().await,
+                _ = sweep.tick() => {
+                    let t = SweepTimer::start();
+                    self.sweep().await;
+                    self.sweeps.monitors.record(t);
+                }
                 _ = idle.tick() => {
                     self.lift_expired_locks().await;
-                    self.check_idle().await;
+                    self.check_idle(false).await;
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
@@ -344,6 +280,15 @@ impl State {
             Msg::Metrics(reply) => {
                 let _ = reply.send(self.metrics_view().await);
             }
+            Msg::Reload {
+                loaded,
+                trigger,
+                peer,
+                reply,
+            } => {
+                let resp = self.reload(*loaded, trigger, peer.as_ref()).await;
+                let _ = reply.send(resp.map(Reply::Reloaded));
+            }
             Msg::Shutdown(ack) => {
                 if let Some(p) = self.persist.take() {
                     p.finish(&self.registry);
@@ -368,9 +313,9 @@ impl State {
             DenialAudit::Aggregate => return denied,
             DenialAudit::Record(ended) => self.audit_denial_summaries(ended),
         }
-        let mut rec = AuditRecord::new("request_denied", OffsetDateTime::now_utc())
+        let mut rec = AuditRecord::new(AuditEvent::RequestDenied, OffsetDateTime::now_utc())
             .by(peer.uid, peer.pid)
-            .reason("permission_denied", Some(denied.message.clone()));
+            .reason(AuditReason::PermissionDenied, Some(denied.message.clone()));
         rec.request = Some(op_name(req).into());
         self.audit.record(rec);
         denied
@@ -383,14 +328,15 @@ impl State {
 
     fn audit_denial_summaries(&mut self, summaries: impl IntoIterator<Item = DenialSummary>) {
         for s in summaries {
-            let mut rec = AuditRecord::new("requests_denied", OffsetDateTime::now_utc()).reason(
-                "permission_denied",
-                Some(format!(
-                    "{} more requests denied in {:.0} s after the one audited",
-                    s.count,
-                    s.window.as_secs_f64()
-                )),
-            );
+            let mut rec = AuditRecord::new(AuditEvent::RequestsDenied, OffsetDateTime::now_utc())
+                .reason(
+                    AuditReason::PermissionDenied,
+                    Some(format!(
+                        "{} more requests denied in {:.0} s after the one audited",
+                        s.count,
+                        s.window.as_secs_f64()
+                    )),
+                );
             rec.by_uid = Some(s.uid);
             rec.count = Some(s.count);
             self.audit.record(rec);
@@ -421,9 +367,9 @@ impl State {
                 .await
                 .map(|processes| Reply::Killed { processes }),
             Request::KillConnection { id } => {
-                let rec = AuditRecord::new("connection_killed", OffsetDateTime::now_utc())
+                let rec = AuditRecord::new(AuditEvent::ConnectionKilled, OffsetDateTime::now_utc())
                     .by(peer.uid, peer.pid)
-                    .reason("killed_by_operator", None);
+                    .reason(AuditReason::KilledByOperator, None);
                 self.kill_connection(id, CloseReason::Killed, rec)
                     .await
                     .map(|processes| Reply::Killed { processes })
@@ -444,6 +390,11 @@ impl State {
             Request::Play { .. } | Request::Watch { .. } => Err(ErrorReply::new(
                 ErrorKind::BadRequest,
                 "play and watch answer with a stream of frames; use enforcerctl play/watch",
+            )),
+            // Root's reloads come as `Msg::Reload`, with the file already read.
+            Request::Reload => Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "reload is sent by the connection task; use enforcerctl reload",
             )),
         }
     }
@@ -495,5 +446,6 @@ fn op_name(req: &Request) -> &'static str {
         Request::Recordings { .. } => "recordings",
         Request::Play { .. } => "play",
         Request::Watch { .. } => "watch",
+        Request::Reload => "reload",
     }
 }

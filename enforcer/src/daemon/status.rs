@@ -6,9 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, PolicyReport, StatusReport};
+use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, PolicyReport, StatusReport, SweepStatus};
 
-use super::state::State;
+use super::{idle::IDLE_EVERY, state::State};
 use crate::{
     bpf::BpfSnapshot,
     config::Config,
@@ -72,6 +72,12 @@ impl State {
             events,
             dropped,
             policy: Some(policy_report(&self.config)),
+            sweeps: vec![
+                self.sweeps.idle.status("idle_check", IDLE_EVERY),
+                self.sweeps
+                    .monitors
+                    .status("monitor_sweep", super::state::SWEEP_EVERY),
+            ],
         })
     }
 
@@ -189,5 +195,105 @@ fn policy_report(c: &Config) -> PolicyReport {
         locks: value(&c.locks),
         rules: c.rules.iter().map(value).collect(),
         metrics_listen: c.metrics.listen.map(|a| a.to_string()),
+    }
+}
+
+/// How long the actor's periodic jobs take: each one holds up every login while it runs.
+#[derive(Debug, Default)]
+pub(super) struct Sweeps {
+    /// The idle clocks (`check_idle`).
+    pub idle: SweepTimer,
+    /// Connections whose monitor is gone (`sweep`).
+    pub monitors: SweepTimer,
+}
+
+/// Durations of one periodic job: wall time, and CPU time of the thread running it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct SweepTimer {
+    runs: u64,
+    last: Duration,
+    max: Duration,
+    total: Duration,
+    last_cpu: Duration,
+    max_cpu: Duration,
+    total_cpu: Duration,
+}
+
+/// A run being timed (see [`SweepTimer::start`]).
+pub(super) struct Timing {
+    wall: Instant,
+    cpu: Duration,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+impl SweepTimer {
+    pub fn start() -> Timing {
+        Timing {
+            wall: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    /// Ends the run `t` (on the thread that started it).
+    pub fn record(&mut self, t: Timing) {
+        self.add(t.wall.elapsed(), thread_cpu().saturating_sub(t.cpu));
+    }
+
+    fn add(&mut self, took: Duration, cpu: Duration) {
+        self.runs += 1;
+        self.last = took;
+        self.max = self.max.max(took);
+        self.total += took;
+        self.last_cpu = cpu;
+        self.max_cpu = self.max_cpu.max(cpu);
+        self.total_cpu += cpu;
+    }
+
+    fn status(&self, name: &str, every: Duration) -> SweepStatus {
+        let us = |d: Duration| d.as_micros() as u64;
+        SweepStatus {
+            name: name.into(),
+            every_ms: every.as_millis() as u64,
+            runs: self.runs,
+            last_us: us(self.last),
+            max_us: us(self.max),
+            total_us: us(self.total),
+            last_cpu_us: us(self.last_cpu),
+            max_cpu_us: us(self.max_cpu),
+            total_cpu_us: us(self.total_cpu),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_timer_keeps_last_max_and_total() {
+        let mut t = SweepTimer::default();
+        let ms = Duration::from_millis;
+        for (wall, cpu) in [(3, 1), (9, 2), (2, 2)] {
+            t.add(ms(wall), ms(cpu));
+        }
+        let s = t.status("idle_check", ms(250));
+        assert_eq!(
+            (s.runs, s.last_us, s.max_us, s.total_us, s.every_ms),
+            (3, 2000, 9000, 14000, 250)
+        );
+        assert_eq!(
+            (s.last_cpu_us, s.max_cpu_us, s.total_cpu_us),
+            (2000, 2000, 5000)
+        );
+        // A real run on this thread.
+        let run = SweepTimer::start();
+        t.record(run);
+        assert_eq!(t.status("x", ms(1)).runs, 4);
     }
 }

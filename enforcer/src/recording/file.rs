@@ -24,6 +24,9 @@ use crate::lines::{LineFile, WriteFailure};
 const SCREEN_REPLAY: usize = 4 << 20;
 /// Event lines collected before they are written to the file.
 const BUFFER: usize = 256 << 10;
+/// What the buffer is allocated with when lines arrive: room for a full buffer and the event
+/// that overflows it, so a stream never reallocates.
+const BUFFER_CAPACITY: usize = BUFFER + (64 << 10);
 
 /// What the recorder hands a recording: borrowed from the data ring, or owned while it waits
 /// for its session.
@@ -215,7 +218,8 @@ impl Recording {
         Recording {
             path,
             file,
-            buf: Vec::with_capacity(BUFFER + (64 << 10)),
+            // Allocated when lines arrive, given back when they stop (see `tick`).
+            buf: Vec::new(),
             buf_bytes: 0,
             buf_start: None,
             gap: None,
@@ -237,6 +241,9 @@ impl Recording {
 
     /// Appends one item and passes it on to the watchers.
     pub(super) fn write(&mut self, item: Item, stats: &RecorderStats) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(BUFFER_CAPACITY);
+        }
         let mut frame = None;
         if self.buf_start.is_none() {
             self.buf_start = Some(match &item {
@@ -321,6 +328,17 @@ impl Recording {
         if self.watchers.is_empty() {
             self.screen = None;
         }
+    }
+
+    /// The recorder's periodic flush: writes what arrived since the last one, and gives the
+    /// buffer back when nothing did (an idle session must not hold a buffer; with thousands of
+    /// sessions that is most of the daemon's memory).
+    pub(super) fn tick(&mut self, stats: &RecorderStats) {
+        if self.buf.is_empty() && self.gap.is_none() {
+            self.buf = Vec::new();
+            return;
+        }
+        self.flush(stats);
     }
 
     /// Makes what was written so far visible to readers of the file. A failed write loses the buffered lines but never leaves a half line; the loss is
@@ -443,3 +461,7 @@ fn replay_screen(path: &Path, (cols, rows): (u16, u16)) -> vt100::Parser {
     }
     parser
 }
+
+#[cfg(test)]
+#[path = "file_tests.rs"]
+mod tests;

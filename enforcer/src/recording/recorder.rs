@@ -266,7 +266,7 @@ impl Recorder {
                 // Streamed while the session runs: readers see at most 100 ms of delay, and
                 // everything once the stream pauses.
                 for r in self.recordings.values_mut() {
-                    r.flush(&self.stats);
+                    r.tick(&self.stats);
                 }
                 last_flush = Instant::now();
             }
