@@ -25,6 +25,7 @@ const TEST_PACKAGES: &[&str] = &[
     "pv",          // rate-limited output for `bench recording`
     "debootstrap", // a clean Debian root to `apt install` the .deb into
     "lintian",     // the .deb must be lintian-clean
+    "rsync",       // file transfers: rsync sessions are audited, not recorded
 ];
 // Debian's `prometheus` (server + promtool) too, installed without starting it: `prometheus()`.
 

@@ -11,6 +11,7 @@ use crate::core::{
     reload::ReloadTrigger,
     rfc3339,
     session::{ExitStatus, Session},
+    transfer::{Direction, FileTransfer, TransferProtocol},
 };
 
 /// An audit event; absent fields are omitted from the JSON.
@@ -136,6 +137,24 @@ pub struct AuditRecord {
     pub bytes_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    /// A file a transfer read or wrote (file_transfer): as the client named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// sftp, scp or rsync (file_transfer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<TransferProtocol>,
+    /// download (read here) or upload (written here) (file_transfer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// File bytes moved (file_transfer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The file's size as the protocol says it, or the end of the furthest range moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
+    /// The session ended before this file was closed, or the stream could not be followed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
     /// The config file a reload read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_path: Option<String>,
@@ -201,6 +220,12 @@ impl AuditRecord {
             target: None,
             bytes_in: None,
             bytes_out: None,
+            path: None,
+            protocol: None,
+            direction: None,
+            bytes: None,
+            file_size: None,
+            incomplete: false,
             config_path: None,
             trigger: None,
             changes: None,
@@ -238,6 +263,24 @@ impl AuditRecord {
         self.tty = s.tty.clone();
         self.command = s.command.clone();
         self
+    }
+
+    /// One file of a transfer.
+    pub fn file_transfer(&mut self, f: &FileTransfer) {
+        self.event = AuditEvent::FileTransfer;
+        self.path = Some(f.path.clone());
+        self.protocol = Some(f.protocol);
+        self.direction = Some(f.direction);
+        self.bytes = Some(f.bytes);
+        self.file_size = f.size;
+        self.incomplete = f.incomplete;
+        if f.path == "?" {
+            self.message = Some(
+                "the transfer's bytes could not all be followed (data lost, or not the protocol \
+                 its program speaks): files from that point on are unknown"
+                    .into(),
+            );
+        }
     }
 
     /// How a process ended.

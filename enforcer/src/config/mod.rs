@@ -156,6 +156,8 @@ pub struct RecordingConfig {
     pub buffer_bytes: u32,
     /// Also record what the client sends to non-pty (exec) sessions, i.e. their stdin.
     pub exec_stdin: bool,
+    /// sftp, scp and rsync sessions: their files audited instead of their bytes recorded.
+    pub file_transfers: crate::core::transfer::FileTransfers,
 }
 
 /// `[locks]`
@@ -271,6 +273,7 @@ impl Default for RecordingConfig {
             mask_echo_off_input: true,
             buffer_bytes: 32 << 20,
             exec_stdin: false,
+            file_transfers: Default::default(),
         }
     }
 }

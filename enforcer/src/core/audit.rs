@@ -49,6 +49,7 @@ names! {
         Exit = "exit",
         ForwardOpened = "forward_opened",
         ForwardClosed = "forward_closed",
+        FileTransfer = "file_transfer",
         Lock = "lock",
         Unlock = "unlock",
         UserProcessesKilled = "user_processes_killed",

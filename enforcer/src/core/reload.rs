@@ -64,6 +64,7 @@ const RESTART: &[&str] = &[
     "recording.mask_echo_off_input",
     "recording.buffer_bytes",
     "recording.exec_stdin",
+    "recording.file_transfers",
 ];
 
 /// Whether a changed key can be applied without a restart. `[[rules]]` always can; a key in

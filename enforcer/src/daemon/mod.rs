@@ -15,6 +15,7 @@ mod reload;
 mod sessions;
 mod state;
 mod status;
+mod transfers;
 
 pub use recordings::list as list_recordings;
 pub use state::{StateHandle, Stream};
@@ -34,7 +35,7 @@ use crate::{
     control::{
         ControlError, ControlSettings, ControlStats, Ctx, Lane, Server, SharedSettings, Slots,
     },
-    core::reload::ReloadTrigger,
+    core::{reload::ReloadTrigger, transfer::FileTransfers},
     recording::{self, RecordingIndex},
 };
 
@@ -115,7 +116,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         pin_dir: config.daemon.bpf_pin_dir.clone(),
         record: enforcer_common::io::RecordSettings {
             enabled: config.recording.enabled as u32,
-            pipe_input: config.recording.exec_stdin as u32,
+            // Transfer sessions' requests come from the client: parsed, recorded only with
+            // exec_stdin.
+            pipe_input: (config.recording.exec_stdin
+                || config.recording.file_transfers != FileTransfers::Off)
+                as u32,
             mask_echo_off: config.recording.mask_echo_off_input as u32,
             _pad: 0,
         },
@@ -146,6 +151,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 recorder_maps,
                 config.recording.dir.clone(),
                 recordings.clone(),
+                audit.clone(),
             )
         })
         .transpose()

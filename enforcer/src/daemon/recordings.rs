@@ -12,6 +12,7 @@ use super::state::{State, Stream};
 use crate::{
     control::Peer,
     host,
+    core::transfer::FileTransfers,
     recording::{RecordingIndex, Resume, StartRecording},
 };
 
@@ -28,16 +29,27 @@ fn denied(what: &str) -> ErrorReply {
 impl State {
     /// Starts recording a session whose channels just became known, or (`resume`) takes up
     /// the recording of a session that was live when enforcerd stopped.
-    pub(super) fn start_recording(&self, conn_id: u64, session_id: u64, resume: Option<Resume>) {
+    pub(super) fn start_recording(&mut self, conn_id: u64, session_id: u64, resume: Option<Resume>) {
+        let session = self
+            .registry
+            .get(conn_id)
+            .and_then(|c| c.sessions.get(session_id))
+            .filter(|s| !s.channels.is_empty());
+        let (Some(s), Some(_)) = (session.cloned(), &self.recorder) else {
+            return;
+        };
+        // A session taken up after a restart has long executed its program: recorded as is.
+        let transfer = match resume {
+            None => self.transfer_start(&s, self.transfer_record(conn_id, &s)),
+            Some(_) => None,
+        };
+        let record_stdin = self.config.recording.exec_stdin
+            || transfer
+                .as_ref()
+                .is_some_and(|t| t.mode == FileTransfers::Full);
         let (Some(recorder), Some(conn)) = (&self.recorder, self.registry.get(conn_id)) else {
             return;
         };
-        let Some(s) = conn.sessions.get(session_id) else {
-            return;
-        };
-        if s.channels.is_empty() {
-            return;
-        }
         let env: BTreeMap<String, String> = host::environ(s.leader_pid)
             .into_iter()
             .filter(|(k, _)| k == "TERM" || k == "SHELL")
@@ -59,6 +71,8 @@ impl State {
             started_at: s.started_at,
             started_boot_ns: s.started_boot_ns,
             env,
+            record_stdin,
+            transfer,
             resume,
         });
     }

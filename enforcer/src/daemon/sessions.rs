@@ -108,7 +108,7 @@ impl State {
             .record(self.record(AuditEvent::SessionStarted, &origin));
     }
 
-    pub(super) fn on_exec(&mut self, exec: Exec) {
+    pub(super) async fn on_exec(&mut self, exec: Exec) {
         let origin = exec.origin;
         if origin.session_id == 0 {
             // sshd's own processes (re-exec, helpers) before any session.
@@ -127,11 +127,13 @@ impl State {
                 s.tty = exec.tty.clone();
                 s.channels = channel_objects(&exec);
             }
-            let session_id = s.id;
+            let (session_id, leader_pid) = (s.id, s.leader_pid);
             self.dirty = true;
             if first {
                 self.start_recording(origin.conn_id, session_id, None);
             }
+            // The shell's exec of the session's command, or the command run directly.
+            self.transfer_exec(session_id, leader_pid, &exec, first).await;
         }
         let mut rec = self.record(AuditEvent::Exec, &origin);
         rec.uid = Some(exec.uid);
@@ -164,6 +166,14 @@ impl State {
         if origin.session_id == 0 {
             return;
         }
+        if !self.transfers.is_empty() {
+            let session = self
+                .registry
+                .session_by_kernel(origin.conn_id, origin.session_id);
+            if let Some(id) = session.map(|s| s.id) {
+                self.transfer_exit(id, origin.pid, origin.boot_ns);
+            }
+        }
         let exit = self
             .record(AuditEvent::Exit, &origin)
             .exit_status(ExitStatus::from_wait(status));
@@ -186,6 +196,7 @@ impl State {
             .remove_session_by_kernel(origin.conn_id, origin.session_id)
         {
             self.end_recording(s.id);
+            self.transfer_ended(s.id);
             self.dirty = true;
             rec.duration_secs = Some(
                 (OffsetDateTime::now_utc() - s.started_at)

@@ -103,6 +103,8 @@ pub(super) struct State {
     pub idle_since: HashMap<u64, OffsetDateTime>,
     /// How long the periodic jobs below take (shown in status).
     pub sweeps: Sweeps,
+    /// Sessions whose command is a file transfer, by session id (see `transfers`).
+    pub transfers: HashMap<u64, super::transfers::TransferWatch>,
     /// A connection was released since the idle check last read the kernel's activity: its
     /// channels' entries are left for that check to remove (reading them per release would walk
     /// the whole map each time).
@@ -183,6 +185,7 @@ pub(super) async fn start(
         process_view: None,
         idle_since: HashMap::new(),
         sweeps: Sweeps::default(),
+        transfers: HashMap::new(),
         activity_orphans: true,
         idle_schedule: Default::default(),
         monitor_sweep: Default::default(),
@@ -402,7 +405,7 @@ impl State {
     async fn on_kernel_event(&mut self, ev: KernelEvent) {
         tracing::trace!(?ev, "kernel event");
         match ev {
-            KernelEvent::Exec(exec) => self.on_exec(*exec),
+            KernelEvent::Exec(exec) => self.on_exec(*exec).await,
             KernelEvent::Exit {
                 origin,
                 status,

@@ -102,6 +102,8 @@ pub(super) struct Recording {
     gap: Option<Gap>,
     start_ns: u64,
     pty: bool,
+    /// Input of a session without a pty (its stdin) is written (`recording.exec_stdin`).
+    record_stdin: bool,
     size: (u16, u16),
     output: Utf8Stream,
     input: Utf8Stream,
@@ -225,6 +227,7 @@ impl Recording {
             gap: None,
             start_ns: s.started_boot_ns,
             pty: s.keys.iter().any(|k| k.object & IO_PTY != 0),
+            record_stdin: s.record_stdin,
             size: (cols, rows),
             output: Utf8Stream::default(),
             input: Utf8Stream::default(),
@@ -237,6 +240,19 @@ impl Recording {
     /// Seconds since the session started.
     fn time(&self, boot_ns: u64) -> f64 {
         boot_ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+
+    /// Writes an `"m"` marker line at kernel time `boot_ns`.
+    pub(super) fn marker(&mut self, boot_ns: u64, text: &str, stats: &RecorderStats) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(BUFFER_CAPACITY);
+        }
+        let t = self.time(boot_ns.max(self.start_ns));
+        self.buf_start.get_or_insert(t);
+        cast::write_event(&mut self.buf, t, "m", text);
+        if self.buf.len() >= BUFFER {
+            self.flush(stats);
+        }
     }
 
     /// Appends one item and passes it on to the watchers.
@@ -270,6 +286,9 @@ impl Recording {
                     frame = Some(WatchFrame::Output(bytes.into_owned()));
                 }
             }
+            // The kernel sends a pipe session's input for transfer parsing; recorded only when
+            // asked for.
+            Item::Data { dir: DIR_INPUT, .. } if !self.pty && !self.record_stdin => {}
             Item::Data {
                 boot_ns,
                 dir: DIR_INPUT,

@@ -18,6 +18,8 @@ fn an_idle_recording_gives_its_buffer_back() {
         started_at: time::OffsetDateTime::UNIX_EPOCH,
         started_boot_ns: 0,
         env: Default::default(),
+        record_stdin: false,
+        transfer: None,
         resume: None,
     };
     let (mut r, _) = Recording::create(dir.path(), &s, (80, 24)).unwrap();

@@ -11,9 +11,11 @@ mod escape;
 mod file;
 mod index;
 mod recorder;
+mod transfer;
 pub mod store;
 
 pub use index::RecordingIndex;
 pub use recorder::{
     RecorderHandle, RecorderMaps, RecorderStats, Resume, StartRecording, WatchFrame, start,
 };
+pub use transfer::TransferStart;

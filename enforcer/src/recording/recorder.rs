@@ -24,7 +24,11 @@ use time::OffsetDateTime;
 use super::{
     RecordingIndex,
     file::{Item, Recording},
+    transfer::{TransferSession, TransferStart},
 };
+use crate::audit::AuditSink;
+
+mod transfers;
 
 /// A session whose channels are now known (its leader exec'd).
 #[derive(Debug, Clone)]
@@ -43,6 +47,10 @@ pub struct StartRecording {
     pub started_boot_ns: u64,
     /// TERM and SHELL of the session.
     pub env: BTreeMap<String, String>,
+    /// Input of a session without a pty is written too (`recording.exec_stdin`).
+    pub record_stdin: bool,
+    /// The session's command is a file transfer (see `recording::transfer`).
+    pub transfer: Option<TransferStart>,
     /// Set when the session was live before enforcerd restarted: its recording is reopened
     /// and marked rather than created.
     pub resume: Option<Resume>,
@@ -98,6 +106,17 @@ enum Command {
         frames: tokio::sync::mpsc::Sender<WatchFrame>,
         reply: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
+    /// A transfer session's leader executed its program at `boot_ns`.
+    TransferStarted {
+        session_id: u64,
+        boot_ns: u64,
+    },
+    /// Not (or no longer) a transfer: record in full from `since_ns`.
+    TransferAborted {
+        session_id: u64,
+        since_ns: u64,
+        program_ended: bool,
+    },
     Shutdown(Sender<()>),
 }
 
@@ -123,6 +142,19 @@ impl RecorderHandle {
 
     pub fn end_recording(&self, session_id: u64) {
         let _ = self.send(Command::End { session_id });
+    }
+
+    pub fn transfer_started(&self, session_id: u64, boot_ns: u64) {
+        let _ = self.send(Command::TransferStarted { session_id, boot_ns });
+    }
+
+    /// `program_ended`: the transfer program exited (else: something else ran).
+    pub fn transfer_aborted(&self, session_id: u64, since_ns: u64, program_ended: bool) {
+        let _ = self.send(Command::TransferAborted {
+            session_id,
+            since_ns,
+            program_ended,
+        });
     }
 
     /// Subscribes to a live session: the current screen first, then what follows.
@@ -156,6 +188,7 @@ pub fn start(
     maps: RecorderMaps,
     dir: PathBuf,
     index: RecordingIndex,
+    audit: AuditSink,
 ) -> std::io::Result<RecorderHandle> {
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(EventFd::from_flags(
@@ -172,6 +205,8 @@ pub fn start(
         lost_seen: HashMap::new(),
         stats: stats.clone(),
         index,
+        transfers: HashMap::new(),
+        audit,
     };
     let thread_wake = wake.clone();
     std::thread::Builder::new()
@@ -203,6 +238,10 @@ struct Recorder {
     lost_seen: HashMap<IoKey, u64>,
     stats: Arc<RecorderStats>,
     index: RecordingIndex,
+    /// Sessions whose command is a file transfer.
+    transfers: HashMap<u64, TransferSession>,
+    /// Where their `file_transfer` records go.
+    audit: AuditSink,
 }
 
 fn parse(item: &[u8]) -> Option<(DataHeader, &[u8])> {
@@ -355,6 +394,7 @@ impl Recorder {
         for id in ended {
             self.close(id);
         }
+        self.expire_held_transfers();
     }
 
     /// Turns the kernel's per-channel loss counts into markers in the recordings.
@@ -389,6 +429,15 @@ impl Recorder {
             } => {
                 let _ = reply.send(self.watch(session_id, frames));
             }
+            Command::TransferStarted {
+                session_id,
+                boot_ns,
+            } => self.transfer_started(session_id, boot_ns),
+            Command::TransferAborted {
+                session_id,
+                since_ns,
+                program_ended,
+            } => self.transfer_aborted(session_id, since_ns, program_ended),
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -409,6 +458,9 @@ impl Recorder {
         match opened {
             Ok((r, stored)) => {
                 self.recordings.insert(s.session_id, r);
+                if let Some(t) = s.transfer.clone() {
+                    self.transfers.insert(s.session_id, TransferSession::new(t));
+                }
                 self.index.started(stored);
             }
             Err(e) => {
@@ -435,6 +487,9 @@ impl Recorder {
     }
 
     fn write(&mut self, id: u64, item: Item) {
+        let Some(item) = self.through_transfer(id, item) else {
+            return;
+        };
         if let Some(r) = self.recordings.get_mut(&id) {
             r.write(item, &self.stats);
         }
@@ -460,6 +515,7 @@ impl Recorder {
         }
         // The channels' last losses still belong in this recording.
         self.collect_lost();
+        self.finish_transfer(id);
         let Some(r) = self.recordings.remove(&id) else {
             return;
         };
