@@ -22,7 +22,10 @@ const SIZE: usize = 5 << 20;
 
 /// A directory the test user owns, with a 5 MiB file of incompressible bytes in it.
 fn user_dir(user: &TestUser) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix("enf-ft-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("enf-ft-")
+        .tempdir()
+        .unwrap();
     let file = dir.path().join("payload.bin");
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let bytes: Vec<u8> = (0..SIZE)
@@ -45,8 +48,16 @@ fn user_dir(user: &TestUser) -> (tempfile::TempDir, PathBuf) {
 fn client(program: &str, sshd_port: u16, user: &TestUser) -> Command {
     let mut c = Command::new(program);
     let opts = [
-        "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
     ];
     if program == "rsync" {
         let ssh = format!(
@@ -56,7 +67,10 @@ fn client(program: &str, sshd_port: u16, user: &TestUser) -> Command {
         );
         c.args(["-e", &ssh]);
     } else {
-        c.args(opts).arg("-i").arg(&user.key).args(["-P", &sshd_port.to_string()]);
+        c.args(opts)
+            .arg("-i")
+            .arg(&user.key)
+            .args(["-P", &sshd_port.to_string()]);
     }
     c.stdin(Stdio::null());
     c
@@ -97,18 +111,31 @@ fn scp_and_sftp_transfers_are_audited_per_file_not_recorded() {
 
     // scp (the sftp protocol since OpenSSH 9), download: the reported case.
     let got = local.path().join("down.bin");
-    run(with_args(client("scp", sshd.port, &u), &[OsStr::new(&remote(&u, &file)), OsStr::new(&&got)]));
+    run(with_args(
+        client("scp", sshd.port, &u),
+        &[OsStr::new(&remote(&u, &file)), OsStr::new(&&got)],
+    ));
     assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&file).unwrap());
     let t = transfer(&d, &file, "download");
-    assert_eq!((t["protocol"].as_str(), t["bytes"].as_u64()), (Some("sftp"), Some(SIZE as u64)), "{t}");
+    assert_eq!(
+        (t["protocol"].as_str(), t["bytes"].as_u64()),
+        (Some("sftp"), Some(SIZE as u64)),
+        "{t}"
+    );
     assert_eq!(t["user"], u.name.as_str());
     assert!(t["session_id"].is_u64() && t["conn_id"].is_u64(), "{t}");
     let len = recording_len(&d, &u);
-    assert!(len < 4096, "the recording holds {len} bytes, not the file's {SIZE}");
+    assert!(
+        len < 4096,
+        "the recording holds {len} bytes, not the file's {SIZE}"
+    );
 
     // Upload.
     let up = dir.path().join("up.bin");
-    run(with_args(client("scp", sshd.port, &u), &[OsStr::new(&&got), OsStr::new(&remote(&u, &up))]));
+    run(with_args(
+        client("scp", sshd.port, &u),
+        &[OsStr::new(&&got), OsStr::new(&remote(&u, &up))],
+    ));
     let t = transfer(&d, &up, "upload");
     assert_eq!(t["bytes"].as_u64(), Some(SIZE as u64), "{t}");
 
@@ -116,34 +143,92 @@ fn scp_and_sftp_transfers_are_audited_per_file_not_recorded() {
     let batch = local.path().join("batch");
     let back = local.path().join("back.bin");
     let put = dir.path().join("put.bin");
-    std::fs::write(&batch, format!("get {} {}\nput {} {}\n", file.display(), back.display(), got.display(), put.display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!(
+            "get {} {}\nput {} {}\n",
+            file.display(),
+            back.display(),
+            got.display(),
+            put.display()
+        ),
+    )
+    .unwrap();
     let mut sftp = client("sftp", sshd.port, &u);
-    sftp.args(["-b"]).arg(&batch).arg(format!("{}@127.0.0.1", u.name));
+    sftp.args(["-b"])
+        .arg(&batch)
+        .arg(format!("{}@127.0.0.1", u.name));
     run(sftp);
     let t = transfer(&d, &put, "upload");
     assert_eq!(t["bytes"].as_u64(), Some(SIZE as u64));
-    assert!(d.audit().iter().filter(|r| r["event"] == "file_transfer" && r["path"] == file.display().to_string().as_str()).count() >= 2);
+    assert!(
+        d.audit()
+            .iter()
+            .filter(|r| r["event"] == "file_transfer"
+                && r["path"] == file.display().to_string().as_str())
+            .count()
+            >= 2
+    );
 
     // Legacy scp (`scp -O`: `scp -f` / `scp -t` on the server).
     let legacy = local.path().join("legacy.bin");
-    run(with_args(client("scp", sshd.port, &u), &[OsStr::new("-O"), OsStr::new(&remote(&u, &file)), OsStr::new(&&legacy)]));
-    let t = d.wait_audit("legacy scp download", |r| r["event"] == "file_transfer" && r["protocol"] == "scp" && r["direction"] == "download");
-    assert_eq!((t["path"].as_str(), t["bytes"].as_u64(), t["file_size"].as_u64()), (Some(file.to_str().unwrap()), Some(SIZE as u64), Some(SIZE as u64)));
+    run(with_args(
+        client("scp", sshd.port, &u),
+        &[
+            OsStr::new("-O"),
+            OsStr::new(&remote(&u, &file)),
+            OsStr::new(&&legacy),
+        ],
+    ));
+    let t = d.wait_audit("legacy scp download", |r| {
+        r["event"] == "file_transfer" && r["protocol"] == "scp" && r["direction"] == "download"
+    });
+    assert_eq!(
+        (
+            t["path"].as_str(),
+            t["bytes"].as_u64(),
+            t["file_size"].as_u64()
+        ),
+        (
+            Some(file.to_str().unwrap()),
+            Some(SIZE as u64),
+            Some(SIZE as u64)
+        )
+    );
     let into = dir.path().join("legacy-up.bin");
-    run(with_args(client("scp", sshd.port, &u), &[OsStr::new("-O"), OsStr::new(&&legacy), OsStr::new(&remote(&u, &into))]));
+    run(with_args(
+        client("scp", sshd.port, &u),
+        &[
+            OsStr::new("-O"),
+            OsStr::new(&&legacy),
+            OsStr::new(&remote(&u, &into)),
+        ],
+    ));
     let t = transfer(&d, &into, "upload");
-    assert_eq!((t["protocol"].as_str(), t["bytes"].as_u64()), (Some("scp"), Some(SIZE as u64)));
+    assert_eq!(
+        (t["protocol"].as_str(), t["bytes"].as_u64()),
+        (Some("scp"), Some(SIZE as u64))
+    );
 
     // rsync: paths and bytes, one record per session.
     let synced = local.path().join("synced.bin");
-    run(with_args(client("rsync", sshd.port, &u), &[OsStr::new(&remote(&u, &file)), OsStr::new(&&synced)]));
-    let t = d.wait_audit("rsync download", |r| r["event"] == "file_transfer" && r["protocol"] == "rsync");
+    run(with_args(
+        client("rsync", sshd.port, &u),
+        &[OsStr::new(&remote(&u, &file)), OsStr::new(&&synced)],
+    ));
+    let t = d.wait_audit("rsync download", |r| {
+        r["event"] == "file_transfer" && r["protocol"] == "rsync"
+    });
     assert_eq!(t["direction"], "download");
     assert_eq!(t["path"].as_str(), Some(file.to_str().unwrap()));
     assert!(t["bytes"].as_u64().unwrap() >= SIZE as u64 / 2, "{t}");
 
     // No session of these recorded a file's bytes.
-    for r in d.recordings().iter().filter(|r| r["user"] == u.name.as_str()) {
+    for r in d
+        .recordings()
+        .iter()
+        .filter(|r| r["user"] == u.name.as_str())
+    {
         let n = play_raw(&d, r["id"].as_u64().unwrap()).len();
         assert!(n < 64 << 10, "recording {} holds {n} bytes: {r}", r["id"]);
     }
@@ -151,7 +236,10 @@ fn scp_and_sftp_transfers_are_audited_per_file_not_recorded() {
     let rec = ended_recording(&d, &u);
     let path = rec["path"].as_str().unwrap();
     let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains("file transfer: contents not recorded"), "{text}");
+    assert!(
+        text.contains("file transfer: contents not recorded"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -164,10 +252,19 @@ fn full_mode_records_the_bytes_and_still_audits_the_file() {
     let sshd = TestSshd::start(d.pam(), &[&u], SFTP_SERVER);
     let (_dir, file) = user_dir(&u);
     let local = tempfile::tempdir().unwrap();
-    run(with_args(client("scp", sshd.port, &u), &[OsStr::new(&remote(&u, &file)), OsStr::new(&local.path().join("x"))]));
+    run(with_args(
+        client("scp", sshd.port, &u),
+        &[
+            OsStr::new(&remote(&u, &file)),
+            OsStr::new(&local.path().join("x")),
+        ],
+    ));
     transfer(&d, &file, "download");
     let len = recording_len(&d, &u);
-    assert!(len >= SIZE, "full mode recorded {len} bytes of a {SIZE}-byte download");
+    assert!(
+        len >= SIZE,
+        "full mode recorded {len} bytes of a {SIZE}-byte download"
+    );
 }
 
 /// The attacks: a shell behind a transfer command, or a background process sharing the
@@ -181,7 +278,10 @@ fn a_shell_hidden_behind_a_transfer_command_is_recorded() {
     let u = TestUser::create("fthide");
     let sshd = TestSshd::start(d.pam(), &[&u], SFTP_SERVER);
     // A command that runs sftp-server and something else.
-    let out = run(sshd.ssh(&u, "/usr/lib/openssh/sftp-server </dev/null; echo HIDDEN-ONE"));
+    let out = run(sshd.ssh(
+        &u,
+        "/usr/lib/openssh/sftp-server </dev/null; echo HIDDEN-ONE",
+    ));
     assert!(String::from_utf8_lossy(&out.stdout).contains("HIDDEN-ONE"));
     let rec = ended_recording(&d, &u);
     let played = play_raw(&d, rec["id"].as_u64().unwrap());
@@ -203,12 +303,19 @@ fn a_shell_hidden_behind_a_transfer_command_is_recorded() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("HIDDEN-TWO"), "bash did not run .bashrc: the attack needs it");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("HIDDEN-TWO"),
+        "bash did not run .bashrc: the attack needs it"
+    );
     let rec = ended_recording(&d, &v);
     let played = play_raw(&d, rec["id"].as_u64().unwrap());
     assert!(
         String::from_utf8_lossy(&played).contains("HIDDEN-TWO"),
         "the background process's output is missing from the recording"
     );
-    assert!(!d.audit().iter().any(|r| r["event"] == "file_transfer" && r["user"] == v.name.as_str()));
+    assert!(
+        !d.audit()
+            .iter()
+            .any(|r| r["event"] == "file_transfer" && r["user"] == v.name.as_str())
+    );
 }

@@ -438,10 +438,16 @@ mod tests {
             output_bytes: 2000,
         };
         let active = run(&mut r, vec![traffic], 101, 0);
-        assert!(active.cut.is_empty(), "output of a tunnel counts: {active:?}");
+        assert!(
+            active.cut.is_empty(),
+            "output of a tunnel counts: {active:?}"
+        );
         assert_eq!(active.next_due, Some(at(190)));
         let shown = &r.get(id).unwrap().forwards[&42];
-        assert_eq!((shown.bytes_in, shown.bytes_out, shown.last_activity), (10, 2000, at(90)));
+        assert_eq!(
+            (shown.bytes_in, shown.bytes_out, shown.last_activity),
+            (10, 2000, at(90))
+        );
         assert_eq!(
             r.sessions_of(id).next().unwrap().last_activity,
             T0,

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use super::state::{State, Stream};
 use crate::{
     control::Peer,
-    host,
     core::transfer::FileTransfers,
+    host,
     recording::{RecordingIndex, Resume, StartRecording},
 };
 
@@ -29,7 +29,12 @@ fn denied(what: &str) -> ErrorReply {
 impl State {
     /// Starts recording a session whose channels just became known, or (`resume`) takes up
     /// the recording of a session that was live when enforcerd stopped.
-    pub(super) fn start_recording(&mut self, conn_id: u64, session_id: u64, resume: Option<Resume>) {
+    pub(super) fn start_recording(
+        &mut self,
+        conn_id: u64,
+        session_id: u64,
+        resume: Option<Resume>,
+    ) {
         let session = self
             .registry
             .get(conn_id)

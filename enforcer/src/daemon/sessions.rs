@@ -133,7 +133,8 @@ impl State {
                 self.start_recording(origin.conn_id, session_id, None);
             }
             // The shell's exec of the session's command, or the command run directly.
-            self.transfer_exec(session_id, leader_pid, &exec, first).await;
+            self.transfer_exec(session_id, leader_pid, &exec, first)
+                .await;
         }
         let mut rec = self.record(AuditEvent::Exec, &origin);
         rec.uid = Some(exec.uid);

@@ -26,7 +26,11 @@ pub(super) struct TransferWatch {
 impl State {
     /// At a session's first exec: the transfer its command runs, if any (its recording then
     /// starts held). In every mode: "full" audits the files too, "off" records no bytes.
-    pub(super) fn transfer_start(&mut self, s: &Session, audit: AuditRecord) -> Option<TransferStart> {
+    pub(super) fn transfer_start(
+        &mut self,
+        s: &Session,
+        audit: AuditRecord,
+    ) -> Option<TransferStart> {
         if !matches!(s.kind, SessionKind::Exec | SessionKind::Subsystem) {
             return None;
         }
@@ -127,7 +131,11 @@ impl State {
                     .map(|(tid, _)| *tid)
                     .collect();
                 if !others.is_empty() {
-                    tracing::info!(conn = conn_id, ?others, "a transfer session has other processes: recorded in full");
+                    tracing::info!(
+                        conn = conn_id,
+                        ?others,
+                        "a transfer session has other processes: recorded in full"
+                    );
                 }
                 others.is_empty()
             }

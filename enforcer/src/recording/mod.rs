@@ -11,8 +11,8 @@ mod escape;
 mod file;
 mod index;
 mod recorder;
-mod transfer;
 pub mod store;
+mod transfer;
 
 pub use index::RecordingIndex;
 pub use recorder::{

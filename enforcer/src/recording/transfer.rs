@@ -17,11 +17,13 @@ use crate::{
     core::transfer::{FileTransfer, FileTransfers, Parser, TransferPlan},
 };
 
-/// Bytes held while the state actor decides, at most (the client waits for sftp-server's
-/// first reply, so little comes before).
-const HOLD_MAX: usize = 1 << 20;
-/// Bytes of a parsed session retained to be written should it turn out not to be a transfer.
-const RETAIN_MAX: usize = 4 << 20;
+/// Bytes held while the state actor decides, at most (sftp, scp and rsync clients each wait
+/// for the server's first reply, so little comes before). Per session: a user's sessions are
+/// capped by the session limits.
+const HOLD_MAX: usize = 256 << 10;
+/// Bytes of a parsed session retained to be written should something else run in it: the
+/// exec event reaches the recorder milliseconds later. Beyond this, a loss marker.
+const RETAIN_MAX: usize = 1 << 20;
 /// How long bytes are held before the session is recorded in full anyway.
 pub(super) const HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -43,7 +45,7 @@ enum Phase {
     /// Bytes parsed (`None`: file_transfers = off, nothing audited) and, unless mode is
     /// full, retained instead of recorded.
     Parsing {
-        parser: Option<Parser>,
+        parser: Option<Box<Parser>>,
         retained: VecDeque<Item<'static>>,
         retained_bytes: usize,
         /// (time, bytes) of data pushed out of `retained`.
@@ -82,7 +84,11 @@ impl TransferSession {
 
     /// Takes one item of the session. Returns it when it belongs in the recording now; `None`
     /// when held, parsed or retained. `Err(items)`: too much held, record in full.
-    pub(super) fn take<'a>(&mut self, item: Item<'a>, audit: &AuditSink) -> Result<Option<Item<'a>>, Vec<Out>> {
+    pub(super) fn take<'a>(
+        &mut self,
+        item: Item<'a>,
+        audit: &AuditSink,
+    ) -> Result<Option<Item<'a>>, Vec<Out>> {
         let full = self.start.mode == FileTransfers::Full;
         match &mut self.phase {
             Phase::Held { items, bytes } => {
@@ -96,7 +102,9 @@ impl TransferSession {
             Phase::Parsing { parser, .. } => {
                 let mut found = Vec::new();
                 match (&item, parser.as_mut()) {
-                    (Item::Data { dir, bytes, .. }, Some(p)) => p.feed(*dir == DIR_INPUT, bytes, &mut found),
+                    (Item::Data { dir, bytes, .. }, Some(p)) => {
+                        p.feed(*dir == DIR_INPUT, bytes, &mut found)
+                    }
                     (Item::Lost { bytes }, Some(p)) => p.lost(*bytes),
                     _ => {}
                 }
@@ -104,13 +112,21 @@ impl TransferSession {
                 if full || matches!(item, Item::Resize { .. }) {
                     return Ok(Some(item));
                 }
-                let Phase::Parsing { retained, retained_bytes, evicted, .. } = &mut self.phase else {
+                let Phase::Parsing {
+                    retained,
+                    retained_bytes,
+                    evicted,
+                    ..
+                } = &mut self.phase
+                else {
                     return Ok(None);
                 };
                 *retained_bytes += data_len(&item);
                 retained.push_back(item.into_owned());
                 while *retained_bytes > RETAIN_MAX {
-                    let Some(old) = retained.pop_front() else { break };
+                    let Some(old) = retained.pop_front() else {
+                        break;
+                    };
                     let n = data_len(&old);
                     *retained_bytes -= n;
                     if evicted.len() >= 1 << 16 {
@@ -126,10 +142,17 @@ impl TransferSession {
     /// The leader executed the transfer program at `boot_ns`: what was held before goes to
     /// the recording, what came after to the parser.
     pub(super) fn started(&mut self, boot_ns: u64, audit: &AuditSink) -> Vec<Out> {
-        let Phase::Held { items, .. } = std::mem::replace(&mut self.phase, Phase::Held { items: Vec::new(), bytes: 0 }) else {
+        let Phase::Held { items, .. } = std::mem::replace(
+            &mut self.phase,
+            Phase::Held {
+                items: Vec::new(),
+                bytes: 0,
+            },
+        ) else {
             return Vec::new();
         };
-        let parser = (self.start.mode != FileTransfers::Off).then(|| Parser::new(&self.start.plan));
+        let parser = (self.start.mode != FileTransfers::Off)
+            .then(|| Box::new(Parser::new(&self.start.plan)));
         self.phase = Phase::Parsing {
             parser,
             retained: VecDeque::new(),
@@ -137,11 +160,20 @@ impl TransferSession {
             evicted: VecDeque::new(),
         };
         let protocol = serde_json::to_value(self.start.plan.protocol).ok();
-        let protocol = protocol.as_ref().and_then(|v| v.as_str()).unwrap_or("transfer");
+        let protocol = protocol
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .unwrap_or("transfer");
         let text = match self.start.mode {
-            FileTransfers::Metadata => format!("enforcer: {protocol} file transfer: contents not recorded, files in the audit log (file_transfer)"),
-            FileTransfers::Off => format!("enforcer: {protocol} file transfer: not recorded (recording.file_transfers = \"off\")"),
-            FileTransfers::Full => format!("enforcer: {protocol} file transfer: recorded in full, files also in the audit log"),
+            FileTransfers::Metadata => format!(
+                "enforcer: {protocol} file transfer: contents not recorded, files in the audit log (file_transfer)"
+            ),
+            FileTransfers::Off => format!(
+                "enforcer: {protocol} file transfer: not recorded (recording.file_transfers = \"off\")"
+            ),
+            FileTransfers::Full => format!(
+                "enforcer: {protocol} file transfer: recorded in full, files also in the audit log"
+            ),
         };
         let mut out = Vec::new();
         let mut after = Vec::new();
@@ -166,8 +198,19 @@ impl TransferSession {
     /// Not a transfer after all, or no longer (another program ran at `since_ns`, the leader
     /// executed something else, or the program ended): files seen so far are audited, and the
     /// recording gets everything from `since_ns` on that it does not have yet.
-    pub(super) fn abort(mut self, since_ns: u64, program_ended: bool, audit: &AuditSink) -> Vec<Out> {
-        match std::mem::replace(&mut self.phase, Phase::Held { items: Vec::new(), bytes: 0 }) {
+    pub(super) fn abort(
+        mut self,
+        since_ns: u64,
+        program_ended: bool,
+        audit: &AuditSink,
+    ) -> Vec<Out> {
+        match std::mem::replace(
+            &mut self.phase,
+            Phase::Held {
+                items: Vec::new(),
+                bytes: 0,
+            },
+        ) {
             Phase::Held { items, .. } => items.into_iter().map(Out::Item).collect(),
             Phase::Parsing {
                 parser,
@@ -177,7 +220,7 @@ impl TransferSession {
             } => {
                 if let Some(p) = parser {
                     let mut found = Vec::new();
-                    p.finish(&mut found);
+                    (*p).finish(&mut found);
                     self.emit(found, audit);
                 }
                 if self.start.mode == FileTransfers::Full {
@@ -189,11 +232,20 @@ impl TransferSession {
                     "enforcer: another program ran in this file-transfer session: recorded in full from here"
                 };
                 let mut out = vec![Out::Marker(since_ns, text.into())];
-                let lost: u64 = evicted.iter().filter(|(t, _)| *t >= since_ns).map(|(_, n)| n).sum();
+                let lost: u64 = evicted
+                    .iter()
+                    .filter(|(t, _)| *t >= since_ns)
+                    .map(|(_, n)| n)
+                    .sum();
                 if lost > 0 {
                     out.push(Out::Item(Item::Lost { bytes: lost }));
                 }
-                out.extend(retained.into_iter().filter(|i| i.time() >= since_ns).map(Out::Item));
+                out.extend(
+                    retained
+                        .into_iter()
+                        .filter(|i| i.time() >= since_ns)
+                        .map(Out::Item),
+                );
                 out
             }
         }
@@ -201,13 +253,19 @@ impl TransferSession {
 
     /// The session ended: open files are audited as incomplete; held bytes are recorded.
     pub(super) fn finish(mut self, audit: &AuditSink) -> Vec<Out> {
-        let phase = std::mem::replace(&mut self.phase, Phase::Held { items: Vec::new(), bytes: 0 });
+        let phase = std::mem::replace(
+            &mut self.phase,
+            Phase::Held {
+                items: Vec::new(),
+                bytes: 0,
+            },
+        );
         match phase {
             Phase::Held { items, .. } => items.into_iter().map(Out::Item).collect(),
             Phase::Parsing { parser, .. } => {
                 if let Some(p) = parser {
                     let mut found = Vec::new();
-                    p.finish(&mut found);
+                    (*p).finish(&mut found);
                     self.emit(found, audit);
                 }
                 Vec::new()
@@ -216,7 +274,13 @@ impl TransferSession {
     }
 
     fn release(&mut self) -> Vec<Out> {
-        match std::mem::replace(&mut self.phase, Phase::Held { items: Vec::new(), bytes: 0 }) {
+        match std::mem::replace(
+            &mut self.phase,
+            Phase::Held {
+                items: Vec::new(),
+                bytes: 0,
+            },
+        ) {
             Phase::Held { items, .. } => items.into_iter().map(Out::Item).collect(),
             other => {
                 self.phase = other;
@@ -282,13 +346,29 @@ mod tests {
         let audit = AuditSink::start(&dir.path().join("audit.log"), false).unwrap();
         let mut t = session(FileTransfers::Metadata);
         // Before the exec at 100: the shell's; after: sftp's.
-        assert!(matches!(t.take(data(50, DIR_OUTPUT, b"motd"), &audit), Ok(None)));
-        assert!(matches!(t.take(data(150, DIR_INPUT, b"\0\0\0\x05\x01\0\0\0\x03"), &audit), Ok(None)));
+        assert!(matches!(
+            t.take(data(50, DIR_OUTPUT, b"motd"), &audit),
+            Ok(None)
+        ));
+        assert!(matches!(
+            t.take(data(150, DIR_INPUT, b"\0\0\0\x05\x01\0\0\0\x03"), &audit),
+            Ok(None)
+        ));
         let out = t.started(100, &audit);
-        assert_eq!(times(&out), vec![(50, false), (100, true)], "held bytes before the exec recorded, then the marker");
+        assert_eq!(
+            times(&out),
+            vec![(50, false), (100, true)],
+            "held bytes before the exec recorded, then the marker"
+        );
         // Parsed, not recorded.
-        assert!(matches!(t.take(data(200, DIR_OUTPUT, b"x"), &audit), Ok(None)));
-        assert!(matches!(t.take(data(300, DIR_OUTPUT, b"shell output"), &audit), Ok(None)));
+        assert!(matches!(
+            t.take(data(200, DIR_OUTPUT, b"x"), &audit),
+            Ok(None)
+        ));
+        assert!(matches!(
+            t.take(data(300, DIR_OUTPUT, b"shell output"), &audit),
+            Ok(None)
+        ));
         // A program exec'd at 250: everything from then on is recorded after a marker.
         let out = t.abort(250, false, &audit);
         assert_eq!(times(&out), vec![(250, true), (300, false)]);
@@ -306,6 +386,9 @@ mod tests {
         }
         let mut t = session(FileTransfers::Full);
         t.started(0, &audit);
-        assert!(matches!(t.take(data(5, DIR_OUTPUT, b"x"), &audit), Ok(Some(_))));
+        assert!(matches!(
+            t.take(data(5, DIR_OUTPUT, b"x"), &audit),
+            Ok(Some(_))
+        ));
     }
 }

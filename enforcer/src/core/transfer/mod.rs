@@ -79,13 +79,18 @@ pub struct TransferPlan {
 
 /// Characters a shell would act on: a command holding one is not a plain transfer.
 const SHELL_SPECIAL: &[char] = &[
-    ';', '&', '|', '$', '`', '<', '>', '(', ')', '{', '}', '\n', '\\', '*', '?', '[', '~', '#',
-    '!',
+    ';', '&', '|', '$', '`', '<', '>', '(', ')', '{', '}', '\n', '\\', '*', '?', '[', '~', '#', '!',
 ];
 
 /// Where the program a transfer session executes must live: directories only root can write
 /// (not `/usr/local`, group-writable on some systems). A user's own `scp` is no transfer.
-const SYSTEM_DIRS: &[&str] = &["/usr/bin/", "/bin/", "/usr/sbin/", "/usr/lib/", "/usr/libexec/"];
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr/bin/",
+    "/bin/",
+    "/usr/sbin/",
+    "/usr/lib/",
+    "/usr/libexec/",
+];
 
 /// Whether `filename`, just executed by the session's leader, is the plan's program.
 pub fn is_program(plan: &TransferPlan, filename: &str) -> bool {
@@ -107,7 +112,9 @@ pub fn plan(command: &str) -> Option<TransferPlan> {
     let name = program.rsplit('/').next().unwrap_or(program);
     let args = args.to_vec();
     let has = |flag: &str| args.iter().any(|a| a == flag);
-    let scp_mode = |a: &String| a.starts_with('-') && !a.starts_with("--") && (a.contains('t') || a.contains('f'));
+    let scp_mode = |a: &String| {
+        a.starts_with('-') && !a.starts_with("--") && (a.contains('t') || a.contains('f'))
+    };
     let (protocol, program) = match name {
         "sftp-server" => (TransferProtocol::Sftp, "sftp-server"),
         "scp" if args.iter().any(scp_mode) => (TransferProtocol::Scp, "scp"),
@@ -198,7 +205,10 @@ mod tests {
     #[test]
     fn plain_transfer_commands_are_planned() {
         let p = plan("/usr/lib/openssh/sftp-server").unwrap();
-        assert_eq!((p.protocol, p.program), (TransferProtocol::Sftp, "sftp-server"));
+        assert_eq!(
+            (p.protocol, p.program),
+            (TransferProtocol::Sftp, "sftp-server")
+        );
         let p = plan("scp -t /tmp/dest dir").unwrap();
         assert_eq!(p.protocol, TransferProtocol::Scp);
         assert_eq!(p.args, ["-t", "/tmp/dest", "dir"]);

@@ -22,7 +22,12 @@ impl RsyncTally {
         };
         let paths = match args.iter().position(|a| a == ".") {
             Some(i) => args[i + 1..].join(" "),
-            None => args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>().join(" "),
+            None => args
+                .iter()
+                .filter(|a| !a.starts_with('-'))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         RsyncTally {
             direction,
@@ -78,6 +83,9 @@ mod tests {
         let mut out = Vec::new();
         t.finish(&mut out);
         assert_eq!(out[0].path, "/srv/a /srv/b");
-        assert_eq!((out[0].direction, out[0].bytes), (Direction::Download, 5000));
+        assert_eq!(
+            (out[0].direction, out[0].bytes),
+            (Direction::Download, 5000)
+        );
     }
 }

@@ -160,7 +160,9 @@ impl ScpParser {
     }
 
     fn file_done(&mut self, incomplete: bool, out: &mut Vec<FileTransfer>) {
-        if let State::Data(path, size, left) = std::mem::replace(&mut self.state, State::Line(Vec::new())) {
+        if let State::Data(path, size, left) =
+            std::mem::replace(&mut self.state, State::Line(Vec::new()))
+        {
             out.push(FileTransfer {
                 protocol: TransferProtocol::Scp,
                 direction: self.direction,
@@ -193,14 +195,18 @@ mod tests {
     fn an_upload_into_a_directory_names_each_file() {
         let mut p = ScpParser::new(&args("-r -t /srv/in/"));
         let mut out = Vec::new();
-        let mut stream = b"D0755 0 docs\nC0644 5 a.txt\nhello\0C0600 3 b\nxyz\0E\nC0644 0 empty\n".to_vec();
+        let mut stream =
+            b"D0755 0 docs\nC0644 5 a.txt\nhello\0C0600 3 b\nxyz\0E\nC0644 0 empty\n".to_vec();
         stream.splice(0..0, b"T1700000000 0 1700000000 0\n".iter().copied());
         for c in stream.chunks(2) {
             p.feed(true, c, &mut out);
             p.feed(false, b"\0", &mut out);
         }
         p.finish(&mut out);
-        let got: Vec<(&str, u64, Direction)> = out.iter().map(|f| (f.path.as_str(), f.bytes, f.direction)).collect();
+        let got: Vec<(&str, u64, Direction)> = out
+            .iter()
+            .map(|f| (f.path.as_str(), f.bytes, f.direction))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -223,7 +229,13 @@ mod tests {
         let f = &out[0];
         assert_eq!(
             (f.path.as_str(), f.bytes, f.size, f.incomplete, f.direction),
-            ("/var/log/syslog", 400, Some(1000), true, Direction::Download)
+            (
+                "/var/log/syslog",
+                400,
+                Some(1000),
+                true,
+                Direction::Download
+            )
         );
     }
 

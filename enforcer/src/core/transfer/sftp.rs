@@ -19,8 +19,12 @@ const SSH_FXF_WRITE: u32 = 0x02;
 const MAX_PACKET: u32 = 256 * 1024;
 /// Bytes of a packet kept to read its fields: an OPEN's path is the longest field read.
 const HEAD_MAX: usize = 4 + 1 + 4 + 4 + 4096 + 4;
-/// Requests awaiting their reply, and open handles, kept at most (a client can pipeline).
-const MAX_PENDING: usize = 4096;
+/// Requests awaiting their reply kept at most (a client pipelines reads: OpenSSH keeps up to
+/// 64 in flight).
+const MAX_PENDING: usize = 1024;
+/// Open files followed at most; opening more reports the oldest as incomplete (a hostile
+/// client holding thousands open must not grow the daemon).
+const MAX_OPEN: usize = 256;
 
 /// One direction's packet framing.
 #[derive(Debug, Default)]
@@ -31,9 +35,9 @@ struct Framer {
 }
 
 impl Framer {
-    /// Splits `bytes` into packets; calls `packet(head, body_len)` for each complete one
+    /// Splits `bytes` into packets; calls `packet(head)` for each complete one
     /// (`head` starts at the type byte). False once the stream is not SFTP.
-    fn feed(&mut self, mut bytes: &[u8], mut packet: impl FnMut(&[u8], u32)) -> bool {
+    fn feed(&mut self, mut bytes: &[u8], mut packet: impl FnMut(&[u8])) -> bool {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = (self.skip as usize).min(bytes.len());
@@ -67,10 +71,8 @@ impl Framer {
         Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn done(&mut self, packet: &mut impl FnMut(&[u8], u32)) {
-        if let Some(len) = self.len() {
-            packet(&self.head[4..], len - 1);
-        }
+    fn done(&mut self, packet: &mut impl FnMut(&[u8])) {
+        packet(&self.head[4..]);
         self.head.clear();
     }
 }
@@ -79,6 +81,14 @@ impl Framer {
 struct Fields<'a>(&'a [u8]);
 
 impl<'a> Fields<'a> {
+    /// A packet head's type and request id, and the fields after them.
+    fn packet(head: &'a [u8]) -> Option<(u8, u32, Self)> {
+        let (&kind, rest) = head.split_first()?;
+        let mut f = Fields(rest);
+        let id = f.u32()?;
+        Some((kind, id, f))
+    }
+
     fn u32(&mut self) -> Option<u32> {
         let (b, rest) = self.0.split_first_chunk::<4>()?;
         self.0 = rest;
@@ -104,6 +114,8 @@ struct OpenFile {
     read_bytes: u64,
     written_bytes: u64,
     end: u64,
+    /// Order of opening (the oldest goes first when too many are open).
+    seq: u64,
 }
 
 impl OpenFile {
@@ -138,6 +150,7 @@ pub struct SftpParser {
     /// READ requests by id: (handle, offset).
     reading: BTreeMap<u32, (Vec<u8>, u64)>,
     files: HashMap<Vec<u8>, OpenFile>,
+    opened: u64,
     /// Bytes seen after the stream stopped being SFTP (or data was lost).
     unparsed: u64,
 }
@@ -148,18 +161,18 @@ impl SftpParser {
             self.unparsed += bytes.len() as u64;
             return;
         }
-        let mut packets: Vec<(Vec<u8>, u32)> = Vec::new();
+        let mut packets: Vec<Vec<u8>> = Vec::new();
         let framer = if input {
             &mut self.from_client
         } else {
             &mut self.to_client
         };
-        let ok = framer.feed(bytes, |head, len| packets.push((head.to_vec(), len)));
-        for (head, len) in packets {
+        let ok = framer.feed(bytes, |head| packets.push(head.to_vec()));
+        for head in packets {
             if input {
                 self.request(&head, out);
             } else {
-                self.reply(&head, len);
+                self.reply(&head, out);
             }
         }
         if !ok {
@@ -173,11 +186,7 @@ impl SftpParser {
     }
 
     fn request(&mut self, head: &[u8], out: &mut Vec<FileTransfer>) {
-        let Some((&kind, rest)) = head.split_first() else {
-            return;
-        };
-        let mut f = Fields(rest);
-        let Some(id) = f.u32() else {
+        let Some((kind, id, mut f)) = Fields::packet(head) else {
             return;
         };
         match kind {
@@ -209,28 +218,34 @@ impl SftpParser {
         }
     }
 
-    fn reply(&mut self, head: &[u8], _len: u32) {
-        let Some((&kind, rest)) = head.split_first() else {
-            return;
-        };
-        let mut f = Fields(rest);
-        let Some(id) = f.u32() else {
+    fn reply(&mut self, head: &[u8], out: &mut Vec<FileTransfer>) {
+        let Some((kind, id, mut f)) = Fields::packet(head) else {
             return;
         };
         match kind {
             SSH_FXP_HANDLE => {
                 if let (Some((path, write)), Some(handle)) = (self.opening.remove(&id), f.string())
                 {
-                    if self.files.len() < MAX_PENDING {
-                        let file = OpenFile {
-                            path,
-                            write,
-                            read_bytes: 0,
-                            written_bytes: 0,
-                            end: 0,
-                        };
-                        self.files.insert(handle.to_vec(), file);
+                    if self.files.len() >= MAX_OPEN {
+                        let oldest = self
+                            .files
+                            .iter()
+                            .min_by_key(|(_, f)| f.seq)
+                            .map(|(h, _)| h.clone());
+                        if let Some(f) = oldest.and_then(|h| self.files.remove(&h)) {
+                            out.push(f.transfer(true));
+                        }
                     }
+                    self.opened += 1;
+                    let file = OpenFile {
+                        path,
+                        write,
+                        read_bytes: 0,
+                        written_bytes: 0,
+                        end: 0,
+                        seq: self.opened,
+                    };
+                    self.files.insert(handle.to_vec(), file);
                 }
             }
             SSH_FXP_DATA => {
@@ -304,7 +319,13 @@ mod tests {
     }
 
     /// Feeds `bytes` in chunks of `chunk` (the kernel splits reads anywhere).
-    fn feed(p: &mut SftpParser, input: bool, bytes: &[u8], chunk: usize, out: &mut Vec<FileTransfer>) {
+    fn feed(
+        p: &mut SftpParser,
+        input: bool,
+        bytes: &[u8],
+        chunk: usize,
+        out: &mut Vec<FileTransfer>,
+    ) {
         for c in bytes.chunks(chunk) {
             p.feed(input, c, out);
         }
@@ -315,12 +336,18 @@ mod tests {
         let mut out = Vec::new();
         let init = packet(1, &[&u32b(3)]);
         feed(&mut p, true, &init, chunk, &mut out);
-        let open = packet(SSH_FXP_OPEN, &[&u32b(7), &string(b"/etc/motd"), &u32b(1), &u32b(0)]);
+        let open = packet(
+            SSH_FXP_OPEN,
+            &[&u32b(7), &string(b"/etc/motd"), &u32b(1), &u32b(0)],
+        );
         feed(&mut p, true, &open, chunk, &mut out);
         let handle = packet(SSH_FXP_HANDLE, &[&u32b(7), &string(b"\0\0\0\x01")]);
         feed(&mut p, false, &handle, chunk, &mut out);
         for (id, off) in [(8u32, 0u64), (9, 32768)] {
-            let read = packet(SSH_FXP_READ, &[&u32b(id), &string(b"\0\0\0\x01"), &u64b(off), &u32b(32768)]);
+            let read = packet(
+                SSH_FXP_READ,
+                &[&u32b(id), &string(b"\0\0\0\x01"), &u64b(off), &u32b(32768)],
+            );
             feed(&mut p, true, &read, chunk, &mut out);
         }
         let data = vec![0x41; 32768];
@@ -356,17 +383,55 @@ mod tests {
     fn an_upload_counts_written_bytes_and_an_unclosed_file_is_incomplete() {
         let mut p = SftpParser::default();
         let mut out = Vec::new();
-        let open = packet(SSH_FXP_OPEN, &[&u32b(1), &string(b"up.bin"), &u32b(0x1a), &u32b(0)]);
+        let open = packet(
+            SSH_FXP_OPEN,
+            &[&u32b(1), &string(b"up.bin"), &u32b(0x1a), &u32b(0)],
+        );
         p.feed(true, &open, &mut out);
-        p.feed(false, &packet(SSH_FXP_HANDLE, &[&u32b(1), &string(b"h")]), &mut out);
+        p.feed(
+            false,
+            &packet(SSH_FXP_HANDLE, &[&u32b(1), &string(b"h")]),
+            &mut out,
+        );
         let data = vec![0u8; 5000];
-        let write = packet(SSH_FXP_WRITE, &[&u32b(2), &string(b"h"), &u64b(0), &string(&data)]);
+        let write = packet(
+            SSH_FXP_WRITE,
+            &[&u32b(2), &string(b"h"), &u64b(0), &string(&data)],
+        );
         p.feed(true, &write, &mut out);
         assert!(out.is_empty());
         p.finish(&mut out);
         assert_eq!(out.len(), 1);
         let f = &out[0];
-        assert_eq!((f.direction, f.path.as_str(), f.bytes, f.incomplete), (Direction::Upload, "up.bin", 5000, true));
+        assert_eq!(
+            (f.direction, f.path.as_str(), f.bytes, f.incomplete),
+            (Direction::Upload, "up.bin", 5000, true)
+        );
+    }
+
+    #[test]
+    fn a_client_holding_many_files_open_costs_a_bounded_table() {
+        let mut p = SftpParser::default();
+        let mut out = Vec::new();
+        for id in 0..(MAX_OPEN as u32 + 10) {
+            let path = format!("/f{id}");
+            p.feed(
+                true,
+                &packet(
+                    SSH_FXP_OPEN,
+                    &[&u32b(id), &string(path.as_bytes()), &u32b(1), &u32b(0)],
+                ),
+                &mut out,
+            );
+            p.feed(
+                false,
+                &packet(SSH_FXP_HANDLE, &[&u32b(id), &string(&id.to_be_bytes())]),
+                &mut out,
+            );
+        }
+        assert_eq!(p.files.len(), MAX_OPEN);
+        assert_eq!(out.len(), 10);
+        assert!(out.iter().all(|f| f.incomplete) && out[0].path == "/f0");
     }
 
     #[test]
@@ -382,7 +447,14 @@ mod tests {
         // Truncated fields in well-framed packets are ignored.
         let mut p = SftpParser::default();
         let mut out = Vec::new();
-        for kind in [SSH_FXP_OPEN, SSH_FXP_READ, SSH_FXP_WRITE, SSH_FXP_CLOSE, SSH_FXP_HANDLE, SSH_FXP_DATA] {
+        for kind in [
+            SSH_FXP_OPEN,
+            SSH_FXP_READ,
+            SSH_FXP_WRITE,
+            SSH_FXP_CLOSE,
+            SSH_FXP_HANDLE,
+            SSH_FXP_DATA,
+        ] {
             p.feed(true, &packet(kind, &[&[0, 0]]), &mut out);
             p.feed(false, &packet(kind, &[&u32b(1), &[0, 0, 0, 9]]), &mut out);
         }
