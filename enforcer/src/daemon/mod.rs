@@ -131,12 +131,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     // The actors and the PAM socket run on a runtime of their own: however busy the public
     // socket's connections keep the main runtime's workers, a login decision waits only for
     // the OS to schedule this thread.
-    let core = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("enforcerd-core")
-        .enable_all()
-        .build()
-        .map_err(DaemonError::Runtime)?;
+    let core = CoreRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("enforcerd-core")
+            .enable_all()
+            .build()
+            .map_err(DaemonError::Runtime)?,
+    ));
     let (bpf, bpf_task, recorder_maps) = {
         let _on_core = core.enter();
         bpf::start(settings, events_tx)?
@@ -245,9 +247,29 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }
     bpf.shutdown().await;
     let _ = bpf_task.await;
-    core.shutdown_background();
+    drop(core);
     tracing::info!("enforcerd stopped");
     Ok(())
+}
+
+/// The core runtime, shut down without waiting however `run` ends: dropping a runtime inside
+/// another runtime's task panics, and that panic hid the error that made the start fail.
+struct CoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for CoreRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for CoreRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// How much less CPU priority the public socket's threads get than the core runtime (actors,
@@ -301,5 +323,27 @@ fn notify_service_manager(state: libsystemd::daemon::NotifyState) {
     // `false`: keep NOTIFY_SOCKET; removing it would mutate the environment under running threads.
     if let Err(e) = libsystemd::daemon::notify(false, &[state]) {
         tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CoreRuntime;
+
+    #[test]
+    fn the_core_runtime_can_be_dropped_inside_the_main_one() {
+        let main = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        main.block_on(async {
+            let core = CoreRuntime(Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .build()
+                    .unwrap(),
+            ));
+            // As when `run` returns an error after building it: no panic.
+            drop(core);
+        });
     }
 }
