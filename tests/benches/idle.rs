@@ -17,10 +17,11 @@ use std::{
 };
 
 use enforcer_proto::{
-    Admission, Client, PamAccount, PamSession, Reply, Request, StatusReport, SweepStatus,
+    Admission, Client, PamSession, Reply, Request, StatusReport, SweepStatus,
 };
 use enforcer_tests::{
     TestDaemon, TestUser, bin,
+    daemon::account_request,
     procs::{RaisedSysctl, Resident, cpu_time, kill_tree, resident},
     require_root,
     ssh::wait_until,
@@ -96,15 +97,7 @@ fn pam_call(d: &TestDaemon, req: &Request) -> Reply {
 /// What pam_enforcer sends for one login (`account`, then `open_session`) with `pid` as the
 /// monitor.
 fn admit(d: &TestDaemon, user: &str, pid: u32) {
-    let account = Request::PamAccount(PamAccount {
-        user: user.to_owned(),
-        service: "bench".into(),
-        rhost: Some("127.0.0.1".into()),
-        tty: None,
-        pid,
-        ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
-        auth_info: None,
-    });
+    let account = account_request(user, pid);
     let Reply::Admission(Admission::Admitted { conn_id }) = pam_call(d, &account) else {
         panic!("stand-in monitor {pid} not admitted")
     };

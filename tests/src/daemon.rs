@@ -277,15 +277,7 @@ impl TestDaemon {
     /// PAM `account` for login name `user` with process `pid` standing in for sshd's monitor:
     /// the daemon's answer.
     pub fn account(&self, user: &str, pid: u32) -> Reply {
-        self.call(&Request::PamAccount(PamAccount {
-            user: user.to_owned(),
-            service: "bench".into(),
-            rhost: Some("127.0.0.1".into()),
-            tty: None,
-            pid,
-            ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
-            auth_info: None,
-        }))
+        self.call(&account_request(user, pid))
     }
 
     /// Registers process `pid` as an admitted, open SSH connection of `user` through the PAM
@@ -360,4 +352,18 @@ impl Drop for TestDaemon {
         // directory detaches and frees them.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
+}
+
+/// The PAM `account` request pam_enforcer sends for a connection of `user` whose sshd monitor
+/// is `pid` (from 127.0.0.1).
+pub fn account_request(user: &str, pid: u32) -> Request {
+    Request::PamAccount(PamAccount {
+        user: user.to_owned(),
+        service: "bench".into(),
+        rhost: Some("127.0.0.1".into()),
+        tty: None,
+        pid,
+        ssh_connection: Some("127.0.0.1 40000 127.0.0.1 22".into()),
+        auth_info: None,
+    })
 }
