@@ -75,6 +75,8 @@ pub(super) struct State {
     pub pending_kills: Vec<PendingKill>,
     /// `None` when recording is off.
     pub recorder: Option<RecorderHandle>,
+    /// The uploader's counters, when `[recording.store]` ships recordings.
+    pub store: Option<Arc<crate::store::StoreStats>>,
     /// Released connections whose processes may still run, by id (see `lockout`).
     pub lingering: HashMap<u64, ConnectionInfo>,
     /// Users under an active lock.
@@ -125,6 +127,7 @@ pub(super) struct Parts {
     pub bpf: BpfHandle,
     pub audit: AuditSink,
     pub recorder: Option<RecorderHandle>,
+    pub store: Option<Arc<crate::store::StoreStats>>,
     pub recordings: RecordingIndex,
     pub control: Arc<ControlStats>,
     pub control_settings: Arc<SharedSettings>,
@@ -141,6 +144,7 @@ pub(super) async fn start(
         bpf,
         audit,
         recorder,
+        store,
         recordings,
         control,
         control_settings,
@@ -170,6 +174,7 @@ pub(super) async fn start(
         terminating: HashMap::new(),
         pending_kills: Vec::new(),
         recorder,
+        store,
         lingering: HashMap::new(),
         locked: HashMap::new(),
         kernel_locked: None,
@@ -382,6 +387,11 @@ impl State {
                 super::recordings::list(&self.recordings, peer, user.as_deref(), since.as_deref())
                     .map(Reply::Recordings)
             }
+            // Read from the store by the connection task (never on the actor).
+            Request::StoreRecordings { .. } => Err(ErrorReply::new(
+                ErrorKind::Internal,
+                "store listings are answered by the connection task; this is a bug, please report it",
+            )),
             // Read from the audit log by the connection task (never on the actor).
             Request::History(_) => Err(ErrorReply::new(
                 ErrorKind::Internal,
@@ -444,6 +454,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::KillSession { .. } => "kill_session",
         Request::KillConnection { .. } => "kill_connection",
         Request::Recordings { .. } => "recordings",
+        Request::StoreRecordings { .. } => "store_recordings",
         Request::Play { .. } => "play",
         Request::Watch { .. } => "watch",
         Request::Reload => "reload",

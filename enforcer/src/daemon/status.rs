@@ -78,6 +78,7 @@ impl State {
                     .monitors
                     .status("monitor_sweep", super::state::SWEEP_EVERY),
             ],
+            store: self.store.as_ref().map(|s| s.report()),
         })
     }
 
