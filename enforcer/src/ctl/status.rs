@@ -206,6 +206,22 @@ fn policy_rows(p: &PolicyReport) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// README's STORE table documents exactly the fields of `status`'s `store`.
+    #[test]
+    fn readme_documents_every_store_field() {
+        let readme = include_str!("../../../README.md");
+        let table = readme
+            .split("`store` (`STORE` in the text form)")
+            .nth(1)
+            .expect("README documents the store status");
+        let table: Vec<&str> = table.lines().take(16).collect();
+        let table = table.join("\n");
+        let fields = serde_json::to_value(enforcer_proto::StoreStatus::default()).unwrap();
+        for f in fields.as_object().unwrap().keys() {
+            assert!(table.contains(&format!("`{f}`")), "README's STORE table lacks `{f}`");
+        }
+    }
     use serde_json::json;
 
     #[test]

@@ -159,8 +159,7 @@ impl Uploader {
             if Instant::now() < t.retry_at {
                 continue;
             }
-            let ended = !live && settled;
-            if let Err(e) = self.advance(id, &rec, ended).await {
+            if let Err(e) = self.advance(id, &rec, live, settled).await {
                 self.failed(id, e);
             }
         }
@@ -184,14 +183,21 @@ impl Uploader {
         self.report();
     }
 
-    /// Uploads due parts of recording `id`, completes it once `ended`, deletes it when kept long
-    /// enough.
-    async fn advance(&mut self, id: u64, rec: &Stored, ended: bool) -> Result<(), StoreError> {
+    /// Uploads due parts of recording `id`, completes it once closed (not `live`, and the
+    /// daemon `settled` since its start), deletes it when kept long enough.
+    async fn advance(
+        &mut self,
+        id: u64,
+        rec: &Stored,
+        live: bool,
+        settled: bool,
+    ) -> Result<(), StoreError> {
+        let ended = !live && settled;
         let t = self.tracked.get(&id).expect("tracked above");
         if let Some(at) = t.st.stored_at {
-            if ended {
+            if !live {
                 let ago = (OffsetDateTime::now_utc().unix_timestamp() - at).max(0) as u64;
-                if upload::may_delete(Duration::from_secs(ago), self.keep_local) {
+                if ended && upload::may_delete(Duration::from_secs(ago), self.keep_local) {
                     let size = t.st.stored_size;
                     self.delete_local(id, &rec.path, size).await;
                 }
