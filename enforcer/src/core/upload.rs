@@ -15,6 +15,9 @@ use std::time::Duration;
 pub const MIN_PART: u64 = 5 << 20;
 /// S3's largest part number.
 pub const MAX_PARTS: usize = 10_000;
+/// How far past `part_size` a part that is not the last may reach to end at a line end (an
+/// event line of a recording is far shorter).
+pub const LINE_SLACK: u64 = 1 << 20;
 
 /// Where recordings go: `s3://bucket/prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,8 +107,14 @@ pub enum Step {
     /// Nothing yet: too little is waiting.
     Wait,
     /// Upload the bytes from `from`, at most `max` of them. `last`: this is the final part (all
-    /// that remains of a closed recording); otherwise cut it with [`cut`].
-    Part { from: u64, max: u64, last: bool },
+    /// that remains of a closed recording). `cut`: the recording is still written, so end the
+    /// part at a line end ([`cut`] on what was read); a closed recording's parts are taken whole.
+    Part {
+        from: u64,
+        max: u64,
+        last: bool,
+        cut: bool,
+    },
     /// Every byte is in a part: complete the object.
     Complete,
 }
@@ -124,6 +133,7 @@ pub fn next_step(s: &Spool, part_size: u64, flush_after: Duration) -> Step {
             from: s.uploaded,
             max: if last { pending } else { part_size },
             last,
+            cut: false,
         };
     }
     let due = pending >= part_size || (pending >= MIN_PART && s.since_part >= flush_after);
@@ -131,17 +141,26 @@ pub fn next_step(s: &Spool, part_size: u64, flush_after: Duration) -> Step {
     if due && s.parts + 1 < MAX_PARTS {
         Step::Part {
             from: s.uploaded,
-            max: pending.min(part_size),
+            max: pending.min(part_size + LINE_SLACK),
             last: false,
+            cut: true,
         }
     } else {
         Step::Wait
     }
 }
 
-/// Where a part that is not the last ends in `data` (what was read for it): after its last
-/// line end, if that leaves at least [`MIN_PART`]; `None`: wait for more.
-pub fn cut(data: &[u8]) -> Option<usize> {
+/// Where a part that is not the last ends in `data` (what was read for it, from the part's
+/// start): at the end of the line that holds its `part_size`th byte; with less than that read
+/// (or no line end after it), after the last line end, if that leaves at least [`MIN_PART`].
+/// `None`: wait for more.
+pub fn cut(data: &[u8], part_size: u64) -> Option<usize> {
+    let target = part_size.max(MIN_PART) as usize;
+    if data.len() >= target {
+        if let Some(i) = data[target - 1..].iter().position(|&c| c == b'\n') {
+            return Some(target + i);
+        }
+    }
     let end = data.iter().rposition(|&c| c == b'\n')? + 1;
     (end as u64 >= MIN_PART).then_some(end)
 }
@@ -205,12 +224,12 @@ mod tests {
         assert_eq!(next_step(&spool(0, 6 * MIB, false, 5), 8 * MIB, ten), Step::Wait);
         assert_eq!(
             next_step(&spool(0, 6 * MIB, false, 10), 8 * MIB, ten),
-            Step::Part { from: 0, max: 6 * MIB, last: false }
+            Step::Part { from: 0, max: 6 * MIB, last: false, cut: true }
         );
-        // A full part at once, never more than part_size.
+        // A full part at once: part_size and the rest of its last line.
         assert_eq!(
             next_step(&spool(8 * MIB, 30 * MIB, false, 0), 8 * MIB, ten),
-            Step::Part { from: 8 * MIB, max: 8 * MIB, last: false }
+            Step::Part { from: 8 * MIB, max: 9 * MIB, last: false, cut: true }
         );
     }
 
@@ -219,17 +238,17 @@ mod tests {
         let ten = Duration::from_secs(10);
         assert_eq!(
             next_step(&spool(0, 100, true, 0), 8 * MIB, ten),
-            Step::Part { from: 0, max: 100, last: true }
+            Step::Part { from: 0, max: 100, last: true, cut: false }
         );
         assert_eq!(
             next_step(&spool(8 * MIB, 20 * MIB, true, 0), 8 * MIB, ten),
-            Step::Part { from: 8 * MIB, max: 8 * MIB, last: false }
+            Step::Part { from: 8 * MIB, max: 8 * MIB, last: false, cut: false }
         );
         assert_eq!(next_step(&spool(8 * MIB, 8 * MIB, true, 0), 8 * MIB, ten), Step::Complete);
         // An empty file still becomes an object (one empty last part).
         assert_eq!(
             next_step(&spool(0, 0, true, 0), 8 * MIB, ten),
-            Step::Part { from: 0, max: 0, last: true }
+            Step::Part { from: 0, max: 0, last: true, cut: false }
         );
     }
 
@@ -246,19 +265,34 @@ mod tests {
         let s = Spool { ended: true, ..s };
         assert_eq!(
             next_step(&s, 8 * MIB, Duration::from_secs(1)),
-            Step::Part { from: 0, max: 100 * MIB, last: true }
+            Step::Part { from: 0, max: 100 * MIB, last: true, cut: false }
         );
     }
 
     #[test]
     fn parts_end_at_a_line_end_with_at_least_five_mib() {
-        let mut data = vec![b'x'; (6 * MIB) as usize];
-        assert_eq!(cut(&data), None);
-        data[(5 * MIB) as usize] = b'\n';
-        assert_eq!(cut(&data), Some((5 * MIB) as usize + 1));
-        data[(5 * MIB) as usize] = b'x';
-        data[(4 * MIB) as usize] = b'\n';
-        assert_eq!(cut(&data), None);
+        let m = MIB as usize;
+        // Fewer than part_size bytes (flush_after): after the last line end, if ≥ 5 MiB.
+        let mut data = vec![b'x'; 6 * m];
+        assert_eq!(cut(&data, 8 * MIB), None);
+        data[5 * m] = b'\n';
+        assert_eq!(cut(&data, 8 * MIB), Some(5 * m + 1));
+        data[5 * m] = b'x';
+        data[4 * m] = b'\n';
+        assert_eq!(cut(&data, 8 * MIB), None);
+        // A full part: the line holding its last byte is finished, even with part_size 5 MiB.
+        let mut data = vec![b'x'; 6 * m];
+        data[5 * m - 10] = b'\n';
+        data[5 * m + 20] = b'\n';
+        data[5 * m + 30] = b'\n';
+        assert_eq!(cut(&data, 5 * MIB), Some(5 * m + 21));
+        // Its last byte ends a line.
+        data[5 * m - 1] = b'\n';
+        assert_eq!(cut(&data, 5 * MIB), Some(5 * m));
+        // No line end after it yet: the last one before, if that still makes 5 MiB.
+        let mut data = vec![b'x'; 9 * m];
+        data[7 * m] = b'\n';
+        assert_eq!(cut(&data, 8 * MIB), Some(7 * m + 1));
     }
 
     #[test]

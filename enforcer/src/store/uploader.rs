@@ -224,8 +224,13 @@ impl Uploader {
             };
             match upload::next_step(&view, self.part_size, self.flush_after) {
                 Step::Wait => return Ok(()),
-                Step::Part { from, max, last } => {
-                    if !self.part(id, rec, from, max, last).await? {
+                Step::Part {
+                    from,
+                    max,
+                    last: _,
+                    cut,
+                } => {
+                    if !self.part(id, rec, from, max, cut).await? {
                         return Ok(());
                     }
                 }
@@ -235,14 +240,15 @@ impl Uploader {
         Ok(())
     }
 
-    /// Uploads one part; false when there is not enough for one yet.
+    /// Uploads one part (ending at a line end when `cut`); false when there is not enough for
+    /// one yet.
     async fn part(
         &mut self,
         id: u64,
         rec: &Stored,
         from: u64,
         max: u64,
-        last: bool,
+        cut: bool,
     ) -> Result<bool, StoreError> {
         let mut data = match read_range(&rec.path, from, max).await {
             Ok(d) => d,
@@ -251,8 +257,8 @@ impl Uploader {
                 return Ok(false);
             }
         };
-        if !last {
-            match upload::cut(&data) {
+        if cut {
+            match upload::cut(&data, self.part_size) {
                 Some(end) => data.truncate(end),
                 None => return Ok(false),
             }
