@@ -114,7 +114,7 @@ fn a_long_session_goes_up_in_parts_while_it_runs_and_the_object_is_the_file() {
     assert_eq!(r["id"], rec["id"]);
     assert_eq!(r["node"], "node-a");
     assert_eq!(r["user"], u.name.as_str());
-    assert_eq!(r["kind"], "shell");
+    assert_eq!(r["kind"], rec["kind"]);
     assert_eq!(r["size_bytes"], local.len() as u64);
 }
 
