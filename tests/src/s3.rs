@@ -49,7 +49,10 @@ pub struct TestS3 {
 impl TestS3 {
     /// A server with bucket [`BUCKET`], not started yet (the store is down).
     pub fn new(bin: PathBuf) -> Self {
-        let dir = tempfile::Builder::new().prefix("enf-s3-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("enf-s3-")
+            .tempdir()
+            .unwrap();
         std::fs::create_dir_all(dir.path().join("data").join(BUCKET)).unwrap();
         TestS3 {
             dir,
@@ -88,7 +91,11 @@ impl TestS3 {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("s3s-fs exited during start ({st}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "s3s-fs did not listen:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

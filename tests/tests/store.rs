@@ -93,10 +93,22 @@ fn a_long_session_goes_up_in_parts_while_it_runs_and_the_object_is_the_file() {
     let rec = live_recording(&d, &u);
     // Parts reach the store while the session still runs.
     let ok = wait_until(Duration::from_secs(30), || s3.pending_parts() >= 2);
-    assert!(ok, "no parts while the session runs: {:?}\n{}", d.status().store, d.log());
-    assert_eq!(live_recording(&d, &u)["id"], rec["id"], "the session ended early");
+    assert!(
+        ok,
+        "no parts while the session runs: {:?}\n{}",
+        d.status().store,
+        d.log()
+    );
+    assert_eq!(
+        live_recording(&d, &u)["id"],
+        rec["id"],
+        "the session ended early"
+    );
     let st = store_status(&d);
-    assert!(st.parts_uploaded >= 2 && st.pending_recordings == 1, "{st:?}");
+    assert!(
+        st.parts_uploaded >= 2 && st.pending_recordings == 1,
+        "{st:?}"
+    );
     assert!(ssh.wait().unwrap().success());
     let rec = ended_recording(&d, &u);
     let key = key_of(&d, &rec, "node-a");
@@ -128,7 +140,11 @@ fn a_store_down_for_the_first_half_gets_the_complete_object_later() {
     let mut ssh = session(
         &sshd,
         &u,
-        &format!("{}; sleep 8; {}; sleep 4", output(7_000_000), output(4_000_000)),
+        &format!(
+            "{}; sleep 8; {}; sleep 4",
+            output(7_000_000),
+            output(4_000_000)
+        ),
     );
     live_recording(&d, &u);
     let ok = wait_until(Duration::from_secs(20), || {
@@ -138,7 +154,10 @@ fn a_store_down_for_the_first_half_gets_the_complete_object_later() {
     let st = store_status(&d);
     assert!(ok, "{st:?}");
     assert!(
-        st.last_error.as_deref().unwrap_or("").contains("endpoint reachable"),
+        st.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("endpoint reachable"),
         "{st:?}"
     );
     assert!(st.oldest_pending_id.is_some() && st.oldest_pending_started.is_some());
@@ -191,7 +210,11 @@ fn an_upload_killed_with_the_daemon_resumes_after_restart() {
     let mut ssh = session(
         &sshd,
         &u,
-        &format!("{}; sleep 10; {}; sleep 3", output(6_000_000), output(6_000_000)),
+        &format!(
+            "{}; sleep 10; {}; sleep 3",
+            output(6_000_000),
+            output(6_000_000)
+        ),
     );
     let rec = live_recording(&d, &u);
     let state = d
@@ -248,10 +271,18 @@ fn keep_local_0_deletes_only_after_confirmation_and_play_reads_the_store() {
     assert_eq!(store_status(&d).local_deleted, 1);
     // `play` of a recording only the store has: root, its owner, not another user.
     let played = d.ctl(&["play", &id, "--raw"]);
-    assert!(played.status.success(), "{}", String::from_utf8_lossy(&played.stderr));
+    assert!(
+        played.status.success(),
+        "{}",
+        String::from_utf8_lossy(&played.stderr)
+    );
     assert!(String::from_utf8_lossy(&played.stdout).contains("only-in-the-store"));
     let own = d.ctl_as(&u, &["play", &id, "--raw"]);
-    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
     let theirs = d.ctl_as(&other, &["play", &id, "--raw"]);
     assert!(!theirs.status.success());
     assert!(String::from_utf8_lossy(&theirs.stderr).contains("permission denied"));

@@ -228,7 +228,10 @@ async fn answer(
         }
         // Not on this node (or recorded by another): from the store, same access rules.
         Request::Play { id, ref node }
-            if ctx.store.as_ref().is_some_and(|s| node.as_ref().is_some_and(|n| *n != s.node)) =>
+            if ctx
+                .store
+                .as_ref()
+                .is_some_and(|s| node.as_ref().is_some_and(|n| *n != s.node)) =>
         {
             return super::stored::play(stream, ctx, settings, peer, id, node.clone()).await;
         }

@@ -42,7 +42,12 @@ pub(super) async fn list(
     catalog::list(store, user.as_deref(), since, |uid| peer.may_see(uid))
         .await
         .map(Reply::Recordings)
-        .map_err(|e| ErrorReply::new(ErrorKind::Internal, format!("{e}; see `enforcerctl status` (STORE)")))
+        .map_err(|e| {
+            ErrorReply::new(
+                ErrorKind::Internal,
+                format!("{e}; see `enforcerctl status` (STORE)"),
+            )
+        })
 }
 
 /// `play ID` from the store.

@@ -30,7 +30,9 @@ pub struct StoreUrl {
 /// Parses `s3://bucket[/prefix]`.
 pub fn parse_url(url: &str) -> Result<StoreUrl, String> {
     let rest = url.strip_prefix("s3://").ok_or_else(|| {
-        format!("{url:?} is not an S3 URL; write it as \"s3://bucket/prefix\" (or \"\" for local only)")
+        format!(
+            "{url:?} is not an S3 URL; write it as \"s3://bucket/prefix\" (or \"\" for local only)"
+        )
     })?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let valid_bucket = (3..=63).contains(&bucket.len())
@@ -77,7 +79,11 @@ pub fn parse_key(prefix: &str, key: &str) -> Option<KeyParts> {
     if it.next().is_some() {
         return None;
     }
-    let id = file.strip_prefix("session-")?.strip_suffix(".cast")?.parse().ok()?;
+    let id = file
+        .strip_prefix("session-")?
+        .strip_suffix(".cast")?
+        .parse()
+        .ok()?;
     Some(KeyParts {
         node: node.into(),
         date: date.into(),
@@ -195,9 +201,16 @@ mod tests {
     #[test]
     fn urls_and_keys() {
         let u = parse_url("s3://rec-bucket/a/b/").unwrap();
-        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("rec-bucket", "a/b"));
+        assert_eq!(
+            (u.bucket.as_str(), u.prefix.as_str()),
+            ("rec-bucket", "a/b")
+        );
         assert_eq!(parse_url("s3://rec-bucket").unwrap().prefix, "");
-        assert!(parse_url("http://x/y").unwrap_err().contains("s3://bucket/prefix"));
+        assert!(
+            parse_url("http://x/y")
+                .unwrap_err()
+                .contains("s3://bucket/prefix")
+        );
         assert!(parse_url("s3://Bad_Bucket/x").is_err());
         let key = object_key("a/b", "node1", "2026-12-02/alice/session-7.cast");
         assert_eq!(key, "a/b/node1/2026-12-02/alice/session-7.cast");
@@ -219,17 +232,33 @@ mod tests {
     fn parts_go_up_when_full_or_due_with_five_mib() {
         let ten = Duration::from_secs(10);
         // Less than 5 MiB waits, however long.
-        assert_eq!(next_step(&spool(0, 4 * MIB, false, 3600), 8 * MIB, ten), Step::Wait);
+        assert_eq!(
+            next_step(&spool(0, 4 * MIB, false, 3600), 8 * MIB, ten),
+            Step::Wait
+        );
         // 6 MiB: only once flush_after passed.
-        assert_eq!(next_step(&spool(0, 6 * MIB, false, 5), 8 * MIB, ten), Step::Wait);
+        assert_eq!(
+            next_step(&spool(0, 6 * MIB, false, 5), 8 * MIB, ten),
+            Step::Wait
+        );
         assert_eq!(
             next_step(&spool(0, 6 * MIB, false, 10), 8 * MIB, ten),
-            Step::Part { from: 0, max: 6 * MIB, last: false, cut: true }
+            Step::Part {
+                from: 0,
+                max: 6 * MIB,
+                last: false,
+                cut: true
+            }
         );
         // A full part at once: part_size and the rest of its last line.
         assert_eq!(
             next_step(&spool(8 * MIB, 30 * MIB, false, 0), 8 * MIB, ten),
-            Step::Part { from: 8 * MIB, max: 9 * MIB, last: false, cut: true }
+            Step::Part {
+                from: 8 * MIB,
+                max: 9 * MIB,
+                last: false,
+                cut: true
+            }
         );
     }
 
@@ -238,17 +267,35 @@ mod tests {
         let ten = Duration::from_secs(10);
         assert_eq!(
             next_step(&spool(0, 100, true, 0), 8 * MIB, ten),
-            Step::Part { from: 0, max: 100, last: true, cut: false }
+            Step::Part {
+                from: 0,
+                max: 100,
+                last: true,
+                cut: false
+            }
         );
         assert_eq!(
             next_step(&spool(8 * MIB, 20 * MIB, true, 0), 8 * MIB, ten),
-            Step::Part { from: 8 * MIB, max: 8 * MIB, last: false, cut: false }
+            Step::Part {
+                from: 8 * MIB,
+                max: 8 * MIB,
+                last: false,
+                cut: false
+            }
         );
-        assert_eq!(next_step(&spool(8 * MIB, 8 * MIB, true, 0), 8 * MIB, ten), Step::Complete);
+        assert_eq!(
+            next_step(&spool(8 * MIB, 8 * MIB, true, 0), 8 * MIB, ten),
+            Step::Complete
+        );
         // An empty file still becomes an object (one empty last part).
         assert_eq!(
             next_step(&spool(0, 0, true, 0), 8 * MIB, ten),
-            Step::Part { from: 0, max: 0, last: true, cut: false }
+            Step::Part {
+                from: 0,
+                max: 0,
+                last: true,
+                cut: false
+            }
         );
     }
 
@@ -265,7 +312,12 @@ mod tests {
         let s = Spool { ended: true, ..s };
         assert_eq!(
             next_step(&s, 8 * MIB, Duration::from_secs(1)),
-            Step::Part { from: 0, max: 100 * MIB, last: true, cut: false }
+            Step::Part {
+                from: 0,
+                max: 100 * MIB,
+                last: true,
+                cut: false
+            }
         );
     }
 

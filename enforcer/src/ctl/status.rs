@@ -107,7 +107,10 @@ pub fn render_status(s: &StatusReport, clock: &Clock, fail_mode: &[String]) -> S
         let at = |t: &Option<String>| t.as_deref().map(|t| clock.local(t)).unwrap_or("-".into());
         let rows = vec![
             vec!["pending_bytes".into(), st.pending_bytes.to_string()],
-            vec!["pending_recordings".into(), st.pending_recordings.to_string()],
+            vec![
+                "pending_recordings".into(),
+                st.pending_recordings.to_string(),
+            ],
             vec!["oldest_pending".into(), oldest],
             vec!["parts_uploaded".into(), st.parts_uploaded.to_string()],
             vec!["bytes_uploaded".into(), st.bytes_uploaded.to_string()],
@@ -158,6 +161,13 @@ fn policy_rows(p: &PolicyReport) -> Vec<Vec<String>> {
             continue;
         };
         for (key, v) in keys {
+            // A subsection (`recording.store`): one row per key.
+            if let Some(sub) = v.as_object() {
+                for (k, v) in sub {
+                    rows.push(vec![format!("{section}.{key}.{k}"), show(v)]);
+                }
+                continue;
+            }
             let mut text = show(v);
             if section == "limits" && v == &Value::from(0) {
                 text.push_str(" (unlimited)");
@@ -219,7 +229,10 @@ mod tests {
         let table = table.join("\n");
         let fields = serde_json::to_value(enforcer_proto::StoreStatus::default()).unwrap();
         for f in fields.as_object().unwrap().keys() {
-            assert!(table.contains(&format!("`{f}`")), "README's STORE table lacks `{f}`");
+            assert!(
+                table.contains(&format!("`{f}`")),
+                "README's STORE table lacks `{f}`"
+            );
         }
     }
     use serde_json::json;

@@ -36,7 +36,10 @@ impl StoredObject {
         RecordingInfo {
             id: self.parts.session_id,
             conn_id: m.get("conn-id").and_then(|c| c.parse().ok()).unwrap_or(0),
-            user: m.get("user").cloned().unwrap_or_else(|| self.parts.user.clone()),
+            user: m
+                .get("user")
+                .cloned()
+                .unwrap_or_else(|| self.parts.user.clone()),
             uid: self.uid(),
             started: m.get("start").cloned().unwrap_or_default(),
             duration_secs: None,
@@ -68,7 +71,9 @@ pub async fn list(
             continue;
         };
         if user.is_some_and(|u| parts.user != u)
-            || since_day.as_ref().is_some_and(|d| parts.date.as_str() < d.as_str())
+            || since_day
+                .as_ref()
+                .is_some_and(|d| parts.date.as_str() < d.as_str())
         {
             continue;
         }
@@ -85,7 +90,8 @@ pub async fn list(
     found.sort_by(|a, b| {
         let sa = a.head.metadata.get("start");
         let sb = b.head.metadata.get("start");
-        sa.cmp(&sb).then(a.parts.session_id.cmp(&b.parts.session_id))
+        sa.cmp(&sb)
+            .then(a.parts.session_id.cmp(&b.parts.session_id))
     });
     Ok(found.iter().map(|o| o.info(&store.bucket)).collect())
 }
@@ -95,7 +101,9 @@ pub async fn list(
 pub enum FindError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no recording of session {0} here or in the store; see `enforcerctl recordings --store`")]
+    #[error(
+        "no recording of session {0} here or in the store; see `enforcerctl recordings --store`"
+    )]
     NotFound(u64),
     #[error("session {id} was recorded on several nodes ({nodes}); say which with --node")]
     Ambiguous { id: u64, nodes: String },

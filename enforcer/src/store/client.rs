@@ -6,7 +6,10 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path, time::Dur
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::{
     Client,
-    config::{RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig, timeout::TimeoutConfig},
+    config::{
+        RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig,
+        timeout::TimeoutConfig,
+    },
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     primitives::ByteStream,
     types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart},
@@ -34,7 +37,9 @@ pub enum StoreError {
         code: Option<String>,
         hint: &'static str,
     },
-    #[error("the store has {got} bytes of s3://{bucket}/{key}, the local file {want}; it is uploaded again")]
+    #[error(
+        "the store has {got} bytes of s3://{bucket}/{key}, the local file {want}; it is uploaded again"
+    )]
     Mismatch {
         bucket: String,
         key: String,
@@ -99,10 +104,7 @@ impl Store {
             check_private(&cfg.credentials_file)?;
             use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
             let files = EnvConfigFiles::builder()
-                .with_file(
-                    EnvConfigFileKind::Credentials,
-                    &cfg.credentials_file,
-                )
+                .with_file(EnvConfigFileKind::Credentials, &cfg.credentials_file)
                 .build();
             loader = loader.credentials_provider(
                 aws_config::profile::ProfileFileCredentialsProvider::builder()
@@ -179,7 +181,11 @@ impl Store {
     }
 
     /// Starts a multipart upload of `key` with `metadata`; returns its upload id.
-    pub async fn create(&self, key: &str, metadata: HashMap<String, String>) -> Result<String, StoreError> {
+    pub async fn create(
+        &self,
+        key: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<String, StoreError> {
         let out = self
             .s3
             .create_multipart_upload()
@@ -226,7 +232,12 @@ impl Store {
     }
 
     /// Completes the object from `parts`.
-    pub async fn complete(&self, key: &str, upload_id: &str, parts: &[PartDone]) -> Result<(), StoreError> {
+    pub async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[PartDone],
+    ) -> Result<(), StoreError> {
         let parts = parts
             .iter()
             .map(|p| {
@@ -242,7 +253,11 @@ impl Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.err("CompleteMultipartUpload", key, e))?;
@@ -336,7 +351,10 @@ fn check_private(path: &Path) -> Result<(), StoreError> {
         return Err(bad(format!("owned by uid {}, not root", m.uid())));
     }
     if m.mode() & 0o077 != 0 {
-        return Err(bad(format!("mode {:o} lets others read it", m.mode() & 0o777)));
+        return Err(bad(format!(
+            "mode {:o} lets others read it",
+            m.mode() & 0o777
+        )));
     }
     Ok(())
 }

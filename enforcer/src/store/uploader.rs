@@ -145,11 +145,8 @@ impl Uploader {
             let Ok(rel) = rec.path.strip_prefix(&self.dir) else {
                 continue;
             };
-            let key = upload::object_key(
-                &self.store.prefix,
-                &self.store.node,
-                &rel.to_string_lossy(),
-            );
+            let key =
+                upload::object_key(&self.store.prefix, &self.store.node, &rel.to_string_lossy());
             let t = self.track(UploadState::new(id, rec.path.clone(), key.clone()));
             t.started = rec.header.enforcer.started.clone();
             if t.st.path != rec.path || t.st.key != key {
@@ -205,7 +202,10 @@ impl Uploader {
             }
             // Taken up again after a restart: once closed, the whole file goes up again, over
             // the same key.
-            tracing::info!(session = id, "stored recording is being written again; it will be uploaded again");
+            tracing::info!(
+                session = id,
+                "stored recording is being written again; it will be uploaded again"
+            );
             self.tracked.get_mut(&id).expect("tracked").st.restart();
         }
         let len = match tokio::fs::metadata(&rec.path).await {
@@ -323,7 +323,11 @@ impl Uploader {
     async fn complete(&mut self, id: u64, len: u64) -> Result<(), StoreError> {
         let t = self.tracked.get_mut(&id).expect("tracked");
         let upload_id = t.st.upload_id.clone().unwrap_or_default();
-        match self.store.complete(&t.st.key, &upload_id, &t.st.parts).await {
+        match self
+            .store
+            .complete(&t.st.key, &upload_id, &t.st.parts)
+            .await
+        {
             Ok(()) => {}
             // Completed before a crash, not yet saved as such: the HEAD below decides.
             Err(e) if e.upload_gone() => {}
