@@ -286,6 +286,12 @@ fn keep_local_0_deletes_only_after_confirmation_and_play_reads_the_store() {
     let theirs = d.ctl_as(&other, &["play", &id, "--raw"]);
     assert!(!theirs.status.success());
     assert!(String::from_utf8_lossy(&theirs.stderr).contains("permission denied"));
+    let audited = wait_until(Duration::from_secs(5), || {
+        d.audit()
+            .iter()
+            .any(|r| r["event"] == "request_denied" && r["request"] == "play")
+    });
+    assert!(audited, "the denied play is not audited");
     let listed = d.ctl_as(&other, &["recordings", "--store", "--json"]);
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
 }

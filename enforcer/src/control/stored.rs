@@ -85,11 +85,15 @@ async fn open(
         ErrorReply::new(kind, e.to_string())
     })?;
     if !peer.may_see(found.uid()) {
-        tracing::info!(uid = peer.uid, session = id, "store playback denied");
-        return Err(ErrorReply::new(
+        let denied = ErrorReply::new(
             ErrorKind::PermissionDenied,
             "permission denied: this recording belongs to another user",
-        ));
+        );
+        let req = enforcer_proto::Request::Play {
+            id,
+            node: node.map(str::to_owned),
+        };
+        return Err(ctx.state.denied(req, peer.clone(), denied).await);
     }
     store
         .get(&found.key)

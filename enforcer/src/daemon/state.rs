@@ -281,6 +281,9 @@ impl State {
                 let resp = self.open_stream(req, &peer).await;
                 let _ = reply.send(resp);
             }
+            Msg::Denied { req, peer, denied } => {
+                self.denied(&req, &peer, denied);
+            }
             Msg::LockFiles(files) => self.apply_lock_files(files).await,
             Msg::Metrics(reply) => {
                 let _ = reply.send(self.metrics_view().await);

@@ -101,7 +101,10 @@ impl Store {
             .http_client(http)
             .region(Region::new(cfg.region.clone()));
         if !cfg.credentials_file.as_os_str().is_empty() {
-            check_private(&cfg.credentials_file)?;
+            check_private(&cfg.credentials_file).map_err(|why| StoreError::CredentialsFile {
+                path: cfg.credentials_file.display().to_string(),
+                why,
+            })?;
             use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
             let files = EnvConfigFiles::builder()
                 .with_file(EnvConfigFileKind::Credentials, &cfg.credentials_file)
@@ -317,44 +320,19 @@ impl Store {
             .map_err(|e| self.err("GetObject", key, e))?;
         Ok(out.body)
     }
-
-    /// Parts of an unfinished upload the store holds (number, size).
-    pub async fn parts(&self, key: &str, upload_id: &str) -> Result<Vec<(i32, i64)>, StoreError> {
-        let out = self
-            .s3
-            .list_parts()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-            .map_err(|e| self.err("ListParts", key, e))?;
-        Ok(out
-            .parts()
-            .iter()
-            .map(|p| (p.part_number().unwrap_or(0), p.size().unwrap_or(0)))
-            .collect())
-    }
 }
 
 /// A credentials file must be root's and private (it holds a secret).
-fn check_private(path: &Path) -> Result<(), StoreError> {
-    let bad = |why: String| StoreError::CredentialsFile {
-        path: path.display().to_string(),
-        why,
-    };
-    let m = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+fn check_private(path: &Path) -> Result<(), String> {
+    let m = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if !m.is_file() {
-        return Err(bad("not a regular file".into()));
+        return Err("not a regular file".into());
     }
     if m.uid() != 0 {
-        return Err(bad(format!("owned by uid {}, not root", m.uid())));
+        return Err(format!("owned by uid {}, not root", m.uid()));
     }
     if m.mode() & 0o077 != 0 {
-        return Err(bad(format!(
-            "mode {:o} lets others read it",
-            m.mode() & 0o777
-        )));
+        return Err(format!("mode {:o} lets others read it", m.mode() & 0o777));
     }
     Ok(())
 }
