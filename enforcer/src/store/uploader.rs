@@ -250,23 +250,18 @@ impl Uploader {
         max: u64,
         cut: bool,
     ) -> Result<bool, StoreError> {
-        let mut data = match read_range(&rec.path, from, max).await {
-            Ok(d) => d,
+        let cut = cut.then_some(self.part_size);
+        let (data, sha256) = match read_part(&rec.path, from, max, cut).await {
+            Ok(Some(part)) => part,
+            Ok(None) => return Ok(false),
             Err(e) => {
                 tracing::warn!(session = id, error = %e, "cannot read recording for upload");
                 return Ok(false);
             }
         };
-        if cut {
-            match upload::cut(&data, self.part_size) {
-                Some(end) => data.truncate(end),
-                None => return Ok(false),
-            }
-        }
         let upload_id = self.upload_id(id, rec).await?;
         let t = self.tracked.get_mut(&id).expect("tracked");
         let number = t.st.parts.len() as i32 + 1;
-        let sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data));
         let n = data.len() as u64;
         let etag = self
             .store
@@ -420,8 +415,15 @@ impl Uploader {
     }
 }
 
-/// Reads at most `max` bytes of `path` from `from`, off the runtime's workers.
-async fn read_range(path: &Path, from: u64, max: u64) -> std::io::Result<Vec<u8>> {
+/// Reads a part: at most `max` bytes of `path` from `from`, cut at a line end for `cut`
+/// (`part_size`; `None`: taken whole), with its base64 SHA-256. `None`: not enough for a part
+/// yet. Off the runtime's workers (reading and hashing 8 MiB takes tens of ms).
+async fn read_part(
+    path: &Path,
+    from: u64,
+    max: u64,
+    cut: Option<u64>,
+) -> std::io::Result<Option<(Vec<u8>, String)>> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
@@ -435,7 +437,14 @@ async fn read_range(path: &Path, from: u64, max: u64) -> std::io::Result<Vec<u8>
             }
         }
         buf.truncate(got);
-        Ok(buf)
+        if let Some(part_size) = cut {
+            match upload::cut(&buf, part_size) {
+                Some(end) => buf.truncate(end),
+                None => return Ok(None),
+            }
+        }
+        let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&buf));
+        Ok(Some((buf, sha)))
     })
     .await
     .map_err(std::io::Error::other)?
