@@ -26,4 +26,5 @@ pub mod lines;
 pub mod locks;
 pub mod metrics;
 pub mod recording;
+pub mod store;
 pub mod usage;

@@ -12,6 +12,7 @@ pub mod hostile;
 pub mod http;
 pub mod procs;
 pub mod prometheus;
+pub mod s3;
 pub mod ssh;
 pub mod sshd;
 pub mod stats;

@@ -36,11 +36,12 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`, `recording`, `lock`,
-    /// `syscall`.
+    /// `syscall`, `store`.
     Bench {
         /// Which benchmark.
         name: String,
-        /// Only these parts of it (`recording`: `sessions`, `rates`); all when none given.
+        /// Only these parts of it (`recording`: `sessions`, `rates`; `store`: `throughput`,
+        /// `lag`); all when none given.
         parts: Vec<String>,
     },
     /// Build the Debian package (release) into target/debian/.

@@ -189,7 +189,33 @@ pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
 /// Packages the test suite needs.
 pub fn test_packages() -> anyhow::Result<()> {
     apt_install(TEST_PACKAGES)?;
-    prometheus()
+    prometheus()?;
+    s3s_fs()
+}
+
+/// The S3-compatible server the `[recording.store]` tests upload to (SigV4 enforced, multipart;
+/// shared/DESIGN.md "Fleet and storage servers"). 0.17 needs a newer rustc.
+const S3S_FS_VERSION: &str = "0.14.1";
+
+/// Installs s3s-fs (with its binary) at the pinned version unless that is what is installed.
+fn s3s_fs() -> anyhow::Result<()> {
+    let installed = output(Command::new("s3s-fs").arg("--version"));
+    if installed
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == S3S_FS_VERSION))
+    {
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "s3s-fs",
+        "--version",
+        S3S_FS_VERSION,
+        "--features",
+        "binary",
+        "--force",
+    ]))
 }
 
 /// Where a temporary policy-rc.d goes while Prometheus is installed.

@@ -51,9 +51,21 @@ pub enum Request {
         /// RFC 3339: only recordings started at or after this.
         since: Option<String>,
     },
-    /// A recording's asciicast file, streamed as `RecordingData` frames then `End`. Root and
-    /// auditors: any; users: their own.
-    Play { id: u64 },
+    /// Recordings in `[recording.store]`, of every node, oldest first. Root and auditors see
+    /// all; users their own.
+    StoreRecordings {
+        user: Option<String>,
+        /// RFC 3339: only recordings started at or after this.
+        since: Option<String>,
+    },
+    /// A recording's asciicast file, streamed as `RecordingData` frames then `End`; from the
+    /// store when it is not on this node (or `node` names another). Root and auditors: any;
+    /// users: their own.
+    Play {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
     /// A live session's terminal, from the current screen on, as `Watch` frames until its end.
     /// Root and auditors.
     Watch { id: u64 },

@@ -22,8 +22,11 @@ pub struct RecordingInfo {
     pub tty: Option<String>,
     pub client: Option<String>,
     pub size_bytes: u64,
-    /// Where the file is (readable by root only).
+    /// Where the file is (readable by root only), or `s3://bucket/key` for `--store`.
     pub path: String,
+    /// The node that recorded it (`recordings --store`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One frame of a live session for `enforcerctl watch`.

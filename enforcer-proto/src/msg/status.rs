@@ -32,6 +32,39 @@ pub struct StatusReport {
     /// The state actor's periodic jobs and how long they take (logins wait while one runs).
     #[serde(default)]
     pub sweeps: Vec<SweepStatus>,
+    /// Uploads to `[recording.store]`; absent when recordings stay local only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
+}
+
+/// Where recordings are shipped and how far behind that is (`enforcerctl status`, `STORE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `s3://bucket/prefix`.
+    pub url: String,
+    /// This node's name in object keys.
+    pub node: String,
+    /// Bytes of recordings not yet in the store (in local files only).
+    pub pending_bytes: u64,
+    /// Recordings whose complete object the store has not confirmed yet.
+    pub pending_recordings: u64,
+    /// The oldest of those: its session id and start (RFC 3339).
+    pub oldest_pending_id: Option<u64>,
+    pub oldest_pending_started: Option<String>,
+    /// Parts, bytes and complete objects the store confirmed since the daemon started.
+    pub parts_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub objects_stored: u64,
+    /// Local copies deleted after their object was confirmed (`keep_local`).
+    pub local_deleted: u64,
+    /// Failed store requests since start (each is retried with backoff).
+    pub errors: u64,
+    /// The last failure and when (RFC 3339); cleared by nothing, so it shows what last went
+    /// wrong even after uploads work again (compare with `last_success`).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// The last confirmed part or object (RFC 3339).
+    pub last_success_at: Option<String>,
 }
 
 /// The policy in force: the config's sections with their keys and values as in the TOML file

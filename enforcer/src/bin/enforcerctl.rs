@@ -109,11 +109,18 @@ enum Cmd {
         /// midnight), or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// List the recordings in the store ([recording.store]) of every node instead.
+        #[arg(long)]
+        store: bool,
     },
-    /// Replay a recording in this terminal, with its timing.
+    /// Replay a recording in this terminal, with its timing (from the store when it is not on
+    /// this node).
     Play {
         /// Session id (from `enforcerctl recordings`).
         id: u64,
+        /// The node that recorded it, when the store has session ID from several nodes.
+        #[arg(long)]
+        node: Option<String>,
         /// Playback speed (2 = twice as fast).
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
@@ -278,15 +285,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Reply::Locks(l) => print(json, &l, |l| ctl::render_locks(l, &clock)),
             other => Err(unexpected(other)),
         },
-        Cmd::Recordings { json, user, since } => {
+        Cmd::Recordings {
+            json,
+            user,
+            since,
+            store,
+        } => {
             let since = since_rfc3339(since.as_deref(), &clock)?;
-            match client.call(&Request::Recordings { user, since })? {
+            let req = if store {
+                Request::StoreRecordings { user, since }
+            } else {
+                Request::Recordings { user, since }
+            };
+            match client.call(&req)? {
                 Reply::Recordings(r) => print(json, &r, |r| ctl::render_recordings(r, &clock)),
                 other => Err(unexpected(other)),
             }
         }
         Cmd::Play {
             id,
+            node,
             speed,
             idle_limit,
             raw,
@@ -296,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut client = client.without_deadline();
             let mut text = String::new();
-            let mut reply = client.call(&Request::Play { id })?;
+            let mut reply = client.call(&Request::Play { id, node })?;
             loop {
                 match reply {
                     Reply::RecordingData { text: t } => text.push_str(&t),

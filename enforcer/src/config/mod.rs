@@ -158,6 +158,48 @@ pub struct RecordingConfig {
     pub exec_stdin: bool,
     /// sftp, scp and rsync sessions: their files audited instead of their bytes recorded.
     pub file_transfers: crate::core::transfer::FileTransfers,
+    /// Shipping recordings to S3-compatible storage while sessions run.
+    pub store: StoreConfig,
+}
+
+/// `[recording.store]`: where recordings are uploaded (multipart, while the session runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `s3://bucket/prefix`; empty: recordings stay local only.
+    pub url: String,
+    /// S3-compatible endpoint (`http://127.0.0.1:9000`); empty: AWS's for `region`.
+    pub endpoint: String,
+    pub region: String,
+    /// AWS-style credentials file (`[default]` with aws_access_key_id, aws_secret_access_key),
+    /// owned by root and not readable by others; empty: the SDK's default chain (environment,
+    /// ~/.aws, instance metadata).
+    pub credentials_file: PathBuf,
+    /// This node's name in object keys and metadata; empty: the host name.
+    pub node: String,
+    /// Bytes per uploaded part (5 MiB ..= 5 GiB).
+    pub part_size: u64,
+    /// A part is also uploaded when this long passed since the last one and at least 5 MiB
+    /// (S3's smallest non-final part) are waiting.
+    pub flush_after: Dur,
+    /// How long a recording stays on local disk after the store confirmed its complete
+    /// object; "0": deleted at once.
+    pub keep_local: Dur,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            credentials_file: PathBuf::new(),
+            node: String::new(),
+            part_size: 8 << 20,
+            flush_after: Dur::secs(10),
+            keep_local: Dur::secs(7 * 86400),
+        }
+    }
 }
 
 /// `[locks]`
@@ -274,6 +316,7 @@ impl Default for RecordingConfig {
             buffer_bytes: 32 << 20,
             exec_stdin: false,
             file_transfers: Default::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -388,6 +431,27 @@ impl Config {
             return bad(
                 "recording.buffer_bytes",
                 format!("{rb} must be a power of two ≥ 65536"),
+            );
+        }
+        let st = &self.recording.store;
+        if !st.url.is_empty() {
+            if let Err(m) = crate::core::upload::parse_url(&st.url) {
+                return bad("recording.store.url", m);
+            }
+        }
+        if !(crate::core::upload::MIN_PART..=5 << 30).contains(&st.part_size) {
+            return bad(
+                "recording.store.part_size",
+                format!(
+                    "{} must be between 5242880 (5 MiB, S3's smallest part) and 5368709120 (5 GiB)",
+                    st.part_size
+                ),
+            );
+        }
+        if st.flush_after.is_zero() {
+            return bad(
+                "recording.store.flush_after",
+                "must be longer than 0 (e.g. \"10s\")".into(),
             );
         }
         if !self.daemon.bpf_pin_dir.starts_with("/sys/fs/bpf/") {

@@ -17,9 +17,11 @@ pub enum Role {
 fn needed(req: &Request) -> Role {
     match req {
         // Users see only their own connections and recordings (checked by the daemon).
-        Request::Status | Request::Sessions | Request::Recordings { .. } | Request::Play { .. } => {
-            Role::User
-        }
+        Request::Status
+        | Request::Sessions
+        | Request::Recordings { .. }
+        | Request::StoreRecordings { .. }
+        | Request::Play { .. } => Role::User,
         Request::Watch { .. } | Request::Locks | Request::History(_) => Role::Auditor,
         Request::PamAccount(_)
         | Request::PamOpenSession(_)

@@ -43,6 +43,9 @@ pub struct Ctx {
     /// The audit log `history` reads, one reader at a time (each scans the whole file).
     pub audit_path: std::path::PathBuf,
     pub history: Semaphore,
+    /// `[recording.store]`, when recordings are shipped: `recordings --store`, `play` of
+    /// recordings only the store has.
+    pub store: Option<crate::store::Store>,
 }
 
 impl Ctx {
@@ -53,6 +56,7 @@ impl Ctx {
         recordings: RecordingIndex,
         metrics: Arc<Metrics>,
         audit_path: std::path::PathBuf,
+        store: Option<crate::store::Store>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -63,6 +67,7 @@ impl Ctx {
             metrics,
             audit_path,
             history: Semaphore::new(1),
+            store,
         })
     }
 }
@@ -214,6 +219,32 @@ async fn answer(
                 )),
             }
         }
+        Request::StoreRecordings { user, since } => {
+            let _turn = match uid {
+                0 => None,
+                _ => ctx.listing.acquire().await.ok(),
+            };
+            super::stored::list(ctx, peer, user, since).await
+        }
+        // Not on this node (or recorded by another): from the store, same access rules.
+        Request::Play { id, ref node }
+            if ctx
+                .store
+                .as_ref()
+                .is_some_and(|s| node.as_ref().is_some_and(|n| *n != s.node)) =>
+        {
+            return super::stored::play(stream, ctx, settings, peer, id, node.clone()).await;
+        }
+        Request::Play { id, ref node } if ctx.store.is_some() => {
+            let node = node.clone();
+            return match state.stream(req, peer.clone()).await {
+                Ok(s) => super::stream::send_stream(stream, s, write_budget(settings, uid)).await,
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    super::stored::play(stream, ctx, settings, peer, id, node).await
+                }
+                Err(e) => send(stream, settings, uid, &Err(e)).await,
+            };
+        }
         // Authorisation (and auditing of denials) happens in the state actor.
         Request::Play { .. } | Request::Watch { .. } => {
             return match state.stream(req, peer.clone()).await {
@@ -264,14 +295,14 @@ async fn lookup(user: &str) -> Option<host::UserIdentity> {
 }
 
 /// How long a non-root peer may take to read an answer (root: as long as it likes).
-fn write_budget(settings: &ControlSettings, uid: u32) -> Duration {
+pub(super) fn write_budget(settings: &ControlSettings, uid: u32) -> Duration {
     match uid {
         0 => Duration::MAX,
         _ => settings.idle_timeout,
     }
 }
 
-async fn send(
+pub(super) async fn send(
     stream: &mut UnixStream,
     settings: &ControlSettings,
     uid: u32,

@@ -7,6 +7,7 @@ mod conn;
 mod limits;
 mod peer;
 mod server;
+mod stored;
 mod stream;
 
 pub use authz::{Role, authorize};

@@ -46,6 +46,49 @@ pub async fn send_stream(out: &mut UnixStream, stream: Stream, budget: Duration)
     }
 }
 
+/// Sends a recording from the store (`play` of a recording this node no longer has), cut into
+/// whole lines as `send_file` does.
+pub async fn send_object(
+    out: &mut UnixStream,
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    budget: Duration,
+) -> bool {
+    let mut carry = Vec::new();
+    loop {
+        let chunk = match body.next().await {
+            None => break,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                let resp: Response = Err(enforcer_proto::ErrorReply::new(
+                    enforcer_proto::ErrorKind::Internal,
+                    format!("reading the recording from the store failed: {e}; try again"),
+                ));
+                return write_frame_async(out, &resp).await.is_ok();
+            }
+        };
+        carry.extend_from_slice(&chunk);
+        if carry.len() < CHUNK {
+            continue;
+        }
+        let Some(end) = carry.iter().rposition(|&c| c == b'\n') else {
+            continue;
+        };
+        let rest = carry.split_off(end + 1);
+        let text = String::from_utf8_lossy(&carry).into_owned();
+        carry = rest;
+        if !send(out, Reply::RecordingData { text }, budget).await {
+            return false;
+        }
+    }
+    if !carry.is_empty() {
+        let text = String::from_utf8_lossy(&carry).into_owned();
+        if !send(out, Reply::RecordingData { text }, budget).await {
+            return false;
+        }
+    }
+    send(out, Reply::End, budget).await
+}
+
 async fn send_file(out: &mut UnixStream, path: &std::path::Path, budget: Duration) -> bool {
     let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,

@@ -13,6 +13,7 @@ pub mod reload;
 pub mod session;
 pub mod sweep;
 pub mod transfer;
+pub mod upload;
 
 /// RFC 3339 in UTC, as every time enforcer shows or logs is written.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {

@@ -65,6 +65,14 @@ const RESTART: &[&str] = &[
     "recording.buffer_bytes",
     "recording.exec_stdin",
     "recording.file_transfers",
+    "recording.store.url",
+    "recording.store.endpoint",
+    "recording.store.region",
+    "recording.store.credentials_file",
+    "recording.store.node",
+    "recording.store.part_size",
+    "recording.store.flush_after",
+    "recording.store.keep_local",
 ];
 
 /// Whether a changed key can be applied without a restart. `[[rules]]` always can; a key in

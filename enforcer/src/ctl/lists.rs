@@ -211,7 +211,12 @@ pub fn render_recordings(recs: &[enforcer_proto::RecordingInfo], clock: &Clock) 
             r.kind.clone(),
             r.tty.clone().unwrap_or_else(|| "-".into()),
             r.size_bytes.to_string(),
-            if r.live { "live" } else { "ended" }.into(),
+            match (&r.node, r.live) {
+                // `recordings --store`: which node recorded it.
+                (Some(node), _) => format!("stored ({node})"),
+                (None, true) => "live".into(),
+                (None, false) => "ended".into(),
+            },
             cut(r.command.as_deref().unwrap_or_default(), TEXT),
         ]);
     }

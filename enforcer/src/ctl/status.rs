@@ -98,6 +98,34 @@ pub fn render_status(s: &StatusReport, clock: &Clock, fail_mode: &[String]) -> S
         })
         .collect();
     out.push_str(&table(&rows));
+    if let Some(st) = &s.store {
+        out.push_str(&format!("\nSTORE {} (node {})\n", st.url, st.node));
+        let oldest = match (&st.oldest_pending_id, &st.oldest_pending_started) {
+            (Some(id), Some(t)) => format!("session {id}, started {}", clock.local(t)),
+            _ => "-".into(),
+        };
+        let at = |t: &Option<String>| t.as_deref().map(|t| clock.local(t)).unwrap_or("-".into());
+        let rows = vec![
+            vec!["pending_bytes".into(), st.pending_bytes.to_string()],
+            vec![
+                "pending_recordings".into(),
+                st.pending_recordings.to_string(),
+            ],
+            vec!["oldest_pending".into(), oldest],
+            vec!["parts_uploaded".into(), st.parts_uploaded.to_string()],
+            vec!["bytes_uploaded".into(), st.bytes_uploaded.to_string()],
+            vec!["objects_stored".into(), st.objects_stored.to_string()],
+            vec!["local_deleted".into(), st.local_deleted.to_string()],
+            vec!["errors".into(), st.errors.to_string()],
+            vec!["last_success_at".into(), at(&st.last_success_at)],
+            vec!["last_error_at".into(), at(&st.last_error_at)],
+            vec![
+                "last_error".into(),
+                st.last_error.clone().unwrap_or_else(|| "-".into()),
+            ],
+        ];
+        out.push_str(&table(&rows));
+    }
     let lost: u64 = s.dropped.values().sum();
     out.push_str(&format!("\nDROPPED ({lost} in total)\n"));
     let rows: Vec<Vec<String>> = s
@@ -133,6 +161,13 @@ fn policy_rows(p: &PolicyReport) -> Vec<Vec<String>> {
             continue;
         };
         for (key, v) in keys {
+            // A subsection (`recording.store`): one row per key.
+            if let Some(sub) = v.as_object() {
+                for (k, v) in sub {
+                    rows.push(vec![format!("{section}.{key}.{k}"), show(v)]);
+                }
+                continue;
+            }
             let mut text = show(v);
             if section == "limits" && v == &Value::from(0) {
                 text.push_str(" (unlimited)");
@@ -181,6 +216,25 @@ fn policy_rows(p: &PolicyReport) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// README's STORE table documents exactly the fields of `status`'s `store`.
+    #[test]
+    fn readme_documents_every_store_field() {
+        let readme = include_str!("../../../README.md");
+        let table = readme
+            .split("`store` (`STORE` in the text form)")
+            .nth(1)
+            .expect("README documents the store status");
+        let table: Vec<&str> = table.lines().take(16).collect();
+        let table = table.join("\n");
+        let fields = serde_json::to_value(enforcer_proto::StoreStatus::default()).unwrap();
+        for f in fields.as_object().unwrap().keys() {
+            assert!(
+                table.contains(&format!("`{f}`")),
+                "README's STORE table lacks `{f}`"
+            );
+        }
+    }
     use serde_json::json;
 
     #[test]

@@ -25,6 +25,13 @@ pub(super) enum Msg {
         peer: Peer,
         reply: oneshot::Sender<Result<Stream, ErrorReply>>,
     },
+    /// A request another task denied (`play` of a stored recording of another user): counted
+    /// and audited like the actor's own denials.
+    Denied {
+        req: Request,
+        peer: Peer,
+        denied: ErrorReply,
+    },
     /// The lock directory as just read (see `lockout::watch`).
     LockFiles(LockFiles),
     /// A config file read for a reload (see `reload`); `peer`: who asked (`None`: SIGHUP).
@@ -100,6 +107,17 @@ impl StateHandle {
             return Err(shutting_down());
         }
         rx.await.unwrap_or_else(|_| Err(shutting_down()))
+    }
+
+    /// Has the actor count and audit a denial decided elsewhere; returns the denial.
+    pub async fn denied(&self, req: Request, peer: Peer, denied: ErrorReply) -> ErrorReply {
+        let msg = Msg::Denied {
+            req,
+            peer,
+            denied: denied.clone(),
+        };
+        let _ = self.tx.send(msg).await;
+        denied
     }
 
     /// Re-reads the config file here, in the caller's task, and has the actor apply it. The

@@ -63,6 +63,10 @@ pub enum DaemonError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot start the recording uploader: {0}; check daemon.state_dir")]
+    Uploader(std::io::Error),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -158,6 +162,31 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         })
         .transpose()
         .map_err(DaemonError::Recorder)?;
+    // Shipping recordings to the store: a task of its own on this (main) runtime, reading the
+    // recording files; neither the recorder nor the actors ever wait for it.
+    let store_cfg = &config.recording.store;
+    let (store, store_stats, uploader) = if store_cfg.url.is_empty() {
+        (None, None, None)
+    } else {
+        let store = crate::store::Store::connect(store_cfg).await?;
+        let uploader = config
+            .recording
+            .enabled
+            .then(|| {
+                crate::store::start(
+                    store.clone(),
+                    store_cfg,
+                    config.recording.dir.clone(),
+                    &config.daemon.state_dir,
+                    recordings.clone(),
+                )
+            })
+            .transpose()
+            .map_err(DaemonError::Uploader)?;
+        tracing::info!(url = %store_cfg.url, node = %store.node, "recordings are shipped to the store");
+        let (stats, task) = uploader.unzip();
+        (Some(store), stats, task)
+    };
     // Loading parsed the kernel's BTF twice (tens of MB in small allocations, all freed now):
     // hand that memory back instead of keeping it resident for the daemon's lifetime.
     // SAFETY: plain libc call.
@@ -178,6 +207,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         bpf: bpf.clone(),
         audit,
         recorder: recorder.clone(),
+        store: store_stats,
         recordings: recordings.clone(),
         control: control.clone(),
         control_settings: settings.clone(),
@@ -194,6 +224,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         recordings,
         metrics.clone(),
         audit_path,
+        store,
     );
     let pam_task = {
         let ctx = ctx.clone();
@@ -235,7 +266,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }
     notify_service_manager(libsystemd::daemon::NotifyState::Stopping);
     // Stop accepting; dropping the servers removes the socket files.
-    for task in [public_task, pam_task].into_iter().chain(metrics_task) {
+    // Every confirmed part is saved: the next daemon goes on from there.
+    for task in [public_task, pam_task]
+        .into_iter()
+        .chain(metrics_task)
+        .chain(uploader)
+    {
         task.abort();
         let _ = task.await;
     }

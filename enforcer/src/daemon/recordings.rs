@@ -96,7 +96,7 @@ impl State {
     ) -> Result<Stream, ErrorReply> {
         self.check(&req, peer)?;
         match req {
-            Request::Play { id } => {
+            Request::Play { id, .. } => {
                 let r = self.recordings.find(id).ok_or_else(|| {
                     let scanning = if self.recordings.scanned() {
                         ""

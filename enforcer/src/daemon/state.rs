@@ -75,6 +75,8 @@ pub(super) struct State {
     pub pending_kills: Vec<PendingKill>,
     /// `None` when recording is off.
     pub recorder: Option<RecorderHandle>,
+    /// The uploader's counters, when `[recording.store]` ships recordings.
+    pub store: Option<Arc<crate::store::StoreStats>>,
     /// Released connections whose processes may still run, by id (see `lockout`).
     pub lingering: HashMap<u64, ConnectionInfo>,
     /// Users under an active lock.
@@ -127,6 +129,7 @@ pub(super) struct Parts {
     pub bpf: BpfHandle,
     pub audit: AuditSink,
     pub recorder: Option<RecorderHandle>,
+    pub store: Option<Arc<crate::store::StoreStats>>,
     pub recordings: RecordingIndex,
     pub control: Arc<ControlStats>,
     pub control_settings: Arc<SharedSettings>,
@@ -143,6 +146,7 @@ pub(super) async fn start(
         bpf,
         audit,
         recorder,
+        store,
         recordings,
         control,
         control_settings,
@@ -172,6 +176,7 @@ pub(super) async fn start(
         terminating: HashMap::new(),
         pending_kills: Vec::new(),
         recorder,
+        store,
         lingering: HashMap::new(),
         locked: HashMap::new(),
         kernel_locked: None,
@@ -279,6 +284,9 @@ impl State {
                 let resp = self.open_stream(req, &peer).await;
                 let _ = reply.send(resp);
             }
+            Msg::Denied { req, peer, denied } => {
+                self.denied(&req, &peer, denied);
+            }
             Msg::LockFiles(files) => self.apply_lock_files(files).await,
             Msg::Metrics(reply) => {
                 let _ = reply.send(self.metrics_view().await);
@@ -385,6 +393,11 @@ impl State {
                 super::recordings::list(&self.recordings, peer, user.as_deref(), since.as_deref())
                     .map(Reply::Recordings)
             }
+            // Read from the store by the connection task (never on the actor).
+            Request::StoreRecordings { .. } => Err(ErrorReply::new(
+                ErrorKind::Internal,
+                "store listings are answered by the connection task; this is a bug, please report it",
+            )),
             // Read from the audit log by the connection task (never on the actor).
             Request::History(_) => Err(ErrorReply::new(
                 ErrorKind::Internal,
@@ -447,6 +460,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::KillSession { .. } => "kill_session",
         Request::KillConnection { .. } => "kill_connection",
         Request::Recordings { .. } => "recordings",
+        Request::StoreRecordings { .. } => "store_recordings",
         Request::Play { .. } => "play",
         Request::Watch { .. } => "watch",
         Request::Reload => "reload",

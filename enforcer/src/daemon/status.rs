@@ -80,6 +80,7 @@ impl State {
                     .monitors
                     .status("monitor_sweep", super::state::SWEEP_EVERY),
             ],
+            store: self.store.as_ref().map(|s| store_report(s, fresh)),
         })
     }
 
@@ -183,6 +184,16 @@ impl State {
         );
         (events, dropped)
     }
+}
+
+/// The store's status; for users other than root and auditors without the last error's text
+/// (it names other users' recordings).
+fn store_report(stats: &crate::store::StoreStats, privileged: bool) -> enforcer_proto::StoreStatus {
+    let mut r = stats.report();
+    if !privileged && r.last_error.is_some() {
+        r.last_error = Some("(shown to root and auditors)".into());
+    }
+    r
 }
 
 /// The policy in force, as the config names it (what `[[rules]]` and reloads change shows).

@@ -87,6 +87,19 @@ impl RecordingIndex {
         }
     }
 
+    /// Every recording with whether it is being written, for the uploader (`[recording.store]`).
+    pub fn snapshot(&self) -> Vec<(Stored, bool)> {
+        self.read()
+            .values()
+            .map(|e| (e.stored.clone(), e.live))
+            .collect()
+    }
+
+    /// Forgets a recording whose local file was deleted (it is in the store).
+    pub fn remove(&self, id: u64) {
+        self.write().remove(&id);
+    }
+
     /// The recording of session `id`.
     pub fn find(&self, id: u64) -> Option<Stored> {
         self.read().get(&id).map(|e| e.stored.clone())

@@ -109,6 +109,7 @@ impl Stored {
             client: m.client.clone(),
             size_bytes: self.size,
             path: self.path.display().to_string(),
+            node: None,
         }
     }
 }
