@@ -43,6 +43,8 @@ pub struct Ctx {
     /// The audit log `history` reads, one reader at a time (each scans the whole file).
     pub audit_path: std::path::PathBuf,
     pub history: Semaphore,
+    /// `[fleet]` on: fleet requests are answered by the connection task (see `fleet`).
+    pub fleet: Option<(crate::fleet::FleetHandle, crate::audit::AuditSink)>,
 }
 
 impl Ctx {
@@ -53,6 +55,7 @@ impl Ctx {
         recordings: RecordingIndex,
         metrics: Arc<Metrics>,
         audit_path: std::path::PathBuf,
+        fleet: Option<(crate::fleet::FleetHandle, crate::audit::AuditSink)>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -63,6 +66,7 @@ impl Ctx {
             metrics,
             audit_path,
             history: Semaphore::new(1),
+            fleet,
         })
     }
 }
@@ -239,6 +243,25 @@ async fn answer(
         Request::PamOpenSession(ref r) if uid == 0 => {
             let identity = lookup(&r.user).await;
             state.request(req, peer.clone(), identity).await
+        }
+        // Fleet locks, unlocks and listings: etcd, from here (root and auditors only).
+        Request::Lock(_)
+        | Request::Unlock { .. }
+        | Request::UnlockTarget(_)
+        | Request::FleetSessions
+        | Request::Nodes
+            if ctx.fleet.is_some() && authorize(peer.role, &req).is_ok() =>
+        {
+            match super::fleet::answer(ctx, peer, &req).await {
+                Some(resp) => resp,
+                None => {
+                    let identity = match &req {
+                        Request::Lock(r) => lookup(&r.user).await,
+                        _ => None,
+                    };
+                    state.request(req, peer.clone(), identity).await
+                }
+            }
         }
         Request::Lock(ref r) if uid == 0 => {
             let identity = lookup(&r.user).await;

@@ -50,6 +50,12 @@ pub enum Refusal {
     Locked(Box<Lock>),
     UserLimit { limit: u32 },
     SourceLimit { limit: u32, source: IpAddr },
+    /// `[fleet]`: the user holds `limit` connections across the fleet.
+    FleetUserLimit { limit: u32 },
+    /// `[fleet]`: this node is locked (`enforcerctl lock node`).
+    NodeLocked { node: String, reason: Option<String> },
+    /// `[fleet]`: etcd could not be asked (strict mode, or a slot not taken in time).
+    FleetUnreachable,
 }
 
 impl Refusal {
@@ -59,6 +65,9 @@ impl Refusal {
             Refusal::Locked(_) => AuditReason::UserLocked,
             Refusal::UserLimit { .. } => AuditReason::MaxConnectionsPerUser,
             Refusal::SourceLimit { .. } => AuditReason::MaxConnectionsPerSource,
+            Refusal::FleetUserLimit { .. } => AuditReason::FleetMaxConnectionsPerUser,
+            Refusal::NodeLocked { .. } => AuditReason::NodeLocked,
+            Refusal::FleetUnreachable => AuditReason::FleetUnreachable,
         }
     }
 
@@ -76,6 +85,16 @@ impl Refusal {
             }
             Refusal::SourceLimit { limit, source } => {
                 format!("{limit} of {limit} allowed SSH connections from {source} are already open")
+            }
+            Refusal::FleetUserLimit { limit } => format!(
+                "user {user} already has {limit} of {limit} allowed SSH connections open across the fleet"
+            ),
+            Refusal::NodeLocked { node, reason } => match reason {
+                Some(r) => format!("node {node} is locked: {r}"),
+                None => format!("node {node} is locked"),
+            },
+            Refusal::FleetUnreachable => {
+                "the fleet's lock service cannot be reached; try again later".into()
             }
         };
         format!("enforcer: login refused: {body}")

@@ -40,6 +40,10 @@ const LIVE: &[&str] = &[
     "control.max_frame_bytes",
     "control.read_timeout",
     "control.idle_timeout",
+    "fleet.max_connections_per_user",
+    "fleet.max_sessions_per_user",
+    "fleet.on_unreachable",
+    "fleet.stale_after",
 ];
 
 /// Keys only a restart applies: bound or opened at start (sockets, state and audit files), or
@@ -64,6 +68,15 @@ const RESTART: &[&str] = &[
     "recording.mask_echo_off_input",
     "recording.buffer_bytes",
     "recording.exec_stdin",
+    "fleet.etcd_endpoints",
+    "fleet.node_name",
+    "fleet.prefix",
+    "fleet.ca",
+    "fleet.cert",
+    "fleet.key",
+    "fleet.user",
+    "fleet.password",
+    "fleet.lease_ttl",
 ];
 
 /// Whether a changed key can be applied without a restart. `[[rules]]` always can; a key in

@@ -80,6 +80,13 @@ fn endpoints(req: &PamAccount) -> (Option<SocketAddr>, Option<SocketAddr>) {
     (client, None)
 }
 
+/// What an account request comes to.
+pub(super) enum Admit {
+    Decided(Admission),
+    /// Admitted here; waiting for a fleet-wide slot for this connection.
+    AwaitingSlot(u64),
+}
+
 /// Marks a uid unknown to NSS in the kernel's connection entry (no per-user session limit).
 pub(super) const NO_UID: u32 = u32::MAX;
 
@@ -101,16 +108,18 @@ impl State {
     }
 
     /// PAM acct_mgmt: decide and, when admitted, reserve the slot and start tracking the monitor.
+    /// A fleet-wide limit makes the answer wait for etcd ([`Admit::AwaitingSlot`]): the
+    /// connection then holds its local slot until `fleet::on_slot` decides.
     pub(super) async fn pam_account(
         &mut self,
         req: PamAccount,
         ident: Option<host::UserIdentity>,
-    ) -> Result<Admission, ErrorReply> {
+    ) -> Result<Admit, ErrorReply> {
         let now = OffsetDateTime::now_utc();
         let monitor = host::proc_key(req.pid).ok_or_else(|| no_such_process(req.pid))?;
         if let Some(c) = self.registry.by_monitor(monitor) {
             // acct_mgmt asked twice on one connection: same answer, no second slot.
-            return Ok(Admission::Admitted { conn_id: c.id });
+            return Ok(Admit::Decided(Admission::Admitted { conn_id: c.id }));
         }
         let (uid, limits) = self.limits_with(&req.user, ident.as_ref());
         let (client, server) = endpoints(&req);
@@ -123,44 +132,62 @@ impl State {
             groups: groups_of(ident.as_ref()),
             ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
-        let lock = self
-            .locks
-            .get(&req.user)
-            .filter(|l| l.active(now))
-            .or_else(|| {
-                // Another spelling NSS maps to a locked account (`ALICE`, `alice@example.com`).
-                let uid = uid?;
-                let (name, _) = self.locked.iter().find(|(_, l)| {
-                    l.account_uid == Some(uid) && l.expires.is_none_or(|e| now < e)
-                })?;
-                self.locks.get(name).filter(|l| l.active(now))
-            });
-        if let Err(refusal) = policy::admit(
-            &self.registry,
-            &req.user,
-            conn.source_ip(),
-            &limits,
-            lock.as_ref(),
-        ) {
-            self.counters.connections_refused += 1;
-            let message = refusal.message(&req.user);
-            let mut rec = AuditRecord::new(AuditEvent::ConnectionRefused, now)
-                .with_conn(&conn)
-                .reason(refusal.reason(), Some(message.clone()));
-            rec.conn_id = None;
-            self.audit.record(rec);
-            return Ok(Admission::Refused {
-                reason: refusal.code().into(),
-                message,
-            });
+        let lock = self.lock_for(&req.user, uid, now);
+        let decided = match self.fleet_refusal(now) {
+            Some(refusal) => Err(refusal),
+            None => policy::admit(
+                &self.registry,
+                &req.user,
+                conn.source_ip(),
+                &limits,
+                lock.as_ref(),
+            ),
+        };
+        if let Err(refusal) = decided {
+            return Ok(Admit::Decided(self.refuse(&conn, &refusal, now)));
         }
         self.lift_lock_of(&req.user).await;
+        let fleet_limit = self.fleet_limit(&conn);
         let id = self.registry.insert(conn);
         self.dirty = true;
+        if let Some(limit) = fleet_limit {
+            self.fleet_acquire(id, limit);
+            return Ok(Admit::AwaitingSlot(id));
+        }
+        Ok(Admit::Decided(self.admitted(id).await))
+    }
+
+    /// Audits a refused login and says why.
+    pub(super) fn refuse(
+        &mut self,
+        conn: &Connection,
+        refusal: &policy::Refusal,
+        now: OffsetDateTime,
+    ) -> Admission {
+        self.counters.connections_refused += 1;
+        let message = refusal.message(&conn.user);
+        let mut rec = AuditRecord::new(AuditEvent::ConnectionRefused, now)
+            .with_conn(conn)
+            .reason(refusal.reason(), Some(message.clone()));
+        rec.conn_id = None;
+        self.audit.record(rec);
+        Admission::Refused {
+            reason: refusal.code().into(),
+            message,
+        }
+    }
+
+    /// An admitted connection (in the registry): the kernel starts following its monitor.
+    pub(super) async fn admitted(&mut self, id: u64) -> Admission {
+        let Some(c) = self.registry.get(id) else {
+            return Admission::Admitted { conn_id: id };
+        };
+        let (monitor, uid, user, groups) = (c.monitor, c.uid, c.user.clone(), c.groups.clone());
+        let limits = policy::effective_limits(&self.config, &user, &groups);
         if !self.register_in_kernel(id, monitor, uid, &limits).await {
             self.release(id, CloseReason::MonitorExited).await;
         }
-        Ok(Admission::Admitted { conn_id: id })
+        Admission::Admitted { conn_id: id }
     }
 
     /// Session limits first (the monitor may fork a channel at once), then the monitor itself:
@@ -254,6 +281,7 @@ impl State {
         let rec = AuditRecord::new(AuditEvent::ConnectionAdmitted, now).with_conn(conn);
         self.audit.record(rec);
         self.dirty = true;
+        self.fleet_publish(id);
         Ok(())
     }
 
@@ -461,6 +489,7 @@ impl State {
         };
         self.terminating.remove(&id);
         self.unregistered.remove(&id);
+        self.fleet_released(&conn);
         // Processes it leaves running (nohup, setsid, double fork) keep its identity: shown
         // and killable as lingering until none is left (the sweep forgets it then).
         self.lingering

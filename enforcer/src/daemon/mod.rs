@@ -4,6 +4,7 @@
 //! removes them.
 
 mod admission;
+mod fleet;
 mod forwards;
 mod handle;
 mod idle;
@@ -62,6 +63,8 @@ pub enum DaemonError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -165,7 +168,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let control = Arc::new(ControlStats::default());
     let audit_tally = audit.tally.clone();
     let audit_path = config.audit.path.clone();
+    // The fleet's etcd tasks run on this (main) runtime; the actor hears from them on its
+    // priority lane and never waits on them.
+    let (fleet, fleet_events) = if config.fleet.enabled() {
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = crate::fleet::FleetHandle::start(
+            crate::fleet::FleetStart {
+                config: config.fleet.clone(),
+                node: crate::fleet::node_name(&config.fleet),
+                version: info.version.to_owned(),
+                local_copy: config.daemon.state_dir.join("fleet-locks.json"),
+            },
+            tx,
+        )?;
+        tracing::info!(node = handle.node(), endpoints = ?config.fleet.etcd_endpoints, "fleet on");
+        (Some(handle), Some(rx))
+    } else {
+        (None, None)
+    };
+    let fleet_audit = audit.clone();
     let parts = state::Parts {
+        fleet: fleet.clone(),
+        fleet_events,
         info,
         bpf: bpf.clone(),
         audit,
@@ -186,6 +210,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         recordings,
         metrics.clone(),
         audit_path,
+        fleet.map(|f| (f, fleet_audit)),
     );
     let pam_task = {
         let ctx = ctx.clone();

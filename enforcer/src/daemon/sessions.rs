@@ -106,6 +106,7 @@ impl State {
         self.dirty = true;
         self.audit
             .record(self.record(AuditEvent::SessionStarted, &origin));
+        self.fleet_publish(origin.conn_id);
     }
 
     pub(super) fn on_exec(&mut self, exec: Exec) {
@@ -187,6 +188,7 @@ impl State {
         {
             self.end_recording(s.id);
             self.dirty = true;
+            self.fleet_publish(origin.conn_id);
             rec.duration_secs = Some(
                 (OffsetDateTime::now_utc() - s.started_at)
                     .as_seconds_f64()

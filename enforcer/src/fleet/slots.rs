@@ -1,0 +1,124 @@
+//! Fleet-wide connection slots, exact: a slot is a key `<prefix>/slots/<user>/<node>/<conn>`
+//! under the node's lease, taken in ONE transaction that fails if any key under the user's
+//! slot prefix was created or changed since the slots were counted. So N logins racing over
+//! any number of nodes at limit L take exactly L slots; a loser counts again. An empty prefix
+//! compares as revision 0, which is below any read revision: the first slot is taken the same
+//! way (and two first logins still race on it: one transaction wins). A slot is freed by
+//! deleting its key at logout, or by etcd when the node's lease expires (its node died).
+
+use std::{sync::Arc, time::Duration};
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use tokio::sync::{mpsc, watch};
+
+use super::{ClientRx, FleetEvent, Health, Write};
+use crate::core::fleet::{Keys, slot_free};
+
+/// A request for a slot.
+pub(super) struct Acquire {
+    pub user: String,
+    pub conn_id: u64,
+    pub limit: u32,
+    pub deadline: Duration,
+}
+
+/// What became of a slot request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// The slot is this connection's.
+    Taken,
+    /// `held` slots (≥ the limit) are taken across the fleet.
+    Full { held: usize },
+    /// etcd could not be asked in time (the text says why).
+    Unreachable(String),
+}
+
+pub(super) struct SlotTask {
+    pub client: ClientRx,
+    pub keys: Arc<Keys>,
+    pub lease: watch::Receiver<i64>,
+    pub health: Arc<Health>,
+    pub events: mpsc::Sender<FleetEvent>,
+    pub requests: mpsc::UnboundedReceiver<Acquire>,
+    pub writes: mpsc::UnboundedSender<Write>,
+}
+
+pub(super) fn start(mut task: SlotTask) {
+    tokio::spawn(async move {
+        while let Some(req) = task.requests.recv().await {
+            // Each request in its own task: one slow answer delays no other login.
+            let client = task.client.borrow().clone();
+            let lease = *task.lease.borrow();
+            let (keys, health, events, writes) = (
+                task.keys.clone(),
+                task.health.clone(),
+                task.events.clone(),
+                task.writes.clone(),
+            );
+            tokio::spawn(async move {
+                let conn_id = req.conn_id;
+                let outcome = match (client, lease) {
+                    (None, _) => SlotOutcome::Unreachable("not connected to etcd yet".into()),
+                    (_, 0) => SlotOutcome::Unreachable("this node holds no etcd lease".into()),
+                    (Some(mut c), lease) => {
+                        let deadline = req.deadline;
+                        match tokio::time::timeout(deadline, take(&mut c, &keys, &req, lease)).await {
+                            Ok(Ok(o)) => {
+                                health.contact();
+                                o
+                            }
+                            Ok(Err(e)) => SlotOutcome::Unreachable(e),
+                            Err(_) => SlotOutcome::Unreachable(format!("no answer within {deadline:?}")),
+                        }
+                    }
+                };
+                if outcome == SlotOutcome::Taken {
+                    let _ = writes.send(Write::Remember(
+                        keys.slot(&req.user, conn_id),
+                        slot_value(&keys),
+                    ));
+                }
+                let _ = events.send(FleetEvent::Slot { conn_id, outcome }).await;
+            });
+        }
+    });
+}
+
+fn slot_value(keys: &Keys) -> Vec<u8> {
+    keys.node.as_bytes().to_vec()
+}
+
+/// Counts the user's slots and takes one if the count is below the limit and nothing under
+/// the prefix changed since; counts again when something did.
+async fn take(
+    client: &mut etcd_client::Client,
+    keys: &Keys,
+    req: &Acquire,
+    lease: i64,
+) -> Result<SlotOutcome, String> {
+    let prefix = keys.slots_of(&req.user);
+    let key = keys.slot(&req.user, req.conn_id);
+    loop {
+        let counted = client
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let held = counted.count().max(0) as usize;
+        let rev = counted.header().map(|h| h.revision()).unwrap_or(0);
+        if !slot_free(held, req.limit) {
+            return Ok(SlotOutcome::Full { held });
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(prefix.clone(), CompareOp::Less, rev + 1).with_prefix()])
+            .and_then([TxnOp::put(
+                key.clone(),
+                slot_value(keys),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let done = client.txn(txn).await.map_err(|e| e.to_string())?;
+        if done.succeeded() {
+            return Ok(SlotOutcome::Taken);
+        }
+        tracing::trace!(user = req.user, conn = req.conn_id, "slot prefix changed; counting again");
+    }
+}
