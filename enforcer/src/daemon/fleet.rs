@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// How long an admission waits for its fleet-wide slot (pam_enforcer waits 2 s by default).
-const SLOT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1000);
+const SLOT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// What the actor knows of the fleet.
 #[derive(Default)]
@@ -38,6 +38,9 @@ pub(super) struct FleetState {
     pub awaiting: HashMap<u64, oneshot::Sender<Response>>,
     /// Connections holding a fleet-wide slot.
     pub slots: HashSet<u64>,
+    /// The user of each connection waiting for its slot (to free a slot that arrives after
+    /// the connection ended).
+    pub pending_users: HashMap<u64, String>,
     /// The view's state as last audited (`None`: not yet).
     pub audited: Option<ViewState>,
 }
@@ -159,6 +162,7 @@ impl State {
             return;
         };
         f.acquire(&c.user, conn_id, limit, SLOT_DEADLINE);
+        self.fleet_state.pending_users.insert(conn_id, c.user.clone());
     }
 
     /// A slot's outcome: answer the parked account request.
@@ -167,6 +171,18 @@ impl State {
             return;
         };
         let now = OffsetDateTime::now_utc();
+        if self.registry.get(conn_id).is_none() {
+            // Its monitor ended meanwhile (released): free a slot it got.
+            if let (SlotOutcome::Taken, Some(f), Some(user)) = (&outcome, &self.fleet, &self.fleet_state.pending_users.remove(&conn_id)) {
+                f.release(user, conn_id);
+            }
+            let _ = reply.send(Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "the connection ended while its fleet-wide slot was taken",
+            )));
+            return;
+        }
+        self.fleet_state.pending_users.remove(&conn_id);
         let refusal = match outcome {
             SlotOutcome::Taken => {
                 self.fleet_state.slots.insert(conn_id);

@@ -97,6 +97,8 @@ fn every_key_is_classified_once() {
         max_sessions_per_connection: Some(1),
         max_sessions_per_user: Some(1),
         idle_timeout: Some(Dur::secs(1)),
+        fleet_max_connections_per_user: Some(1),
+        fleet_max_sessions_per_user: Some(1),
     });
     for key in flatten(&rules).keys() {
         let (live, restart) = (
