@@ -66,7 +66,9 @@ impl EtcdCluster {
             .unwrap();
         let m = &mut self.members[i];
         let mut cmd = Command::new("etcd");
-        cmd.arg("--name")
+        // Debian's 3.4.23 crashes at start with its default logger (capnslog): zap it is.
+        cmd.args(["--logger", "zap", "--log-outputs", "stderr"])
+            .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&data)

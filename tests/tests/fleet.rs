@@ -250,7 +250,7 @@ fn a_dead_node_vanishes_with_its_sessions_and_slots_after_the_lease_ttl() {
         cluster.keys("/enforcer/")
     );
     eprintln!("dead node gone from etcd {:?} after kill -9 (lease TTL {LEASE_TTL_SECS} s)", t0.elapsed());
-    assert!(fleet_sessions(a).iter().all(|c| c["node"] != "node-c"));
+    assert!(fleet_sessions(&nodes[0].daemon).iter().all(|c| c["node"] != "node-c"));
     // Its slots are free: two logins elsewhere.
     let _x = HeldSsh::open(&nodes[0].sshd, &dave);
     let _y = HeldSsh::open(&nodes[1].sshd, &dave);

@@ -356,6 +356,33 @@ impl State {
             .collect()
     }
 
+    /// `status`'s feature `fleet`: this node's name and whether its view is current.
+    pub(super) fn fleet_feature(&self) -> Option<enforcer_proto::FeatureProbe> {
+        let f = self.fleet.as_ref()?;
+        let age = f.view_age();
+        let current = self.view() == ViewState::Current;
+        let seen = match age {
+            Some(a) => format!("etcd answered {:.1} s ago", a.as_secs_f64()),
+            None => "no lock watch established since the last contact".into(),
+        };
+        Some(enforcer_proto::FeatureProbe {
+            name: "fleet".into(),
+            supported: current,
+            detail: format!(
+                "node {}: view {} ({seen}; stale_after {}, on_unreachable {}); {} fleet locks, {} fleet-wide slots held here",
+                f.node(),
+                if current { "current" } else { "STALE" },
+                self.config.fleet.stale_after,
+                match self.config.fleet.on_unreachable {
+                    OnUnreachable::Strict => "strict",
+                    OnUnreachable::BestEffort => "best_effort",
+                },
+                self.fleet_state.locks.len(),
+                self.fleet_state.slots.len(),
+            ),
+        })
+    }
+
     /// Audits the view turning stale or current (checked every 250 ms).
     pub(super) fn check_fleet_view(&mut self) {
         if self.fleet.is_none() {
