@@ -6,9 +6,13 @@
 //! way (and two first logins still race on it: one transaction wins). A slot is freed by
 //! deleting its key at logout, or by etcd when the node's lease expires (its node died).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, watch};
 
 use super::{ClientRx, FleetEvent, Health, Write};
@@ -44,11 +48,13 @@ pub(super) struct SlotTask {
 }
 
 pub(super) fn start(mut task: SlotTask) {
+    let counts: Counts = Arc::default();
     tokio::spawn(async move {
         while let Some(req) = task.requests.recv().await {
             // Each request in its own task: one slow answer delays no other login.
             let client = task.client.borrow().clone();
             let lease = *task.lease.borrow();
+            let counts = counts.clone();
             let (keys, health, events, writes) = (
                 task.keys.clone(),
                 task.health.clone(),
@@ -62,7 +68,7 @@ pub(super) fn start(mut task: SlotTask) {
                     (_, 0) => SlotOutcome::Unreachable("this node holds no etcd lease".into()),
                     (Some(mut c), lease) => {
                         let deadline = req.deadline;
-                        match tokio::time::timeout(deadline, take(&mut c, &keys, &req, lease)).await {
+                        match tokio::time::timeout(deadline, take(&mut c, &keys, &req, lease, &counts)).await {
                             Ok(Ok(o)) => {
                                 health.contact();
                                 o
@@ -88,25 +94,47 @@ fn slot_value(keys: &Keys) -> Vec<u8> {
     keys.node.as_bytes().to_vec()
 }
 
-/// Counts the user's slots and takes one if the count is below the limit and nothing under
-/// the prefix changed since; counts again when something did.
+/// Each user's slot count as last seen, with the revision it was counted at. A count that is
+/// still valid (nothing under the prefix created or changed since) lets an admission take its
+/// slot in one round trip; a stale one only costs a retry, since the transaction compares.
+/// Deleted slots make a count too high, never too low: before refusing, it is counted anew.
+pub(super) type Counts = Arc<Mutex<HashMap<String, (usize, i64)>>>;
+
+/// Most users whose count is remembered (the cache is cleared beyond).
+const COUNTS_MAX: usize = 10_000;
+
+/// Counts the user's slots (or trusts the remembered count) and takes one in a transaction
+/// that succeeds only if nothing under the prefix was created or changed since that count;
+/// when something was, the same transaction returns the new count and it tries again.
 async fn take(
     client: &mut etcd_client::Client,
     keys: &Keys,
     req: &Acquire,
     lease: i64,
+    counts: &Counts,
 ) -> Result<SlotOutcome, String> {
     let prefix = keys.slots_of(&req.user);
     let key = keys.slot(&req.user, req.conn_id);
+    let count_only = || GetOptions::new().with_prefix().with_count_only();
+    let mut known = counts.lock().ok().and_then(|c| c.get(&req.user).copied());
     loop {
-        let counted = client
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix().with_count_only()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let held = counted.count().max(0) as usize;
-        let rev = counted.header().map(|h| h.revision()).unwrap_or(0);
+        let (held, rev, fresh) = match known.take() {
+            Some((held, rev)) => (held, rev, false),
+            None => {
+                let counted = client
+                    .get(prefix.clone(), Some(count_only()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let rev = counted.header().map(|h| h.revision()).unwrap_or(0);
+                (counted.count().max(0) as usize, rev, true)
+            }
+        };
         if !slot_free(held, req.limit) {
-            return Ok(SlotOutcome::Full { held });
+            if fresh {
+                remember(counts, &req.user, held, rev);
+                return Ok(SlotOutcome::Full { held });
+            }
+            continue; // a remembered count: count anew before refusing
         }
         let txn = Txn::new()
             .when([Compare::mod_revision(prefix.clone(), CompareOp::Less, rev + 1).with_prefix()])
@@ -114,11 +142,29 @@ async fn take(
                 key.clone(),
                 slot_value(keys),
                 Some(PutOptions::new().with_lease(lease)),
-            )]);
+            )])
+            .or_else([TxnOp::get(prefix.clone(), Some(count_only()))]);
         let done = client.txn(txn).await.map_err(|e| e.to_string())?;
+        let now_rev = done.header().map(|h| h.revision()).unwrap_or(0);
         if done.succeeded() {
+            remember(counts, &req.user, held + 1, now_rev);
             return Ok(SlotOutcome::Taken);
         }
+        // The prefix changed: the transaction's own read says how many there are now.
+        let recount = done.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.count().max(0) as usize),
+            _ => None,
+        });
+        known = recount.map(|c| (c, now_rev));
         tracing::trace!(user = req.user, conn = req.conn_id, "slot prefix changed; counting again");
+    }
+}
+
+fn remember(counts: &Counts, user: &str, held: usize, rev: i64) {
+    if let Ok(mut c) = counts.lock() {
+        if c.len() >= COUNTS_MAX {
+            c.clear();
+        }
+        c.insert(user.to_owned(), (held, rev));
     }
 }
