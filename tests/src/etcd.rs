@@ -67,7 +67,11 @@ impl EtcdCluster {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("{}.log", self.members[i].name)))
+            .open(
+                self.dir
+                    .path()
+                    .join(format!("{}.log", self.members[i].name)),
+            )
             .unwrap();
         let m = &mut self.members[i];
         let mut cmd = Command::new("etcd");
@@ -97,7 +101,10 @@ impl EtcdCluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        m.child = Some(cmd.spawn().expect("etcd (Debian etcd-server) must be installed: cargo xtask setup"));
+        m.child = Some(
+            cmd.spawn()
+                .expect("etcd (Debian etcd-server) must be installed: cargo xtask setup"),
+        );
     }
 
     /// Kills member `i` (SIGKILL, by pid).
@@ -118,7 +125,11 @@ impl EtcdCluster {
 
     /// `etcd_endpoints = [...]` as TOML.
     pub fn endpoints_toml(&self) -> String {
-        let list: Vec<String> = self.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+        let list: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
         format!("[{}]", list.join(", "))
     }
 

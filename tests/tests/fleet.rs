@@ -55,7 +55,9 @@ fn wait_registered(cluster: &EtcdCluster, nodes: &[Node]) {
     assert!(
         wait_until(Duration::from_secs(15), || {
             let keys = cluster.keys("/enforcer/nodes/");
-            nodes.iter().all(|n| keys.iter().any(|k| k.ends_with(&n.name)))
+            nodes
+                .iter()
+                .all(|n| keys.iter().any(|k| k.ends_with(&n.name)))
         }),
         "nodes not registered: {:?}\n{}",
         cluster.keys("/enforcer/"),
@@ -82,23 +84,34 @@ fn a_lock_on_one_node_ends_sessions_on_the_others_within_a_second() {
     let mut on_c = HeldSsh::open(&c.sshd, &alice);
     let mut bystander = HeldSsh::open(&c.sshd, &bob);
     let t0 = Instant::now();
-    let out = a.daemon.ctl_ok(&["lock", "user", &alice.name, "--reason", "left the company"]);
+    let out = a
+        .daemon
+        .ctl_ok(&["lock", "user", &alice.name, "--reason", "left the company"]);
     assert!(out.contains("on every node"), "{out}");
-    let ended = wait_until(Duration::from_secs(5), || {
-        on_b.exited() && on_c.exited()
-    });
+    let ended = wait_until(Duration::from_secs(5), || on_b.exited() && on_c.exited());
     let took = t0.elapsed();
-    assert!(ended, "the lock did not end alice's sessions on B and C:\n{}", b.daemon.log());
-    assert!(took < Duration::from_secs(1), "lock propagation took {took:?} (> 1 s)");
+    assert!(
+        ended,
+        "the lock did not end alice's sessions on B and C:\n{}",
+        b.daemon.log()
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "lock propagation took {took:?} (> 1 s)"
+    );
     eprintln!("lock on A → sessions on B and C ended in {took:?}");
     assert!(!bystander.exited(), "bob's session on C was ended too");
 
     // New logins are refused everywhere, with the reason; B's view is current.
     for n in &nodes {
-        let refused = HeldSsh::try_open(&n.sshd, &alice).err().unwrap_or_else(|| {
-            panic!("alice could log in on {} while locked fleet-wide", n.name)
-        });
-        assert!(refused.contains("left the company"), "{}: {refused}", n.name);
+        let refused = HeldSsh::try_open(&n.sshd, &alice)
+            .err()
+            .unwrap_or_else(|| panic!("alice could log in on {} while locked fleet-wide", n.name));
+        assert!(
+            refused.contains("left the company"),
+            "{}: {refused}",
+            n.name
+        );
     }
     let locks = b.daemon.ctl_json(&["locks"]);
     let lock = locks
@@ -110,7 +123,9 @@ fn a_lock_on_one_node_ends_sessions_on_the_others_within_a_second() {
     assert_eq!(lock["origin"], "fleet");
     assert_eq!(lock["node"], "node-a");
     assert_eq!(lock["current"], true);
-    a.daemon.wait_audit("lock", |v| v["event"] == "lock" && v["user"] == alice.name.as_str());
+    a.daemon.wait_audit("lock", |v| {
+        v["event"] == "lock" && v["user"] == alice.name.as_str()
+    });
     // --local still makes a node-only lock; a second fleet lock needs --replace.
     let again = a.daemon.ctl(&["lock", "user", &alice.name]);
     assert!(!again.status.success());
@@ -118,19 +133,27 @@ fn a_lock_on_one_node_ends_sessions_on_the_others_within_a_second() {
 
     a.daemon.ctl_ok(&["unlock", "user", &alice.name]);
     assert!(
-        wait_until(Duration::from_secs(5), || HeldSsh::try_open(&c.sshd, &alice).is_ok()),
+        wait_until(Duration::from_secs(5), || HeldSsh::try_open(
+            &c.sshd, &alice
+        )
+        .is_ok()),
         "alice still refused on C after the fleet unlock"
     );
 
     // A node lock refuses every login there, and only there.
-    a.daemon.ctl_ok(&["lock", "node", "node-c", "--reason", "maintenance"]);
+    a.daemon
+        .ctl_ok(&["lock", "node", "node-c", "--reason", "maintenance"]);
     assert!(wait_until(Duration::from_secs(5), || {
         HeldSsh::try_open(&c.sshd, &bob).is_err_and(|e| e.contains("maintenance"))
     }));
     let _ok = HeldSsh::open(&b.sshd, &bob);
-    c.daemon.wait_audit("node_locked", |v| v["reason"] == "node_locked");
+    c.daemon
+        .wait_audit("node_locked", |v| v["reason"] == "node_locked");
     a.daemon.ctl_ok(&["unlock", "node", "node-c"]);
-    assert!(wait_until(Duration::from_secs(5), || HeldSsh::try_open(&c.sshd, &bob).is_ok()));
+    assert!(wait_until(Duration::from_secs(5), || HeldSsh::try_open(
+        &c.sshd, &bob
+    )
+    .is_ok()));
     drop(bystander);
 }
 
@@ -145,7 +168,11 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
     let nodes = fleet(&cluster, &[&carol], "max_connections_per_user = 5\n");
     wait_registered(&cluster, &nodes);
     // The empty-prefix case first: no slot of carol's exists yet.
-    assert!(cluster.keys(&format!("/enforcer/slots/{}/", carol.name)).is_empty());
+    assert!(
+        cluster
+            .keys(&format!("/enforcer/slots/{}/", carol.name))
+            .is_empty()
+    );
 
     let barrier = Arc::new(Barrier::new(30));
     let held = Arc::new(Mutex::new(Vec::new()));
@@ -165,7 +192,10 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
     });
     let admitted = held.lock().unwrap().len();
     let refusals = refused.lock().unwrap().clone();
-    assert_eq!(admitted, 5, "admitted {admitted} of 30 at fleet limit 5; refusals: {refusals:#?}");
+    assert_eq!(
+        admitted, 5,
+        "admitted {admitted} of 30 at fleet limit 5; refusals: {refusals:#?}"
+    );
     assert!(
         refusals.iter().all(|e| e.contains("across the fleet")),
         "a refusal for another reason: {refusals:#?}"
@@ -208,12 +238,18 @@ fn a_dead_node_vanishes_with_its_sessions_and_slots_after_the_lease_ttl() {
     wait_registered(&cluster, &nodes);
     let first = HeldSsh::open(&nodes[2].sshd, &dave);
     let second = HeldSsh::open(&nodes[2].sshd, &dave);
-    assert!(HeldSsh::try_open(&nodes[0].sshd, &dave).is_err(), "a third login passed limit 2");
+    assert!(
+        HeldSsh::try_open(&nodes[0].sshd, &dave).is_err(),
+        "a third login passed limit 2"
+    );
 
     // Every node sees C's sessions, with C's name; and the three nodes.
     let a = &nodes[0].daemon;
     let fleet_sessions = |d: &TestDaemon| -> Vec<serde_json::Value> {
-        d.ctl_json(&["sessions", "--fleet"]).as_array().unwrap().clone()
+        d.ctl_json(&["sessions", "--fleet"])
+            .as_array()
+            .unwrap()
+            .clone()
     };
     assert!(
         wait_until(Duration::from_secs(5), || fleet_sessions(a)
@@ -225,7 +261,10 @@ fn a_dead_node_vanishes_with_its_sessions_and_slots_after_the_lease_ttl() {
         fleet_sessions(a)
     );
     let listed = nodes[0].daemon.ctl_ok(&["sessions", "--fleet"]);
-    assert!(listed.contains("node-c") && listed.contains(&dave.name), "{listed}");
+    assert!(
+        listed.contains("node-c") && listed.contains(&dave.name),
+        "{listed}"
+    );
     let names: Vec<String> = a
         .ctl_json(&["nodes"])
         .as_array()
@@ -243,14 +282,23 @@ fn a_dead_node_vanishes_with_its_sessions_and_slots_after_the_lease_ttl() {
     assert!(
         wait_until(Duration::from_secs(LEASE_TTL_SECS * 3 + 5), || {
             cluster.keys("/enforcer/sessions/node-c/").is_empty()
-                && cluster.keys(&format!("/enforcer/slots/{}/", dave.name)).is_empty()
+                && cluster
+                    .keys(&format!("/enforcer/slots/{}/", dave.name))
+                    .is_empty()
                 && cluster.keys("/enforcer/nodes/node-c").is_empty()
         }),
         "C's keys outlived its lease: {:?}",
         cluster.keys("/enforcer/")
     );
-    eprintln!("dead node gone from etcd {:?} after kill -9 (lease TTL {LEASE_TTL_SECS} s)", t0.elapsed());
-    assert!(fleet_sessions(&nodes[0].daemon).iter().all(|c| c["node"] != "node-c"));
+    eprintln!(
+        "dead node gone from etcd {:?} after kill -9 (lease TTL {LEASE_TTL_SECS} s)",
+        t0.elapsed()
+    );
+    assert!(
+        fleet_sessions(&nodes[0].daemon)
+            .iter()
+            .all(|c| c["node"] != "node-c")
+    );
     // Its slots are free: two logins elsewhere.
     let _x = HeldSsh::open(&nodes[0].sshd, &dave);
     let _y = HeldSsh::open(&nodes[1].sshd, &dave);
@@ -266,7 +314,12 @@ fn etcd_down_best_effort_keeps_known_locks_and_strict_refuses() {
     let mut cluster = EtcdCluster::start(3);
     let erin = TestUser::create("fe");
     let frank = TestUser::create("ff");
-    let best = node(&cluster, "node-a", &[&erin, &frank], "stale_after = \"2s\"\n");
+    let best = node(
+        &cluster,
+        "node-a",
+        &[&erin, &frank],
+        "stale_after = \"2s\"\n",
+    );
     let strict = node(
         &cluster,
         "node-b",
@@ -277,7 +330,11 @@ fn etcd_down_best_effort_keeps_known_locks_and_strict_refuses() {
     wait_registered(&cluster, &nodes);
     let (best, strict) = (&nodes[0], &nodes[1]);
     best.daemon.ctl_ok(&["lock", "user", &erin.name]);
-    assert!(wait_until(Duration::from_secs(5), || HeldSsh::try_open(&strict.sshd, &erin).is_err()));
+    assert!(wait_until(Duration::from_secs(5), || HeldSsh::try_open(
+        &strict.sshd,
+        &erin
+    )
+    .is_err()));
 
     // One member down: everything works.
     cluster.stop_member(0);
@@ -289,7 +346,10 @@ fn etcd_down_best_effort_keeps_known_locks_and_strict_refuses() {
     cluster.stop_member(2);
     std::thread::sleep(Duration::from_secs(4));
     // best_effort: the last known lock still refuses erin; frank logs in (local limits only).
-    assert!(HeldSsh::try_open(&best.sshd, &erin).is_err(), "best_effort forgot the lock");
+    assert!(
+        HeldSsh::try_open(&best.sshd, &erin).is_err(),
+        "best_effort forgot the lock"
+    );
     let _f2 = HeldSsh::open(&best.sshd, &frank);
     // strict: every new login refused.
     let refused = HeldSsh::try_open(&strict.sshd, &frank)
@@ -297,10 +357,17 @@ fn etcd_down_best_effort_keeps_known_locks_and_strict_refuses() {
         .expect("strict admitted a login with etcd down");
     assert!(refused.contains("cannot be reached"), "{refused}");
     for n in &nodes {
-        n.daemon.wait_audit("fleet_view_stale", |v| v["event"] == "fleet_view_stale");
+        n.daemon
+            .wait_audit("fleet_view_stale", |v| v["event"] == "fleet_view_stale");
     }
     let locks = best.daemon.ctl_json(&["locks"]);
-    assert!(locks.as_array().unwrap().iter().any(|l| l["user"] == erin.name.as_str() && l["current"] == false));
+    assert!(
+        locks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["user"] == erin.name.as_str() && l["current"] == false)
+    );
 
     // The locks survive a restart of a node while etcd is down (local copy).
     nodes[0].daemon.restart();
@@ -337,13 +404,18 @@ fn admission_with_a_fleet_limit_stays_within_five_ms_of_a_local_one() {
         cluster.endpoints_toml(),
         hank.name
     ));
-    assert!(wait_until(Duration::from_secs(15), || !cluster.keys("/enforcer/nodes/").is_empty()));
+    assert!(wait_until(Duration::from_secs(15), || !cluster
+        .keys("/enforcer/nodes/")
+        .is_empty()));
     std::thread::sleep(Duration::from_millis(300));
     let mut stand_ins: Vec<std::process::Child> = Vec::new();
     let mut measure = |user: &TestUser, n: usize| -> Vec<Duration> {
         let mut times = Vec::new();
         for _ in 0..n {
-            let child = std::process::Command::new("/bin/sleep").arg("600").spawn().unwrap();
+            let child = std::process::Command::new("/bin/sleep")
+                .arg("600")
+                .spawn()
+                .unwrap();
             let pid = child.id();
             stand_ins.push(child);
             let t = Instant::now();

@@ -76,7 +76,10 @@ impl FleetConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: &str| Err((format!("fleet.{k}"), m.to_owned()));
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
-            return bad("prefix", "must start with `/` and not end with one, e.g. \"/enforcer\"");
+            return bad(
+                "prefix",
+                "must start with `/` and not end with one, e.g. \"/enforcer\"",
+            );
         }
         if self.node_name.contains('/') {
             return bad("node_name", "must not contain `/`");
@@ -88,10 +91,16 @@ impl FleetConfig {
             return bad("stale_after", "must be longer than 0");
         }
         if self.cert.as_os_str().is_empty() != self.key.as_os_str().is_empty() {
-            return bad("cert", "give both `cert` and `key` (client certificate auth), or neither");
+            return bad(
+                "cert",
+                "give both `cert` and `key` (client certificate auth), or neither",
+            );
         }
         if !self.cert.as_os_str().is_empty() && self.ca.as_os_str().is_empty() {
-            return bad("ca", "client certificates need TLS: set `ca` to the etcd CA's PEM file");
+            return bad(
+                "ca",
+                "client certificates need TLS: set `ca` to the etcd CA's PEM file",
+            );
         }
         if self.user.is_empty() != self.password.is_empty() {
             return bad("user", "give both `user` and `password`, or neither");
@@ -99,7 +108,10 @@ impl FleetConfig {
         for e in &self.etcd_endpoints {
             let tls = e.starts_with("https://");
             if !tls && !e.starts_with("http://") {
-                return bad("etcd_endpoints", "each endpoint is a URL: http://HOST:PORT or https://HOST:PORT");
+                return bad(
+                    "etcd_endpoints",
+                    "each endpoint is a URL: http://HOST:PORT or https://HOST:PORT",
+                );
             }
             if tls && self.ca.as_os_str().is_empty() {
                 return bad("ca", "https endpoints need `ca` (the etcd CA's PEM file)");

@@ -32,7 +32,13 @@ pub(super) async fn answer(ctx: &Ctx, peer: &Peer, req: &Request) -> Option<Resp
             unlock(fleet, audit, peer, &u).await
         }
         Request::UnlockTarget(u) if !u.local => unlock(fleet, audit, peer, u).await,
-        Request::FleetSessions => Some(fleet.sessions().await.map(Reply::FleetSessions).map_err(error)),
+        Request::FleetSessions => Some(
+            fleet
+                .sessions()
+                .await
+                .map(Reply::FleetSessions)
+                .map_err(error),
+        ),
         Request::Nodes => Some(fleet.nodes().await.map(Reply::Nodes).map_err(error)),
         _ => None,
     }
@@ -73,7 +79,10 @@ async fn lock(
     let target = target(&r.user, r.node)?;
     if let LockTarget::User(u) = &target {
         let u = u.clone();
-        let known = blocking(move || host::user_identity(&u)).await.flatten().is_some();
+        let known = blocking(move || host::user_identity(&u))
+            .await
+            .flatten()
+            .is_some();
         if !known && !r.force {
             return Err(ErrorReply::new(
                 ErrorKind::NotFound,

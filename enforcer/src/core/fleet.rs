@@ -194,14 +194,22 @@ impl FleetLock {
 pub type FleetLocks = BTreeMap<LockTarget, FleetLock>;
 
 /// The lock of this node (`lock node`), if one is active.
-pub fn node_lock<'a>(locks: &'a FleetLocks, node: &str, now: OffsetDateTime) -> Option<&'a FleetLock> {
+pub fn node_lock<'a>(
+    locks: &'a FleetLocks,
+    node: &str,
+    now: OffsetDateTime,
+) -> Option<&'a FleetLock> {
     locks
         .get(&LockTarget::Node(node.to_owned()))
         .filter(|l| l.active(now))
 }
 
 /// The fleet lock of `user`, if one is active.
-pub fn user_lock<'a>(locks: &'a FleetLocks, user: &str, now: OffsetDateTime) -> Option<&'a FleetLock> {
+pub fn user_lock<'a>(
+    locks: &'a FleetLocks,
+    user: &str,
+    now: OffsetDateTime,
+) -> Option<&'a FleetLock> {
     locks
         .get(&LockTarget::User(user.to_owned()))
         .filter(|l| l.active(now))
@@ -249,7 +257,9 @@ pub fn fleet_connection_limit(config: &Config, user: &str, groups: &[String]) ->
     config
         .rules
         .iter()
-        .filter(|r| r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g)))
+        .filter(|r| {
+            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
+        })
         .find_map(|r| r.fleet_max_connections_per_user)
         .unwrap_or(config.fleet.max_connections_per_user)
 }

@@ -48,12 +48,22 @@ pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> Effec
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Locked(Box<Lock>),
-    UserLimit { limit: u32 },
-    SourceLimit { limit: u32, source: IpAddr },
+    UserLimit {
+        limit: u32,
+    },
+    SourceLimit {
+        limit: u32,
+        source: IpAddr,
+    },
     /// `[fleet]`: the user holds `limit` connections across the fleet.
-    FleetUserLimit { limit: u32 },
+    FleetUserLimit {
+        limit: u32,
+    },
     /// `[fleet]`: this node is locked (`enforcerctl lock node`).
-    NodeLocked { node: String, reason: Option<String> },
+    NodeLocked {
+        node: String,
+        reason: Option<String>,
+    },
     /// `[fleet]`: etcd could not be asked (strict mode, or a slot not taken in time).
     FleetUnreachable,
 }

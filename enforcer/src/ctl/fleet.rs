@@ -33,7 +33,11 @@ pub fn render_fleet_sessions(conns: &[FleetConnection], clock: &Clock) -> String
             c.user.clone(),
             c.client.clone().unwrap_or_else(|| "-".into()),
             clock.local(&c.since),
-            if sessions.is_empty() { "-".into() } else { cut(&sessions, TEXT_CELL) },
+            if sessions.is_empty() {
+                "-".into()
+            } else {
+                cut(&sessions, TEXT_CELL)
+            },
         ]);
     }
     table(&rows)

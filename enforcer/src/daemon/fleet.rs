@@ -123,7 +123,12 @@ impl State {
 
     /// The lock that refuses `user` (uid `uid`) now: a lock file, a fleet lock, or either of
     /// another name NSS maps to the same account.
-    pub(super) fn lock_for(&self, user: &str, uid: Option<u32>, now: OffsetDateTime) -> Option<Lock> {
+    pub(super) fn lock_for(
+        &self,
+        user: &str,
+        uid: Option<u32>,
+        now: OffsetDateTime,
+    ) -> Option<Lock> {
         let fleet = |name: &str| {
             self.fleet_state
                 .locks
@@ -162,7 +167,9 @@ impl State {
             return;
         };
         f.acquire(&c.user, conn_id, limit, SLOT_DEADLINE);
-        self.fleet_state.pending_users.insert(conn_id, c.user.clone());
+        self.fleet_state
+            .pending_users
+            .insert(conn_id, c.user.clone());
     }
 
     /// A slot's outcome: answer the parked account request.
@@ -173,7 +180,11 @@ impl State {
         let now = OffsetDateTime::now_utc();
         if self.registry.get(conn_id).is_none() {
             // Its monitor ended meanwhile (released): free a slot it got.
-            if let (SlotOutcome::Taken, Some(f), Some(user)) = (&outcome, &self.fleet, &self.fleet_state.pending_users.remove(&conn_id)) {
+            if let (SlotOutcome::Taken, Some(f), Some(user)) = (
+                &outcome,
+                &self.fleet,
+                &self.fleet_state.pending_users.remove(&conn_id),
+            ) {
                 f.release(user, conn_id);
             }
             let _ = reply.send(Err(ErrorReply::new(
@@ -408,11 +419,18 @@ impl State {
             ViewState::Stale => (
                 AuditEvent::FleetViewStale,
                 match mode {
-                    OnUnreachable::Strict => "etcd unreachable for longer than fleet.stale_after: new logins are refused (on_unreachable = strict)",
-                    OnUnreachable::BestEffort => "etcd unreachable for longer than fleet.stale_after: last known fleet locks and local limits apply (on_unreachable = best_effort)",
+                    OnUnreachable::Strict => {
+                        "etcd unreachable for longer than fleet.stale_after: new logins are refused (on_unreachable = strict)"
+                    }
+                    OnUnreachable::BestEffort => {
+                        "etcd unreachable for longer than fleet.stale_after: last known fleet locks and local limits apply (on_unreachable = best_effort)"
+                    }
                 },
             ),
-            ViewState::Current => (AuditEvent::FleetViewCurrent, "etcd reachable again: the fleet view is current"),
+            ViewState::Current => (
+                AuditEvent::FleetViewCurrent,
+                "etcd reachable again: the fleet view is current",
+            ),
         };
         tracing::warn!(event = event.as_str(), "{message}");
         let mut rec = AuditRecord::new(event, OffsetDateTime::now_utc());

@@ -387,7 +387,10 @@ impl State {
                 .map(|s| Reply::Status(Box::new(s))),
             // Taken by `on_msg` (its answer may wait for a fleet-wide slot).
             Request::PamAccount(_) => Err(ErrorKind::Internal).map_err(|k| {
-                ErrorReply::new(k, "account request on the wrong path; this is a bug, please report it")
+                ErrorReply::new(
+                    k,
+                    "account request on the wrong path; this is a bug, please report it",
+                )
             }),
             Request::PamOpenSession(r) => self.pam_open(r, identity).await.map(|_| Reply::Done),
             Request::PamCloseSession(r) => {

@@ -6,7 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{ErrorKind, ErrorReply, FeatureProbe, PolicyReport, StatusReport, SweepStatus};
+use enforcer_proto::{
+    ErrorKind, ErrorReply, FeatureProbe, PolicyReport, StatusReport, SweepStatus,
+};
 
 use super::{idle::IDLE_EVERY, state::State};
 use crate::{

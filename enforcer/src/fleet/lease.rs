@@ -189,7 +189,11 @@ impl LeaseTask {
         let ops: Vec<TxnOp> = keys
             .iter()
             .map(|k| match held.get(k) {
-                Some(v) => TxnOp::put(k.clone(), v.clone(), Some(PutOptions::new().with_lease(lease))),
+                Some(v) => TxnOp::put(
+                    k.clone(),
+                    v.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
                 None => TxnOp::delete(k.clone(), None),
             })
             .collect();
@@ -230,7 +234,13 @@ async fn put_all(client: &mut Client, all: &[(String, Vec<u8>)], lease: i64) -> 
     for chunk in all.chunks(BATCH) {
         let ops: Vec<TxnOp> = chunk
             .iter()
-            .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), Some(PutOptions::new().with_lease(lease))))
+            .map(|(k, v)| {
+                TxnOp::put(
+                    k.clone(),
+                    v.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            })
             .collect();
         timed(client.txn(Txn::new().and_then(ops))).await?;
     }

@@ -183,13 +183,17 @@ impl FleetHandle {
 
     /// Frees the slot taken for `conn_id`.
     pub fn release(&self, user: &str, conn_id: u64) {
-        let _ = self.writes.send(Write::Delete(self.keys.slot(user, conn_id)));
+        let _ = self
+            .writes
+            .send(Write::Delete(self.keys.slot(user, conn_id)));
     }
 
     /// Registers (or updates) a live connection under the node's lease.
     pub fn put_connection(&self, conn: &FleetConnection) {
         let value = serde_json::to_vec(conn).unwrap_or_default();
-        let _ = self.writes.send(Write::Put(self.keys.session(conn.id), value));
+        let _ = self
+            .writes
+            .send(Write::Put(self.keys.session(conn.id), value));
     }
 
     /// Removes a connection that ended.

@@ -53,7 +53,11 @@ pub(super) fn start(
                     return;
                 };
                 let ok = match op {
-                    Op::Lock { lock, replace, reply } => {
+                    Op::Lock {
+                        lock,
+                        replace,
+                        reply,
+                    } => {
                         let r = lock_one(&mut c, &keys, lock, replace).await;
                         let ok = !matches!(r, Err(FleetError::Unreachable(_)));
                         let _ = reply.send(r);
@@ -136,7 +140,10 @@ async fn lock_one(
     }
 }
 
-async fn sessions(c: &mut etcd_client::Client, keys: &Keys) -> Result<Vec<FleetConnection>, FleetError> {
+async fn sessions(
+    c: &mut etcd_client::Client,
+    keys: &Keys,
+) -> Result<Vec<FleetConnection>, FleetError> {
     let r = timed(c.get(keys.sessions(), Some(GetOptions::new().with_prefix())))
         .await
         .map_err(FleetError::Unreachable)?;

@@ -68,13 +68,20 @@ pub(super) fn start(mut task: SlotTask) {
                     (_, 0) => SlotOutcome::Unreachable("this node holds no etcd lease".into()),
                     (Some(mut c), lease) => {
                         let deadline = req.deadline;
-                        match tokio::time::timeout(deadline, take(&mut c, &keys, &req, lease, &counts)).await {
+                        match tokio::time::timeout(
+                            deadline,
+                            take(&mut c, &keys, &req, lease, &counts),
+                        )
+                        .await
+                        {
                             Ok(Ok(o)) => {
                                 health.contact();
                                 o
                             }
                             Ok(Err(e)) => SlotOutcome::Unreachable(e),
-                            Err(_) => SlotOutcome::Unreachable(format!("no answer within {deadline:?}")),
+                            Err(_) => {
+                                SlotOutcome::Unreachable(format!("no answer within {deadline:?}"))
+                            }
                         }
                     }
                 };
@@ -156,7 +163,11 @@ async fn take(
             _ => None,
         });
         known = recount.map(|c| (c, now_rev));
-        tracing::trace!(user = req.user, conn = req.conn_id, "slot prefix changed; counting again");
+        tracing::trace!(
+            user = req.user,
+            conn = req.conn_id,
+            "slot prefix changed; counting again"
+        );
     }
 }
 

@@ -42,7 +42,10 @@ impl WatchTask {
     async fn run(mut self) {
         let (mut locks, mut rev) = self.load().await;
         if !locks.is_empty() {
-            tracing::info!(locks = locks.len(), "fleet locks from the local copy applied");
+            tracing::info!(
+                locks = locks.len(),
+                "fleet locks from the local copy applied"
+            );
         }
         // A restarted node applies what it knew at once, before etcd answers.
         if !self.publish(&locks).await {
@@ -67,8 +70,7 @@ impl WatchTask {
             };
             if !synced {
                 // Subscribed first; now the locks in force.
-                let got = client
-                    .get(self.keys.locks(), Some(GetOptions::new().with_prefix()));
+                let got = client.get(self.keys.locks(), Some(GetOptions::new().with_prefix()));
                 match timed(got).await {
                     Ok(r) => {
                         rev = r.header().map(|h| h.revision()).unwrap_or(0);
@@ -100,7 +102,11 @@ impl WatchTask {
                 };
                 self.health.contact();
                 if msg.compact_revision() > 0 {
-                    tracing::warn!(revision = rev, compacted = msg.compact_revision(), "fleet lock history compacted; reading every lock again");
+                    tracing::warn!(
+                        revision = rev,
+                        compacted = msg.compact_revision(),
+                        "fleet lock history compacted; reading every lock again"
+                    );
                     synced = false;
                     break;
                 }
@@ -134,7 +140,10 @@ impl WatchTask {
                 }
             }
             self.health.watching.store(false, Ordering::Relaxed);
-            tracing::warn!(revision = rev, "fleet lock watch ended; resuming from the last revision");
+            tracing::warn!(
+                revision = rev,
+                "fleet lock watch ended; resuming from the last revision"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -7,10 +7,16 @@ fn keys() -> Keys {
 #[test]
 fn lock_keys_round_trip_and_reject_others() {
     let k = keys();
-    for t in [LockTarget::User("alice".into()), LockTarget::Node("node-b".into())] {
+    for t in [
+        LockTarget::User("alice".into()),
+        LockTarget::Node("node-b".into()),
+    ] {
         assert_eq!(k.lock_target(k.lock(&t).as_bytes()), Some(t));
     }
-    assert_eq!(k.lock(&LockTarget::User("bob".into())), "/enforcer/locks/user/bob");
+    assert_eq!(
+        k.lock(&LockTarget::User("bob".into())),
+        "/enforcer/locks/user/bob"
+    );
     for bad in [
         "/enforcer/locks/user/",
         "/enforcer/locks/group/x",
@@ -56,22 +62,44 @@ fn lock_values_round_trip_and_garbage_still_locks() {
 fn node_and_user_locks_are_looked_up_by_target() {
     let now = OffsetDateTime::now_utc();
     let mut locks = FleetLocks::new();
-    let n = FleetLock::new(LockTarget::Node("node-a".into()), None, None, "x".into(), "b", now);
+    let n = FleetLock::new(
+        LockTarget::Node("node-a".into()),
+        None,
+        None,
+        "x".into(),
+        "b",
+        now,
+    );
     locks.insert(n.target.clone(), n);
     assert!(node_lock(&locks, "node-a", now).is_some());
     assert!(node_lock(&locks, "node-b", now).is_none());
-    assert!(user_lock(&locks, "node-a", now).is_none(), "a node lock is not a user lock");
+    assert!(
+        user_lock(&locks, "node-a", now).is_none(),
+        "a node lock is not a user lock"
+    );
 }
 
 #[test]
 fn view_goes_stale_after_the_bound_and_strict_refuses() {
     let bound = Duration::from_secs(60);
-    assert_eq!(view_state(Some(Duration::from_secs(5)), bound), ViewState::Current);
-    assert_eq!(view_state(Some(Duration::from_secs(61)), bound), ViewState::Stale);
+    assert_eq!(
+        view_state(Some(Duration::from_secs(5)), bound),
+        ViewState::Current
+    );
+    assert_eq!(
+        view_state(Some(Duration::from_secs(61)), bound),
+        ViewState::Stale
+    );
     assert_eq!(view_state(None, bound), ViewState::Stale);
     assert!(refuse_when_stale(OnUnreachable::Strict, ViewState::Stale));
-    assert!(!refuse_when_stale(OnUnreachable::BestEffort, ViewState::Stale));
-    assert!(!refuse_when_stale(OnUnreachable::Strict, ViewState::Current));
+    assert!(!refuse_when_stale(
+        OnUnreachable::BestEffort,
+        ViewState::Stale
+    ));
+    assert!(!refuse_when_stale(
+        OnUnreachable::Strict,
+        ViewState::Current
+    ));
 }
 
 #[test]
@@ -104,8 +132,14 @@ fn fleet_config_is_checked() {
         ("[fleet]\nlease_ttl = \"1s\"\n", "fleet.lease_ttl"),
         ("[fleet]\ncert = \"/c\"\n", "fleet.cert"),
         ("[fleet]\nuser = \"u\"\n", "fleet.user"),
-        ("[fleet]\netcd_endpoints = [\"127.0.0.1:2379\"]\n", "fleet.etcd_endpoints"),
-        ("[fleet]\netcd_endpoints = [\"https://127.0.0.1:2379\"]\n", "fleet.ca"),
+        (
+            "[fleet]\netcd_endpoints = [\"127.0.0.1:2379\"]\n",
+            "fleet.etcd_endpoints",
+        ),
+        (
+            "[fleet]\netcd_endpoints = [\"https://127.0.0.1:2379\"]\n",
+            "fleet.ca",
+        ),
     ] {
         match Config::parse(text, "t") {
             Err(crate::config::ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
