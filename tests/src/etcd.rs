@@ -133,6 +133,11 @@ impl EtcdCluster {
         format!("[{}]", list.join(", "))
     }
 
+    /// `etcd_endpoints = [...]` naming member `i` only (a node cut off with it).
+    pub fn member_toml(&self, i: usize) -> String {
+        format!("[\"http://127.0.0.1:{}\"]", self.members[i].client)
+    }
+
     /// Runs etcdctl (v3 API) against the running members.
     pub fn ctl(&self, args: &[&str]) -> String {
         let live: Vec<String> = self

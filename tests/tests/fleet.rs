@@ -460,3 +460,53 @@ fn admission_with_a_fleet_limit_stays_within_five_ms_of_a_local_one() {
         let _ = c.wait();
     }
 }
+
+#[test]
+fn a_lock_made_while_a_node_was_cut_off_takes_effect_when_it_reconnects() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_root() {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(3);
+    let ivy = TestUser::create("fi");
+    let a = node(&cluster, "node-a", &[&ivy], "");
+    // C reaches etcd only through member 2: stopping that member cuts C off, while the
+    // cluster (members 0 and 1) goes on taking locks.
+    let c = {
+        let daemon = TestDaemon::start(&format!(
+            "[locks]\nall_processes = false\n[fleet]\netcd_endpoints = {}\nnode_name = \"node-c\"\n\
+             lease_ttl = \"{LEASE_TTL_SECS}s\"\n",
+            cluster.member_toml(2)
+        ));
+        let sshd = TestSshd::start(daemon.pam(), &[&ivy], "");
+        Node {
+            name: "node-c".into(),
+            daemon,
+            sshd,
+        }
+    };
+    let nodes = [a, c];
+    wait_registered(&cluster, &nodes);
+    let mut on_c = HeldSsh::open(&nodes[1].sshd, &ivy);
+    cluster.stop_member(2);
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[0].daemon.ctl_ok(&[
+        "lock",
+        "user",
+        &ivy.name,
+        "--reason",
+        "made while C was away",
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!on_c.exited(), "C cannot have heard of the lock yet");
+    cluster.start_member(2);
+    assert!(
+        wait_until(Duration::from_secs(20), || on_c.exited()),
+        "C did not apply the lock made while it was cut off:\n{}",
+        nodes[1].daemon.log()
+    );
+    let refused = HeldSsh::try_open(&nodes[1].sshd, &ivy)
+        .err()
+        .expect("ivy logged in on C");
+    assert!(refused.contains("made while C was away"), "{refused}");
+}

@@ -13,6 +13,7 @@ mod lockout;
 mod persist;
 mod recordings;
 mod reload;
+mod restore;
 mod sessions;
 mod state;
 mod status;
