@@ -489,7 +489,8 @@ fn a_lock_made_while_a_node_was_cut_off_takes_effect_when_it_reconnects() {
     wait_registered(&cluster, &nodes);
     let mut on_c = HeldSsh::open(&nodes[1].sshd, &ivy);
     cluster.stop_member(2);
-    std::thread::sleep(Duration::from_millis(500));
+    // Members 0 and 1 elect a leader if 2 was it.
+    cluster.wait_healthy(Duration::from_secs(20));
     nodes[0].daemon.ctl_ok(&[
         "lock",
         "user",

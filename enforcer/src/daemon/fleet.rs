@@ -374,8 +374,14 @@ impl State {
         let current = self.view() == ViewState::Current;
         let seen = match age {
             Some(a) => format!("etcd answered {:.1} s ago", a.as_secs_f64()),
-            None => "no lock watch established since the last contact".into(),
+            None => "etcd has not answered since start".into(),
         };
+        let (watching, leased) = f.watching();
+        let seen = format!(
+            "{seen}, lock watch {}, lease {}",
+            if watching { "up" } else { "down" },
+            if leased { "held" } else { "not held" }
+        );
         Some(enforcer_proto::FeatureProbe {
             name: "fleet".into(),
             supported: current,

@@ -160,14 +160,20 @@ impl FleetHandle {
         &self.keys.node
     }
 
-    /// How long ago etcd last answered, if this node's view is complete (a lease held and the
-    /// lock watch established); `None`: not current since the last contact was lost.
+    /// How long ago etcd last answered (keep-alive, lock watch, any call); `None`: never since
+    /// start. A broken lock watch resumes from its last revision, so nothing is missed
+    /// meanwhile: the view ages like the contact.
     pub fn view_age(&self) -> Option<Duration> {
-        if !self.health.watching.load(Ordering::Relaxed) {
-            return None;
-        }
         let t = *self.health.last_contact.lock().ok()?;
         t.map(|t| t.elapsed())
+    }
+
+    /// Whether the lock watch is established now (and the node holds its lease).
+    pub fn watching(&self) -> (bool, bool) {
+        (
+            self.health.watching.load(Ordering::Relaxed),
+            self.health.leased.load(Ordering::Relaxed),
+        )
     }
 
     /// Takes a fleet-wide connection slot of `user` for `conn_id` (limit `limit`); the outcome

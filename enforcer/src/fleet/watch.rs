@@ -132,8 +132,17 @@ impl WatchTask {
                     }
                     changed = true;
                 }
-                if let Some(h) = msg.header() {
-                    rev = rev.max(h.revision());
+                // Only the events' own revisions move `rev`: a response's header revision is
+                // the member's store revision, and events up to it may still be on their way
+                // (a watch from an old revision on a member that just caught up).
+                if let Some(max) = msg
+                    .events()
+                    .iter()
+                    .filter_map(|e| e.kv())
+                    .map(|kv| kv.mod_revision())
+                    .max()
+                {
+                    rev = rev.max(max);
                 }
                 if changed {
                     self.changed(&locks, rev).await;
@@ -160,7 +169,9 @@ impl WatchTask {
         let _ = tokio::task::spawn_blocking(move || {
             let text = serde_json::to_vec(&copy).unwrap_or_default();
             let tmp = path.with_extension("json.tmp");
-            if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            let dir = path.parent().map(std::fs::create_dir_all).transpose();
+            let written = dir.and_then(|_| std::fs::write(&tmp, text)).and_then(|_| std::fs::rename(&tmp, &path));
+            if let Err(e) = written {
                 tracing::error!(path = %path.display(), error = %e, "cannot keep the local copy of fleet locks");
             }
         })
