@@ -511,3 +511,41 @@ fn a_lock_made_while_a_node_was_cut_off_takes_effect_when_it_reconnects() {
         .expect("ivy logged in on C");
     assert!(refused.contains("made while C was away"), "{refused}");
 }
+
+#[test]
+fn tls_with_client_certificates() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start_tls(3);
+    let tls = cluster.tls.as_ref().unwrap();
+    let jack = TestUser::create("fj");
+    let a = node(&cluster, "node-a", &[&jack], &tls.fleet_toml());
+    let nodes = [a];
+    wait_registered(&cluster, &nodes);
+    let mut held = HeldSsh::open(&nodes[0].sshd, &jack);
+    assert!(wait_until(Duration::from_secs(5), || {
+        !cluster.keys("/enforcer/sessions/node-a/").is_empty()
+    }));
+    nodes[0].daemon.ctl_ok(&["lock", "user", &jack.name]);
+    assert!(wait_until(Duration::from_secs(5), || held.exited()));
+    assert!(!cluster.keys("/enforcer/locks/user/").is_empty());
+    // Without a client certificate etcd refuses the node: its view never becomes current.
+    let bare = TestDaemon::start(&format!(
+        "[fleet]\netcd_endpoints = {}\nnode_name = \"node-x\"\nca = \"{}\"\nstale_after = \"2s\"\non_unreachable = \"strict\"\n",
+        cluster.endpoints_toml(),
+        tls.ca.display()
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(cluster.keys("/enforcer/nodes/node-x").is_empty());
+    let status = bare.ctl_json(&["status"]);
+    let fleet = status["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "fleet")
+        .cloned()
+        .expect("status has the fleet feature");
+    assert_eq!(fleet["supported"], false, "{fleet}");
+}
