@@ -549,3 +549,51 @@ fn tls_with_client_certificates() {
         .expect("status has the fleet feature");
     assert_eq!(fleet["supported"], false, "{fleet}");
 }
+
+#[test]
+fn sessions_over_the_fleet_session_limit_are_ended_at_their_start() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3);
+    let kim = TestUser::create("fk");
+    let a = node(&cluster, "node-a", &[&kim], "max_sessions_per_user = 2\n");
+    let b = node(&cluster, "node-b", &[&kim], "max_sessions_per_user = 2\n");
+    let nodes = [a, b];
+    wait_registered(&cluster, &nodes);
+    let _one = HeldSsh::open(&nodes[0].sshd, &kim);
+    let _two = HeldSsh::open(&nodes[1].sshd, &kim);
+    assert!(wait_until(Duration::from_secs(5), || {
+        cluster
+            .keys(&format!("/enforcer/session-slots/{}/", kim.name))
+            .len()
+            == 2
+    }));
+    // The third session, on either node, is ended right after it starts.
+    let third = HeldSsh::try_open_cmd(
+        nodes[0]
+            .sshd
+            .ssh(&kim, "sleep 1; echo enforcer-ready; exec sleep 600"),
+    );
+    let err = third.err().expect("a third session ran at fleet limit 2");
+    assert!(err.contains("across the fleet"), "{err}");
+    nodes[0].daemon.wait_audit("session refused", |v| {
+        v["event"] == "session_refused" && v["reason"] == "fleet_max_sessions_per_user"
+    });
+    assert_eq!(
+        cluster
+            .keys(&format!("/enforcer/session-slots/{}/", kim.name))
+            .len(),
+        2
+    );
+    // A session that ends frees its slot.
+    drop(_two);
+    assert!(wait_until(Duration::from_secs(10), || {
+        cluster
+            .keys(&format!("/enforcer/session-slots/{}/", kim.name))
+            .len()
+            == 1
+    }));
+    let _three = HeldSsh::open(&nodes[0].sshd, &kim);
+}

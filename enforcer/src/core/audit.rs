@@ -110,6 +110,9 @@ names! {
         /// A login refused: the user has `fleet.max_connections_per_user` connections across
         /// the fleet.
         FleetMaxConnectionsPerUser = "fleet_max_connections_per_user",
+        /// A session ended at its start: the user has `fleet.max_sessions_per_user` sessions
+        /// across the fleet.
+        FleetMaxSessionsPerUser = "fleet_max_sessions_per_user",
         /// A login refused: this node is locked (`enforcerctl lock node`).
         NodeLocked = "node_locked",
         /// A login refused: the fleet could not be reached (`on_unreachable = "strict"` with a

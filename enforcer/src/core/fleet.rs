@@ -15,7 +15,8 @@ use crate::config::{Config, OnUnreachable};
 ///   lease; watched by every node;
 /// - `<prefix>/nodes/<node>`: the node ([`NodeValue`]), under the node's lease;
 /// - `<prefix>/sessions/<node>/<conn>`: a live connection with its sessions, under the lease;
-/// - `<prefix>/slots/<user>/<node>/<conn>`: a fleet-wide connection slot, under the lease.
+/// - `<prefix>/slots/<user>/<node>/<conn>`: a fleet-wide connection slot, under the lease;
+/// - `<prefix>/session-slots/<user>/<node>/<session>`: a fleet-wide session slot, likewise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     pub prefix: String,
@@ -103,6 +104,15 @@ impl Keys {
 
     pub fn slot(&self, user: &str, conn_id: u64) -> String {
         format!("{}{}/{conn_id}", self.slots_of(user), self.node)
+    }
+
+    /// Every session slot of `user`, on any node.
+    pub fn session_slots_of(&self, user: &str) -> String {
+        format!("{}/session-slots/{user}/", self.prefix)
+    }
+
+    pub fn session_slot(&self, user: &str, session_id: u64) -> String {
+        format!("{}{}/{session_id}", self.session_slots_of(user), self.node)
     }
 }
 
@@ -262,6 +272,21 @@ pub fn fleet_connection_limit(config: &Config, user: &str, groups: &[String]) ->
         })
         .find_map(|r| r.fleet_max_connections_per_user)
         .unwrap_or(config.fleet.max_connections_per_user)
+}
+
+/// The fleet-wide session limit of `user` (0 = none), like [`fleet_connection_limit`].
+pub fn fleet_session_limit(config: &Config, user: &str, groups: &[String]) -> u32 {
+    if !config.fleet.enabled() {
+        return 0;
+    }
+    config
+        .rules
+        .iter()
+        .filter(|r| {
+            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
+        })
+        .find_map(|r| r.fleet_max_sessions_per_user)
+        .unwrap_or(config.fleet.max_sessions_per_user)
 }
 
 /// Whether one more slot may be taken when `held` exist at limit `limit` (> 0).

@@ -22,7 +22,7 @@ use crate::{
         lock::Lock,
         policy::Refusal,
     },
-    fleet::{FleetEvent, SlotOutcome},
+    fleet::{FleetEvent, SlotOutcome, SlotTag},
     host,
 };
 
@@ -41,6 +41,8 @@ pub(super) struct FleetState {
     /// The user of each connection waiting for its slot (to free a slot that arrives after
     /// the connection ended).
     pub pending_users: HashMap<u64, String>,
+    /// Fleet-wide session slots held here (see `fleet_sessions`).
+    pub session_slots: super::fleet_sessions::SessionSlots,
     /// The view's state as last audited (`None`: not yet).
     pub audited: Option<ViewState>,
 }
@@ -88,7 +90,14 @@ impl State {
     pub(super) async fn on_fleet(&mut self, ev: FleetEvent) {
         match ev {
             FleetEvent::Locks(locks) => self.apply_fleet_locks(locks).await,
-            FleetEvent::Slot { conn_id, outcome } => self.on_slot(conn_id, outcome).await,
+            FleetEvent::Slot {
+                tag: SlotTag::Connection(conn_id),
+                outcome,
+            } => self.on_slot(conn_id, outcome).await,
+            FleetEvent::Slot {
+                tag: SlotTag::Session(conn_id, session_id),
+                outcome,
+            } => self.on_session_slot(conn_id, session_id, outcome),
         }
     }
 
@@ -233,6 +242,7 @@ impl State {
 
     /// Called by `release`: frees the connection's slot and its registration.
     pub(super) fn fleet_released(&mut self, conn: &Connection) {
+        self.fleet_sessions_released(conn);
         let Some(f) = &self.fleet else { return };
         if self.fleet_state.slots.remove(&conn.id) {
             f.release(&conn.user, conn.id);

@@ -5,6 +5,7 @@
 
 mod admission;
 mod fleet;
+mod fleet_sessions;
 mod forwards;
 mod handle;
 mod idle;

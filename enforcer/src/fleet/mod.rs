@@ -30,7 +30,7 @@ use crate::{
     core::fleet::{FleetLock, Keys, LockTarget},
 };
 
-pub use slots::SlotOutcome;
+pub use slots::{SlotOutcome, SlotTag};
 
 /// What a fleet operation could not do.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +55,8 @@ pub enum FleetEvent {
     /// Every fleet lock in force as this node now knows it, each user lock with the uid NSS
     /// gives its user here.
     Locks(Vec<(FleetLock, Option<u32>)>),
-    /// The outcome of [`FleetHandle::acquire`] for connection `conn_id`.
-    Slot { conn_id: u64, outcome: SlotOutcome },
+    /// The outcome of [`FleetHandle::acquire`] or [`FleetHandle::acquire_session`].
+    Slot { tag: SlotTag, outcome: SlotOutcome },
 }
 
 /// Commands the writer task applies in order (keys under the node's lease).
@@ -180,11 +180,37 @@ impl FleetHandle {
     /// comes back as [`FleetEvent::Slot`] within `deadline`.
     pub fn acquire(&self, user: &str, conn_id: u64, limit: u32, deadline: Duration) {
         let _ = self.acquire.send(slots::Acquire {
-            user: user.to_owned(),
-            conn_id,
+            prefix: self.keys.slots_of(user),
+            key: self.keys.slot(user, conn_id),
+            tag: SlotTag::Connection(conn_id),
             limit,
             deadline,
         });
+    }
+
+    /// Takes a fleet-wide session slot of `user` for session `session_id` of `conn_id`.
+    pub fn acquire_session(
+        &self,
+        user: &str,
+        conn_id: u64,
+        session_id: u64,
+        limit: u32,
+        deadline: Duration,
+    ) {
+        let _ = self.acquire.send(slots::Acquire {
+            prefix: self.keys.session_slots_of(user),
+            key: self.keys.session_slot(user, session_id),
+            tag: SlotTag::Session(conn_id, session_id),
+            limit,
+            deadline,
+        });
+    }
+
+    /// Frees the session slot taken for `session_id`.
+    pub fn release_session(&self, user: &str, session_id: u64) {
+        let _ = self
+            .writes
+            .send(Write::Delete(self.keys.session_slot(user, session_id)));
     }
 
     /// Frees the slot taken for `conn_id`.

@@ -18,12 +18,22 @@ use tokio::sync::{mpsc, watch};
 use super::{ClientRx, FleetEvent, Health, Write};
 use crate::core::fleet::{Keys, slot_free};
 
-/// A request for a slot.
+/// A request for a slot: `key` under `prefix` (the user's slots of one kind).
 pub(super) struct Acquire {
-    pub user: String,
-    pub conn_id: u64,
+    pub prefix: String,
+    pub key: String,
+    pub tag: SlotTag,
     pub limit: u32,
     pub deadline: Duration,
+}
+
+/// What a slot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotTag {
+    /// A connection (`[fleet] max_connections_per_user`), by its id.
+    Connection(u64),
+    /// A session (`[fleet] max_sessions_per_user`): connection id, session id.
+    Session(u64, u64),
 }
 
 /// What became of a slot request.
@@ -62,7 +72,7 @@ pub(super) fn start(mut task: SlotTask) {
                 task.writes.clone(),
             );
             tokio::spawn(async move {
-                let conn_id = req.conn_id;
+                let tag = req.tag;
                 let outcome = match (client, lease) {
                     (None, _) => SlotOutcome::Unreachable("not connected to etcd yet".into()),
                     (_, 0) => SlotOutcome::Unreachable("this node holds no etcd lease".into()),
@@ -86,12 +96,9 @@ pub(super) fn start(mut task: SlotTask) {
                     }
                 };
                 if outcome == SlotOutcome::Taken {
-                    let _ = writes.send(Write::Remember(
-                        keys.slot(&req.user, conn_id),
-                        slot_value(&keys),
-                    ));
+                    let _ = writes.send(Write::Remember(req.key.clone(), slot_value(&keys)));
                 }
-                let _ = events.send(FleetEvent::Slot { conn_id, outcome }).await;
+                let _ = events.send(FleetEvent::Slot { tag, outcome }).await;
             });
         }
     });
@@ -120,10 +127,9 @@ async fn take(
     lease: i64,
     counts: &Counts,
 ) -> Result<SlotOutcome, String> {
-    let prefix = keys.slots_of(&req.user);
-    let key = keys.slot(&req.user, req.conn_id);
+    let (prefix, key) = (req.prefix.clone(), req.key.clone());
     let count_only = || GetOptions::new().with_prefix().with_count_only();
-    let mut known = counts.lock().ok().and_then(|c| c.get(&req.user).copied());
+    let mut known = counts.lock().ok().and_then(|c| c.get(&prefix).copied());
     loop {
         let (held, rev, fresh) = match known.take() {
             Some((held, rev)) => (held, rev, false),
@@ -138,7 +144,7 @@ async fn take(
         };
         if !slot_free(held, req.limit) {
             if fresh {
-                remember(counts, &req.user, held, rev);
+                remember(counts, &prefix, held, rev);
                 return Ok(SlotOutcome::Full { held });
             }
             continue; // a remembered count: count anew before refusing
@@ -154,7 +160,7 @@ async fn take(
         let done = client.txn(txn).await.map_err(|e| e.to_string())?;
         let now_rev = done.header().map(|h| h.revision()).unwrap_or(0);
         if done.succeeded() {
-            remember(counts, &req.user, held + 1, now_rev);
+            remember(counts, &prefix, held + 1, now_rev);
             return Ok(SlotOutcome::Taken);
         }
         // The prefix changed: the transaction's own read says how many there are now.
@@ -163,19 +169,15 @@ async fn take(
             _ => None,
         });
         known = recount.map(|c| (c, now_rev));
-        tracing::trace!(
-            user = req.user,
-            conn = req.conn_id,
-            "slot prefix changed; counting again"
-        );
+        tracing::trace!(key, "slot prefix changed; counting again");
     }
 }
 
-fn remember(counts: &Counts, user: &str, held: usize, rev: i64) {
+fn remember(counts: &Counts, prefix: &str, held: usize, rev: i64) {
     if let Ok(mut c) = counts.lock() {
         if c.len() >= COUNTS_MAX {
             c.clear();
         }
-        c.insert(user.to_owned(), (held, rev));
+        c.insert(prefix.to_owned(), (held, rev));
     }
 }

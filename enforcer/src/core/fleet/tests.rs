@@ -121,6 +121,14 @@ fleet_max_connections_per_user = 0
     assert_eq!(fleet_connection_limit(&c, "carol", &["ops".into()]), 0);
     let off = Config::parse("[fleet]\nmax_connections_per_user = 5\n", "t").unwrap();
     assert_eq!(fleet_connection_limit(&off, "bob", &[]), 0);
+    let s = Config::parse(
+        "[fleet]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nmax_sessions_per_user = 3\n\
+         [[rules]]\nusers = [\"alice\"]\nfleet_max_sessions_per_user = 1\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(fleet_session_limit(&s, "alice", &[]), 1);
+    assert_eq!(fleet_session_limit(&s, "bob", &[]), 3);
     assert!(slot_free(4, 5));
     assert!(!slot_free(5, 5));
 }
