@@ -111,13 +111,23 @@ pub fn diff(old: &Config, new: &Config) -> Vec<ConfigChange> {
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     keys.into_iter()
         .filter(|k| old.get(*k) != new.get(*k))
-        .map(|k| ConfigChange {
-            key: k.clone(),
-            old: old.get(k).cloned(),
-            new: new.get(k).cloned(),
+        .map(|k| {
+            // Secrets never reach the audit log or enforcerctl's output.
+            let shown = |v: Option<&String>| match (SECRET.contains(&k.as_str()), v) {
+                (true, Some(_)) => Some("\"(hidden)\"".to_owned()),
+                (_, v) => v.cloned(),
+            };
+            ConfigChange {
+                key: k.clone(),
+                old: shown(old.get(k)),
+                new: shown(new.get(k)),
+            }
         })
         .collect()
 }
+
+/// Keys whose values are never shown (a changed value still counts as a change).
+const SECRET: &[&str] = &["fleet.password"];
 
 /// What a reload from `old` to `new` changes, or why it cannot be applied.
 pub fn plan(old: &Config, new: &Config) -> Result<Vec<ConfigChange>, NeedsRestart> {

@@ -209,3 +209,16 @@ fn slot_holders_are_counted_leaders_of_live_connections() {
     assert_eq!(again.user_sessions, BTreeMap::from([(1001, 9)]));
     assert_eq!(h.moved(&h, &wanted), Relimit::default());
 }
+
+#[test]
+fn the_etcd_password_is_never_shown_in_a_change() {
+    let old = Config::default();
+    let mut new = Config::default();
+    new.fleet.password = "s3cret".into();
+    let changes = diff(&old, &new);
+    let c = changes
+        .iter()
+        .find(|c| c.key == "fleet.password")
+        .expect("a change");
+    assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+}
