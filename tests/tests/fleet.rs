@@ -576,6 +576,7 @@ fn sessions_over_the_fleet_session_limit_are_ended_at_their_start() {
             .sshd
             .ssh(&kim, "sleep 1; echo enforcer-ready; exec sleep 600"),
     );
+    // Told why on its stderr.
     let err = third.err().expect("a third session ran at fleet limit 2");
     assert!(err.contains("across the fleet"), "{err}");
     nodes[0].daemon.wait_audit("session refused", |v| {

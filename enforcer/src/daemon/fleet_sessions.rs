@@ -120,6 +120,8 @@ impl State {
         tokio::spawn(async move {
             let line = format!("\r\n{message}\r\n");
             let _ = tokio::task::spawn_blocking(move || host::tell(leader, &line)).await;
+            // sshd forwards the line before it sees the session end (seen lost without).
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             if let Err(e) = bpf.kill(target).await {
                 tracing::warn!(?target, error = %e, "cannot end a session over the fleet limit");
             }

@@ -58,28 +58,46 @@ pub(super) fn start(
                         replace,
                         reply,
                     } => {
-                        let r = lock_one(&mut c, &keys, lock, replace).await;
+                        let r = retrying(&mut c, |mut c| {
+                            let (keys, lock) = (keys.clone(), lock.clone());
+                            async move { lock_one(&mut c, &keys, lock, replace).await }
+                        })
+                        .await;
                         let ok = !matches!(r, Err(FleetError::Unreachable(_)));
                         let _ = reply.send(r);
                         ok
                     }
                     Op::Unlock { target, reply } => {
-                        let r = timed(c.delete(keys.lock(&target), None))
-                            .await
-                            .map(|d| d.deleted() > 0)
-                            .map_err(FleetError::Unreachable);
+                        let r = retrying(&mut c, |mut c| {
+                            let key = keys.lock(&target);
+                            async move {
+                                timed(c.delete(key, None))
+                                    .await
+                                    .map(|d| d.deleted() > 0)
+                                    .map_err(FleetError::Unreachable)
+                            }
+                        })
+                        .await;
                         let ok = r.is_ok();
                         let _ = reply.send(r);
                         ok
                     }
                     Op::Sessions { reply } => {
-                        let r = sessions(&mut c, &keys).await;
+                        let r = retrying(&mut c, |mut c| {
+                            let keys = keys.clone();
+                            async move { sessions(&mut c, &keys).await }
+                        })
+                        .await;
                         let ok = r.is_ok();
                         let _ = reply.send(r);
                         ok
                     }
                     Op::Nodes { reply } => {
-                        let r = nodes(&mut c, &keys).await;
+                        let r = retrying(&mut c, |mut c| {
+                            let keys = keys.clone();
+                            async move { nodes(&mut c, &keys).await }
+                        })
+                        .await;
                         let ok = r.is_ok();
                         let _ = reply.send(r);
                         ok
@@ -91,6 +109,28 @@ pub(super) fn start(
             });
         }
     });
+}
+
+/// How long an operation is tried again after etcd could not be reached: with one member
+/// down the client may still send a request to it before it learns to avoid it.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// Runs `op` on a clone of `client`, again while it fails as unreachable, for [`RETRY_FOR`].
+async fn retrying<T, F, Fut>(client: &mut etcd_client::Client, mut op: F) -> Result<T, FleetError>
+where
+    F: FnMut(etcd_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, FleetError>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match op(client.clone()).await {
+            Err(FleetError::Unreachable(e)) if start.elapsed() < RETRY_FOR => {
+                tracing::debug!(error = %e, "etcd request failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Writes a lock: created if there is none; over an existing one only with `replace` or when

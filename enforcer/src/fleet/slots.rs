@@ -80,7 +80,7 @@ pub(super) fn start(mut task: SlotTask) {
                         let deadline = req.deadline;
                         match tokio::time::timeout(
                             deadline,
-                            take(&mut c, &keys, &req, lease, &counts),
+                            take_retrying(&mut c, &keys, &req, lease, &counts),
                         )
                         .await
                         {
@@ -170,6 +170,26 @@ async fn take(
         });
         known = recount.map(|c| (c, now_rev));
         tracing::trace!(key, "slot prefix changed; counting again");
+    }
+}
+
+/// [`take`], again after an error until the caller's deadline: with one etcd member down the
+/// client may still send a request to it before it learns to avoid it.
+async fn take_retrying(
+    client: &mut etcd_client::Client,
+    keys: &Keys,
+    req: &Acquire,
+    lease: i64,
+    counts: &Counts,
+) -> Result<SlotOutcome, String> {
+    loop {
+        match take(client, keys, req, lease, counts).await {
+            Err(e) => {
+                tracing::debug!(key = req.key, error = %e, "slot request failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ok => return ok,
+        }
     }
 }
 
