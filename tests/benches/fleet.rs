@@ -84,7 +84,7 @@ fn main() {
     show("lock on A → connections on B and C ended", lock);
 
     let d = &nodes[0].0;
-    let mut measure = |u: &TestUser| {
+    let measure = |u: &TestUser| {
         let mut times = Vec::new();
         for _ in 0..ADMISSIONS {
             let mut child = std::process::Command::new("/bin/sleep")
