@@ -9,6 +9,7 @@
 //! - [`control`]: the control socket (framing, peer credentials, authorisation);
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
 //! - [`metrics`]: Prometheus metrics on `[metrics] listen`;
+//! - [`fleet`]: locks, live sessions and fleet-wide limits across nodes, on etcd;
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
 //! - [`docs`]: man pages and completions generated from the CLI definitions;
 //! - [`usage`]: argument errors as one line, exit 2.
@@ -21,6 +22,7 @@ pub mod core;
 pub mod ctl;
 pub mod daemon;
 pub mod docs;
+pub mod fleet;
 pub mod host;
 pub mod lines;
 pub mod locks;

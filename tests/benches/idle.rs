@@ -16,9 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_proto::{
-    Admission, Client, PamSession, Reply, Request, StatusReport, SweepStatus,
-};
+use enforcer_proto::{Admission, Client, PamSession, Reply, Request, StatusReport, SweepStatus};
 use enforcer_tests::{
     TestDaemon, TestUser, bin,
     daemon::account_request,

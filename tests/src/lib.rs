@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod debroot;
 pub mod env;
+pub mod etcd;
 pub mod hostile;
 pub mod http;
 pub mod procs;

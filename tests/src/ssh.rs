@@ -42,6 +42,11 @@ impl HeldSsh {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// Whether the client has exited (the server ended the connection).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// Disconnects (kills the client) and waits for it.
     pub fn close(mut self) {
         let _ = self.child.kill();

@@ -201,6 +201,15 @@ impl TestSshd {
     }
 }
 
+impl TestSshd {
+    /// Kills the listener and every connection process it forked with SIGKILL (a crashed
+    /// node), now.
+    pub fn kill9(&mut self) {
+        procs::kill_tree(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for TestSshd {
     fn drop(&mut self) {
         // The listener and every connection process it forked (monitors, their children).

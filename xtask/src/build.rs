@@ -106,7 +106,16 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// Benchmarks live in the tests crate (they reuse its sshd/daemon harness).
-const BENCHES: &[&str] = &["pam", "exec", "idle", "recording", "lock", "syscall", "store"];
+const BENCHES: &[&str] = &[
+    "pam",
+    "exec",
+    "idle",
+    "recording",
+    "lock",
+    "syscall",
+    "store",
+    "fleet",
+];
 
 /// Builds release binaries and runs one benchmark against them.
 pub fn bench(name: &str, parts: &[String]) -> anyhow::Result<()> {

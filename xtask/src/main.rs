@@ -36,7 +36,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`, `recording`, `lock`,
-    /// `syscall`, `store`.
+    /// `syscall`, `store`, `fleet`.
     Bench {
         /// Which benchmark.
         name: String,

@@ -190,7 +190,9 @@ pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
 pub fn test_packages() -> anyhow::Result<()> {
     apt_install(TEST_PACKAGES)?;
     prometheus()?;
-    s3s_fs()
+    s3s_fs()?;
+    // A real etcd (3.4) for the fleet tests: a private 3-member cluster on loopback ports.
+    without_service("etcd-server", "etcd")
 }
 
 /// The S3-compatible server the `[recording.store]` tests upload to (SigV4 enforced, multipart;
@@ -226,7 +228,13 @@ const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// policy-rc.d that forbids starting services is put in place for the install (unless one is
 /// there already), and the service is disabled afterwards (sysvinit links and systemd unit).
 fn prometheus() -> anyhow::Result<()> {
-    if missing_packages(&["prometheus"]).is_empty() {
+    without_service("prometheus", "prometheus")
+}
+
+/// Installs `package` (unless it is there) without ever starting its `service`, and leaves
+/// that service disabled.
+fn without_service(package: &str, service: &str) -> anyhow::Result<()> {
+    if missing_packages(&[package]).is_empty() {
         return Ok(());
     }
     let policy = std::path::Path::new(POLICY_RC_D);
@@ -237,14 +245,15 @@ fn prometheus() -> anyhow::Result<()> {
             .with_context(|| format!("writing {POLICY_RC_D}; run as root"))?;
         std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
     }
-    let installed = apt_install(&["prometheus"]);
+    let installed = apt_install(&[package]);
     if ours {
         std::fs::remove_file(policy).with_context(|| format!("removing {POLICY_RC_D}"))?;
     }
     installed?;
     // Best effort: either init system's enablement may be absent on this machine.
-    let _ = output(Command::new("update-rc.d").args(["prometheus", "disable"]));
-    let _ = output(Command::new("deb-systemd-helper").args(["disable", "prometheus.service"]));
+    let _ = output(Command::new("update-rc.d").args([service, "disable"]));
+    let unit = format!("{service}.service");
+    let _ = output(Command::new("deb-systemd-helper").args(["disable", unit.as_str()]));
     Ok(())
 }
 

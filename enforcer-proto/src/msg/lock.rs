@@ -15,6 +15,23 @@ pub struct LockRequest {
     /// Replace an active lock's reason and expiry (without it, locking a locked user fails).
     #[serde(default)]
     pub replace: bool,
+    /// With `[fleet]` on: lock on this node only (a lock file), not across the fleet.
+    #[serde(default)]
+    pub local: bool,
+    /// `user` names a node (`enforcerctl lock node NAME`): every login there is refused.
+    /// Fleet only.
+    #[serde(default)]
+    pub node: bool,
+}
+
+/// `enforcerctl unlock user|node NAME [--local]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockRequest {
+    pub name: String,
+    #[serde(default)]
+    pub local: bool,
+    #[serde(default)]
+    pub node: bool,
 }
 
 /// A lock as stored in `locks.dir`.
@@ -33,4 +50,16 @@ pub struct LockInfo {
     /// The lock file could not be parsed; it locks anyway (fail closed) and says why here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `local` (a file in `locks.dir`) or `fleet` (etcd, every node). Absent: local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// `user` or `node` (fleet locks of a node). Absent: user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Fleet locks: the node that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Fleet locks: whether this node's view of the fleet is current (see `fleet.stale_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<bool>,
 }

@@ -1,6 +1,7 @@
 //! Messages. Every request gets exactly one [`Response`].
 
 mod conn;
+mod fleet;
 mod history;
 mod lock;
 mod pam;
@@ -9,6 +10,7 @@ mod reload;
 mod status;
 
 pub use conn::*;
+pub use fleet::*;
 pub use history::*;
 pub use lock::*;
 pub use pam::*;
@@ -39,6 +41,13 @@ pub enum Request {
     Lock(LockRequest),
     /// Remove a user's lock. Root only.
     Unlock { user: String },
+    /// Remove a user's or node's lock, fleet-wide or `local`. Root only.
+    UnlockTarget(UnlockRequest),
+    /// Every node's live connections and sessions (`enforcerctl sessions --fleet`). Root and
+    /// auditors.
+    FleetSessions,
+    /// The fleet's nodes (`enforcerctl nodes`). Root and auditors.
+    Nodes,
     /// Current locks. Root and auditors.
     Locks,
     /// Terminate a session and everything below it. Root only.
@@ -94,6 +103,8 @@ pub enum Reply {
     },
     Recordings(Vec<RecordingInfo>),
     History(Vec<HistoryEntry>),
+    FleetSessions(Vec<FleetConnection>),
+    Nodes(Vec<NodeInfo>),
     /// A piece of a recording (whole lines of the asciicast file).
     RecordingData {
         text: String,

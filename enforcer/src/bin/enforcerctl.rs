@@ -31,6 +31,8 @@ struct Cli {
 #[derive(Clone, Copy, ValueEnum)]
 enum Target {
     User,
+    /// A node of the fleet (`[fleet]` only): every login there is refused.
+    Node,
 }
 
 /// What `kill` terminates.
@@ -57,6 +59,14 @@ enum Cmd {
         /// Only this user's connections.
         #[arg(long)]
         user: Option<String>,
+        /// Every node's live connections, from etcd (`[fleet]`; root and auditors).
+        #[arg(long)]
+        fleet: bool,
+    },
+    /// The fleet's nodes: version, start, last seen, live connections (`[fleet]`).
+    Nodes {
+        #[arg(long)]
+        json: bool,
     },
     /// Ended connections, newest first, from the audit log (root and auditors).
     History {
@@ -88,9 +98,18 @@ enum Cmd {
         /// Replace the reason and expiry of an existing lock.
         #[arg(long)]
         replace: bool,
+        /// With `[fleet]`: lock on this node only (a lock file), not fleet-wide.
+        #[arg(long)]
+        local: bool,
     },
-    /// Remove a user's lock.
-    Unlock { target: Target, name: String },
+    /// Remove a user's (or, with `[fleet]`, a node's) lock.
+    Unlock {
+        target: Target,
+        name: String,
+        /// With `[fleet]`: remove this node's lock file only.
+        #[arg(long)]
+        local: bool,
+    },
     /// Current locks (from the daemon's lock directory).
     Locks {
         #[arg(long)]
@@ -230,7 +249,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             other => Err(unexpected(other)),
         },
-        Cmd::Sessions { json, user } => match client.call(&Request::Sessions)? {
+        Cmd::Sessions {
+            json,
+            user,
+            fleet: true,
+        } => match client.call(&Request::FleetSessions)? {
+            Reply::FleetSessions(mut s) => {
+                if let Some(u) = &user {
+                    s.retain(|c| &c.user == u);
+                }
+                print(json, &s, |s| ctl::render_fleet_sessions(s, &clock))
+            }
+            other => Err(unexpected(other)),
+        },
+        Cmd::Nodes { json } => match client.call(&Request::Nodes)? {
+            Reply::Nodes(n) => print(json, &n, |n| ctl::render_nodes(n, &clock)),
+            other => Err(unexpected(other)),
+        },
+        Cmd::Sessions { json, user, .. } => match client.call(&Request::Sessions)? {
             Reply::Sessions(s) => {
                 let s = ctl::filter_user(s, user.as_deref());
                 print(json, &s, |s| ctl::render_sessions(s, &clock))
@@ -245,12 +281,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Lock {
-            target: Target::User,
+            target,
             name,
             ttl,
             reason,
             force,
             replace,
+            local,
         } => {
             if ttl.is_some_and(|t| t.is_zero()) {
                 bail!("--ttl must be longer than zero (omit it for a lock without expiry)");
@@ -261,22 +298,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reason,
                 force,
                 replace,
+                local,
+                node: matches!(target, Target::Node),
             };
             match client.call(&Request::Lock(req))? {
                 Reply::Locked(l) => {
                     let until = l.expires.map(|e| format!(" until {e}")).unwrap_or_default();
-                    println!("locked user {}{until}", l.user);
+                    let what = l.target.as_deref().unwrap_or("user");
+                    let scope = match l.origin.as_deref() {
+                        Some("fleet") => " on every node",
+                        _ => "",
+                    };
+                    println!("locked {what} {}{scope}{until}", l.user);
                     Ok(())
                 }
                 other => Err(unexpected(other)),
             }
         }
         Cmd::Unlock {
-            target: Target::User,
+            target,
             name,
-        } => match client.call(&Request::Unlock { user: name.clone() })? {
+            local,
+        } => match client.call(&Request::UnlockTarget(enforcer_proto::UnlockRequest {
+            name: name.clone(),
+            local,
+            node: matches!(target, Target::Node),
+        }))? {
             Reply::Done => {
-                println!("unlocked user {name}");
+                let what = match target {
+                    Target::User => "user",
+                    Target::Node => "node",
+                };
+                println!("unlocked {what} {name}");
                 Ok(())
             }
             other => Err(unexpected(other)),

@@ -2,8 +2,10 @@
 //! a default, documented in `packaging/enforcer.toml`, which is also the embedded default config.
 
 mod duration;
+mod fleet;
 
 pub use duration::Dur;
+pub use fleet::{FleetConfig, OnUnreachable};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -48,6 +50,7 @@ pub struct Config {
     pub access: AccessConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
+    pub fleet: FleetConfig,
     pub rules: Vec<Rule>,
 }
 
@@ -267,6 +270,12 @@ pub struct Rule {
     pub max_sessions_per_user: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
+    /// Overrides `[fleet] max_connections_per_user` (connections across every node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_max_connections_per_user: Option<u32>,
+    /// Overrides `[fleet] max_sessions_per_user` (sessions across every node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_max_sessions_per_user: Option<u32>,
 }
 
 impl Default for DaemonConfig {
@@ -472,6 +481,7 @@ impl Config {
                 ),
             );
         }
+        self.fleet.validate()?;
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.users.is_empty() && rule.groups.is_empty() {
                 return bad(

@@ -22,12 +22,17 @@ fn needed(req: &Request) -> Role {
         | Request::Recordings { .. }
         | Request::StoreRecordings { .. }
         | Request::Play { .. } => Role::User,
-        Request::Watch { .. } | Request::Locks | Request::History(_) => Role::Auditor,
+        Request::Watch { .. }
+        | Request::Locks
+        | Request::History(_)
+        | Request::FleetSessions
+        | Request::Nodes => Role::Auditor,
         Request::PamAccount(_)
         | Request::PamOpenSession(_)
         | Request::PamCloseSession(_)
         | Request::Lock(_)
         | Request::Unlock { .. }
+        | Request::UnlockTarget(_)
         | Request::KillSession { .. }
         | Request::KillConnection { .. }
         | Request::Reload => Role::Root,
@@ -67,6 +72,8 @@ mod tests {
             reason: None,
             force: false,
             replace: false,
+            local: false,
+            node: false,
         });
         let pam = Request::PamCloseSession(enforcer_proto::PamSession {
             user: "a".into(),

@@ -46,6 +46,8 @@ pub struct Ctx {
     /// `[recording.store]`, when recordings are shipped: `recordings --store`, `play` of
     /// recordings only the store has.
     pub store: Option<crate::store::Store>,
+    /// `[fleet]` on: fleet requests are answered by the connection task (see `fleet`).
+    pub fleet: Option<(crate::fleet::FleetHandle, crate::audit::AuditSink)>,
 }
 
 impl Ctx {
@@ -57,6 +59,7 @@ impl Ctx {
         metrics: Arc<Metrics>,
         audit_path: std::path::PathBuf,
         store: Option<crate::store::Store>,
+        fleet: Option<(crate::fleet::FleetHandle, crate::audit::AuditSink)>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -68,6 +71,7 @@ impl Ctx {
             audit_path,
             history: Semaphore::new(1),
             store,
+            fleet,
         })
     }
 }
@@ -270,6 +274,25 @@ async fn answer(
         Request::PamOpenSession(ref r) if uid == 0 => {
             let identity = lookup(&r.user).await;
             state.request(req, peer.clone(), identity).await
+        }
+        // Fleet locks, unlocks and listings: etcd, from here (root and auditors only).
+        Request::Lock(_)
+        | Request::Unlock { .. }
+        | Request::UnlockTarget(_)
+        | Request::FleetSessions
+        | Request::Nodes
+            if ctx.fleet.is_some() && authorize(peer.role, &req).is_ok() =>
+        {
+            match super::fleet::answer(ctx, peer, &req).await {
+                Some(resp) => resp,
+                None => {
+                    let identity = match &req {
+                        Request::Lock(r) => lookup(&r.user).await,
+                        _ => None,
+                    };
+                    state.request(req, peer.clone(), identity).await
+                }
+            }
         }
         Request::Lock(ref r) if uid == 0 => {
             let identity = lookup(&r.user).await;

@@ -4,6 +4,7 @@
 
 pub mod authz;
 mod conn;
+mod fleet;
 mod limits;
 mod peer;
 mod server;

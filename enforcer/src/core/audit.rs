@@ -59,6 +59,11 @@ names! {
         AuditRecordsLost = "audit_records_lost",
         ConfigReloaded = "config_reloaded",
         ConfigReloadFailed = "config_reload_failed",
+        /// This node's view of the fleet got older than `fleet.stale_after`: `on_unreachable`
+        /// applies from now on (`message` says which).
+        FleetViewStale = "fleet_view_stale",
+        /// The node's view of the fleet is current again.
+        FleetViewCurrent = "fleet_view_current",
     }
 }
 
@@ -103,6 +108,17 @@ names! {
         InvalidConfig = "invalid_config",
         /// Reload: the file changes keys that only a restart applies.
         NeedsRestart = "needs_restart",
+        /// A login refused: the user has `fleet.max_connections_per_user` connections across
+        /// the fleet.
+        FleetMaxConnectionsPerUser = "fleet_max_connections_per_user",
+        /// A session ended at its start: the user has `fleet.max_sessions_per_user` sessions
+        /// across the fleet.
+        FleetMaxSessionsPerUser = "fleet_max_sessions_per_user",
+        /// A login refused: this node is locked (`enforcerctl lock node`).
+        NodeLocked = "node_locked",
+        /// A login refused: the fleet could not be reached (`on_unreachable = "strict"` with a
+        /// stale view, or a fleet-wide slot that could not be taken in time).
+        FleetUnreachable = "fleet_unreachable",
     }
 }
 

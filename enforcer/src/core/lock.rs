@@ -202,6 +202,10 @@ impl Lock {
             by: self.by.clone(),
             active: self.active(now),
             error: self.error.clone(),
+            origin: None,
+            target: None,
+            node: None,
+            current: None,
         }
     }
 }

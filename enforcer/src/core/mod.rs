@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod conn;
 pub mod control;
+pub mod fleet;
 pub mod forward;
 pub mod identity;
 pub mod idle;

@@ -48,8 +48,24 @@ pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> Effec
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Locked(Box<Lock>),
-    UserLimit { limit: u32 },
-    SourceLimit { limit: u32, source: IpAddr },
+    UserLimit {
+        limit: u32,
+    },
+    SourceLimit {
+        limit: u32,
+        source: IpAddr,
+    },
+    /// `[fleet]`: the user holds `limit` connections across the fleet.
+    FleetUserLimit {
+        limit: u32,
+    },
+    /// `[fleet]`: this node is locked (`enforcerctl lock node`).
+    NodeLocked {
+        node: String,
+        reason: Option<String>,
+    },
+    /// `[fleet]`: etcd could not be asked (strict mode, or a slot not taken in time).
+    FleetUnreachable,
 }
 
 impl Refusal {
@@ -59,6 +75,9 @@ impl Refusal {
             Refusal::Locked(_) => AuditReason::UserLocked,
             Refusal::UserLimit { .. } => AuditReason::MaxConnectionsPerUser,
             Refusal::SourceLimit { .. } => AuditReason::MaxConnectionsPerSource,
+            Refusal::FleetUserLimit { .. } => AuditReason::FleetMaxConnectionsPerUser,
+            Refusal::NodeLocked { .. } => AuditReason::NodeLocked,
+            Refusal::FleetUnreachable => AuditReason::FleetUnreachable,
         }
     }
 
@@ -76,6 +95,16 @@ impl Refusal {
             }
             Refusal::SourceLimit { limit, source } => {
                 format!("{limit} of {limit} allowed SSH connections from {source} are already open")
+            }
+            Refusal::FleetUserLimit { limit } => format!(
+                "user {user} already has {limit} of {limit} allowed SSH connections open across the fleet"
+            ),
+            Refusal::NodeLocked { node, reason } => match reason {
+                Some(r) => format!("node {node} is locked: {r}"),
+                None => format!("node {node} is locked"),
+            },
+            Refusal::FleetUnreachable => {
+                "the fleet's lock service cannot be reached; try again later".into()
             }
         };
         format!("enforcer: login refused: {body}")

@@ -40,6 +40,10 @@ const LIVE: &[&str] = &[
     "control.max_frame_bytes",
     "control.read_timeout",
     "control.idle_timeout",
+    "fleet.max_connections_per_user",
+    "fleet.max_sessions_per_user",
+    "fleet.on_unreachable",
+    "fleet.stale_after",
 ];
 
 /// Keys only a restart applies: bound or opened at start (sockets, state and audit files), or
@@ -73,6 +77,15 @@ const RESTART: &[&str] = &[
     "recording.store.part_size",
     "recording.store.flush_after",
     "recording.store.keep_local",
+    "fleet.etcd_endpoints",
+    "fleet.node_name",
+    "fleet.prefix",
+    "fleet.ca",
+    "fleet.cert",
+    "fleet.key",
+    "fleet.user",
+    "fleet.password",
+    "fleet.lease_ttl",
 ];
 
 /// Whether a changed key can be applied without a restart. `[[rules]]` always can; a key in
@@ -107,13 +120,23 @@ pub fn diff(old: &Config, new: &Config) -> Vec<ConfigChange> {
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     keys.into_iter()
         .filter(|k| old.get(*k) != new.get(*k))
-        .map(|k| ConfigChange {
-            key: k.clone(),
-            old: old.get(k).cloned(),
-            new: new.get(k).cloned(),
+        .map(|k| {
+            // Secrets never reach the audit log or enforcerctl's output.
+            let shown = |v: Option<&String>| match (SECRET.contains(&k.as_str()), v) {
+                (true, Some(_)) => Some("\"(hidden)\"".to_owned()),
+                (_, v) => v.cloned(),
+            };
+            ConfigChange {
+                key: k.clone(),
+                old: shown(old.get(k)),
+                new: shown(new.get(k)),
+            }
         })
         .collect()
 }
+
+/// Keys whose values are never shown (a changed value still counts as a change).
+const SECRET: &[&str] = &["fleet.password"];
 
 /// What a reload from `old` to `new` changes, or why it cannot be applied.
 pub fn plan(old: &Config, new: &Config) -> Result<Vec<ConfigChange>, NeedsRestart> {

@@ -153,11 +153,16 @@ pub fn render_locks(locks: &[LockInfo], clock: &Clock) -> String {
     if locks.is_empty() {
         return "no locks\n".into();
     }
-    let mut rows = vec![
-        ["USER", "ACTIVE", "EXPIRES", "SINCE", "BY", "REASON"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    // With a fleet: where each lock comes from, and whether this node's view of it is current.
+    let fleet = locks.iter().any(|l| l.origin.is_some());
+    let mut head = ["USER", "ACTIVE", "EXPIRES", "SINCE", "BY", "REASON"]
+        .map(String::from)
+        .to_vec();
+    if fleet {
+        head[0] = "TARGET".into();
+        head.extend(["ORIGIN".into(), "CURRENT".into()]);
+    }
+    let mut rows = vec![head];
     for l in locks {
         let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         let mut reason = dash(&l.reason);
@@ -184,6 +189,22 @@ pub fn render_locks(locks: &[LockInfo], clock: &Clock) -> String {
             dash(&l.by),
             cut(&reason, TEXT),
         ]);
+        if fleet {
+            let row = rows.last_mut().expect("just pushed");
+            if l.target.as_deref() == Some("node") {
+                row[0] = format!("node {}", l.user);
+            }
+            row.push(match (&l.origin, &l.node) {
+                (Some(o), Some(n)) => format!("{o} (from {n})"),
+                (Some(o), None) => o.clone(),
+                _ => "local".into(),
+            });
+            row.push(match l.current {
+                Some(true) => "yes".into(),
+                Some(false) => "STALE".into(),
+                None => "-".into(),
+            });
+        }
     }
     table(&rows)
 }

@@ -1,12 +1,14 @@
 //! `enforcerctl`'s human-readable rendering of daemon answers (`--json` prints them as is).
 
 pub mod clock;
+mod fleet;
 mod history;
 mod lists;
 pub mod pam;
 pub mod play;
 mod status;
 
+pub use fleet::{render_fleet_sessions, render_nodes};
 pub use history::render_history;
 pub use lists::{filter_user, render_locks, render_recordings, render_sessions};
 pub use status::render_status;

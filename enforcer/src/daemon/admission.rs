@@ -7,7 +7,7 @@ use std::{
 };
 
 use enforcer_common::{
-    limits::{ConnEntry, UserEntry},
+    limits::ConnEntry,
     tasks::{TASK_CONN_ROOT, TrackedTask},
 };
 use enforcer_proto::{Admission, ErrorKind, ErrorReply, PamAccount, PamSession};
@@ -16,14 +16,13 @@ use time::OffsetDateTime;
 use super::state::State;
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord},
-    bpf::tasks::{ns_to_ticks, proc_start_ns, same_task, ticks_to_ns},
+    bpf::tasks::{ns_to_ticks, ticks_to_ns},
     core::{
         conn::{ConnState, Connection, ProcKey},
         identity::{parse_auth_info, parse_ssh_connection},
         policy::{self, EffectiveLimits},
     },
     host,
-    recording::Resume,
 };
 
 /// Why a connection ended (audit `reason`).
@@ -80,12 +79,19 @@ fn endpoints(req: &PamAccount) -> (Option<SocketAddr>, Option<SocketAddr>) {
     (client, None)
 }
 
+/// What an account request comes to.
+pub(super) enum Admit {
+    Decided(Admission),
+    /// Admitted here; waiting for a fleet-wide slot for this connection.
+    AwaitingSlot(u64),
+}
+
 /// Marks a uid unknown to NSS in the kernel's connection entry (no per-user session limit).
 pub(super) const NO_UID: u32 = u32::MAX;
 
 impl State {
     /// Limits of `user` from their NSS identity (`None`: unknown to NSS).
-    fn limits_with(
+    pub(super) fn limits_with(
         &self,
         user: &str,
         ident: Option<&host::UserIdentity>,
@@ -101,16 +107,18 @@ impl State {
     }
 
     /// PAM acct_mgmt: decide and, when admitted, reserve the slot and start tracking the monitor.
+    /// A fleet-wide limit makes the answer wait for etcd ([`Admit::AwaitingSlot`]): the
+    /// connection then holds its local slot until `fleet::on_slot` decides.
     pub(super) async fn pam_account(
         &mut self,
         req: PamAccount,
         ident: Option<host::UserIdentity>,
-    ) -> Result<Admission, ErrorReply> {
+    ) -> Result<Admit, ErrorReply> {
         let now = OffsetDateTime::now_utc();
         let monitor = host::proc_key(req.pid).ok_or_else(|| no_such_process(req.pid))?;
         if let Some(c) = self.registry.by_monitor(monitor) {
             // acct_mgmt asked twice on one connection: same answer, no second slot.
-            return Ok(Admission::Admitted { conn_id: c.id });
+            return Ok(Admit::Decided(Admission::Admitted { conn_id: c.id }));
         }
         let (uid, limits) = self.limits_with(&req.user, ident.as_ref());
         let (client, server) = endpoints(&req);
@@ -123,44 +131,62 @@ impl State {
             groups: groups_of(ident.as_ref()),
             ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
-        let lock = self
-            .locks
-            .get(&req.user)
-            .filter(|l| l.active(now))
-            .or_else(|| {
-                // Another spelling NSS maps to a locked account (`ALICE`, `alice@example.com`).
-                let uid = uid?;
-                let (name, _) = self.locked.iter().find(|(_, l)| {
-                    l.account_uid == Some(uid) && l.expires.is_none_or(|e| now < e)
-                })?;
-                self.locks.get(name).filter(|l| l.active(now))
-            });
-        if let Err(refusal) = policy::admit(
-            &self.registry,
-            &req.user,
-            conn.source_ip(),
-            &limits,
-            lock.as_ref(),
-        ) {
-            self.counters.connections_refused += 1;
-            let message = refusal.message(&req.user);
-            let mut rec = AuditRecord::new(AuditEvent::ConnectionRefused, now)
-                .with_conn(&conn)
-                .reason(refusal.reason(), Some(message.clone()));
-            rec.conn_id = None;
-            self.audit.record(rec);
-            return Ok(Admission::Refused {
-                reason: refusal.code().into(),
-                message,
-            });
+        let lock = self.lock_for(&req.user, uid, now);
+        let decided = match self.fleet_refusal(now) {
+            Some(refusal) => Err(refusal),
+            None => policy::admit(
+                &self.registry,
+                &req.user,
+                conn.source_ip(),
+                &limits,
+                lock.as_ref(),
+            ),
+        };
+        if let Err(refusal) = decided {
+            return Ok(Admit::Decided(self.refuse(&conn, &refusal, now)));
         }
         self.lift_lock_of(&req.user).await;
+        let fleet_limit = self.fleet_limit(&conn);
         let id = self.registry.insert(conn);
         self.dirty = true;
+        if let Some(limit) = fleet_limit {
+            self.fleet_acquire(id, limit);
+            return Ok(Admit::AwaitingSlot(id));
+        }
+        Ok(Admit::Decided(self.admitted(id).await))
+    }
+
+    /// Audits a refused login and says why.
+    pub(super) fn refuse(
+        &mut self,
+        conn: &Connection,
+        refusal: &policy::Refusal,
+        now: OffsetDateTime,
+    ) -> Admission {
+        self.counters.connections_refused += 1;
+        let message = refusal.message(&conn.user);
+        let mut rec = AuditRecord::new(AuditEvent::ConnectionRefused, now)
+            .with_conn(conn)
+            .reason(refusal.reason(), Some(message.clone()));
+        rec.conn_id = None;
+        self.audit.record(rec);
+        Admission::Refused {
+            reason: refusal.code().into(),
+            message,
+        }
+    }
+
+    /// An admitted connection (in the registry): the kernel starts following its monitor.
+    pub(super) async fn admitted(&mut self, id: u64) -> Admission {
+        let Some(c) = self.registry.get(id) else {
+            return Admission::Admitted { conn_id: id };
+        };
+        let (monitor, uid, user, groups) = (c.monitor, c.uid, c.user.clone(), c.groups.clone());
+        let limits = policy::effective_limits(&self.config, &user, &groups);
         if !self.register_in_kernel(id, monitor, uid, &limits).await {
             self.release(id, CloseReason::MonitorExited).await;
         }
-        Ok(Admission::Admitted { conn_id: id })
+        Admission::Admitted { conn_id: id }
     }
 
     /// Session limits first (the monitor may fork a channel at once), then the monitor itself:
@@ -254,6 +280,7 @@ impl State {
         let rec = AuditRecord::new(AuditEvent::ConnectionAdmitted, now).with_conn(conn);
         self.audit.record(rec);
         self.dirty = true;
+        self.fleet_publish(id);
         Ok(())
     }
 
@@ -326,7 +353,7 @@ impl State {
 
     /// Releases connections whose monitor is neither in `tracked` (see [`State::sweep`]) nor
     /// alive in /proc.
-    async fn release_gone_monitors(&mut self, tracked: &HashMap<u32, u64>) {
+    pub(super) async fn release_gone_monitors(&mut self, tracked: &HashMap<u32, u64>) {
         let gone: Vec<u64> = self
             .registry
             .untracked_monitors(tracked)
@@ -353,114 +380,13 @@ impl State {
         self.lingering.retain(|id, _| with_tasks.contains(id));
     }
 
-    /// After a restart: release connections whose monitor is gone, end sessions whose leader is
-    /// gone, check the pinned task table against /proc (adopting tasks forked while the daemon
-    /// was down) and re-sync the kernel's session counts.
-    pub(super) async fn restore(&mut self) {
-        // Every monitor in /proc: the pinned table may still hold tasks that ended while no
-        // program ran (`validate` below removes them).
-        self.release_gone_monitors(&HashMap::new()).await;
-        let ended: Vec<u64> = self
-            .registry
-            .sessions()
-            .filter(|s| {
-                proc_start_ns(s.leader_pid).is_none_or(|n| !same_task(s.leader_start_ns, n))
-            })
-            .map(|s| s.id)
-            .collect();
-        for id in ended {
-            if let Some(s) = self.registry.remove_session(id) {
-                let mut rec = AuditRecord::new(AuditEvent::SessionEnded, OffsetDateTime::now_utc())
-                    .with_session(&s);
-                rec.conn_id = Some(s.conn_id);
-                self.audit
-                    .record(rec.reason(AuditReason::EndedWhileEnforcerdWasDown, None));
-            }
-        }
-        let roots: Vec<u32> = self.registry.iter().map(|c| c.monitor.pid).collect();
-        match self.bpf.validate(roots).await {
-            Ok((removed, adopted)) if removed + adopted > 0 => {
-                tracing::info!(
-                    removed,
-                    adopted,
-                    "tracked tasks reconciled with /proc after restart"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot reconcile tracked tasks"),
-        }
-        let mut per_user: HashMap<u32, (u64, u32)> = HashMap::new();
-        let conns: Vec<(u64, String)> = self
-            .registry
-            .iter()
-            .map(|c| (c.id, c.user.clone()))
-            .collect();
-        for (id, user) in conns {
-            // NSS here only because no request waits yet (start-up); requests arrive with the
-            // identity resolved by their connection task.
-            let ident = host::user_identity(&user);
-            let (uid, limits) = self.limits_with(&user, ident.as_ref());
-            if let Some(c) = self.registry.get_mut(id) {
-                c.groups = groups_of(ident.as_ref());
-            }
-            let sessions = self.registry.sessions_of(id).count() as u64;
-            let entry = conn_entry(sessions, uid, &limits);
-            if let Err(e) = self.bpf.set_conn(id, entry).await {
-                tracing::error!(conn = id, error = %e, "cannot restore connection limits in the kernel");
-            }
-            if let Some(uid) = uid {
-                let u = per_user
-                    .entry(uid)
-                    .or_insert((0, limits.max_sessions_per_user));
-                u.0 += sessions;
-            }
-        }
-        for (uid, (sessions, max_sessions)) in per_user {
-            if let Err(e) = self
-                .bpf
-                .set_user(
-                    uid,
-                    UserEntry {
-                        sessions,
-                        max_sessions,
-                        _pad: 0,
-                    },
-                )
-                .await
-            {
-                tracing::error!(uid, error = %e, "cannot restore user session count in the kernel");
-            }
-        }
-        self.adopt_lingering().await;
-        // Recordings of the sessions still live go on in the same files.
-        let resume = Resume {
-            kernel_continuous: self.info.kernel_continuous,
-        };
-        let live: Vec<(u64, u64)> = self
-            .registry
-            .sessions()
-            .filter(|s| !s.channels.is_empty())
-            .map(|s| (s.conn_id, s.id))
-            .collect();
-        for (conn_id, session_id) in live {
-            self.start_recording(conn_id, session_id, Some(resume));
-        }
-        if !self.registry.is_empty() {
-            tracing::info!(
-                connections = self.registry.len(),
-                sessions = self.registry.sessions().count(),
-                "restored live connections"
-            );
-        }
-        self.dirty = true;
-    }
-
     pub(super) async fn release(&mut self, id: u64, why: CloseReason) {
         let Some(conn) = self.registry.remove(id) else {
             return;
         };
         self.terminating.remove(&id);
         self.unregistered.remove(&id);
+        self.fleet_released(&conn);
         // Processes it leaves running (nohup, setsid, double fork) keep its identity: shown
         // and killable as lingering until none is left (the sweep forgets it then).
         self.lingering
@@ -493,12 +419,12 @@ impl State {
 }
 
 /// The groups `[[rules]]` match a connection by (none when NSS does not know the user).
-fn groups_of(ident: Option<&host::UserIdentity>) -> Vec<String> {
+pub(super) fn groups_of(ident: Option<&host::UserIdentity>) -> Vec<String> {
     ident.map(|i| i.groups.clone()).unwrap_or_default()
 }
 
 /// A connection's kernel entry: its live sessions and the limit they count against.
-fn conn_entry(sessions: u64, uid: Option<u32>, limits: &EffectiveLimits) -> ConnEntry {
+pub(super) fn conn_entry(sessions: u64, uid: Option<u32>, limits: &EffectiveLimits) -> ConnEntry {
     ConnEntry {
         sessions,
         max_sessions: limits.max_sessions_per_connection,

@@ -32,6 +32,8 @@ pub(super) enum Msg {
         peer: Peer,
         denied: ErrorReply,
     },
+    /// News from the fleet's etcd tasks (locks, slot outcomes).
+    Fleet(crate::fleet::FleetEvent),
     /// The lock directory as just read (see `lockout::watch`).
     LockFiles(LockFiles),
     /// A config file read for a reload (see `reload`); `peer`: who asked (`None`: SIGHUP).

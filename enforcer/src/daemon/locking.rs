@@ -28,6 +28,9 @@ impl State {
         peer: &Peer,
         identity: Option<crate::host::UserIdentity>,
     ) -> Result<LockInfo, ErrorReply> {
+        if req.node {
+            return Err(super::fleet::fleet_off());
+        }
         check_user_name(&req.user).map_err(|m| ErrorReply::new(ErrorKind::BadRequest, m))?;
         let now = OffsetDateTime::now_utc();
         let uid = identity.map(|i| i.uid);
@@ -90,7 +93,10 @@ impl State {
                 format!("user {user} is not locked"),
             ));
         }
-        self.locked.remove(user);
+        // A fleet lock of the same user still holds.
+        if !self.fleet_locked().iter().any(|(u, _)| u == user) {
+            self.locked.remove(user);
+        }
         self.locks_changed_at = tokio::time::Instant::now();
         self.sync_locked_uids().await;
         let mut rec =
@@ -100,8 +106,16 @@ impl State {
         Ok(())
     }
 
+    /// Lock files, then (with `[fleet]`) fleet locks, each with its origin.
     pub(super) fn list_locks(&self) -> Vec<LockInfo> {
         let now = OffsetDateTime::now_utc();
-        self.locks.list().iter().map(|l| l.info(now)).collect()
+        let mut all: Vec<LockInfo> = self.locks.list().iter().map(|l| l.info(now)).collect();
+        if self.fleet.is_some() {
+            for l in &mut all {
+                l.origin = Some("local".into());
+            }
+            all.extend(self.fleet_lock_infos());
+        }
+        all
     }
 }

@@ -211,6 +211,10 @@ impl State {
                 },
             );
         }
+        // Fleet locks are not in the directory: they stay.
+        for (user, l) in self.fleet_locked() {
+            locked.entry(user).or_insert(l);
+        }
         self.locked = locked;
         self.sync_locked_uids().await;
     }

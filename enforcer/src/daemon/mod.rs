@@ -4,6 +4,8 @@
 //! removes them.
 
 mod admission;
+mod fleet;
+mod fleet_sessions;
 mod forwards;
 mod handle;
 mod idle;
@@ -12,6 +14,7 @@ mod lockout;
 mod persist;
 mod recordings;
 mod reload;
+mod restore;
 mod sessions;
 mod state;
 mod status;
@@ -67,6 +70,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot start the recording uploader: {0}; check daemon.state_dir")]
     Uploader(std::io::Error),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -202,7 +207,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let control = Arc::new(ControlStats::default());
     let audit_tally = audit.tally.clone();
     let audit_path = config.audit.path.clone();
+    // The fleet's etcd tasks run on this (main) runtime; the actor hears from them on its
+    // priority lane and never waits on them.
+    let (fleet, fleet_events) = if config.fleet.enabled() {
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = crate::fleet::FleetHandle::start(
+            crate::fleet::FleetStart {
+                config: config.fleet.clone(),
+                node: crate::fleet::node_name(&config.fleet),
+                version: info.version.to_owned(),
+                local_copy: config.daemon.state_dir.join("fleet-locks.json"),
+            },
+            tx,
+        )?;
+        tracing::info!(node = handle.node(), endpoints = ?config.fleet.etcd_endpoints, "fleet on");
+        (Some(handle), Some(rx))
+    } else {
+        (None, None)
+    };
+    let fleet_audit = audit.clone();
     let parts = state::Parts {
+        fleet: fleet.clone(),
+        fleet_events,
         info,
         bpf: bpf.clone(),
         audit,
@@ -225,6 +251,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         metrics.clone(),
         audit_path,
         store,
+        fleet.map(|f| (f, fleet_audit)),
     );
     let pam_task = {
         let ctx = ctx.clone();

@@ -96,16 +96,18 @@ impl State {
             channels: Vec::new(),
             started_boot_ns: origin.boot_ns,
         };
-        if self.registry.add_session(session).is_none() {
+        let Some(session_id) = self.registry.add_session(session) else {
             tracing::debug!(
                 conn = origin.conn_id,
                 "session of a connection that is gone"
             );
             return;
-        }
+        };
+        self.fleet_session_started(origin.conn_id, session_id);
         self.dirty = true;
         self.audit
             .record(self.record(AuditEvent::SessionStarted, &origin));
+        self.fleet_publish(origin.conn_id);
     }
 
     pub(super) async fn on_exec(&mut self, exec: Exec) {
@@ -199,6 +201,8 @@ impl State {
             self.end_recording(s.id);
             self.transfer_ended(s.id);
             self.dirty = true;
+            self.fleet_publish(origin.conn_id);
+            self.fleet_session_ended(s.id);
             rec.duration_secs = Some(
                 (OffsetDateTime::now_utc() - s.started_at)
                     .as_seconds_f64()

@@ -118,6 +118,9 @@ pub(super) struct State {
     /// Connections whose monitor the kernel could not be told to track (a full table): their
     /// end is only seen by the sweep, in /proc.
     pub unregistered: std::collections::HashSet<u64>,
+    /// `[fleet]` on: the etcd tasks, and what the actor knows of the fleet (see `fleet`).
+    pub fleet: Option<crate::fleet::FleetHandle>,
+    pub fleet_state: super::fleet::FleetState,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -125,6 +128,8 @@ pub(super) type ProcessView = HashMap<(u64, u64), Vec<u32>>;
 
 /// What the actor is given at start besides the config.
 pub(super) struct Parts {
+    pub fleet: Option<crate::fleet::FleetHandle>,
+    pub fleet_events: Option<mpsc::Receiver<crate::fleet::FleetEvent>>,
     pub info: DaemonInfo,
     pub bpf: BpfHandle,
     pub audit: AuditSink,
@@ -142,6 +147,8 @@ pub(super) async fn start(
     events: mpsc::Receiver<KernelEvent>,
 ) -> (StateHandle, JoinHandle<()>) {
     let Parts {
+        fleet,
+        fleet_events,
         info,
         bpf,
         audit,
@@ -161,6 +168,9 @@ pub(super) async fn start(
     // must not delay a lock dropped into the directory.
     let (lock_dir, lock_dir_rx) = watch::channel(locks.clone());
     lockout::watch(lock_dir_rx, pam_tx.clone());
+    if let Some(events) = fleet_events {
+        super::fleet::forward(events, pam_tx.clone());
+    }
     let config_path = info.config_path.as_deref().map(Arc::from);
     let mut state = State {
         config,
@@ -195,6 +205,8 @@ pub(super) async fn start(
         idle_schedule: Default::default(),
         monitor_sweep: Default::default(),
         unregistered: Default::default(),
+        fleet,
+        fleet_state: Default::default(),
     };
     state.restore().await;
     let handle = StateHandle {
@@ -253,6 +265,7 @@ impl State {
                 }
                 _ = idle.tick() => {
                     self.lift_expired_locks().await;
+                    self.check_fleet_view();
                     self.check_idle(false).await;
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
@@ -271,6 +284,23 @@ impl State {
     /// Applies one message; true when the actor must stop.
     async fn on_msg(&mut self, msg: Msg) -> bool {
         match msg {
+            Msg::Request {
+                req: Request::PamAccount(r),
+                peer,
+                identity,
+                reply,
+            } => {
+                let req = Request::PamAccount(r);
+                if let Err(e) = self.check(&req, &peer) {
+                    let _ = reply.send(Err(e));
+                    return false;
+                }
+                let Request::PamAccount(r) = req else {
+                    unreachable!()
+                };
+                self.pam_account_or_wait(r, identity, reply).await;
+            }
+            Msg::Fleet(ev) => self.on_fleet(ev).await,
             Msg::Request {
                 req,
                 peer,
@@ -366,7 +396,13 @@ impl State {
                 .status(peer.role != crate::control::Role::User)
                 .await
                 .map(|s| Reply::Status(Box::new(s))),
-            Request::PamAccount(r) => self.pam_account(r, identity).await.map(Reply::Admission),
+            // Taken by `on_msg` (its answer may wait for a fleet-wide slot).
+            Request::PamAccount(_) => Err(ErrorKind::Internal).map_err(|k| {
+                ErrorReply::new(
+                    k,
+                    "account request on the wrong path; this is a bug, please report it",
+                )
+            }),
             Request::PamOpenSession(r) => self.pam_open(r, identity).await.map(|_| Reply::Done),
             Request::PamCloseSession(r) => {
                 self.pam_close(r).await;
@@ -387,6 +423,13 @@ impl State {
             }
             Request::Lock(r) => self.lock(r, peer, identity).await.map(Reply::Locked),
             Request::Unlock { user } => self.unlock(&user, peer).await.map(|_| Reply::Done),
+            Request::UnlockTarget(u) if !u.node => {
+                self.unlock(&u.name, peer).await.map(|_| Reply::Done)
+            }
+            // Fleet requests are answered by the connection task; here only without a fleet.
+            Request::UnlockTarget(_) | Request::FleetSessions | Request::Nodes => {
+                Err(super::fleet::fleet_off())
+            }
             Request::Locks => Ok(Reply::Locks(self.list_locks())),
             // Answered by the connection task from the index (never on the actor).
             Request::Recordings { user, since } => {
@@ -455,7 +498,9 @@ fn op_name(req: &Request) -> &'static str {
         Request::Sessions => "sessions",
         Request::History(_) => "history",
         Request::Lock(_) => "lock",
-        Request::Unlock { .. } => "unlock",
+        Request::Unlock { .. } | Request::UnlockTarget(_) => "unlock",
+        Request::FleetSessions => "fleet_sessions",
+        Request::Nodes => "nodes",
         Request::Locks => "locks",
         Request::KillSession { .. } => "kill_session",
         Request::KillConnection { .. } => "kill_connection",

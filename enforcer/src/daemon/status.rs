@@ -56,6 +56,9 @@ impl State {
                 "off (audit.journald = false or no /run/systemd/journal/socket)".into()
             },
         });
+        if let Some(f) = self.fleet_feature() {
+            features.push(f);
+        }
         Ok(StatusReport {
             version: self.info.version.into(),
             pid: self.info.pid,

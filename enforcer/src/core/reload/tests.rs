@@ -97,6 +97,8 @@ fn every_key_is_classified_once() {
         max_sessions_per_connection: Some(1),
         max_sessions_per_user: Some(1),
         idle_timeout: Some(Dur::secs(1)),
+        fleet_max_connections_per_user: Some(1),
+        fleet_max_sessions_per_user: Some(1),
     });
     for key in flatten(&rules).keys() {
         let (live, restart) = (
@@ -206,4 +208,17 @@ fn slot_holders_are_counted_leaders_of_live_connections() {
     assert_eq!(again.conn_sessions, BTreeMap::from([(2, 5)]));
     assert_eq!(again.user_sessions, BTreeMap::from([(1001, 9)]));
     assert_eq!(h.moved(&h, &wanted), Relimit::default());
+}
+
+#[test]
+fn the_etcd_password_is_never_shown_in_a_change() {
+    let old = Config::default();
+    let mut new = Config::default();
+    new.fleet.password = "s3cret".into();
+    let changes = diff(&old, &new);
+    let c = changes
+        .iter()
+        .find(|c| c.key == "fleet.password")
+        .expect("a change");
+    assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
 }

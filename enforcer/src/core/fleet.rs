@@ -1,0 +1,298 @@
+//! The fleet, decided purely: where each thing lives in etcd, what a lock key holds, whether
+//! this node's view of the fleet is current, and the fleet-wide limit that applies to a user.
+//! The etcd I/O itself is in `crate::fleet`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{lock::Lock, rfc3339};
+use crate::config::{Config, OnUnreachable};
+
+/// The key layout below `[fleet] prefix` (shared/DESIGN.md part E):
+/// - `<prefix>/locks/user/<name>`, `<prefix>/locks/node/<name>`: a lock ([`LockValue`]), no
+///   lease; watched by every node;
+/// - `<prefix>/nodes/<node>`: the node ([`NodeValue`]), under the node's lease;
+/// - `<prefix>/sessions/<node>/<conn>`: a live connection with its sessions, under the lease;
+/// - `<prefix>/slots/<user>/<node>/<conn>`: a fleet-wide connection slot, under the lease;
+/// - `<prefix>/session-slots/<user>/<node>/<session>`: a fleet-wide session slot, likewise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub prefix: String,
+    pub node: String,
+}
+
+/// What a fleet lock applies to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LockTarget {
+    /// Every login of this user on every node.
+    User(String),
+    /// Every login on this node.
+    Node(String),
+}
+
+impl LockTarget {
+    fn kind(&self) -> &'static str {
+        match self {
+            LockTarget::User(_) => "user",
+            LockTarget::Node(_) => "node",
+        }
+    }
+
+    /// The user or node name.
+    pub fn name(&self) -> &str {
+        match self {
+            LockTarget::User(n) | LockTarget::Node(n) => n,
+        }
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str, node: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            node: node.to_owned(),
+        }
+    }
+
+    /// Every lock key starts with this.
+    pub fn locks(&self) -> String {
+        format!("{}/locks/", self.prefix)
+    }
+
+    pub fn lock(&self, target: &LockTarget) -> String {
+        format!("{}{}/{}", self.locks(), target.kind(), target.name())
+    }
+
+    /// The lock a key names, if it is a lock key.
+    pub fn lock_target(&self, key: &[u8]) -> Option<LockTarget> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.locks())?;
+        let (kind, name) = rest.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        match kind {
+            "user" => Some(LockTarget::User(name.to_owned())),
+            "node" => Some(LockTarget::Node(name.to_owned())),
+            _ => None,
+        }
+    }
+
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    pub fn node_key(&self) -> String {
+        format!("{}{}", self.nodes(), self.node)
+    }
+
+    pub fn sessions(&self) -> String {
+        format!("{}/sessions/", self.prefix)
+    }
+
+    pub fn session(&self, conn_id: u64) -> String {
+        format!("{}{}/{conn_id}", self.sessions(), self.node)
+    }
+
+    /// Every slot of `user`, on any node: the range an admission compares on. Ends with `/`, so
+    /// `alice` never counts `alice2`'s slots.
+    pub fn slots_of(&self, user: &str) -> String {
+        format!("{}/slots/{user}/", self.prefix)
+    }
+
+    pub fn slot(&self, user: &str, conn_id: u64) -> String {
+        format!("{}{}/{conn_id}", self.slots_of(user), self.node)
+    }
+
+    /// Every session slot of `user`, on any node.
+    pub fn session_slots_of(&self, user: &str) -> String {
+        format!("{}/session-slots/{user}/", self.prefix)
+    }
+
+    pub fn session_slot(&self, user: &str, session_id: u64) -> String {
+        format!("{}{}/{session_id}", self.session_slots_of(user), self.node)
+    }
+}
+
+/// The value of a lock key (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LockValue {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339; absent: until unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The node whose enforcerctl made it.
+    #[serde(default)]
+    pub node: String,
+}
+
+/// A lock in force across the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLock {
+    pub target: LockTarget,
+    pub value: LockValue,
+}
+
+impl FleetLock {
+    /// A lock value made now by `by` on `node`.
+    pub fn new(
+        target: LockTarget,
+        reason: Option<String>,
+        ttl: Option<Duration>,
+        by: String,
+        node: &str,
+        now: OffsetDateTime,
+    ) -> Self {
+        FleetLock {
+            target,
+            value: LockValue {
+                reason,
+                expires: ttl.map(|t| rfc3339(now + t)),
+                since: Some(rfc3339(now)),
+                by: Some(by),
+                node: node.to_owned(),
+            },
+        }
+    }
+
+    /// Decodes a lock key's value. A value that is not a lock still locks (fail closed), and
+    /// says why in `reason`.
+    pub fn decode(target: LockTarget, bytes: &[u8]) -> Self {
+        let value = serde_json::from_slice(bytes).unwrap_or_else(|e| LockValue {
+            reason: Some(format!("unreadable fleet lock ({e}); locking anyway")),
+            ..Default::default()
+        });
+        FleetLock { target, value }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.value).unwrap_or_default()
+    }
+
+    /// As a [`Lock`] (for users: the same messages and listing as a local lock). An expiry that
+    /// cannot be read counts as none (fail closed).
+    pub fn as_lock(&self) -> Lock {
+        let parse = |s: &Option<String>| {
+            s.as_deref().and_then(|s| {
+                OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            })
+        };
+        Lock {
+            user: self.target.name().to_owned(),
+            reason: self.value.reason.clone(),
+            expires: parse(&self.value.expires),
+            since: parse(&self.value.since),
+            by: self.value.by.clone(),
+            error: None,
+            valid_name: true,
+        }
+    }
+
+    pub fn active(&self, now: OffsetDateTime) -> bool {
+        self.as_lock().active(now)
+    }
+}
+
+/// The fleet locks as this node knows them, by target.
+pub type FleetLocks = BTreeMap<LockTarget, FleetLock>;
+
+/// The lock of this node (`lock node`), if one is active.
+pub fn node_lock<'a>(
+    locks: &'a FleetLocks,
+    node: &str,
+    now: OffsetDateTime,
+) -> Option<&'a FleetLock> {
+    locks
+        .get(&LockTarget::Node(node.to_owned()))
+        .filter(|l| l.active(now))
+}
+
+/// The fleet lock of `user`, if one is active.
+pub fn user_lock<'a>(
+    locks: &'a FleetLocks,
+    user: &str,
+    now: OffsetDateTime,
+) -> Option<&'a FleetLock> {
+    locks
+        .get(&LockTarget::User(user.to_owned()))
+        .filter(|l| l.active(now))
+}
+
+/// The value of `<prefix>/nodes/<node>` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeValue {
+    pub version: String,
+    /// RFC 3339: when the node's daemon started.
+    pub started: String,
+    /// RFC 3339: when the node last wrote this key (every `lease_ttl`).
+    pub last_seen: String,
+    pub lease: i64,
+}
+
+/// How current this node's view of the fleet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewState {
+    /// etcd answered within `stale_after`.
+    Current,
+    /// No answer for longer: `on_unreachable` applies.
+    Stale,
+}
+
+/// Whether a view last confirmed `age` ago (`None`: never since start) is current.
+pub fn view_state(age: Option<Duration>, stale_after: Duration) -> ViewState {
+    match age {
+        Some(a) if a <= stale_after => ViewState::Current,
+        _ => ViewState::Stale,
+    }
+}
+
+/// What a new login meets while the view is stale.
+pub fn refuse_when_stale(mode: OnUnreachable, state: ViewState) -> bool {
+    state == ViewState::Stale && mode == OnUnreachable::Strict
+}
+
+/// The fleet-wide connection limit of `user` (member of `groups`; 0 = none): the first
+/// matching `[[rules]]` entry that sets `fleet_max_connections_per_user`, else `[fleet]`'s.
+pub fn fleet_connection_limit(config: &Config, user: &str, groups: &[String]) -> u32 {
+    if !config.fleet.enabled() {
+        return 0;
+    }
+    config
+        .rules
+        .iter()
+        .filter(|r| {
+            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
+        })
+        .find_map(|r| r.fleet_max_connections_per_user)
+        .unwrap_or(config.fleet.max_connections_per_user)
+}
+
+/// The fleet-wide session limit of `user` (0 = none), like [`fleet_connection_limit`].
+pub fn fleet_session_limit(config: &Config, user: &str, groups: &[String]) -> u32 {
+    if !config.fleet.enabled() {
+        return 0;
+    }
+    config
+        .rules
+        .iter()
+        .filter(|r| {
+            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
+        })
+        .find_map(|r| r.fleet_max_sessions_per_user)
+        .unwrap_or(config.fleet.max_sessions_per_user)
+}
+
+/// Whether one more slot may be taken when `held` exist at limit `limit` (> 0).
+pub fn slot_free(held: usize, limit: u32) -> bool {
+    held < limit as usize
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,462 @@
+//! The state actor's side of the fleet: applying fleet locks, waiting for fleet-wide slots
+//! without stalling other logins (the PAM answer is parked until the slot's outcome comes back
+//! as a message), registering live connections, and the view's staleness. Nothing here waits
+//! on etcd: `crate::fleet` does the I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use enforcer_proto::{
+    Admission, ErrorKind, ErrorReply, FleetConnection, FleetSession, LockInfo, PamAccount, Reply,
+    Response,
+};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{admission::Admit, handle::Msg, lockout::Locked, state::State};
+use crate::{
+    audit::{AuditEvent, AuditRecord},
+    config::OnUnreachable,
+    core::{
+        conn::Connection,
+        fleet::{self as core_fleet, FleetLock, LockTarget, ViewState},
+        lock::Lock,
+        policy::Refusal,
+    },
+    fleet::{FleetEvent, SlotOutcome, SlotTag},
+    host,
+};
+
+/// How long an admission waits for its fleet-wide slot (pam_enforcer waits 2 s by default).
+const SLOT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// What the actor knows of the fleet.
+#[derive(Default)]
+pub(super) struct FleetState {
+    /// Fleet locks as last heard, with each user's uid here.
+    pub locks: BTreeMap<LockTarget, (FleetLock, Option<u32>)>,
+    /// Account requests waiting for their slot, by connection.
+    pub awaiting: HashMap<u64, oneshot::Sender<Response>>,
+    /// Connections holding a fleet-wide slot.
+    pub slots: HashSet<u64>,
+    /// The user of each connection waiting for its slot (to free a slot that arrives after
+    /// the connection ended).
+    pub pending_users: HashMap<u64, String>,
+    /// Fleet-wide session slots held here (see `fleet_sessions`).
+    pub session_slots: super::fleet_sessions::SessionSlots,
+    /// The view's state as last audited (`None`: not yet).
+    pub audited: Option<ViewState>,
+}
+
+/// Forwards the fleet's events to the actor's priority lane.
+pub(super) fn forward(mut events: mpsc::Receiver<FleetEvent>, tx: mpsc::Sender<Msg>) {
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if tx.send(Msg::Fleet(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The answer to a fleet request on a node without `[fleet]`.
+pub(super) fn fleet_off() -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::BadRequest,
+        "this node is not in a fleet: set [fleet] etcd_endpoints in the config and restart enforcerd",
+    )
+}
+
+impl State {
+    /// Decides an account request, or parks its answer until the fleet-wide slot is decided.
+    pub(super) async fn pam_account_or_wait(
+        &mut self,
+        req: PamAccount,
+        identity: Option<host::UserIdentity>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        match self.pam_account(req, identity).await {
+            Ok(Admit::Decided(a)) => {
+                let _ = reply.send(Ok(Reply::Admission(a)));
+            }
+            Ok(Admit::AwaitingSlot(id)) => {
+                self.fleet_state.awaiting.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    pub(super) async fn on_fleet(&mut self, ev: FleetEvent) {
+        match ev {
+            FleetEvent::Locks(locks) => self.apply_fleet_locks(locks).await,
+            FleetEvent::Slot {
+                tag: SlotTag::Connection(conn_id),
+                outcome,
+            } => self.on_slot(conn_id, outcome).await,
+            FleetEvent::Slot {
+                tag: SlotTag::Session(conn_id, session_id),
+                outcome,
+            } => self.on_session_slot(conn_id, session_id, outcome),
+        }
+    }
+
+    /// The view's state now (`Current` without a fleet).
+    fn view(&self) -> ViewState {
+        match &self.fleet {
+            Some(f) => core_fleet::view_state(f.view_age(), self.config.fleet.stale_after.0),
+            None => ViewState::Current,
+        }
+    }
+
+    /// A refusal the fleet imposes on any login here: this node locked, or a stale view in
+    /// strict mode.
+    pub(super) fn fleet_refusal(&self, now: OffsetDateTime) -> Option<Refusal> {
+        self.fleet.as_ref()?;
+        let locks: core_fleet::FleetLocks = self
+            .fleet_state
+            .locks
+            .iter()
+            .map(|(t, (l, _))| (t.clone(), l.clone()))
+            .collect();
+        let node = self.fleet.as_ref()?.node().to_owned();
+        if let Some(l) = core_fleet::node_lock(&locks, &node, now) {
+            return Some(Refusal::NodeLocked {
+                node,
+                reason: l.value.reason.clone(),
+            });
+        }
+        core_fleet::refuse_when_stale(self.config.fleet.on_unreachable, self.view())
+            .then_some(Refusal::FleetUnreachable)
+    }
+
+    /// The lock that refuses `user` (uid `uid`) now: a lock file, a fleet lock, or either of
+    /// another name NSS maps to the same account.
+    pub(super) fn lock_for(
+        &self,
+        user: &str,
+        uid: Option<u32>,
+        now: OffsetDateTime,
+    ) -> Option<Lock> {
+        let fleet = |name: &str| {
+            self.fleet_state
+                .locks
+                .get(&LockTarget::User(name.to_owned()))
+                .filter(|(l, _)| l.active(now))
+                .map(|(l, _)| l.as_lock())
+        };
+        if let Some(l) = self.locks.get(user).filter(|l| l.active(now)) {
+            return Some(l);
+        }
+        if let Some(l) = fleet(user) {
+            return Some(l);
+        }
+        // Another spelling NSS maps to a locked account (`ALICE`, `alice@example.com`).
+        let uid = uid?;
+        let (name, _) = self
+            .locked
+            .iter()
+            .find(|(_, l)| l.account_uid == Some(uid) && l.expires.is_none_or(|e| now < e))?;
+        self.locks
+            .get(name)
+            .filter(|l| l.active(now))
+            .or_else(|| fleet(name))
+    }
+
+    /// The fleet-wide limit a new connection must take a slot under, if any. None while the
+    /// view is stale (best effort: local limits only; strict refused before this).
+    pub(super) fn fleet_limit(&self, conn: &Connection) -> Option<u32> {
+        self.fleet.as_ref()?;
+        let limit = core_fleet::fleet_connection_limit(&self.config, &conn.user, &conn.groups);
+        (limit > 0 && self.view() == ViewState::Current).then_some(limit)
+    }
+
+    pub(super) fn fleet_acquire(&mut self, conn_id: u64, limit: u32) {
+        let (Some(f), Some(c)) = (&self.fleet, self.registry.get(conn_id)) else {
+            return;
+        };
+        f.acquire(&c.user, conn_id, limit, SLOT_DEADLINE);
+        self.fleet_state
+            .pending_users
+            .insert(conn_id, c.user.clone());
+    }
+
+    /// A slot's outcome: answer the parked account request.
+    async fn on_slot(&mut self, conn_id: u64, outcome: SlotOutcome) {
+        let Some(reply) = self.fleet_state.awaiting.remove(&conn_id) else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        if self.registry.get(conn_id).is_none() {
+            // Its monitor ended meanwhile (released): free a slot it got.
+            if let (SlotOutcome::Taken, Some(f), Some(user)) = (
+                &outcome,
+                &self.fleet,
+                &self.fleet_state.pending_users.remove(&conn_id),
+            ) {
+                f.release(user, conn_id);
+            }
+            let _ = reply.send(Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "the connection ended while its fleet-wide slot was taken",
+            )));
+            return;
+        }
+        self.fleet_state.pending_users.remove(&conn_id);
+        let refusal = match outcome {
+            SlotOutcome::Taken => {
+                self.fleet_state.slots.insert(conn_id);
+                None
+            }
+            SlotOutcome::Full { held } => {
+                let limit = self
+                    .registry
+                    .get(conn_id)
+                    .map(|c| core_fleet::fleet_connection_limit(&self.config, &c.user, &c.groups))
+                    .unwrap_or(held as u32);
+                Some(Refusal::FleetUserLimit { limit })
+            }
+            SlotOutcome::Unreachable(why) => {
+                tracing::warn!(conn = conn_id, error = %why, "no fleet-wide slot: etcd did not answer");
+                match self.config.fleet.on_unreachable {
+                    OnUnreachable::Strict => Some(Refusal::FleetUnreachable),
+                    OnUnreachable::BestEffort => None,
+                }
+            }
+        };
+        let answer = match refusal {
+            Some(r) => match self.registry.remove(conn_id) {
+                Some(conn) => {
+                    self.dirty = true;
+                    self.refuse(&conn, &r, now)
+                }
+                None => Admission::Refused {
+                    reason: r.code().into(),
+                    message: r.message(""),
+                },
+            },
+            None => self.admitted(conn_id).await,
+        };
+        let _ = reply.send(Ok(Reply::Admission(answer)));
+    }
+
+    /// Called by `release`: frees the connection's slot and its registration.
+    pub(super) fn fleet_released(&mut self, conn: &Connection) {
+        self.fleet_sessions_released(conn);
+        let Some(f) = &self.fleet else { return };
+        if self.fleet_state.slots.remove(&conn.id) {
+            f.release(&conn.user, conn.id);
+        }
+        f.remove_connection(conn.id);
+    }
+
+    /// Registers (or updates) connection `id` in the fleet's live sessions.
+    pub(super) fn fleet_publish(&self, id: u64) {
+        let (Some(f), Some(c)) = (&self.fleet, self.registry.get(id)) else {
+            return;
+        };
+        let sessions = self
+            .registry
+            .sessions_of(id)
+            .map(|s| FleetSession {
+                id: s.id,
+                kind: s.kind.as_str().into(),
+                tty: s.tty.clone(),
+                command: s.command.clone(),
+            })
+            .collect();
+        f.put_connection(&FleetConnection {
+            node: f.node().to_owned(),
+            id,
+            user: c.user.clone(),
+            client: c.client.map(|a| a.to_string()),
+            since: crate::core::rfc3339(c.admitted_at),
+            sessions,
+        });
+    }
+
+    /// Applies the fleet locks as just heard: new ones end what they cover at once.
+    async fn apply_fleet_locks(&mut self, locks: Vec<(FleetLock, Option<u32>)>) {
+        let now = OffsetDateTime::now_utc();
+        let previous = std::mem::take(&mut self.fleet_state.locks);
+        for (lock, uid) in locks {
+            self.fleet_state
+                .locks
+                .insert(lock.target.clone(), (lock, uid));
+        }
+        let users: Vec<(String, FleetLock, Option<u32>)> = self
+            .fleet_state
+            .locks
+            .iter()
+            .filter_map(|(t, (l, uid))| match t {
+                LockTarget::User(u) if l.active(now) => Some((u.clone(), l.clone(), *uid)),
+                _ => None,
+            })
+            .collect();
+        for (user, lock, uid) in &users {
+            let was = previous
+                .get(&lock.target)
+                .is_some_and(|(p, _)| p.active(now) && p.value == lock.value);
+            let known = self.locked.get(user).copied();
+            let account_uid = uid.or_else(|| known.and_then(|l| l.account_uid));
+            let sweep_uid = self.all_processes_uid(user, account_uid);
+            let lock = lock.as_lock();
+            self.locked.insert(
+                user.clone(),
+                Locked {
+                    uid: sweep_uid,
+                    account_uid,
+                    expires: lock.expires,
+                },
+            );
+            if !was {
+                tracing::info!(user, "fleet lock applied");
+                self.lock_out(
+                    user,
+                    account_uid,
+                    sweep_uid.filter(|_| known.is_none()),
+                    lock.reason.as_deref(),
+                    None,
+                );
+            }
+        }
+        // Lifted fleet locks: unless a lock file still locks the user here.
+        for (target, _) in previous {
+            if let LockTarget::User(u) = target {
+                let still = users.iter().any(|(n, _, _)| *n == u)
+                    || self.locks.get(&u).is_some_and(|l| l.active(now));
+                if !still {
+                    self.locked.remove(&u);
+                }
+            }
+        }
+        self.sync_locked_uids().await;
+    }
+
+    /// Fleet user locks in force, for merging into the lock directory's view.
+    pub(super) fn fleet_locked(&self) -> Vec<(String, Locked)> {
+        let now = OffsetDateTime::now_utc();
+        self.fleet_state
+            .locks
+            .iter()
+            .filter_map(|(t, (l, uid))| match t {
+                LockTarget::User(u) if l.active(now) => Some((
+                    u.clone(),
+                    Locked {
+                        uid: self.all_processes_uid(u, *uid),
+                        account_uid: *uid,
+                        expires: l.as_lock().expires,
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Fleet locks for `enforcerctl locks`.
+    pub(super) fn fleet_lock_infos(&self) -> Vec<LockInfo> {
+        let now = OffsetDateTime::now_utc();
+        let current = self.view() == ViewState::Current;
+        self.fleet_state
+            .locks
+            .values()
+            .map(|(l, _)| {
+                let mut info = l.as_lock().info(now);
+                info.origin = Some("fleet".into());
+                info.target = Some(
+                    match l.target {
+                        LockTarget::User(_) => "user",
+                        LockTarget::Node(_) => "node",
+                    }
+                    .into(),
+                );
+                info.node = Some(l.value.node.clone());
+                info.current = Some(current);
+                info
+            })
+            .collect()
+    }
+
+    /// `status`'s feature `fleet`: this node's name and whether its view is current.
+    pub(super) fn fleet_feature(&self) -> Option<enforcer_proto::FeatureProbe> {
+        let f = self.fleet.as_ref()?;
+        let age = f.view_age();
+        let current = self.view() == ViewState::Current;
+        let seen = match age {
+            Some(a) => format!("etcd answered {:.1} s ago", a.as_secs_f64()),
+            None => "etcd has not answered since start".into(),
+        };
+        let (watching, leased) = f.watching();
+        let seen = format!(
+            "{seen}, lock watch {}, lease {}",
+            if watching { "up" } else { "down" },
+            if leased { "held" } else { "not held" }
+        );
+        Some(enforcer_proto::FeatureProbe {
+            name: "fleet".into(),
+            supported: current,
+            detail: format!(
+                "node {}: view {} ({seen}; stale_after {}, on_unreachable {}); {} fleet locks, {} fleet-wide slots held here",
+                f.node(),
+                if current { "current" } else { "STALE" },
+                self.config.fleet.stale_after,
+                match self.config.fleet.on_unreachable {
+                    OnUnreachable::Strict => "strict",
+                    OnUnreachable::BestEffort => "best_effort",
+                },
+                self.fleet_state.locks.len(),
+                self.fleet_state.slots.len(),
+            ),
+        })
+    }
+
+    /// Audits the view turning stale or current (checked every 250 ms).
+    pub(super) fn check_fleet_view(&mut self) {
+        if self.fleet.is_none() {
+            return;
+        }
+        let now_state = self.view();
+        let was = self.fleet_state.audited;
+        if was == Some(now_state) {
+            return;
+        }
+        if was.is_none() {
+            if now_state == ViewState::Current {
+                self.fleet_state.audited = Some(now_state); // first contact: nothing to report
+                return;
+            }
+            if !self.fleet_grace_over() {
+                return;
+            }
+        }
+        self.fleet_state.audited = Some(now_state);
+        let mode = self.config.fleet.on_unreachable;
+        let (event, message) = match now_state {
+            ViewState::Stale => (
+                AuditEvent::FleetViewStale,
+                match mode {
+                    OnUnreachable::Strict => {
+                        "etcd unreachable for longer than fleet.stale_after: new logins are refused (on_unreachable = strict)"
+                    }
+                    OnUnreachable::BestEffort => {
+                        "etcd unreachable for longer than fleet.stale_after: last known fleet locks and local limits apply (on_unreachable = best_effort)"
+                    }
+                },
+            ),
+            ViewState::Current => (
+                AuditEvent::FleetViewCurrent,
+                "etcd reachable again: the fleet view is current",
+            ),
+        };
+        tracing::warn!(event = event.as_str(), "{message}");
+        let mut rec = AuditRecord::new(event, OffsetDateTime::now_utc());
+        rec.message = Some(message.into());
+        self.audit.record(rec);
+    }
+
+    /// Whether `stale_after` has passed since the daemon started (a view is stale at start
+    /// only once that long went by without etcd).
+    fn fleet_grace_over(&self) -> bool {
+        self.info.started.elapsed() > self.config.fleet.stale_after.0
+    }
+}

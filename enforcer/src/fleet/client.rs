@@ -1,0 +1,63 @@
+//! Connecting to etcd: TLS with client certificates, etcd user and password, retried until it
+//! works. The client then reconnects on its own (tonic), to whichever endpoint answers.
+
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tokio::sync::watch;
+
+use super::FleetError;
+use crate::config::FleetConfig;
+
+/// Connect options from `[fleet]` (TLS files are read here, once, at start).
+pub(super) fn options(config: &FleetConfig) -> Result<ConnectOptions, FleetError> {
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(super::CALL_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    if !config.user.is_empty() {
+        o = o.with_user(config.user.clone(), config.password.clone());
+    }
+    if !config.ca.as_os_str().is_empty() {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| FleetError::TlsFile {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&config.ca)?));
+        if !config.cert.as_os_str().is_empty() {
+            tls = tls.identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?));
+        }
+        o = o.with_tls(tls);
+    }
+    Ok(o)
+}
+
+/// Connects in the background, retrying every second, and publishes the client.
+pub(super) fn connect(
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    out: watch::Sender<Option<Client>>,
+) {
+    tokio::spawn(async move {
+        let mut logged = false;
+        loop {
+            match Client::connect(&endpoints, Some(options.clone())).await {
+                Ok(c) => {
+                    tracing::info!(endpoints = ?endpoints, "connected to etcd");
+                    let _ = out.send(Some(c));
+                    return;
+                }
+                Err(e) => {
+                    if !logged {
+                        tracing::warn!(endpoints = ?endpoints, error = %e, "cannot connect to etcd yet; retrying every second");
+                        logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
