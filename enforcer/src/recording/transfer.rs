@@ -142,13 +142,7 @@ impl TransferSession {
     /// The leader executed the transfer program at `boot_ns`: what was held before goes to
     /// the recording, what came after to the parser.
     pub(super) fn started(&mut self, boot_ns: u64, audit: &AuditSink) -> Vec<Out> {
-        let Phase::Held { items, .. } = std::mem::replace(
-            &mut self.phase,
-            Phase::Held {
-                items: Vec::new(),
-                bytes: 0,
-            },
-        ) else {
+        let Phase::Held { items, .. } = self.take_phase() else {
             return Vec::new();
         };
         let parser = (self.start.mode != FileTransfers::Off)
@@ -204,13 +198,7 @@ impl TransferSession {
         program_ended: bool,
         audit: &AuditSink,
     ) -> Vec<Out> {
-        match std::mem::replace(
-            &mut self.phase,
-            Phase::Held {
-                items: Vec::new(),
-                bytes: 0,
-            },
-        ) {
+        match self.take_phase() {
             Phase::Held { items, .. } => items.into_iter().map(Out::Item).collect(),
             Phase::Parsing {
                 parser,
@@ -253,13 +241,7 @@ impl TransferSession {
 
     /// The session ended: open files are audited as incomplete; held bytes are recorded.
     pub(super) fn finish(mut self, audit: &AuditSink) -> Vec<Out> {
-        let phase = std::mem::replace(
-            &mut self.phase,
-            Phase::Held {
-                items: Vec::new(),
-                bytes: 0,
-            },
-        );
+        let phase = self.take_phase();
         match phase {
             Phase::Held { items, .. } => items.into_iter().map(Out::Item).collect(),
             Phase::Parsing { parser, .. } => {
@@ -273,14 +255,19 @@ impl TransferSession {
         }
     }
 
-    fn release(&mut self) -> Vec<Out> {
-        match std::mem::replace(
+    /// The phase, leaving an empty one in its place.
+    fn take_phase(&mut self) -> Phase {
+        std::mem::replace(
             &mut self.phase,
             Phase::Held {
                 items: Vec::new(),
                 bytes: 0,
             },
-        ) {
+        )
+    }
+
+    fn release(&mut self) -> Vec<Out> {
+        match self.take_phase() {
             Phase::Held { items, .. } => items.into_iter().map(Out::Item).collect(),
             other => {
                 self.phase = other;
