@@ -264,12 +264,7 @@ pub fn fleet_connection_limit(config: &Config, user: &str, groups: &[String]) ->
     if !config.fleet.enabled() {
         return 0;
     }
-    config
-        .rules
-        .iter()
-        .filter(|r| {
-            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
-        })
+    super::policy::matching_rules(config, user, groups)
         .find_map(|r| r.fleet_max_connections_per_user)
         .unwrap_or(config.fleet.max_connections_per_user)
 }
@@ -279,12 +274,7 @@ pub fn fleet_session_limit(config: &Config, user: &str, groups: &[String]) -> u3
     if !config.fleet.enabled() {
         return 0;
     }
-    config
-        .rules
-        .iter()
-        .filter(|r| {
-            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
-        })
+    super::policy::matching_rules(config, user, groups)
         .find_map(|r| r.fleet_max_sessions_per_user)
         .unwrap_or(config.fleet.max_sessions_per_user)
 }

@@ -16,16 +16,22 @@ pub struct EffectiveLimits {
     pub idle_timeout: Dur,
 }
 
+/// The `[[rules]]` entries that apply to `user` (member of `groups`), in order: the first that
+/// sets a key wins.
+pub fn matching_rules<'a>(
+    config: &'a Config,
+    user: &'a str,
+    groups: &'a [String],
+) -> impl Iterator<Item = &'a crate::config::Rule> {
+    config.rules.iter().filter(move |r| {
+        r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
+    })
+}
+
 /// Resolves the limits for `user` (member of `groups`): for each key the first matching rule
 /// that sets it wins, else the global value.
 pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> EffectiveLimits {
-    let matching: Vec<_> = config
-        .rules
-        .iter()
-        .filter(|r| {
-            r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
-        })
-        .collect();
+    let matching: Vec<_> = matching_rules(config, user, groups).collect();
     macro_rules! pick {
         ($key:ident, $global:expr) => {
             matching.iter().find_map(|r| r.$key).unwrap_or($global)
