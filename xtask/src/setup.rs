@@ -16,7 +16,6 @@ const TEST_PACKAGES: &[&str] = &[
     "openssh-server", // the real sshd the end-to-end tests drive
     "openssh-client",
     "bpftool",      // tests check nothing of ours stays attached
-    "libpam0g-dev", // links pam_enforcer.so
     "pamtester",    // drives the PAM module through real libpam without sshd
     "procps",
     "asciinema",   // recordings must play in it; a peer in `bench recording`
@@ -26,11 +25,21 @@ const TEST_PACKAGES: &[&str] = &[
     "debootstrap", // a clean Debian root to `apt install` the .deb into
     "lintian",     // the .deb must be lintian-clean
     "rsync",       // file transfers: rsync sessions are audited, not recorded
+    "etcd-client", // etcdctl: the fleet tests read and write the cluster with it
 ];
 // Debian's `prometheus` (server + promtool) too, installed without starting it: `prometheus()`.
 
-/// rust-src for the BPF toolchain and bpf-linker built against that toolchain's own LLVM.
+/// Debian packages any build needs (the daemon and the module alike).
+const BUILD_PACKAGES: &[&str] = &[
+    "libpam0g-dev",      // links pam_enforcer.so
+    "protobuf-compiler", // etcd-client's build script compiles etcd's gRPC protos
+    "libprotobuf-dev",   // ... and imports google/protobuf/*.proto from it
+];
+
+/// Build packages, rust-src for the BPF toolchain and bpf-linker built against that
+/// toolchain's own LLVM.
 pub fn toolchain() -> anyhow::Result<()> {
+    apt_install(BUILD_PACKAGES)?;
     let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", BPF_TOOLCHAIN]))
         .with_context(|| format!("the {BPF_TOOLCHAIN} toolchain is missing; install it with `rustup toolchain install {BPF_TOOLCHAIN}`"))?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
