@@ -270,6 +270,14 @@ impl EtcdCluster {
         c
     }
 
+    /// The pids of the running members (for CPU and memory figures).
+    pub fn member_pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(|c| c.id()))
+            .collect()
+    }
+
     /// Kills member `i` (SIGKILL, by pid).
     pub fn stop_member(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

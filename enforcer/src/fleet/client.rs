@@ -61,3 +61,53 @@ pub(super) fn connect(
         }
     });
 }
+
+/// A client on the raft leader's endpoint alone, and the term it was leader in. Slot
+/// transactions go there: through a follower every proposal takes one more hop, which the
+/// admission's latency pays (`cargo xtask bench fleet`: the etcd floor both ways).
+#[derive(Clone)]
+pub(super) struct Leader {
+    pub client: Client,
+    pub term: u64,
+}
+
+/// Finds the leader at start and again whenever `again` is notified (a slot transaction saw
+/// another raft term, or failed); at most once a second. `None` while no member says it leads:
+/// callers then use the client on every endpoint.
+pub(super) fn follow_leader(
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    out: watch::Sender<Option<Leader>>,
+    again: std::sync::Arc<tokio::sync::Notify>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let found = find_leader(&endpoints, &options).await;
+            tracing::debug!(term = found.as_ref().map(|l| l.term), "etcd leader looked up");
+            if out.send(found).is_err() {
+                return;
+            }
+            again.notified().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+/// Asks each member in turn; keeps only the leader's connection (one more per node, not one
+/// per member: a large fleet's connections are etcd's to carry).
+async fn find_leader(endpoints: &[String], options: &ConnectOptions) -> Option<Leader> {
+    for e in endpoints {
+        let Ok(mut c) = super::timed(Client::connect([e], Some(options.clone()))).await else {
+            continue;
+        };
+        if let Ok(st) = super::timed(c.status()).await
+            && st.header().map(|h| h.member_id()) == Some(st.leader())
+        {
+            return Some(Leader {
+                client: c,
+                term: st.raft_term(),
+            });
+        }
+    }
+    None
+}

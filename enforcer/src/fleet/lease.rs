@@ -68,7 +68,7 @@ impl LeaseTask {
             self.health.leased.store(true, Ordering::Relaxed);
             let _ = self.lease.send(lease);
             tracing::info!(lease, keys = held.len(), "node registered in etcd");
-            self.keep(&mut client, lease, &started, &mut held).await;
+            self.keep(&mut client, lease, &mut held).await;
             self.health.leased.store(false, Ordering::Relaxed);
             let _ = self.lease.send(0);
             tracing::warn!(lease, "the node's etcd lease was lost; registering again");
@@ -79,7 +79,7 @@ impl LeaseTask {
         serde_json::to_vec(&NodeValue {
             version: self.version.clone(),
             started: started.to_owned(),
-            last_seen: rfc3339(OffsetDateTime::now_utc()),
+            registered: rfc3339(OffsetDateTime::now_utc()),
             lease,
         })
         .unwrap_or_default()
@@ -107,14 +107,11 @@ impl LeaseTask {
         &mut self,
         client: &mut Client,
         lease: i64,
-        started: &str,
         held: &mut BTreeMap<String, Vec<u8>>,
     ) {
         let beat = self.ttl / 3;
         let mut tick = tokio::time::interval(beat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut node_tick = tokio::time::interval(self.ttl);
-        node_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut keeper = None;
         let mut last_ok = tokio::time::Instant::now();
         // Keys whose last write failed: written again from `held` at the next beat.
@@ -159,13 +156,6 @@ impl LeaseTask {
                             keeper = None;
                             if last_ok.elapsed() > self.ttl { return; }
                         }
-                    }
-                }
-                _ = node_tick.tick() => {
-                    let v = self.node_value(started, lease);
-                    let put = client.put(self.keys.node_key(), v, Some(PutOptions::new().with_lease(lease)));
-                    if timed(put).await.is_ok() {
-                        self.health.contact();
                     }
                 }
             }

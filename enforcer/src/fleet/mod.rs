@@ -115,7 +115,15 @@ impl FleetHandle {
         let health = Arc::new(Health::default());
         let options = client::options(&start.config)?;
         let (client_tx, client_rx) = tokio_watch::channel(None);
-        client::connect(start.config.etcd_endpoints.clone(), options, client_tx);
+        client::connect(start.config.etcd_endpoints.clone(), options.clone(), client_tx);
+        let (leader_tx, leader_rx) = tokio_watch::channel(None);
+        let leader_again = Arc::new(tokio::sync::Notify::new());
+        client::follow_leader(
+            start.config.etcd_endpoints.clone(),
+            options,
+            leader_tx,
+            leader_again.clone(),
+        );
         let (writes, writes_rx) = mpsc::unbounded_channel();
         let (lease_tx, lease_rx) = tokio_watch::channel(0i64);
         lease::start(lease::LeaseTask {
@@ -137,6 +145,8 @@ impl FleetHandle {
         let (acquire, acquire_rx) = mpsc::unbounded_channel();
         slots::start(slots::SlotTask {
             client: client_rx.clone(),
+            leader: leader_rx,
+            leader_again,
             keys: keys.clone(),
             lease: lease_rx,
             health: health.clone(),

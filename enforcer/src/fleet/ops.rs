@@ -198,20 +198,31 @@ async fn nodes(c: &mut etcd_client::Client, keys: &Keys) -> Result<Vec<NodeInfo>
         .await
         .map_err(FleetError::Unreachable)?;
     let conns = sessions(c, keys).await?;
-    Ok(got
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let name = kv.key_str().ok()?.strip_prefix(&keys.nodes())?.to_owned();
-            let v: NodeValue = serde_json::from_slice(kv.value()).ok()?;
-            let connections = conns.iter().filter(|c| c.node == name).count() as u64;
-            Some(NodeInfo {
-                name,
-                version: v.version,
-                started: v.started,
-                last_seen: v.last_seen,
-                connections,
-            })
-        })
-        .collect())
+    let mut out = Vec::new();
+    for kv in got.kvs() {
+        let Some(name) = kv.key_str().ok().and_then(|k| k.strip_prefix(&keys.nodes())) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<NodeValue>(kv.value()) else {
+            continue;
+        };
+        let connections = conns.iter().filter(|c| c.node == name).count() as u64;
+        let last_seen = last_keep_alive(c, v.lease).await.unwrap_or(v.registered);
+        out.push(NodeInfo {
+            name: name.to_owned(),
+            version: v.version,
+            started: v.started,
+            last_seen,
+            connections,
+        });
+    }
+    Ok(out)
+}
+
+/// When the lease was last kept alive (to the second): a keep-alive resets its TTL to the
+/// granted one, so it happened `granted - remaining` seconds ago.
+async fn last_keep_alive(c: &mut etcd_client::Client, lease: i64) -> Option<String> {
+    let r = timed(c.lease_time_to_live(lease, None)).await.ok()?;
+    let ago = (r.granted_ttl() - r.ttl()).max(0);
+    (r.ttl() > 0).then(|| crate::core::rfc3339(OffsetDateTime::now_utc() - time::Duration::seconds(ago)))
 }

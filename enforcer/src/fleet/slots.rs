@@ -13,9 +13,9 @@ use std::{
 };
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
-use super::{ClientRx, FleetEvent, Health, Write};
+use super::{ClientRx, FleetEvent, Health, Write, client::Leader};
 use crate::core::fleet::{Keys, slot_free};
 
 /// A request for a slot: `key` under `prefix` (the user's slots of one kind).
@@ -49,6 +49,10 @@ pub enum SlotOutcome {
 
 pub(super) struct SlotTask {
     pub client: ClientRx,
+    /// The client on the leader's endpoint, tried first (see [`super::client::Leader`]).
+    pub leader: watch::Receiver<Option<Leader>>,
+    /// Asks for the leader to be looked up again.
+    pub leader_again: Arc<Notify>,
     pub keys: Arc<Keys>,
     pub lease: watch::Receiver<i64>,
     pub health: Arc<Health>,
@@ -63,6 +67,8 @@ pub(super) fn start(mut task: SlotTask) {
         while let Some(req) = task.requests.recv().await {
             // Each request in its own task: one slow answer delays no other login.
             let client = task.client.borrow().clone();
+            let leader = task.leader.borrow().clone();
+            let again = task.leader_again.clone();
             let lease = *task.lease.borrow();
             let counts = counts.clone();
             let (keys, health, events, writes) = (
@@ -76,11 +82,12 @@ pub(super) fn start(mut task: SlotTask) {
                 let outcome = match (client, lease) {
                     (None, _) => SlotOutcome::Unreachable("not connected to etcd yet".into()),
                     (_, 0) => SlotOutcome::Unreachable("this node holds no etcd lease".into()),
-                    (Some(mut c), lease) => {
+                    (Some(c), lease) => {
                         let deadline = req.deadline;
+                        let clients = Clients { all: c, leader, again };
                         match tokio::time::timeout(
                             deadline,
-                            take_retrying(&mut c, &keys, &req, lease, &counts),
+                            take_retrying(clients, &keys, &req, lease, &counts),
                         )
                         .await
                         {
@@ -119,17 +126,19 @@ const COUNTS_MAX: usize = 10_000;
 
 /// Counts the user's slots (or trusts the remembered count) and takes one in a transaction
 /// that succeeds only if nothing under the prefix was created or changed since that count;
-/// when something was, the same transaction returns the new count and it tries again.
+/// when something was, the same transaction returns the new count and it tries again. Also
+/// returns the raft term of the last answer.
 async fn take(
     client: &mut etcd_client::Client,
     keys: &Keys,
     req: &Acquire,
     lease: i64,
     counts: &Counts,
-) -> Result<SlotOutcome, String> {
+) -> Result<(SlotOutcome, Option<u64>), String> {
     let (prefix, key) = (req.prefix.clone(), req.key.clone());
     let count_only = || GetOptions::new().with_prefix().with_count_only();
     let mut known = counts.lock().ok().and_then(|c| c.get(&prefix).copied());
+    let mut term = None;
     loop {
         let (held, rev, fresh) = match known.take() {
             Some((held, rev)) => (held, rev, false),
@@ -139,13 +148,14 @@ async fn take(
                     .await
                     .map_err(|e| e.to_string())?;
                 let rev = counted.header().map(|h| h.revision()).unwrap_or(0);
+                term = counted.header().map(|h| h.raft_term());
                 (counted.count().max(0) as usize, rev, true)
             }
         };
         if !slot_free(held, req.limit) {
             if fresh {
                 remember(counts, &prefix, held, rev);
-                return Ok(SlotOutcome::Full { held });
+                return Ok((SlotOutcome::Full { held }, term));
             }
             continue; // a remembered count: count anew before refusing
         }
@@ -159,9 +169,10 @@ async fn take(
             .or_else([TxnOp::get(prefix.clone(), Some(count_only()))]);
         let done = client.txn(txn).await.map_err(|e| e.to_string())?;
         let now_rev = done.header().map(|h| h.revision()).unwrap_or(0);
+        term = done.header().map(|h| h.raft_term());
         if done.succeeded() {
             remember(counts, &prefix, held + 1, now_rev);
-            return Ok(SlotOutcome::Taken);
+            return Ok((SlotOutcome::Taken, term));
         }
         // The prefix changed: the transaction's own read says how many there are now.
         let recount = done.op_responses().into_iter().find_map(|r| match r {
@@ -176,21 +187,42 @@ async fn take(
 /// [`take`], again after an error until the caller's deadline: with one etcd member down the
 /// client may still send a request to it before it learns to avoid it.
 async fn take_retrying(
-    client: &mut etcd_client::Client,
+    mut clients: Clients,
     keys: &Keys,
     req: &Acquire,
     lease: i64,
     counts: &Counts,
 ) -> Result<SlotOutcome, String> {
+    let mut leader = clients.leader.take();
     loop {
+        // The leader's client first; after a failure, any member (and look the leader up again).
+        let (client, term) = match leader.as_mut() {
+            Some(l) => (&mut l.client, Some(l.term)),
+            None => (&mut clients.all, None),
+        };
         match take(client, keys, req, lease, counts).await {
             Err(e) => {
                 tracing::debug!(key = req.key, error = %e, "slot request failed; retrying");
+                if leader.take().is_some() {
+                    clients.again.notify_one();
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            ok => return ok,
+            Ok((outcome, seen)) => {
+                if term.is_some() && seen != term {
+                    clients.again.notify_one(); // another term: the leader may have changed
+                }
+                return Ok(outcome);
+            }
         }
     }
+}
+
+/// The clients a slot request may use.
+struct Clients {
+    all: etcd_client::Client,
+    leader: Option<Leader>,
+    again: Arc<Notify>,
 }
 
 fn remember(counts: &Counts, prefix: &str, held: usize, rev: i64) {

@@ -5,7 +5,12 @@
 //! - admission (PAM account round trip) with a fleet-wide slot vs a local-only user, p50/p99;
 //! - etcd writes per connection: the store revision's growth per login + logout with a
 //!   fleet-wide limit (registration, slot, their deletes).
-//! Not yet here: the scale run of hundreds of simulated nodes.
+//! - the scale run (`scale.rs`): hundreds of simulated nodes against the real cluster, and
+//!   README's projection from it. `cargo xtask bench fleet scale [NODES [CONNS]]` runs only it
+//!   (default 300 nodes × 100 connections).
+
+mod floor;
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -34,19 +39,63 @@ fn show(what: &str, mut t: Vec<Duration>) {
     );
 }
 
-fn revision(cluster: &EtcdCluster) -> i64 {
+/// One PAM account round trip for a fresh process of `u` (then its close, untimed).
+fn admit(d: &TestDaemon, u: &TestUser) -> Duration {
+    let mut child = std::process::Command::new("/bin/sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let t = Instant::now();
+    let reply = d.account(&u.name, pid);
+    let took = t.elapsed();
+    assert!(
+        matches!(reply, Reply::Admission(Admission::Admitted { .. })),
+        "{reply:?}"
+    );
+    d.call(&Request::PamCloseSession(PamSession {
+        user: u.name.clone(),
+        pid,
+        conn_id: None,
+        auth_info: None,
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    took
+}
+
+/// The cluster's store revision (every write raises it by one).
+pub(crate) fn revision(cluster: &EtcdCluster) -> i64 {
     let out = cluster.ctl(&["get", "/enforcer-test/health", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["header"]["revision"].as_i64().unwrap()
 }
 
 fn main() {
-    if !require_root() {
+    if std::env::args().any(|a| a == "--list") || !require_root() {
         return;
     }
+    // Hundreds of simulated nodes hold thousands of connections (and so do etcd's members,
+    // which inherit the limit).
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 65536, 65536);
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let arg = |i: usize, default: usize| named.get(i).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let scale = scale::Scale {
+        nodes: arg(1, 300),
+        conns: arg(2, 100),
+    };
+    if named.first().map(String::as_str) != Some("scale") {
+        three_nodes();
+    }
+    scale::run(&EtcdCluster::start(3), &scale);
+}
+
+/// Three real nodes (enforcerd + sshd each): lock propagation, admission against etcd's floor,
+/// writes per connection.
+fn three_nodes() {
     let cluster = EtcdCluster::start(3);
     let user = TestUser::create("bf");
-    let local = TestUser::create("bl");
+    let local_user = TestUser::create("bl");
     let nodes: Vec<(TestDaemon, TestSshd)> = ["node-a", "node-b", "node-c"]
         .iter()
         .map(|n| {
@@ -54,9 +103,9 @@ fn main() {
                 "[locks]\nall_processes = false\n[fleet]\netcd_endpoints = {}\nnode_name = \"{n}\"\n\
                  max_connections_per_user = 1000\n[[rules]]\nusers = [\"{}\"]\nfleet_max_connections_per_user = 0\n",
                 cluster.endpoints_toml(),
-                local.name
+                local_user.name
             ));
-            let s = TestSshd::start(d.pam(), &[&user, &local], "");
+            let s = TestSshd::start(d.pam(), &[&user, &local_user], "");
             (d, s)
         })
         .collect();
@@ -83,35 +132,20 @@ fn main() {
     }
     show("lock on A → connections on B and C ended", lock);
 
+    // Interleaved, so the machine's noise falls on every variant alike.
     let d = &nodes[0].0;
-    let measure = |u: &TestUser| {
-        let mut times = Vec::new();
-        for _ in 0..ADMISSIONS {
-            let mut child = std::process::Command::new("/bin/sleep")
-                .arg("600")
-                .spawn()
-                .unwrap();
-            let pid = child.id();
-            let t = Instant::now();
-            let reply = d.account(&u.name, pid);
-            times.push(t.elapsed());
-            assert!(
-                matches!(reply, Reply::Admission(Admission::Admitted { .. })),
-                "{reply:?}"
-            );
-            d.call(&Request::PamCloseSession(PamSession {
-                user: u.name.clone(),
-                pid,
-                conn_id: None,
-                auth_info: None,
-            }));
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        times
-    };
-    show("admission, local limits only", measure(&local));
-    show("admission with a fleet-wide slot", measure(&user));
+    let mut floor = floor::Floor::connect(&cluster.endpoints());
+    let (mut fleet, mut local, mut raw, mut raw_leader) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ADMISSIONS {
+        fleet.push(admit(d, &user));
+        local.push(admit(d, &local_user));
+        raw.push(floor.slot(false));
+        raw_leader.push(floor.slot(true));
+    }
+    show("admission, local limits only", local);
+    show("admission with a fleet-wide slot", fleet);
+    show("etcd floor: the slot transaction alone, client on every member", raw);
+    show("etcd floor: the slot transaction alone, client on the leader", raw_leader);
 
     let before = revision(&cluster);
     let n = 20;
