@@ -190,3 +190,63 @@ fn exec_streams_through_the_cri_of_a_private_containerd() {
     }
     assert!(!dir.exists(), "{} left", dir.display());
 }
+
+/// Two private instances side by side (their shim sockets under /run/containerd/s are named by
+/// a hash of their own socket path, runc's state is in each temp dir), and the harness's
+/// cleanup after containerd itself was SIGKILLed: its shims and pods are found by path.
+#[test]
+fn two_instances_side_by_side_and_cleanup_after_a_killed_containerd() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let a = TestContainerd::start();
+    let b = TestContainerd::start();
+    let mut seen = Vec::new();
+    for (tag, ctrd) in [("a", &a), ("b", &b)] {
+        let cri = ctrd.cri();
+        let pod = cri.run_pod(&format!("pod-{tag}"), "side");
+        let cid = cri.start_container(&pod, "main", &["/bin/sleep", "100000"]);
+        let s =
+            ExecStream::connect(&cri.exec(&cid, &["sh", "-c", "echo in-$0", tag], false, false));
+        assert_eq!(s.wait_exit(T), Some(0), "exec in {tag}: {:?}", s.status());
+        assert!(
+            s.output_text().contains(&format!("in-{tag}")),
+            "exec in {tag} printed {:?}",
+            s.output_text()
+        );
+        let main = cri.container_pid(&cid);
+        seen.push((
+            tag,
+            main,
+            shim_of(cri.sandbox_pid(&pod.id)),
+            pod.uid.clone(),
+        ));
+    }
+    assert_ne!(seen[0].2, seen[1].2, "one shim per instance");
+    assert_eq!(a.shim_pids(), vec![seen[0].2], "instance a's shims");
+    assert_eq!(b.shim_pids(), vec![seen[1].2], "instance b's shims");
+
+    // containerd a dies hard: b goes on, and a's drop still removes what a left.
+    kill(Pid::from_raw(a.pid() as i32), Signal::SIGKILL).unwrap();
+    let a_dir = a.dir.path().to_owned();
+    drop(a);
+    let (_, a_main, a_shim, a_uid) = &seen[0];
+    assert!(
+        wait_until(T, || !alive(*a_main) && !alive(*a_shim)),
+        "instance a's pod or shim left running"
+    );
+    assert!(
+        mounts_under(&a_dir).is_empty(),
+        "{:?}",
+        mounts_under(&a_dir)
+    );
+    let a_parent = format!("/kubepods/besteffort/pod{a_uid}");
+    assert!(
+        cgroup_dirs(&a_parent).is_empty(),
+        "{:?}",
+        cgroup_dirs(&a_parent)
+    );
+    assert!(alive(seen[1].1), "instance b's pod died with a");
+    drop(b);
+    assert!(wait_until(T, || !alive(seen[1].1) && !alive(seen[1].2)));
+}
