@@ -1,16 +1,21 @@
 //! Harness for enforcer's end-to-end tests: locating the built binaries, privilege checks that
-//! fail (not skip) under CI, and daemons, sshd instances and users started per test and cleaned
-//! up by pid/path.
+//! fail (not skip) under CI, and daemons, sshd instances, users and a private containerd (with
+//! a CRI client playing the kubelet) started per test and cleaned up by pid/path.
 
 pub mod bpfstats;
+pub mod busybox_image;
 pub mod casts;
 pub mod cgroup;
+pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod debroot;
 pub mod env;
 pub mod etcd;
+pub mod exec_stream;
 pub mod hostile;
 pub mod http;
+pub mod kube;
 pub mod procs;
 pub mod prometheus;
 pub mod s3;

@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[&str] = &[
     "lintian",     // the .deb must be lintian-clean
     "rsync",       // file transfers: rsync sessions are audited, not recorded
     "etcd-client", // etcdctl: the fleet tests read and write the cluster with it
+    "runc",        // kube exec tests: the OCI runtime under the private containerd
+    "busybox-static", // kube exec tests: the one binary the tests build their image from
 ];
 // Debian's `prometheus` (server + promtool) too, installed without starting it: `prometheus()`.
 
@@ -201,7 +203,50 @@ pub fn test_packages() -> anyhow::Result<()> {
     prometheus()?;
     s3s_fs()?;
     // A real etcd (3.4) for the fleet tests: a private 3-member cluster on loopback ports.
-    without_service("etcd-server", "etcd")
+    without_service("etcd-server", "etcd")?;
+    // Kube exec tests run a private containerd (own config, root, socket); never the service.
+    without_service("containerd", "containerd")?;
+    kubernetes_client()
+}
+
+/// Where Debian's kubectl is unpacked when another package already owns /usr/bin/kubectl.
+const KUBECTL_DIR: &str = "kubernetes-client";
+
+/// Debian's kubectl (kubernetes-client), which the kube exec tests drive. Some machines carry
+/// another package's /usr/bin/kubectl (the Cloud SDK's `kubectl`), which dpkg refuses to
+/// overwrite: there the Debian package is unpacked into `target/kubernetes-client/` instead,
+/// where the tests look first (`enforcer_tests::kube::kubectl()`).
+fn kubernetes_client() -> anyhow::Result<()> {
+    const PKG: &str = "kubernetes-client";
+    if missing_packages(&[PKG]).is_empty() {
+        return Ok(());
+    }
+    let owner = output(Command::new("dpkg-query").args(["-S", "/usr/bin/kubectl"]));
+    let Some(owner) = owner.filter(|o| !o.starts_with(PKG)) else {
+        return apt_install(&[PKG]);
+    };
+    let dir = target_dir().join(KUBECTL_DIR);
+    if dir.join("usr/bin/kubectl").is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "/usr/bin/kubectl belongs to {}: unpacking {PKG} into {}",
+        owner.trim(),
+        dir.display()
+    );
+    let dl = target_dir().join("apt-download");
+    std::fs::create_dir_all(&dl)?;
+    run(Command::new("apt-get").current_dir(&dl).args(["download", PKG]))?;
+    let deb = std::fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{PKG}_")))
+        })
+        .with_context(|| format!("apt-get download {PKG} left no .deb in {}", dl.display()))?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    std::fs::remove_dir_all(&dl)?;
+    Ok(())
 }
 
 /// The S3-compatible server the `[recording.store]` tests upload to (SigV4 enforced, multipart;
@@ -262,7 +307,12 @@ fn without_service(package: &str, service: &str) -> anyhow::Result<()> {
     // Best effort: either init system's enablement may be absent on this machine.
     let _ = output(Command::new("update-rc.d").args([service, "disable"]));
     let unit = format!("{service}.service");
-    let _ = output(Command::new("deb-systemd-helper").args(["disable", unit.as_str()]));
+    // deb-systemd-helper does nothing unless it believes dpkg called it.
+    let _ = output(
+        Command::new("deb-systemd-helper")
+            .env("DPKG_MAINTSCRIPT_PACKAGE", package)
+            .args(["disable", unit.as_str()]),
+    );
     Ok(())
 }
 
