@@ -33,3 +33,24 @@ pub fn require_root() -> bool {
     eprintln!("SKIPPED: needs root (run `sudo -E cargo xtask test`)");
     false
 }
+
+/// A program the test needs: `$override_var` if set, else `name` on PATH. Missing: under CI
+/// the test fails (setup installs it), elsewhere it is skipped with a note (`None`).
+pub fn require_program(name: &str, override_var: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(override_var) {
+        return Some(PathBuf::from(p));
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed and CI is set: run `cargo xtask setup` (or set {override_var})"
+        );
+        eprintln!("SKIPPED: {name} is not installed");
+    }
+    found
+}

@@ -11,6 +11,8 @@ pub mod env;
 pub mod etcd;
 pub mod hostile;
 pub mod http;
+pub mod kube_api;
+pub mod kube_discovery;
 pub mod procs;
 pub mod prometheus;
 pub mod s3;
@@ -20,6 +22,6 @@ pub mod stats;
 pub mod users;
 
 pub use daemon::TestDaemon;
-pub use env::{bin, bin_dir, require_root};
+pub use env::{bin, bin_dir, require_program, require_root};
 pub use sshd::{Pam, TestSshd};
 pub use users::{TestGroup, TestUser};

@@ -26,6 +26,7 @@ const TEST_PACKAGES: &[&str] = &[
     "lintian",     // the .deb must be lintian-clean
     "rsync",       // file transfers: rsync sessions are audited, not recorded
     "etcd-client", // etcdctl: the fleet tests read and write the cluster with it
+    "kubernetes-client", // kubectl: packaging/kubernetes/ goes through its client side
 ];
 // Debian's `prometheus` (server + promtool) too, installed without starting it: `prometheus()`.
 
