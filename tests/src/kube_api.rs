@@ -259,8 +259,7 @@ fn connection(shared: &Shared, stream: TcpStream, generation: u64) -> std::io::R
         lock(shared).requests.push(format!("{method} {target}"));
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let query = parse_query(query);
-        if path == "/api/v1/nodes" && query.get("watch").is_some_and(|w| w == "true" || w == "1")
-        {
+        if path == "/api/v1/nodes" && query.get("watch").is_some_and(|w| w == "true" || w == "1") {
             return watch(shared, &mut out, &query, generation);
         }
         let (status, body) = answer(shared, method, path, &query);
@@ -324,7 +323,12 @@ fn not_found(what: &str) -> (u16, Value) {
     )
 }
 
-fn answer(shared: &Shared, method: &str, path: &str, query: &BTreeMap<String, String>) -> (u16, Value) {
+fn answer(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    query: &BTreeMap<String, String>,
+) -> (u16, Value) {
     let g = lock(shared);
     if method != "GET" {
         return not_found(path);
@@ -332,7 +336,10 @@ fn answer(shared: &Shared, method: &str, path: &str, query: &BTreeMap<String, St
     let node = g.labels.as_ref().map(|l| node_json(&g.node, g.rv, Some(l)));
     match path {
         "/api/v1/nodes" => {
-            let items: Vec<Value> = node.into_iter().filter(|_| selects(query, &g.node)).collect();
+            let items: Vec<Value> = node
+                .into_iter()
+                .filter(|_| selects(query, &g.node))
+                .collect();
             (
                 200,
                 json!({"kind": "NodeList", "apiVersion": "v1",
@@ -372,7 +379,11 @@ fn watch(
         after = u64::MAX;
     }
     // A bookmark at the version asked for (never ahead of events still to be replayed).
-    if query.get("allowWatchBookmarks").is_some_and(|b| b == "true") && (1..u64::MAX).contains(&after) {
+    if query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true")
+        && (1..u64::MAX).contains(&after)
+    {
         let bookmark = json!({"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1",
             "metadata": {"resourceVersion": after.to_string()}}});
         chunk(out, &bookmark)?;

@@ -18,7 +18,12 @@ const GROUPS: &[(&str, &str, &str, &[(&str, &str, bool)])] = &[
             ("serviceaccounts", "ServiceAccount", true),
         ],
     ),
-    ("/apis/apps/v1", "apps", "v1", &[("daemonsets", "DaemonSet", true)]),
+    (
+        "/apis/apps/v1",
+        "apps",
+        "v1",
+        &[("daemonsets", "DaemonSet", true)],
+    ),
     (
         "/apis/rbac.authorization.k8s.io/v1",
         "rbac.authorization.k8s.io",
@@ -46,18 +51,25 @@ pub fn document(path: &str) -> Option<Value> {
                 .collect();
             Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
         }
-        p => GROUPS.iter().find(|(gp, ..)| *gp == p).map(|(_, g, v, rs)| {
-            let resources: Vec<Value> = rs
-                .iter()
-                .map(|(name, kind, namespaced)| {
-                    json!({"name": name, "singularName": "", "namespaced": namespaced,
+        p => GROUPS
+            .iter()
+            .find(|(gp, ..)| *gp == p)
+            .map(|(_, g, v, rs)| {
+                let resources: Vec<Value> = rs
+                    .iter()
+                    .map(|(name, kind, namespaced)| {
+                        json!({"name": name, "singularName": "", "namespaced": namespaced,
                            "kind": kind, "verbs": ["create", "delete", "get", "list", "patch",
                            "update", "watch"]})
-                })
-                .collect();
-            let gv = if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
-            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                    })
+                    .collect();
+                let gv = if g.is_empty() {
+                    v.to_string()
+                } else {
+                    format!("{g}/{v}")
+                };
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
                    "resources": resources})
-        }),
+            }),
     }
 }

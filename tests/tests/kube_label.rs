@@ -26,7 +26,8 @@ fn node_name(tag: &str) -> String {
 /// A kubeconfig for `api`, in a directory of its own.
 fn kubeconfig(api: &KubeApi) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    api.write_kubeconfig(&dir.path().join("kubeconfig")).unwrap();
+    api.write_kubeconfig(&dir.path().join("kubeconfig"))
+        .unwrap();
     dir
 }
 
@@ -101,7 +102,10 @@ fn removing_and_adding_the_label_switches_enforcement_within_seconds() {
     assert_eq!(first["label"], "enforcer.dev/enforce=true");
 
     // Another label's value does not matter; the label's does.
-    api.set_labels(&[("enforcer.dev/enforce", "false"), ("kubernetes.io/os", "linux")]);
+    api.set_labels(&[
+        ("enforcer.dev/enforce", "false"),
+        ("kubernetes.io/os", "linux"),
+    ]);
     let took = wait_state(&d, "absent");
     eprintln!("label removed → status not enforcing after {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
@@ -111,14 +115,19 @@ fn removing_and_adding_the_label_switches_enforcement_within_seconds() {
         v["event"] == "kube_label_changed" && v["enforcing"] == false
     });
     assert_eq!(off["node"], node.as_str());
-    assert_eq!(off["message"], "label enforcer.dev/enforce=true: present → absent");
+    assert_eq!(
+        off["message"],
+        "label enforcer.dev/enforce=true: present → absent"
+    );
 
     api.set_labels(&[LABEL]);
     let took = wait_state(&d, "present");
     eprintln!("label back → status enforcing after {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(feature(&d).0);
-    assert!(wait_until(Duration::from_secs(5), || label_changes(&d).len() == 3));
+    assert!(wait_until(Duration::from_secs(5), || label_changes(&d)
+        .len()
+        == 3));
     // Labels set again unchanged are not changes.
     api.set_labels(&[LABEL, ("other", "x")]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -175,7 +184,9 @@ fn without_an_answer_enforcement_stays_on_and_the_error_is_shown() {
     drop(api); // nothing listens on its port any more
     let d = start(&kc, &node, "", "");
     assert!(
-        wait_until(Duration::from_secs(10), || feature(&d).1.contains("last error at")),
+        wait_until(Duration::from_secs(10), || feature(&d)
+            .1
+            .contains("last error at")),
         "{:?}",
         feature(&d)
     );
@@ -210,12 +221,17 @@ fn gate_ssh_admits_over_the_limit_only_while_the_label_is_absent() {
         .filter(|v| v["event"] == "connection_admitted")
         .collect();
     assert_eq!(admitted.len(), 2, "still audited: {admitted:#?}");
-    assert!(admitted.iter().all(|v| v["enforcing"] == false), "{admitted:#?}");
+    assert!(
+        admitted.iter().all(|v| v["enforcing"] == false),
+        "{admitted:#?}"
+    );
 
     api.set_labels(&[LABEL]);
     wait_state(&d, "present");
     let refused = HeldSsh::try_open(&sshd, &kim);
-    let err = refused.err().expect("label present: over the limit is refused");
+    let err = refused
+        .err()
+        .expect("label present: over the limit is refused");
     assert!(err.contains("allowed SSH connections"), "{err}");
     d.wait_audit("refusal", |v| {
         v["event"] == "connection_refused" && v["reason"] == "max_connections_per_user"
@@ -235,14 +251,20 @@ fn gate_ssh_off_keeps_ssh_enforced_without_the_label() {
     let kim = TestUser::create("kn");
     let sshd = TestSshd::start(d.pam(), &[&kim], "");
     let _first = HeldSsh::open(&sshd, &kim);
-    assert!(HeldSsh::try_open(&sshd, &kim).is_err(), "SSH always enforced");
+    assert!(
+        HeldSsh::try_open(&sshd, &kim).is_err(),
+        "SSH always enforced"
+    );
 }
 
 #[test]
 fn bad_kubernetes_config_is_refused_naming_the_key() {
     let (ok, err) = check_config("[kubernetes]\nenabled = true\nlabel = \"enforcer.dev/=on\"\n");
     assert!(!ok);
-    assert!(err.contains("kubernetes.label") && err.contains("name part"), "{err}");
+    assert!(
+        err.contains("kubernetes.label") && err.contains("name part"),
+        "{err}"
+    );
     let (ok, err) = check_config("[kubernetes]\nenabled = true\n\ngate_sssh = true\n");
     assert!(!ok);
     assert!(err.contains("gate_sssh") && err.contains("line 4"), "{err}");

@@ -40,7 +40,14 @@ fn through_kubectl(kubectl: &PathBuf) -> Vec<Value> {
         let out = Command::new(kubectl)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["create", "--dry-run=client", "--validate=false", "-o", "json", "-f"])
+            .args([
+                "create",
+                "--dry-run=client",
+                "--validate=false",
+                "-o",
+                "json",
+                "-f",
+            ])
             .arg(f)
             .env("HOME", dir.path()) // kubectl's discovery cache
             .output()
@@ -70,7 +77,11 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> T {
     let back = serde_json::to_value(&t).unwrap();
     let mut lost = Vec::new();
     subset(v, &back, String::new(), &mut lost);
-    assert!(lost.is_empty(), "{}: fields unknown to the API types: {lost:?}", v["kind"]);
+    assert!(
+        lost.is_empty(),
+        "{}: fields unknown to the API types: {lost:?}",
+        v["kind"]
+    );
     t
 }
 
@@ -135,18 +146,34 @@ fn manifests_pass_kubectl_and_the_api_types_and_say_what_they_must() {
     added.sort();
     assert_eq!(
         added,
-        ["BPF", "DAC_READ_SEARCH", "KILL", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
+        [
+            "BPF",
+            "DAC_READ_SEARCH",
+            "KILL",
+            "PERFMON",
+            "SYS_ADMIN",
+            "SYS_PTRACE"
+        ]
     );
     // Every mount has its volume, and the host paths are the ones documented.
     let volumes = spec.volumes.as_ref().unwrap();
     for m in c.volume_mounts.as_ref().unwrap() {
-        assert!(volumes.iter().any(|v| v.name == m.name), "mount {} lacks a volume", m.name);
+        assert!(
+            volumes.iter().any(|v| v.name == m.name),
+            "mount {} lacks a volume",
+            m.name
+        );
     }
     let host_paths: Vec<&str> = volumes
         .iter()
         .filter_map(|v| v.host_path.as_ref().map(|h| h.path.as_str()))
         .collect();
-    for p in ["/sys/fs/bpf", "/run/containerd/containerd.sock", "/run/enforcer", "/var/log/enforcer"] {
+    for p in [
+        "/sys/fs/bpf",
+        "/run/containerd/containerd.sock",
+        "/run/enforcer",
+        "/var/log/enforcer",
+    ] {
         assert!(host_paths.contains(&p), "{p} not mounted: {host_paths:?}");
     }
 
@@ -154,14 +181,25 @@ fn manifests_pass_kubectl_and_the_api_types_and_say_what_they_must() {
     let args = c.args.as_ref().unwrap();
     let config_path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
     let cm_volume = volumes.iter().find(|v| v.config_map.is_some()).unwrap();
-    let cm_mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == cm_volume.name);
+    let cm_mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == cm_volume.name);
     assert!(config_path.starts_with(&cm_mount.unwrap().mount_path));
-    assert_eq!(cm_volume.config_map.as_ref().unwrap().name, cm.metadata.name.clone().unwrap());
+    assert_eq!(
+        cm_volume.config_map.as_ref().unwrap().name,
+        cm.metadata.name.clone().unwrap()
+    );
     let toml = &cm.data.as_ref().unwrap()["enforcer.toml"];
     let config = Config::parse(toml, "packaging/kubernetes/configmap.yaml").unwrap();
     assert!(config.kubernetes.enabled);
     assert_eq!(config.kubernetes.label, DEFAULT_LABEL);
-    assert!(config.kubernetes.kubeconfig.as_os_str().is_empty(), "in-cluster");
+    assert!(
+        config.kubernetes.kubeconfig.as_os_str().is_empty(),
+        "in-cluster"
+    );
 
     // RBAC: read its Node and pods, nothing else.
     let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role

@@ -15,17 +15,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const TEST_PACKAGES: &[&str] = &[
     "openssh-server", // the real sshd the end-to-end tests drive
     "openssh-client",
-    "bpftool",      // tests check nothing of ours stays attached
-    "pamtester",    // drives the PAM module through real libpam without sshd
+    "bpftool",   // tests check nothing of ours stays attached
+    "pamtester", // drives the PAM module through real libpam without sshd
     "procps",
-    "asciinema",   // recordings must play in it; a peer in `bench recording`
-    "tlog",        // peer in `bench recording`
-    "bsdutils",    // script(1): peer in `bench recording`, and a terminal for `asciinema cat`
-    "pv",          // rate-limited output for `bench recording`
-    "debootstrap", // a clean Debian root to `apt install` the .deb into
-    "lintian",     // the .deb must be lintian-clean
-    "rsync",       // file transfers: rsync sessions are audited, not recorded
-    "etcd-client", // etcdctl: the fleet tests read and write the cluster with it
+    "asciinema",         // recordings must play in it; a peer in `bench recording`
+    "tlog",              // peer in `bench recording`
+    "bsdutils",          // script(1): peer in `bench recording`, and a terminal for `asciinema cat`
+    "pv",                // rate-limited output for `bench recording`
+    "debootstrap",       // a clean Debian root to `apt install` the .deb into
+    "lintian",           // the .deb must be lintian-clean
+    "rsync",             // file transfers: rsync sessions are audited, not recorded
+    "etcd-client",       // etcdctl: the fleet tests read and write the cluster with it
     "kubernetes-client", // kubectl: packaging/kubernetes/ goes through its client side
 ];
 // Debian's `prometheus` (server + promtool) too, installed without starting it: `prometheus()`.

@@ -185,7 +185,10 @@ mod tests {
         let ok = "[[kubernetes.namespaces]]\nnames = [\"prod\", \"kube-system\"]\n\
                   max_exec_sessions_per_pod = 1\nidle_timeout = \"5m\"\n";
         let c = Config::parse(ok, "t").unwrap();
-        assert_eq!(c.kubernetes.namespaces[0].max_exec_sessions_per_pod, Some(1));
+        assert_eq!(
+            c.kubernetes.namespaces[0].max_exec_sessions_per_pod,
+            Some(1)
+        );
         let (key, _) = invalid_key("[[kubernetes.namespaces]]\nmax_exec_sessions_per_pod = 1\n");
         assert_eq!(key, "kubernetes.namespaces[0].names");
         let (key, msg) = invalid_key(

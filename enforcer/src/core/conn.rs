@@ -394,6 +394,7 @@ pub(crate) mod tests {
             sessions: Sessions::default(),
             forwards: BTreeMap::new(),
             forward_event_at: None,
+            enforced: true,
         }
     }
 

@@ -24,7 +24,11 @@ pub enum NodeEvent {
 }
 
 /// Watches Node `name` until the receiver is gone.
-pub fn watch_node(client: kube::Client, name: String, tx: mpsc::Sender<NodeEvent>) -> JoinHandle<()> {
+pub fn watch_node(
+    client: kube::Client,
+    name: String,
+    tx: mpsc::Sender<NodeEvent>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let api: Api<Node> = Api::all(client);
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));

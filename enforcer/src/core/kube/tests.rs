@@ -92,7 +92,10 @@ fn label_changes_are_reported_once_with_their_time() {
     let off = labels(&[("x", "y")]);
     let mut g = Gate::new(t(0));
     let c = g.observe(&s, Some(&on), t(1)).unwrap();
-    assert_eq!((c.from, c.to, c.enforcing), (LabelState::Unknown, LabelState::Present, true));
+    assert_eq!(
+        (c.from, c.to, c.enforcing),
+        (LabelState::Unknown, LabelState::Present, true)
+    );
     assert_eq!(g.observe(&s, Some(&on), t(2)), None, "no change, no record");
     assert_eq!(g.since, t(1));
     let c = g.observe(&s, Some(&off), t(3)).unwrap();
@@ -119,7 +122,10 @@ fn ssh_follows_the_label_only_with_gate_ssh() {
     assert!(g.ssh_enforced(false) && g.ssh_enforced(true));
     g.observe(&sel("enforcer.dev/enforce=true"), Some(&labels(&[])), t(2));
     assert!(g.ssh_enforced(false), "gate_ssh off: SSH always enforced");
-    assert!(!g.ssh_enforced(true), "gate_ssh on, label absent: not enforced");
+    assert!(
+        !g.ssh_enforced(true),
+        "gate_ssh on, label absent: not enforced"
+    );
 }
 
 fn kube(text: &str) -> KubernetesConfig {
@@ -146,7 +152,10 @@ fn namespace_overrides_win_key_by_key() {
         },
     ];
     let p = exec_limits(&c, "prod");
-    assert_eq!((p.max_per_pod, p.max_per_namespace, p.max_per_node), (1, 10, 20));
+    assert_eq!(
+        (p.max_per_pod, p.max_per_namespace, p.max_per_node),
+        (1, 10, 20)
+    );
     assert_eq!(p.idle_timeout, Dur::secs(60));
     assert_eq!(exec_limits(&c, "dev").max_per_pod, 9);
     let other = exec_limits(&c, "other");
@@ -204,7 +213,10 @@ fn locks_refuse_before_limits_and_name_their_reason() {
     assert_eq!(r, ExecRefusal::NamespaceLocked);
     assert_eq!(r.reason().as_str(), "namespace_locked");
     assert_eq!(r.limit(), None);
-    assert_eq!(r.message(&a, "n1"), "enforcer: exec refused: namespace ns is locked");
+    assert_eq!(
+        r.message(&a, "n1"),
+        "enforcer: exec refused: namespace ns is locked"
+    );
     // Another pod of an unlocked namespace is unaffected.
     let b = pod("other", "b");
     assert!(matches!(
@@ -222,7 +234,10 @@ fn without_the_label_nothing_is_refused() {
     let mut locks = ExecLocks::default();
     locks.namespaces.insert("ns".into());
     let census = ExecCensus::of([&a, &a]);
-    assert_eq!(admit_exec(&g, &c, &census, &locks, &a), ExecDecision::Unenforced);
+    assert_eq!(
+        admit_exec(&g, &c, &census, &locks, &a),
+        ExecDecision::Unenforced
+    );
     // Unknown (no answer yet) enforces.
     let fresh = Gate::new(t(0));
     assert_eq!(
