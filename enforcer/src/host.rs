@@ -109,6 +109,18 @@ pub fn environ(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A node's name as configured, or the host name when `configured` is empty (`[fleet]`,
+/// `[recording.store]`, `[kubernetes]` all default to it).
+pub fn node_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Ids of every live process (thread-group leaders: /proc lists only those).
 pub fn process_ids() -> std::collections::HashSet<u32> {
     std::fs::read_dir("/proc")

@@ -10,6 +10,7 @@
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
 //! - [`metrics`]: Prometheus metrics on `[metrics] listen`;
 //! - [`fleet`]: locks, live sessions and fleet-wide limits across nodes, on etcd;
+//! - [`kube`]: the apiserver side of `[kubernetes]` (this node's enforcement label);
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
 //! - [`docs`]: man pages and completions generated from the CLI definitions;
 //! - [`usage`]: argument errors as one line, exit 2.
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod docs;
 pub mod fleet;
 pub mod host;
+pub mod kube;
 pub mod lines;
 pub mod locks;
 pub mod metrics;

@@ -356,6 +356,23 @@ impl Drop for TestDaemon {
 
 /// The PAM `account` request pam_enforcer sends for a connection of `user` whose sshd monitor
 /// is `pid` (from 127.0.0.1).
+/// `enforcerd --check-config` on config `text` (no root needed): (success, stderr).
+pub fn check_config(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("check.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(bin("enforcerd"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn account_request(user: &str, pid: u32) -> Request {
     Request::PamAccount(PamAccount {
         user: user.to_owned(),

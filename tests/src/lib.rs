@@ -16,6 +16,8 @@ pub mod exec_stream;
 pub mod hostile;
 pub mod http;
 pub mod kube;
+pub mod kube_api;
+pub mod kube_discovery;
 pub mod procs;
 pub mod prometheus;
 pub mod s3;

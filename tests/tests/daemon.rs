@@ -346,21 +346,10 @@ fn argument_errors_are_one_line_and_exit_2() {
 
 #[test]
 fn bad_config_names_the_key_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
+    let (ok, err) = enforcer_tests::daemon::check_config(
         "[limits]\nmax_connections_per_user = 2\nmax_sesions = 1\n",
-    )
-    .unwrap();
-    let out = Command::new(bin("enforcerd"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert!(!ok);
     assert!(
         err.contains("max_sesions") && err.contains("line 3"),
         "{err}"

@@ -15,8 +15,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const TEST_PACKAGES: &[&str] = &[
     "openssh-server", // the real sshd the end-to-end tests drive
     "openssh-client",
-    "bpftool",      // tests check nothing of ours stays attached
-    "pamtester",    // drives the PAM module through real libpam without sshd
+    "bpftool",   // tests check nothing of ours stays attached
+    "pamtester", // drives the PAM module through real libpam without sshd
     "procps",
     "asciinema",   // recordings must play in it; a peer in `bench recording`
     "tlog",        // peer in `bench recording`

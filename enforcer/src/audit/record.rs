@@ -165,6 +165,16 @@ pub struct AuditRecord {
     /// restart can (`config_reload_failed`, reason `needs_restart`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<Vec<ConfigChange>>,
+    /// `[kubernetes]`: the Node (`kube_label_changed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `[kubernetes] label` as configured (`kube_label_changed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Whether enforcement applies from now on (`kube_label_changed`; `connection_admitted`
+    /// with `gate_ssh`: false when the login was admitted without limits or locks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcing: Option<bool>,
 }
 
 impl AuditRecord {
@@ -229,6 +239,9 @@ impl AuditRecord {
             config_path: None,
             trigger: None,
             changes: None,
+            node: None,
+            label: None,
+            enforcing: None,
         }
     }
 

@@ -3,9 +3,11 @@
 
 mod duration;
 mod fleet;
+mod kube;
 
 pub use duration::Dur;
 pub use fleet::{FleetConfig, OnUnreachable};
+pub use kube::{DEFAULT_LABEL, KubernetesConfig, NamespaceRule};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -51,6 +53,7 @@ pub struct Config {
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
     pub fleet: FleetConfig,
+    pub kubernetes: KubernetesConfig,
     pub rules: Vec<Rule>,
 }
 
@@ -482,6 +485,7 @@ impl Config {
             );
         }
         self.fleet.validate()?;
+        self.kubernetes.validate()?;
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.users.is_empty() && rule.groups.is_empty() {
                 return bad(

@@ -42,6 +42,18 @@ fn shipped_example_documents_every_key() {
             "rules key {key} undocumented"
         );
     }
+    for key in [
+        "names",
+        "max_exec_sessions_per_pod",
+        "max_exec_sessions_per_namespace",
+        "idle_timeout",
+    ] {
+        let shown = EMBEDDED_DEFAULT
+            .split("# [[kubernetes.namespaces]]")
+            .nth(1)
+            .is_some_and(|s| s.contains(&format!("# {key} = ")));
+        assert!(shown, "kubernetes.namespaces key {key} undocumented");
+    }
     // Off by default, so shown commented out.
     assert!(EMBEDDED_DEFAULT.contains("# listen = \"127.0.0.1:9464\""));
 }

@@ -64,6 +64,9 @@ names! {
         FleetViewStale = "fleet_view_stale",
         /// The node's view of the fleet is current again.
         FleetViewCurrent = "fleet_view_current",
+        /// `[kubernetes]`: the enforcement label on this node's Node object changed (`node`,
+        /// `label`, `enforcing`; `message` says from what to what).
+        KubeLabelChanged = "kube_label_changed",
     }
 }
 
@@ -119,6 +122,16 @@ names! {
         /// A login refused: the fleet could not be reached (`on_unreachable = "strict"` with a
         /// stale view, or a fleet-wide slot that could not be taken in time).
         FleetUnreachable = "fleet_unreachable",
+        /// An exec refused: its pod has `kubernetes.max_exec_sessions_per_pod` exec sessions.
+        MaxExecSessionsPerPod = "max_exec_sessions_per_pod",
+        /// An exec refused: its namespace has `max_exec_sessions_per_namespace` on this node.
+        MaxExecSessionsPerNamespace = "max_exec_sessions_per_namespace",
+        /// An exec refused: this node has `max_exec_sessions_per_node` exec sessions.
+        MaxExecSessionsPerNode = "max_exec_sessions_per_node",
+        /// An exec refused: its pod is locked.
+        PodLocked = "pod_locked",
+        /// An exec refused: its namespace is locked.
+        NamespaceLocked = "namespace_locked",
     }
 }
 

@@ -66,6 +66,14 @@ pub struct Connection {
     /// connection may never be caught open by the idle sweep.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub forward_event_at: Option<OffsetDateTime>,
+    /// Limits apply to it: false when `[kubernetes] gate_ssh` admitted it while the node's
+    /// enforcement label was absent (no connection, session or idle limit for its lifetime).
+    #[serde(default = "enforced_by_default")]
+    pub enforced: bool,
+}
+
+fn enforced_by_default() -> bool {
+    true
 }
 
 impl Connection {
@@ -95,6 +103,7 @@ impl Connection {
             sessions: Default::default(),
             forwards: Default::default(),
             forward_event_at: None,
+            enforced: true,
         }
     }
 
@@ -385,6 +394,7 @@ pub(crate) mod tests {
             sessions: Sessions::default(),
             forwards: BTreeMap::new(),
             forward_event_at: None,
+            enforced: true,
         }
     }
 

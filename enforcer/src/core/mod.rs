@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod forward;
 pub mod identity;
 pub mod idle;
+pub mod kube;
 pub mod lock;
 pub mod policy;
 pub mod reload;

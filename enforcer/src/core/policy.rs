@@ -16,6 +16,17 @@ pub struct EffectiveLimits {
     pub idle_timeout: Dur,
 }
 
+impl EffectiveLimits {
+    /// No limit at all (a login `[kubernetes] gate_ssh` admits while the label is absent).
+    pub const NONE: EffectiveLimits = EffectiveLimits {
+        max_connections_per_user: 0,
+        max_connections_per_source: 0,
+        max_sessions_per_connection: 0,
+        max_sessions_per_user: 0,
+        idle_timeout: Dur::ZERO,
+    };
+}
+
 /// The `[[rules]]` entries that apply to `user` (member of `groups`), in order: the first that
 /// sets a key wins.
 pub fn matching_rules<'a>(

@@ -44,6 +44,13 @@ const LIVE: &[&str] = &[
     "fleet.max_sessions_per_user",
     "fleet.on_unreachable",
     "fleet.stale_after",
+    // Read at each decision (admission, exec admission, idle check).
+    "kubernetes.gate_ssh",
+    "kubernetes.max_exec_sessions_per_pod",
+    "kubernetes.max_exec_sessions_per_namespace",
+    "kubernetes.max_exec_sessions_per_node",
+    "kubernetes.idle_timeout",
+    "kubernetes.namespaces",
 ];
 
 /// Keys only a restart applies: bound or opened at start (sockets, state and audit files), or
@@ -86,6 +93,12 @@ const RESTART: &[&str] = &[
     "fleet.user",
     "fleet.password",
     "fleet.lease_ttl",
+    // The Node watch and the containerd client are started with these.
+    "kubernetes.enabled",
+    "kubernetes.node_name",
+    "kubernetes.label",
+    "kubernetes.kubeconfig",
+    "kubernetes.containerd_socket",
 ];
 
 /// Whether a changed key can be applied without a restart. `[[rules]]` always can; a key in
@@ -208,7 +221,8 @@ impl Relimit {
 pub fn relimit(registry: &Registry, old: &Config, new: &Config) -> Relimit {
     let mut r = Relimit::default();
     let mut users_seen = BTreeSet::new();
-    for c in registry.iter() {
+    // Connections admitted without limits (`[kubernetes] gate_ssh`) keep none.
+    for c in registry.iter().filter(|c| c.enforced) {
         let before = policy::effective_limits(old, &c.user, &c.groups);
         let after = policy::effective_limits(new, &c.user, &c.groups);
         if before.max_sessions_per_connection != after.max_sessions_per_connection {

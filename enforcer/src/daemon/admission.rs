@@ -120,7 +120,13 @@ impl State {
             // acct_mgmt asked twice on one connection: same answer, no second slot.
             return Ok(Admit::Decided(Admission::Admitted { conn_id: c.id }));
         }
-        let (uid, limits) = self.limits_with(&req.user, ident.as_ref());
+        // `[kubernetes] gate_ssh` with the label absent: admitted, audited and tracked, with
+        // no limit or lock applied (see core::kube).
+        let enforced = self.ssh_enforced();
+        let (uid, mut limits) = self.limits_with(&req.user, ident.as_ref());
+        if !enforced {
+            limits = EffectiveLimits::NONE;
+        }
         let (client, server) = endpoints(&req);
         let conn = Connection {
             client,
@@ -129,10 +135,11 @@ impl State {
             service: req.service.clone(),
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
             groups: groups_of(ident.as_ref()),
+            enforced,
             ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
-        let lock = self.lock_for(&req.user, uid, now);
-        let decided = match self.fleet_refusal(now) {
+        let lock = self.lock_for(&req.user, uid, now).filter(|_| enforced);
+        let decided = match self.fleet_refusal(now).filter(|_| enforced) {
             Some(refusal) => Err(refusal),
             None => policy::admit(
                 &self.registry,
@@ -182,7 +189,11 @@ impl State {
             return Admission::Admitted { conn_id: id };
         };
         let (monitor, uid, user, groups) = (c.monitor, c.uid, c.user.clone(), c.groups.clone());
-        let limits = policy::effective_limits(&self.config, &user, &groups);
+        // An unenforced connection's sessions count against no per-user limit in the kernel.
+        let (uid, limits) = match c.enforced {
+            true => (uid, policy::effective_limits(&self.config, &user, &groups)),
+            false => (None, EffectiveLimits::NONE),
+        };
         if !self.register_in_kernel(id, monitor, uid, &limits).await {
             self.release(id, CloseReason::MonitorExited).await;
         }
@@ -277,7 +288,10 @@ impl State {
             conn.auth = auth;
         }
         self.counters.connections_admitted += 1;
-        let rec = AuditRecord::new(AuditEvent::ConnectionAdmitted, now).with_conn(conn);
+        let mut rec = AuditRecord::new(AuditEvent::ConnectionAdmitted, now).with_conn(conn);
+        if self.config.kubernetes.enabled && self.config.kubernetes.gate_ssh {
+            rec.enforcing = Some(conn.enforced);
+        }
         self.audit.record(rec);
         self.dirty = true;
         self.fleet_publish(id);

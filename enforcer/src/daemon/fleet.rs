@@ -10,9 +10,9 @@ use enforcer_proto::{
     Response,
 };
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::{admission::Admit, handle::Msg, lockout::Locked, state::State};
+use super::{admission::Admit, lockout::Locked, state::State};
 use crate::{
     audit::{AuditEvent, AuditRecord},
     config::OnUnreachable,
@@ -45,17 +45,6 @@ pub(super) struct FleetState {
     pub session_slots: super::fleet_sessions::SessionSlots,
     /// The view's state as last audited (`None`: not yet).
     pub audited: Option<ViewState>,
-}
-
-/// Forwards the fleet's events to the actor's priority lane.
-pub(super) fn forward(mut events: mpsc::Receiver<FleetEvent>, tx: mpsc::Sender<Msg>) {
-    tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            if tx.send(Msg::Fleet(ev)).await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 /// The answer to a fleet request on a node without `[fleet]`.
@@ -167,6 +156,9 @@ impl State {
     /// view is stale (best effort: local limits only; strict refused before this).
     pub(super) fn fleet_limit(&self, conn: &Connection) -> Option<u32> {
         self.fleet.as_ref()?;
+        if !conn.enforced {
+            return None;
+        }
         let limit = core_fleet::fleet_connection_limit(&self.config, &conn.user, &conn.groups);
         (limit > 0 && self.view() == ViewState::Current).then_some(limit)
     }

@@ -34,6 +34,9 @@ impl State {
         let (Some(f), Some(c)) = (&self.fleet, self.registry.get(conn_id)) else {
             return;
         };
+        if !c.enforced {
+            return;
+        }
         let limit = core_fleet::fleet_session_limit(&self.config, &c.user, &c.groups);
         let stale = core_fleet::view_state(f.view_age(), self.config.fleet.stale_after.0)
             == ViewState::Stale;

@@ -34,6 +34,8 @@ pub(super) enum Msg {
     },
     /// News from the fleet's etcd tasks (locks, slot outcomes).
     Fleet(crate::fleet::FleetEvent),
+    /// News from the Node watch (`[kubernetes]`).
+    Kube(crate::kube::NodeEvent),
     /// The lock directory as just read (see `lockout::watch`).
     LockFiles(LockFiles),
     /// A config file read for a reload (see `reload`); `peer`: who asked (`None`: SIGHUP).
@@ -153,6 +155,22 @@ impl StateHandle {
             let _ = rx.await;
         }
     }
+}
+
+/// Forwards another task's events to the actor (on `tx`, its priority lane for news that
+/// decides admissions), each wrapped by `wrap`.
+pub(super) fn forward<T: Send + 'static>(
+    mut events: mpsc::Receiver<T>,
+    tx: mpsc::Sender<Msg>,
+    wrap: fn(T) -> Msg,
+) {
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if tx.send(wrap(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 fn shutting_down() -> ErrorReply {

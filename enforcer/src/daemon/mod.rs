@@ -9,6 +9,7 @@ mod fleet_sessions;
 mod forwards;
 mod handle;
 mod idle;
+mod kube;
 mod locking;
 mod lockout;
 mod persist;
@@ -72,6 +73,8 @@ pub enum DaemonError {
     Uploader(std::io::Error),
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
 }
 
 /// Facts about this daemon instance shown by `enforcerctl status`.
@@ -109,6 +112,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     };
     raise_fd_limit();
     tune_malloc();
+    // A kubeconfig (or in-cluster config) that cannot be used stops the start before anything
+    // else is touched.
+    let kube_client = match config.kubernetes.enabled {
+        true => Some(crate::kube::client(&config.kubernetes).await?),
+        false => None,
+    };
     // Bind first: a second daemon on the same socket must fail before touching the kernel.
     let server = Server::bind(&config.daemon.socket, Lane::Public)?;
     let pam_server = Server::bind(&config.daemon.pam_socket, Lane::Pam)?;
@@ -225,10 +234,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     } else {
         (None, None)
     };
+    // The Node watch, on this (main) runtime like the fleet's tasks.
+    let (kube, kube_task) = if let Some(client) = kube_client {
+        let node = crate::kube::node_name(&config.kubernetes);
+        let (tx, rx) = mpsc::channel(64);
+        let task = crate::kube::watch_node(client, node.clone(), tx);
+        tracing::info!(node = %node, label = %config.kubernetes.label, "watching the Node's enforcement label");
+        (Some((node, rx)), Some(task))
+    } else {
+        (None, None)
+    };
     let fleet_audit = audit.clone();
     let parts = state::Parts {
         fleet: fleet.clone(),
         fleet_events,
+        kube,
         info,
         bpf: bpf.clone(),
         audit,
@@ -298,6 +318,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .into_iter()
         .chain(metrics_task)
         .chain(uploader)
+        .chain(kube_task)
     {
         task.abort();
         let _ = task.await;

@@ -121,6 +121,8 @@ pub(super) struct State {
     /// `[fleet]` on: the etcd tasks, and what the actor knows of the fleet (see `fleet`).
     pub fleet: Option<crate::fleet::FleetHandle>,
     pub fleet_state: super::fleet::FleetState,
+    /// `[kubernetes]` on: this node's enforcement label (see `kube`).
+    pub kube: Option<super::kube::KubeState>,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -130,6 +132,8 @@ pub(super) type ProcessView = HashMap<(u64, u64), Vec<u32>>;
 pub(super) struct Parts {
     pub fleet: Option<crate::fleet::FleetHandle>,
     pub fleet_events: Option<mpsc::Receiver<crate::fleet::FleetEvent>>,
+    /// `[kubernetes]` on: the Node's name and its watch's events.
+    pub kube: Option<(String, mpsc::Receiver<crate::kube::NodeEvent>)>,
     pub info: DaemonInfo,
     pub bpf: BpfHandle,
     pub audit: AuditSink,
@@ -149,6 +153,7 @@ pub(super) async fn start(
     let Parts {
         fleet,
         fleet_events,
+        kube,
         info,
         bpf,
         audit,
@@ -169,8 +174,13 @@ pub(super) async fn start(
     let (lock_dir, lock_dir_rx) = watch::channel(locks.clone());
     lockout::watch(lock_dir_rx, pam_tx.clone());
     if let Some(events) = fleet_events {
-        super::fleet::forward(events, pam_tx.clone());
+        super::handle::forward(events, pam_tx.clone(), Msg::Fleet);
     }
+    let kube = kube.map(|(node, events)| {
+        super::handle::forward(events, pam_tx.clone(), Msg::Kube);
+        let selector = config.kubernetes.selector();
+        super::kube::KubeState::new(node, selector, OffsetDateTime::now_utc())
+    });
     let config_path = info.config_path.as_deref().map(Arc::from);
     let mut state = State {
         config,
@@ -207,6 +217,7 @@ pub(super) async fn start(
         unregistered: Default::default(),
         fleet,
         fleet_state: Default::default(),
+        kube,
     };
     state.restore().await;
     let handle = StateHandle {
@@ -301,6 +312,7 @@ impl State {
                 self.pam_account_or_wait(r, identity, reply).await;
             }
             Msg::Fleet(ev) => self.on_fleet(ev).await,
+            Msg::Kube(ev) => self.on_kube(ev),
             Msg::Request {
                 req,
                 peer,

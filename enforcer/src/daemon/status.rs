@@ -56,9 +56,8 @@ impl State {
                 "off (audit.journald = false or no /run/systemd/journal/socket)".into()
             },
         });
-        if let Some(f) = self.fleet_feature() {
-            features.push(f);
-        }
+        features.extend(self.fleet_feature());
+        features.extend(self.kube_feature());
         Ok(StatusReport {
             version: self.info.version.into(),
             pid: self.info.pid,

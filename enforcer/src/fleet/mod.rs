@@ -283,13 +283,7 @@ impl FleetHandle {
 
 /// The node's name: `[fleet] node_name`, else the host name.
 pub fn node_name(config: &FleetConfig) -> String {
-    if !config.node_name.is_empty() {
-        return config.node_name.clone();
-    }
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
+    crate::host::node_name(&config.node_name)
 }
 
 /// Bounds every etcd call: a hung member must not hold a task forever.

@@ -131,13 +131,7 @@ impl Store {
         if !cfg.endpoint.is_empty() {
             b = b.endpoint_url(&cfg.endpoint).force_path_style(true);
         }
-        let node = if cfg.node.is_empty() {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".into())
-        } else {
-            cfg.node.clone()
-        };
+        let node = crate::host::node_name(&cfg.node);
         Ok(Store {
             s3: Client::from_conf(b.build()),
             bucket: url.bucket,

@@ -6,14 +6,17 @@
 //! larger fleet (README "Fleet at scale").
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use enforcer::{
     config::FleetConfig,
     core::fleet::{FleetLock, LockTarget},
-    fleet::{FleetEvent, FleetHandle, FleetStart},
+    fleet::{FleetEvent, FleetHandle, FleetStart, SlotOutcome},
 };
 use enforcer_proto::{FleetConnection, FleetSession};
 use enforcer_tests::{etcd::EtcdCluster, procs};
@@ -104,7 +107,11 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
     let dir = tempfile::tempdir().unwrap();
     let mut probe = rt.block_on(Client::connect(cluster.endpoints(), None)).unwrap();
     let idle = load(cluster);
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let idle_cpu = (load(cluster).cpu - idle.cpu).as_secs_f64() / window.as_secs_f64();
     let round: Round = Arc::default();
+    let taken = Arc::new(AtomicU64::new(0));
     let lease_ttl = FleetConfig::default().lease_ttl.0;
 
     // The nodes: registered (node key under its lease, lock watch established).
@@ -129,7 +136,7 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
                 tx,
             )
             .unwrap();
-            rt.spawn(see_locks(rx, round.clone()));
+            rt.spawn(see_events(rx, round.clone(), taken.clone()));
             h
         })
         .collect();
@@ -164,39 +171,41 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
     );
 
     // At rest: keep-alives only.
-    let window = Duration::from_secs(20);
     let a = load(cluster);
     std::thread::sleep(window);
     let b = load(cluster);
     let beats = s.nodes as f64 * window.as_secs_f64() / (lease_ttl / 3).as_secs_f64();
-    let rest_cpu = (b.cpu - a.cpu).as_secs_f64() / window.as_secs_f64();
+    let rest_cpu = (b.cpu - a.cpu).as_secs_f64() / window.as_secs_f64() - idle_cpu;
     println!(
-        "scale: at rest: etcd CPU {:.1} ms/s (idle cluster before the nodes: measured below), \
-         {:.2} revisions/s, ~{:.0} lease keep-alives/s",
+        "scale: at rest: etcd CPU {:.1} ms/s for the nodes (above {:.1} ms/s of the idle \
+         cluster), {:.2} revisions/s, ~{:.0} lease keep-alives/s",
         rest_cpu * 1e3,
+        idle_cpu * 1e3,
         (b.revision - a.revision) as f64 / window.as_secs_f64(),
         beats / window.as_secs_f64()
     );
 
-    // Login churn: each login takes a fleet-wide slot, registers, and ends (slot and key deleted).
-    let logins = 2000u64;
+    // Login churn, as the daemon does it: a fleet-wide slot taken (its answer awaited), the
+    // connection registered; at logout both deleted.
+    let (logins, batch) = (2000u64, 100u64);
     let c0 = load(cluster);
     let t = Instant::now();
-    for n in 0..logins {
-        let h = &handles[n as usize % handles.len()];
-        let id = 1_000_000 + n;
-        h.acquire("churn", id, 1_000_000, Duration::from_secs(2));
-        h.put_connection(&conn(h.node(), id));
-        h.release("churn", id);
-        h.remove_connection(id);
-        std::thread::sleep(Duration::from_millis(5));
+    for b in 0..logins / batch {
+        let ids = (b * batch..(b + 1) * batch).map(|n| (&handles[n as usize % handles.len()], 1_000_000 + n));
+        for (h, id) in ids.clone() {
+            h.acquire("churn", id, 1_000_000, Duration::from_secs(2));
+            h.put_connection(&conn(h.node(), id));
+        }
+        while taken.load(Ordering::Relaxed) < (b + 1) * batch {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for (h, id) in ids {
+            h.release("churn", id);
+            h.remove_connection(id);
+        }
     }
     wait_count(&rt, &mut probe, "/enforcer/sessions/", keys);
-    rt.block_on(async {
-        while count(&mut probe, "/enforcer/slots/churn/").await != 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    wait_count(&rt, &mut probe, "/enforcer/slots/churn/", 0);
     let c1 = load(cluster);
     println!(
         "scale: churn: {logins} logins in {:.1} s: {:.2} revisions per login, etcd CPU {:.0} µs \
@@ -269,10 +278,17 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
     rt.shutdown_timeout(Duration::from_secs(2));
 }
 
-/// Each node's events: the delay at which it first saw the current round's lock.
-async fn see_locks(mut rx: mpsc::Receiver<FleetEvent>, round: Round) {
+/// Each node's events: the delay at which it first saw the current round's lock; slots taken.
+async fn see_events(mut rx: mpsc::Receiver<FleetEvent>, round: Round, taken: Arc<AtomicU64>) {
     while let Some(ev) = rx.recv().await {
-        let FleetEvent::Locks(locks) = ev else { continue };
+        let locks = match ev {
+            FleetEvent::Locks(locks) => locks,
+            FleetEvent::Slot { outcome, .. } => {
+                assert_eq!(outcome, SlotOutcome::Taken, "a churn login's slot");
+                taken.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
         let mut r = round.lock().unwrap();
         if let Some((user, at, seen)) = r.as_mut()
             && locks.iter().any(|(l, _)| l.target.name() == user)

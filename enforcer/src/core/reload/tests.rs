@@ -100,6 +100,15 @@ fn every_key_is_classified_once() {
         fleet_max_connections_per_user: Some(1),
         fleet_max_sessions_per_user: Some(1),
     });
+    // Shown only when set.
+    rules
+        .kubernetes
+        .namespaces
+        .push(crate::config::NamespaceRule {
+            names: vec!["a".into()],
+            ..Default::default()
+        });
+    assert!(flatten(&rules).contains_key("kubernetes.namespaces"));
     for key in flatten(&rules).keys() {
         let (live, restart) = (
             LIVE.contains(&key.as_str()),
