@@ -322,13 +322,13 @@ fn project(
     let proj_keys = nodes * (conns + 1.0);
     println!(
         "projection for 10 000 nodes × 100 connections (linear in what was measured; logins: \
-         each connection lasting 1 h → {login_rate:.0}/s):\n  keys {proj_keys:.0} (+ as many slots \
-         with a fleet limit); database ≈ {:.0} MiB ({db_per_key:.0} B/key); etcd RSS ≈ {:.0} MiB \
-         per member ({rss_per_key:.0} B/key over 3 members);\n  at rest ≈ {:.2} CPU cores summed \
+         each connection lasting 1 h → {login_rate:.0}/s):\n  keys {proj_keys:.0} (twice as many \
+         with a fleet limit: a slot each); database ≈ {:.0} MiB ({db_per_key:.0} B/key); etcd RSS \
+         ≈ {:.0} MiB per member ({rss_per_key:.0} B/key over 3 members);\n  at rest ≈ {:.2} CPU cores summed \
          over the members ({:.0} µs/s per node: keep-alives every {:?}); logins ≈ {:.2} cores, \
          {:.0} revisions/s",
-        db_per_key * proj_keys * 2.0 / 1048576.0,
-        rss_per_key * proj_keys * 2.0 / 3.0 / 1048576.0,
+        db_per_key * proj_keys / 1048576.0,
+        rss_per_key * proj_keys / 3.0 / 1048576.0,
         rest_per_node * nodes,
         rest_per_node * 1e6,
         FleetConfig::default().lease_ttl.0 / 3,
