@@ -329,6 +329,22 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// The index of the member that leads now (asked of the running members), if one does.
+    pub fn leader(&self) -> Option<usize> {
+        let out = self
+            .etcdctl()
+            .args(["--command-timeout=1s", "endpoint", "status", "-w", "json"])
+            .output()
+            .ok()?;
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let leading = st.as_array()?.iter().find(|m| {
+            m["Status"]["leader"].as_u64().is_some()
+                && m["Status"]["leader"] == m["Status"]["header"]["member_id"]
+        })?;
+        let endpoint = leading["Endpoint"].as_str()?;
+        self.endpoints().iter().position(|e| e == endpoint)
+    }
+
     /// Waits until a write goes through.
     pub fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;

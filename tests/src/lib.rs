@@ -13,6 +13,7 @@ pub mod debroot;
 pub mod env;
 pub mod etcd;
 pub mod exec_stream;
+pub mod fleet;
 pub mod hostile;
 pub mod http;
 pub mod kube;

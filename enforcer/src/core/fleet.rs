@@ -283,9 +283,18 @@ pub fn fleet_session_limit(config: &Config, user: &str, groups: &[String]) -> u3
         .unwrap_or(config.fleet.max_sessions_per_user)
 }
 
-/// Whether one more slot may be taken when `held` exist at limit `limit` (> 0).
-pub fn slot_free(held: usize, limit: u32) -> bool {
-    held < limit as usize
+/// A slot transaction puts the login's own key and counts the user's keys in the same
+/// transaction (`count` includes its own). The login holds a slot when that count is within
+/// the limit; otherwise it holds `count - 1` others' and must delete its key.
+///
+/// Exact without retries: of any L + 1 logins holding slots at once, the one whose
+/// transaction came last counted the other L keys (each was put before its own transaction),
+/// so it saw more than L and was refused. A refused login's key is counted by others until it
+/// is deleted: racing logins at the limit may be refused a slot that frees meanwhile, never
+/// granted one too many.
+pub fn slot_decision(count: i64, limit: u32) -> Result<(), usize> {
+    let held = count.max(1) as usize - 1;
+    if held < limit as usize { Ok(()) } else { Err(held) }
 }
 
 #[cfg(test)]

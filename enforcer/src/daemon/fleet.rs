@@ -379,8 +379,12 @@ impl State {
             None => "etcd has not answered since start".into(),
         };
         let (watching, leased) = f.watching();
+        let slots_to = match f.slot_endpoint() {
+            Some((endpoint, term)) => format!("the leader at {endpoint} (raft term {term})"),
+            None => "any member (no leader known)".into(),
+        };
         let seen = format!(
-            "{seen}, lock watch {}, lease {}",
+            "{seen}, lock watch {}, lease {}, slot transactions to {slots_to}",
             if watching { "up" } else { "down" },
             if leased { "held" } else { "not held" }
         );

@@ -14,7 +14,10 @@ pub(super) fn options(config: &FleetConfig) -> Result<ConnectOptions, FleetError
     let mut o = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(super::CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        // HTTP/2 pings find a silently dead connection (a partition) while no call is in
+        // flight. Every 10 s: at 2 s the pings of a large fleet were most of etcd's load at
+        // rest (`cargo xtask bench fleet scale`); the lease keep-alive notices sooner anyway.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
     if !config.user.is_empty() {
         o = o.with_user(config.user.clone(), config.password.clone());
@@ -69,6 +72,8 @@ pub(super) fn connect(
 pub(super) struct Leader {
     pub client: Client,
     pub term: u64,
+    /// The endpoint it answers on (for `status`).
+    pub endpoint: String,
 }
 
 /// Finds the leader at start and again whenever `again` is notified (a slot transaction saw
@@ -79,11 +84,16 @@ pub(super) fn follow_leader(
     options: ConnectOptions,
     out: watch::Sender<Option<Leader>>,
     again: std::sync::Arc<tokio::sync::Notify>,
+    health: std::sync::Arc<super::Health>,
 ) {
     tokio::spawn(async move {
         loop {
             let found = find_leader(&endpoints, &options).await;
-            tracing::debug!(term = found.as_ref().map(|l| l.term), "etcd leader looked up");
+            let seen = found.as_ref().map(|l| (l.endpoint.clone(), l.term));
+            tracing::debug!(leader = ?seen, "etcd leader looked up");
+            if let Ok(mut l) = health.leader.lock() {
+                *l = seen;
+            }
             if out.send(found).is_err() {
                 return;
             }
@@ -106,6 +116,7 @@ async fn find_leader(endpoints: &[String], options: &ConnectOptions) -> Option<L
             return Some(Leader {
                 client: c,
                 term: st.raft_term(),
+                endpoint: e.clone(),
             });
         }
     }

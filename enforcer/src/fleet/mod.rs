@@ -78,6 +78,9 @@ struct Health {
     watching: AtomicBool,
     /// The node holds a lease (its keys can be written).
     leased: AtomicBool,
+    /// The endpoint slot transactions go to (the raft leader's when last looked up) and its
+    /// term; `None`: no member said it leads, so they go to any member.
+    leader: Mutex<Option<(String, u64)>>,
 }
 
 impl Health {
@@ -123,6 +126,7 @@ impl FleetHandle {
             options,
             leader_tx,
             leader_again.clone(),
+            health.clone(),
         );
         let (writes, writes_rx) = mpsc::unbounded_channel();
         let (lease_tx, lease_rx) = tokio_watch::channel(0i64);
@@ -184,6 +188,12 @@ impl FleetHandle {
             self.health.watching.load(Ordering::Relaxed),
             self.health.leased.load(Ordering::Relaxed),
         )
+    }
+
+    /// The etcd endpoint slot transactions go to, and the raft term it was found leading in
+    /// (`None`: no leader known, any member is asked).
+    pub fn slot_endpoint(&self) -> Option<(String, u64)> {
+        self.health.leader.lock().ok()?.clone()
     }
 
     /// Takes a fleet-wide connection slot of `user` for `conn_id` (limit `limit`); the outcome

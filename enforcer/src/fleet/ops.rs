@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use enforcer_proto::{FleetConnection, NodeInfo};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -197,25 +198,37 @@ async fn nodes(c: &mut etcd_client::Client, keys: &Keys) -> Result<Vec<NodeInfo>
     let got = timed(c.get(keys.nodes(), Some(GetOptions::new().with_prefix())))
         .await
         .map_err(FleetError::Unreachable)?;
-    let conns = sessions(c, keys).await?;
-    let mut out = Vec::new();
-    for kv in got.kvs() {
-        let Some(name) = kv.key_str().ok().and_then(|k| k.strip_prefix(&keys.nodes())) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<NodeValue>(kv.value()) else {
-            continue;
-        };
-        let connections = conns.iter().filter(|c| c.node == name).count() as u64;
-        let last_seen = last_keep_alive(c, v.lease).await.unwrap_or(v.registered);
-        out.push(NodeInfo {
-            name: name.to_owned(),
-            version: v.version,
-            started: v.started,
-            last_seen,
-            connections,
-        });
+    let mut per_node: std::collections::HashMap<String, u64> = Default::default();
+    for conn in sessions(c, keys).await? {
+        *per_node.entry(conn.node).or_default() += 1;
     }
+    let listed: Vec<(String, NodeValue)> = got
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let name = kv.key_str().ok()?.strip_prefix(&keys.nodes())?.to_owned();
+            Some((name, serde_json::from_slice::<NodeValue>(kv.value()).ok()?))
+        })
+        .collect();
+    // One lease lookup per node, a few dozen at a time (a large fleet lists in seconds).
+    let out = futures_util::stream::iter(listed)
+        .map(|(name, v)| {
+            let mut c = c.clone();
+            let connections = per_node.get(&name).copied().unwrap_or(0);
+            async move {
+                let last_seen = last_keep_alive(&mut c, v.lease).await.unwrap_or(v.registered);
+                NodeInfo {
+                    name,
+                    version: v.version,
+                    started: v.started,
+                    last_seen,
+                    connections,
+                }
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
     Ok(out)
 }
 

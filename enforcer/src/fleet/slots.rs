@@ -1,22 +1,18 @@
 //! Fleet-wide connection slots, exact: a slot is a key `<prefix>/slots/<user>/<node>/<conn>`
-//! under the node's lease, taken in ONE transaction that fails if any key under the user's
-//! slot prefix was created or changed since the slots were counted. So N logins racing over
-//! any number of nodes at limit L take exactly L slots; a loser counts again. An empty prefix
-//! compares as revision 0, which is below any read revision: the first slot is taken the same
-//! way (and two first logins still race on it: one transaction wins). A slot is freed by
-//! deleting its key at logout, or by etcd when the node's lease expires (its node died).
+//! under the node's lease. ONE transaction puts the login's key and counts the user's keys;
+//! the login holds a slot when the count is within the limit, else it deletes its key
+//! (`core::fleet::slot_decision` says why that is exact). No compare, no retry: logins of one
+//! user racing over many nodes cost one round trip each instead of one round per winner, and
+//! an admission never reads before it writes. A slot is freed by deleting its key at logout,
+//! or by etcd when the node's lease expires (its node died).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{ClientRx, FleetEvent, Health, Write, client::Leader};
-use crate::core::fleet::{Keys, slot_free};
+use crate::core::fleet::{Keys, slot_decision};
 
 /// A request for a slot: `key` under `prefix` (the user's slots of one kind).
 pub(super) struct Acquire {
@@ -62,7 +58,6 @@ pub(super) struct SlotTask {
 }
 
 pub(super) fn start(mut task: SlotTask) {
-    let counts: Counts = Arc::default();
     tokio::spawn(async move {
         while let Some(req) = task.requests.recv().await {
             // Each request in its own task: one slow answer delays no other login.
@@ -70,7 +65,6 @@ pub(super) fn start(mut task: SlotTask) {
             let leader = task.leader.borrow().clone();
             let again = task.leader_again.clone();
             let lease = *task.lease.borrow();
-            let counts = counts.clone();
             let (keys, health, events, writes) = (
                 task.keys.clone(),
                 task.health.clone(),
@@ -87,7 +81,7 @@ pub(super) fn start(mut task: SlotTask) {
                         let clients = Clients { all: c, leader, again };
                         match tokio::time::timeout(
                             deadline,
-                            take_retrying(clients, &keys, &req, lease, &counts),
+                            take_retrying(clients, &keys, &req, lease),
                         )
                         .await
                         {
@@ -102,9 +96,13 @@ pub(super) fn start(mut task: SlotTask) {
                         }
                     }
                 };
-                if outcome == SlotOutcome::Taken {
-                    let _ = writes.send(Write::Remember(req.key.clone(), slot_value(&keys)));
-                }
+                // A refused or unanswered request may still have put its key (a timed-out
+                // transaction can commit): delete it, retried until etcd answers, or it would
+                // hold a slot until this node's lease ends.
+                let _ = writes.send(match outcome {
+                    SlotOutcome::Taken => Write::Remember(req.key.clone(), slot_value(&keys)),
+                    _ => Write::Delete(req.key.clone()),
+                });
                 let _ = events.send(FleetEvent::Slot { tag, outcome }).await;
             });
         }
@@ -115,73 +113,40 @@ fn slot_value(keys: &Keys) -> Vec<u8> {
     keys.node.as_bytes().to_vec()
 }
 
-/// Each user's slot count as last seen, with the revision it was counted at. A count that is
-/// still valid (nothing under the prefix created or changed since) lets an admission take its
-/// slot in one round trip; a stale one only costs a retry, since the transaction compares.
-/// Deleted slots make a count too high, never too low: before refusing, it is counted anew.
-pub(super) type Counts = Arc<Mutex<HashMap<String, (usize, i64)>>>;
-
-/// Most users whose count is remembered (the cache is cleared beyond).
-const COUNTS_MAX: usize = 10_000;
-
-/// Counts the user's slots (or trusts the remembered count) and takes one in a transaction
-/// that succeeds only if nothing under the prefix was created or changed since that count;
-/// when something was, the same transaction returns the new count and it tries again. Also
-/// returns the raft term of the last answer.
+/// Puts the slot's key and counts the user's keys in one transaction, then decides
+/// ([`slot_decision`]). Also returns the raft term of the answer.
 async fn take(
     client: &mut etcd_client::Client,
     keys: &Keys,
     req: &Acquire,
     lease: i64,
-    counts: &Counts,
 ) -> Result<(SlotOutcome, Option<u64>), String> {
-    let (prefix, key) = (req.prefix.clone(), req.key.clone());
-    let count_only = || GetOptions::new().with_prefix().with_count_only();
-    let mut known = counts.lock().ok().and_then(|c| c.get(&prefix).copied());
-    let mut term = None;
-    loop {
-        let (held, rev, fresh) = match known.take() {
-            Some((held, rev)) => (held, rev, false),
-            None => {
-                let counted = client
-                    .get(prefix.clone(), Some(count_only()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let rev = counted.header().map(|h| h.revision()).unwrap_or(0);
-                term = counted.header().map(|h| h.raft_term());
-                (counted.count().max(0) as usize, rev, true)
-            }
-        };
-        if !slot_free(held, req.limit) {
-            if fresh {
-                remember(counts, &prefix, held, rev);
-                return Ok((SlotOutcome::Full { held }, term));
-            }
-            continue; // a remembered count: count anew before refusing
-        }
-        let txn = Txn::new()
-            .when([Compare::mod_revision(prefix.clone(), CompareOp::Less, rev + 1).with_prefix()])
-            .and_then([TxnOp::put(
-                key.clone(),
-                slot_value(keys),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(prefix.clone(), Some(count_only()))]);
-        let done = client.txn(txn).await.map_err(|e| e.to_string())?;
-        let now_rev = done.header().map(|h| h.revision()).unwrap_or(0);
-        term = done.header().map(|h| h.raft_term());
-        if done.succeeded() {
-            remember(counts, &prefix, held + 1, now_rev);
-            return Ok((SlotOutcome::Taken, term));
-        }
-        // The prefix changed: the transaction's own read says how many there are now.
-        let recount = done.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.count().max(0) as usize),
+    let txn = Txn::new().and_then([
+        TxnOp::put(
+            req.key.clone(),
+            slot_value(keys),
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+        TxnOp::get(
+            req.prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        ),
+    ]);
+    let done = client.txn(txn).await.map_err(|e| e.to_string())?;
+    let term = done.header().map(|h| h.raft_term());
+    let count = done
+        .op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.count()),
             _ => None,
-        });
-        known = recount.map(|c| (c, now_rev));
-        tracing::trace!(key, "slot prefix changed; counting again");
-    }
+        })
+        .ok_or("etcd's answer to the slot transaction has no count")?;
+    let outcome = match slot_decision(count, req.limit) {
+        Ok(()) => SlotOutcome::Taken,
+        Err(held) => SlotOutcome::Full { held },
+    };
+    Ok((outcome, term))
 }
 
 /// [`take`], again after an error until the caller's deadline: with one etcd member down the
@@ -191,7 +156,6 @@ async fn take_retrying(
     keys: &Keys,
     req: &Acquire,
     lease: i64,
-    counts: &Counts,
 ) -> Result<SlotOutcome, String> {
     let mut leader = clients.leader.take();
     loop {
@@ -200,7 +164,7 @@ async fn take_retrying(
             Some(l) => (&mut l.client, Some(l.term)),
             None => (&mut clients.all, None),
         };
-        match take(client, keys, req, lease, counts).await {
+        match take(client, keys, req, lease).await {
             Err(e) => {
                 tracing::debug!(key = req.key, error = %e, "slot request failed; retrying");
                 if leader.take().is_some() {
@@ -223,13 +187,4 @@ struct Clients {
     all: etcd_client::Client,
     leader: Option<Leader>,
     again: Arc<Notify>,
-}
-
-fn remember(counts: &Counts, prefix: &str, held: usize, rev: i64) {
-    if let Ok(mut c) = counts.lock() {
-        if c.len() >= COUNTS_MAX {
-            c.clear();
-        }
-        c.insert(prefix.to_owned(), (held, rev));
-    }
 }

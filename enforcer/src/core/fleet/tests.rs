@@ -129,8 +129,13 @@ fleet_max_connections_per_user = 0
     .unwrap();
     assert_eq!(fleet_session_limit(&s, "alice", &[]), 1);
     assert_eq!(fleet_session_limit(&s, "bob", &[]), 3);
-    assert!(slot_free(4, 5));
-    assert!(!slot_free(5, 5));
+    // The count includes the login's own key.
+    assert_eq!(slot_decision(5, 5), Ok(()));
+    assert_eq!(slot_decision(6, 5), Err(5));
+    assert_eq!(slot_decision(1, 1), Ok(()));
+    assert_eq!(slot_decision(2, 1), Err(1));
+    // A count that somehow misses its own key still admits only below the limit.
+    assert_eq!(slot_decision(0, 1), Ok(()));
 }
 
 #[test]
