@@ -162,6 +162,18 @@ fn write_stderr(pidfd: &OwnedFd, message: &str) -> std::io::Result<()> {
     std::io::Write::write_all(&mut f, buf)
 }
 
+/// Waits (at most `within`) until `pid` runs another program than `parent`. A channel's
+/// child of sshd points its stdio at the channel only just before it execs the session's
+/// command: a message written to its stderr earlier reaches sshd's own stderr instead.
+pub fn await_exec(pid: u32, parent: u32, within: std::time::Duration) {
+    let exe = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let Some(from) = exe(parent) else { return };
+    let until = std::time::Instant::now() + within;
+    while exe(pid).as_ref() == Some(&from) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Writes `message` to a (stopped) process's stderr (see [`tell`]), then SIGKILLs it.
 pub fn tell_and_kill(pid: u32, message: &str) -> std::io::Result<()> {
     let pidfd = pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;

@@ -157,7 +157,11 @@ impl State {
         let id = self.registry.insert(conn);
         self.dirty = true;
         if let Some(limit) = fleet_limit {
+            // etcd takes the slot while the kernel starts following the monitor: the login
+            // waits for the slower of the two, not for both. A refusal undoes the kernel's
+            // part (`fleet::on_slot`); the monitor is blocked in PAM meanwhile, forking nothing.
             self.fleet_acquire(id, limit);
+            self.admitted(id).await;
             return Ok(Admit::AwaitingSlot(id));
         }
         Ok(Admit::Decided(self.admitted(id).await))
@@ -184,6 +188,7 @@ impl State {
     }
 
     /// An admitted connection (in the registry): the kernel starts following its monitor.
+    /// Released at once if the monitor has already ended.
     pub(super) async fn admitted(&mut self, id: u64) -> Admission {
         let Some(c) = self.registry.get(id) else {
             return Admission::Admitted { conn_id: id };

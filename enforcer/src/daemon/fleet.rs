@@ -220,6 +220,7 @@ impl State {
             Some(r) => match self.registry.remove(conn_id) {
                 Some(conn) => {
                     self.dirty = true;
+                    self.unregister_refused(&conn).await;
                     self.refuse(&conn, &r, now)
                 }
                 None => Admission::Refused {
@@ -227,9 +228,33 @@ impl State {
                     message: r.message(""),
                 },
             },
-            None => self.admitted(conn_id).await,
+            // The kernel follows it since `pam_account`.
+            None => Admission::Admitted { conn_id },
         };
         let _ = reply.send(Ok(Reply::Admission(answer)));
+    }
+
+    /// Undoes the kernel registration of a connection refused for want of a fleet-wide slot
+    /// (made while etcd was asked): no process of it is followed, nothing counts against the
+    /// user.
+    async fn unregister_refused(&mut self, conn: &Connection) {
+        self.unregistered.remove(&conn.id);
+        let mut failures = Vec::new();
+        if let Err(e) = self.bpf.untrack(conn.monitor.pid).await {
+            failures.push(e.to_string());
+        }
+        if let Err(e) = self.bpf.remove_conn(conn.id).await {
+            failures.push(e.to_string());
+        }
+        if let Some(uid) = conn.uid
+            && !self.registry.iter().any(|c| c.uid == Some(uid))
+            && let Err(e) = self.bpf.remove_user(uid).await
+        {
+            failures.push(e.to_string());
+        }
+        for f in failures {
+            tracing::warn!(conn = conn.id, error = %f, "cannot undo a refused connection's kernel registration");
+        }
     }
 
     /// Called by `release`: frees the connection's slot and its registration.

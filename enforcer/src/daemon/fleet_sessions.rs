@@ -68,9 +68,9 @@ impl State {
         let session = self.registry.get(conn_id).and_then(|c| {
             c.sessions
                 .get(session_id)
-                .map(|s| (c.user.clone(), c.groups.clone(), s.leader_pid, s.kernel_id))
+                .map(|s| (c.user.clone(), c.groups.clone(), s.leader_pid, s.kernel_id, c.monitor.pid))
         });
-        let Some((user, groups, leader, kernel_id)) = session else {
+        let Some((user, groups, leader, kernel_id, monitor)) = session else {
             // Ended meanwhile: free a slot it got.
             if let (SlotOutcome::Taken, Some(f), Some(c)) =
                 (&outcome, &self.fleet, self.registry.get(conn_id))
@@ -122,7 +122,12 @@ impl State {
         };
         tokio::spawn(async move {
             let line = format!("\r\n{message}\r\n");
-            let _ = tokio::task::spawn_blocking(move || host::tell(leader, &line)).await;
+            // The answer can come before the session's command runs (see `await_exec`).
+            let _ = tokio::task::spawn_blocking(move || {
+                host::await_exec(leader, monitor, std::time::Duration::from_secs(1));
+                host::tell(leader, &line)
+            })
+            .await;
             // sshd forwards the line before it sees the session end (seen lost without).
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             if let Err(e) = bpf.kill(target).await {
