@@ -1,9 +1,16 @@
 //! A fleet on this machine for the fleet tests: enforcerd nodes (own pin dir, sockets and
 //! sshd each) on a real etcd cluster.
 
-use std::time::Duration;
+use std::{
+    sync::{Barrier, Mutex},
+    time::Duration,
+};
 
-use crate::{TestDaemon, TestSshd, TestUser, etcd::EtcdCluster, ssh::wait_until};
+use crate::{
+    TestDaemon, TestSshd, TestUser,
+    etcd::EtcdCluster,
+    ssh::{HeldSsh, wait_until},
+};
 
 /// The nodes' lease TTL: short, so a dead node vanishes within the test.
 pub const LEASE_TTL_SECS: u64 = 3;
@@ -74,4 +81,25 @@ pub fn fleet_feature(daemon: &TestDaemon) -> serde_json::Value {
         .find(|f| f["name"] == "fleet")
         .cloned()
         .expect("status has the fleet feature")
+}
+
+/// `n` logins of `user` started at once, spread over `nodes` in turn: the connections held and
+/// the refusals (ssh's stderr).
+pub fn race_logins(nodes: &[Node], user: &TestUser, n: usize) -> (Vec<HeldSsh>, Vec<String>) {
+    let barrier = Barrier::new(n);
+    let (held, refused) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for i in 0..n {
+            let (sshd, barrier, held, refused) =
+                (&nodes[i % nodes.len()].sshd, &barrier, &held, &refused);
+            s.spawn(move || {
+                barrier.wait();
+                match HeldSsh::try_open(sshd, user) {
+                    Ok(h) => held.lock().unwrap().push(h),
+                    Err(e) => refused.lock().unwrap().push(e),
+                }
+            });
+        }
+    });
+    (held.into_inner().unwrap(), refused.into_inner().unwrap())
 }

@@ -5,14 +5,14 @@
 //! are in `fleet_faults.rs`; admission latency is in `cargo xtask bench fleet`.
 
 use std::{
-    sync::{Arc, Barrier, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use enforcer_tests::{
     TestDaemon, TestUser,
     etcd::EtcdCluster,
-    fleet::{LEASE_TTL_SECS, fleet, fleet_feature, node, wait_registered},
+    fleet::{LEASE_TTL_SECS, fleet, fleet_feature, node, race_logins, wait_registered},
     require_root,
     ssh::{HeldSsh, wait_until},
 };
@@ -127,24 +127,8 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
             .is_empty()
     );
 
-    let barrier = Arc::new(Barrier::new(30));
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let refused = Arc::new(Mutex::new(Vec::new()));
-    std::thread::scope(|s| {
-        for i in 0..30 {
-            let (sshd, user) = (&nodes[i % 3].sshd, &carol);
-            let (barrier, held, refused) = (barrier.clone(), held.clone(), refused.clone());
-            s.spawn(move || {
-                barrier.wait();
-                match HeldSsh::try_open(sshd, user) {
-                    Ok(h) => held.lock().unwrap().push(h),
-                    Err(e) => refused.lock().unwrap().push(e),
-                }
-            });
-        }
-    });
-    let admitted = held.lock().unwrap().len();
-    let refusals = refused.lock().unwrap().clone();
+    let (mut held, refusals) = race_logins(&nodes, &carol, 30);
+    let admitted = held.len();
     assert_eq!(
         admitted, 5,
         "admitted {admitted} of 30 at fleet limit 5; refusals: {refusals:#?}"
@@ -175,7 +159,7 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
     assert_eq!(refused_audit, 25);
 
     // Logout frees the slots at once.
-    held.lock().unwrap().clear();
+    held.clear();
     assert!(
         wait_until(Duration::from_secs(10), || cluster
             .keys(&format!("/enforcer/slots/{}/", carol.name))

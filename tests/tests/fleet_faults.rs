@@ -2,14 +2,14 @@
 //! node cut off while a lock is made, and the raft leader killed under racing logins.
 
 use std::{
-    sync::{Arc, Barrier, Mutex},
+    sync::Mutex,
     time::Duration,
 };
 
 use enforcer_tests::{
     TestUser,
     etcd::EtcdCluster,
-    fleet::{fleet, fleet_feature, node, node_on, wait_registered},
+    fleet::{fleet, fleet_feature, node, node_on, race_logins, wait_registered},
     require_root,
     ssh::{HeldSsh, wait_until},
 };
@@ -173,25 +173,10 @@ fn killing_the_etcd_leader_keeps_fleet_limits_exact_and_locks_flowing() {
     assert_ne!(new_leader, leader);
 
     // Six logins racing over the three nodes at limit 3, one slot held: exactly two more.
-    let barrier = Arc::new(Barrier::new(6));
-    let held = Arc::new(Mutex::new(vec![first]));
-    let refused = Arc::new(Mutex::new(Vec::new()));
-    std::thread::scope(|s| {
-        for i in 0..6 {
-            let (sshd, user) = (&nodes[i % 3].sshd, &lena);
-            let (barrier, held, refused) = (barrier.clone(), held.clone(), refused.clone());
-            s.spawn(move || {
-                barrier.wait();
-                match HeldSsh::try_open(sshd, user) {
-                    Ok(h) => held.lock().unwrap().push(h),
-                    Err(e) => refused.lock().unwrap().push(e),
-                }
-            });
-        }
-    });
-    let refusals = refused.lock().unwrap().clone();
+    let (mut held, refusals) = race_logins(&nodes, &lena, 6);
+    held.push(first);
     assert_eq!(
-        held.lock().unwrap().len(),
+        held.len(),
         3,
         "after the leader's death, fleet limit 3 admitted another number; refusals: {refusals:#?}\n{}",
         nodes[0].daemon.log()
@@ -223,11 +208,7 @@ fn killing_the_etcd_leader_keeps_fleet_limits_exact_and_locks_flowing() {
     // Locks still reach every node: a lock on C ends lena's connections on A and B.
     nodes[2].daemon.ctl_ok(&["lock", "user", &lena.name]);
     assert!(
-        wait_until(Duration::from_secs(2), || held
-            .lock()
-            .unwrap()
-            .iter_mut()
-            .all(|h| h.exited())),
+        wait_until(Duration::from_secs(2), || held.iter_mut().all(|h| h.exited())),
         "a connection outlived the lock after the leader changed"
     );
     assert!(
