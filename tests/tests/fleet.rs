@@ -157,6 +157,18 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
         })
         .sum();
     assert_eq!(refused_audit, 25);
+    // A refused login leaves nothing in the kernel (it was registered there while etcd was
+    // asked): the nodes' connection maps hold the 5 admitted ones.
+    let in_kernel: u64 = nodes
+        .iter()
+        .map(|n| {
+            let status = n.daemon.ctl_json(&["status"]);
+            let maps = status["maps"].as_array().unwrap().clone();
+            let conns = maps.iter().find(|m| m["name"] == "ENF_CONNS").unwrap();
+            conns["entries"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(in_kernel, 5, "connections left in the kernel by refused logins");
 
     // Logout frees the slots at once.
     held.clear();
