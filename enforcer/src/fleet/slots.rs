@@ -103,11 +103,24 @@ pub(super) fn start(mut task: SlotTask) {
                     SlotOutcome::Taken => Write::Remember(req.key.clone(), slot_value(&keys)),
                     _ => Write::Delete(req.key.clone()),
                 });
+                if matches!(outcome, SlotOutcome::Unreachable(_)) {
+                    // The abandoned transaction may reach etcd after that delete (it went
+                    // over another connection): delete once more when it cannot be pending.
+                    let (writes, key) = (writes.clone(), req.key.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(LATE_COMMIT).await;
+                        let _ = writes.send(Write::Delete(key));
+                    });
+                }
                 let _ = events.send(FleetEvent::Slot { tag, outcome }).await;
             });
         }
     });
 }
+
+/// How long after its deadline an abandoned slot transaction could still commit (etcd gives
+/// up on a proposal after about 7 s).
+const LATE_COMMIT: Duration = Duration::from_secs(10);
 
 fn slot_value(keys: &Keys) -> Vec<u8> {
     keys.node.as_bytes().to_vec()
