@@ -15,7 +15,9 @@ use crate::{
     control::{Peer, Role},
     core::{
         conn::ProcKey,
-        kube::exec::{ExecSession, ExecSessions, Inserted, command_line, tty_of_stdin},
+        kube::exec::{
+            ExecSession, ExecSessions, Inserted, command_line, is_runc_init, tty_of_stdin,
+        },
         rfc3339,
         session::ExitStatus,
     },
@@ -105,8 +107,8 @@ impl State {
             tty: tty_of_stdin(&stdin),
             commands: 0,
             last_activity: now,
+            awaiting_exec: is_runc_init(&cmdline),
         };
-        let rec = AuditRecord::new(AuditEvent::SessionStarted, now).with_exec(&session, &self.node());
         tracing::info!(
             session = id,
             pod = %session.meta.pod,
@@ -116,11 +118,23 @@ impl State {
             discovered = s.discovered,
             "kubectl exec session started"
         );
+        let awaiting = session.awaiting_exec;
         if self.kube_exec.sessions.insert(session) == Inserted::Known {
             return;
         }
         self.counters.sessions_started += 1;
-        let mut rec = rec;
+        if !awaiting {
+            self.audit_exec_started(id);
+        }
+    }
+
+    /// `session_started`, once the session's command is known.
+    fn audit_exec_started(&mut self, id: u64) {
+        let Some(s) = self.kube_exec.sessions.get(id) else {
+            return;
+        };
+        let mut rec = AuditRecord::new(AuditEvent::SessionStarted, s.started_at)
+            .with_exec(s, &self.node());
         rec.pid = Some(s.pid);
         self.audit.record(rec);
     }
@@ -186,6 +200,22 @@ impl State {
         s.commands += 1;
         s.last_activity = OffsetDateTime::now_utc();
         self.counters.commands += 1;
+        // runc's init became the exec's command: now the session is what the user asked for.
+        let first = s.awaiting_exec && exec.origin.pid == s.pid;
+        if first {
+            s.awaiting_exec = false;
+            s.command = exec.argv.join(" ");
+            if exec.tty.is_some() {
+                s.tty = exec.tty.clone();
+            }
+        }
+        let id = s.id;
+        if first {
+            self.audit_exec_started(id);
+        }
+        let Some(s) = self.kube_exec.sessions.get(id) else {
+            return true;
+        };
         let mut rec = AuditRecord::new(AuditEvent::Exec, OffsetDateTime::now_utc()).with_exec(s, &node);
         rec.pid = Some(exec.origin.pid);
         rec.uid = Some(exec.uid);
@@ -228,6 +258,15 @@ impl State {
     /// The session's root ended: `session_ended` (reason `exited`, or `killed` after `kill
     /// session`, with how it ended).
     fn end_exec_session(&mut self, id: u64, status: ExitStatus) {
+        if self
+            .kube_exec
+            .sessions
+            .get(id)
+            .is_some_and(|s| s.awaiting_exec)
+        {
+            // Ended before its command ran (runc could not exec it): it still started.
+            self.audit_exec_started(id);
+        }
         let Some(s) = self.kube_exec.sessions.remove(id) else {
             return;
         };

@@ -12,9 +12,10 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use containerd_client::{
-    events::{TaskExecStarted, TaskExit},
+    events::{ContainerCreate, TaskExecStarted, TaskExit},
     services::v1::{
-        GetContainerRequest, ListContainersRequest, ListPidsRequest, SubscribeRequest,
+        GetContainerRequest, ListContainersRequest, ListPidsRequest, PublishRequest,
+        SubscribeRequest,
         containers_client::ContainersClient, events_client::EventsClient,
         tasks_client::TasksClient,
     },
@@ -75,6 +76,10 @@ pub enum ContainerdError {
     },
     #[error("containerd closed the event stream (restarting?)")]
     StreamEnded,
+    #[error(
+        "containerd never confirmed the event subscription (10 s); is it overloaded? retrying"
+    )]
+    SubscribeTimeout,
 }
 
 fn call(name: &'static str) -> impl FnOnce(tonic::Status) -> ContainerdError {
@@ -134,14 +139,7 @@ async fn follow(
             socket: socket.display().to_string(),
             source,
         })?;
-    let mut events = EventsClient::new(channel.clone());
-    let mut stream = events
-        .subscribe(SubscribeRequest {
-            filters: vec![format!("namespace=={CRI_NAMESPACE}")],
-        })
-        .await
-        .map_err(call("Events.Subscribe"))?
-        .into_inner();
+    let mut stream = subscribe(&channel).await?;
     let mut pods = PodCache::new(channel.clone());
     let live = discover(&channel, &mut pods).await?;
     let execs = live.len();
@@ -156,6 +154,9 @@ async fn follow(
     tracing::info!(socket = %socket.display(), execs, "following containerd's exec events");
     *backoff = BACKOFF_MIN;
     while let Some(env) = stream.message().await.map_err(call("event stream"))? {
+        if env.namespace != CRI_NAMESPACE {
+            continue; // our own sync events
+        }
         let Some(any) = env.event else { continue };
         let event = match env.topic.as_str() {
             "/tasks/exec-started" => {
@@ -197,6 +198,56 @@ async fn follow(
         }
     }
     Err(ContainerdError::StreamEnded)
+}
+
+/// Where enforcer's own sync events go: not the CRI's namespace (nothing of the kubelet's sees
+/// them), a topic nobody else uses.
+const SYNC_NAMESPACE: &str = "enforcer-sync";
+const SYNC_TOPIC: &str = "/enforcer/sync";
+
+/// Subscribes to the CRI namespace's events, returning once the subscription is live.
+///
+/// containerd (grpc-go) sends a stream's response headers only with its first event, so the
+/// call itself does not tell when the subscription is in place — on a quiet node it does not
+/// return at all. It is confirmed by publishing a sync event (in a namespace of our own, which
+/// the subscription also matches) until the stream delivers: every event after that reaches us,
+/// so the listing that follows misses nothing.
+async fn subscribe(
+    channel: &Channel,
+) -> Result<tonic::Streaming<containerd_client::types::Envelope>, ContainerdError> {
+    let mut events = EventsClient::new(channel.clone());
+    let req = SubscribeRequest {
+        filters: vec![
+            format!("namespace=={CRI_NAMESPACE}"),
+            format!("namespace=={SYNC_NAMESPACE},topic==\"{SYNC_TOPIC}\""),
+        ],
+    };
+    let mut sub = tokio::spawn(async move { events.subscribe(req).await });
+    let mut publisher = EventsClient::new(channel.clone());
+    for _ in 0..100 {
+        let event = containerd_client::to_any(&ContainerCreate {
+            id: "enforcer-sync".into(),
+            ..Default::default()
+        });
+        let mut req = tonic::Request::new(PublishRequest {
+            topic: SYNC_TOPIC.into(),
+            event: Some(event),
+        });
+        req.metadata_mut().insert(
+            "containerd-namespace",
+            tonic::metadata::MetadataValue::from_static(SYNC_NAMESPACE),
+        );
+        publisher
+            .publish(req)
+            .await
+            .map_err(call("Events.Publish (subscription sync)"))?;
+        if let Ok(joined) = tokio::time::timeout(Duration::from_millis(100), &mut sub).await {
+            let reply = joined.map_err(|_| ContainerdError::StreamEnded)?;
+            return Ok(reply.map_err(call("Events.Subscribe"))?.into_inner());
+        }
+    }
+    sub.abort();
+    Err(ContainerdError::SubscribeTimeout)
 }
 
 /// Every exec process live now, in every kubelet-created container.

@@ -68,6 +68,10 @@ pub struct ExecSession {
     /// Programs executed in the session after it was tracked.
     pub commands: u64,
     pub last_activity: OffsetDateTime,
+    /// Still runc's own init when tracked (containerd reports an exec once runc has its pid,
+    /// often before runc's init has exec'd the command): `command` and the `session_started`
+    /// record wait for the root's first exec.
+    pub awaiting_exec: bool,
 }
 
 impl ExecSession {
@@ -157,6 +161,13 @@ pub fn command_line(cmdline: &[u8]) -> String {
         .join(" ")
 }
 
+/// Whether a command line is runc's own init (`runc init`), not yet the exec's command.
+pub fn is_runc_init(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    let prog = args.next().unwrap_or_default();
+    (prog == b"runc" || prog.ends_with(b"/runc")) && args.next() == Some(b"init")
+}
+
 /// The terminal name ("pts/3") of a stdin that links to a pts device, else `None` (pipes,
 /// /dev/null: an exec without `-t`).
 pub fn tty_of_stdin(link: &str) -> Option<String> {
@@ -201,6 +212,7 @@ mod tests {
             tty: None,
             commands: 0,
             last_activity: now,
+            awaiting_exec: false,
         }
     }
 
@@ -258,5 +270,9 @@ mod tests {
         assert_eq!(tty_of_stdin("/dev/pts/0").as_deref(), Some("pts/0"));
         assert_eq!(tty_of_stdin("pipe:[1234]"), None);
         assert_eq!(tty_of_stdin("/dev/null"), None);
+        assert!(is_runc_init(b"runc\0init\0"));
+        assert!(is_runc_init(b"/usr/sbin/runc\0init\0"));
+        assert!(!is_runc_init(b"sh\0-c\0runc init\0"));
+        assert!(!is_runc_init(b"runc\0exec\0"));
     }
 }
