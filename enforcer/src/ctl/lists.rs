@@ -388,12 +388,13 @@ mod tests {
         });
         let text = render_sessions(&[conn("alice", "open"), e], &clock());
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("SESSION") && lines[0].contains("POD"), "{text}");
+        let head = lines[0].trim_start();
+        assert!(head.starts_with("SESSION") && head.contains("POD"), "{text}");
         for want in ["kube_exec", "team-a/web", "main", "eeeeeeeeeeeeeee…"] {
             assert!(lines[1].contains(want), "{want:?} not in {:?}", lines[1]);
         }
         // The SSH connection follows, as before.
-        assert!(lines[2].starts_with("CONN"), "{text}");
+        assert!(lines[2].trim_start().starts_with("CONN"), "{text}");
     }
 
     #[test]
