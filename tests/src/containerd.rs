@@ -138,6 +138,13 @@ impl TestContainerd {
     /// Stops containerd (SIGTERM, by pid) and starts it again on the same config and state,
     /// as a node's containerd restarts: its shims, pods and exec processes keep running.
     pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn(self.dir.path()));
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    /// Stops containerd: SIGTERM by pid, SIGKILL after 10 s.
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -147,8 +154,6 @@ impl TestContainerd {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.child = Some(spawn(self.dir.path()));
-        self.wait_ready(Duration::from_secs(30));
     }
 
     /// containerd's pid.
@@ -236,15 +241,7 @@ impl TestContainerd {
                 cri.remove_all_pods();
             }
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
         // Shims outlive containerd by design; ours are the ones naming our socket.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

@@ -99,6 +99,20 @@ impl Bed {
         self.ctrd.cri()
     }
 
+    /// Waits for the exec'd process running `cmd` (a child of the pod's shim) and returns it.
+    fn wait_exec(&self, cmd: &[&str]) -> u32 {
+        let mut pid = None;
+        assert!(
+            wait_until(T, || {
+                pid = find_exec(self.shim, cmd, &[self.sandbox_pid, self.main_pid]);
+                pid.is_some()
+            }),
+            "exec'd {cmd:?} not found under shim {}",
+            self.shim
+        );
+        pid.unwrap()
+    }
+
     /// The exec id containerd gave the exec whose process is `pid` (`ctr tasks ps`).
     fn exec_id_of(&self, pid: u32) -> Option<String> {
         let out = self.ctrd.ctr(&["tasks", "ps", &self.cid]);
@@ -269,12 +283,7 @@ fn exec_sessions_are_listed_audited_and_killed_with_what_they_started() {
     // Without a tty, ending by itself: listed as such, ended with its exit status.
     let cmd = ["sh", "-c", "sleep 3; exit 3"];
     let s = ExecStream::connect(&cri.exec(&bed.cid, &cmd, false, false));
-    let mut pid = None;
-    assert!(wait_until(T, || {
-        pid = find_exec(bed.shim, &cmd, &[bed.sandbox_pid, bed.main_pid]);
-        pid.is_some()
-    }));
-    let entry = wait_listed(&d, pid.unwrap());
+    let entry = wait_listed(&d, bed.wait_exec(&cmd));
     check_entry(&entry, &bed, "sh -c sleep 3; exit 3", false);
     let exec_id = entry["kube"]["exec_id"].as_str().unwrap().to_owned();
     assert_eq!(s.wait_exit(T), Some(3), "{:?}", s.status());
@@ -297,12 +306,7 @@ fn exec_sessions_are_found_at_start_and_survive_a_containerd_restart() {
     // An exec already running when enforcerd starts: found by listing containerd's processes.
     let cri = bed.cri();
     let _early = ExecStream::connect(&cri.exec(&bed.cid, &["sh"], true, true));
-    let mut early = None;
-    assert!(wait_until(T, || {
-        early = find_exec(bed.shim, &["sh"], &[bed.sandbox_pid, bed.main_pid]);
-        early.is_some()
-    }));
-    let early = early.unwrap();
+    let early = bed.wait_exec(&["sh"]);
     drop(cri);
     let d = bed.daemon();
     let entry = wait_listed(&d, early);
@@ -336,18 +340,14 @@ fn exec_sessions_are_found_at_start_and_survive_a_containerd_restart() {
     let cri = bed.cri();
     let cmd = ["sleep", "4242"];
     let _late = ExecStream::connect(&cri.exec(&bed.cid, &cmd, false, false));
-    let mut late = None;
-    assert!(wait_until(T, || {
-        late = find_exec(bed.shim, &cmd, &[bed.sandbox_pid, bed.main_pid]);
-        late.is_some()
-    }));
-    let entry = wait_listed(&d, late.unwrap());
+    let late = bed.wait_exec(&cmd);
+    let entry = wait_listed(&d, late);
     check_entry(&entry, &bed, "sleep 4242", false);
 
     // The session from before the restart is still controlled: kill ends it, not the pod.
     d.ctl_ok(&["kill", "session", &early_id.to_string()]);
     assert!(wait_until(T, || !alive(early)), "the early shell survived kill");
-    assert!(alive(late.unwrap()), "kill of one session ended another");
+    assert!(alive(late), "kill of one session ended another");
     assert!(alive(bed.main_pid), "the pod's main process died with the exec");
     let ended = d.wait_audit("session_ended of the early shell", |r| {
         r["event"] == "session_ended" && r["exec_id"] == exec_id.as_str()
