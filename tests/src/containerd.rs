@@ -123,23 +123,7 @@ impl TestContainerd {
         }
         let conf = dir.path().join("config.toml");
         std::fs::write(&conf, config(dir.path(), &socket)).unwrap();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let mut cmd = Command::new("/usr/bin/containerd");
-        cmd.arg("--config")
-            .arg(&conf)
-            // The shims it starts look runc (Debian: /usr/sbin/runc) up on this PATH.
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // Its own process group: a Ctrl-C of the test run does not reach it half-way.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd
-            .spawn()
-            .expect("containerd (Debian containerd) must be installed: cargo xtask setup");
+        let child = spawn(dir.path());
         let mut c = TestContainerd {
             dir,
             socket,
@@ -149,6 +133,27 @@ impl TestContainerd {
         c.wait_ready(Duration::from_secs(30));
         c.import_image();
         c
+    }
+
+    /// Stops containerd (SIGTERM, by pid) and starts it again on the same config and state,
+    /// as a node's containerd restarts: its shims, pods and exec processes keep running.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn(self.dir.path()));
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    /// Stops containerd: SIGTERM by pid, SIGKILL after 10 s.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// containerd's pid.
@@ -236,15 +241,7 @@ impl TestContainerd {
                 cri.remove_all_pods();
             }
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
         // Shims outlive containerd by design; ours are the ones naming our socket.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -277,6 +274,30 @@ impl Drop for TestContainerd {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Starts containerd on `dir`'s config (its log appended to `dir`/containerd.log).
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    let mut cmd = Command::new("/usr/bin/containerd");
+    cmd.arg("--config")
+        .arg(dir.join("config.toml"))
+        // The shims it starts look runc (Debian: /usr/sbin/runc) up on this PATH.
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // Its own process group: a Ctrl-C of the test run does not reach it half-way.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn()
+        .expect("containerd (Debian containerd) must be installed: cargo xtask setup")
 }
 
 /// Remembers and returns `/kubepods/besteffort/pod<uid>`.

@@ -2,10 +2,18 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One admitted SSH connection.
+/// One admitted SSH connection, or one `kubectl exec` session (`kind` says which).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
+    /// The connection id; for `kube_exec`, the kernel identity of the exec's processes (the
+    /// id to kill is its session's).
     pub id: u64,
+    /// `ssh` (absent in older daemons' answers), or `kube_exec`.
+    #[serde(default)]
+    pub kind: ConnectionKind,
+    /// For `kube_exec`: the pod, container and exec (its one session is in `sessions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeExecInfo>,
     pub user: String,
     pub uid: Option<u32>,
     /// `pending` between acct_mgmt and open_session, then `open`.
@@ -32,6 +40,50 @@ pub struct ConnectionInfo {
     /// When the connection is cut if it stays idle (RFC 3339; absent without an idle timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_cut_at: Option<String>,
+}
+
+/// What an entry of `enforcerctl sessions` is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionKind {
+    /// An SSH connection (PAM admitted it; its sessions are channels).
+    #[default]
+    Ssh,
+    /// A `kubectl exec` session, found through containerd (no user identity on the node).
+    KubeExec,
+}
+
+impl ConnectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionKind::Ssh => "ssh",
+            ConnectionKind::KubeExec => "kube_exec",
+        }
+    }
+}
+
+/// Whose a `kubectl exec` session is, as containerd names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeExecInfo {
+    /// The Node (`[kubernetes] node_name`).
+    pub node: String,
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    /// The container's name in the pod spec.
+    pub container: String,
+    /// containerd's container id.
+    pub container_id: String,
+    /// containerd's exec id.
+    pub exec_id: String,
+    /// The exec'd command line.
+    pub command: String,
+    /// Whether the exec has a terminal (`kubectl exec -t`).
+    pub tty: bool,
+    /// When the exec started (RFC 3339).
+    pub start: String,
+    /// The exec'd process (host pid).
+    pub pid: u32,
 }
 
 /// One forwarding channel of a connection (kind `forward` in `enforcerctl sessions`).

@@ -8,6 +8,7 @@ use enforcer_proto::ConfigChange;
 use crate::core::{
     audit::{AuditEvent, AuditReason},
     conn::Connection,
+    kube::exec::ExecSession,
     reload::ReloadTrigger,
     rfc3339,
     session::{ExitStatus, Session},
@@ -175,6 +176,20 @@ pub struct AuditRecord {
     /// with `gate_ssh`: false when the login was admitted without limits or locks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforcing: Option<bool>,
+    /// `kubectl exec` sessions: the pod's namespace, name and uid, the container's name and
+    /// containerd id, and containerd's exec id (with `node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
 }
 
 impl AuditRecord {
@@ -242,7 +257,32 @@ impl AuditRecord {
             node: None,
             label: None,
             enforcing: None,
+            namespace: None,
+            pod: None,
+            pod_uid: None,
+            container: None,
+            container_id: None,
+            exec_id: None,
         }
+    }
+
+    /// A `kubectl exec` session's identity on `node`: pod, container, exec, kind `kube_exec`,
+    /// terminal, command; `session_id` the one `enforcerctl sessions` shows, `conn_id` its
+    /// processes' kernel identity.
+    pub fn with_exec(mut self, s: &ExecSession, node: &str) -> Self {
+        self.session_id = Some(s.id);
+        self.conn_id = Some(s.kernel_id);
+        self.kind = Some(ExecSession::KIND.to_owned());
+        self.tty = s.tty.clone();
+        self.command = Some(s.command.clone());
+        self.node = Some(node.to_owned());
+        self.namespace = Some(s.meta.pod.namespace.clone());
+        self.pod = Some(s.meta.pod.name.clone());
+        self.pod_uid = Some(s.meta.pod_uid.clone());
+        self.container = Some(s.meta.container.clone());
+        self.container_id = Some(s.meta.container_id.clone());
+        self.exec_id = Some(s.exec_id.clone());
+        self
     }
 
     /// Everything known about a connection.

@@ -102,6 +102,10 @@ enum Command {
         roots: Vec<u32>,
         reply: Reply<(usize, usize)>,
     },
+    Adopt {
+        roots: Vec<u32>,
+        reply: Reply<usize>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -231,6 +235,12 @@ impl BpfHandle {
     /// `roots` created meanwhile: (removed, adopted).
     pub async fn validate(&self, roots: Vec<u32>) -> Result<(usize, usize), BpfError> {
         self.ask(|reply| Command::Validate { roots, reply }).await
+    }
+
+    /// Tracks the live descendants of `roots` the table lacks (forked before a root was
+    /// tracked), with their parent's identity: how many.
+    pub async fn adopt(&self, roots: Vec<u32>) -> Result<usize, BpfError> {
+        self.ask(|reply| Command::Adopt { roots, reply }).await
     }
 
     /// Stops the actor and releases this daemon's handles; the pinned programs stay attached.
@@ -489,6 +499,9 @@ impl Actor {
             }
             Command::Validate { roots, reply } => {
                 let _ = reply.send(Ok(tasks::validate(&mut self.tasks, &roots)));
+            }
+            Command::Adopt { roots, reply } => {
+                let _ = reply.send(Ok(tasks::adopt_descendants(&mut self.tasks, &roots)));
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }

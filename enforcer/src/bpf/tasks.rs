@@ -100,6 +100,13 @@ pub fn validate(tasks: &mut Tasks, roots: &[u32]) -> (usize, usize) {
             removed += 1;
         }
     }
+    (removed, adopt_descendants(tasks, roots))
+}
+
+/// Tracks every live descendant of `roots` (themselves tracked) that the table lacks, with its
+/// parent's identity: children forked before their ancestor was tracked (while the daemon was
+/// down, or before a `kubectl exec`'s process was reported). Returns how many were adopted.
+pub fn adopt_descendants(tasks: &mut Tasks, roots: &[u32]) -> usize {
     // Parent → children of every live process (threads are adopted with their process).
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     if let Ok(all) = procfs::process::all_processes() {
@@ -137,7 +144,7 @@ pub fn validate(tasks: &mut Tasks, roots: &[u32]) -> (usize, usize) {
             stack.push(child);
         }
     }
-    (removed, adopted)
+    adopted
 }
 
 #[cfg(test)]

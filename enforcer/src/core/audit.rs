@@ -85,7 +85,8 @@ names! {
         MonitorExited = "monitor_exited",
         /// The sweep found the monitor gone (e.g. it ended while enforcerd was down).
         MonitorGone = "monitor_gone",
-        /// `enforcerctl kill connection` ended the connection.
+        /// `enforcerctl kill connection` ended the connection (`kill session` a `kubectl exec`
+        /// session).
         Killed = "killed",
         IdleTimeout = "idle_timeout",
         /// A forward's socket was closed by sshd.
@@ -132,6 +133,8 @@ names! {
         PodLocked = "pod_locked",
         /// An exec refused: its namespace is locked.
         NamespaceLocked = "namespace_locked",
+        /// A `kubectl exec` session ended: its process exited (`exit_code` or `signal`).
+        Exited = "exited",
     }
 }
 

@@ -119,6 +119,8 @@ impl Connection {
         };
         ConnectionInfo {
             id: self.id,
+            kind: Default::default(),
+            kube: None,
             user: self.user.clone(),
             uid: self.uid,
             state: match self.state {
@@ -228,6 +230,21 @@ impl Registry {
         self.conns.insert(conn.id, Arc::new(conn));
         self.changes += 1;
         self.next_id - 1
+    }
+
+    /// A fresh id from the connection ids, for an identity the kernel tracks outside any
+    /// connection (a `kubectl exec` session's processes): it never collides with one.
+    pub fn reserve_conn_id(&mut self) -> u64 {
+        self.next_id = self.next_id.max(1);
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    /// A fresh session id (a `kubectl exec` session's), from the ids SSH sessions get.
+    pub fn reserve_session_id(&mut self) -> u64 {
+        self.next_session_id = self.next_session_id.max(1);
+        self.next_session_id += 1;
+        self.next_session_id - 1
     }
 
     pub fn get(&self, id: u64) -> Option<&Connection> {
@@ -410,6 +427,18 @@ pub(crate) mod tests {
         // Persisted and reloaded: the counter survives.
         let back: Registry = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn reserved_ids_are_never_handed_out_again() {
+        let mut r = Registry::default();
+        let a = r.insert(conn("alice", 10, "10.0.0.1:1000"));
+        let k = r.reserve_conn_id();
+        let b = r.insert(conn("alice", 11, "10.0.0.1:1001"));
+        assert!(a < k && k < b);
+        let s = r.reserve_session_id();
+        let t = r.add_session(session(b, 77)).unwrap();
+        assert!(s < t);
     }
 
     #[test]

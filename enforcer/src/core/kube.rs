@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+pub mod exec;
+
 use super::audit::AuditReason;
 use crate::config::{Dur, KubernetesConfig};
 

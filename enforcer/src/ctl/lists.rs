@@ -1,4 +1,4 @@
-use enforcer_proto::{ConnectionInfo, Endpoint, LockInfo};
+use enforcer_proto::{ConnectionInfo, ConnectionKind, Endpoint, LockInfo};
 
 use super::{clock::Clock, cut, table};
 
@@ -21,12 +21,19 @@ pub fn filter_user(conns: Vec<ConnectionInfo>, user: Option<&str>) -> Vec<Connec
         .collect()
 }
 
-/// Renders `enforcerctl sessions`: one block per connection, its forwards and sessions below.
+/// Renders `enforcerctl sessions`: one block per connection, its forwards and sessions below,
+/// then the `kubectl exec` sessions in a table of their own.
 pub fn render_sessions(conns: &[ConnectionInfo], clock: &Clock) -> String {
     if conns.is_empty() {
         return "no live connections\n".into();
     }
+    let (execs, conns): (Vec<_>, Vec<_>) = conns
+        .iter()
+        .partition(|c| c.kind == ConnectionKind::KubeExec);
     let mut out = String::new();
+    if !execs.is_empty() {
+        out.push_str(&render_kube_execs(&execs, clock));
+    }
     for c in conns {
         out.push_str(&render_conns(std::slice::from_ref(c), clock));
         if !c.forwards.is_empty() {
@@ -68,6 +75,38 @@ pub fn render_sessions(conns: &[ConnectionInfo], clock: &Clock) -> String {
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// `kubectl exec` sessions: kind `kube_exec`, whose (namespace/pod, container, exec id), what.
+fn render_kube_execs(execs: &[&ConnectionInfo], clock: &Clock) -> String {
+    let mut rows = vec![
+        [
+            "SESSION", "KIND", "POD", "CONTAINER", "EXEC", "TTY", "STARTED", "PROCS", "PIDS",
+            "CMDS", "COMMAND",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for c in execs {
+        let (Some(k), Some(s)) = (&c.kube, c.sessions.first()) else {
+            continue;
+        };
+        let pids: Vec<String> = s.pids.iter().map(u32::to_string).collect();
+        rows.push(vec![
+            s.id.to_string(),
+            c.kind.as_str().into(),
+            format!("{}/{}", k.namespace, k.pod),
+            k.container.clone(),
+            cut(&k.exec_id, 16),
+            s.tty.clone().unwrap_or_else(|| "-".into()),
+            clock.local(&k.start),
+            s.processes.to_string(),
+            cut(&pids.join(","), PIDS),
+            s.commands.to_string(),
+            cut(&k.command, TEXT),
+        ]);
+    }
+    table(&rows)
 }
 
 /// A connection's forwarding channels: kind `forward`, what they carry, bytes both ways.
@@ -260,6 +299,8 @@ mod tests {
     fn conn(user: &str, state: &str) -> ConnectionInfo {
         ConnectionInfo {
             id: 3,
+            kind: Default::default(),
+            kube: None,
             user: user.into(),
             uid: Some(1000),
             state: state.into(),
@@ -326,6 +367,34 @@ mod tests {
             text.contains("  4m 12s  ") && !text.contains("cut in"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn kube_exec_sessions_get_a_table_of_their_own() {
+        let mut e = conn("", "open");
+        e.kind = ConnectionKind::KubeExec;
+        e.kube = Some(enforcer_proto::KubeExecInfo {
+            node: "n1".into(),
+            namespace: "team-a".into(),
+            pod: "web".into(),
+            pod_uid: "u".into(),
+            container: "main".into(),
+            container_id: "c".repeat(64),
+            exec_id: "e".repeat(64),
+            command: "sh".into(),
+            tty: true,
+            start: "2026-11-23T11:00:00Z".into(),
+            pid: 100,
+        });
+        let text = render_sessions(&[conn("alice", "open"), e], &clock());
+        let lines: Vec<&str> = text.lines().collect();
+        let head = lines[0].trim_start();
+        assert!(head.starts_with("SESSION") && head.contains("POD"), "{text}");
+        for want in ["kube_exec", "team-a/web", "main", "eeeeeeeeeeeeeee…"] {
+            assert!(lines[1].contains(want), "{want:?} not in {:?}", lines[1]);
+        }
+        // The SSH connection follows, as before.
+        assert!(lines[2].trim_start().starts_with("CONN"), "{text}");
     }
 
     #[test]

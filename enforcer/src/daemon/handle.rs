@@ -36,6 +36,8 @@ pub(super) enum Msg {
     Fleet(crate::fleet::FleetEvent),
     /// News from the Node watch (`[kubernetes]`).
     Kube(crate::kube::NodeEvent),
+    /// News from containerd (`[kubernetes]`: exec processes).
+    Containerd(crate::kube::ContainerdEvent),
     /// The lock directory as just read (see `lockout::watch`).
     LockFiles(LockFiles),
     /// A config file read for a reload (see `reload`); `peer`: who asked (`None`: SIGHUP).

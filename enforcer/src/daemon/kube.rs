@@ -104,7 +104,7 @@ impl State {
             name: "kubernetes".into(),
             supported: g.exec_enforced(),
             detail: format!(
-                "node {}: label {} {} since {}: {}; {ssh}; {error}",
+                "node {}: label {} {} since {}: {}; {ssh}; {error}; {}",
                 k.node,
                 k.selector,
                 g.state.as_str(),
@@ -114,6 +114,7 @@ impl State {
                 } else {
                     "not enforcing"
                 },
+                self.containerd_detail(),
             ),
         })
     }

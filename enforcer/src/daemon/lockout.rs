@@ -112,6 +112,8 @@ pub(super) fn lingering_info(mut info: ConnectionInfo) -> ConnectionInfo {
 fn adopted_info(conn_id: u64, uid: Option<u32>, since: OffsetDateTime) -> ConnectionInfo {
     ConnectionInfo {
         id: conn_id,
+        kind: Default::default(),
+        kube: None,
         user: uid
             .and_then(host::user_name)
             .or_else(|| uid.map(|u| format!("uid {u}")))

@@ -10,6 +10,7 @@ mod forwards;
 mod handle;
 mod idle;
 mod kube;
+mod kube_exec;
 mod locking;
 mod lockout;
 mod persist;
@@ -244,11 +245,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     } else {
         (None, None)
     };
+    // containerd's exec processes, on this runtime too.
+    let (containerd, containerd_task) = if config.kubernetes.enabled {
+        let (tx, rx) = mpsc::channel(256);
+        let socket = config.kubernetes.containerd_socket.clone();
+        tracing::info!(socket = %socket.display(), "following containerd's exec processes");
+        (Some(rx), Some(crate::kube::watch_execs(socket, tx)))
+    } else {
+        (None, None)
+    };
     let fleet_audit = audit.clone();
     let parts = state::Parts {
         fleet: fleet.clone(),
         fleet_events,
         kube,
+        containerd,
         info,
         bpf: bpf.clone(),
         audit,
@@ -319,6 +330,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .chain(metrics_task)
         .chain(uploader)
         .chain(kube_task)
+        .chain(containerd_task)
     {
         task.abort();
         let _ = task.await;

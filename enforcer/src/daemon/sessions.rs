@@ -112,6 +112,9 @@ impl State {
 
     pub(super) async fn on_exec(&mut self, exec: Exec) {
         let origin = exec.origin;
+        if self.kube_exec_command(&exec) {
+            return;
+        }
         if origin.session_id == 0 {
             // sshd's own processes (re-exec, helpers) before any session.
             return;
@@ -164,6 +167,9 @@ impl State {
     pub(super) async fn on_exit(&mut self, origin: EventOrigin, status: u32, flags: u32) {
         if flags & TASK_CONN_ROOT != 0 {
             self.on_monitor_exit(origin.conn_id, origin.pid).await;
+            return;
+        }
+        if self.kube_exec_exit(&origin, status, flags) {
             return;
         }
         if origin.session_id == 0 {
@@ -227,6 +233,11 @@ impl State {
     }
 
     pub(super) async fn kill_session(&mut self, id: u64, peer: &Peer) -> Result<u64, ErrorReply> {
+        if self.registry.session(id).is_none() {
+            if let Some(done) = self.kill_exec_session(id, peer).await {
+                return done;
+            }
+        }
         let s = self
             .registry
             .session(id)
@@ -361,6 +372,7 @@ impl State {
                 info
             })
             .chain(self.lingering_list(peer, processes))
+            .chain(self.kube_exec_list(peer, processes))
             .collect()
     }
 

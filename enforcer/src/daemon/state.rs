@@ -123,6 +123,8 @@ pub(super) struct State {
     pub fleet_state: super::fleet::FleetState,
     /// `[kubernetes]` on: this node's enforcement label (see `kube`).
     pub kube: Option<super::kube::KubeState>,
+    /// `kubectl exec` sessions found through containerd (see `kube_exec`).
+    pub kube_exec: super::kube_exec::ExecState,
 }
 
 /// Live tracked processes by (connection id, kernel session id).
@@ -134,6 +136,8 @@ pub(super) struct Parts {
     pub fleet_events: Option<mpsc::Receiver<crate::fleet::FleetEvent>>,
     /// `[kubernetes]` on: the Node's name and its watch's events.
     pub kube: Option<(String, mpsc::Receiver<crate::kube::NodeEvent>)>,
+    /// `[kubernetes]` on: containerd's exec processes.
+    pub containerd: Option<mpsc::Receiver<crate::kube::ContainerdEvent>>,
     pub info: DaemonInfo,
     pub bpf: BpfHandle,
     pub audit: AuditSink,
@@ -154,6 +158,7 @@ pub(super) async fn start(
         fleet,
         fleet_events,
         kube,
+        containerd,
         info,
         bpf,
         audit,
@@ -181,6 +186,11 @@ pub(super) async fn start(
         let selector = config.kubernetes.selector();
         super::kube::KubeState::new(node, selector, OffsetDateTime::now_utc())
     });
+    if let Some(events) = containerd {
+        // The priority lane: the sooner the kernel follows an exec, the less it can fork
+        // untracked.
+        super::handle::forward(events, pam_tx.clone(), Msg::Containerd);
+    }
     let config_path = info.config_path.as_deref().map(Arc::from);
     let mut state = State {
         config,
@@ -218,6 +228,7 @@ pub(super) async fn start(
         fleet,
         fleet_state: Default::default(),
         kube,
+        kube_exec: Default::default(),
     };
     state.restore().await;
     let handle = StateHandle {
@@ -313,6 +324,7 @@ impl State {
             }
             Msg::Fleet(ev) => self.on_fleet(ev).await,
             Msg::Kube(ev) => self.on_kube(ev),
+            Msg::Containerd(ev) => self.on_containerd(ev).await,
             Msg::Request {
                 req,
                 peer,

@@ -1,9 +1,11 @@
-//! `[kubernetes]`'s I/O: reaching the apiserver and watching this node's Node object. What the
-//! label means is decided in `core::kube`; the state actor hears from here by message and never
-//! waits on the apiserver.
+//! `[kubernetes]`'s I/O: reaching the apiserver and watching this node's Node object, and
+//! following containerd's exec processes. What they mean is decided in `core::kube`; the state
+//! actor hears from here by message and never waits on the apiserver or containerd.
 
+mod containerd;
 mod node;
 
+pub use containerd::{CRI_NAMESPACE, ContainerdError, ContainerdEvent, ExecStart, watch_execs};
 pub use node::{NodeEvent, watch_node};
 
 use crate::config::KubernetesConfig;

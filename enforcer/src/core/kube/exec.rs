@@ -1,0 +1,278 @@
+//! `kubectl exec` sessions on this node (pure): who they are (pod, container, containerd's exec
+//! id), which kernel identity their processes carry, and the table the daemon keeps of them.
+//! containerd tells the daemon about an exec; the kernel follows its processes; nothing here
+//! does I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use time::OffsetDateTime;
+
+use super::{ExecCensus, PodRef};
+
+/// CRI labels containerd keeps on every container the kubelet created.
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+
+/// The container an exec runs in, as containerd names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMeta {
+    pub pod: PodRef,
+    pub pod_uid: String,
+    /// The container's name in the pod spec.
+    pub container: String,
+    /// containerd's container id.
+    pub container_id: String,
+}
+
+impl ContainerMeta {
+    /// From a container's CRI labels; `None` for containers the kubelet did not create (no pod
+    /// labels), which are never exec sessions.
+    pub fn from_labels(container_id: &str, labels: &HashMap<String, String>) -> Option<Self> {
+        let get = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
+        Some(ContainerMeta {
+            pod: PodRef {
+                namespace: get(LABEL_POD_NAMESPACE)?,
+                name: get(LABEL_POD_NAME)?,
+            },
+            pod_uid: get(LABEL_POD_UID).unwrap_or_default(),
+            // A sandbox (pause) container has no container name: it is no exec target anyway.
+            container: get(LABEL_CONTAINER_NAME)?,
+            container_id: container_id.to_owned(),
+        })
+    }
+}
+
+/// One live exec session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSession {
+    /// The session id `enforcerctl sessions` shows and `kill session` takes (shared with SSH
+    /// sessions' ids).
+    pub id: u64,
+    /// The kernel identity its processes carry (`TrackedTask::conn_id`; drawn from the
+    /// connection ids so it never collides with an SSH connection's).
+    pub kernel_id: u64,
+    /// containerd's exec id (the kubelet makes one per exec).
+    pub exec_id: String,
+    pub meta: ContainerMeta,
+    /// The exec'd process (the session's root; its task id is the kernel session id).
+    pub pid: u32,
+    /// Its start time (ns since boot): with `pid` it names the process unambiguously.
+    pub start_ns: u64,
+    pub started_at: OffsetDateTime,
+    /// The root's command line, space-joined.
+    pub command: String,
+    /// The pty ("pts/0" of the container's devpts) when the exec has one.
+    pub tty: Option<String>,
+    /// Programs executed in the session after it was tracked.
+    pub commands: u64,
+    pub last_activity: OffsetDateTime,
+    /// Still runc's own init when tracked (containerd reports an exec once runc has its pid,
+    /// often before runc's init has exec'd the command): `command` and the `session_started`
+    /// record wait for the root's first exec.
+    pub awaiting_exec: bool,
+}
+
+impl ExecSession {
+    /// The audit and listing `kind`.
+    pub const KIND: &'static str = "kube_exec";
+}
+
+/// What [`ExecSessions::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// containerd reported an exec already tracked (a re-discovery after a reconnect, or the
+    /// event and the discovery of the same exec).
+    Known,
+}
+
+/// The live exec sessions, by session id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSessions {
+    by_id: BTreeMap<u64, ExecSession>,
+}
+
+impl ExecSessions {
+    /// Adds `s` unless an exec with the same container and exec id, or the same process, is
+    /// already there.
+    pub fn insert(&mut self, s: ExecSession) -> Inserted {
+        if self.by_exec(&s.meta.container_id, &s.exec_id).is_some()
+            || self
+                .by_id
+                .values()
+                .any(|o| o.pid == s.pid && o.start_ns == s.start_ns)
+        {
+            return Inserted::Known;
+        }
+        self.by_id.insert(s.id, s);
+        Inserted::New
+    }
+
+    pub fn get(&self, id: u64) -> Option<&ExecSession> {
+        self.by_id.get(&id)
+    }
+
+    /// The session whose processes carry kernel identity `kernel_id`.
+    pub fn by_kernel(&self, kernel_id: u64) -> Option<&ExecSession> {
+        self.by_id.values().find(|s| s.kernel_id == kernel_id)
+    }
+
+    pub fn by_kernel_mut(&mut self, kernel_id: u64) -> Option<&mut ExecSession> {
+        self.by_id.values_mut().find(|s| s.kernel_id == kernel_id)
+    }
+
+    pub fn by_exec(&self, container_id: &str, exec_id: &str) -> Option<&ExecSession> {
+        self.by_id
+            .values()
+            .find(|s| s.exec_id == exec_id && s.meta.container_id == container_id)
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<ExecSession> {
+        self.by_id.remove(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ExecSession> {
+        self.by_id.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The live sessions counted per pod, namespace and node, for `admit_exec`.
+    pub fn census(&self) -> ExecCensus {
+        ExecCensus::of(self.by_id.values().map(|s| &s.meta.pod))
+    }
+}
+
+/// The space-joined command line of a `/proc/PID/cmdline` (NUL-separated).
+pub fn command_line(cmdline: &[u8]) -> String {
+    cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a command line is runc's own init (`runc init`), not yet the exec's command.
+pub fn is_runc_init(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    let prog = args.next().unwrap_or_default();
+    (prog == b"runc" || prog.ends_with(b"/runc")) && args.next() == Some(b"init")
+}
+
+/// The terminal name ("pts/3") of a stdin that links to a pts device, else `None` (pipes,
+/// /dev/null: an exec without `-t`).
+pub fn tty_of_stdin(link: &str) -> Option<String> {
+    let n = link.strip_prefix("/dev/pts/")?;
+    n.parse::<u32>().ok().map(|n| format!("pts/{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn meta(ns: &str, pod: &str, cid: &str) -> ContainerMeta {
+        ContainerMeta {
+            pod: PodRef {
+                namespace: ns.into(),
+                name: pod.into(),
+            },
+            pod_uid: "uid".into(),
+            container: "main".into(),
+            container_id: cid.into(),
+        }
+    }
+
+    fn session(id: u64, cid: &str, exec: &str, pid: u32) -> ExecSession {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        ExecSession {
+            id,
+            kernel_id: 100 + id,
+            exec_id: exec.into(),
+            meta: meta("team-a", "web", cid),
+            pid,
+            start_ns: pid as u64 * 10,
+            started_at: now,
+            command: "sh".into(),
+            tty: None,
+            commands: 0,
+            last_activity: now,
+            awaiting_exec: false,
+        }
+    }
+
+    #[test]
+    fn container_meta_needs_the_pod_labels() {
+        let l = labels(&[
+            (LABEL_POD_NAME, "web"),
+            (LABEL_POD_NAMESPACE, "team-a"),
+            (LABEL_POD_UID, "u-1"),
+            (LABEL_CONTAINER_NAME, "main"),
+        ]);
+        let m = ContainerMeta::from_labels("c1", &l).unwrap();
+        assert_eq!(m.pod.to_string(), "team-a/web");
+        assert_eq!((m.pod_uid.as_str(), m.container.as_str()), ("u-1", "main"));
+        assert_eq!(m.container_id, "c1");
+        // Not the kubelet's: no pod labels. A sandbox: no container name.
+        assert!(ContainerMeta::from_labels("c2", &labels(&[("x", "y")])).is_none());
+        let sandbox = labels(&[(LABEL_POD_NAME, "web"), (LABEL_POD_NAMESPACE, "team-a")]);
+        assert!(ContainerMeta::from_labels("s", &sandbox).is_none());
+    }
+
+    #[test]
+    fn an_exec_is_inserted_once_whoever_reports_it() {
+        let mut t = ExecSessions::default();
+        assert_eq!(t.insert(session(1, "c1", "e1", 50)), Inserted::New);
+        // The same exec again (event after discovery, or a re-discovery).
+        assert_eq!(t.insert(session(2, "c1", "e1", 50)), Inserted::Known);
+        // The same process under another exec id cannot be two sessions.
+        assert_eq!(t.insert(session(3, "c1", "e9", 50)), Inserted::Known);
+        // Same exec id in another container is another exec.
+        assert_eq!(t.insert(session(4, "c2", "e1", 60)), Inserted::New);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.by_kernel(101).map(|s| s.id), Some(1));
+        assert_eq!(t.by_exec("c2", "e1").map(|s| s.id), Some(4));
+        assert!(t.remove(1).is_some());
+        assert!(t.by_kernel(101).is_none());
+    }
+
+    #[test]
+    fn the_census_counts_live_sessions_per_pod() {
+        let mut t = ExecSessions::default();
+        t.insert(session(1, "c1", "e1", 50));
+        t.insert(session(2, "c1", "e2", 51));
+        let pod = meta("team-a", "web", "c1").pod;
+        let c = t.census();
+        assert_eq!((c.pod(&pod), c.namespace("team-a"), c.node()), (2, 2, 2));
+        t.remove(1);
+        assert_eq!(t.census().pod(&pod), 1);
+    }
+
+    #[test]
+    fn command_and_tty_from_proc() {
+        assert_eq!(command_line(b"sh\0-c\0echo hi\0"), "sh -c echo hi");
+        assert_eq!(command_line(b""), "");
+        assert_eq!(tty_of_stdin("/dev/pts/0").as_deref(), Some("pts/0"));
+        assert_eq!(tty_of_stdin("pipe:[1234]"), None);
+        assert_eq!(tty_of_stdin("/dev/null"), None);
+        assert!(is_runc_init(b"runc\0init\0"));
+        assert!(is_runc_init(b"/usr/sbin/runc\0init\0"));
+        assert!(!is_runc_init(b"sh\0-c\0runc init\0"));
+        assert!(!is_runc_init(b"runc\0exec\0"));
+    }
+}

@@ -1,0 +1,400 @@
+//! The state actor's side of `kubectl exec` sessions: containerd reports an exec's process
+//! (`crate::kube::watch_execs`), the kernel is told to follow it and everything below it as it
+//! follows an SSH session, and from then on the kernel's exec and exit events say what ran in
+//! it and when it ended. Listed by `sessions`, ended by `kill session`, audited with the pod's
+//! fields. The model is `core::kube::exec`'s.
+
+use enforcer_common::tasks::{TASK_SESSION_LEADER, TrackedTask};
+use enforcer_proto::{ConnectionInfo, ConnectionKind, KubeExecInfo, SessionInfo};
+use time::OffsetDateTime;
+
+use super::state::{ProcessView, State};
+use crate::{
+    audit::{AuditEvent, AuditReason, AuditRecord},
+    bpf::{EventOrigin, Exec, KillTarget, tasks::ticks_to_ns},
+    control::{Peer, Role},
+    core::{
+        conn::ProcKey,
+        kube::exec::{
+            ExecSession, ExecSessions, Inserted, command_line, is_runc_init, tty_of_stdin,
+        },
+        rfc3339,
+        session::ExitStatus,
+    },
+    host,
+    kube::{ContainerdEvent, ExecStart},
+};
+
+/// What the actor knows of exec sessions and of its containerd connection.
+#[derive(Default)]
+pub(super) struct ExecState {
+    pub sessions: ExecSessions,
+    /// Subscribed to containerd's events now.
+    pub connected: bool,
+    /// The last connection error and when (cleared by the next connect).
+    pub last_error: Option<(OffsetDateTime, String)>,
+    /// Sessions being killed (`kill session`): their end is audited as a kill.
+    pub killing: std::collections::HashSet<u64>,
+}
+
+impl State {
+    /// News from containerd.
+    pub(super) async fn on_containerd(&mut self, ev: ContainerdEvent) {
+        match ev {
+            ContainerdEvent::ExecStarted(s) => self.exec_started(s).await,
+            ContainerdEvent::Exited {
+                container_id,
+                id,
+                pid,
+                exit_status,
+            } => self.exec_exited(&container_id, &id, pid, exit_status),
+            ContainerdEvent::Connected { execs } => {
+                tracing::info!(execs, "containerd connected; live exec processes listed");
+                self.kube_exec.connected = true;
+                self.kube_exec.last_error = None;
+            }
+            ContainerdEvent::Error(e) => {
+                self.kube_exec.connected = false;
+                self.kube_exec.last_error = Some((OffsetDateTime::now_utc(), e));
+            }
+        }
+    }
+
+    fn node(&self) -> String {
+        self.kube
+            .as_ref()
+            .map(|k| k.node.clone())
+            .unwrap_or_default()
+    }
+
+    /// An exec's process runs: the kernel follows it from now on (its children forked before
+    /// that are adopted from /proc), and the session is listed and audited.
+    async fn exec_started(&mut self, s: ExecStart) {
+        let Some(key) = host::proc_key(s.pid) else {
+            tracing::debug!(pid = s.pid, exec = %s.exec_id, "exec process ended before it was tracked");
+            return;
+        };
+        // Reported again (event and listing, or a reconnect's listing): already followed, and
+        // tracking it anew would give its root another identity than its children's.
+        let start_ns = ticks_to_ns(key.start_ticks);
+        let known = self.kube_exec.sessions.iter().any(|o| {
+            (o.exec_id == s.exec_id && o.meta.container_id == s.meta.container_id)
+                || (o.pid == s.pid && o.start_ns == start_ns)
+        });
+        if known {
+            return;
+        }
+        let kernel_id = self.registry.reserve_conn_id();
+        let id = self.registry.reserve_session_id();
+        self.dirty = true;
+        if !self.track_exec(kernel_id, key).await {
+            return;
+        }
+        let now = OffsetDateTime::now_utc();
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
+        let stdin = std::fs::read_link(format!("/proc/{}/fd/0", s.pid))
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let session = ExecSession {
+            id,
+            kernel_id,
+            exec_id: s.exec_id,
+            meta: s.meta,
+            pid: s.pid,
+            start_ns,
+            started_at: now,
+            command: command_line(&cmdline),
+            tty: tty_of_stdin(&stdin),
+            commands: 0,
+            last_activity: now,
+            awaiting_exec: is_runc_init(&cmdline),
+        };
+        tracing::info!(
+            session = id,
+            pod = %session.meta.pod,
+            container = %session.meta.container,
+            exec = %session.exec_id,
+            pid = session.pid,
+            discovered = s.discovered,
+            "kubectl exec session started"
+        );
+        let awaiting = session.awaiting_exec;
+        if self.kube_exec.sessions.insert(session) == Inserted::Known {
+            return;
+        }
+        self.counters.sessions_started += 1;
+        if !awaiting {
+            self.audit_exec_started(id);
+        }
+    }
+
+    /// `session_started`, once the session's command is known.
+    fn audit_exec_started(&mut self, id: u64) {
+        let Some(s) = self.kube_exec.sessions.get(id) else {
+            return;
+        };
+        let mut rec = AuditRecord::new(AuditEvent::SessionStarted, s.started_at)
+            .with_exec(s, &self.node());
+        rec.pid = Some(s.pid);
+        self.audit.record(rec);
+    }
+
+    /// Tells the kernel to follow the exec's process as a session root, then adopts what it
+    /// forked before that (the race between runc starting it and containerd's event reaching
+    /// us). False when it ended meanwhile (its exit came before the kernel knew it).
+    async fn track_exec(&mut self, kernel_id: u64, key: ProcKey) -> bool {
+        let task = TrackedTask {
+            conn_id: kernel_id,
+            // The session key is the root's task id, as for an SSH session's leader.
+            session_id: key.pid as u64,
+            start_ns: ticks_to_ns(key.start_ticks),
+            flags: TASK_SESSION_LEADER,
+            _pad: 0,
+        };
+        if let Err(e) = self.bpf.track(key.pid, task).await {
+            tracing::error!(pid = key.pid, error = %e, "cannot track the exec's process; it is not controlled");
+            return false;
+        }
+        match self.bpf.adopt(vec![key.pid]).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pid = key.pid, adopted = n, "exec children forked before tracking adopted"),
+            Err(e) => tracing::warn!(pid = key.pid, error = %e, "cannot adopt the exec's early children"),
+        }
+        if !host::alive(key) {
+            let _ = self.bpf.untrack(key.pid).await;
+            return false;
+        }
+        true
+    }
+
+    /// containerd saw a process end. The kernel's exit event normally ended the session
+    /// already; this catches an exit the kernel had to drop.
+    fn exec_exited(&mut self, container_id: &str, id: &str, pid: u32, exit_status: u32) {
+        let Some(s) = self.kube_exec.sessions.by_exec(container_id, id) else {
+            return;
+        };
+        if s.pid != pid
+            || host::alive(ProcKey {
+                pid,
+                start_ticks: crate::bpf::tasks::ns_to_ticks(s.start_ns),
+            })
+        {
+            return;
+        }
+        let sid = s.id;
+        // containerd's exit_status is the exit code, or 128 + the signal.
+        let status = match exit_status {
+            s if s > 128 => ExitStatus::Signal((s - 128) as i32),
+            s => ExitStatus::Code(s as i32),
+        };
+        self.end_exec_session(sid, status);
+    }
+
+    /// A kernel exec event in an exec session: counted and audited with the pod's fields. True
+    /// when `origin` belongs to one.
+    pub(super) fn kube_exec_command(&mut self, exec: &Exec) -> bool {
+        let node = self.node();
+        let Some(s) = self.kube_exec.sessions.by_kernel_mut(exec.origin.conn_id) else {
+            return false;
+        };
+        s.commands += 1;
+        s.last_activity = OffsetDateTime::now_utc();
+        self.counters.commands += 1;
+        // runc's init became the exec's command: now the session is what the user asked for.
+        let first = s.awaiting_exec && exec.origin.pid == s.pid;
+        if first {
+            s.awaiting_exec = false;
+            s.command = exec.argv.join(" ");
+            if exec.tty.is_some() {
+                s.tty = exec.tty.clone();
+            }
+        }
+        let id = s.id;
+        if first {
+            self.audit_exec_started(id);
+        }
+        let Some(s) = self.kube_exec.sessions.get(id) else {
+            return true;
+        };
+        let mut rec = AuditRecord::new(AuditEvent::Exec, OffsetDateTime::now_utc()).with_exec(s, &node);
+        rec.pid = Some(exec.origin.pid);
+        rec.uid = Some(exec.uid);
+        rec.ppid = Some(exec.ppid);
+        rec.filename = Some(exec.filename.clone());
+        rec.argv = Some(exec.argv.clone());
+        rec.argv_truncated = exec.argv_truncated;
+        rec.cwd = exec.cwd.clone();
+        if exec.tty.is_some() {
+            rec.tty = exec.tty.clone();
+        }
+        if exec.killed.is_some() {
+            rec = rec.reason(AuditReason::KilledAtExecTerminated, None);
+        }
+        self.audit.record(rec);
+        true
+    }
+
+    /// A kernel exit event in an exec session: the process's `exit` record, and the session's
+    /// end when it is the exec's own process. True when `origin` belongs to one.
+    pub(super) fn kube_exec_exit(&mut self, origin: &EventOrigin, status: u32, flags: u32) -> bool {
+        let node = self.node();
+        let Some(s) = self.kube_exec.sessions.by_kernel(origin.conn_id) else {
+            return false;
+        };
+        let status = ExitStatus::from_wait(status);
+        let mut rec = AuditRecord::new(AuditEvent::Exit, OffsetDateTime::now_utc())
+            .with_exec(s, &node)
+            .exit_status(status);
+        rec.pid = Some(origin.pid);
+        self.audit.record(rec);
+        let root = flags & TASK_SESSION_LEADER != 0 && origin.tid as u64 == origin.session_id;
+        if root && origin.pid == s.pid {
+            let id = s.id;
+            self.end_exec_session(id, status);
+        }
+        true
+    }
+
+    /// The session's root ended: `session_ended` (reason `exited`, or `killed` after `kill
+    /// session`, with how it ended).
+    fn end_exec_session(&mut self, id: u64, status: ExitStatus) {
+        if self
+            .kube_exec
+            .sessions
+            .get(id)
+            .is_some_and(|s| s.awaiting_exec)
+        {
+            // Ended before its command ran (runc could not exec it): it still started.
+            self.audit_exec_started(id);
+        }
+        let Some(s) = self.kube_exec.sessions.remove(id) else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let reason = match self.kube_exec.killing.remove(&id) {
+            true => AuditReason::Killed,
+            false => AuditReason::Exited,
+        };
+        tracing::info!(session = id, pod = %s.meta.pod, exec = %s.exec_id, reason = %reason, "kubectl exec session ended");
+        let mut rec = AuditRecord::new(AuditEvent::SessionEnded, now)
+            .with_exec(&s, &self.node())
+            .exit_status(status)
+            .reason(reason, None);
+        rec.pid = Some(s.pid);
+        rec.duration_secs = Some((now - s.started_at).as_seconds_f64().max(0.0));
+        rec.commands = Some(s.commands);
+        self.audit.record(rec);
+    }
+
+    /// `kill session ID` of an exec session: every process carrying its identity (what it
+    /// forked, setsid'd or double-forked included; never the pod's own processes, which the
+    /// kernel does not track). `None` when no exec session has that id.
+    pub(super) async fn kill_exec_session(
+        &mut self,
+        id: u64,
+        peer: &Peer,
+    ) -> Option<Result<u64, enforcer_proto::ErrorReply>> {
+        let s = self.kube_exec.sessions.get(id)?.clone();
+        self.kube_exec.killing.insert(id);
+        let target = KillTarget {
+            conn_id: s.kernel_id,
+            session_id: None,
+        };
+        let n = match self.bpf.kill(target).await {
+            Ok(n) => n as u64,
+            Err(e) => {
+                self.kube_exec.killing.remove(&id);
+                return Some(Err(enforcer_proto::ErrorReply::new(
+                    enforcer_proto::ErrorKind::Internal,
+                    e.to_string(),
+                )));
+            }
+        };
+        let mut rec = AuditRecord::new(AuditEvent::SessionKilled, OffsetDateTime::now_utc())
+            .with_exec(&s, &self.node())
+            .by(peer.uid, peer.pid)
+            .reason(AuditReason::KilledByOperator, None);
+        rec.pid = Some(s.pid);
+        rec.processes = Some(n);
+        self.audit.record(rec);
+        Some(Ok(n))
+    }
+
+    /// Exec sessions as `sessions` lists them: one entry each, kind `kube_exec` (root and
+    /// auditors only: an exec has no user on the node).
+    pub(super) fn kube_exec_list(&self, peer: &Peer, processes: &ProcessView) -> Vec<ConnectionInfo> {
+        if peer.role == Role::User {
+            return Vec::new();
+        }
+        let node = self.node();
+        self.kube_exec
+            .sessions
+            .iter()
+            .map(|s| exec_info(s, &node, processes))
+            .collect()
+    }
+
+    /// The `containerd` part of the `kubernetes` feature line.
+    pub(super) fn containerd_detail(&self) -> String {
+        let e = &self.kube_exec;
+        let conn = match (&e.connected, &e.last_error) {
+            (true, _) => "containerd connected".to_owned(),
+            (false, Some((at, err))) => format!("containerd not connected since {}: {err}", rfc3339(*at)),
+            (false, None) => "containerd connecting".to_owned(),
+        };
+        format!("{conn}; {} exec sessions", e.sessions.len())
+    }
+}
+
+/// One exec session as a `sessions` entry.
+fn exec_info(s: &ExecSession, node: &str, processes: &ProcessView) -> ConnectionInfo {
+    let mut pids = processes
+        .get(&(s.kernel_id, s.pid as u64))
+        .cloned()
+        .unwrap_or_default();
+    pids.sort_unstable();
+    let start = rfc3339(s.started_at);
+    ConnectionInfo {
+        id: s.kernel_id,
+        kind: ConnectionKind::KubeExec,
+        kube: Some(KubeExecInfo {
+            node: node.to_owned(),
+            namespace: s.meta.pod.namespace.clone(),
+            pod: s.meta.pod.name.clone(),
+            pod_uid: s.meta.pod_uid.clone(),
+            container: s.meta.container.clone(),
+            container_id: s.meta.container_id.clone(),
+            exec_id: s.exec_id.clone(),
+            command: s.command.clone(),
+            tty: s.tty.is_some(),
+            start: start.clone(),
+            pid: s.pid,
+        }),
+        user: String::new(),
+        uid: None,
+        state: "open".into(),
+        client: None,
+        server: None,
+        rhost: None,
+        service: "kubectl-exec".into(),
+        monitor_pid: 0,
+        since: start.clone(),
+        auth: None,
+        sessions: vec![SessionInfo {
+            id: s.id,
+            kind: ExecSession::KIND.into(),
+            pty: s.tty.is_some(),
+            tty: s.tty.clone(),
+            command: Some(s.command.clone()),
+            leader_pid: s.pid,
+            started: start,
+            last_activity: rfc3339(s.last_activity),
+            processes: pids.len() as u32,
+            pids,
+            commands: s.commands,
+        }],
+        forwards: Vec::new(),
+        idle_since: None,
+        idle_cut_at: None,
+    }
+}

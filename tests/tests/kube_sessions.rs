@@ -1,0 +1,356 @@
+//! `kubectl exec` sessions seen by enforcerd on real software: a private containerd 1.6 with
+//! runc, pods and execs made through the CRI exactly as the kubelet makes them, streams over
+//! `v4.channel.k8s.io`. enforcerd learns of each exec from containerd (events, and the live
+//! exec processes it lists at connect), the kernel follows the exec's processes, `sessions`
+//! lists them with the pod's fields, the audit log has them, and `kill session` ends one with
+//! everything it started — a double-forked, setsid()'d process included — while the pod's own
+//! processes run on. containerd restarting does not lose a session.
+
+use std::time::Duration;
+
+use enforcer_tests::{
+    TestDaemon,
+    containerd::{TestContainerd, containerd_installed},
+    cri::{CriClient, Pod},
+    exec_stream::ExecStream,
+    kube::{find_exec, shim_of},
+    kube_api::KubeApi,
+    require_root,
+    ssh::wait_until,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(15);
+const LABEL: (&str, &str) = ("enforcer.dev/enforce", "true");
+
+/// Alive and not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The field of `/proc/PID/stat` after the command (0 = state, 1 = ppid, 3 = session id).
+fn stat_field(pid: u32, n: usize) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.split(' ').nth(n)?.parse().ok()
+}
+
+/// Every process whose command line is exactly `cmd`.
+fn pids_running(cmd: &[&str]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| enforcer_tests::containerd::cmdline(*pid) == cmd)
+        .collect()
+}
+
+/// A node with a containerd, a pod running `sleep`, the apiserver stand-in and enforcerd.
+struct Bed {
+    ctrd: TestContainerd,
+    _api: KubeApi,
+    kc: tempfile::TempDir,
+    node: String,
+    pod: Pod,
+    cid: String,
+    main_pid: u32,
+    sandbox_pid: u32,
+    shim: u32,
+}
+
+impl Bed {
+    /// containerd and the pod (no daemon yet: [`Bed::daemon`]).
+    fn new(tag: &str) -> Self {
+        let ctrd = TestContainerd::start();
+        let node = format!("ks-{tag}-{}", std::process::id());
+        let api = KubeApi::start(&node, &[LABEL]).unwrap();
+        let kc = tempfile::tempdir().unwrap();
+        api.write_kubeconfig(&kc.path().join("kubeconfig")).unwrap();
+        let cri = ctrd.cri();
+        let pod = cri.run_pod("web", "team-a");
+        let cid = cri.start_container(&pod, "main", &["/bin/sleep", "100000"]);
+        let main_pid = cri.container_pid(&cid);
+        let sandbox_pid = cri.sandbox_pid(&pod.id);
+        let shim = shim_of(sandbox_pid);
+        Bed {
+            ctrd,
+            _api: api,
+            kc,
+            node,
+            pod,
+            cid,
+            main_pid,
+            sandbox_pid,
+            shim,
+        }
+    }
+
+    fn daemon(&self) -> TestDaemon {
+        TestDaemon::start(&format!(
+            "[kubernetes]\nenabled = true\nnode_name = \"{}\"\nkubeconfig = \"{}\"\ncontainerd_socket = \"{}\"\n",
+            self.node,
+            self.kc.path().join("kubeconfig").display(),
+            self.ctrd.socket.display(),
+        ))
+    }
+
+    fn cri(&self) -> CriClient {
+        self.ctrd.cri()
+    }
+
+    /// Waits for the exec'd process running `cmd` (a child of the pod's shim) and returns it.
+    fn wait_exec(&self, cmd: &[&str]) -> u32 {
+        let mut pid = None;
+        assert!(
+            wait_until(T, || {
+                pid = find_exec(self.shim, cmd, &[self.sandbox_pid, self.main_pid]);
+                pid.is_some()
+            }),
+            "exec'd {cmd:?} not found under shim {}",
+            self.shim
+        );
+        pid.unwrap()
+    }
+
+    /// The exec id containerd gave the exec whose process is `pid` (`ctr tasks ps`).
+    fn exec_id_of(&self, pid: u32) -> Option<String> {
+        let out = self.ctrd.ctr(&["tasks", "ps", &self.cid]);
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))?;
+        let i = line.find("ExecID:")? + "ExecID:".len();
+        Some(
+            line[i..]
+                .trim_start_matches('"')
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .next()?
+                .to_owned(),
+        )
+    }
+}
+
+/// The `kube_exec` entries of `sessions --json`.
+fn exec_entries(d: &TestDaemon) -> Vec<Value> {
+    d.sessions()
+        .into_iter()
+        .filter(|c| c["kind"] == "kube_exec")
+        .collect()
+}
+
+/// Waits for the `kube_exec` entry whose exec'd process is `pid`.
+fn wait_listed(d: &TestDaemon, pid: u32) -> Value {
+    let mut found = None;
+    assert!(
+        wait_until(T, || {
+            found = exec_entries(d)
+                .into_iter()
+                .find(|c| c["kube"]["pid"] == pid);
+            found.is_some()
+        }),
+        "exec process {pid} never listed: {:#?}\n{}",
+        d.sessions(),
+        d.log()
+    );
+    found.unwrap()
+}
+
+/// The checks every listed exec entry gets: kind, the pod's fields, its one session.
+fn check_entry(e: &Value, bed: &Bed, command: &str, tty: bool) -> u64 {
+    let k = &e["kube"];
+    assert_eq!(e["kind"], "kube_exec", "{e:#}");
+    assert_eq!(k["node"], bed.node.as_str(), "{e:#}");
+    assert_eq!(k["namespace"], "team-a", "{e:#}");
+    assert_eq!(k["pod"], "web", "{e:#}");
+    assert_eq!(k["pod_uid"], bed.pod.uid.as_str(), "{e:#}");
+    assert_eq!(k["container"], "main", "{e:#}");
+    assert_eq!(k["container_id"], bed.cid.as_str(), "{e:#}");
+    assert_eq!(k["command"], command, "{e:#}");
+    assert_eq!(k["tty"], tty, "{e:#}");
+    assert!(k["start"].as_str().is_some_and(|s| s.ends_with('Z')), "{e:#}");
+    let pid = k["pid"].as_u64().unwrap() as u32;
+    let exec_id = bed.exec_id_of(pid).expect("ctr tasks ps names the exec");
+    assert_eq!(k["exec_id"], exec_id.as_str(), "exec id as containerd has it: {e:#}");
+    let s = &e["sessions"][0];
+    assert_eq!(s["kind"], "kube_exec", "{e:#}");
+    assert_eq!(s["pty"], tty, "{e:#}");
+    s["id"].as_u64().unwrap()
+}
+
+/// The audit records of `event` for exec `exec_id`.
+fn records(d: &TestDaemon, event: &str, exec_id: &str) -> Vec<Value> {
+    d.audit()
+        .into_iter()
+        .filter(|r| r["event"] == event && r["exec_id"] == exec_id)
+        .collect()
+}
+
+#[test]
+fn exec_sessions_are_listed_audited_and_killed_with_what_they_started() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("kill");
+    let d = bed.daemon();
+    let cri = bed.cri();
+
+    // A tty shell, as `kubectl exec -it web -- sh`.
+    let sh = ExecStream::connect(&cri.exec(&bed.cid, &["sh"], true, true));
+    sh.send_stdin("echo ready-$((1+1))\n");
+    assert!(sh.read_until("ready-2", T), "shell: {:?}", sh.output_text());
+    let sh_pid = find_exec(bed.shim, &["sh"], &[bed.sandbox_pid, bed.main_pid]).unwrap();
+    let entry = wait_listed(&d, sh_pid);
+    let id = check_entry(&entry, &bed, "sh", true);
+    let exec_id = entry["kube"]["exec_id"].as_str().unwrap().to_owned();
+    assert!(entry["sessions"][0]["tty"].as_str().is_some_and(|t| t.starts_with("pts/")));
+    // The pod's own processes are no exec session.
+    let all = exec_entries(&d);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    for p in [bed.main_pid, bed.sandbox_pid] {
+        assert!(
+            !all.iter().any(|e| e["sessions"][0]["pids"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(p))),
+            "pod process {p} listed in an exec session: {all:#?}"
+        );
+    }
+    let started = d.wait_audit("session_started of the shell", |r| {
+        r["event"] == "session_started" && r["exec_id"] == exec_id.as_str()
+    });
+    for (k, v) in [
+        ("kind", "kube_exec"),
+        ("namespace", "team-a"),
+        ("pod", "web"),
+        ("pod_uid", bed.pod.uid.as_str()),
+        ("container", "main"),
+        ("container_id", bed.cid.as_str()),
+        ("node", bed.node.as_str()),
+        ("command", "sh"),
+    ] {
+        assert_eq!(started[k], v, "{k} in {started:#}");
+    }
+    assert_eq!(started["session_id"], id, "{started:#}");
+
+    // A double fork with setsid() inside the exec: reparented away from the shell (to the
+    // container's init), a session of its own — and still in the exec session.
+    sh.send_stdin("(setsid sleep 7777 &); echo forked-$((2+3))\n");
+    assert!(sh.read_until("forked-5", T), "shell: {:?}", sh.output_text());
+    let mut escaped = Vec::new();
+    assert!(wait_until(T, || {
+        escaped = pids_running(&["sleep", "7777"]);
+        escaped.len() == 1
+    }));
+    let escaped = escaped[0];
+    assert_ne!(stat_field(escaped, 1), Some(sh_pid), "still the shell's child");
+    assert_ne!(stat_field(escaped, 3), stat_field(sh_pid, 3), "setsid() did not happen");
+    assert!(
+        wait_until(T, || wait_listed(&d, sh_pid)["sessions"][0]["pids"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(escaped))),
+        "the escaped sleep {escaped} is not in the session: {:#}",
+        wait_listed(&d, sh_pid)
+    );
+    let exec = d.wait_audit("exec record of the sleep", |r| {
+        r["event"] == "exec" && r["exec_id"] == exec_id.as_str() && r["argv"][1] == "7777"
+    });
+    assert_eq!(exec["pod"], "web", "{exec:#}");
+    assert_eq!(exec["kind"], "kube_exec", "{exec:#}");
+
+    // `kill session`: the shell and the escaped sleep die, the client sees the end, the pod
+    // runs on.
+    let out = d.ctl_ok(&["kill", "session", &id.to_string()]);
+    assert!(!out.is_empty());
+    assert!(wait_until(T, || !alive(sh_pid) && !alive(escaped)), "survivors after kill");
+    let code = sh.wait_exit(T);
+    assert!(code == Some(137) || sh.is_closed(), "stream after kill: {code:?}, {:?}", sh.status());
+    assert!(alive(bed.main_pid), "the pod's main process died with the exec");
+    assert!(alive(bed.sandbox_pid), "the pod's sandbox died with the exec");
+    let killed = d.wait_audit("session_killed", |r| {
+        r["event"] == "session_killed" && r["exec_id"] == exec_id.as_str()
+    });
+    assert_eq!(killed["reason"], "killed_by_operator", "{killed:#}");
+    assert!(killed["processes"].as_u64().unwrap() >= 2, "{killed:#}");
+    let ended = d.wait_audit("session_ended after the kill", |r| {
+        r["event"] == "session_ended" && r["exec_id"] == exec_id.as_str()
+    });
+    assert_eq!(ended["reason"], "killed", "{ended:#}");
+    assert_eq!(ended["signal"], "SIGKILL", "{ended:#}");
+    assert_eq!(ended["pod_uid"], bed.pod.uid.as_str(), "{ended:#}");
+    assert!(wait_until(T, || exec_entries(&d).is_empty()), "{:#?}", exec_entries(&d));
+
+    // Without a tty, ending by itself: listed as such, ended with its exit status.
+    let cmd = ["sh", "-c", "sleep 3; exit 3"];
+    let s = ExecStream::connect(&cri.exec(&bed.cid, &cmd, false, false));
+    let entry = wait_listed(&d, bed.wait_exec(&cmd));
+    check_entry(&entry, &bed, "sh -c sleep 3; exit 3", false);
+    let exec_id = entry["kube"]["exec_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.wait_exit(T), Some(3), "{:?}", s.status());
+    let ended = d.wait_audit("session_ended of the exiting exec", |r| {
+        r["event"] == "session_ended" && r["exec_id"] == exec_id.as_str()
+    });
+    assert_eq!(ended["reason"], "exited", "{ended:#}");
+    assert_eq!(ended["exit_code"], 3, "{ended:#}");
+    assert!(ended.get("tty").is_none(), "{ended:#}");
+    assert_eq!(records(&d, "session_started", &exec_id).len(), 1);
+    assert!(alive(bed.main_pid));
+}
+
+#[test]
+fn exec_sessions_are_found_at_start_and_survive_a_containerd_restart() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let mut bed = Bed::new("restart");
+    // An exec already running when enforcerd starts: found by listing containerd's processes.
+    let cri = bed.cri();
+    let _early = ExecStream::connect(&cri.exec(&bed.cid, &["sh"], true, true));
+    let early = bed.wait_exec(&["sh"]);
+    drop(cri);
+    let d = bed.daemon();
+    let entry = wait_listed(&d, early);
+    let early_id = check_entry(&entry, &bed, "sh", true);
+
+    // containerd restarts; the shim and the exec'd shell run on.
+    bed.ctrd.restart();
+    assert!(alive(early), "the exec'd shell died with containerd");
+    // enforcerd reconnects (its status says so) and still lists the session under its id.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            d.status()
+                .features
+                .iter()
+                .any(|f| f.name == "kubernetes" && f.detail.contains("containerd connected"))
+        }),
+        "never reconnected: {:?}\n{}",
+        d.status().features,
+        d.log()
+    );
+    let after = wait_listed(&d, early);
+    assert_eq!(after["sessions"][0]["id"], early_id, "{after:#}");
+    let exec_id = after["kube"]["exec_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        records(&d, "session_started", &exec_id).len(),
+        1,
+        "the re-listed exec was started twice"
+    );
+
+    // A new exec after the restart is seen through the new connection.
+    let cri = bed.cri();
+    let cmd = ["sleep", "4242"];
+    let _late = ExecStream::connect(&cri.exec(&bed.cid, &cmd, false, false));
+    let late = bed.wait_exec(&cmd);
+    let entry = wait_listed(&d, late);
+    check_entry(&entry, &bed, "sleep 4242", false);
+
+    // The session from before the restart is still controlled: kill ends it, not the pod.
+    d.ctl_ok(&["kill", "session", &early_id.to_string()]);
+    assert!(wait_until(T, || !alive(early)), "the early shell survived kill");
+    assert!(alive(late), "kill of one session ended another");
+    assert!(alive(bed.main_pid), "the pod's main process died with the exec");
+    let ended = d.wait_audit("session_ended of the early shell", |r| {
+        r["event"] == "session_ended" && r["exec_id"] == exec_id.as_str()
+    });
+    assert_eq!(ended["reason"], "killed", "{ended:#}");
+}
