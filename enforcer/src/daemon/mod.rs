@@ -6,6 +6,7 @@
 mod admission;
 mod fleet;
 mod fleet_sessions;
+mod denials;
 mod forwards;
 mod handle;
 mod idle;

@@ -28,10 +28,10 @@ use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord, AuditSink},
     bpf::{BpfHandle, KernelEvent},
     config::Config,
-    control::{ControlStats, Peer, SharedSettings, authorize},
+    control::{ControlStats, Peer, SharedSettings},
     core::{
         conn::Registry,
-        control::{DenialAudit, DenialLimiter, DenialSummary},
+        control::DenialLimiter,
     },
     host::UserIdentity,
     locks::LockStore,
@@ -365,49 +365,6 @@ impl State {
         false
     }
 
-    /// Checks `req` against the peer's role, auditing a denial.
-    pub(super) fn check(&mut self, req: &Request, peer: &Peer) -> Result<(), ErrorReply> {
-        authorize(peer.role, req).map_err(|denied| self.denied(req, peer, denied))
-    }
-
-    /// Records a denied request and returns the denial. Every denial is counted; the audit log
-    /// gets the first of each uid at once and the rest aggregated (`requests_denied_aggregated`).
-    pub(super) fn denied(&mut self, req: &Request, peer: &Peer, denied: ErrorReply) -> ErrorReply {
-        self.counters.requests_denied += 1;
-        match self.denials.on_denial(peer.uid, Instant::now()) {
-            DenialAudit::Aggregate => return denied,
-            DenialAudit::Record(ended) => self.audit_denial_summaries(ended),
-        }
-        let mut rec = AuditRecord::new(AuditEvent::RequestDenied, OffsetDateTime::now_utc())
-            .by(peer.uid, peer.pid)
-            .reason(AuditReason::PermissionDenied, Some(denied.message.clone()));
-        rec.request = Some(op_name(req).into());
-        self.audit.record(rec);
-        denied
-    }
-
-    fn flush_denials(&mut self) {
-        let ended = self.denials.flush(Instant::now());
-        self.audit_denial_summaries(ended);
-    }
-
-    fn audit_denial_summaries(&mut self, summaries: impl IntoIterator<Item = DenialSummary>) {
-        for s in summaries {
-            let mut rec = AuditRecord::new(AuditEvent::RequestsDenied, OffsetDateTime::now_utc())
-                .reason(
-                    AuditReason::PermissionDenied,
-                    Some(format!(
-                        "{} more requests denied in {:.0} s after the one audited",
-                        s.count,
-                        s.window.as_secs_f64()
-                    )),
-                );
-            rec.by_uid = Some(s.uid);
-            rec.count = Some(s.count);
-            self.audit.record(rec);
-        }
-    }
-
     async fn handle(
         &mut self,
         req: Request,
@@ -510,28 +467,4 @@ impl State {
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400)
-}
-
-/// The snake_case name of a request, for the audit log.
-fn op_name(req: &Request) -> &'static str {
-    match req {
-        Request::Status => "status",
-        Request::PamAccount(_) => "pam_account",
-        Request::PamOpenSession(_) => "pam_open_session",
-        Request::PamCloseSession(_) => "pam_close_session",
-        Request::Sessions => "sessions",
-        Request::History(_) => "history",
-        Request::Lock(_) => "lock",
-        Request::Unlock { .. } | Request::UnlockTarget(_) => "unlock",
-        Request::FleetSessions => "fleet_sessions",
-        Request::Nodes => "nodes",
-        Request::Locks => "locks",
-        Request::KillSession { .. } => "kill_session",
-        Request::KillConnection { .. } => "kill_connection",
-        Request::Recordings { .. } => "recordings",
-        Request::StoreRecordings { .. } => "store_recordings",
-        Request::Play { .. } => "play",
-        Request::Watch { .. } => "watch",
-        Request::Reload => "reload",
-    }
 }
