@@ -345,6 +345,11 @@ impl EtcdCluster {
         self.endpoints().iter().position(|e| e == endpoint)
     }
 
+    /// Waits until `prefix` holds exactly `n` keys; false if it does not within `within`.
+    pub fn wait_keys(&self, prefix: &str, n: usize, within: Duration) -> bool {
+        crate::ssh::wait_until(within, || self.keys(prefix).len() == n)
+    }
+
     /// Waits until a write goes through.
     pub fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;

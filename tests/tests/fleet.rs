@@ -139,10 +139,11 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
     );
     // The 25 refused logins' keys are deleted right after their refusal.
     assert!(
-        wait_until(Duration::from_secs(5), || cluster
-            .keys(&format!("/enforcer/slots/{}/", carol.name))
-            .len()
-            == 5),
+        cluster.wait_keys(
+            &format!("/enforcer/slots/{}/", carol.name),
+            5,
+            Duration::from_secs(5)
+        ),
         "{:?}",
         cluster.keys("/enforcer/slots/")
     );
@@ -168,7 +169,10 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
             conns["entries"].as_u64().unwrap()
         })
         .sum();
-    assert_eq!(in_kernel, 5, "connections left in the kernel by refused logins");
+    assert_eq!(
+        in_kernel, 5,
+        "connections left in the kernel by refused logins"
+    );
 
     // Logout frees the slots at once.
     held.clear();
@@ -306,12 +310,11 @@ fn sessions_over_the_fleet_session_limit_are_ended_at_their_start() {
     wait_registered(&cluster, &nodes);
     let _one = HeldSsh::open(&nodes[0].sshd, &kim);
     let _two = HeldSsh::open(&nodes[1].sshd, &kim);
-    assert!(wait_until(Duration::from_secs(5), || {
-        cluster
-            .keys(&format!("/enforcer/session-slots/{}/", kim.name))
-            .len()
-            == 2
-    }));
+    assert!(cluster.wait_keys(
+        &format!("/enforcer/session-slots/{}/", kim.name),
+        2,
+        Duration::from_secs(5)
+    ));
     // The third session, on either node, is ended right after it starts.
     let third = HeldSsh::try_open_cmd(
         nodes[0]
@@ -326,20 +329,20 @@ fn sessions_over_the_fleet_session_limit_are_ended_at_their_start() {
     });
     // The refused session's key is deleted right after its refusal.
     assert!(
-        wait_until(Duration::from_secs(5), || cluster
-            .keys(&format!("/enforcer/session-slots/{}/", kim.name))
-            .len()
-            == 2),
+        cluster.wait_keys(
+            &format!("/enforcer/session-slots/{}/", kim.name),
+            2,
+            Duration::from_secs(5)
+        ),
         "{:?}",
         cluster.keys("/enforcer/session-slots/")
     );
     // A session that ends frees its slot.
     drop(_two);
-    assert!(wait_until(Duration::from_secs(10), || {
-        cluster
-            .keys(&format!("/enforcer/session-slots/{}/", kim.name))
-            .len()
-            == 1
-    }));
+    assert!(cluster.wait_keys(
+        &format!("/enforcer/session-slots/{}/", kim.name),
+        1,
+        Duration::from_secs(10)
+    ));
     let _three = HeldSsh::open(&nodes[0].sshd, &kim);
 }

@@ -1,10 +1,7 @@
 //! The fleet when etcd fails: one member or all of them stopped (best_effort and strict), a
 //! node cut off while a lock is made, and the raft leader killed under racing logins.
 
-use std::{
-    sync::Mutex,
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 use enforcer_tests::{
     TestUser,
@@ -155,10 +152,14 @@ fn killing_the_etcd_leader_keeps_fleet_limits_exact_and_locks_flowing() {
             .to_owned()
     };
     let leader = cluster.leader().expect("the cluster has a leader");
-    let at_leader = format!("slot transactions to the leader at {}", cluster.endpoints()[leader]);
+    let at_leader = format!(
+        "slot transactions to the leader at {}",
+        cluster.endpoints()[leader]
+    );
     for n in &nodes {
         assert!(
-            wait_until(Duration::from_secs(5), || slot_target(n).contains(&at_leader)),
+            wait_until(Duration::from_secs(5), || slot_target(n)
+                .contains(&at_leader)),
             "{}: {}",
             n.name,
             slot_target(n)
@@ -187,15 +188,19 @@ fn killing_the_etcd_leader_keeps_fleet_limits_exact_and_locks_flowing() {
     );
     // Refused logins' keys are deleted right after their refusal.
     assert!(
-        wait_until(Duration::from_secs(5), || cluster
-            .keys(&format!("/enforcer/slots/{}/", lena.name))
-            .len()
-            == 3),
+        cluster.wait_keys(
+            &format!("/enforcer/slots/{}/", lena.name),
+            3,
+            Duration::from_secs(5)
+        ),
         "{:?}",
         cluster.keys("/enforcer/slots/")
     );
     // Every node found the new leader (its slot transaction to the old one failed).
-    let at_new = format!("slot transactions to the leader at {}", cluster.endpoints()[new_leader]);
+    let at_new = format!(
+        "slot transactions to the leader at {}",
+        cluster.endpoints()[new_leader]
+    );
     for n in &nodes {
         assert!(
             wait_until(Duration::from_secs(5), || slot_target(n).contains(&at_new)),
@@ -208,7 +213,9 @@ fn killing_the_etcd_leader_keeps_fleet_limits_exact_and_locks_flowing() {
     // Locks still reach every node: a lock on C ends lena's connections on A and B.
     nodes[2].daemon.ctl_ok(&["lock", "user", &lena.name]);
     assert!(
-        wait_until(Duration::from_secs(2), || held.iter_mut().all(|h| h.exited())),
+        wait_until(Duration::from_secs(2), || held
+            .iter_mut()
+            .all(|h| h.exited())),
         "a connection outlived the lock after the leader changed"
     );
     assert!(

@@ -72,7 +72,7 @@ pub(super) fn connect(
 pub(super) struct Leader {
     pub client: Client,
     pub term: u64,
-    /// The endpoint it answers on (for `status`).
+    /// The endpoint it answers on (`status` shows it).
     pub endpoint: String,
 }
 
@@ -84,16 +84,12 @@ pub(super) fn follow_leader(
     options: ConnectOptions,
     out: watch::Sender<Option<Leader>>,
     again: std::sync::Arc<tokio::sync::Notify>,
-    health: std::sync::Arc<super::Health>,
 ) {
     tokio::spawn(async move {
         loop {
             let found = find_leader(&endpoints, &options).await;
-            let seen = found.as_ref().map(|l| (l.endpoint.clone(), l.term));
+            let seen = found.as_ref().map(|l| (&l.endpoint, l.term));
             tracing::debug!(leader = ?seen, "etcd leader looked up");
-            if let Ok(mut l) = health.leader.lock() {
-                *l = seen;
-            }
             if out.send(found).is_err() {
                 return;
             }

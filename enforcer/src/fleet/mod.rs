@@ -78,9 +78,6 @@ struct Health {
     watching: AtomicBool,
     /// The node holds a lease (its keys can be written).
     leased: AtomicBool,
-    /// The endpoint slot transactions go to (the raft leader's when last looked up) and its
-    /// term; `None`: no member said it leads, so they go to any member.
-    leader: Mutex<Option<(String, u64)>>,
 }
 
 impl Health {
@@ -99,6 +96,8 @@ pub struct FleetHandle {
     acquire: mpsc::UnboundedSender<slots::Acquire>,
     ops: mpsc::UnboundedSender<ops::Op>,
     health: Arc<Health>,
+    /// The leader as last looked up (what the slot task uses).
+    leader: tokio_watch::Receiver<Option<client::Leader>>,
 }
 
 /// Everything the fleet tasks need at start.
@@ -118,7 +117,11 @@ impl FleetHandle {
         let health = Arc::new(Health::default());
         let options = client::options(&start.config)?;
         let (client_tx, client_rx) = tokio_watch::channel(None);
-        client::connect(start.config.etcd_endpoints.clone(), options.clone(), client_tx);
+        client::connect(
+            start.config.etcd_endpoints.clone(),
+            options.clone(),
+            client_tx,
+        );
         let (leader_tx, leader_rx) = tokio_watch::channel(None);
         let leader_again = Arc::new(tokio::sync::Notify::new());
         client::follow_leader(
@@ -126,7 +129,6 @@ impl FleetHandle {
             options,
             leader_tx,
             leader_again.clone(),
-            health.clone(),
         );
         let (writes, writes_rx) = mpsc::unbounded_channel();
         let (lease_tx, lease_rx) = tokio_watch::channel(0i64);
@@ -149,7 +151,7 @@ impl FleetHandle {
         let (acquire, acquire_rx) = mpsc::unbounded_channel();
         slots::start(slots::SlotTask {
             client: client_rx.clone(),
-            leader: leader_rx,
+            leader: leader_rx.clone(),
             leader_again,
             keys: keys.clone(),
             lease: lease_rx,
@@ -166,6 +168,7 @@ impl FleetHandle {
             acquire,
             ops,
             health,
+            leader: leader_rx,
         })
     }
 
@@ -193,7 +196,8 @@ impl FleetHandle {
     /// The etcd endpoint slot transactions go to, and the raft term it was found leading in
     /// (`None`: no leader known, any member is asked).
     pub fn slot_endpoint(&self) -> Option<(String, u64)> {
-        self.health.leader.lock().ok()?.clone()
+        let leader = self.leader.borrow();
+        leader.as_ref().map(|l| (l.endpoint.clone(), l.term))
     }
 
     /// Takes a fleet-wide connection slot of `user` for `conn_id` (limit `limit`); the outcome

@@ -216,7 +216,9 @@ async fn nodes(c: &mut etcd_client::Client, keys: &Keys) -> Result<Vec<NodeInfo>
             let mut c = c.clone();
             let connections = per_node.get(&name).copied().unwrap_or(0);
             async move {
-                let last_seen = last_keep_alive(&mut c, v.lease).await.unwrap_or(v.registered);
+                let last_seen = last_keep_alive(&mut c, v.lease)
+                    .await
+                    .unwrap_or(v.registered);
                 NodeInfo {
                     name,
                     version: v.version,
@@ -237,5 +239,6 @@ async fn nodes(c: &mut etcd_client::Client, keys: &Keys) -> Result<Vec<NodeInfo>
 async fn last_keep_alive(c: &mut etcd_client::Client, lease: i64) -> Option<String> {
     let r = timed(c.lease_time_to_live(lease, None)).await.ok()?;
     let ago = (r.granted_ttl() - r.ttl()).max(0);
-    (r.ttl() > 0).then(|| crate::core::rfc3339(OffsetDateTime::now_utc() - time::Duration::seconds(ago)))
+    (r.ttl() > 0)
+        .then(|| crate::core::rfc3339(OffsetDateTime::now_utc() - time::Duration::seconds(ago)))
 }

@@ -78,7 +78,11 @@ pub(super) fn start(mut task: SlotTask) {
                     (_, 0) => SlotOutcome::Unreachable("this node holds no etcd lease".into()),
                     (Some(c), lease) => {
                         let deadline = req.deadline;
-                        let clients = Clients { all: c, leader, again };
+                        let clients = Clients {
+                            all: c,
+                            leader,
+                            again,
+                        };
                         match tokio::time::timeout(
                             deadline,
                             take_retrying(clients, &keys, &req, lease),
