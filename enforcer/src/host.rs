@@ -90,6 +90,44 @@ fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> Option<OwnedFd> {
 }
 
 /// Nanoseconds since boot (the clock of `bpf_ktime_get_boot_ns`).
+/// The times of process `pid`'s stdin, what it is (a pty, a pipe, else nothing input can
+/// come through) and, for a pipe, what `pid` has read; `None` when the process is gone.
+pub fn stdin_times(pid: u32) -> Option<crate::core::kube::idle::StdinTimes> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    use crate::core::kube::idle::{StdinKind, StdinTimes};
+    let link = format!("/proc/{pid}/fd/0");
+    let meta = std::fs::metadata(&link).ok()?;
+    let kind = if meta.file_type().is_fifo() {
+        StdinKind::Pipe
+    } else if meta.file_type().is_char_device()
+        && std::fs::read_link(&link).is_ok_and(|t| t.starts_with("/dev/pts/"))
+    {
+        StdinKind::Tty
+    } else {
+        StdinKind::None
+    };
+    let at = |s: i64, ns: i64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(s as i128 * 1_000_000_000 + ns as i128)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    let read_bytes = match kind {
+        StdinKind::Pipe => Process::new(pid as i32)
+            .and_then(|p| p.io())
+            .map(|io| io.rchar)
+            .unwrap_or(0),
+        StdinKind::Tty | StdinKind::None => 0,
+    };
+    Some(StdinTimes {
+        kind,
+        atime: at(meta.atime(), meta.atime_nsec()),
+        mtime: at(meta.mtime(), meta.mtime_nsec()),
+        ctime: at(meta.ctime(), meta.ctime_nsec()),
+        read_bytes,
+        at: time::OffsetDateTime::now_utc(),
+    })
+}
+
 pub fn boot_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)

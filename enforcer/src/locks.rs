@@ -38,6 +38,8 @@ pub enum LockError {
 #[derive(Debug, Clone)]
 pub struct LockStore {
     dir: PathBuf,
+    /// What a name must look like (user names; pod and namespace lock names).
+    check: fn(&str) -> Result<(), String>,
 }
 
 fn mtime(meta: &std::fs::Metadata) -> Option<OffsetDateTime> {
@@ -103,14 +105,21 @@ fn read_entry(path: &Path, user: &str) -> Option<Lock> {
 }
 
 impl LockStore {
+    /// A directory of user locks.
     pub fn new(dir: &Path) -> Self {
+        Self::with_names(dir, check_user_name)
+    }
+
+    /// A directory whose entries are named as `check` allows.
+    pub fn with_names(dir: &Path, check: fn(&str) -> Result<(), String>) -> Self {
         Self {
             dir: dir.to_owned(),
+            check,
         }
     }
 
     fn path(&self, user: &str) -> Result<PathBuf, LockError> {
-        check_user_name(user).map_err(LockError::BadName)?;
+        (self.check)(user).map_err(LockError::BadName)?;
         Ok(self.dir.join(user))
     }
 
@@ -127,11 +136,13 @@ impl LockStore {
         };
         let mut locks: Vec<Lock> = dir
             .filter_map(Result::ok)
-            .filter_map(|e| match lock::entry(e.file_name().as_bytes()) {
-                Entry::User(name) => read_entry(&e.path(), &name),
-                Entry::Invalid(name) => Some(Lock::invalid_name(&name)),
-                Entry::Ignored => None,
-            })
+            .filter_map(
+                |e| match lock::entry(e.file_name().as_bytes(), self.check) {
+                    Entry::User(name) => read_entry(&e.path(), &name),
+                    Entry::Invalid(name) => Some(Lock::invalid_name(&name)),
+                    Entry::Ignored => None,
+                },
+            )
             .collect();
         locks.sort_by(|a, b| a.user.cmp(&b.user));
         locks

@@ -29,12 +29,7 @@ pub fn node(cluster: &EtcdCluster, name: &str, users: &[&TestUser], fleet_extra:
 }
 
 /// A node that reaches etcd through `endpoints` (TOML list) only.
-pub fn node_on(
-    endpoints: &str,
-    name: &str,
-    users: &[&TestUser],
-    fleet_extra: &str,
-) -> Node {
+pub fn node_on(endpoints: &str, name: &str, users: &[&TestUser], fleet_extra: &str) -> Node {
     let daemon = TestDaemon::start(&format!(
         "[locks]\nall_processes = false\n\
          [fleet]\netcd_endpoints = {endpoints}\nnode_name = \"{name}\"\nlease_ttl = \"{LEASE_TTL_SECS}s\"\n{fleet_extra}\n"

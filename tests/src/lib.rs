@@ -18,6 +18,7 @@ pub mod hostile;
 pub mod http;
 pub mod kube;
 pub mod kube_api;
+pub mod kube_bed;
 pub mod kube_discovery;
 pub mod procs;
 pub mod prometheus;

@@ -116,7 +116,11 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
 #[test]
 fn manifests_pass_kubectl_and_the_api_types_and_say_what_they_must() {
     let kubectl = enforcer_tests::kube::kubectl();
-    assert!(kubectl.is_file(), "{} is missing: `cargo xtask setup` installs Debian's kubectl", kubectl.display());
+    assert!(
+        kubectl.is_file(),
+        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
+        kubectl.display()
+    );
     let objects = through_kubectl(&kubectl);
     let ns: Namespace = typed(find(&objects, "Namespace"));
     let sa: ServiceAccount = typed(find(&objects, "ServiceAccount"));
@@ -230,7 +234,11 @@ fn manifests_pass_kubectl_and_the_api_types_and_say_what_they_must() {
 #[test]
 fn a_misspelt_field_is_caught() {
     let kubectl = enforcer_tests::kube::kubectl();
-    assert!(kubectl.is_file(), "{} is missing: `cargo xtask setup` installs Debian's kubectl", kubectl.display());
+    assert!(
+        kubectl.is_file(),
+        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
+        kubectl.display()
+    );
     let objects = through_kubectl(&kubectl);
     let mut ds = find(&objects, "DaemonSet").clone();
     let pod = &mut ds["spec"]["template"]["spec"];

@@ -10,150 +10,14 @@ use std::time::Duration;
 
 use enforcer_tests::{
     TestDaemon,
-    containerd::{TestContainerd, containerd_installed},
-    cri::{CriClient, Pod},
+    containerd::containerd_installed,
     exec_stream::ExecStream,
-    kube::{find_exec, shim_of},
-    kube_api::KubeApi,
+    kube::find_exec,
+    kube_bed::{Bed, T, alive, exec_entries, pids_running, stat_field, wait_listed},
     require_root,
     ssh::wait_until,
 };
 use serde_json::Value;
-
-const T: Duration = Duration::from_secs(15);
-const LABEL: (&str, &str) = ("enforcer.dev/enforce", "true");
-
-/// Alive and not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
-/// The field of `/proc/PID/stat` after the command (0 = state, 1 = ppid, 3 = session id).
-fn stat_field(pid: u32, n: usize) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(") ")?.1.split(' ').nth(n)?.parse().ok()
-}
-
-/// Every process whose command line is exactly `cmd`.
-fn pids_running(cmd: &[&str]) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| enforcer_tests::containerd::cmdline(*pid) == cmd)
-        .collect()
-}
-
-/// A node with a containerd, a pod running `sleep`, the apiserver stand-in and enforcerd.
-struct Bed {
-    ctrd: TestContainerd,
-    _api: KubeApi,
-    kc: tempfile::TempDir,
-    node: String,
-    pod: Pod,
-    cid: String,
-    main_pid: u32,
-    sandbox_pid: u32,
-    shim: u32,
-}
-
-impl Bed {
-    /// containerd and the pod (no daemon yet: [`Bed::daemon`]).
-    fn new(tag: &str) -> Self {
-        let ctrd = TestContainerd::start();
-        let node = format!("ks-{tag}-{}", std::process::id());
-        let api = KubeApi::start(&node, &[LABEL]).unwrap();
-        let kc = tempfile::tempdir().unwrap();
-        api.write_kubeconfig(&kc.path().join("kubeconfig")).unwrap();
-        let cri = ctrd.cri();
-        let pod = cri.run_pod("web", "team-a");
-        let cid = cri.start_container(&pod, "main", &["/bin/sleep", "100000"]);
-        let main_pid = cri.container_pid(&cid);
-        let sandbox_pid = cri.sandbox_pid(&pod.id);
-        let shim = shim_of(sandbox_pid);
-        Bed {
-            ctrd,
-            _api: api,
-            kc,
-            node,
-            pod,
-            cid,
-            main_pid,
-            sandbox_pid,
-            shim,
-        }
-    }
-
-    fn daemon(&self) -> TestDaemon {
-        TestDaemon::start(&format!(
-            "[kubernetes]\nenabled = true\nnode_name = \"{}\"\nkubeconfig = \"{}\"\ncontainerd_socket = \"{}\"\n",
-            self.node,
-            self.kc.path().join("kubeconfig").display(),
-            self.ctrd.socket.display(),
-        ))
-    }
-
-    fn cri(&self) -> CriClient {
-        self.ctrd.cri()
-    }
-
-    /// Waits for the exec'd process running `cmd` (a child of the pod's shim) and returns it.
-    fn wait_exec(&self, cmd: &[&str]) -> u32 {
-        let mut pid = None;
-        assert!(
-            wait_until(T, || {
-                pid = find_exec(self.shim, cmd, &[self.sandbox_pid, self.main_pid]);
-                pid.is_some()
-            }),
-            "exec'd {cmd:?} not found under shim {}",
-            self.shim
-        );
-        pid.unwrap()
-    }
-
-    /// The exec id containerd gave the exec whose process is `pid` (`ctr tasks ps`).
-    fn exec_id_of(&self, pid: u32) -> Option<String> {
-        let out = self.ctrd.ctr(&["tasks", "ps", &self.cid]);
-        let line = out
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))?;
-        let i = line.find("ExecID:")? + "ExecID:".len();
-        Some(
-            line[i..]
-                .trim_start_matches('"')
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                .next()?
-                .to_owned(),
-        )
-    }
-}
-
-/// The `kube_exec` entries of `sessions --json`.
-fn exec_entries(d: &TestDaemon) -> Vec<Value> {
-    d.sessions()
-        .into_iter()
-        .filter(|c| c["kind"] == "kube_exec")
-        .collect()
-}
-
-/// Waits for the `kube_exec` entry whose exec'd process is `pid`.
-fn wait_listed(d: &TestDaemon, pid: u32) -> Value {
-    let mut found = None;
-    assert!(
-        wait_until(T, || {
-            found = exec_entries(d)
-                .into_iter()
-                .find(|c| c["kube"]["pid"] == pid);
-            found.is_some()
-        }),
-        "exec process {pid} never listed: {:#?}\n{}",
-        d.sessions(),
-        d.log()
-    );
-    found.unwrap()
-}
 
 /// The checks every listed exec entry gets: kind, the pod's fields, its one session.
 fn check_entry(e: &Value, bed: &Bed, command: &str, tty: bool) -> u64 {
@@ -167,10 +31,17 @@ fn check_entry(e: &Value, bed: &Bed, command: &str, tty: bool) -> u64 {
     assert_eq!(k["container_id"], bed.cid.as_str(), "{e:#}");
     assert_eq!(k["command"], command, "{e:#}");
     assert_eq!(k["tty"], tty, "{e:#}");
-    assert!(k["start"].as_str().is_some_and(|s| s.ends_with('Z')), "{e:#}");
+    assert!(
+        k["start"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{e:#}"
+    );
     let pid = k["pid"].as_u64().unwrap() as u32;
     let exec_id = bed.exec_id_of(pid).expect("ctr tasks ps names the exec");
-    assert_eq!(k["exec_id"], exec_id.as_str(), "exec id as containerd has it: {e:#}");
+    assert_eq!(
+        k["exec_id"],
+        exec_id.as_str(),
+        "exec id as containerd has it: {e:#}"
+    );
     let s = &e["sessions"][0];
     assert_eq!(s["kind"], "kube_exec", "{e:#}");
     assert_eq!(s["pty"], tty, "{e:#}");
@@ -202,7 +73,11 @@ fn exec_sessions_are_listed_audited_and_killed_with_what_they_started() {
     let entry = wait_listed(&d, sh_pid);
     let id = check_entry(&entry, &bed, "sh", true);
     let exec_id = entry["kube"]["exec_id"].as_str().unwrap().to_owned();
-    assert!(entry["sessions"][0]["tty"].as_str().is_some_and(|t| t.starts_with("pts/")));
+    assert!(
+        entry["sessions"][0]["tty"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("pts/"))
+    );
     // The pod's own processes are no exec session.
     let all = exec_entries(&d);
     assert_eq!(all.len(), 1, "{all:#?}");
@@ -235,15 +110,27 @@ fn exec_sessions_are_listed_audited_and_killed_with_what_they_started() {
     // A double fork with setsid() inside the exec: reparented away from the shell (to the
     // container's init), a session of its own — and still in the exec session.
     sh.send_stdin("(setsid sleep 7777 &); echo forked-$((2+3))\n");
-    assert!(sh.read_until("forked-5", T), "shell: {:?}", sh.output_text());
+    assert!(
+        sh.read_until("forked-5", T),
+        "shell: {:?}",
+        sh.output_text()
+    );
     let mut escaped = Vec::new();
     assert!(wait_until(T, || {
         escaped = pids_running(&["sleep", "7777"]);
         escaped.len() == 1
     }));
     let escaped = escaped[0];
-    assert_ne!(stat_field(escaped, 1), Some(sh_pid), "still the shell's child");
-    assert_ne!(stat_field(escaped, 3), stat_field(sh_pid, 3), "setsid() did not happen");
+    assert_ne!(
+        stat_field(escaped, 1),
+        Some(sh_pid),
+        "still the shell's child"
+    );
+    assert_ne!(
+        stat_field(escaped, 3),
+        stat_field(sh_pid, 3),
+        "setsid() did not happen"
+    );
     assert!(
         wait_until(T, || wait_listed(&d, sh_pid)["sessions"][0]["pids"]
             .as_array()
@@ -262,11 +149,24 @@ fn exec_sessions_are_listed_audited_and_killed_with_what_they_started() {
     // runs on.
     let out = d.ctl_ok(&["kill", "session", &id.to_string()]);
     assert!(!out.is_empty());
-    assert!(wait_until(T, || !alive(sh_pid) && !alive(escaped)), "survivors after kill");
+    assert!(
+        wait_until(T, || !alive(sh_pid) && !alive(escaped)),
+        "survivors after kill"
+    );
     let code = sh.wait_exit(T);
-    assert!(code == Some(137) || sh.is_closed(), "stream after kill: {code:?}, {:?}", sh.status());
-    assert!(alive(bed.main_pid), "the pod's main process died with the exec");
-    assert!(alive(bed.sandbox_pid), "the pod's sandbox died with the exec");
+    assert!(
+        code == Some(137) || sh.is_closed(),
+        "stream after kill: {code:?}, {:?}",
+        sh.status()
+    );
+    assert!(
+        alive(bed.main_pid),
+        "the pod's main process died with the exec"
+    );
+    assert!(
+        alive(bed.sandbox_pid),
+        "the pod's sandbox died with the exec"
+    );
     let killed = d.wait_audit("session_killed", |r| {
         r["event"] == "session_killed" && r["exec_id"] == exec_id.as_str()
     });
@@ -278,7 +178,11 @@ fn exec_sessions_are_listed_audited_and_killed_with_what_they_started() {
     assert_eq!(ended["reason"], "killed", "{ended:#}");
     assert_eq!(ended["signal"], "SIGKILL", "{ended:#}");
     assert_eq!(ended["pod_uid"], bed.pod.uid.as_str(), "{ended:#}");
-    assert!(wait_until(T, || exec_entries(&d).is_empty()), "{:#?}", exec_entries(&d));
+    assert!(
+        wait_until(T, || exec_entries(&d).is_empty()),
+        "{:#?}",
+        exec_entries(&d)
+    );
 
     // Without a tty, ending by itself: listed as such, ended with its exit status.
     let cmd = ["sh", "-c", "sleep 3; exit 3"];
@@ -346,9 +250,15 @@ fn exec_sessions_are_found_at_start_and_survive_a_containerd_restart() {
 
     // The session from before the restart is still controlled: kill ends it, not the pod.
     d.ctl_ok(&["kill", "session", &early_id.to_string()]);
-    assert!(wait_until(T, || !alive(early)), "the early shell survived kill");
+    assert!(
+        wait_until(T, || !alive(early)),
+        "the early shell survived kill"
+    );
     assert!(alive(late), "kill of one session ended another");
-    assert!(alive(bed.main_pid), "the pod's main process died with the exec");
+    assert!(
+        alive(bed.main_pid),
+        "the pod's main process died with the exec"
+    );
     let ended = d.wait_audit("session_ended of the early shell", |r| {
         r["event"] == "session_ended" && r["exec_id"] == exec_id.as_str()
     });

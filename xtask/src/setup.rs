@@ -18,15 +18,15 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftool",   // tests check nothing of ours stays attached
     "pamtester", // drives the PAM module through real libpam without sshd
     "procps",
-    "asciinema",   // recordings must play in it; a peer in `bench recording`
-    "tlog",        // peer in `bench recording`
-    "bsdutils",    // script(1): peer in `bench recording`, and a terminal for `asciinema cat`
-    "pv",          // rate-limited output for `bench recording`
-    "debootstrap", // a clean Debian root to `apt install` the .deb into
-    "lintian",     // the .deb must be lintian-clean
-    "rsync",       // file transfers: rsync sessions are audited, not recorded
-    "etcd-client", // etcdctl: the fleet tests read and write the cluster with it
-    "runc",        // kube exec tests: the OCI runtime under the private containerd
+    "asciinema",      // recordings must play in it; a peer in `bench recording`
+    "tlog",           // peer in `bench recording`
+    "bsdutils",       // script(1): peer in `bench recording`, and a terminal for `asciinema cat`
+    "pv",             // rate-limited output for `bench recording`
+    "debootstrap",    // a clean Debian root to `apt install` the .deb into
+    "lintian",        // the .deb must be lintian-clean
+    "rsync",          // file transfers: rsync sessions are audited, not recorded
+    "etcd-client",    // etcdctl: the fleet tests read and write the cluster with it
+    "runc",           // kube exec tests: the OCI runtime under the private containerd
     "busybox-static", // kube exec tests: the one binary the tests build their image from
 ];
 // Debian's `prometheus` (server + promtool) too, installed without starting it: `prometheus()`.
@@ -236,7 +236,9 @@ fn kubernetes_client() -> anyhow::Result<()> {
     );
     let dl = target_dir().join("apt-download");
     std::fs::create_dir_all(&dl)?;
-    run(Command::new("apt-get").current_dir(&dl).args(["download", PKG]))?;
+    run(Command::new("apt-get")
+        .current_dir(&dl)
+        .args(["download", PKG]))?;
     let deb = std::fs::read_dir(&dl)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {

@@ -22,9 +22,21 @@ pub struct LockRequest {
     /// Fleet only.
     #[serde(default)]
     pub node: bool,
+    /// `user` names a pod (`NS/NAME`) or a namespace whose `kubectl exec` sessions are ended
+    /// and refused on this node (`[kubernetes]` only; always node-local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeLockKind>,
 }
 
-/// `enforcerctl unlock user|node NAME [--local]`.
+/// What a `kubectl exec` lock names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KubeLockKind {
+    Pod,
+    Namespace,
+}
+
+/// `enforcerctl unlock user|node|pod|namespace NAME [--local]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnlockRequest {
     pub name: String,
@@ -32,6 +44,8 @@ pub struct UnlockRequest {
     pub local: bool,
     #[serde(default)]
     pub node: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeLockKind>,
 }
 
 /// A lock as stored in `locks.dir`.
@@ -53,7 +67,8 @@ pub struct LockInfo {
     /// `local` (a file in `locks.dir`) or `fleet` (etcd, every node). Absent: local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
-    /// `user` or `node` (fleet locks of a node). Absent: user.
+    /// `user`, `node` (fleet locks of a node), `pod` or `namespace` (`kubectl exec` locks;
+    /// `user` is then `NS/NAME` or `NS`). Absent: user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// Fleet locks: the node that made it.

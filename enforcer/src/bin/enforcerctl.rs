@@ -33,6 +33,31 @@ enum Target {
     User,
     /// A node of the fleet (`[fleet]` only): every login there is refused.
     Node,
+    /// A pod, as NAMESPACE/NAME (`[kubernetes]` only): its `kubectl exec` sessions on this
+    /// node are ended and refused.
+    Pod,
+    /// A namespace (`[kubernetes]` only): its `kubectl exec` sessions on this node are ended
+    /// and refused.
+    Namespace,
+}
+
+impl Target {
+    fn kube(self) -> Option<enforcer_proto::KubeLockKind> {
+        match self {
+            Target::User | Target::Node => None,
+            Target::Pod => Some(enforcer_proto::KubeLockKind::Pod),
+            Target::Namespace => Some(enforcer_proto::KubeLockKind::Namespace),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Target::User => "user",
+            Target::Node => "node",
+            Target::Pod => "pod",
+            Target::Namespace => "namespace",
+        }
+    }
 }
 
 /// What `kill` terminates.
@@ -300,6 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replace,
                 local,
                 node: matches!(target, Target::Node),
+                kube: target.kube(),
             };
             match client.call(&Request::Lock(req))? {
                 Reply::Locked(l) => {
@@ -323,13 +349,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name: name.clone(),
             local,
             node: matches!(target, Target::Node),
+            kube: target.kube(),
         }))? {
             Reply::Done => {
-                let what = match target {
-                    Target::User => "user",
-                    Target::Node => "node",
-                };
-                println!("unlocked {what} {name}");
+                println!("unlocked {} {name}", target.as_str());
                 Ok(())
             }
             other => Err(unexpected(other)),

@@ -22,6 +22,9 @@ pub struct KubernetesConfig {
     pub kubeconfig: PathBuf,
     /// containerd's gRPC socket (pod metadata, exec task events).
     pub containerd_socket: PathBuf,
+    /// Locks of pods and namespaces (`enforcerctl lock pod|namespace`), one file each
+    /// (`pod.NS.NAME`, `namespace.NS`), kept across restarts.
+    pub locks_dir: PathBuf,
     /// SSH enforcement follows the label too: without it, SSH logins are admitted with no
     /// limits or locks applied (still audited). Off: SSH is always enforced.
     pub gate_ssh: bool,
@@ -64,6 +67,7 @@ impl Default for KubernetesConfig {
             label: DEFAULT_LABEL.into(),
             kubeconfig: PathBuf::new(),
             containerd_socket: "/run/containerd/containerd.sock".into(),
+            locks_dir: "/etc/enforcer/kube-locks.d".into(),
             gate_ssh: false,
             max_exec_sessions_per_pod: 0,
             max_exec_sessions_per_namespace: 0,

@@ -22,16 +22,20 @@ use crate::{
 pub(super) async fn answer(ctx: &Ctx, peer: &Peer, req: &Request) -> Option<Response> {
     let (fleet, audit) = ctx.fleet.as_ref()?;
     match req {
-        Request::Lock(r) if !r.local => Some(lock(fleet, audit, peer, r).await),
+        // Exec locks of pods and namespaces are this node's own.
+        Request::Lock(r) if !r.local && r.kube.is_none() => Some(lock(fleet, audit, peer, r).await),
         Request::Unlock { user } => {
             let u = UnlockRequest {
                 name: user.clone(),
                 local: false,
                 node: false,
+                kube: None,
             };
             unlock(fleet, audit, peer, &u).await
         }
-        Request::UnlockTarget(u) if !u.local => unlock(fleet, audit, peer, u).await,
+        Request::UnlockTarget(u) if !u.local && u.kube.is_none() => {
+            unlock(fleet, audit, peer, u).await
+        }
         Request::FleetSessions => Some(
             fleet
                 .sessions()

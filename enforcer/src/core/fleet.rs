@@ -294,7 +294,11 @@ pub fn fleet_session_limit(config: &Config, user: &str, groups: &[String]) -> u3
 /// granted one too many.
 pub fn slot_decision(count: i64, limit: u32) -> Result<(), usize> {
     let held = count.max(1) as usize - 1;
-    if held < limit as usize { Ok(()) } else { Err(held) }
+    if held < limit as usize {
+        Ok(())
+    } else {
+        Err(held)
+    }
 }
 
 #[cfg(test)]

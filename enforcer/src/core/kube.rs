@@ -17,6 +17,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub mod exec;
+pub mod idle;
+pub mod lock;
 
 use super::audit::AuditReason;
 use crate::config::{Dur, KubernetesConfig};

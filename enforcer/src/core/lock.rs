@@ -50,17 +50,17 @@ pub enum Entry {
     Ignored,
 }
 
-/// Classifies a lock directory entry by its raw name.
-pub fn entry(name: &[u8]) -> Entry {
+/// Classifies a lock directory entry by its raw name; `check` says what a valid name is.
+pub fn entry(name: &[u8], check: fn(&str) -> Result<(), String>) -> Entry {
     let Ok(text) = std::str::from_utf8(name) else {
         return Entry::Invalid(String::from_utf8_lossy(name).into_owned());
     };
     if let Some(inner) = text.strip_prefix('.').and_then(|t| t.strip_suffix(".tmp")) {
-        if check_user_name(inner).is_ok() {
+        if check(inner).is_ok() {
             return Entry::Ignored;
         }
     }
-    match check_user_name(text) {
+    match check(text) {
         Ok(()) => Entry::User(text.to_owned()),
         Err(_) => Entry::Invalid(text.to_owned()),
     }
@@ -278,10 +278,16 @@ mod tests {
 
     #[test]
     fn entries_by_name() {
-        assert_eq!(entry(b"alice"), Entry::User("alice".into()));
-        assert_eq!(entry(b".alice.tmp"), Entry::Ignored);
+        assert_eq!(
+            entry(b"alice", check_user_name),
+            Entry::User("alice".into())
+        );
+        assert_eq!(entry(b".alice.tmp", check_user_name), Entry::Ignored);
         for bad in [&b"bob~"[..], b"a b", b".hidden", b"\xffx", b"-x"] {
-            assert!(matches!(entry(bad), Entry::Invalid(_)), "{bad:?}");
+            assert!(
+                matches!(entry(bad, check_user_name), Entry::Invalid(_)),
+                "{bad:?}"
+            );
         }
         let l = Lock::invalid_name("bob~");
         assert!(!l.active(OffsetDateTime::now_utc()), "locks nobody");

@@ -51,6 +51,7 @@ const LIVE: &[&str] = &[
     "kubernetes.max_exec_sessions_per_node",
     "kubernetes.idle_timeout",
     "kubernetes.namespaces",
+    "kubernetes.locks_dir",
 ];
 
 /// Keys only a restart applies: bound or opened at start (sockets, state and audit files), or

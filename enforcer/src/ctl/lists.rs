@@ -81,8 +81,17 @@ pub fn render_sessions(conns: &[ConnectionInfo], clock: &Clock) -> String {
 fn render_kube_execs(execs: &[&ConnectionInfo], clock: &Clock) -> String {
     let mut rows = vec![
         [
-            "SESSION", "KIND", "POD", "CONTAINER", "EXEC", "TTY", "STARTED", "PROCS", "PIDS",
-            "CMDS", "COMMAND",
+            "SESSION",
+            "KIND",
+            "POD",
+            "CONTAINER",
+            "EXEC",
+            "TTY",
+            "STARTED",
+            "PROCS",
+            "PIDS",
+            "CMDS",
+            "COMMAND",
         ]
         .map(String::from)
         .to_vec(),
@@ -194,11 +203,15 @@ pub fn render_locks(locks: &[LockInfo], clock: &Clock) -> String {
     }
     // With a fleet: where each lock comes from, and whether this node's view of it is current.
     let fleet = locks.iter().any(|l| l.origin.is_some());
+    // Locks of nodes, pods or namespaces name their kind.
+    let targets = fleet || locks.iter().any(|l| l.target.is_some());
     let mut head = ["USER", "ACTIVE", "EXPIRES", "SINCE", "BY", "REASON"]
         .map(String::from)
         .to_vec();
-    if fleet {
+    if targets {
         head[0] = "TARGET".into();
+    }
+    if fleet {
         head.extend(["ORIGIN".into(), "CURRENT".into()]);
     }
     let mut rows = vec![head];
@@ -208,8 +221,12 @@ pub fn render_locks(locks: &[LockInfo], clock: &Clock) -> String {
         if let Some(e) = &l.error {
             reason.push_str(&format!(" [{e}]"));
         }
+        let name = match l.target.as_deref() {
+            Some(kind @ ("node" | "pod" | "namespace")) => format!("{kind} {}", l.user),
+            _ => l.user.clone(),
+        };
         rows.push(vec![
-            l.user.clone(),
+            name,
             match (l.active, &l.expires) {
                 (true, _) => "yes",
                 (false, Some(_)) => "expired",
@@ -230,9 +247,6 @@ pub fn render_locks(locks: &[LockInfo], clock: &Clock) -> String {
         ]);
         if fleet {
             let row = rows.last_mut().expect("just pushed");
-            if l.target.as_deref() == Some("node") {
-                row[0] = format!("node {}", l.user);
-            }
             row.push(match (&l.origin, &l.node) {
                 (Some(o), Some(n)) => format!("{o} (from {n})"),
                 (Some(o), None) => o.clone(),
@@ -389,7 +403,10 @@ mod tests {
         let text = render_sessions(&[conn("alice", "open"), e], &clock());
         let lines: Vec<&str> = text.lines().collect();
         let head = lines[0].trim_start();
-        assert!(head.starts_with("SESSION") && head.contains("POD"), "{text}");
+        assert!(
+            head.starts_with("SESSION") && head.contains("POD"),
+            "{text}"
+        );
         for want in ["kube_exec", "team-a/web", "main", "eeeeeeeeeeeeeee…"] {
             assert!(lines[1].contains(want), "{want:?} not in {:?}", lines[1]);
         }

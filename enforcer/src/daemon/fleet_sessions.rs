@@ -66,9 +66,15 @@ impl State {
     /// A session slot's outcome: keep the session, or end it.
     pub(super) fn on_session_slot(&mut self, conn_id: u64, session_id: u64, outcome: SlotOutcome) {
         let session = self.registry.get(conn_id).and_then(|c| {
-            c.sessions
-                .get(session_id)
-                .map(|s| (c.user.clone(), c.groups.clone(), s.leader_pid, s.kernel_id, c.monitor.pid))
+            c.sessions.get(session_id).map(|s| {
+                (
+                    c.user.clone(),
+                    c.groups.clone(),
+                    s.leader_pid,
+                    s.kernel_id,
+                    c.monitor.pid,
+                )
+            })
         });
         let Some((user, groups, leader, kernel_id, monitor)) = session else {
             // Ended meanwhile: free a slot it got.

@@ -4,7 +4,9 @@
 //! it and when it ended. Listed by `sessions`, ended by `kill session`, audited with the pod's
 //! fields. The model is `core::kube::exec`'s.
 
-use enforcer_common::tasks::{TASK_SESSION_LEADER, TrackedTask};
+use std::collections::{HashMap, HashSet};
+
+use enforcer_common::tasks::{TASK_REFUSED, TASK_SESSION_LEADER, TrackedTask};
 use enforcer_proto::{ConnectionInfo, ConnectionKind, KubeExecInfo, SessionInfo};
 use time::OffsetDateTime;
 
@@ -15,8 +17,10 @@ use crate::{
     control::{Peer, Role},
     core::{
         conn::ProcKey,
-        kube::exec::{
-            ExecSession, ExecSessions, Inserted, command_line, is_runc_init, tty_of_stdin,
+        kube::{
+            ExecDecision,
+            exec::{ExecSession, ExecSessions, Inserted, command_line, is_runc_init, tty_of_stdin},
+            idle::InputClock,
         },
         rfc3339,
         session::ExitStatus,
@@ -33,8 +37,13 @@ pub(super) struct ExecState {
     pub connected: bool,
     /// The last connection error and when (cleared by the next connect).
     pub last_error: Option<(OffsetDateTime, String)>,
-    /// Sessions being killed (`kill session`): their end is audited as a kill.
-    pub killing: std::collections::HashSet<u64>,
+    /// Sessions being ended (`kill session`, a lock, the idle cut), with the reason their
+    /// `session_ended` carries.
+    pub killing: HashMap<u64, AuditReason>,
+    /// Kernel identities of refused execs: their processes' events are theirs, not a session's.
+    pub refused: HashSet<u64>,
+    /// When stdin was last looked at for the idle cut.
+    pub idle_checked: Option<tokio::time::Instant>,
 }
 
 impl State {
@@ -60,7 +69,7 @@ impl State {
         }
     }
 
-    fn node(&self) -> String {
+    pub(super) fn node(&self) -> String {
         self.kube
             .as_ref()
             .map(|k| k.node.clone())
@@ -84,10 +93,14 @@ impl State {
         if known {
             return;
         }
+        let refusal = match self.exec_decision(&s.meta.pod) {
+            ExecDecision::Refuse(r) => Some(r),
+            ExecDecision::Admit(_) | ExecDecision::Unenforced => None,
+        };
         let kernel_id = self.registry.reserve_conn_id();
         let id = self.registry.reserve_session_id();
         self.dirty = true;
-        if !self.track_exec(kernel_id, key).await {
+        if !self.track_exec(kernel_id, key, refusal.is_some()).await {
             return;
         }
         let now = OffsetDateTime::now_utc();
@@ -108,7 +121,13 @@ impl State {
             commands: 0,
             last_activity: now,
             awaiting_exec: is_runc_init(&cmdline),
+            input: InputClock::new(now),
+            idle_warned: false,
         };
+        if let Some(r) = refusal {
+            self.refuse_exec(session, r);
+            return;
+        }
         tracing::info!(
             session = id,
             pod = %session.meta.pod,
@@ -133,22 +152,23 @@ impl State {
         let Some(s) = self.kube_exec.sessions.get(id) else {
             return;
         };
-        let mut rec = AuditRecord::new(AuditEvent::SessionStarted, s.started_at)
-            .with_exec(s, &self.node());
+        let mut rec =
+            AuditRecord::new(AuditEvent::SessionStarted, s.started_at).with_exec(s, &self.node());
         rec.pid = Some(s.pid);
         self.audit.record(rec);
     }
 
     /// Tells the kernel to follow the exec's process as a session root, then adopts what it
     /// forked before that (the race between runc starting it and containerd's event reaching
-    /// us). False when it ended meanwhile (its exit came before the kernel knew it).
-    async fn track_exec(&mut self, kernel_id: u64, key: ProcKey) -> bool {
+    /// us). False when it ended meanwhile (its exit came before the kernel knew it). A
+    /// `refused` exec is killed by the kernel at its next exec.
+    async fn track_exec(&mut self, kernel_id: u64, key: ProcKey, refused: bool) -> bool {
         let task = TrackedTask {
             conn_id: kernel_id,
             // The session key is the root's task id, as for an SSH session's leader.
             session_id: key.pid as u64,
             start_ns: ticks_to_ns(key.start_ticks),
-            flags: TASK_SESSION_LEADER,
+            flags: TASK_SESSION_LEADER | if refused { TASK_REFUSED } else { 0 },
             _pad: 0,
         };
         if let Err(e) = self.bpf.track(key.pid, task).await {
@@ -157,8 +177,14 @@ impl State {
         }
         match self.bpf.adopt(vec![key.pid]).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(pid = key.pid, adopted = n, "exec children forked before tracking adopted"),
-            Err(e) => tracing::warn!(pid = key.pid, error = %e, "cannot adopt the exec's early children"),
+            Ok(n) => tracing::debug!(
+                pid = key.pid,
+                adopted = n,
+                "exec children forked before tracking adopted"
+            ),
+            Err(e) => {
+                tracing::warn!(pid = key.pid, error = %e, "cannot adopt the exec's early children")
+            }
         }
         if !host::alive(key) {
             let _ = self.bpf.untrack(key.pid).await;
@@ -194,6 +220,10 @@ impl State {
     /// when `origin` belongs to one.
     pub(super) fn kube_exec_command(&mut self, exec: &Exec) -> bool {
         let node = self.node();
+        if self.kube_exec.refused.contains(&exec.origin.conn_id) {
+            tracing::info!(pid = exec.origin.pid, argv = ?exec.argv, killed = exec.killed.is_some(), "a refused exec's process exec'd");
+            return true;
+        }
         let Some(s) = self.kube_exec.sessions.by_kernel_mut(exec.origin.conn_id) else {
             return false;
         };
@@ -216,7 +246,8 @@ impl State {
         let Some(s) = self.kube_exec.sessions.get(id) else {
             return true;
         };
-        let mut rec = AuditRecord::new(AuditEvent::Exec, OffsetDateTime::now_utc()).with_exec(s, &node);
+        let mut rec =
+            AuditRecord::new(AuditEvent::Exec, OffsetDateTime::now_utc()).with_exec(s, &node);
         rec.pid = Some(exec.origin.pid);
         rec.uid = Some(exec.uid);
         rec.ppid = Some(exec.ppid);
@@ -238,6 +269,13 @@ impl State {
     /// end when it is the exec's own process. True when `origin` belongs to one.
     pub(super) fn kube_exec_exit(&mut self, origin: &EventOrigin, status: u32, flags: u32) -> bool {
         let node = self.node();
+        let root = flags & TASK_SESSION_LEADER != 0 && origin.tid as u64 == origin.session_id;
+        if self.kube_exec.refused.contains(&origin.conn_id) {
+            if root {
+                self.kube_exec.refused.remove(&origin.conn_id);
+            }
+            return true;
+        }
         let Some(s) = self.kube_exec.sessions.by_kernel(origin.conn_id) else {
             return false;
         };
@@ -247,7 +285,6 @@ impl State {
             .exit_status(status);
         rec.pid = Some(origin.pid);
         self.audit.record(rec);
-        let root = flags & TASK_SESSION_LEADER != 0 && origin.tid as u64 == origin.session_id;
         if root && origin.pid == s.pid {
             let id = s.id;
             self.end_exec_session(id, status);
@@ -271,10 +308,11 @@ impl State {
             return;
         };
         let now = OffsetDateTime::now_utc();
-        let reason = match self.kube_exec.killing.remove(&id) {
-            true => AuditReason::Killed,
-            false => AuditReason::Exited,
-        };
+        let reason = self
+            .kube_exec
+            .killing
+            .remove(&id)
+            .unwrap_or(AuditReason::Exited);
         tracing::info!(session = id, pod = %s.meta.pod, exec = %s.exec_id, reason = %reason, "kubectl exec session ended");
         let mut rec = AuditRecord::new(AuditEvent::SessionEnded, now)
             .with_exec(&s, &self.node())
@@ -295,7 +333,7 @@ impl State {
         peer: &Peer,
     ) -> Option<Result<u64, enforcer_proto::ErrorReply>> {
         let s = self.kube_exec.sessions.get(id)?.clone();
-        self.kube_exec.killing.insert(id);
+        self.kube_exec.killing.insert(id, AuditReason::Killed);
         let target = KillTarget {
             conn_id: s.kernel_id,
             session_id: None,
@@ -322,7 +360,11 @@ impl State {
 
     /// Exec sessions as `sessions` lists them: one entry each, kind `kube_exec` (root and
     /// auditors only: an exec has no user on the node).
-    pub(super) fn kube_exec_list(&self, peer: &Peer, processes: &ProcessView) -> Vec<ConnectionInfo> {
+    pub(super) fn kube_exec_list(
+        &self,
+        peer: &Peer,
+        processes: &ProcessView,
+    ) -> Vec<ConnectionInfo> {
         if peer.role == Role::User {
             return Vec::new();
         }
@@ -339,7 +381,9 @@ impl State {
         let e = &self.kube_exec;
         let conn = match (&e.connected, &e.last_error) {
             (true, _) => "containerd connected".to_owned(),
-            (false, Some((at, err))) => format!("containerd not connected since {}: {err}", rfc3339(*at)),
+            (false, Some((at, err))) => {
+                format!("containerd not connected since {}: {err}", rfc3339(*at))
+            }
             (false, None) => "containerd connecting".to_owned(),
         };
         format!("{conn}; {} exec sessions", e.sessions.len())

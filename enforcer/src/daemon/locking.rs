@@ -18,6 +18,14 @@ fn store_error(e: LockError) -> ErrorReply {
     }
 }
 
+/// Who made a lock, as its file says.
+pub(super) fn operator(peer: &Peer) -> String {
+    match crate::host::user_name(peer.uid) {
+        Some(name) => format!("{name} (uid {})", peer.uid),
+        None => format!("uid {}", peer.uid),
+    }
+}
+
 impl State {
     /// Locks a user: new logins are refused from now on, and every live connection of theirs
     /// is terminated at once.
@@ -55,11 +63,7 @@ impl State {
             }
         }
         let ttl = req.ttl_secs.map(std::time::Duration::from_secs);
-        let by = match crate::host::user_name(peer.uid) {
-            Some(name) => format!("{name} (uid {})", peer.uid),
-            None => format!("uid {}", peer.uid),
-        };
-        let lock = Lock::new(&req.user, req.reason.clone(), ttl, by, now);
+        let lock = Lock::new(&req.user, req.reason.clone(), ttl, operator(peer), now);
         self.locks.put(&lock).map_err(store_error)?;
         let mut rec = AuditRecord::new(AuditEvent::Lock, now)
             .by(peer.uid, peer.pid)
@@ -116,6 +120,7 @@ impl State {
             }
             all.extend(self.fleet_lock_infos());
         }
+        all.extend(self.exec_lock_infos());
         all
     }
 }

@@ -4,13 +4,14 @@
 //! removes them.
 
 mod admission;
+mod denials;
 mod fleet;
 mod fleet_sessions;
-mod denials;
 mod forwards;
 mod handle;
 mod idle;
 mod kube;
+mod kube_control;
 mod kube_exec;
 mod locking;
 mod lockout;

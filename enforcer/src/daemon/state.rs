@@ -29,10 +29,7 @@ use crate::{
     bpf::{BpfHandle, KernelEvent},
     config::Config,
     control::{ControlStats, Peer, SharedSettings},
-    core::{
-        conn::Registry,
-        control::DenialLimiter,
-    },
+    core::{conn::Registry, control::DenialLimiter},
     host::UserIdentity,
     locks::LockStore,
     recording::{RecorderHandle, RecordingIndex},
@@ -289,6 +286,7 @@ impl State {
                     self.lift_expired_locks().await;
                     self.check_fleet_view();
                     self.check_idle(false).await;
+                    self.check_exec_idle();
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
@@ -402,8 +400,14 @@ impl State {
                     .await
                     .map(|processes| Reply::Killed { processes })
             }
+            Request::Lock(r) if r.kube.is_some() => {
+                self.lock_exec(r, peer).await.map(Reply::Locked)
+            }
             Request::Lock(r) => self.lock(r, peer, identity).await.map(Reply::Locked),
             Request::Unlock { user } => self.unlock(&user, peer).await.map(|_| Reply::Done),
+            Request::UnlockTarget(u) if u.kube.is_some() => {
+                self.unlock_exec(&u, peer).map(|_| Reply::Done)
+            }
             Request::UnlockTarget(u) if !u.node => {
                 self.unlock(&u.name, peer).await.map(|_| Reply::Done)
             }

@@ -15,8 +15,7 @@ use containerd_client::{
     events::{ContainerCreate, TaskExecStarted, TaskExit},
     services::v1::{
         GetContainerRequest, ListContainersRequest, ListPidsRequest, PublishRequest,
-        SubscribeRequest,
-        containers_client::ContainersClient, events_client::EventsClient,
+        SubscribeRequest, containers_client::ContainersClient, events_client::EventsClient,
         tasks_client::TasksClient,
     },
     tonic::{self, transport::Channel},
@@ -53,7 +52,9 @@ pub enum ContainerdEvent {
         exit_status: u32,
     },
     /// Subscribed and the live exec processes listed (`execs` of them).
-    Connected { execs: usize },
+    Connected {
+        execs: usize,
+    },
     /// The connection failed or ended; the task reconnects with backoff.
     Error(String),
 }
@@ -76,9 +77,7 @@ pub enum ContainerdError {
     },
     #[error("containerd closed the event stream (restarting?)")]
     StreamEnded,
-    #[error(
-        "containerd never confirmed the event subscription (10 s); is it overloaded? retrying"
-    )]
+    #[error("containerd never confirmed the event subscription (10 s); is it overloaded? retrying")]
     SubscribeTimeout,
 }
 
@@ -133,12 +132,13 @@ async fn follow(
     tx: &mpsc::Sender<ContainerdEvent>,
     backoff: &mut Duration,
 ) -> Result<(), ContainerdError> {
-    let channel = containerd_client::connect(socket)
-        .await
-        .map_err(|source| ContainerdError::Connect {
-            socket: socket.display().to_string(),
-            source,
-        })?;
+    let channel =
+        containerd_client::connect(socket)
+            .await
+            .map_err(|source| ContainerdError::Connect {
+                socket: socket.display().to_string(),
+                source,
+            })?;
     let mut stream = subscribe(&channel).await?;
     let mut pods = PodCache::new(channel.clone());
     let live = discover(&channel, &mut pods).await?;
@@ -278,7 +278,10 @@ async fn discover(
             continue;
         };
         for p in pids.into_inner().processes {
-            let exec_id = p.info.as_ref().and_then(|i| exec_id_of(&i.type_url, &i.value));
+            let exec_id = p
+                .info
+                .as_ref()
+                .and_then(|i| exec_id_of(&i.type_url, &i.value));
             if let Some(exec_id) = exec_id {
                 found.push(ExecStart {
                     meta: meta.clone(),
@@ -376,6 +379,9 @@ mod tests {
         );
         assert_eq!(exec_id_of("something.Else", &value), None);
         let empty = ProcessDetails::default().encode_to_vec();
-        assert_eq!(exec_id_of("containerd.runc.v1.ProcessDetails", &empty), None);
+        assert_eq!(
+            exec_id_of("containerd.runc.v1.ProcessDetails", &empty),
+            None
+        );
     }
 }

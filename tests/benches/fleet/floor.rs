@@ -53,9 +53,7 @@ impl Floor {
         self.n += 1;
         let key = format!("{PREFIX}{}", self.n);
         let txn = Txn::new()
-            .when([
-                Compare::mod_revision(PREFIX, CompareOp::Less, self.rev + 1).with_prefix(),
-            ])
+            .when([Compare::mod_revision(PREFIX, CompareOp::Less, self.rev + 1).with_prefix()])
             .and_then([TxnOp::put(
                 key.clone(),
                 "node",

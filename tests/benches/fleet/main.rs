@@ -77,9 +77,14 @@ fn main() {
     }
     // Hundreds of simulated nodes hold thousands of connections (and so do etcd's members,
     // which inherit the limit).
-    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 65536, 65536);
-    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let arg = |i: usize, default: usize| named.get(i).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let _ =
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 65536, 65536);
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let arg =
+        |i: usize, default: usize| named.get(i).and_then(|v| v.parse().ok()).unwrap_or(default);
     let scale = scale::Scale {
         nodes: arg(1, 300),
         conns: arg(2, 100),
@@ -144,8 +149,14 @@ fn three_nodes() {
     }
     show("admission, local limits only", local);
     show("admission with a fleet-wide slot", fleet);
-    show("etcd floor: the slot transaction alone, client on every member", raw);
-    show("etcd floor: the slot transaction alone, client on the leader", raw_leader);
+    show(
+        "etcd floor: the slot transaction alone, client on every member",
+        raw,
+    );
+    show(
+        "etcd floor: the slot transaction alone, client on the leader",
+        raw_leader,
+    );
 
     let before = revision(&cluster);
     let n = 20;

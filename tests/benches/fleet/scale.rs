@@ -76,10 +76,13 @@ fn conn(node: &str, id: u64) -> FleetConnection {
 }
 
 async fn count(c: &mut Client, prefix: &str) -> i64 {
-    c.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
-        .await
-        .map(|r| r.count())
-        .unwrap_or(-1)
+    c.get(
+        prefix,
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )
+    .await
+    .map(|r| r.count())
+    .unwrap_or(-1)
 }
 
 /// Waits until `prefix` holds `want` keys; the time it took.
@@ -105,7 +108,9 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut probe = rt.block_on(Client::connect(cluster.endpoints(), None)).unwrap();
+    let mut probe = rt
+        .block_on(Client::connect(cluster.endpoints(), None))
+        .unwrap();
     let idle = load(cluster);
     let window = Duration::from_secs(10);
     std::thread::sleep(window);
@@ -191,7 +196,8 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
     let c0 = load(cluster);
     let t = Instant::now();
     for b in 0..logins / batch {
-        let ids = (b * batch..(b + 1) * batch).map(|n| (&handles[n as usize % handles.len()], 1_000_000 + n));
+        let ids = (b * batch..(b + 1) * batch)
+            .map(|n| (&handles[n as usize % handles.len()], 1_000_000 + n));
         for (h, id) in ids.clone() {
             h.acquire("churn", id, 1_000_000, Duration::from_secs(2));
             h.put_connection(&conn(h.node(), id));
@@ -238,14 +244,19 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
             if seen == s.nodes {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "{seen} of {} nodes saw the lock", s.nodes);
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{seen} of {} nodes saw the lock",
+                s.nodes
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let (_, _, mut d) = round.lock().unwrap().take().unwrap();
         d.sort();
         lasts.push(*d.last().unwrap());
         delays.extend(d);
-        rt.block_on(handles[0].unlock(LockTarget::User(user))).unwrap();
+        rt.block_on(handles[0].unlock(LockTarget::User(user)))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(300));
     }
     let f1 = load(cluster);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use time::OffsetDateTime;
 
-use super::{ExecCensus, PodRef};
+use super::{ExecCensus, PodRef, idle::InputClock};
 
 /// CRI labels containerd keeps on every container the kubelet created.
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
@@ -72,6 +72,10 @@ pub struct ExecSession {
     /// often before runc's init has exec'd the command): `command` and the `session_started`
     /// record wait for the root's first exec.
     pub awaiting_exec: bool,
+    /// When input last came (the idle timeout counts from it).
+    pub input: InputClock,
+    /// The idle warning went out for the current idle spell.
+    pub idle_warned: bool,
 }
 
 impl ExecSession {
@@ -135,6 +139,10 @@ impl ExecSessions {
 
     pub fn iter(&self) -> impl Iterator<Item = &ExecSession> {
         self.by_id.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut ExecSession> {
+        self.by_id.values_mut()
     }
 
     pub fn len(&self) -> usize {
@@ -213,6 +221,8 @@ mod tests {
             commands: 0,
             last_activity: now,
             awaiting_exec: false,
+            input: InputClock::new(now),
+            idle_warned: false,
         }
     }
 
