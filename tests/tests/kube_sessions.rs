@@ -264,3 +264,59 @@ fn exec_sessions_are_found_at_start_and_survive_a_containerd_restart() {
     });
     assert_eq!(ended["reason"], "killed", "{ended:#}");
 }
+
+#[test]
+fn an_exec_session_keeps_its_processes_across_an_enforcerd_restart() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("restart");
+    let mut d = bed.daemon();
+    let cri = bed.cri();
+    let sh = ExecStream::connect(&cri.exec(&bed.cid, &["sh"], true, true));
+    sh.send_stdin("(setsid sleep 6161 &); echo forked-$((3+3))\n");
+    assert!(
+        sh.read_until("forked-6", T),
+        "shell: {:?}",
+        sh.output_text()
+    );
+    let sh_pid = find_exec(bed.shim, &["sh"], &[bed.sandbox_pid, bed.main_pid]).unwrap();
+    let mut escaped = Vec::new();
+    assert!(wait_until(T, || {
+        escaped = pids_running(&["sleep", "6161"]);
+        escaped.len() == 1
+    }));
+    let escaped = escaped[0];
+    let pids_of = |e: &Value| e["sessions"][0]["pids"].as_array().unwrap().clone();
+    assert!(wait_until(T, || pids_of(&wait_listed(&d, sh_pid))
+        .contains(&Value::from(escaped))));
+    let exec_id = wait_listed(&d, sh_pid)["kube"]["exec_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    d.restart();
+    // Found again with both of its processes, nothing left over as lingering.
+    let entry = wait_listed(&d, sh_pid);
+    assert!(
+        wait_until(T, || pids_of(&wait_listed(&d, sh_pid))
+            .contains(&Value::from(escaped))),
+        "the escaped sleep left the session at the restart: {:#}",
+        wait_listed(&d, sh_pid)
+    );
+    assert_eq!(entry["kube"]["exec_id"], exec_id.as_str());
+    let all = d.sessions();
+    assert_eq!(all.len(), 1, "one entry, no lingering one: {all:#?}");
+    assert_eq!(
+        records(&d, "session_started", &exec_id).len(),
+        1,
+        "started once, not again at the restart"
+    );
+    let id = entry["sessions"][0]["id"].as_u64().unwrap();
+    d.ctl_ok(&["kill", "session", &id.to_string()]);
+    assert!(
+        wait_until(T, || !alive(sh_pid) && !alive(escaped)),
+        "survivors of the kill after the restart"
+    );
+    assert!(alive(bed.main_pid), "the pod's main process died");
+}

@@ -240,6 +240,12 @@ impl Registry {
         self.next_id - 1
     }
 
+    /// `id` is in use (an exec session's identity found in the kernel after a restart): never
+    /// handed out again.
+    pub fn conn_id_in_use(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id.saturating_add(1));
+    }
+
     /// A fresh session id (a `kubectl exec` session's), from the ids SSH sessions get.
     pub fn reserve_session_id(&mut self) -> u64 {
         self.next_session_id = self.next_session_id.max(1);

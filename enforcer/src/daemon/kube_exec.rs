@@ -97,13 +97,30 @@ impl State {
             ExecDecision::Refuse(r) => Some(r),
             ExecDecision::Admit(_) | ExecDecision::Unenforced => None,
         };
-        let kernel_id = self.registry.reserve_conn_id();
+        // Found again after enforcerd restarted: the kernel still follows it (and what it
+        // started) under the identity it had; keep that one.
+        let resumed = match (s.discovered, refusal) {
+            (true, None) => self.tracked_exec_root(key).await,
+            _ => None,
+        };
+        let kernel_id = match resumed {
+            Some(k) => {
+                self.registry.conn_id_in_use(k);
+                k
+            }
+            None => self.registry.reserve_conn_id(),
+        };
         let id = self.registry.reserve_session_id();
         self.dirty = true;
-        if !self.track_exec(kernel_id, key, refusal.is_some()).await {
+        if resumed.is_none() && !self.track_exec(kernel_id, key, refusal.is_some()).await {
             return;
         }
         let now = OffsetDateTime::now_utc();
+        // Found rather than reported: it started when its process did.
+        let started_at = match s.discovered {
+            true => now - std::time::Duration::from_nanos(host::boot_ns().saturating_sub(start_ns)),
+            false => now,
+        };
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
         let stdin = std::fs::read_link(format!("/proc/{}/fd/0", s.pid))
             .map(|l| l.to_string_lossy().into_owned())
@@ -115,13 +132,13 @@ impl State {
             meta: s.meta,
             pid: s.pid,
             start_ns,
-            started_at: now,
+            started_at,
             command: command_line(&cmdline),
             tty: tty_of_stdin(&stdin),
             commands: 0,
             last_activity: now,
             awaiting_exec: is_runc_init(&cmdline),
-            input: InputClock::new(now),
+            input: InputClock::new(started_at),
             idle_warned: false,
         };
         if let Some(r) = refusal {
@@ -135,16 +152,44 @@ impl State {
             exec = %session.exec_id,
             pid = session.pid,
             discovered = s.discovered,
+            resumed = resumed.is_some(),
             "kubectl exec session started"
         );
         let awaiting = session.awaiting_exec;
         if self.kube_exec.sessions.insert(session) == Inserted::Known {
             return;
         }
+        if resumed.is_some() {
+            // Its `session_started` was written by the run that first saw it.
+            return;
+        }
         self.counters.sessions_started += 1;
         if !awaiting {
             self.audit_exec_started(id);
         }
+    }
+
+    /// The kernel identity `key` already carries as an exec session's root (tracked by an
+    /// earlier run of enforcerd: the pinned task table outlives it), if it does.
+    async fn tracked_exec_root(&self, key: ProcKey) -> Option<u64> {
+        let tasks = match self.bpf.census().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the kernel's task table");
+                return None;
+            }
+        };
+        tasks
+            .into_iter()
+            .find(|(tid, t)| {
+                *tid == key.pid
+                    && t.flags & TASK_SESSION_LEADER != 0
+                    && t.session_id == key.pid as u64
+                    && crate::bpf::tasks::same_task(t.start_ns, ticks_to_ns(key.start_ticks))
+            })
+            .map(|(_, t)| t.conn_id)
+            // No SSH connection has it (an exec's identity is drawn from the same ids).
+            .filter(|id| self.registry.get(*id).is_none())
     }
 
     /// `session_started`, once the session's command is known.
