@@ -199,6 +199,25 @@ fn exec_sessions_are_listed_audited_and_killed_with_what_they_started() {
     assert!(ended.get("tty").is_none(), "{ended:#}");
     assert_eq!(records(&d, "session_started", &exec_id).len(), 1);
     assert!(alive(bed.main_pid));
+
+    // A command that is over in milliseconds (`kubectl exec web -- cat /etc/hostname`) may be
+    // gone before containerd's report arrives: audited all the same, started and ended.
+    let ended_execs = |d: &enforcer_tests::TestDaemon| {
+        d.audit()
+            .into_iter()
+            .filter(|r| r["event"] == "session_ended" && r["kind"] == "kube_exec")
+            .count()
+    };
+    let before = ended_execs(&d);
+    for _ in 0..5 {
+        let quick = ExecStream::connect(&cri.exec(&bed.cid, &["echo", "quick"], false, false));
+        assert_eq!(quick.wait_exit(T), Some(0), "{:?}", quick.status());
+    }
+    assert!(
+        wait_until(T, || ended_execs(&d) == before + 5),
+        "quick execs not all audited: {:#?}",
+        d.audit()
+    );
 }
 
 #[test]

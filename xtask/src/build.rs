@@ -115,6 +115,7 @@ const BENCHES: &[&str] = &[
     "syscall",
     "store",
     "fleet",
+    "kube",
 ];
 
 /// Builds release binaries and runs one benchmark against them.

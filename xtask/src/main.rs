@@ -36,7 +36,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run a benchmark (release build, as root): `pam`, `exec`, `idle`, `recording`, `lock`,
-    /// `syscall`, `store`, `fleet`.
+    /// `syscall`, `store`, `fleet`, `kube`.
     Bench {
         /// Which benchmark.
         name: String,

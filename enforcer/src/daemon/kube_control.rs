@@ -115,6 +115,45 @@ impl State {
         });
     }
 
+    /// An exec whose process was gone by the time containerd's report reached us (a command
+    /// that ran for milliseconds): still audited, as started and ended, saying what is not
+    /// known. A re-listing cannot report a gone process, so this is written once per exec.
+    pub(super) fn exec_ended_before_tracking(&mut self, s: crate::kube::ExecStart) {
+        tracing::info!(pid = s.pid, pod = %s.meta.pod, exec = %s.exec_id, "kubectl exec ended before it could be followed");
+        let now = OffsetDateTime::now_utc();
+        let session = ExecSession {
+            id: self.registry.reserve_session_id(),
+            kernel_id: 0,
+            exec_id: s.exec_id,
+            meta: s.meta,
+            pid: s.pid,
+            start_ns: 0,
+            started_at: now,
+            command: String::new(),
+            tty: None,
+            commands: 0,
+            last_activity: now,
+            awaiting_exec: false,
+            input: crate::core::kube::idle::InputClock::new(now),
+            idle_warned: false,
+        };
+        self.dirty = true;
+        self.counters.sessions_started += 1;
+        let node = self.node();
+        let message = "ended before enforcerd could follow it: its commands are not known";
+        for event in [AuditEvent::SessionStarted, AuditEvent::SessionEnded] {
+            let mut rec = AuditRecord::new(event, now).with_exec(&session, &node);
+            rec.conn_id = None;
+            rec.command = None;
+            rec.pid = Some(session.pid);
+            rec.message = Some(message.into());
+            if event == AuditEvent::SessionEnded {
+                rec = rec.reason(AuditReason::Exited, Some(message.into()));
+            }
+            self.audit.record(rec);
+        }
+    }
+
     /// Tells an exec session's client why it ends, and kills it after [`MESSAGE_GRACE`]
     /// (`record` is completed with the session and the number of processes killed).
     fn end_exec(&mut self, id: u64, why: AuditReason, message: String, record: AuditRecord) {

@@ -80,7 +80,7 @@ impl State {
     /// that are adopted from /proc), and the session is listed and audited.
     async fn exec_started(&mut self, s: ExecStart) {
         let Some(key) = host::proc_key(s.pid) else {
-            tracing::debug!(pid = s.pid, exec = %s.exec_id, "exec process ended before it was tracked");
+            self.exec_ended_before_tracking(s);
             return;
         };
         // Reported again (event and listing, or a reconnect's listing): already followed, and
