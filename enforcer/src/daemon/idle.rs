@@ -28,7 +28,8 @@ pub(super) struct PendingKill {
     pub record: AuditRecord,
 }
 
-fn human(d: Duration) -> String {
+/// A duration as the messages to users show it (whole seconds, at least one).
+pub(super) fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
 }
 

@@ -10,7 +10,11 @@ use std::time::Duration;
 use enforcer_proto::{ErrorKind, ErrorReply, KubeLockKind, LockInfo, LockRequest, UnlockRequest};
 use time::OffsetDateTime;
 
-use super::{idle::MESSAGE_GRACE, lockout::kill_and_audit, state::State};
+use super::{
+    idle::{MESSAGE_GRACE, human},
+    lockout::kill_and_audit,
+    state::State,
+};
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord},
     control::Peer,
@@ -31,10 +35,6 @@ use crate::{
 /// How often exec sessions' stdin is looked at for input (the idle cut lands within this of
 /// the timeout, plus the terminal clock's 8 s resolution).
 const EXEC_IDLE_EVERY: Duration = Duration::from_secs(1);
-
-fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
-}
 
 fn bad_request(m: String) -> ErrorReply {
     ErrorReply::new(ErrorKind::BadRequest, m)
@@ -188,11 +188,7 @@ impl State {
         if self.kube.is_none() {
             return Err(kube_off());
         }
-        let target = match req.kube {
-            Some(KubeLockKind::Pod) => ExecLockTarget::pod(&req.user),
-            _ => ExecLockTarget::namespace(&req.user),
-        }
-        .map_err(bad_request)?;
+        let target = exec_lock_target(req.kube, &req.user)?;
         let now = OffsetDateTime::now_utc();
         let store = self.exec_lock_store();
         let file = target.file_name();
@@ -255,11 +251,7 @@ impl State {
         if self.kube.is_none() {
             return Err(kube_off());
         }
-        let target = match req.kube {
-            Some(KubeLockKind::Pod) => ExecLockTarget::pod(&req.name),
-            _ => ExecLockTarget::namespace(&req.name),
-        }
-        .map_err(bad_request)?;
+        let target = exec_lock_target(req.kube, &req.name)?;
         let removed = self
             .exec_lock_store()
             .remove(&target.file_name())
@@ -369,6 +361,15 @@ impl State {
             self.end_exec(id, AuditReason::IdleTimeout, message, rec);
         }
     }
+}
+
+/// What `lock`/`unlock pod|namespace NAME` names.
+fn exec_lock_target(kind: Option<KubeLockKind>, name: &str) -> Result<ExecLockTarget, ErrorReply> {
+    match kind {
+        Some(KubeLockKind::Pod) => ExecLockTarget::pod(name),
+        _ => ExecLockTarget::namespace(name),
+    }
+    .map_err(bad_request)
 }
 
 fn kube_off() -> ErrorReply {
