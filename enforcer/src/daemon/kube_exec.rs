@@ -113,6 +113,8 @@ impl State {
         let id = self.registry.reserve_session_id();
         self.dirty = true;
         if resumed.is_none() && !self.track_exec(kernel_id, key, refusal.is_some()).await {
+            // It ended while the kernel was being told about it.
+            self.exec_ended_before_tracking(s);
             return;
         }
         let now = OffsetDateTime::now_utc();
