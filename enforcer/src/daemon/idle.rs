@@ -28,6 +28,32 @@ pub(super) struct PendingKill {
     pub record: AuditRecord,
 }
 
+/// The warning shown to a `what` ("connection", "exec session") nearing its idle timeout.
+pub(super) fn idle_warning(what: &str, left: Duration) -> String {
+    format!(
+        "enforcer: this {what} is idle and will be closed in {} unless you type something",
+        human(left)
+    )
+}
+
+/// The message and the `idle_timeout` record of a `what` cut after `idle` (limit `timeout`).
+pub(super) fn idle_cut(
+    what: &str,
+    idle: Duration,
+    timeout: Duration,
+    now: OffsetDateTime,
+) -> (String, AuditRecord) {
+    let message = format!(
+        "enforcer: {what} closed after {} idle (limit {})",
+        human(idle),
+        human(timeout)
+    );
+    let mut rec = AuditRecord::new(AuditEvent::IdleTimeout, now)
+        .reason(AuditReason::IdleTimeout, Some(message.clone()));
+    rec.idle_secs = Some(idle.as_secs_f64());
+    (message, rec)
+}
+
 /// A duration as the messages to users show it (whole seconds, at least one).
 pub(super) fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
@@ -192,17 +218,10 @@ impl State {
             }
         }
         for (id, left) in out.warn {
-            self.tell_connection(id, &format!("enforcer: this connection is idle and will be closed in {} unless you type something", human(left)));
+            self.tell_connection(id, &idle_warning("connection", left));
         }
         for (id, idle, timeout) in out.cut {
-            let message = format!(
-                "enforcer: connection closed after {} idle (limit {})",
-                human(idle),
-                human(timeout)
-            );
-            let mut rec = AuditRecord::new(AuditEvent::IdleTimeout, now)
-                .reason(AuditReason::IdleTimeout, Some(message.clone()));
-            rec.idle_secs = Some(idle.as_secs_f64());
+            let (message, rec) = idle_cut("connection", idle, timeout, now);
             self.close_with_message(id, CloseReason::IdleTimeout, &message, rec);
         }
     }

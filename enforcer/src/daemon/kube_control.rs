@@ -11,7 +11,7 @@ use enforcer_proto::{ErrorKind, ErrorReply, KubeLockKind, LockInfo, LockRequest,
 use time::OffsetDateTime;
 
 use super::{
-    idle::{MESSAGE_GRACE, human},
+    idle::{MESSAGE_GRACE, idle_cut, idle_warning},
     lockout::kill_and_audit,
     state::State,
 };
@@ -148,7 +148,7 @@ impl State {
             rec.pid = Some(session.pid);
             rec.message = Some(message.into());
             if event == AuditEvent::SessionEnded {
-                rec = rec.reason(AuditReason::Exited, Some(message.into()));
+                rec.reason = Some(AuditReason::Exited);
             }
             self.audit.record(rec);
         }
@@ -339,10 +339,7 @@ impl State {
             }
         }
         for (pid, left) in warn {
-            let text = format!(
-                "\r\nenforcer: this exec session is idle and will be closed in {} unless you type something\r\n",
-                human(left)
-            );
+            let text = format!("\r\n{}\r\n", idle_warning("exec session", left));
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = host::tell(pid, &text) {
                     tracing::debug!(pid, error = %e, "idle warning not delivered");
@@ -350,14 +347,7 @@ impl State {
             });
         }
         for (id, idle, timeout) in cut {
-            let message = format!(
-                "enforcer: exec session closed after {} idle (limit {})",
-                human(idle),
-                human(timeout)
-            );
-            let mut rec = AuditRecord::new(AuditEvent::IdleTimeout, wall)
-                .reason(AuditReason::IdleTimeout, Some(message.clone()));
-            rec.idle_secs = Some(idle.as_secs_f64());
+            let (message, rec) = idle_cut("exec session", idle, timeout, wall);
             self.end_exec(id, AuditReason::IdleTimeout, message, rec);
         }
     }
