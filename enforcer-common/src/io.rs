@@ -16,6 +16,24 @@ pub const IO_PTY: u64 = 1 << 63;
 /// Set in [`IoKey::object`] for a forwarding channel's socket (the rest is its inode number):
 /// its bytes move the idle clock but are never recorded.
 pub const IO_FORWARD: u64 = 1 << 62;
+/// Set in [`IoKey::object`] for a `kubectl exec` channel as its containerd shim moves it: the
+/// rest is the pipe's inode number, or `IO_PTY` + the devpts instance + the pty index (see
+/// [`exec_pty_object`]), since every container has its own /dev/pts and its own pty 0. Never
+/// on the idle clock (`ENF_ACTIVITY` is SSH's); recorded.
+pub const IO_EXEC: u64 = 1 << 61;
+
+/// The object of pty `index` of the devpts instance whose superblock is device `dev` (the
+/// kernel's dev_t encoding, major << 20 | minor), as a shim's side of an exec sees it.
+pub const fn exec_pty_object(dev: u32, index: u32) -> u64 {
+    IO_EXEC | IO_PTY | ((dev as u64 & 0x1fff_ffff) << 32) | index as u64
+}
+
+/// Bytes of an exec pty recorded before the daemon claims it (its first prompt, a motd): the
+/// recorder keeps them for the session; past this the pty is not copied until claimed.
+pub const UNCLAIMED_MAX: u64 = 64 << 10;
+
+/// Capacity of `ENF_EXEC_CHANS` and `ENF_UNCLAIMED`.
+pub const EXEC_CHANNEL_ENTRIES: u32 = 4096;
 
 /// Last input/output on a channel (`ENF_ACTIVITY` value), `bpf_ktime_get_boot_ns()` times.
 #[repr(C)]

@@ -39,6 +39,9 @@ pub struct KernelOffsets {
     pub inode_mode: u32,
     pub inode_rdev: u32,
     pub inode_ino: u32,
+    /// `inode.i_sb`, `super_block.s_dev`: which devpts a container's pty belongs to.
+    pub inode_sb: u32,
+    pub sb_dev: u32,
     pub tty_file_private_tty: u32,
     pub tty_index: u32,
     pub tty_link: u32,
@@ -106,6 +109,8 @@ impl KernelOffsets {
         inode_mode: ABSENT,
         inode_rdev: ABSENT,
         inode_ino: ABSENT,
+        inode_sb: ABSENT,
+        sb_dev: ABSENT,
         tty_file_private_tty: ABSENT,
         tty_index: ABSENT,
         tty_link: ABSENT,

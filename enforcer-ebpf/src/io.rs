@@ -15,7 +15,7 @@ use enforcer_common::{
     counters::Counter,
     io::{
         Activity, CHUNK, DATA_MASKED, DIR_INPUT, DIR_OUTPUT, DIR_RESIZE, DataHeader, DataRecord,
-        IO_FORWARD, IO_PTY, IoKey, MAX_CHUNKS, PendingIo,
+        IO_EXEC, IO_FORWARD, IO_PTY, IoKey, MAX_CHUNKS, PendingIo, UNCLAIMED_MAX,
     },
     tasks::TASK_CONN_AUX,
 };
@@ -25,8 +25,8 @@ use crate::{
     config::{ENF_SETTINGS, off},
     kernel,
     maps::{
-        ENF_ACTIVITY, ENF_DATA, ENF_FORWARDS, ENF_FWD_ACTIVITY, ENF_LOST, ENF_PENDING, ENF_SCRATCH,
-        ENF_TASKS, ENF_WAKE, count,
+        ENF_ACTIVITY, ENF_DATA, ENF_EXEC_CHANS, ENF_FORWARDS, ENF_FWD_ACTIVITY, ENF_LOST, ENF_PENDING, ENF_SCRATCH,
+        ENF_TASKS, ENF_UNCLAIMED, ENF_WAKE, count,
     },
     process::current_ids,
 };
@@ -153,6 +153,16 @@ fn touch(key: &IoKey, input: bool, bytes: u64, now: u64) {
     }
 }
 
+/// Counts bytes of an unclaimed exec pty (see `ENF_UNCLAIMED`).
+#[inline(always)]
+fn unclaimed(object: u64, bytes: u64) {
+    if let Some(n) = ENF_UNCLAIMED.get_ptr_mut(&object) {
+        fetch_add(n, bytes);
+    } else if ENF_UNCLAIMED.insert(&object, &bytes, 0).is_err() {
+        count(Counter::DropActivityFull);
+    }
+}
+
 /// Bytes of a channel that could not be recorded.
 #[inline(always)]
 fn lose(key: &IoKey, bytes: u64) {
@@ -245,9 +255,45 @@ pub fn begin(fd: u64, buf: u64, dir: u32) {
     let Some(conn_id) = aux_conn(tid) else {
         return;
     };
-    let Some((key, file)) = channel(conn_id, fd) else {
-        return;
+    if let Some((key, file)) = channel(conn_id, fd) {
+        pend(tid, key, file, buf, dir);
+    }
+}
+
+/// The exec channel behind a containerd shim's `fd`: (key, file). A channel the daemon has not
+/// claimed yet is keyed by connection 0 when it is a pty (the shell's first prompt comes before
+/// containerd reports the exec; the recorder holds such bytes until it is told whose they are)
+/// and ignored otherwise (a pod's own stdout pipes carry its logs).
+#[inline(always)]
+fn exec_channel(fd: u64) -> Option<(IoKey, u64)> {
+    let file = kernel::fd_file(kernel::current(), fd).ok()?;
+    let object = kernel::exec_object(file)?;
+    let conn_id = match unsafe { ENF_EXEC_CHANS.get(&object) } {
+        Some(c) => *c,
+        None if object & IO_PTY != 0
+            && unsafe { ENF_UNCLAIMED.get(&object) }.copied().unwrap_or(0) < UNCLAIMED_MAX =>
+        {
+            0
+        }
+        None => return None,
     };
+    Some((IoKey { conn_id, object }, file))
+}
+
+/// Start of a read or write by a containerd shim: as [`begin`], for exec channels. Only a
+/// recording needs them: an exec's idle clock is not kept here.
+#[inline(always)]
+pub fn begin_exec(fd: u64, buf: u64, dir: u32) {
+    if settings().enabled == 0 {
+        return;
+    }
+    if let Some((key, file)) = exec_channel(fd) {
+        pend(current_ids().1, key, file, buf, dir);
+    }
+}
+
+#[inline(always)]
+fn pend(tid: u32, key: IoKey, file: u64, buf: u64, dir: u32) {
     let s = settings();
     // Only a recording masks: the idle clock counts typed bytes either way.
     let echo_off = s.enabled != 0
@@ -278,7 +324,11 @@ pub fn end(ret: i64) {
         return;
     }
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    touch(&p.key, p.dir == DIR_INPUT, ret as u64, now);
+    if p.key.object & IO_EXEC == 0 {
+        touch(&p.key, p.dir == DIR_INPUT, ret as u64, now);
+    } else if p.key.conn_id == 0 {
+        unclaimed(p.key.object, ret as u64);
+    }
     let s = settings();
     // Forwarded bytes only move the idle clock: they are the client's traffic to elsewhere.
     let wanted = p.key.object & IO_FORWARD == 0
@@ -298,9 +348,25 @@ pub fn ioctl(fd: u64, cmd: u64, arg: u64) {
     let Some(conn_id) = aux_conn(current_ids().1) else {
         return;
     };
-    let Some((key, _)) = channel(conn_id, fd) else {
+    if let Some((key, _)) = channel(conn_id, fd) {
+        resize(key, arg);
+    }
+}
+
+/// An ioctl by a containerd shim: it sizes an exec's pty as the client's terminal (CRI resize).
+#[inline(always)]
+pub fn ioctl_exec(fd: u64, cmd: u64, arg: u64) {
+    if cmd as u32 as u64 != TIOCSWINSZ {
         return;
-    };
+    }
+    if let Some((key, _)) = exec_channel(fd) {
+        resize(key, arg);
+    }
+}
+
+/// A `TIOCSWINSZ` on channel `key` with the `struct winsize` at user address `arg`.
+#[inline(always)]
+fn resize(key: IoKey, arg: u64) {
     if key.object & IO_PTY == 0 || settings().enabled == 0 {
         return;
     }

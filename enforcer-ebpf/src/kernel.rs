@@ -223,3 +223,30 @@ pub fn channel_object(file: u64) -> Option<u64> {
         _ => None,
     }
 }
+
+/// The channel object of a file a containerd shim reads or writes for a `kubectl exec`
+/// (`enforcer_common::io::IO_EXEC`): a pipe (its inode), or a pty master (its devpts instance
+/// and index: each container has its own /dev/pts).
+#[inline(always)]
+pub fn exec_object(file: u64) -> Option<u64> {
+    let inode: u64 = field(file, off!(file_inode)).ok()?;
+    let mode: u16 = field(inode, off!(inode_mode)).ok()?;
+    match mode & S_IFMT {
+        S_IFIFO => field::<u64>(inode, off!(inode_ino))
+            .ok()
+            .map(|ino| enforcer_common::io::IO_EXEC | ino),
+        S_IFCHR => {
+            let rdev: u32 = field(inode, off!(inode_rdev)).ok()?;
+            if rdev != PTMX_RDEV {
+                return None;
+            }
+            let private: u64 = field(file, off!(file_private_data)).ok()?;
+            let tty: u64 = field(private, off!(tty_file_private_tty)).ok()?;
+            let index: i32 = field(tty, off!(tty_index)).ok()?;
+            let sb: u64 = field(inode, off!(inode_sb)).ok()?;
+            let dev: u32 = field(sb, off!(sb_dev)).ok()?;
+            Some(enforcer_common::io::exec_pty_object(dev, index as u32))
+        }
+        _ => None,
+    }
+}

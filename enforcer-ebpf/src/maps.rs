@@ -5,11 +5,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
-    io::{Activity, CHANNEL_MAP_ENTRIES, DataRecord, FORWARD_MAP_ENTRIES, IoKey, PendingIo},
+    io::{
+        Activity, CHANNEL_MAP_ENTRIES, DataRecord, EXEC_CHANNEL_ENTRIES, FORWARD_MAP_ENTRIES, IoKey,
+        PendingIo,
+    },
     limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,
 };
@@ -64,6 +67,20 @@ pub static ENF_FWD_COUNT: HashMap<u64, u64> = HashMap::pinned(CONN_MAP_ENTRIES, 
 /// which a client opens by the thousand, can never crowd out sessions' idle clocks. Pinned.
 #[map]
 pub static ENF_FWD_ACTIVITY: HashMap<IoKey, Activity> = HashMap::pinned(FORWARD_MAP_ENTRIES, 0);
+
+/// Channels of `kubectl exec` sessions as their containerd shim moves them: exec object
+/// (`kernel::exec_object`) → the session's kernel identity. Written by the daemon when it
+/// follows an exec, removed when the session ends. The shim's reads and writes on these are
+/// recorded (`shim.rs`). Pinned.
+#[map]
+pub static ENF_EXEC_CHANS: HashMap<u64, u64> = HashMap::pinned(EXEC_CHANNEL_ENTRIES, 0);
+
+/// Bytes recorded so far of exec ptys nobody has claimed (connection 0, see `io::exec_channel`):
+/// exec object → bytes. Past `UNCLAIMED_MAX` such a pty is no longer copied, so a pod whose own
+/// process has a tty cannot fill the data ring with bytes no session will take. The daemon
+/// drops an entry when it claims the pty. LRU: stale entries make room. Pinned.
+#[map]
+pub static ENF_UNCLAIMED: LruHashMap<u64, u64> = LruHashMap::pinned(EXEC_CHANNEL_ENTRIES, 0);
 
 /// Reads and writes by sshd's connection processes on session channels, between syscall entry
 /// and exit (task id → channel, buffer, direction). Pinned.

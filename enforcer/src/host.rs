@@ -89,7 +89,26 @@ fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Nanoseconds since boot (the clock of `bpf_ktime_get_boot_ns`).
+/// The exec channel objects of process `pid`'s stdin, stdout and stderr (see
+/// `core::kube::exec::channel_object`), without repeats; empty when it is gone.
+pub fn exec_channels(pid: u32) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut objects = Vec::new();
+    for fd in 0..3 {
+        let Ok(m) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+            continue;
+        };
+        if let Some(o) =
+            crate::core::kube::exec::channel_object(m.mode(), m.dev(), m.rdev(), m.ino())
+        {
+            if !objects.contains(&o) {
+                objects.push(o);
+            }
+        }
+    }
+    objects
+}
+
 /// The times of process `pid`'s stdin, what it is (a pty, a pipe, else nothing input can
 /// come through) and, for a pipe, what `pid` has read; `None` when the process is gone.
 pub fn stdin_times(pid: u32) -> Option<crate::core::kube::idle::StdinTimes> {
@@ -128,6 +147,7 @@ pub fn stdin_times(pid: u32) -> Option<crate::core::kube::idle::StdinTimes> {
     })
 }
 
+/// Nanoseconds since boot (the clock of `bpf_ktime_get_boot_ns`).
 pub fn boot_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)

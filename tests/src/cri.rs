@@ -194,6 +194,18 @@ impl CriClient {
     /// CreateContainer + StartContainer: container `name` of `pod` running `command` from
     /// the busybox image; returns the container id.
     pub fn start_container(&self, pod: &Pod, name: &str, command: &[&str]) -> String {
+        self.start_container_with(pod, name, command, false)
+    }
+
+    /// As [`CriClient::start_container`], with `tty: true` when `tty` (the shim then holds the
+    /// container's own pty master, as for `kubectl run -it`).
+    pub fn start_container_with(
+        &self,
+        pod: &Pod,
+        name: &str,
+        command: &[&str],
+        tty: bool,
+    ) -> String {
         let mut labels = pod_labels(&pod.name, &pod.namespace, &pod.uid);
         labels.insert(LABEL_CONTAINER_NAME.into(), name.into());
         let config = ContainerConfig {
@@ -206,6 +218,7 @@ impl CriClient {
                 ..Default::default()
             }),
             command: command.iter().map(|s| s.to_string()).collect(),
+            tty,
             labels,
             annotations: HashMap::from([(
                 "io.kubernetes.container.restartCount".into(),

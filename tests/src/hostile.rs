@@ -80,6 +80,7 @@ pub fn fake_recordings(dir: &Path, user: &str, uid: u32, first_id: u64, n: u64) 
                 tty: Some("pts/1".into()),
                 client: Some("127.0.0.1".into()),
                 started: "2026-11-23T10:00:00Z".into(),
+                kube: None,
             },
         };
         let mut body = serde_json::to_vec(&header).unwrap();

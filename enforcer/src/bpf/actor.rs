@@ -25,6 +25,7 @@ use super::{
     tasks::{self, KillTarget, Tasks},
 };
 
+mod exec;
 mod forget;
 mod snapshot;
 
@@ -55,6 +56,15 @@ enum Command {
     },
     Untrack {
         tid: u32,
+        reply: Reply<()>,
+    },
+    SetExecChannels {
+        conn_id: u64,
+        objects: Vec<u64>,
+        reply: Reply<()>,
+    },
+    RemoveExecChannels {
+        objects: Vec<u64>,
         reply: Reply<()>,
     },
     SetConn {
@@ -193,6 +203,23 @@ impl BpfHandle {
         self.ask(Command::Activity).await
     }
 
+    /// Records the shim's side of these exec channels under `conn_id` (an exec session's kernel
+    /// identity) from now on.
+    pub async fn set_exec_channels(&self, conn_id: u64, objects: Vec<u64>) -> Result<(), BpfError> {
+        self.ask(|reply| Command::SetExecChannels {
+            conn_id,
+            objects,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops recording these exec channels (their session ended).
+    pub async fn remove_exec_channels(&self, objects: Vec<u64>) -> Result<(), BpfError> {
+        self.ask(|reply| Command::RemoveExecChannels { objects, reply })
+            .await
+    }
+
     /// Drops activity entries (of connections that ended).
     pub async fn forget_activity(&self, keys: Vec<IoKey>) -> Result<(), BpfError> {
         self.ask(|reply| Command::ForgetActivity { keys, reply })
@@ -269,6 +296,12 @@ struct Actor {
     forwards: HashMap<MapData, u64, u64>,
     fwd_count: HashMap<MapData, u64, u64>,
     fwd_activity: HashMap<MapData, IoKey, Activity>,
+    /// `ENF_EXEC_CHANS`: exec channel object → exec session's kernel identity.
+    exec_channels: HashMap<MapData, u64, u64>,
+    /// `ENF_UNCLAIMED`: bytes of exec ptys recorded before they were claimed.
+    unclaimed: HashMap<MapData, u64, u64>,
+    /// containerd shims' probes (status only: they are pinned).
+    shim: super::hooks::UprobeHooks,
     received: u64,
     malformed: u64,
     /// Events the daemon could not take (its queue was full or closed).
@@ -291,6 +324,7 @@ pub fn start(
         features,
         continuity,
         io,
+        shim,
     } = loader::load(loader::OBJECT, &settings)?;
     let mut take = |name: &'static str| ebpf.take_map(name).ok_or(BpfError::MissingMap(name));
     let ring = RingBuf::try_from(take("ENF_EVENTS")?).map_err(map_err("ENF_EVENTS"))?;
@@ -304,6 +338,9 @@ pub fn start(
     let fwd_count = HashMap::try_from(take("ENF_FWD_COUNT")?).map_err(map_err("ENF_FWD_COUNT"))?;
     let fwd_activity =
         HashMap::try_from(take("ENF_FWD_ACTIVITY")?).map_err(map_err("ENF_FWD_ACTIVITY"))?;
+    let exec_channels =
+        HashMap::try_from(take("ENF_EXEC_CHANS")?).map_err(map_err("ENF_EXEC_CHANS"))?;
+    let unclaimed = HashMap::try_from(take("ENF_UNCLAIMED")?).map_err(map_err("ENF_UNCLAIMED"))?;
     let recorder_maps = RecorderMaps {
         data: RingBuf::try_from(take("ENF_DATA")?).map_err(map_err("ENF_DATA"))?,
         lost: HashMap::try_from(take("ENF_LOST")?).map_err(map_err("ENF_LOST"))?,
@@ -331,6 +368,9 @@ pub fn start(
         forwards,
         fwd_count,
         fwd_activity,
+        exec_channels,
+        unclaimed,
+        shim,
         received: 0,
         malformed: 0,
         undelivered: 0,
@@ -420,6 +460,17 @@ impl Actor {
                         .insert(tid, task, 0)
                         .map_err(map_err("ENF_TASKS")),
                 );
+            }
+            Command::SetExecChannels {
+                conn_id,
+                objects,
+                reply,
+            } => {
+                let _ = reply.send(self.set_exec_channels(conn_id, &objects));
+            }
+            Command::RemoveExecChannels { objects, reply } => {
+                self.remove_exec_channels(&objects);
+                let _ = reply.send(Ok(()));
             }
             Command::Untrack { tid, reply } => {
                 let _ =

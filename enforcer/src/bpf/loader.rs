@@ -7,7 +7,9 @@ use aya::{
 use enforcer_proto::{FeatureProbe, ProgramState, ProgramStatus};
 
 use super::{
-    BpfError, BpfSettings, btf::Btf, links, offsets, pins, probe, sshd_hooks::SshdHooks, tracefs,
+    BpfError, BpfSettings, btf::Btf, links, offsets, pins, probe,
+    hooks::{SHIM, SSHD, UprobeHooks},
+    tracefs,
 };
 use crate::config::IoHooks;
 
@@ -35,7 +37,7 @@ const SYSCALLS: [(&str, &str, &str); 7] = [
 /// How sshd's I/O is hooked in this run.
 pub enum IoPath {
     /// Uprobes on sshd's PLT stubs; more executables are hooked as they show up.
-    Sshd(SshdHooks),
+    Sshd(UprobeHooks),
     /// Syscall tracepoints, for the reason given.
     Syscalls(String),
 }
@@ -47,6 +49,8 @@ pub struct Loaded {
     pub features: Vec<FeatureProbe>,
     pub continuity: links::Continuity,
     pub io: IoPath,
+    /// containerd shims' syscall probes (`kubectl exec` recording).
+    pub shim: UprobeHooks,
 }
 
 /// Chooses the I/O path; `Ok(None)` means the sshd uprobes.
@@ -59,7 +63,7 @@ fn choose_io(settings: &BpfSettings, uprobe: &FeatureProbe) -> Result<Option<Str
         problems.push(format!("this kernel refuses uprobes ({})", uprobe.detail));
     }
     for path in settings.sshd_binaries.iter().filter(|p| p.exists()) {
-        if let Err(e) = super::plt::stubs(path, &super::sshd_hooks::FUNCTIONS) {
+        if let Err(e) = super::plt::stubs(path, &super::hooks::FUNCTIONS) {
             problems.push(e.to_string());
         }
     }
@@ -187,18 +191,19 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
     // One I/O path per generation: both would count and record every byte twice.
     let io = match syscalls {
         Some(reason) => {
-            SshdHooks::remove_pins(&generation);
+            UprobeHooks::remove_pins(&SSHD, &generation);
             IoPath::Syscalls(reason)
         }
         None => {
             links::remove_pins(&generation, SYSCALLS.iter().map(|t| t.0));
-            let mut hooks = SshdHooks::adopt(&generation);
+            let mut hooks = UprobeHooks::adopt(&SSHD, &generation);
             for path in settings.sshd_binaries.iter().filter(|p| p.exists()) {
                 hooks.hook(&mut ebpf, path, &path.display().to_string())?;
             }
             IoPath::Sshd(hooks)
         }
     };
+    let shim = hook_shims(&mut ebpf, settings, &generation);
     // Hand over: from this update on only this generation acts; then the others go.
     links::activate(&mut ebpf, generation_id)?;
     for old in previous.iter().filter(|b| **b != build) {
@@ -262,7 +267,24 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
         features,
         continuity,
         io,
+        shim,
     })
+}
+
+/// Probes the configured containerd shims (none unless `[kubernetes]` is on). A shim that
+/// cannot be probed is shown in status; exec sessions through it go unrecorded, nothing else
+/// depends on it.
+fn hook_shims(ebpf: &mut Ebpf, settings: &BpfSettings, generation: &std::path::Path) -> UprobeHooks {
+    if settings.shim_binaries.is_empty() {
+        UprobeHooks::remove_pins(&SHIM, generation);
+    }
+    let mut hooks = UprobeHooks::adopt(&SHIM, generation);
+    for path in settings.shim_binaries.iter().filter(|p| p.exists()) {
+        if let Err(e) = hooks.hook(ebpf, path, &path.display().to_string()) {
+            tracing::warn!(shim = %path.display(), error = %e, "cannot probe this containerd shim: its kubectl exec sessions are not recorded");
+        }
+    }
+    hooks
 }
 
 /// Kind and attach point of a data-path program, for status.

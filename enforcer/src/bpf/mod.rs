@@ -5,6 +5,8 @@
 
 mod actor;
 mod batch;
+mod gosym;
+mod hooks;
 pub mod btf;
 pub mod events;
 mod links;
@@ -13,7 +15,6 @@ mod offsets;
 mod pins;
 mod plt;
 mod probe;
-mod sshd_hooks;
 pub mod tasks;
 pub mod tracefs;
 
@@ -49,6 +50,8 @@ pub struct BpfSettings {
     pub io_hooks: crate::config::IoHooks,
     /// sshd executables hooked at start.
     pub sshd_binaries: Vec<PathBuf>,
+    /// containerd shim executables whose exec streams are recorded (empty: Kubernetes off).
+    pub shim_binaries: Vec<PathBuf>,
 }
 
 /// Failures of the kernel side.

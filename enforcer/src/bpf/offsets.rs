@@ -70,6 +70,8 @@ pub fn build(btf: &Btf, tp: &TracepointLayout) -> Result<(KernelOffsets, Vec<Str
         inode_mode: g("inode", "i_mode"),
         inode_rdev: g("inode", "i_rdev"),
         inode_ino: g("inode", "i_ino"),
+        inode_sb: g("inode", "i_sb"),
+        sb_dev: g("super_block", "s_dev"),
         tty_file_private_tty: g("tty_file_private", "tty"),
         tty_index: g("tty_struct", "index"),
         tty_link: g("tty_struct", "link"),

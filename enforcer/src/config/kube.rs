@@ -22,6 +22,9 @@ pub struct KubernetesConfig {
     pub kubeconfig: PathBuf,
     /// containerd's gRPC socket (pod metadata, exec task events).
     pub containerd_socket: PathBuf,
+    /// containerd shim executables whose `kubectl exec` streams are recorded (uprobes in their
+    /// Go syscall function; missing files are skipped).
+    pub shim_binaries: Vec<PathBuf>,
     /// Locks of pods and namespaces (`enforcerctl lock pod|namespace`), one file each
     /// (`pod.NS.NAME`, `namespace.NS`), kept across restarts.
     pub locks_dir: PathBuf,
@@ -67,6 +70,7 @@ impl Default for KubernetesConfig {
             label: DEFAULT_LABEL.into(),
             kubeconfig: PathBuf::new(),
             containerd_socket: "/run/containerd/containerd.sock".into(),
+            shim_binaries: vec!["/usr/bin/containerd-shim-runc-v2".into()],
             locks_dir: "/etc/enforcer/kube-locks.d".into(),
             gate_ssh: false,
             max_exec_sessions_per_pod: 0,
@@ -106,6 +110,12 @@ impl KubernetesConfig {
             return bad(
                 "containerd_socket",
                 "must be an absolute path, e.g. \"/run/containerd/containerd.sock\"".into(),
+            );
+        }
+        if let Some(p) = self.shim_binaries.iter().find(|p| !p.is_absolute()) {
+            return bad(
+                "shim_binaries",
+                format!("{p:?} must be an absolute path, e.g. \"/usr/bin/containerd-shim-runc-v2\""),
             );
         }
         let mut seen = std::collections::BTreeSet::new();

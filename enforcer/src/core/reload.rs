@@ -100,6 +100,7 @@ const RESTART: &[&str] = &[
     "kubernetes.label",
     "kubernetes.kubeconfig",
     "kubernetes.containerd_socket",
+    "kubernetes.shim_binaries",
 ];
 
 /// Whether a changed key can be applied without a restart. `[[rules]]` always can; a key in

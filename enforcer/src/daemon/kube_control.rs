@@ -136,6 +136,7 @@ impl State {
             awaiting_exec: false,
             input: crate::core::kube::idle::InputClock::new(now),
             idle_warned: false,
+            channels: Vec::new(),
         };
         self.dirty = true;
         self.counters.sessions_started += 1;

@@ -56,7 +56,7 @@ impl State {
                 id,
                 pid,
                 exit_status,
-            } => self.exec_exited(&container_id, &id, pid, exit_status),
+            } => self.exec_exited(&container_id, &id, pid, exit_status).await,
             ContainerdEvent::Connected { execs } => {
                 tracing::info!(execs, "containerd connected; live exec processes listed");
                 self.kube_exec.connected = true;
@@ -142,6 +142,7 @@ impl State {
             awaiting_exec: is_runc_init(&cmdline),
             input: InputClock::new(started_at),
             idle_warned: false,
+            channels: Vec::new(),
         };
         if let Some(r) = refusal {
             self.refuse_exec(session, r);
@@ -160,6 +161,11 @@ impl State {
         let awaiting = session.awaiting_exec;
         if self.kube_exec.sessions.insert(session) == Inserted::Known {
             return;
+        }
+        self.claim_exec_channels(id).await;
+        if !awaiting {
+            // Taken up after a restart too, in a new file (the session has a new id).
+            self.start_exec_recording(id);
         }
         if resumed.is_some() {
             // Its `session_started` was written by the run that first saw it.
@@ -242,7 +248,7 @@ impl State {
 
     /// containerd saw a process end. The kernel's exit event normally ended the session
     /// already; this catches an exit the kernel had to drop.
-    fn exec_exited(&mut self, container_id: &str, id: &str, pid: u32, exit_status: u32) {
+    async fn exec_exited(&mut self, container_id: &str, id: &str, pid: u32, exit_status: u32) {
         let Some(s) = self.kube_exec.sessions.by_exec(container_id, id) else {
             return;
         };
@@ -260,12 +266,12 @@ impl State {
             s if s > 128 => ExitStatus::Signal((s - 128) as i32),
             s => ExitStatus::Code(s as i32),
         };
-        self.end_exec_session(sid, status);
+        self.end_exec_session(sid, status).await;
     }
 
     /// A kernel exec event in an exec session: counted and audited with the pod's fields. True
     /// when `origin` belongs to one.
-    pub(super) fn kube_exec_command(&mut self, exec: &Exec) -> bool {
+    pub(super) async fn kube_exec_command(&mut self, exec: &Exec) -> bool {
         let node = self.node();
         if self.kube_exec.refused.contains(&exec.origin.conn_id) {
             tracing::info!(pid = exec.origin.pid, argv = ?exec.argv, killed = exec.killed.is_some(), "a refused exec's process exec'd");
@@ -289,6 +295,8 @@ impl State {
         let id = s.id;
         if first {
             self.audit_exec_started(id);
+            self.claim_exec_channels(id).await;
+            self.start_exec_recording(id);
         }
         let Some(s) = self.kube_exec.sessions.get(id) else {
             return true;
@@ -314,7 +322,12 @@ impl State {
 
     /// A kernel exit event in an exec session: the process's `exit` record, and the session's
     /// end when it is the exec's own process. True when `origin` belongs to one.
-    pub(super) fn kube_exec_exit(&mut self, origin: &EventOrigin, status: u32, flags: u32) -> bool {
+    pub(super) async fn kube_exec_exit(
+        &mut self,
+        origin: &EventOrigin,
+        status: u32,
+        flags: u32,
+    ) -> bool {
         let node = self.node();
         let root = flags & TASK_SESSION_LEADER != 0 && origin.tid as u64 == origin.session_id;
         if self.kube_exec.refused.contains(&origin.conn_id) {
@@ -334,14 +347,14 @@ impl State {
         self.audit.record(rec);
         if root && origin.pid == s.pid {
             let id = s.id;
-            self.end_exec_session(id, status);
+            self.end_exec_session(id, status).await;
         }
         true
     }
 
     /// The session's root ended: `session_ended` (reason `exited`, or `killed` after `kill
     /// session`, with how it ended).
-    fn end_exec_session(&mut self, id: u64, status: ExitStatus) {
+    async fn end_exec_session(&mut self, id: u64, status: ExitStatus) {
         if self
             .kube_exec
             .sessions
@@ -354,6 +367,7 @@ impl State {
         let Some(s) = self.kube_exec.sessions.remove(id) else {
             return;
         };
+        self.release_exec_channels(id, s.channels.clone()).await;
         let now = OffsetDateTime::now_utc();
         let reason = self
             .kube_exec

@@ -13,6 +13,7 @@ mod idle;
 mod kube;
 mod kube_control;
 mod kube_exec;
+mod kube_record;
 mod locking;
 mod lockout;
 mod persist;
@@ -148,6 +149,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         data_ring_bytes: config.recording.buffer_bytes,
         io_hooks: config.daemon.io_hooks,
         sshd_binaries: config.daemon.sshd_binaries.clone(),
+        shim_binaries: match config.kubernetes.enabled {
+            true => config.kubernetes.shim_binaries.clone(),
+            false => Vec::new(),
+        },
     };
     // The actors and the PAM socket run on a runtime of their own: however busy the public
     // socket's connections keep the main runtime's workers, a login decision waits only for

@@ -79,6 +79,7 @@ impl State {
             record_stdin,
             transfer,
             resume,
+            kube: None,
         });
     }
 

@@ -112,7 +112,7 @@ impl State {
 
     pub(super) async fn on_exec(&mut self, exec: Exec) {
         let origin = exec.origin;
-        if self.kube_exec_command(&exec) {
+        if self.kube_exec_command(&exec).await {
             return;
         }
         if origin.session_id == 0 {
@@ -169,7 +169,7 @@ impl State {
             self.on_monitor_exit(origin.conn_id, origin.pid).await;
             return;
         }
-        if self.kube_exec_exit(&origin, status, flags) {
+        if self.kube_exec_exit(&origin, status, flags).await {
             return;
         }
         if origin.session_id == 0 {

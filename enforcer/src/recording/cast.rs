@@ -42,6 +42,21 @@ pub struct Meta {
     pub client: Option<String>,
     /// RFC 3339.
     pub started: String,
+    /// Where a `kubectl exec` session ran (absent for SSH sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeMeta>,
+}
+
+/// The pod and exec of a `kubectl exec` recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubeMeta {
+    pub node: String,
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub container: String,
+    pub container_id: String,
+    pub exec_id: String,
 }
 
 /// Appends one event line, newline included, to `out`.

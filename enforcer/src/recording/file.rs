@@ -141,12 +141,18 @@ impl Recording {
             height: rows,
             timestamp: s.started_at.unix_timestamp(),
             command: s.command.clone(),
-            title: Some(format!(
-                "{}@{} session {}",
-                s.user,
-                s.client.clone().unwrap_or_default(),
-                s.session_id
-            )),
+            title: Some(match &s.kube {
+                Some(k) => format!(
+                    "kubectl exec {}/{} ({}) session {}",
+                    k.namespace, k.pod, k.container, s.session_id
+                ),
+                None => format!(
+                    "{}@{} session {}",
+                    s.user,
+                    s.client.clone().unwrap_or_default(),
+                    s.session_id
+                ),
+            }),
             env: s.env.clone(),
             enforcer: Meta {
                 session_id: s.session_id,
@@ -157,6 +163,7 @@ impl Recording {
                 tty: s.tty.clone(),
                 client: s.client.clone(),
                 started: crate::core::rfc3339(s.started_at),
+                kube: s.kube.clone(),
             },
         };
         // Written at once: the recording is listable (and playable) from its first moment.
@@ -440,9 +447,16 @@ impl Recording {
 }
 
 /// `<dir>/<date>/<user>/session-<id>.cast`
+/// Where exec sessions' recordings go: they have no user on the node.
+const KUBE_EXEC_DIR: &str = "kube-exec";
+
 fn path_of(dir: &Path, s: &StartRecording) -> PathBuf {
+    let who = match s.user.is_empty() {
+        true => KUBE_EXEC_DIR,
+        false => &s.user,
+    };
     dir.join(format!("{}", s.started_at.date()))
-        .join(&s.user)
+        .join(who)
         .join(format!("session-{}.cast", s.session_id))
 }
 

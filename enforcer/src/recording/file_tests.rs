@@ -21,6 +21,7 @@ fn an_idle_recording_gives_its_buffer_back() {
         record_stdin: false,
         transfer: None,
         resume: None,
+        kube: None,
     };
     let (mut r, _) = Recording::create(dir.path(), &s, (80, 24)).unwrap();
     let stats = RecorderStats::default();

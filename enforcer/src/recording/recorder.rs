@@ -58,6 +58,8 @@ pub struct StartRecording {
     /// Set when the session was live before enforcerd restarted: its recording is reopened
     /// and marked rather than created.
     pub resume: Option<Resume>,
+    /// A `kubectl exec` session's pod and exec.
+    pub kube: Option<super::cast::KubeMeta>,
 }
 
 /// How a recording is taken up again after a restart.
@@ -394,7 +396,16 @@ impl Recorder {
         for k in &s.keys {
             self.by_key.insert(*k, s.session_id);
             if let Some(p) = self.pending.remove(k) {
-                parked.extend(p.items.into_iter().map(|i| (i.time(), i)));
+                // Bytes of a channel nobody had claimed (connection 0: an exec's pty before
+                // containerd reported it) are this session's only from its start: before, the
+                // pty was an earlier session's.
+                let unclaimed = k.conn_id == 0;
+                parked.extend(
+                    p.items
+                        .into_iter()
+                        .filter(|i| !unclaimed || i.time() >= s.started_boot_ns)
+                        .map(|i| (i.time(), i)),
+                );
             }
         }
         parked.sort_by_key(|(t, _)| *t);

@@ -147,6 +147,7 @@ pub(super) mod tests {
                 tty: Some("pts/1".into()),
                 client: None,
                 started: "2026-11-23T10:00:00Z".into(),
+                kube: None,
             },
         }
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use enforcer_common::{
     counters::Counter,
-    io::{CHANNEL_MAP_ENTRIES, FORWARD_MAP_ENTRIES},
+    io::{CHANNEL_MAP_ENTRIES, EXEC_CHANNEL_ENTRIES, FORWARD_MAP_ENTRIES},
     limits::{CONN_MAP_ENTRIES, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES},
 };
 use enforcer_proto::{FeatureProbe, MapStatus};
@@ -105,6 +105,12 @@ impl Actor {
                 FORWARD_MAP_ENTRIES,
                 batch::entries(&self.forwards).ok().map(|e| e.len() as u64),
             ),
+            map(
+                "ENF_EXEC_CHANS",
+                "hash",
+                EXEC_CHANNEL_ENTRIES,
+                batch::entries(&self.exec_channels).ok().map(|e| e.len() as u64),
+            ),
             map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),
         ];
         let mut programs = self.programs.clone();
@@ -121,6 +127,10 @@ impl Actor {
                     "syscall tracepoints: every process on the host pays on each read and write ({reason})"
                 ),
             }),
+        }
+        if !self.settings.shim_binaries.is_empty() {
+            programs.extend(self.shim.programs());
+            features.push(self.shim.feature());
         }
         Ok(BpfSnapshot {
             programs,

@@ -76,6 +76,9 @@ pub struct ExecSession {
     pub input: InputClock,
     /// The idle warning went out for the current idle spell.
     pub idle_warned: bool,
+    /// Its stdio as the shim's probes key it (see [`channel_object`]), recorded under
+    /// `kernel_id` while the session lives.
+    pub channels: Vec<u64>,
 }
 
 impl ExecSession {
@@ -116,6 +119,10 @@ impl ExecSessions {
 
     pub fn get(&self, id: u64) -> Option<&ExecSession> {
         self.by_id.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut ExecSession> {
+        self.by_id.get_mut(&id)
     }
 
     /// The session whose processes carry kernel identity `kernel_id`.
@@ -183,6 +190,37 @@ pub fn tty_of_stdin(link: &str) -> Option<String> {
     n.parse::<u32>().ok().map(|n| format!("pts/{n}"))
 }
 
+/// The exec channel object (`enforcer_common::io::IO_EXEC`) of a stdio file of the exec's
+/// process, from its `stat`: a pipe is its inode; a pty slave (majors 136–143) is its devpts
+/// instance (`dev`, the file system's device) and index, as the shim sees the master. Anything
+/// else (/dev/null, a file) carries nothing to record.
+pub fn channel_object(mode: u32, dev: u64, rdev: u64, ino: u64) -> Option<u64> {
+    const S_IFMT: u32 = 0o170000;
+    const S_IFIFO: u32 = 0o010000;
+    const S_IFCHR: u32 = 0o020000;
+    let kernel_dev = |d: u64| -> Option<(u32, u32)> {
+        // glibc's dev_t encoding → (major, minor).
+        let major = ((d >> 8) & 0xfff) | ((d >> 32) & !0xfff);
+        let minor = (d & 0xff) | ((d >> 12) & !0xff);
+        Some((u32::try_from(major).ok()?, u32::try_from(minor).ok()?))
+    };
+    match mode & S_IFMT {
+        S_IFIFO => Some(enforcer_common::io::IO_EXEC | ino),
+        S_IFCHR => {
+            let (major, minor) = kernel_dev(rdev)?;
+            if !(136..=143).contains(&major) {
+                return None;
+            }
+            let index = ((major - 136) << 20) | minor;
+            let (fs_major, fs_minor) = kernel_dev(dev)?;
+            // The kernel's own dev_t: major << 20 | minor.
+            let fs = (fs_major << 20) | fs_minor;
+            Some(enforcer_common::io::exec_pty_object(fs, index))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +261,7 @@ mod tests {
             awaiting_exec: false,
             input: InputClock::new(now),
             idle_warned: false,
+            channels: Vec::new(),
         }
     }
 
@@ -284,5 +323,25 @@ mod tests {
         assert!(is_runc_init(b"/usr/sbin/runc\0init\0"));
         assert!(!is_runc_init(b"sh\0-c\0runc init\0"));
         assert!(!is_runc_init(b"runc\0exec\0"));
+    }
+
+    #[test]
+    fn stdio_files_map_to_the_objects_the_shim_probes_see() {
+        use enforcer_common::io::{IO_EXEC, IO_PTY, exec_pty_object};
+        // /dev/pts/3 of a container's devpts mounted as device 0:97.
+        let pts3 = channel_object(0o020620, 97, (136 << 8) | 3, 6).unwrap();
+        assert_eq!(pts3, exec_pty_object(97, 3));
+        assert_eq!(pts3 & (IO_EXEC | IO_PTY), IO_EXEC | IO_PTY);
+        // The same index in another container's devpts is another channel.
+        assert_ne!(pts3, channel_object(0o020620, 98, (136 << 8) | 3, 6).unwrap());
+        // pts 300: minor 300 in glibc's split encoding.
+        let big = (136u64 << 8) | (300 & 0xff) | ((300 & !0xff) << 12);
+        assert_eq!(channel_object(0o020620, 97, big, 0), Some(exec_pty_object(97, 300)));
+        // A pipe is its inode.
+        assert_eq!(channel_object(0o010600, 14, 0, 4242), Some(IO_EXEC | 4242));
+        // /dev/null (1:3), a regular file, a socket: nothing to record.
+        assert_eq!(channel_object(0o020666, 5, (1 << 8) | 3, 4), None);
+        assert_eq!(channel_object(0o100644, 2049, 0, 77), None);
+        assert_eq!(channel_object(0o140777, 8, 0, 99), None);
     }
 }

@@ -1,10 +1,11 @@
-//! Uprobes on sshd's PLT stubs (see `plt.rs` and the BPF side's `sshd.rs`): attached once per
-//! sshd executable file, pinned with the generation's other links, so they stay while no
-//! daemon runs. Executables are told apart by (device, inode): a symlink or a second path to
-//! the same file shares the probes, an upgraded sshd (a new file) gets its own.
+//! Uprobes on executables' files: sshd's PLT stubs (see `plt.rs` and the BPF side's `sshd.rs`)
+//! and containerd shims' Go syscall function (`gosym.rs`, BPF `shim.rs`). Attached once per
+//! executable file, pinned with the generation's other links, so they stay while no daemon
+//! runs. Executables are told apart by (device, inode): a symlink or a second path to the same
+//! file shares the probes, an upgraded binary (a new file) gets its own.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -21,35 +22,79 @@ use enforcer_proto::{FeatureProbe, ProgramState, ProgramStatus};
 
 use super::{BpfError, links, plt};
 
-/// Programs, the libc function whose stub each one is attached to, and whether it runs where
-/// the call returns (a uretprobe).
-pub const PROGRAMS: [(&str, &str, bool); 10] = [
-    ("enf_u_read", "read", false),
-    ("enf_u_read_ret", "read", true),
-    ("enf_u_write", "write", false),
-    ("enf_u_write_ret", "write", true),
-    ("enf_u_ioctl", "ioctl", false),
-    ("enf_u_setsid", "setsid", true),
-    ("enf_u_chdir", "chdir", false),
-    ("enf_u_connect", "connect", false),
-    ("enf_u_accept", "accept", true),
-    ("enf_u_close", "close", false),
-];
+/// One kind of hooked executable.
+pub struct HookSpec {
+    /// Prefix of the pins of an executable's probes: `<prefix><dev>_<ino>_<program>_<n>`.
+    prefix: &'static str,
+    /// Programs, the site each is attached to (a name `resolve` returns), and whether it runs
+    /// where the call returns (a uretprobe).
+    programs: &'static [(&'static str, &'static str, bool)],
+    /// File offsets of each site in an executable (a site may have several).
+    resolve: fn(&Path) -> Result<HashMap<String, Vec<u64>>, String>,
+    /// Status: the feature's name, what the probes are, and what lacking them costs.
+    feature: &'static str,
+    describes: &'static str,
+    none_yet: &'static str,
+    not_hooked: &'static str,
+}
 
-/// The functions whose stubs must all be found.
+/// Functions whose stubs must all be found in sshd.
 pub const FUNCTIONS: [&str; 8] = [
     "read", "write", "ioctl", "setsid", "chdir", "connect", "accept", "close",
 ];
 
-/// Prefix of the pins of an executable's probes: `sshd_<dev>_<ino>_<program>_<n>`.
-const PIN_PREFIX: &str = "sshd_";
+/// sshd: every byte between a client and its sessions, setsid, chdir and forwarding sockets.
+pub const SSHD: HookSpec = HookSpec {
+    prefix: "sshd_",
+    programs: &[
+        ("enf_u_read", "read", false),
+        ("enf_u_read_ret", "read", true),
+        ("enf_u_write", "write", false),
+        ("enf_u_write_ret", "write", true),
+        ("enf_u_ioctl", "ioctl", false),
+        ("enf_u_setsid", "setsid", true),
+        ("enf_u_chdir", "chdir", false),
+        ("enf_u_connect", "connect", false),
+        ("enf_u_accept", "accept", true),
+        ("enf_u_close", "close", false),
+    ],
+    resolve: |path| plt::stubs(path, &FUNCTIONS).map_err(|e| e.to_string()),
+    feature: "io_hooks",
+    describes: "uprobes on sshd's read/write/ioctl/setsid/chdir/connect/accept/close stubs: processes outside sshd run no enforcer program on their syscalls",
+    none_yet: "none yet (an sshd* executable is hooked when it runs its first admitted connection)",
+    not_hooked: "connections from these are not recorded, their idle clocks do not move",
+};
+
+/// Sites in a Go program's `Syscall6` (see `gosym.rs`).
+const GO_ENTRY: &str = "Syscall6";
+const GO_AFTER: &str = "Syscall6 after SYSCALL";
+
+/// containerd's shim: the bytes of every `kubectl exec` (its pty master or stdio pipes).
+pub const SHIM: HookSpec = HookSpec {
+    prefix: "shim_",
+    programs: &[
+        ("enf_shim_syscall", GO_ENTRY, false),
+        ("enf_shim_syscall_ret", GO_AFTER, false),
+    ],
+    resolve: |path| {
+        let s = super::gosym::syscall_sites(path).map_err(|e| e.to_string())?;
+        Ok(HashMap::from([
+            (GO_ENTRY.to_owned(), vec![s.entry]),
+            (GO_AFTER.to_owned(), vec![s.after]),
+        ]))
+    },
+    feature: "exec_io_hooks",
+    describes: "uprobes in containerd shims' Go syscall function (kubectl exec streams are recorded from the shim's side)",
+    none_yet: "none ([kubernetes] shim_binaries lists no existing file)",
+    not_hooked: "kubectl exec sessions through these are not recorded",
+};
 
 /// An executable file: (device, inode).
 type FileId = (u64, u64);
 
-/// The sshd executables whose stubs carry this generation's uprobes.
-#[derive(Debug)]
-pub struct SshdHooks {
+/// The executables of one kind that carry this generation's uprobes.
+pub struct UprobeHooks {
+    spec: &'static HookSpec,
     generation: PathBuf,
     /// Hooked files and how they were first named (a path, or "pinned" when adopted).
     hooked: BTreeMap<FileId, String>,
@@ -64,9 +109,9 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
     Ok((m.dev(), m.ino()))
 }
 
-impl SshdHooks {
+impl UprobeHooks {
     /// The hooks of `generation` (those pinned there by an earlier daemon of the same build).
-    pub fn adopt(generation: &Path) -> Self {
+    pub fn adopt(spec: &'static HookSpec, generation: &Path) -> Self {
         let mut hooked = BTreeMap::new();
         let mut ids = BTreeMap::new();
         for entry in std::fs::read_dir(generation)
@@ -75,7 +120,7 @@ impl SshdHooks {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(PIN_PREFIX) else {
+            let Some(rest) = name.strip_prefix(spec.prefix) else {
                 continue;
             };
             let mut parts = rest.splitn(3, '_');
@@ -89,7 +134,7 @@ impl SshdHooks {
             };
             hooked.insert((dev, ino), "pinned by an earlier daemon".to_owned());
             let program = program.rsplit_once('_').map_or(program, |(p, _)| p);
-            if let Some((p, _, _)) = PROGRAMS.iter().find(|(p, _, _)| *p == program) {
+            if let Some((p, _, _)) = spec.programs.iter().find(|(p, _, _)| *p == program) {
                 let link: Option<FdLink> = aya::programs::links::PinnedLink::from_pin(entry.path())
                     .ok()
                     .map(Into::into);
@@ -99,6 +144,7 @@ impl SshdHooks {
             }
         }
         Self {
+            spec,
             generation: generation.to_owned(),
             hooked,
             failed: BTreeMap::new(),
@@ -106,14 +152,14 @@ impl SshdHooks {
         }
     }
 
-    /// Detaches every sshd probe pinned in `generation` (the syscall path is in use).
-    pub fn remove_pins(generation: &Path) {
+    /// Detaches every probe of this kind pinned in `generation`.
+    pub fn remove_pins(spec: &HookSpec, generation: &Path) {
         let names: Vec<String> = std::fs::read_dir(generation)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(PIN_PREFIX))
+            .filter(|n| n.starts_with(spec.prefix))
             .collect();
         links::remove_pins(generation, names.iter().map(String::as_str));
     }
@@ -143,12 +189,16 @@ impl SshdHooks {
         if self.hooked.contains_key(&id) {
             return Ok(());
         }
-        let stubs = plt::stubs(path, &FUNCTIONS).map_err(|e| BpfError::Hook(e.to_string()))?;
+        let sites = (self.spec.resolve)(path).map_err(BpfError::Hook)?;
         let mut pinned = Vec::new();
         let result = (|| {
-            for (name, function, _) in PROGRAMS {
+            for &(name, site, _) in self.spec.programs {
                 let program = uprobe(ebpf, name)?;
-                for (n, offset) in stubs[function].iter().enumerate() {
+                let offsets = sites.get(site).map(Vec::as_slice).unwrap_or_default();
+                if offsets.is_empty() {
+                    return Err(BpfError::Hook(format!("{shown}: no {site} to probe")));
+                }
+                for (n, offset) in offsets.iter().enumerate() {
                     let err = |source| BpfError::Program { name, source };
                     let link = program
                         .attach(
@@ -162,7 +212,7 @@ impl SshdHooks {
                         .map_err(err)?
                         .try_into()
                         .map_err(|e| BpfError::Hook(format!("{name}: no BPF link to pin: {e}")))?;
-                    let pin = format!("{PIN_PREFIX}{:x}_{:x}_{name}_{n}", id.0, id.1);
+                    let pin = format!("{}{:x}_{:x}_{name}_{n}", self.spec.prefix, id.0, id.1);
                     links::pin(&self.generation, &pin, link)?;
                     pinned.push(pin);
                 }
@@ -182,7 +232,8 @@ impl SshdHooks {
             executable = shown,
             dev = id.0,
             ino = id.1,
-            "sshd I/O uprobes attached"
+            hooks = self.spec.feature,
+            "I/O uprobes attached"
         );
         self.hooked.insert(id, shown.to_owned());
         Ok(())
@@ -208,14 +259,16 @@ impl SshdHooks {
     /// Status: one line per program.
     pub fn programs(&self) -> Vec<ProgramStatus> {
         let files = self.hooked.values().cloned().collect::<Vec<_>>().join(", ");
-        PROGRAMS
+        let at = if std::ptr::eq(self.spec, &SSHD) { "@plt" } else { "" };
+        self.spec
+            .programs
             .iter()
             .map(|(name, function, ret)| ProgramStatus {
                 name: (*name).into(),
                 kind: if *ret { "uretprobe" } else { "uprobe" }.into(),
-                attach_point: format!("{function}@plt in {files}"),
+                attach_point: format!("{function}{at} in {files}"),
                 state: if self.hooked.is_empty() {
-                    ProgramState::Failed("not attached yet: no sshd executable found".into())
+                    ProgramState::Failed(format!("not attached yet: {}", self.spec.none_yet))
                 } else {
                     ProgramState::Attached
                 },
@@ -224,12 +277,13 @@ impl SshdHooks {
             .collect()
     }
 
-    /// Status: the `io_hooks` feature.
+    /// Status: the feature these probes provide.
     pub fn feature(&self) -> FeatureProbe {
         let mut detail = format!(
-            "uprobes on sshd's read/write/ioctl/setsid/chdir/connect/accept/close stubs: processes outside sshd run no enforcer program on their syscalls; hooked: {}",
+            "{}; hooked: {}",
+            self.spec.describes,
             if self.hooked.is_empty() {
-                "none yet (an sshd* executable is hooked when it runs its first admitted connection)".to_owned()
+                self.spec.none_yet.to_owned()
             } else {
                 self.hooked.values().cloned().collect::<Vec<_>>().join(", ")
             }
@@ -241,12 +295,13 @@ impl SshdHooks {
                 .map(|(path, why)| format!("{path}: {why}"))
                 .collect();
             detail.push_str(&format!(
-                "; NOT hooked (connections from these are not recorded, their idle clocks do not move): {}",
+                "; NOT hooked ({}): {}",
+                self.spec.not_hooked,
                 failed.join("; ")
             ));
         }
         FeatureProbe {
-            name: "io_hooks".into(),
+            name: self.spec.feature.into(),
             supported: self.failed.is_empty(),
             detail,
         }
@@ -297,7 +352,7 @@ mod tests {
         std::fs::write(dir.path().join("sshd_fe01_2a_enf_u_read_0"), b"").unwrap();
         std::fs::write(dir.path().join("enf_fork"), b"").unwrap();
         std::fs::write(dir.path().join("sshd_zz_2a_enf_u_read_0"), b"").unwrap();
-        let hooks = SshdHooks::adopt(dir.path());
+        let hooks = UprobeHooks::adopt(&SSHD, dir.path());
         assert_eq!(
             hooks.hooked.keys().copied().collect::<Vec<_>>(),
             vec![(0xfe01, 0x2a)]

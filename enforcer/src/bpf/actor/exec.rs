@@ -1,0 +1,25 @@
+//! The channels of `kubectl exec` sessions the shim probes record (`ENF_EXEC_CHANS`).
+
+use super::{Actor, map_err};
+use crate::bpf::BpfError;
+
+impl Actor {
+    /// Files `objects` under exec session `conn_id`. An object another (ended) session left
+    /// behind — a pty index reused in the same container — is taken over. A claimed pty's
+    /// unclaimed-bytes allowance starts again for whoever gets it next.
+    pub(super) fn set_exec_channels(&mut self, conn_id: u64, objects: &[u64]) -> Result<(), BpfError> {
+        for o in objects {
+            self.exec_channels
+                .insert(*o, conn_id, 0)
+                .map_err(map_err("ENF_EXEC_CHANS"))?;
+            let _ = self.unclaimed.remove(o);
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove_exec_channels(&mut self, objects: &[u64]) {
+        for o in objects {
+            let _ = self.exec_channels.remove(o);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Recording `kubectl exec` sessions: their stdio, as the containerd shim moves it, is filed in
+//! the kernel under the session's identity (`ENF_EXEC_CHANS`), and the recorder writes it like
+//! an SSH session's. A pty's bytes from before containerd reported the exec were kept by the
+//! recorder under connection 0 and are taken into the recording (see `io::exec_channel` in
+//! enforcer-ebpf).
+
+use enforcer_common::io::{IO_PTY, IoKey};
+
+use super::state::State;
+use crate::{
+    host,
+    recording::{StartRecording, cast::KubeMeta},
+};
+
+impl State {
+    /// Files the exec's stdio under its kernel identity (again after its first exec: runc's
+    /// init may not have set them up when containerd reported it).
+    pub(super) async fn claim_exec_channels(&mut self, id: u64) {
+        let Some(s) = self.kube_exec.sessions.get(id) else {
+            return;
+        };
+        let new: Vec<u64> = host::exec_channels(s.pid)
+            .into_iter()
+            .filter(|o| !s.channels.contains(o))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let kernel_id = s.kernel_id;
+        if let Err(e) = self.bpf.set_exec_channels(kernel_id, new.clone()).await {
+            tracing::warn!(session = id, error = %e, "cannot tell the kernel the exec's channels; it is not recorded");
+            return;
+        }
+        if let Some(s) = self.kube_exec.sessions.get_mut(id) {
+            s.channels.extend(new);
+        }
+    }
+
+    /// Starts the recording of exec session `id`, once its command is known.
+    pub(super) fn start_exec_recording(&self, id: u64) {
+        let (Some(recorder), Some(s)) = (&self.recorder, self.kube_exec.sessions.get(id)) else {
+            return;
+        };
+        if s.channels.is_empty() {
+            tracing::info!(session = id, "the exec has no pty or pipe to record");
+            return;
+        }
+        let mut keys: Vec<IoKey> = s
+            .channels
+            .iter()
+            .map(|&object| IoKey {
+                conn_id: s.kernel_id,
+                object,
+            })
+            .collect();
+        keys.extend(
+            s.channels
+                .iter()
+                .filter(|o| *o & IO_PTY != 0)
+                .map(|&object| IoKey { conn_id: 0, object }),
+        );
+        recorder.start_recording(StartRecording {
+            session_id: id,
+            conn_id: s.kernel_id,
+            keys,
+            user: String::new(),
+            uid: None,
+            kind: "kube_exec".into(),
+            tty: s.tty.clone(),
+            command: Some(s.command.clone()),
+            client: None,
+            started_at: s.started_at,
+            started_boot_ns: s.start_ns,
+            env: host::environ(s.pid)
+                .into_iter()
+                .filter(|(k, _)| k == "TERM" || k == "SHELL")
+                .collect(),
+            record_stdin: self.config.recording.exec_stdin,
+            transfer: None,
+            resume: None,
+            kube: Some(KubeMeta {
+                node: self.node(),
+                namespace: s.meta.pod.namespace.clone(),
+                pod: s.meta.pod.name.clone(),
+                pod_uid: s.meta.pod_uid.clone(),
+                container: s.meta.container.clone(),
+                container_id: s.meta.container_id.clone(),
+                exec_id: s.exec_id.clone(),
+            }),
+        });
+    }
+
+    /// The session ended: its recording is closed (after the last bytes drain) and the kernel
+    /// stops filing its channels.
+    pub(super) async fn release_exec_channels(&mut self, id: u64, channels: Vec<u64>) {
+        self.end_recording(id);
+        if channels.is_empty() {
+            return;
+        }
+        if let Err(e) = self.bpf.remove_exec_channels(channels).await {
+            tracing::warn!(session = id, error = %e, "cannot remove the exec's channels from the kernel");
+        }
+    }
+}
