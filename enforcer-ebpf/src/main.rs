@@ -3,8 +3,8 @@
 //! enforces session limits itself (a refused session dies at exec), and reports exec/exit.
 //!
 //! The data path uses sched tracepoints (every process, but only on fork, exec and exit) and
-//! uprobes on sshd's own calls (`sshd`: only sshd processes) and on containerd shims' syscall
-//! function (`shim`: `kubectl exec` I/O); syscall tracepoints (`syscalls`)
+//! uprobes on sshd's own calls (`sshd`: only sshd processes) and on containerd shims' Go
+//! read/write/ioctl functions (`shim`: `kubectl exec` I/O); syscall tracepoints (`syscalls`)
 //! are the host-wide fallback. fentry/LSM are refused on the kernels we target
 //! (shared/DESIGN.md part B). The `probes` module holds trivial programs the daemon loads once
 //! to find out what the running kernel accepts.

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use enforcer_common::{
     counters::{COUNTER_SLOTS, Counter},
     io::{
-        Activity, CHANNEL_MAP_ENTRIES, DataRecord, EXEC_CHANNEL_ENTRIES, FORWARD_MAP_ENTRIES, IoKey,
-        PendingIo,
+        Activity, CHANNEL_MAP_ENTRIES, DataRecord, EXEC_CHANNEL_ENTRIES, FORWARD_MAP_ENTRIES,
+        IoKey, PendingIo,
     },
     limits::{CONN_MAP_ENTRIES, ConnEntry, LOCKED_MAP_ENTRIES, USER_MAP_ENTRIES, UserEntry},
     tasks::TrackedTask,

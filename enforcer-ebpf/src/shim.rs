@@ -1,50 +1,63 @@
 //! Uprobes in containerd's shim (`containerd-shim-runc-v2`, a Go program): it holds each
 //! `kubectl exec`'s pty master (or its stdio pipes) and copies the client's stream in and the
-//! session's output out with plain read/write calls. Go makes every such call through one
-//! assembly function, `runtime/internal/syscall.Syscall6`; the daemon finds it in the binary's
-//! Go symbol table and attaches `enf_shim_syscall` at its entry (Go's register ABI: RAX = the
-//! syscall number, RBX, RCX, RDI = its first three arguments) and `enf_shim_syscall_ret` at
-//! the instruction after its SYSCALL (RAX = the result). No return probe: a uretprobe rewrites
-//! the return address on a Go stack, which Go may move. Only shim processes run these.
+//! session's output out with `os.File` reads and writes, which all go through `syscall.read`
+//! and `syscall.write`; it sizes the pty through `golang.org/x/sys/unix.ioctl`. The daemon
+//! finds these in the binary's Go symbol table (`gosym.rs`) and attaches the entry programs
+//! there (Go's register ABI: RAX, RBX, RCX = the first three arguments) and
+//! `enf_shim_rw_ret` at the instruction after each one's call of `syscall.Syscall` (RAX = the
+//! result). No return probe: a uretprobe rewrites the return address on a Go stack, which Go
+//! may move. Only shim processes run these.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use enforcer_common::io::{DIR_INPUT, DIR_OUTPUT};
 
 use crate::io;
 
-/// x86-64 syscall numbers the shim's exec I/O uses.
-const SYS_READ: u64 = 0;
-const SYS_WRITE: u64 = 1;
-const SYS_IOCTL: u64 = 16;
-
-/// The registers the probes read: (RAX, RBX, RCX, RDI).
+/// The registers the probes read: (RAX, RBX, RCX).
 #[inline(always)]
-fn regs(ctx: &ProbeContext) -> (u64, u64, u64, u64) {
+fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
     // SAFETY: `regs` is the probed task's saved user registers, valid while the program runs.
     unsafe {
         let r = &*ctx.regs;
-        (r.rax, r.rbx, r.rcx, r.rdi)
+        (r.rax, r.rbx, r.rcx)
     }
 }
 
+/// `syscall.read(fd int, p []byte)`: the shim takes the session's output.
 #[uprobe]
-pub fn enf_shim_syscall(ctx: ProbeContext) -> u32 {
+pub fn enf_shim_read(ctx: ProbeContext) -> u32 {
     if crate::config::active() {
-        let (nr, a1, a2, a3) = regs(&ctx);
-        match nr {
-            SYS_READ => io::begin_exec(a1, a2, DIR_OUTPUT),
-            SYS_WRITE => io::begin_exec(a1, a2, DIR_INPUT),
-            SYS_IOCTL => io::ioctl_exec(a1, a2, a3),
-            _ => {}
-        }
+        let (fd, buf, _) = regs(&ctx);
+        io::begin_exec(fd, buf, DIR_OUTPUT);
     }
     0
 }
 
+/// `syscall.write(fd int, p []byte)`: the shim hands the client's input on.
 #[uprobe]
-pub fn enf_shim_syscall_ret(ctx: ProbeContext) -> u32 {
+pub fn enf_shim_write(ctx: ProbeContext) -> u32 {
+    if crate::config::active() {
+        let (fd, buf, _) = regs(&ctx);
+        io::begin_exec(fd, buf, DIR_INPUT);
+    }
+    0
+}
+
+/// Back from `syscall.Syscall` in `syscall.read` or `syscall.write`.
+#[uprobe]
+pub fn enf_shim_rw_ret(ctx: ProbeContext) -> u32 {
     if crate::config::active() {
         io::end(regs(&ctx).0 as i64);
+    }
+    0
+}
+
+/// `unix.ioctl(fd int, req uint, arg uintptr)`: a window-size change.
+#[uprobe]
+pub fn enf_shim_ioctl(ctx: ProbeContext) -> u32 {
+    if crate::config::active() {
+        let (fd, req, arg) = regs(&ctx);
+        io::ioctl_exec(fd, req, arg);
     }
     0
 }

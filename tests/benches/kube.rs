@@ -2,12 +2,14 @@
 //! exactly as the kubelet asks (Exec, then the `v4.channel.k8s.io` stream to containerd's
 //! streaming server), on a private containerd with one pod.
 //!
-//! One sample: from the CRI Exec call to the exec's exit status on the stream, for
-//! `echo ready` without a tty. Rounds alternate: off (no enforcerd) and on (enforcerd with
-//! `[kubernetes]` on a labeled node, following containerd: each exec is tracked, admitted
-//! against a limit, listed and audited). The ratio is off/on of the medians: 1.0 = free,
-//! target ≥ 0.95. The A/A line compares off rounds with each other: the noise floor.
-//!
+//! Part 1, start latency. One sample: from the CRI Exec call to the exec's exit status on the
+//! stream, for `echo ready` without a tty. Each round runs three variants in rotating order:
+//! off (no enforcerd), on (enforcerd with `[kubernetes]` on a labeled node, following
+//! containerd: each exec is tracked, admitted against a limit, listed, audited and recorded
+//! through the shim's probes) and on without the shim's probes (`shim_binaries = []`). The
+//! ratio is off/on of the medians: 1.0 = free, target ≥ 0.95. The A/A line compares off rounds
+//! with each other: the noise floor. BPF run-time stats of the on rounds say what the kernel
+//! side runs per exec.
 //!
 //! Part 2, recording: `yes … | head -c 16 MB` through a tty exec (the bytes cross the shim's
 //! pty master, where they are recorded), timed from the Exec call to the exit status with all
@@ -15,9 +17,13 @@
 //! (both following containerd). The ratio is on/off throughput (1.0 = free); the recording's
 //! loss counter must stay 0 and the recording must hold every byte.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use enforcer_tests::{
+    bpfstats::{self, Runs},
     containerd::containerd_installed,
     exec_stream::ExecStream,
     kube_bed::Bed,
@@ -55,48 +61,68 @@ fn main() {
     let bed = Bed::new("bench");
     // Warm-up: image layers, the shim's first exec.
     round(&bed);
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    let (mut audited, mut unfollowed) = (0, 0);
-    for r in 0..ROUNDS {
-        let first_off = r % 2 == 0;
-        if first_off {
-            off.push(median(round(&bed)));
-        }
-        let d = bed.daemon_with("max_exec_sessions_per_pod = 100\n");
-        // The daemon is connected to containerd before the round starts.
-        assert!(
-            enforcer_tests::ssh::wait_until(Duration::from_secs(15), || d
-                .ctl_ok(&["status"])
-                .contains("containerd connected")),
-            "{}",
-            d.ctl_ok(&["status"])
-        );
-        on.push(median(round(&bed)));
-        let ended_execs = || {
-            d.audit()
-                .into_iter()
-                .filter(|a| a["event"] == "session_ended" && a["kind"] == "kube_exec")
-                .count()
-        };
-        // containerd's last reports of the round reach enforcerd after the execs ended.
-        enforcer_tests::ssh::wait_until(Duration::from_secs(10), || ended_execs() >= PER_ROUND);
-        let ended: Vec<_> = d
-            .audit()
+    // `cargo xtask bench kube start|recording` runs one part only.
+    let only = |part: &str| std::env::args().any(|a| a == part);
+    if !only("recording") {
+        start(&bed);
+    }
+    if !only("start") {
+        recording(&bed);
+    }
+}
+
+/// One round with enforcerd on (`more`: extra `[kubernetes]` keys): the round's median, the
+/// BPF programs' runs, and (audited, unfollowed) exec sessions.
+fn on_round(bed: &Bed, more: &str) -> (Duration, BTreeMap<String, Runs>, usize, usize) {
+    let d = bed.daemon_with(&format!("max_exec_sessions_per_pod = 100\n{more}"));
+    // The daemon is connected to containerd before the round starts.
+    assert!(
+        enforcer_tests::ssh::wait_until(Duration::from_secs(15), || d
+            .ctl_ok(&["status"])
+            .contains("containerd connected")),
+        "{}",
+        d.ctl_ok(&["status"])
+    );
+    let (times, runs) = bpfstats::DaemonPrograms::of(&d).measure(|| round(bed));
+    let ended = || -> Vec<serde_json::Value> {
+        d.audit()
             .into_iter()
             .filter(|a| a["event"] == "session_ended" && a["kind"] == "kube_exec")
-            .collect();
-        audited += ended.len();
-        unfollowed += ended.iter().filter(|a| a["command"].is_null()).count();
-        drop(d);
-        if !first_off {
-            off.push(median(round(&bed)));
+            .collect()
+    };
+    // containerd's last reports of the round reach enforcerd after the execs ended.
+    enforcer_tests::ssh::wait_until(Duration::from_secs(10), || ended().len() >= PER_ROUND);
+    let ended = ended();
+    let unfollowed = ended.iter().filter(|a| a["command"].is_null()).count();
+    (median(times), runs, ended.len(), unfollowed)
+}
+
+/// Part 1: exec start latency, enforcerd off, on, and on without the shim's probes (no exec
+/// recording); the order rotates each round.
+fn start(bed: &Bed) {
+    let (mut off, mut on, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut audited, mut unfollowed) = (0, 0);
+    let mut bpf = BTreeMap::new();
+    for r in 0..ROUNDS {
+        for v in 0..3 {
+            match (r + v) % 3 {
+                0 => off.push(median(round(bed))),
+                1 => {
+                    let (m, runs, a, u) = on_round(bed, "");
+                    bpfstats::accumulate(&mut bpf, &runs);
+                    (audited, unfollowed) = (audited + a, unfollowed + u);
+                    on.push(m);
+                }
+                _ => bare.push(on_round(bed, "shim_binaries = []\n").0),
+            }
         }
     }
-    let ratios: Vec<f64> = off
-        .iter()
-        .zip(&on)
-        .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
-        .collect();
+    let ratios = |x: &[Duration]| -> Vec<f64> {
+        off.iter()
+            .zip(x)
+            .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+            .collect()
+    };
     let aa: Vec<f64> = off
         .windows(2)
         .map(|w| w[0].as_secs_f64() / w[1].as_secs_f64())
@@ -111,9 +137,14 @@ fn main() {
         ms(median(off.clone()))
     );
     println!(
-        "| on (enforcerd following containerd, label present) | {} | {} |",
+        "| on (enforcerd following containerd, label present, exec recording) | {} | {} |",
         ms(median(on.clone())),
-        ratio_range(ratios.clone())
+        ratio_range(ratios(&on))
+    );
+    println!(
+        "| on without the shim's probes (`shim_binaries = []`: no exec recording) | {} | {} |",
+        ms(median(bare.clone())),
+        ratio_range(ratios(&bare))
     );
     println!();
     println!("A/A (off round / next off round): {}", ratio_range(aa));
@@ -121,12 +152,20 @@ fn main() {
         "exec sessions audited while on: {audited} of {} ({unfollowed} over before containerd's report reached enforcerd: audited without their commands)",
         ROUNDS * PER_ROUND
     );
+    println!();
+    println!(
+        "BPF programs while on (kernel run-time stats; a uprobe's trap is not in run_time_ns):"
+    );
+    print!(
+        "{}",
+        bpfstats::table(&bpf, (ROUNDS * PER_ROUND) as f64, "exec")
+    );
+    let ratios = ratios(&on);
     let ratio = enforcer_tests::stats::median_f64(ratios);
     println!(
         "start latency ratio off/on: {ratio:.3} (target ≥ 0.95) — {}",
         if ratio >= 0.95 { "met" } else { "NOT met" }
     );
-    recording(&bed);
 }
 
 /// Bytes each part-2 exec writes through its pty.
@@ -139,11 +178,22 @@ fn tty_exec(bed: &Bed) -> Duration {
     let cri = bed.cri();
     let cmd = format!("yes abcdefghijklmnopqrstuvwxyz-0123456789 | head -c {TTY_BYTES}");
     let t = Instant::now();
-    let s = ExecStream::connect(&cri.exec(&bed.cid, &["sh", "-c", &cmd], true, false));
-    assert_eq!(s.wait_exit(Duration::from_secs(120)), Some(0), "{:?}", s.status());
+    // As `kubectl exec -it`: a tty with stdin.
+    let s = ExecStream::connect(&cri.exec(&bed.cid, &["sh", "-c", &cmd], true, true));
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{:?} after {} bytes",
+        s.status(),
+        s.output().len()
+    );
     let d = t.elapsed();
     // The pty turns each \n into \r\n.
-    assert!(s.output().len() >= TTY_BYTES, "{} bytes received", s.output().len());
+    assert!(
+        s.output().len() >= TTY_BYTES,
+        "{} bytes received",
+        s.output().len()
+    );
     d
 }
 
@@ -152,9 +202,7 @@ fn recording(bed: &Bed) {
     let (mut lost, mut recorded) = (0u64, 0u64);
     for r in 0..TTY_ROUNDS * 2 {
         let recording_on = r % 2 == 1;
-        let d = bed.daemon_with(&format!(
-            "[recording]\nenabled = {recording_on}\n"
-        ));
+        let d = bed.daemon_with(&format!("[recording]\nenabled = {recording_on}\n"));
         assert!(
             enforcer_tests::ssh::wait_until(Duration::from_secs(15), || d
                 .ctl_ok(&["status"])
@@ -175,8 +223,15 @@ fn recording(bed: &Bed) {
         }
     }
     let mbps = |d: &Duration| TTY_BYTES as f64 / 1e6 / d.as_secs_f64();
-    let ratios: Vec<f64> = off.iter().zip(&on).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
-    let aa: Vec<f64> = off.windows(2).map(|w| w[0].as_secs_f64() / w[1].as_secs_f64()).collect();
+    let ratios: Vec<f64> = off
+        .iter()
+        .zip(&on)
+        .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+        .collect();
+    let aa: Vec<f64> = off
+        .windows(2)
+        .map(|w| w[0].as_secs_f64() / w[1].as_secs_f64())
+        .collect();
     println!();
     println!(
         "## bench kube, part 2: {} MB of text through a tty exec ({TTY_PER_ROUND} per round, {TTY_ROUNDS} rounds each, round medians)",
@@ -186,7 +241,11 @@ fn recording(bed: &Bed) {
     println!("| --- | --- | --- | --- |");
     let off_m = median(off.clone());
     let on_m = median(on.clone());
-    println!("| recording off | {} | {:.1} MB/s | 1.000 |", ms(off_m), mbps(&off_m));
+    println!(
+        "| recording off | {} | {:.1} MB/s | 1.000 |",
+        ms(off_m),
+        mbps(&off_m)
+    );
     println!(
         "| recording on | {} | {:.1} MB/s | {} |",
         ms(on_m),
@@ -194,7 +253,10 @@ fn recording(bed: &Bed) {
         ratio_range(ratios)
     );
     println!();
-    println!("A/A (recording-off round / next recording-off round): {}", ratio_range(aa));
+    println!(
+        "A/A (recording-off round / next recording-off round): {}",
+        ratio_range(aa)
+    );
     let sent = (TTY_ROUNDS * TTY_PER_ROUND * TTY_BYTES) as u64;
     println!(
         "recorded: {recorded} bytes for {sent} written ({:.3} of them; the pty adds a \\r per line), lost: {lost}",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use enforcer_tests::{
     containerd::containerd_installed,
     exec_stream::ExecStream,
-    kube_bed::{Bed, LABEL, T, alive, exec_entries, pids_running},
+    kube_bed::{Bed, LABEL, T, alive, exec_entries, pids_running, wait_listed},
     require_root,
     ssh::wait_until,
 };
@@ -298,4 +298,79 @@ fn idle_execs_are_warned_then_cut_and_touching_the_terminal_does_not_count() {
     assert!(!cat.is_closed());
     assert_eq!(exec_entries(&d).len(), 2, "{:#?}", exec_entries(&d));
     assert!(alive(bed.main_pid), "the pod's main process died");
+}
+
+/// Found with real clients: an exec's shell that `exit`s left its background jobs running in
+/// the pod for good; and when the client goes away (kubectl killed), containerd keeps a tty
+/// exec's stdin open, so its shell — and what it started — runs on with nobody attached.
+/// The first are cut when the exec's own process ends; the second get no input and end at
+/// the idle timeout, everything they started with them.
+#[test]
+fn what_an_exec_leaves_running_is_cut_when_it_exits_or_its_client_goes() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("orph");
+    let d = bed.daemon_with("idle_timeout = \"15s\"\n");
+    let left = |tag: &str| -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let c = enforcer_tests::containerd::cmdline(*pid);
+                c.iter().any(|a| a == "sleep") && c.last().is_some_and(|a| a == tag)
+            })
+            .collect()
+    };
+
+    let sh = shell(&bed);
+    wait_listed(&d, bed.wait_exec(&["sh"]));
+    sh.send_stdin("sleep 4201 >/dev/null 2>&1 &\necho bg-$((1+1))\n");
+    assert!(sh.read_until("bg-2", T), "{:?}", sh.output_text());
+    assert!(
+        wait_until(T, || !left("4201").is_empty()),
+        "job not started: {:?}",
+        sh.output_text()
+    );
+    sh.send_stdin("exit\n");
+    assert_eq!(sh.wait_exit(T), Some(0));
+    assert!(
+        wait_until(T, || left("4201").is_empty()),
+        "the job outlived its exec: {:?}",
+        left("4201")
+    );
+
+    let sh = shell(&bed);
+    let sh_pid = bed.wait_exec(&["sh"]);
+    wait_listed(&d, sh_pid);
+    sh.send_stdin("(trap '' HUP; exec sleep 4202) &\necho bg-$((2+2))\n");
+    assert!(sh.read_until("bg-4", T), "{:?}", sh.output_text());
+    assert!(
+        wait_until(T, || !left("4202").is_empty()),
+        "job not started: {:?}",
+        sh.output_text()
+    );
+    sh.close();
+    // Nothing on the node says the client left: the shell waits for input that never comes.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        alive(sh_pid),
+        "the shell ended without its client (then this test is moot)"
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || left("4202").is_empty()
+            && !alive(sh_pid)),
+        "the shell of an exec whose client went away runs on: job {:?}, shell alive {}",
+        left("4202"),
+        alive(sh_pid)
+    );
+    assert_eq!(audited(&d, "session_ended", "idle_timeout").len(), 1);
+
+    let cut = audited(&d, "session_killed", "exec_orphans");
+    assert_eq!(cut.len(), 1, "{cut:#?}");
+    assert!(
+        cut[0]["processes"].as_u64() >= Some(1) && cut[0]["pod"] == "web",
+        "{cut:#?}"
+    );
+    assert!(alive(bed.main_pid), "the pod's own process was killed");
 }

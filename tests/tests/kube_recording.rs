@@ -70,7 +70,11 @@ fn a_tty_exec_is_recorded_as_the_client_received_it_and_watched_live() {
 
     // Watched live by an operator while it runs.
     let live = d.recordings().into_iter().find(|r| r["id"] == id);
-    assert_eq!(live.as_ref().map(|r| r["live"].clone()), Some(Value::Bool(true)), "{live:#?}");
+    assert_eq!(
+        live.as_ref().map(|r| r["live"].clone()),
+        Some(Value::Bool(true)),
+        "{live:#?}"
+    );
     let mut watch = d
         .ctl_command(&["watch", &id.to_string()])
         .stdout(Stdio::piped())
@@ -94,7 +98,10 @@ fn a_tty_exec_is_recorded_as_the_client_received_it_and_watched_live() {
     sh.send_stdin("exit\n");
     assert_eq!(sh.wait_exit(T), Some(0));
     assert!(
-        wait_until(Duration::from_secs(10), || watch.try_wait().unwrap().is_some()),
+        wait_until(Duration::from_secs(10), || watch
+            .try_wait()
+            .unwrap()
+            .is_some()),
         "watch did not end with the session"
     );
 
@@ -111,7 +118,11 @@ fn a_tty_exec_is_recorded_as_the_client_received_it_and_watched_live() {
     assert_eq!(k["container"], "main", "{h:#}");
     assert_eq!(k["container_id"], bed.cid.as_str(), "{h:#}");
     assert_eq!(k["node"], bed.node.as_str(), "{h:#}");
-    assert_eq!(k["exec_id"].as_str().map(str::len).unwrap_or(0) > 0, true, "{h:#}");
+    assert_eq!(
+        k["exec_id"].as_str().map(str::len).unwrap_or(0) > 0,
+        true,
+        "{h:#}"
+    );
     assert_eq!(h["enforcer"]["kind"], "kube_exec", "{h:#}");
     assert!(
         info["path"].as_str().unwrap().contains("/kube-exec/"),
@@ -127,7 +138,12 @@ fn a_tty_exec_is_recorded_as_the_client_received_it_and_watched_live() {
         String::from_utf8_lossy(&received),
         "recording differs from what the client received"
     );
-    assert!(stream(&lines, "i").contains("echo rec-$((6*7))\r") || stream(&lines, "i").contains("echo rec-$((6*7))\n"), "keystrokes: {:?}", stream(&lines, "i"));
+    assert!(
+        stream(&lines, "i").contains("echo rec-$((6*7))\r")
+            || stream(&lines, "i").contains("echo rec-$((6*7))\n"),
+        "keystrokes: {:?}",
+        stream(&lines, "i")
+    );
     assert!(
         lines.iter().any(|l| l[1] == "r" && l[2] == "101x31"),
         "window size not recorded: {:?}",
@@ -159,8 +175,14 @@ fn a_piped_exec_is_recorded_with_its_stdout_and_stderr() {
     std::thread::sleep(Duration::from_millis(2500));
     let lines = json_lines(std::path::Path::new(info["path"].as_str().unwrap()));
     let out = stream(&lines, "o");
-    assert!(out.contains("piped-out-9\n"), "stdout not recorded: {out:?}");
-    assert!(out.contains("piped-err-16\n"), "stderr not recorded: {out:?}");
+    assert!(
+        out.contains("piped-out-9\n"),
+        "stdout not recorded: {out:?}"
+    );
+    assert!(
+        out.contains("piped-err-16\n"),
+        "stderr not recorded: {out:?}"
+    );
     assert_eq!(lines[0]["enforcer"]["tty"], Value::Null, "{:#}", lines[0]);
 }
 
@@ -179,7 +201,11 @@ fn a_pods_own_flooding_tty_does_not_reach_the_recorder() {
     let noisy = cri.start_container_with(
         &bed.pod,
         "noisy",
-        &["/bin/sh", "-c", "while :; do echo flood-flood-flood-flood-flood-flood; done"],
+        &[
+            "/bin/sh",
+            "-c",
+            "while :; do echo flood-flood-flood-flood-flood-flood; done",
+        ],
         true,
     );
     assert!(cri.container_pid(&noisy) > 0);
@@ -198,7 +224,10 @@ fn a_pods_own_flooding_tty_does_not_reach_the_recorder() {
         String::from_utf8_lossy(&sh.output()),
     );
     let lines = json_lines(std::path::Path::new(info["path"].as_str().unwrap()));
-    assert!(!stream(&lines, "o").contains("flood"), "the pod's bytes in an exec's recording");
+    assert!(
+        !stream(&lines, "o").contains("flood"),
+        "the pod's bytes in an exec's recording"
+    );
     // ~4 s of flooding (tens of MB through the pty) reached the recorder as at most one
     // allowance of unclaimed bytes.
     let s = d.status();

@@ -1,24 +1,27 @@
-//! Where a Go program makes its system calls: Go code does not call libc, it enters the kernel
-//! from one assembly function, `Syscall6` (`runtime/internal/syscall` in Go 1.19–1.22,
-//! `internal/runtime/syscall` since). Found by name in the binary's Go function table
-//! (`.gopclntab`, kept even in stripped binaries), then its SYSCALL instruction by decoding.
-//! Go 1.18+ table layout (magic 0xfffffff0 / 0xfffffff1); older Go is refused by name.
+//! Where a Go program reads, writes and sizes its terminals: Go code does not call libc. Every
+//! `os.File` read and write (pipes, ptys, FIFOs) goes through `internal/poll.(*FD).Read/Write`
+//! to `syscall.read`/`syscall.write`, which call `syscall.Syscall`; terminal sizes go through
+//! `golang.org/x/sys/unix.ioctl`. Found by name in the binary's Go function table
+//! (`.gopclntab`, kept even in stripped binaries), the return sites by decoding each function's
+//! `CALL syscall.Syscall`. Probing these rather than the one function every syscall goes
+//! through (`Syscall6`) traps on reads and writes only: a third of a shim's syscalls at an exec
+//! start (`cargo xtask bench kube`). Go 1.18+ table layout (magic 0xfffffff0 / 0xfffffff1);
+//! older Go is refused by name.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use object::{Object, ObjectSection};
 
-/// The function every Go syscall goes through, by Go version.
-const SYSCALL6: [&str; 2] = [
-    "runtime/internal/syscall.Syscall6",
-    "internal/runtime/syscall.Syscall6",
-];
-/// The x86-64 SYSCALL instruction.
-const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
-/// How far into `Syscall6` its SYSCALL may be (it follows four register moves).
-const SEARCH: usize = 32;
+const READ: &str = "syscall.read";
+const WRITE: &str = "syscall.write";
+const SYSCALL: &str = "syscall.Syscall";
+const IOCTL: &str = "golang.org/x/sys/unix.ioctl";
+/// How far into `syscall.read`/`write` their call of `syscall.Syscall` may be.
+const SEARCH: usize = 256;
+/// x86-64 `CALL rel32`.
+const CALL: u8 = 0xe8;
 
-/// Why a Go executable's syscall function cannot be probed.
+/// Why a Go executable cannot be probed.
 #[derive(Debug, thiserror::Error)]
 pub enum GoSymError {
     #[error("cannot read {path}: {source}")]
@@ -30,16 +33,20 @@ pub enum GoSymError {
     Unusable { path: String, why: String },
 }
 
-/// Where to probe a Go program's syscalls: file offsets of `Syscall6`'s first instruction
-/// (arguments in registers) and of the instruction after its SYSCALL (result in RAX).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyscallSites {
-    pub entry: u64,
-    pub after: u64,
+/// File offsets to probe in a Go program: the entries of `syscall.read` and `syscall.write`
+/// (arguments in registers: RAX fd, RBX buffer, RCX length), the instruction after each one's
+/// call of `syscall.Syscall` (RAX: bytes moved, or -1), and the entry of
+/// `golang.org/x/sys/unix.ioctl` when the program has it (RAX fd, RBX request, RCX argument).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoSites {
+    pub read: u64,
+    pub write: u64,
+    pub returns: Vec<u64>,
+    pub ioctl: Option<u64>,
 }
 
 /// The probe sites of the Go executable at `path`.
-pub fn syscall_sites(path: &Path) -> Result<SyscallSites, GoSymError> {
+pub fn io_sites(path: &Path) -> Result<IoSites, GoSymError> {
     let shown = path.display().to_string();
     let data = std::fs::read(path).map_err(|source| GoSymError::Read {
         path: shown.clone(),
@@ -48,34 +55,62 @@ pub fn syscall_sites(path: &Path) -> Result<SyscallSites, GoSymError> {
     sites(&data).map_err(|why| GoSymError::Unusable { path: shown, why })
 }
 
-fn sites(data: &[u8]) -> Result<SyscallSites, String> {
+fn sites(data: &[u8]) -> Result<IoSites, String> {
     let elf = object::File::parse(data).map_err(|e| format!("not an ELF file: {e}"))?;
     if elf.architecture() != object::Architecture::X86_64 {
-        return Err(format!("{:?} is not supported (x86-64 only)", elf.architecture()));
+        return Err(format!(
+            "{:?} is not supported (x86-64 only)",
+            elf.architecture()
+        ));
     }
     let table = elf
         .section_by_name(".gopclntab")
         .ok_or("no .gopclntab section: not a Go program")?
         .data()
         .map_err(|e| e.to_string())?;
-    let address = find_function(table, &SYSCALL6)?;
-    let text = elf
-        .sections()
-        .find(|s| (s.address()..s.address() + s.size()).contains(&address))
-        .ok_or("Syscall6 lies in no section")?;
-    let (start, _) = text.file_range().ok_or("Syscall6's section is not in the file")?;
-    let entry = address - text.address() + start;
-    let code = data
-        .get(entry as usize..entry as usize + SEARCH)
-        .ok_or("Syscall6 runs past the end of the file")?;
-    let at = code
-        .windows(2)
-        .position(|w| w == SYSCALL_INSN)
-        .ok_or("no SYSCALL instruction at the start of Syscall6 (unknown Go version)")?;
-    Ok(SyscallSites {
-        entry,
-        after: entry + at as u64 + 2,
-    })
+    let found = functions(table, &[READ, WRITE, SYSCALL, IOCTL])?;
+    let first = |name: &str| -> Result<u64, String> {
+        found
+            .get(name)
+            .and_then(|a| a.first().copied())
+            .ok_or_else(|| format!("no function {name} in the Go function table"))
+    };
+    let file_offset = |address: u64| -> Result<u64, String> {
+        let section = elf
+            .sections()
+            .find(|s| (s.address()..s.address() + s.size()).contains(&address))
+            .ok_or_else(|| format!("{address:#x} lies in no section"))?;
+        let (start, _) = section
+            .file_range()
+            .ok_or_else(|| format!("{address:#x} is not in the file"))?;
+        Ok(address - section.address() + start)
+    };
+    let syscall = found.get(SYSCALL).cloned().unwrap_or_default();
+    let mut sites = IoSites {
+        read: file_offset(first(READ)?)?,
+        write: file_offset(first(WRITE)?)?,
+        returns: Vec::new(),
+        ioctl: found
+            .get(IOCTL)
+            .and_then(|a| a.first())
+            .map(|a| file_offset(*a))
+            .transpose()?,
+    };
+    for (name, at) in [(READ, sites.read), (WRITE, sites.write)] {
+        let code = data
+            .get(at as usize..at as usize + SEARCH)
+            .ok_or_else(|| format!("{name} runs past the end of the file"))?;
+        let address = first(name)?;
+        let ret = (0..code.len() - 5)
+            .find(|&i| {
+                let rel = i32::from_le_bytes([code[i + 1], code[i + 2], code[i + 3], code[i + 4]]);
+                let target = (address + i as u64 + 5).wrapping_add(rel as i64 as u64);
+                code[i] == CALL && syscall.contains(&target)
+            })
+            .ok_or_else(|| format!("{name} does not call {SYSCALL} (unknown Go version)"))?;
+        sites.returns.push(at + ret as u64 + 5);
+    }
+    Ok(sites)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
@@ -90,10 +125,11 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
     Ok(lo | hi << 32)
 }
 
-/// The address of the first of `names` in the function table `t` (Go 1.18+ layout: a header of
-/// eight words after the magic, then `(entry offset, func offset)` pairs from `pclnOffset`,
-/// each func starting with its entry offset and the offset of its name).
-fn find_function(t: &[u8], names: &[&str]) -> Result<u64, String> {
+/// The addresses of the functions named `names` in the function table `t` (a name may have
+/// several: ABI wrappers). Go 1.18+ layout: a header of eight words after the magic, then
+/// `(entry offset, func offset)` pairs from `pclnOffset`, each func starting with its entry
+/// offset and the offset of its name.
+fn functions(t: &[u8], names: &[&str]) -> Result<HashMap<String, Vec<u64>>, String> {
     let magic = u32_at(t, 0)?;
     if magic != 0xffff_fff0 && magic != 0xffff_fff1 {
         return Err(format!(
@@ -105,6 +141,7 @@ fn find_function(t: &[u8], names: &[&str]) -> Result<u64, String> {
     }
     let word = |i: usize| u64_at(t, 8 + 8 * i).map(|v| v as usize);
     let (nfunc, text_start, names_at, functab) = (word(0)?, word(2)? as u64, word(3)?, word(7)?);
+    let mut found: HashMap<String, Vec<u64>> = HashMap::new();
     for i in 0..nfunc {
         let func = functab + u32_at(t, functab + 8 * i + 4)? as usize;
         let name_at = names_at + u32_at(t, func + 4)? as usize;
@@ -112,11 +149,14 @@ fn find_function(t: &[u8], names: &[&str]) -> Result<u64, String> {
             .get(name_at..)
             .and_then(|s| s.split(|b| *b == 0).next())
             .unwrap_or_default();
-        if names.iter().any(|n| n.as_bytes() == name) {
-            return Ok(text_start + u32_at(t, func)? as u64);
+        if let Some(n) = names.iter().find(|n| n.as_bytes() == name) {
+            found
+                .entry((*n).to_owned())
+                .or_default()
+                .push(text_start + u32_at(t, func)? as u64);
         }
     }
-    Err(format!("no function {} in the Go function table", names.join(" or ")))
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -136,7 +176,16 @@ mod tests {
         let names_at = 8 + 8 * 8;
         let functab = names_at + names.len();
         let mut t = vec![0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8];
-        for w in [funcs.len() as u64, 0, text_start, names_at as u64, 0, 0, 0, functab as u64] {
+        for w in [
+            funcs.len() as u64,
+            0,
+            text_start,
+            names_at as u64,
+            0,
+            0,
+            0,
+            functab as u64,
+        ] {
             t.extend_from_slice(&w.to_le_bytes());
         }
         t.extend_from_slice(&names);
@@ -154,42 +203,61 @@ mod tests {
     }
 
     #[test]
-    fn a_function_is_found_by_either_name() {
-        let t = table(&[("main.main", 0x10), ("internal/runtime/syscall.Syscall6", 0x200)]);
-        assert_eq!(find_function(&t, &SYSCALL6), Ok(0x40_1200));
-        let t = table(&[("runtime/internal/syscall.Syscall6", 0x80)]);
-        assert_eq!(find_function(&t, &SYSCALL6), Ok(0x40_1080));
+    fn functions_are_found_with_every_address() {
+        let t = table(&[
+            ("main.main", 0x10),
+            ("syscall.Syscall", 0x200),
+            ("syscall.read", 0x300),
+            ("syscall.Syscall", 0x280),
+        ]);
+        let f = functions(&t, &[SYSCALL, READ, WRITE]).unwrap();
+        assert_eq!(f[SYSCALL], vec![0x40_1200, 0x40_1280]);
+        assert_eq!(f[READ], vec![0x40_1300]);
+        assert!(!f.contains_key(WRITE));
     }
 
     #[test]
-    fn old_missing_or_truncated_tables_are_refused_with_why() {
-        let t = table(&[("main.main", 0x10)]);
-        assert!(find_function(&t, &SYSCALL6).unwrap_err().contains("no function"));
-        let mut old = table(&[("runtime/internal/syscall.Syscall6", 0x80)]);
+    fn old_or_truncated_tables_are_refused_with_why() {
+        let mut old = table(&[(READ, 0x80)]);
         old[0] = 0xfa;
-        assert!(find_function(&old, &SYSCALL6).unwrap_err().contains("older than 1.18"));
-        let t = table(&[("runtime/internal/syscall.Syscall6", 0x80)]);
-        assert!(find_function(&t[..40], &SYSCALL6).unwrap_err().contains("truncated"));
+        assert!(
+            functions(&old, &[READ])
+                .unwrap_err()
+                .contains("older than 1.18")
+        );
+        let t = table(&[(READ, 0x80)]);
+        assert!(
+            functions(&t[..40], &[READ])
+                .unwrap_err()
+                .contains("truncated")
+        );
     }
 
     #[test]
     fn non_go_programs_are_refused() {
-        let e = syscall_sites(Path::new("/bin/sh")).unwrap_err().to_string();
+        let e = io_sites(Path::new("/bin/sh")).unwrap_err().to_string();
         assert!(e.contains("not a Go program"), "{e}");
     }
 
-    /// The shim containerd runs here: its Syscall6 is found and its SYSCALL follows the
-    /// register moves (the layout the BPF programs read).
+    /// The shim containerd runs here: read and write are found, and each return site follows
+    /// a `CALL` (the layout the BPF programs read).
     #[test]
     fn the_installed_containerd_shim_has_probe_sites() {
         let shim = Path::new("/usr/bin/containerd-shim-runc-v2");
         if !shim.exists() {
-            assert!(std::env::var_os("CI").is_none(), "CI needs containerd installed");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs containerd installed"
+            );
             return;
         }
-        let s = syscall_sites(shim).unwrap();
-        assert!(s.after > s.entry && s.after - s.entry <= SEARCH as u64, "{s:?}");
+        let s = io_sites(shim).unwrap();
         let data = std::fs::read(shim).unwrap();
-        assert_eq!(&data[s.after as usize - 2..s.after as usize], &SYSCALL_INSN);
+        assert_eq!(s.returns.len(), 2, "{s:?}");
+        for (entry, ret) in [(s.read, s.returns[0]), (s.write, s.returns[1])] {
+            assert!(ret > entry && ret - entry <= SEARCH as u64, "{s:?}");
+            assert_eq!(data[ret as usize - 5], CALL, "{s:?}");
+        }
+        assert!(s.ioctl.is_some(), "{s:?}");
     }
 }

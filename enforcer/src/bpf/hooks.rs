@@ -1,8 +1,8 @@
 //! Uprobes on executables' files: sshd's PLT stubs (see `plt.rs` and the BPF side's `sshd.rs`)
-//! and containerd shims' Go syscall function (`gosym.rs`, BPF `shim.rs`). Attached once per
-//! executable file, pinned with the generation's other links, so they stay while no daemon
-//! runs. Executables are told apart by (device, inode): a symlink or a second path to the same
-//! file shares the probes, an upgraded binary (a new file) gets its own.
+//! and containerd shims' Go read/write/ioctl functions (`gosym.rs`, BPF `shim.rs`). Attached
+//! once per executable file, pinned with the generation's other links, so they stay while no
+//! daemon runs. Executables are told apart by (device, inode): a symlink or a second path to
+//! the same file shares the probes, an upgraded binary (a new file) gets its own.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -65,26 +65,32 @@ pub const SSHD: HookSpec = HookSpec {
     not_hooked: "connections from these are not recorded, their idle clocks do not move",
 };
 
-/// Sites in a Go program's `Syscall6` (see `gosym.rs`).
-const GO_ENTRY: &str = "Syscall6";
-const GO_AFTER: &str = "Syscall6 after SYSCALL";
+/// Sites in a Go program (see `gosym.rs`).
+const GO_READ: &str = "syscall.read";
+const GO_WRITE: &str = "syscall.write";
+const GO_RETURN: &str = "syscall.read/write after syscall.Syscall";
+const GO_IOCTL: &str = "golang.org/x/sys/unix.ioctl";
 
 /// containerd's shim: the bytes of every `kubectl exec` (its pty master or stdio pipes).
 pub const SHIM: HookSpec = HookSpec {
     prefix: "shim_",
     programs: &[
-        ("enf_shim_syscall", GO_ENTRY, false),
-        ("enf_shim_syscall_ret", GO_AFTER, false),
+        ("enf_shim_read", GO_READ, false),
+        ("enf_shim_write", GO_WRITE, false),
+        ("enf_shim_rw_ret", GO_RETURN, false),
+        ("enf_shim_ioctl", GO_IOCTL, false),
     ],
     resolve: |path| {
-        let s = super::gosym::syscall_sites(path).map_err(|e| e.to_string())?;
+        let s = super::gosym::io_sites(path).map_err(|e| e.to_string())?;
         Ok(HashMap::from([
-            (GO_ENTRY.to_owned(), vec![s.entry]),
-            (GO_AFTER.to_owned(), vec![s.after]),
+            (GO_READ.to_owned(), vec![s.read]),
+            (GO_WRITE.to_owned(), vec![s.write]),
+            (GO_RETURN.to_owned(), s.returns),
+            (GO_IOCTL.to_owned(), s.ioctl.into_iter().collect()),
         ]))
     },
     feature: "exec_io_hooks",
-    describes: "uprobes in containerd shims' Go syscall function (kubectl exec streams are recorded from the shim's side)",
+    describes: "uprobes on containerd shims' Go read/write/ioctl functions (kubectl exec streams are recorded from the shim's side)",
     none_yet: "none ([kubernetes] shim_binaries lists no existing file)",
     not_hooked: "kubectl exec sessions through these are not recorded",
 };
@@ -196,7 +202,8 @@ impl UprobeHooks {
                 let program = uprobe(ebpf, name)?;
                 let offsets = sites.get(site).map(Vec::as_slice).unwrap_or_default();
                 if offsets.is_empty() {
-                    return Err(BpfError::Hook(format!("{shown}: no {site} to probe")));
+                    // Optional sites (the shim's ioctl) may be absent.
+                    tracing::warn!(executable = shown, site, "nothing to probe here");
                 }
                 for (n, offset) in offsets.iter().enumerate() {
                     let err = |source| BpfError::Program { name, source };
@@ -259,7 +266,11 @@ impl UprobeHooks {
     /// Status: one line per program.
     pub fn programs(&self) -> Vec<ProgramStatus> {
         let files = self.hooked.values().cloned().collect::<Vec<_>>().join(", ");
-        let at = if std::ptr::eq(self.spec, &SSHD) { "@plt" } else { "" };
+        let at = if std::ptr::eq(self.spec, &SSHD) {
+            "@plt"
+        } else {
+            ""
+        };
         self.spec
             .programs
             .iter()

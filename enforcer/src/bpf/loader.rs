@@ -7,9 +7,10 @@ use aya::{
 use enforcer_proto::{FeatureProbe, ProgramState, ProgramStatus};
 
 use super::{
-    BpfError, BpfSettings, btf::Btf, links, offsets, pins, probe,
+    BpfError, BpfSettings,
+    btf::Btf,
     hooks::{SHIM, SSHD, UprobeHooks},
-    tracefs,
+    links, offsets, pins, probe, tracefs,
 };
 use crate::config::IoHooks;
 
@@ -274,7 +275,11 @@ pub fn load(object: &[u8], settings: &BpfSettings) -> Result<Loaded, BpfError> {
 /// Probes the configured containerd shims (none unless `[kubernetes]` is on). A shim that
 /// cannot be probed is shown in status; exec sessions through it go unrecorded, nothing else
 /// depends on it.
-fn hook_shims(ebpf: &mut Ebpf, settings: &BpfSettings, generation: &std::path::Path) -> UprobeHooks {
+fn hook_shims(
+    ebpf: &mut Ebpf,
+    settings: &BpfSettings,
+    generation: &std::path::Path,
+) -> UprobeHooks {
     if settings.shim_binaries.is_empty() {
         UprobeHooks::remove_pins(&SHIM, generation);
     }

@@ -5,10 +5,10 @@
 
 mod actor;
 mod batch;
-mod gosym;
-mod hooks;
 pub mod btf;
 pub mod events;
+mod gosym;
+mod hooks;
 mod links;
 mod loader;
 mod offsets;

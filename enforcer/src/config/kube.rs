@@ -22,8 +22,8 @@ pub struct KubernetesConfig {
     pub kubeconfig: PathBuf,
     /// containerd's gRPC socket (pod metadata, exec task events).
     pub containerd_socket: PathBuf,
-    /// containerd shim executables whose `kubectl exec` streams are recorded (uprobes in their
-    /// Go syscall function; missing files are skipped).
+    /// containerd shim executables whose `kubectl exec` streams are recorded (uprobes on their
+    /// Go read/write/ioctl functions; missing files are skipped).
     pub shim_binaries: Vec<PathBuf>,
     /// Locks of pods and namespaces (`enforcerctl lock pod|namespace`), one file each
     /// (`pod.NS.NAME`, `namespace.NS`), kept across restarts.
@@ -39,6 +39,10 @@ pub struct KubernetesConfig {
     pub max_exec_sessions_per_node: u32,
     /// An exec session idle this long is ended; "0" = off.
     pub idle_timeout: Dur,
+    /// When an exec session's own process ends (its client has the exit status and is gone),
+    /// kill what it left running (setsid'd, nohup'd, backgrounded). Off: those run on, still
+    /// followed by the kernel but in no session.
+    pub cut_orphans: bool,
     /// Per-namespace overrides; for each key the first entry naming the namespace that sets it
     /// wins.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,6 +81,7 @@ impl Default for KubernetesConfig {
             max_exec_sessions_per_namespace: 0,
             max_exec_sessions_per_node: 0,
             idle_timeout: Dur::secs(15 * 60),
+            cut_orphans: true,
             namespaces: Vec::new(),
         }
     }
@@ -115,7 +120,9 @@ impl KubernetesConfig {
         if let Some(p) = self.shim_binaries.iter().find(|p| !p.is_absolute()) {
             return bad(
                 "shim_binaries",
-                format!("{p:?} must be an absolute path, e.g. \"/usr/bin/containerd-shim-runc-v2\""),
+                format!(
+                    "{p:?} must be an absolute path, e.g. \"/usr/bin/containerd-shim-runc-v2\""
+                ),
             );
         }
         let mut seen = std::collections::BTreeSet::new();

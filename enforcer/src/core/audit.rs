@@ -135,6 +135,9 @@ names! {
         NamespaceLocked = "namespace_locked",
         /// A `kubectl exec` session ended: its process exited (`exit_code` or `signal`).
         Exited = "exited",
+        /// What a `kubectl exec` session left running when its own process ended (setsid'd,
+        /// nohup'd or backgrounded: its client is gone) was killed (`kubernetes.cut_orphans`).
+        ExecOrphans = "exec_orphans",
     }
 }
 

@@ -50,6 +50,7 @@ const LIVE: &[&str] = &[
     "kubernetes.max_exec_sessions_per_namespace",
     "kubernetes.max_exec_sessions_per_node",
     "kubernetes.idle_timeout",
+    "kubernetes.cut_orphans",
     "kubernetes.namespaces",
     "kubernetes.locks_dir",
 ];

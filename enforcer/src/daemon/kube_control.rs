@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord},
+    bpf::KillTarget,
     control::Peer,
     core::{
         kube::{
@@ -384,4 +385,36 @@ fn exec_lock_info(lock: &Lock, target: &ExecLockTarget, now: OffsetDateTime) -> 
     info.user = target.name();
     info.target = Some(target.kind().into());
     info
+}
+
+impl State {
+    /// The session's own process ended: its client has the exit status and is gone. What it
+    /// left running still carries its kernel identity (however it forked or setsid'd); it is
+    /// killed and audited (`session_killed`, reason `exec_orphans`).
+    pub(super) async fn cut_exec_orphans(&mut self, s: &ExecSession) {
+        let target = KillTarget {
+            conn_id: s.kernel_id,
+            session_id: None,
+        };
+        let n = match self.bpf.kill(target).await {
+            Ok(0) => return,
+            Ok(n) => n as u64,
+            Err(e) => {
+                tracing::warn!(session = s.id, error = %e, "cannot kill what the exec session left running");
+                return;
+            }
+        };
+        tracing::info!(session = s.id, pod = %s.meta.pod, processes = n, "processes an ended exec session left running were killed");
+        let mut rec = AuditRecord::new(AuditEvent::SessionKilled, OffsetDateTime::now_utc())
+            .with_exec(s, &self.node())
+            .reason(
+                AuditReason::ExecOrphans,
+                Some(format!(
+                    "the exec's own process ended; {n} processes it left running were killed"
+                )),
+            );
+        rec.pid = Some(s.pid);
+        rec.processes = Some(n);
+        self.audit.record(rec);
+    }
 }

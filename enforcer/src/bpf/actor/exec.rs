@@ -7,7 +7,11 @@ impl Actor {
     /// Files `objects` under exec session `conn_id`. An object another (ended) session left
     /// behind — a pty index reused in the same container — is taken over. A claimed pty's
     /// unclaimed-bytes allowance starts again for whoever gets it next.
-    pub(super) fn set_exec_channels(&mut self, conn_id: u64, objects: &[u64]) -> Result<(), BpfError> {
+    pub(super) fn set_exec_channels(
+        &mut self,
+        conn_id: u64,
+        objects: &[u64],
+    ) -> Result<(), BpfError> {
         for o in objects {
             self.exec_channels
                 .insert(*o, conn_id, 0)

@@ -109,7 +109,9 @@ impl Actor {
                 "ENF_EXEC_CHANS",
                 "hash",
                 EXEC_CHANNEL_ENTRIES,
-                batch::entries(&self.exec_channels).ok().map(|e| e.len() as u64),
+                batch::entries(&self.exec_channels)
+                    .ok()
+                    .map(|e| e.len() as u64),
             ),
             map("ENF_DATA", "ringbuf", self.settings.data_ring_bytes, None),
         ];

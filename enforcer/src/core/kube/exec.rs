@@ -333,10 +333,16 @@ mod tests {
         assert_eq!(pts3, exec_pty_object(97, 3));
         assert_eq!(pts3 & (IO_EXEC | IO_PTY), IO_EXEC | IO_PTY);
         // The same index in another container's devpts is another channel.
-        assert_ne!(pts3, channel_object(0o020620, 98, (136 << 8) | 3, 6).unwrap());
+        assert_ne!(
+            pts3,
+            channel_object(0o020620, 98, (136 << 8) | 3, 6).unwrap()
+        );
         // pts 300: minor 300 in glibc's split encoding.
         let big = (136u64 << 8) | (300 & 0xff) | ((300 & !0xff) << 12);
-        assert_eq!(channel_object(0o020620, 97, big, 0), Some(exec_pty_object(97, 300)));
+        assert_eq!(
+            channel_object(0o020620, 97, big, 0),
+            Some(exec_pty_object(97, 300))
+        );
         // A pipe is its inode.
         assert_eq!(channel_object(0o010600, 14, 0, 4242), Some(IO_EXEC | 4242));
         // /dev/null (1:3), a regular file, a socket: nothing to record.
