@@ -202,14 +202,20 @@ pub fn socket_ino(file: u64) -> Option<u64> {
     field(inode, off!(inode_ino)).ok()
 }
 
-/// What a session channel file is: `IO_PTY | index` for a pty master, the inode number for a
-/// pipe; `None` for anything else (the client's TCP socket, sshd's own sockets and files).
+/// What a channel file is, from its inode: a pipe or a pty master.
+enum Channel {
+    /// A pipe's inode number.
+    Pipe(u64),
+    /// A pty master: its inode (to find its devpts instance) and pty index.
+    Pty { inode: u64, index: u32 },
+}
+
 #[inline(always)]
-pub fn channel_object(file: u64) -> Option<u64> {
+fn channel_of(file: u64) -> Option<Channel> {
     let inode: u64 = field(file, off!(file_inode)).ok()?;
     let mode: u16 = field(inode, off!(inode_mode)).ok()?;
     match mode & S_IFMT {
-        S_IFIFO => field(inode, off!(inode_ino)).ok(),
+        S_IFIFO => field(inode, off!(inode_ino)).ok().map(Channel::Pipe),
         S_IFCHR => {
             let rdev: u32 = field(inode, off!(inode_rdev)).ok()?;
             if rdev != PTMX_RDEV {
@@ -218,9 +224,22 @@ pub fn channel_object(file: u64) -> Option<u64> {
             let private: u64 = field(file, off!(file_private_data)).ok()?;
             let tty: u64 = field(private, off!(tty_file_private_tty)).ok()?;
             let index: i32 = field(tty, off!(tty_index)).ok()?;
-            Some(enforcer_common::io::IO_PTY | index as u32 as u64)
+            Some(Channel::Pty {
+                inode,
+                index: index as u32,
+            })
         }
         _ => None,
+    }
+}
+
+/// What a session channel file is: `IO_PTY | index` for a pty master, the inode number for a
+/// pipe; `None` for anything else (the client's TCP socket, sshd's own sockets and files).
+#[inline(always)]
+pub fn channel_object(file: u64) -> Option<u64> {
+    match channel_of(file)? {
+        Channel::Pipe(ino) => Some(ino),
+        Channel::Pty { index, .. } => Some(enforcer_common::io::IO_PTY | index as u64),
     }
 }
 
@@ -229,24 +248,12 @@ pub fn channel_object(file: u64) -> Option<u64> {
 /// and index: each container has its own /dev/pts).
 #[inline(always)]
 pub fn exec_object(file: u64) -> Option<u64> {
-    let inode: u64 = field(file, off!(file_inode)).ok()?;
-    let mode: u16 = field(inode, off!(inode_mode)).ok()?;
-    match mode & S_IFMT {
-        S_IFIFO => field::<u64>(inode, off!(inode_ino))
-            .ok()
-            .map(|ino| enforcer_common::io::IO_EXEC | ino),
-        S_IFCHR => {
-            let rdev: u32 = field(inode, off!(inode_rdev)).ok()?;
-            if rdev != PTMX_RDEV {
-                return None;
-            }
-            let private: u64 = field(file, off!(file_private_data)).ok()?;
-            let tty: u64 = field(private, off!(tty_file_private_tty)).ok()?;
-            let index: i32 = field(tty, off!(tty_index)).ok()?;
+    match channel_of(file)? {
+        Channel::Pipe(ino) => Some(enforcer_common::io::IO_EXEC | ino),
+        Channel::Pty { inode, index } => {
             let sb: u64 = field(inode, off!(inode_sb)).ok()?;
             let dev: u32 = field(sb, off!(sb_dev)).ok()?;
-            Some(enforcer_common::io::exec_pty_object(dev, index as u32))
+            Some(enforcer_common::io::exec_pty_object(dev, index))
         }
-        _ => None,
     }
 }

@@ -74,15 +74,7 @@ fn main() {
 /// One round with enforcerd on (`more`: extra `[kubernetes]` keys): the round's median, the
 /// BPF programs' runs, and (audited, unfollowed) exec sessions.
 fn on_round(bed: &Bed, more: &str) -> (Duration, BTreeMap<String, Runs>, usize, usize) {
-    let d = bed.daemon_with(&format!("max_exec_sessions_per_pod = 100\n{more}"));
-    // The daemon is connected to containerd before the round starts.
-    assert!(
-        enforcer_tests::ssh::wait_until(Duration::from_secs(15), || d
-            .ctl_ok(&["status"])
-            .contains("containerd connected")),
-        "{}",
-        d.ctl_ok(&["status"])
-    );
+    let d = bed.daemon_connected(&format!("max_exec_sessions_per_pod = 100\n{more}"));
     let (times, runs) = bpfstats::DaemonPrograms::of(&d).measure(|| round(bed));
     let ended = || -> Vec<serde_json::Value> {
         d.audit()
@@ -202,14 +194,7 @@ fn recording(bed: &Bed) {
     let (mut lost, mut recorded) = (0u64, 0u64);
     for r in 0..TTY_ROUNDS * 2 {
         let recording_on = r % 2 == 1;
-        let d = bed.daemon_with(&format!("[recording]\nenabled = {recording_on}\n"));
-        assert!(
-            enforcer_tests::ssh::wait_until(Duration::from_secs(15), || d
-                .ctl_ok(&["status"])
-                .contains("containerd connected")),
-            "{}",
-            d.ctl_ok(&["status"])
-        );
+        let d = bed.daemon_connected(&format!("[recording]\nenabled = {recording_on}\n"));
         let times: Vec<Duration> = (0..TTY_PER_ROUND).map(|_| tty_exec(bed)).collect();
         if recording_on {
             on.push(median(times));

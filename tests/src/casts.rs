@@ -28,6 +28,25 @@ pub fn ended_recording(d: &TestDaemon, user: &TestUser) -> serde_json::Value {
     found.unwrap()
 }
 
+/// `enforcerctl watch ID` running, and what it has printed so far (collected as it comes).
+pub fn watch(
+    d: &TestDaemon,
+    id: u64,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    let mut child = d
+        .ctl_command(&["watch", &id.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    crate::ssh::collect_into(child.stdout.take().unwrap(), seen.clone());
+    (child, seen)
+}
+
 /// `enforcerctl play ID --raw`: the exact bytes of a recording.
 pub fn play_raw(d: &TestDaemon, id: u64) -> Vec<u8> {
     let out = d.ctl(&["play", &id.to_string(), "--raw"]);

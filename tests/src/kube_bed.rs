@@ -98,6 +98,19 @@ impl Bed {
         ))
     }
 
+    /// [`Bed::daemon_with`], once it is connected to containerd (it sees every exec from then).
+    pub fn daemon_connected(&self, more: &str) -> TestDaemon {
+        let d = self.daemon_with(more);
+        assert!(
+            wait_until(Duration::from_secs(15), || d
+                .ctl_ok(&["status"])
+                .contains("containerd connected")),
+            "{}",
+            d.ctl_ok(&["status"])
+        );
+        d
+    }
+
     pub fn cri(&self) -> CriClient {
         self.ctrd.cri()
     }

@@ -3,20 +3,16 @@
 //! recording holds exactly the bytes the client received, the keystrokes and window size,
 //! the pod's fields in its header, and plays and is watched live like an SSH session's.
 
-use std::{
-    process::Stdio,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use enforcer_tests::{
     TestDaemon,
-    casts::{json_lines, play_raw},
+    casts::{json_lines, play_raw, watch},
     containerd::containerd_installed,
     exec_stream::ExecStream,
     kube_bed::{Bed, T, wait_listed},
     require_root,
-    ssh::{collect_into, wait_until},
+    ssh::wait_until,
 };
 use serde_json::Value;
 
@@ -75,14 +71,7 @@ fn a_tty_exec_is_recorded_as_the_client_received_it_and_watched_live() {
         Some(Value::Bool(true)),
         "{live:#?}"
     );
-    let mut watch = d
-        .ctl_command(&["watch", &id.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = Arc::new(Mutex::new(String::new()));
-    collect_into(watch.stdout.take().unwrap(), seen.clone());
+    let (mut watch, seen) = watch(&d, id);
     assert!(
         wait_until(T, || seen.lock().unwrap().contains("rec-42")),
         "watch did not show the screen so far: {:?}",

@@ -345,5 +345,38 @@ fn an_exec_session_keeps_its_processes_across_an_enforcerd_restart() {
         wait_until(T, || !alive(sh_pid) && !alive(escaped)),
         "survivors of the kill after the restart"
     );
+    assert!(wait_until(T, || exec_channels(&d) == 0), "channels kept");
+
+    // An exec that ends while no enforcerd runs leaves its channels filed in the kernel; the
+    // next enforcerd drops them once containerd has listed the live execs.
+    let sh = ExecStream::connect(&cri.exec(&bed.cid, &["sh"], true, true));
+    sh.send_stdin("echo two-$((1+1))\n");
+    assert!(sh.read_until("two-2", T), "shell: {:?}", sh.output_text());
+    let sh_pid = find_exec(bed.shim, &["sh"], &[bed.sandbox_pid, bed.main_pid]).unwrap();
+    wait_listed(&d, sh_pid);
+    assert!(
+        wait_until(T, || exec_channels(&d) == 1),
+        "{}",
+        exec_channels(&d)
+    );
+    d.stop();
+    sh.send_stdin("exit\n");
+    assert_eq!(sh.wait_exit(T), Some(0));
+    d.start_again();
+    assert!(
+        wait_until(T, || exec_channels(&d) == 0),
+        "stale exec channels: {}",
+        exec_channels(&d)
+    );
     assert!(alive(bed.main_pid), "the pod's main process died");
+}
+
+/// Entries of the kernel's exec channel table.
+fn exec_channels(d: &TestDaemon) -> u64 {
+    d.status()
+        .maps
+        .iter()
+        .find(|m| m.name == "ENF_EXEC_CHANS")
+        .and_then(|m| m.entries)
+        .unwrap_or(u64::MAX)
 }

@@ -12,7 +12,7 @@ use enforcer_tests::{
     TestDaemon, TestGroup, TestSshd, TestUser,
     casts::{ended_recording, play_raw},
     require_root,
-    ssh::{PtySsh, collect_into, run, wait_until},
+    ssh::{PtySsh, run, wait_until},
 };
 
 /// A mix of everything a terminal stream can carry.
@@ -230,14 +230,7 @@ fn watch_follows_a_live_session_from_its_current_screen_until_it_ends() {
     let id = live.unwrap_or_else(|| panic!("no live recording: {:#?}", d.recordings()))["id"]
         .as_u64()
         .unwrap();
-    let mut watch = d
-        .ctl_command(&["watch", &id.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    collect_into(watch.stdout.take().unwrap(), seen.clone());
+    let (mut watch, seen) = enforcer_tests::casts::watch(&d, id);
     let has = |t: &str| seen.lock().unwrap().contains(t);
     assert!(
         wait_until(Duration::from_secs(5), || has("before-2-watch")),

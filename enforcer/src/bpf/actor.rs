@@ -67,6 +67,10 @@ enum Command {
         objects: Vec<u64>,
         reply: Reply<()>,
     },
+    RetainExecChannels {
+        keep: Vec<u64>,
+        reply: Reply<usize>,
+    },
     SetConn {
         conn_id: u64,
         entry: ConnEntry,
@@ -217,6 +221,13 @@ impl BpfHandle {
     /// Stops recording these exec channels (their session ended).
     pub async fn remove_exec_channels(&self, objects: Vec<u64>) -> Result<(), BpfError> {
         self.ask(|reply| Command::RemoveExecChannels { objects, reply })
+            .await
+    }
+
+    /// Drops every exec channel but `keep` (those of sessions that ended while no enforcerd
+    /// ran): how many.
+    pub async fn retain_exec_channels(&self, keep: Vec<u64>) -> Result<usize, BpfError> {
+        self.ask(|reply| Command::RetainExecChannels { keep, reply })
             .await
     }
 
@@ -471,6 +482,9 @@ impl Actor {
             Command::RemoveExecChannels { objects, reply } => {
                 self.remove_exec_channels(&objects);
                 let _ = reply.send(Ok(()));
+            }
+            Command::RetainExecChannels { keep, reply } => {
+                let _ = reply.send(self.retain_exec_channels(&keep));
             }
             Command::Untrack { tid, reply } => {
                 let _ =

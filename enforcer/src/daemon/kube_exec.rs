@@ -59,6 +59,7 @@ impl State {
                 tracing::info!(execs, "containerd connected; live exec processes listed");
                 self.kube_exec.connected = true;
                 self.kube_exec.last_error = None;
+                self.forget_stale_exec_channels().await;
             }
             ContainerdEvent::Error(e) => {
                 self.kube_exec.connected = false;

@@ -101,4 +101,21 @@ impl State {
             tracing::warn!(session = id, error = %e, "cannot remove the exec's channels from the kernel");
         }
     }
+
+    /// Every live exec has been listed (and claimed its channels): channels still filed for
+    /// sessions that ended while no enforcerd ran are dropped, so their ptys, reused by new
+    /// execs, are unclaimed again.
+    pub(super) async fn forget_stale_exec_channels(&mut self) {
+        let keep: Vec<u64> = self
+            .kube_exec
+            .sessions
+            .iter()
+            .flat_map(|s| s.channels.iter().copied())
+            .collect();
+        match self.bpf.retain_exec_channels(keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(channels = n, "exec channels of ended sessions dropped"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the kernel's exec channels"),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The channels of `kubectl exec` sessions the shim probes record (`ENF_EXEC_CHANS`).
 
-use super::{Actor, map_err};
+use super::{Actor, batch, map_err};
 use crate::bpf::BpfError;
 
 impl Actor {
@@ -25,5 +25,16 @@ impl Actor {
         for o in objects {
             let _ = self.exec_channels.remove(o);
         }
+    }
+
+    pub(super) fn retain_exec_channels(&mut self, keep: &[u64]) -> Result<usize, BpfError> {
+        let stale: Vec<u64> = batch::entries(&self.exec_channels)
+            .map_err(map_err("ENF_EXEC_CHANS"))?
+            .into_iter()
+            .map(|(o, _)| o)
+            .filter(|o| !keep.contains(o))
+            .collect();
+        self.remove_exec_channels(&stale);
+        Ok(stale.len())
     }
 }
