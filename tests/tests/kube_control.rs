@@ -364,7 +364,12 @@ fn what_an_exec_leaves_running_is_cut_when_it_exits_or_its_client_goes() {
         left("4202"),
         alive(sh_pid)
     );
-    assert_eq!(audited(&d, "session_ended", "idle_timeout").len(), 1);
+    // Its end is written once the kernel reports the shell's exit.
+    assert!(
+        wait_until(T, || audited(&d, "session_ended", "idle_timeout").len() == 1),
+        "{:#?}",
+        audited(&d, "session_ended", "idle_timeout")
+    );
 
     let cut = audited(&d, "session_killed", "exec_orphans");
     assert_eq!(cut.len(), 1, "{cut:#?}");
