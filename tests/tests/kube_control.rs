@@ -366,7 +366,8 @@ fn what_an_exec_leaves_running_is_cut_when_it_exits_or_its_client_goes() {
     );
     // Its end is written once the kernel reports the shell's exit.
     assert!(
-        wait_until(T, || audited(&d, "session_ended", "idle_timeout").len() == 1),
+        wait_until(T, || audited(&d, "session_ended", "idle_timeout").len()
+            == 1),
         "{:#?}",
         audited(&d, "session_ended", "idle_timeout")
     );

@@ -71,10 +71,7 @@ impl State {
             client: None,
             started_at: s.started_at,
             started_boot_ns: s.start_ns,
-            env: host::environ(s.pid)
-                .into_iter()
-                .filter(|(k, _)| k == "TERM" || k == "SHELL")
-                .collect(),
+            env: super::recordings::recorded_env(s.pid),
             record_stdin: self.config.recording.exec_stdin,
             transfer: None,
             resume: None,

@@ -55,10 +55,7 @@ impl State {
         let (Some(recorder), Some(conn)) = (&self.recorder, self.registry.get(conn_id)) else {
             return;
         };
-        let env: BTreeMap<String, String> = host::environ(s.leader_pid)
-            .into_iter()
-            .filter(|(k, _)| k == "TERM" || k == "SHELL")
-            .collect();
+        let env = recorded_env(s.leader_pid);
         recorder.start_recording(StartRecording {
             session_id,
             conn_id,
@@ -140,6 +137,14 @@ impl State {
             )),
         }
     }
+}
+
+/// What a recording's header keeps of the environment of process `pid`: TERM and SHELL.
+pub(super) fn recorded_env(pid: u32) -> BTreeMap<String, String> {
+    host::environ(pid)
+        .into_iter()
+        .filter(|(k, _)| k == "TERM" || k == "SHELL")
+        .collect()
 }
 
 /// `recordings`: what `peer` may see, from the index (no file is read). Called by the control
