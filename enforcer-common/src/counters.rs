@@ -46,6 +46,9 @@ pub enum Counter {
     /// A forwarding socket could not be tracked: its connection already had
     /// `MAX_FORWARDS_PER_CONN` live, or `ENF_FORWARDS`/`ENF_FWD_ACTIVITY` was full.
     DropForwardsFull = 16,
+    /// `kubectl exec` commands stopped before their first instruction for enforcerd's
+    /// decision (`ENF_HOLD_EXECS`).
+    ExecHeld = 17,
 }
 
 /// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
@@ -54,7 +57,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::ExecSeen,
         Counter::ForkSeen,
         Counter::ExitSeen,
@@ -72,6 +75,7 @@ impl Counter {
         Counter::DropRecordingBytes,
         Counter::KilledLocked,
         Counter::DropForwardsFull,
+        Counter::ExecHeld,
     ];
 
     /// Stable snake_case name used in `enforcerctl status` and its JSON.
@@ -94,6 +98,7 @@ impl Counter {
             Counter::DropRecordingBytes => "drop_recording_chunks",
             Counter::KilledLocked => "killed_user_locked",
             Counter::DropForwardsFull => "drop_forwards_full",
+            Counter::ExecHeld => "kube_execs_held",
         }
     }
 

@@ -44,6 +44,9 @@ pub enum EventKind {
     Stopped = 4,
     /// [`ForwardEvent`]
     Forward = 5,
+    /// Header only: a `kubectl exec`'s command was stopped before its first instruction
+    /// (`ENF_HOLD_EXECS`); the daemon resumes or refuses it.
+    ExecHeld = 6,
 }
 
 impl EventKind {
@@ -55,6 +58,7 @@ impl EventKind {
             3 => Some(EventKind::Session),
             4 => Some(EventKind::Stopped),
             5 => Some(EventKind::Forward),
+            6 => Some(EventKind::ExecHeld),
             _ => None,
         }
     }

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
     generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
 };
 use enforcer_common::{
-    events::{ARGV_LEN, CWD_DEPTH, CWD_NAME_LEN, TTY_LEN},
+    events::{CWD_DEPTH, CWD_NAME_LEN, TTY_LEN},
     offsets::ABSENT,
 };
 
@@ -48,22 +48,18 @@ pub fn exit_code(task: u64) -> Result<u32, i32> {
 
 /// Copies argv (NUL-separated, as /proc/PID/cmdline) into `dst`; returns (bytes, truncated).
 #[inline(always)]
-pub fn argv(task: u64, dst: &mut [u8; ARGV_LEN]) -> Result<(u32, bool), i32> {
+pub fn argv<const N: usize>(task: u64, dst: &mut [u8; N]) -> Result<(u32, bool), i32> {
     let mm: u64 = field(task, off!(task_mm))?;
     let start: u64 = field(mm, off!(mm_arg_start))?;
     let end: u64 = field(mm, off!(mm_arg_end))?;
     let total = end.saturating_sub(start);
-    let n = if total > ARGV_LEN as u64 {
-        ARGV_LEN as u64
-    } else {
-        total
-    };
+    let n = if total > N as u64 { N as u64 } else { total };
     // SAFETY: `n` ≤ dst's length; the helper validates the user address.
     let r = unsafe { bpf_probe_read_user(dst.as_mut_ptr().cast(), n as u32, start as *const _) };
     if r < 0 {
         return Err(r as i32);
     }
-    Ok((n as u32, total > ARGV_LEN as u64))
+    Ok((n as u32, total > N as u64))
 }
 
 /// Whether `task` leads its session (it called setsid()); false when unknown.

@@ -19,6 +19,8 @@ mod config;
 #[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
+mod gate;
+#[cfg(target_arch = "bpf")]
 mod io;
 #[cfg(target_arch = "bpf")]
 mod kernel;

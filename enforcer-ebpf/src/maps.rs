@@ -82,6 +82,22 @@ pub static ENF_EXEC_CHANS: HashMap<u64, u64> = HashMap::pinned(EXEC_CHANNEL_ENTR
 #[map]
 pub static ENF_UNCLAIMED: LruHashMap<u64, u64> = LruHashMap::pinned(EXEC_CHANNEL_ENTRIES, 0);
 
+/// Tasks of a `runc … exec …` (and what it forked) not yet in their container: task id → the
+/// cgroup id runc started in (see `gate`). LRU: a mark whose exit was missed makes room.
+/// Pinned.
+#[map]
+pub static ENF_RUNC_EXECS: LruHashMap<u32, u64> = LruHashMap::pinned(8192, 0);
+
+/// Slot 0: non-zero while exec commands are held for enforcerd's decision (exec enforcement
+/// on: `[kubernetes] enabled` and the node labeled). Cleared when enforcerd stops cleanly.
+/// Pinned.
+#[map]
+pub static ENF_HOLD_EXECS: Array<u32> = Array::pinned(1, 0);
+
+/// Per-CPU copy of a runc command line being checked for `exec` (`gate`). Pinned.
+#[map]
+pub static ENF_ARGS: PerCpuArray<[u8; crate::gate::ARGS_SCAN]> = PerCpuArray::pinned(1, 0);
+
 /// Reads and writes by sshd's connection processes on session channels, between syscall entry
 /// and exit (task id → channel, buffer, direction). Pinned.
 #[map]

@@ -86,11 +86,14 @@ fn try_enf_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
         kill_current(Counter::KilledLocked);
     }
     let (_, parent_tid) = current_ids();
-    let Some(parent) = (unsafe { ENF_TASKS.get(&parent_tid) }).copied() else {
-        return Ok(());
-    };
     // sched_process_fork(struct task_struct *parent, struct task_struct *child)
     let child: u64 = ctx.arg(1);
+    let Some(parent) = (unsafe { ENF_TASKS.get(&parent_tid) }).copied() else {
+        if let Ok(child_tid) = field::<i32>(child, off!(task_pid)) {
+            crate::gate::on_fork(parent_tid, child_tid as u32);
+        }
+        return Ok(());
+    };
     let child_tid: i32 = field(child, off!(task_pid))?;
     let task = TrackedTask {
         flags: child_flags(parent.flags),
@@ -123,17 +126,26 @@ pub fn enf_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The thread id the exec'ing task had before (a non-leader thread that exec'd takes the
+/// leader's id).
+#[inline(always)]
+fn old_tid(ctx: &TracePointContext) -> Option<u32> {
+    if off!(tp_exec_old_pid) == ABSENT {
+        return None;
+    }
+    let old: i32 = unsafe { ctx.read_at(off!(tp_exec_old_pid) as usize) }.ok()?;
+    Some(old as u32)
+}
+
 /// Looks the exec'ing task up; a non-leader thread that exec'd took the leader's id but is
 /// still filed under its old thread id.
 fn exec_task(ctx: &TracePointContext, tid: u32) -> Result<Option<TrackedTask>, i32> {
     if let Some(t) = unsafe { ENF_TASKS.get(&tid) } {
         return Ok(Some(*t));
     }
-    if off!(tp_exec_old_pid) == ABSENT {
+    let Some(old) = old_tid(ctx) else {
         return Ok(None);
-    }
-    let old: i32 = unsafe { ctx.read_at(off!(tp_exec_old_pid) as usize) }?;
-    let old = old as u32;
+    };
     if old == tid {
         return Ok(None);
     }
@@ -155,6 +167,7 @@ fn try_enf_exec(ctx: &TracePointContext) -> Result<(), i32> {
     if locked {
         kill_current(Counter::KilledLocked);
     }
+    crate::gate::on_exec(tid, old_tid(ctx).unwrap_or(tid));
     let Some(mut task) = exec_task(ctx, tid)? else {
         return Ok(());
     };
@@ -284,6 +297,7 @@ fn release_session_slots(task: &TrackedTask) {
 
 fn try_enf_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let (pid, tid) = current_ids();
+    crate::gate::on_exit(tid);
     let Some(task) = (unsafe { ENF_TASKS.get(&tid) }).copied() else {
         return Ok(());
     };

@@ -35,6 +35,96 @@ fn audited(d: &enforcer_tests::TestDaemon, event: &str, reason: &str) -> Vec<Val
         .collect()
 }
 
+/// Found by trying: runc returns, and containerd reports an exec, only once the command has
+/// exec'd, so a refusal used to land a few ms into the command's run — long enough for a
+/// `touch` to leave its file. The kernel now holds the command before its first instruction.
+#[test]
+fn a_refused_exec_never_runs_its_command() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("norun");
+    let d = bed.daemon_connected("max_exec_sessions_per_pod = 1\n");
+    let first = shell(&bed);
+    let mark = "/tmp/ran-4711";
+    let seen = format!("/proc/{}/root{mark}", bed.main_pid);
+    let _ = std::fs::remove_file(&seen);
+    for _ in 0..3 {
+        let refused =
+            ExecStream::connect(
+                &bed.cri()
+                    .exec(&bed.cid, &["/bin/touch", mark], false, false),
+            );
+        assert!(
+            wait_until(T, || String::from_utf8_lossy(&refused.stderr()).contains(
+                "enforcer: exec refused: pod team-a/web already has 1 of 1"
+            )),
+            "stderr {:?} out {:?}\n{}",
+            String::from_utf8_lossy(&refused.stderr()),
+            refused.output_text(),
+            d.log()
+        );
+        assert!(wait_until(T, || refused.is_closed()));
+        assert!(
+            !std::path::Path::new(&seen).exists(),
+            "the refused command ran\n{}",
+            d.log()
+        );
+    }
+    assert_eq!(
+        audited(&d, "session_refused", "max_exec_sessions_per_pod").len(),
+        3
+    );
+    // Once the slot is free the same command runs, held only for the decision.
+    first.send_stdin("exit\n");
+    assert!(wait_until(T, || exec_entries(&d).is_empty()));
+    let ran = ExecStream::connect(
+        &bed.cri()
+            .exec(&bed.cid, &["/bin/touch", mark], false, false),
+    );
+    assert_eq!(ran.wait_exit(T), Some(0), "{}", d.log());
+    assert!(std::path::Path::new(&seen).exists());
+    assert!(
+        d.status().events["kube_execs_held"] >= 5,
+        "{}",
+        d.ctl_ok(&["status"])
+    );
+    let stopped = pids_running(&["sh"])
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+        })
+        .count();
+    assert_eq!(stopped, 0, "a held exec was left stopped");
+}
+
+/// The other half of the hold: a command that double-forks in its first millisecond used to
+/// leave a grandchild nobody followed (reparented to the shim before containerd's report
+/// reached enforcerd). Held until it is followed, everything it starts is the session's.
+#[test]
+fn an_exec_that_double_forks_at_once_cannot_escape_its_session() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("dfork");
+    let d = bed.daemon_connected("");
+    let cmd = ["/bin/sh", "-c", "(/bin/sleep 4343 &); exec /bin/sleep 4344"];
+    let _s = ExecStream::connect(&bed.cri().exec(&bed.cid, &cmd, false, false));
+    let root = bed.wait_exec(&["/bin/sleep", "4344"]);
+    let entry = wait_listed(&d, root);
+    let escaped = pids_running(&["/bin/sleep", "4343"]);
+    assert_eq!(escaped.len(), 1, "{escaped:?}");
+    let id = entry["sessions"][0]["id"].as_u64().unwrap();
+    d.ctl_ok(&["kill", "session", &id.to_string()]);
+    assert!(
+        wait_until(T, || !alive(root) && !alive(escaped[0])),
+        "the double-forked sleep escaped its session\n{}",
+        d.log()
+    );
+    assert!(alive(bed.main_pid), "the pod's own process was killed");
+}
+
 #[test]
 fn five_parallel_execs_at_pod_limit_three_admit_three_and_tell_two_why() {
     if !require_root() || !containerd_installed() {

@@ -380,3 +380,43 @@ fn exec_channels(d: &TestDaemon) -> u64 {
         .and_then(|m| m.entries)
         .unwrap_or(u64::MAX)
 }
+
+/// enforcerd crashed while the node enforces: the kernel still holds every exec's command (it
+/// fails closed), and the next enforcerd decides on what it finds and lets it run.
+#[test]
+fn an_exec_made_while_enforcerd_is_down_waits_for_the_next_one() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("held");
+    let mut d = bed.daemon_connected("");
+    d.kill9();
+    let mark = "/tmp/held-4545";
+    let seen = format!("/proc/{}/root{mark}", bed.main_pid);
+    let _ = std::fs::remove_file(&seen);
+    let cri = bed.cri();
+    let s = ExecStream::connect(&cri.exec(
+        &bed.cid,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("/bin/touch {mark}; exec /bin/sleep 4546"),
+        ],
+        false,
+        false,
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !std::path::Path::new(&seen).exists(),
+        "the exec ran while no enforcerd could decide on it"
+    );
+    d.start_again();
+    assert!(
+        wait_until(T, || std::path::Path::new(&seen).exists()),
+        "the held exec never ran\n{}",
+        d.log()
+    );
+    let sleep = bed.wait_exec(&["/bin/sleep", "4546"]);
+    wait_listed(&d, sleep);
+    assert!(!s.is_closed());
+}

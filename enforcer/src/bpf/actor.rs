@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
     io::{Activity, IoKey},
@@ -70,6 +70,10 @@ enum Command {
     RetainExecChannels {
         keep: Vec<u64>,
         reply: Reply<usize>,
+    },
+    HoldExecs {
+        on: bool,
+        reply: Reply<()>,
     },
     SetConn {
         conn_id: u64,
@@ -231,6 +235,12 @@ impl BpfHandle {
             .await
     }
 
+    /// Whether the kernel stops `kubectl exec` commands before their first instruction until
+    /// enforcerd resumes or refuses them (`ENF_HOLD_EXECS`).
+    pub async fn hold_execs(&self, on: bool) -> Result<(), BpfError> {
+        self.ask(|reply| Command::HoldExecs { on, reply }).await
+    }
+
     /// Drops activity entries (of connections that ended).
     pub async fn forget_activity(&self, keys: Vec<IoKey>) -> Result<(), BpfError> {
         self.ask(|reply| Command::ForgetActivity { keys, reply })
@@ -311,6 +321,8 @@ struct Actor {
     exec_channels: HashMap<MapData, u64, u64>,
     /// `ENF_UNCLAIMED`: bytes of exec ptys recorded before they were claimed.
     unclaimed: HashMap<MapData, u64, u64>,
+    /// `ENF_HOLD_EXECS`: whether exec commands wait for enforcerd.
+    hold_execs: Array<MapData, u32>,
     /// containerd shims' probes (status only: they are pinned).
     shim: super::hooks::UprobeHooks,
     received: u64,
@@ -352,6 +364,7 @@ pub fn start(
     let exec_channels =
         HashMap::try_from(take("ENF_EXEC_CHANS")?).map_err(map_err("ENF_EXEC_CHANS"))?;
     let unclaimed = HashMap::try_from(take("ENF_UNCLAIMED")?).map_err(map_err("ENF_UNCLAIMED"))?;
+    let hold_execs = Array::try_from(take("ENF_HOLD_EXECS")?).map_err(map_err("ENF_HOLD_EXECS"))?;
     let recorder_maps = RecorderMaps {
         data: RingBuf::try_from(take("ENF_DATA")?).map_err(map_err("ENF_DATA"))?,
         lost: HashMap::try_from(take("ENF_LOST")?).map_err(map_err("ENF_LOST"))?,
@@ -381,6 +394,7 @@ pub fn start(
         fwd_activity,
         exec_channels,
         unclaimed,
+        hold_execs,
         shim,
         received: 0,
         malformed: 0,
@@ -485,6 +499,13 @@ impl Actor {
             }
             Command::RetainExecChannels { keep, reply } => {
                 let _ = reply.send(self.retain_exec_channels(&keep));
+            }
+            Command::HoldExecs { on, reply } => {
+                let _ = reply.send(
+                    self.hold_execs
+                        .set(0, u32::from(on), 0)
+                        .map_err(map_err("ENF_HOLD_EXECS")),
+                );
             }
             Command::Untrack { tid, reply } => {
                 let _ =

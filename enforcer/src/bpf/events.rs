@@ -96,6 +96,10 @@ pub enum KernelEvent {
     Stopped {
         origin: EventOrigin,
     },
+    /// A `kubectl exec`'s command is stopped before its first instruction, for a decision.
+    ExecHeld {
+        origin: EventOrigin,
+    },
     /// A forwarding channel's socket (inode `ino`) opened or closed.
     Forward {
         origin: EventOrigin,
@@ -236,6 +240,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             })
         }
         Some(EventKind::Stopped) => Ok(KernelEvent::Stopped {
+            origin: origin(&header),
+        }),
+        Some(EventKind::ExecHeld) => Ok(KernelEvent::ExecHeld {
             origin: origin(&header),
         }),
         Some(EventKind::Forward) => {
@@ -404,6 +411,10 @@ mod tests {
         assert!(matches!(
             decode(&bytes_of(&header(EventKind::Stopped))).unwrap(),
             KernelEvent::Stopped { .. }
+        ));
+        assert!(matches!(
+            decode(&bytes_of(&header(EventKind::ExecHeld))).unwrap(),
+            KernelEvent::ExecHeld { origin } if origin.pid == 10
         ));
     }
 

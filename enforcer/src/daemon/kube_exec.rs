@@ -42,6 +42,11 @@ pub(super) struct ExecState {
     pub refused: HashSet<u64>,
     /// When stdin was last looked at for the idle cut.
     pub idle_checked: Option<tokio::time::Instant>,
+    /// What the kernel's exec hold was last set to (`None`: not yet).
+    pub holding: Option<bool>,
+    /// Execs of our containerd the kernel holds, until containerd reports them: pid → (the
+    /// process, when to let it go unreported).
+    pub held: HashMap<u32, (ProcKey, tokio::time::Instant)>,
 }
 
 impl State {
@@ -79,6 +84,7 @@ impl State {
     /// that are adopted from /proc), and the session is listed and audited.
     async fn exec_started(&mut self, s: ExecStart) {
         let Some(key) = host::proc_key(s.pid) else {
+            self.kube_exec.held.remove(&s.pid);
             self.exec_ended_before_tracking(s);
             return;
         };
@@ -111,7 +117,11 @@ impl State {
         };
         let id = self.registry.reserve_session_id();
         self.dirty = true;
-        if resumed.is_none() && !self.track_exec(kernel_id, key, refusal.is_some()).await {
+        let tracked = resumed.is_some() || self.track_exec(kernel_id, key, refusal.is_some()).await;
+        // Followed now: a command the kernel held may run (a refused one is told why and
+        // killed without running).
+        self.release_held(key, refusal.is_some());
+        if !tracked {
             // It ended while the kernel was being told about it.
             self.exec_ended_before_tracking(s);
             return;

@@ -13,6 +13,7 @@ mod idle;
 mod kube;
 mod kube_control;
 mod kube_exec;
+mod kube_hold;
 mod kube_record;
 mod kube_views;
 mod locking;

@@ -228,6 +228,7 @@ pub(super) async fn start(
         kube_exec: Default::default(),
     };
     state.restore().await;
+    state.sync_exec_hold(false).await;
     let handle = StateHandle {
         tx,
         pam_tx,
@@ -287,6 +288,7 @@ impl State {
                     self.check_fleet_view();
                     self.check_idle(false).await;
                     self.check_exec_idle();
+                    self.release_overdue_holds();
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
@@ -321,7 +323,10 @@ impl State {
                 self.pam_account_or_wait(r, identity, reply).await;
             }
             Msg::Fleet(ev) => self.on_fleet(ev).await,
-            Msg::Kube(ev) => self.on_kube(ev),
+            Msg::Kube(ev) => {
+                self.on_kube(ev);
+                self.sync_exec_hold(false).await;
+            }
             Msg::Containerd(ev) => self.on_containerd(ev).await,
             Msg::Request {
                 req,
@@ -353,6 +358,7 @@ impl State {
                 let _ = reply.send(resp.map(Reply::Reloaded));
             }
             Msg::Shutdown(ack) => {
+                self.sync_exec_hold(true).await;
                 if let Some(p) = self.persist.take() {
                     p.finish(&self.registry);
                 }
@@ -460,6 +466,7 @@ impl State {
                 ..
             } => self.on_session(origin, start_ns, refused),
             KernelEvent::Stopped { origin } => self.on_stopped(origin),
+            KernelEvent::ExecHeld { origin } => self.on_exec_held(origin.pid),
             KernelEvent::Forward {
                 origin,
                 ino,

@@ -11,6 +11,10 @@ use procfs::process::{FDTarget, Process};
 
 use crate::core::conn::ProcKey;
 
+pub mod shim;
+mod signals;
+pub use signals::{await_exec, resume_held, tell, tell_and_kill};
+
 /// The process with this pid, unless it is gone or a zombie.
 pub fn proc_key(pid: u32) -> Option<ProcKey> {
     // Read by hand: the sweep calls this for every connection each second, and only two fields
@@ -187,69 +191,6 @@ pub fn process_ids() -> std::collections::HashSet<u32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Writes `message` to a process's stderr — through a duplicate of its fd 2, whatever that is
-/// (pipe, socket, terminal), so it reaches the channel or terminal the user sees. Non-blocking:
-/// a full pipe loses the message rather than stalling the daemon.
-pub fn tell(pid: u32, message: &str) -> std::io::Result<()> {
-    let pidfd = pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
-    write_stderr(&pidfd, message)
-}
-
-fn write_stderr(pidfd: &OwnedFd, message: &str) -> std::io::Result<()> {
-    let fd = pidfd_getfd(pidfd, 2).ok_or_else(std::io::Error::last_os_error)?;
-    let buf = message.as_bytes();
-    // The duplicate shares the target's file description, so its flags are not ours to change
-    // (setting O_NONBLOCK would change them for the user's program too). Instead wait briefly
-    // for room: messages are one short line, below PIPE_BUF, so a writable fd takes all of it.
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
-    if ready <= 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            "stderr not writable",
-        ));
-    }
-    let mut f = std::fs::File::from(fd);
-    std::io::Write::write_all(&mut f, buf)
-}
-
-/// Waits (at most `within`) until `pid` runs another program than `parent`. A channel's
-/// child of sshd points its stdio at the channel only just before it execs the session's
-/// command: a message written to its stderr earlier reaches sshd's own stderr instead.
-pub fn await_exec(pid: u32, parent: u32, within: std::time::Duration) {
-    let exe = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-    let Some(from) = exe(parent) else { return };
-    let until = std::time::Instant::now() + within;
-    while exe(pid).as_ref() == Some(&from) && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
-/// Writes `message` to a (stopped) process's stderr (see [`tell`]), then SIGKILLs it.
-pub fn tell_and_kill(pid: u32, message: &str) -> std::io::Result<()> {
-    let pidfd = pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
-    let written = write_stderr(&pidfd, message);
-    // SAFETY: plain syscall on a pidfd we own.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            0,
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    written
 }
 
 /// Real, effective and saved uid from a /proc/PID/status text; `None` for a zombie (it

@@ -1,0 +1,118 @@
+//! Holds a `kubectl exec`'s command before its first instruction, so enforcerd decides on it
+//! before it runs (a refused exec's command never runs, an admitted one cannot fork away
+//! before it is followed).
+//!
+//! containerd's shim starts every exec as `runc … exec …`; runc re-executes itself (`runc
+//! init`, possibly from a memfd copy), joins the container and execs the command. So a task
+//! that exec's the runc binary with an `exec` argument is marked (`ENF_RUNC_EXECS`), with its
+//! cgroup; its forks inherit the mark; the first exec of a marked task from another cgroup
+//! (runc's parent moved it into the container's) is the command. It is stopped (SIGSTOP,
+//! taken before it returns to user mode) while `ENF_HOLD_EXECS` says so; enforcerd resumes
+//! or refuses it once containerd reports the exec. A pod's own processes never carry the mark
+//! (`runc create`/`run` start them), and a process that fakes the mark can only stop its own
+//! children.
+
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm};
+use enforcer_common::{counters::Counter, events::EventKind, tasks::TrackedTask};
+
+use crate::{
+    kernel,
+    maps::{ENF_ARGS, ENF_HOLD_EXECS, ENF_RUNC_EXECS, SIGSTOP, count, emit, signal_current},
+};
+
+/// How much of a runc command line is searched for its `exec` subcommand (global flags with
+/// containerd's paths come first: ~200 bytes).
+pub const ARGS_SCAN: usize = 512;
+
+/// A task forked: a marked parent marks its child.
+#[inline(always)]
+pub fn on_fork(parent_tid: u32, child_tid: u32) {
+    if let Some(cg) = unsafe { ENF_RUNC_EXECS.get(&parent_tid) }.copied() {
+        let _ = ENF_RUNC_EXECS.insert(&child_tid, &cg, 0);
+    }
+}
+
+/// A task ended: its mark goes.
+#[inline(always)]
+pub fn on_exit(tid: u32) {
+    let _ = ENF_RUNC_EXECS.remove(&tid);
+}
+
+/// The current task exec'd (`old_tid`: the thread id it had, when a non-leader thread exec'd).
+#[inline(always)]
+pub fn on_exec(tid: u32, old_tid: u32) {
+    let marked = unsafe { ENF_RUNC_EXECS.get(&tid) }
+        .or_else(|| unsafe { ENF_RUNC_EXECS.get(&old_tid) })
+        .copied();
+    if let Some(origin) = marked {
+        // SAFETY: helper without arguments.
+        if unsafe { bpf_get_current_cgroup_id() } == origin {
+            // runc re-executing itself before it joins the container.
+            return;
+        }
+        let _ = ENF_RUNC_EXECS.remove(&tid);
+        let _ = ENF_RUNC_EXECS.remove(&old_tid);
+        if ENF_HOLD_EXECS.get(0).is_some_and(|h| *h != 0) {
+            signal_current(SIGSTOP);
+            count(Counter::ExecHeld);
+            let (pid, tid) = crate::process::current_ids();
+            let untracked = TrackedTask {
+                conn_id: 0,
+                session_id: 0,
+                start_ns: 0,
+                flags: 0,
+                _pad: 0,
+            };
+            emit(&crate::process::header(
+                EventKind::ExecHeld,
+                pid,
+                tid,
+                &untracked,
+            ));
+        }
+        return;
+    }
+    if runc_exec() {
+        // SAFETY: helper without arguments.
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        let _ = ENF_RUNC_EXECS.insert(&tid, &cg, 0);
+    }
+}
+
+/// Whether the current program is runc (its comm) run with an `exec` argument.
+#[inline(always)]
+fn runc_exec() -> bool {
+    match bpf_get_current_comm() {
+        Ok(c) if c[..5] == *b"runc\0" => {}
+        _ => return false,
+    }
+    let Some(buf) = ENF_ARGS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch, only this program uses it on this CPU right now.
+    let buf = unsafe { &mut *buf };
+    let Ok((n, _)) = kernel::argv(kernel::current(), buf) else {
+        return false;
+    };
+    has_exec_word(buf, n as usize)
+}
+
+/// Whether `buf[..n]` (NUL-separated words, argv[0] first) holds the word `exec`: the last
+/// six bytes seen, as one number, are NUL `exec` NUL. (One unknown scalar per iteration keeps
+/// the verifier's walk linear; per-letter state would multiply its paths.)
+#[inline(always)]
+fn has_exec_word(buf: &[u8; ARGS_SCAN], n: usize) -> bool {
+    const WORD: u64 = u64::from_be_bytes([0, 0, 0, b'e', b'x', b'e', b'c', 0]);
+    const WINDOW: u64 = (1 << 48) - 1;
+    let mut last = 0u64;
+    for i in 0..ARGS_SCAN {
+        if i >= n {
+            break;
+        }
+        last = ((last << 8) | buf[i] as u64) & WINDOW;
+        if last == WORD {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,99 @@
+//! Execs the kernel holds before their command's first instruction (`ENF_HOLD_EXECS`, BPF
+//! `gate`): each is resumed or refused once containerd reports it, so a refused command never
+//! runs and an admitted one cannot fork before the kernel follows it. Another containerd's
+//! exec (a second daemon on the host holds it too) is let go at once; one containerd never
+//! reports within [`HOLD_AT_MOST`] runs on (a held exec must not hang forever).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::state::State;
+use crate::{core::conn::ProcKey, host};
+
+/// How long an exec of our containerd waits for containerd's report before it is let go.
+const HOLD_AT_MOST: Duration = Duration::from_secs(10);
+
+impl State {
+    /// Tells the kernel whether to hold exec commands: while exec sessions are controlled.
+    /// Cleared when enforcerd stops (`stopping`): nobody would resume them.
+    pub(super) async fn sync_exec_hold(&mut self, stopping: bool) {
+        let on = !stopping && self.kube.as_ref().is_some_and(|k| k.gate.exec_enforced());
+        if self.kube_exec.holding == Some(on) {
+            return;
+        }
+        match self.bpf.hold_execs(on).await {
+            Ok(()) => {
+                tracing::info!(on, "kernel holds exec commands for a decision");
+                self.kube_exec.holding = Some(on);
+            }
+            Err(e) => tracing::error!(on, error = %e, "cannot switch the kernel's exec hold"),
+        }
+    }
+
+    /// The kernel stopped an exec's command.
+    pub(super) fn on_exec_held(&mut self, pid: u32) {
+        let Some(key) = host::proc_key(pid) else {
+            return;
+        };
+        if self.kube_exec.sessions.iter().any(|s| s.pid == pid) {
+            // containerd's report came first: decided on already.
+            return;
+        }
+        let socket = &self.config.kubernetes.containerd_socket;
+        if host::shim::started_by(pid, socket) == Some(true) {
+            tracing::debug!(pid, "exec held until containerd reports it");
+            self.kube_exec
+                .held
+                .insert(pid, (key, Instant::now() + HOLD_AT_MOST));
+        } else {
+            tracing::debug!(pid, "exec of another containerd held: let go");
+            resume(key);
+        }
+    }
+
+    /// containerd reported the exec `key`: it is no longer waiting for that. Resumed unless
+    /// `refused` (it is then told why and killed without running).
+    pub(super) fn release_held(&mut self, key: ProcKey, refused: bool) {
+        self.kube_exec.held.remove(&key.pid);
+        if !refused {
+            resume(key);
+        }
+    }
+
+    /// Lets go of execs containerd has not reported for [`HOLD_AT_MOST`].
+    pub(super) fn release_overdue_holds(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<ProcKey> = self
+            .kube_exec
+            .held
+            .values()
+            .filter(|(_, until)| *until <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in overdue {
+            self.kube_exec.held.remove(&key.pid);
+            if resume(key) {
+                tracing::warn!(
+                    pid = key.pid,
+                    "containerd never reported this held exec: it runs on, not followed until it is"
+                );
+            }
+        }
+    }
+}
+
+/// Resumes `key` if it is still stopped; true when it was.
+fn resume(key: ProcKey) -> bool {
+    match host::resume_held(key) {
+        Ok(true) => {
+            tracing::debug!(pid = key.pid, "held exec resumed");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(pid = key.pid, error = %e, "cannot resume a held exec");
+            false
+        }
+    }
+}
