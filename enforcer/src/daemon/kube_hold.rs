@@ -37,7 +37,11 @@ impl State {
             return;
         };
         if self.kube_exec.sessions.iter().any(|s| s.pid == pid) {
-            // containerd's report came first: decided on already.
+            // containerd's report came first and it was admitted; its stop may have been
+            // taken only after that decision's resume looked.
+            if resume(key) {
+                tracing::info!(pid, "held exec resumed after its decision");
+            }
             return;
         }
         let socket = &self.config.kubernetes.containerd_socket;

@@ -63,14 +63,42 @@ pub fn resume_held(key: ProcKey) -> std::io::Result<bool> {
     let Some(pidfd) = pidfd_open(key.pid) else {
         return Ok(false);
     };
-    // Read after the pidfd is open: a pid reused since cannot pass the start-time check.
+    // The kernel queued a SIGSTOP; it may not be taken yet. Pending signals are read first:
+    // once taken, the task is stopped in the same locked step, so the state read after shows
+    // it. (Read after the pidfd is open: a reused pid fails the start-time check.)
+    let status = std::fs::read_to_string(format!("/proc/{}/status", key.pid)).unwrap_or_default();
+    let pending = stop_pending(&status);
     let stat = std::fs::read(format!("/proc/{}/stat", key.pid)).unwrap_or_default();
     match parse_stat(&stat) {
-        Some((b'T', start)) if start == key.start_ticks => {
+        Some((state, start)) if start == key.start_ticks && (pending || state == b'T') => {
             signal(&pidfd, libc::SIGCONT)?;
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+/// Whether a /proc/PID/status text shows SIGSTOP pending (for the process or its thread).
+fn stop_pending(status: &str) -> bool {
+    let bit = 1u64 << (libc::SIGSTOP - 1);
+    status.lines().any(|l| {
+        let mask = l
+            .strip_prefix("ShdPnd:")
+            .or_else(|| l.strip_prefix("SigPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & bit != 0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pending_stop_is_read_from_either_mask() {
+        let status = |shd: &str, sig: &str| format!("State:\tR (running)\nSigPnd:\t{sig}\nShdPnd:\t{shd}\n");
+        assert!(super::stop_pending(&status("0000000000040000", "0000000000000000")));
+        assert!(super::stop_pending(&status("0000000000000000", "0000000000040000")));
+        assert!(!super::stop_pending(&status("0000000000020000", "0000000000000100")));
+        assert!(!super::stop_pending("State:\tT (stopped)\n"));
     }
 }
 
