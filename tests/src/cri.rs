@@ -267,6 +267,30 @@ impl CriClient {
             .url
     }
 
+    /// Exec as the kubelet passes a client's `PodExecOptions` on: the streaming URL, or why
+    /// containerd refused.
+    pub fn try_exec(
+        &self,
+        container_id: &str,
+        cmd: &[&str],
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<String, String> {
+        let req = ExecRequest {
+            container_id: container_id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        };
+        self.try_call(|mut c| async move { c.exec(req).await })
+            .map(|r| r.url)
+            .map_err(|s| format!("{} ({:?})", s.message(), s.code()))
+    }
+
     /// The host pid of a container's main process (ContainerStatus, verbose).
     pub fn container_pid(&self, container_id: &str) -> u32 {
         let req = ContainerStatusRequest {

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.0 GET for tests (loopback only): enough to scrape enforcerd and ask a
+//! A minimal HTTP/1.0 GET (and an HTTP/1.1 request) for tests (loopback only): enough to scrape enforcerd and ask a
 //! Prometheus server's API, without an HTTP client dependency.
 
 use std::{
@@ -24,6 +24,54 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
     Ok((status, body.to_owned()))
+}
+
+/// One HTTP/1.1 request (no body) with extra `headers` on a fresh connection to a server that
+/// keeps connections open: (status code, body), the body read by its `Content-Length`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    use std::io::BufRead;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    let mut r = std::io::BufReader::new(s);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line)?;
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            break;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {status_line:?}")))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Percent-encodes a query parameter value.

@@ -5,7 +5,11 @@
 //! container's main process and of every exec'd process; they all share the container's
 //! cgroup, so only ancestry tells an exec from the pod's own processes.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use crate::{containerd::cmdline, procs};
 
@@ -25,6 +29,25 @@ pub fn kubectl() -> PathBuf {
     } else {
         PathBuf::from("/usr/bin/kubectl")
     }
+}
+
+/// [`kubectl`] with `--kubeconfig KUBECONFIG ARGS…`, `HOME` (its cache) in `home`; panics if
+/// kubectl is not installed.
+pub fn kubectl_command(kubeconfig: &Path, home: &Path, args: &[&str]) -> Command {
+    let k = kubectl();
+    assert!(
+        k.is_file(),
+        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
+        k.display()
+    );
+    let mut cmd = Command::new(k);
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env("HOME", home)
+        .env("TERM", "xterm");
+    cmd
 }
 
 /// The parent pid of `pid`, from /proc.

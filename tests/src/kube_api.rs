@@ -9,7 +9,9 @@
 //!   event after `<rv>` replayed, kept open for the ones [`KubeApi::set_labels`] makes;
 //! - `GET /api/v1/nodes/<n>` → the Node, or a 404 Status;
 //! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/apps/v1`, `/apis/rbac.authorization.k8s.io/v1`)
-//!   so that kubectl can map the kinds of `packaging/kubernetes/`.
+//!   so that kubectl can map the kinds of `packaging/kubernetes/`;
+//! - the pods a test registers ([`KubeApi::pods`]) and their `exec` subresource, proxied to
+//!   containerd's streaming server as the apiserver and kubelet do (`kube_api_exec`).
 //!
 //! [`KubeApi::restart`] drops every connection and the listener and serves again on the same
 //! port with the same history (an apiserver restart: watches must resume).
@@ -51,6 +53,8 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Pods and their exec subresource (`kube_api_exec`).
+    pods: super::kube_api_exec::Pods,
 }
 
 /// The stand-in; stops serving when dropped.
@@ -68,6 +72,7 @@ impl KubeApi {
                 ..Default::default()
             }),
             changed: Condvar::new(),
+            pods: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
@@ -94,6 +99,11 @@ impl KubeApi {
     /// Deletes the Node (a `DELETED` event).
     pub fn delete_node(&self) {
         self.record("DELETED", None);
+    }
+
+    /// The pods served (`GET …/pods/<name>`, `…/exec`): see `kube_api_exec`.
+    pub fn pods(&self) -> &super::kube_api_exec::Pods {
+        &self.shared.pods
     }
 
     /// Every request so far, as `GET /path?query`.
@@ -239,6 +249,7 @@ fn connection(shared: &Shared, stream: TcpStream, generation: u64) -> std::io::R
         let mut parts = line.split_whitespace();
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
         let mut body_len = 0usize;
+        let mut headers = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 {
@@ -248,6 +259,7 @@ fn connection(shared: &Shared, stream: TcpStream, generation: u64) -> std::io::R
             if h.is_empty() {
                 break;
             }
+            headers.push(h.to_owned());
             if let Some((k, v)) = h.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     body_len = v.trim().parse().unwrap_or(0);
@@ -257,17 +269,36 @@ fn connection(shared: &Shared, stream: TcpStream, generation: u64) -> std::io::R
         let mut body = vec![0; body_len];
         reader.read_exact(&mut body)?;
         lock(shared).requests.push(format!("{method} {target}"));
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let query = parse_query(query);
-        if path == "/api/v1/nodes" && query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-            return watch(shared, &mut out, &query, generation);
-        }
-        let (status, body) = answer(shared, method, path, &query);
+        let node = lock(shared).node.clone();
+        let (status, body) =
+            match shared
+                .pods
+                .route(&node, method, target, &headers, &mut reader)?
+            {
+                super::kube_api_exec::Route::Upgraded => return Ok(()),
+                super::kube_api_exec::Route::Answer(status, body) => (status, body),
+                super::kube_api_exec::Route::NotMine => {
+                    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                    let query = parse_query(query);
+                    if path == "/api/v1/nodes"
+                        && query.get("watch").is_some_and(|w| w == "true" || w == "1")
+                    {
+                        return watch(shared, &mut out, &query, generation);
+                    }
+                    answer(shared, method, path, &query)
+                }
+            };
         let body = body.to_string();
         write!(
             out,
             "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            if status == 200 { "OK" } else { "Not Found" },
+            match status {
+                200 => "OK",
+                400 => "Bad Request",
+                404 => "Not Found",
+                405 => "Method Not Allowed",
+                _ => "Internal Server Error",
+            },
             body.len()
         )?;
         out.flush()?;
@@ -281,7 +312,7 @@ fn parse_query(q: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn decode(v: &str) -> String {
+pub(crate) fn decode(v: &str) -> String {
     let b = v.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;

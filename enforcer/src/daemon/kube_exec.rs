@@ -44,9 +44,9 @@ pub(super) struct ExecState {
     pub idle_checked: Option<tokio::time::Instant>,
     /// What the kernel's exec hold was last set to (`None`: not yet).
     pub holding: Option<bool>,
-    /// Execs of our containerd the kernel holds, until containerd reports them: pid → (the
-    /// process, when to let it go unreported).
-    pub held: HashMap<u32, (ProcKey, tokio::time::Instant)>,
+    /// Execs the kernel holds, until containerd reports them: pid → (the process, when to
+    /// let it go unreported, whether our containerd's shim started it).
+    pub held: HashMap<u32, (ProcKey, tokio::time::Instant, bool)>,
 }
 
 impl State {

@@ -1,8 +1,8 @@
 //! Execs the kernel holds before their command's first instruction (`ENF_HOLD_EXECS`, BPF
 //! `gate`): each is resumed or refused once containerd reports it, so a refused command never
-//! runs and an admitted one cannot fork before the kernel follows it. Another containerd's
-//! exec (a second daemon on the host holds it too) is let go at once; one containerd never
-//! reports within [`HOLD_AT_MOST`] runs on (a held exec must not hang forever).
+//! runs and an admitted one cannot fork before the kernel follows it. One nobody reports
+//! within [`HOLD_AT_MOST`] runs on (a held exec must not hang forever): another containerd's,
+//! whose own enforcerd (if any) decides on it first, or ours if containerd never says.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::state::State;
 use crate::{core::conn::ProcKey, host};
 
-/// How long an exec of our containerd waits for containerd's report before it is let go.
+/// How long a held exec waits for a decision before it is let go.
 const HOLD_AT_MOST: Duration = Duration::from_secs(10);
 
 impl State {
@@ -44,16 +44,14 @@ impl State {
             }
             return;
         }
-        let socket = &self.config.kubernetes.containerd_socket;
-        if host::shim::started_by(pid, socket) == Some(true) {
-            tracing::debug!(pid, "exec held until containerd reports it");
-            self.kube_exec
-                .held
-                .insert(pid, (key, Instant::now() + HOLD_AT_MOST));
-        } else {
-            tracing::debug!(pid, "exec of another containerd held: let go");
-            resume(key);
-        }
+        // Another containerd's exec (a second enforcerd on the host holds it too) is that
+        // enforcerd's to decide on: letting it go now would let it run before that decision.
+        let ours =
+            host::shim::started_by(pid, &self.config.kubernetes.containerd_socket) == Some(true);
+        tracing::debug!(pid, ours, "exec held until containerd reports it");
+        self.kube_exec
+            .held
+            .insert(pid, (key, Instant::now() + HOLD_AT_MOST, ours));
     }
 
     /// containerd reported the exec `key`: it is no longer waiting for that. Resumed unless
@@ -68,16 +66,16 @@ impl State {
     /// Lets go of execs containerd has not reported for [`HOLD_AT_MOST`].
     pub(super) fn release_overdue_holds(&mut self) {
         let now = Instant::now();
-        let overdue: Vec<ProcKey> = self
+        let overdue: Vec<(ProcKey, bool)> = self
             .kube_exec
             .held
             .values()
-            .filter(|(_, until)| *until <= now)
-            .map(|(key, _)| *key)
+            .filter(|(_, until, _)| *until <= now)
+            .map(|(key, _, ours)| (*key, *ours))
             .collect();
-        for key in overdue {
+        for (key, ours) in overdue {
             self.kube_exec.held.remove(&key.pid);
-            if resume(key) {
+            if resume(key) && ours {
                 tracing::warn!(
                     pid = key.pid,
                     "containerd never reported this held exec: it runs on, not followed until it is"

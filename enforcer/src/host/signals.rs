@@ -94,10 +94,20 @@ fn stop_pending(status: &str) -> bool {
 mod tests {
     #[test]
     fn a_pending_stop_is_read_from_either_mask() {
-        let status = |shd: &str, sig: &str| format!("State:\tR (running)\nSigPnd:\t{sig}\nShdPnd:\t{shd}\n");
-        assert!(super::stop_pending(&status("0000000000040000", "0000000000000000")));
-        assert!(super::stop_pending(&status("0000000000000000", "0000000000040000")));
-        assert!(!super::stop_pending(&status("0000000000020000", "0000000000000100")));
+        let status =
+            |shd: &str, sig: &str| format!("State:\tR (running)\nSigPnd:\t{sig}\nShdPnd:\t{shd}\n");
+        assert!(super::stop_pending(&status(
+            "0000000000040000",
+            "0000000000000000"
+        )));
+        assert!(super::stop_pending(&status(
+            "0000000000000000",
+            "0000000000040000"
+        )));
+        assert!(!super::stop_pending(&status(
+            "0000000000020000",
+            "0000000000000100"
+        )));
         assert!(!super::stop_pending("State:\tT (stopped)\n"));
     }
 }
