@@ -233,7 +233,8 @@ fn kubectl_over_the_pod_limit_shows_enforcers_refusal_and_fails() {
         .unwrap()
         .to_owned();
 
-    let mut second = kubectl_it(&bed, &["sh", "-c", "sleep 2; echo ran-$((6*7)); sleep 30"]);
+    // Its first instruction would print: the kernel holds it until the refusal.
+    let mut second = kubectl_it(&bed, &["sh", "-c", "echo ran-$((6*7)); sleep 30"]);
     let message = "enforcer: exec refused: pod team-a/web already has 1 of 1 allowed exec sessions";
     assert!(second.wait_for(message, T), "{}", why(&second, &bed, &d));
     let code = exit_code(&mut second, T, &bed, &d);
@@ -302,7 +303,7 @@ fn kubectl_in_a_locked_namespace_is_ended_then_refused_with_the_reason() {
     );
     assert!(wait_until(T, || !alive(pid)), "the locked shell survived");
 
-    let mut refused = kubectl_it(&bed, &["sh", "-c", "sleep 2; echo ran-$((6*7)); sleep 30"]);
+    let mut refused = kubectl_it(&bed, &["sh", "-c", "echo ran-$((6*7)); sleep 30"]);
     assert!(
         refused.wait_for("enforcer: exec refused: namespace team-a is locked", T),
         "{}",
