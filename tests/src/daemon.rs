@@ -93,7 +93,12 @@ impl TestDaemon {
         let mut cmd = Command::new(bin("enforcerd"));
         cmd.arg("--config")
             .arg(&self.config_path)
-            .env("ENFORCER_LOG", "debug")
+            // Debug logs for the tests' diagnostics; benchmarks (`cargo xtask bench`) set
+            // ENFORCER_TEST_DAEMON_LOG=info: they measure the daemon as it runs in production.
+            .env(
+                "ENFORCER_LOG",
+                std::env::var("ENFORCER_TEST_DAEMON_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -138,6 +138,8 @@ pub fn bench(name: &str, parts: &[String]) -> anyhow::Result<()> {
             ])
             .args(parts)
             .env("ENFORCER_BPF_OBJECT", &built.bpf_object)
-            .env("ENFORCER_BIN_DIR", &built.bin_dir),
+            .env("ENFORCER_BIN_DIR", &built.bin_dir)
+            // Daemons at the default log level, as in production (the tests log debug).
+            .env("ENFORCER_TEST_DAEMON_LOG", "info"),
     )
 }

@@ -117,7 +117,20 @@ impl State {
         };
         let id = self.registry.reserve_session_id();
         self.dirty = true;
-        let tracked = resumed.is_some() || self.track_exec(kernel_id, key, refusal.is_some()).await;
+        // Stopped by the kernel at its command's exec (its hold event says so, nothing the
+        // process could fake) and not resumed since: it cannot have forked, so there is
+        // nothing to adopt, and the walk of every process on the host that adopting takes
+        // (~2.5 ms of the exec's start) is spared.
+        let unforked = self
+            .kube_exec
+            .held
+            .get(&s.pid)
+            .is_some_and(|(k, ..)| *k == key)
+            && host::stopped(key);
+        let tracked = resumed.is_some()
+            || self
+                .track_exec(kernel_id, key, refusal.is_some(), unforked)
+                .await;
         // Followed now: a command the kernel held may run (a refused one is told why and
         // killed without running).
         self.release_held(key, refusal.is_some());
@@ -222,9 +235,15 @@ impl State {
 
     /// Tells the kernel to follow the exec's process as a session root, then adopts what it
     /// forked before that (the race between runc starting it and containerd's event reaching
-    /// us). False when it ended meanwhile (its exit came before the kernel knew it). A
-    /// `refused` exec is killed by the kernel at its next exec.
-    async fn track_exec(&mut self, kernel_id: u64, key: ProcKey, refused: bool) -> bool {
+    /// us) unless it is `unforked`. False when it ended meanwhile (its exit came before the
+    /// kernel knew it). A `refused` exec is killed by the kernel at its next exec.
+    async fn track_exec(
+        &mut self,
+        kernel_id: u64,
+        key: ProcKey,
+        refused: bool,
+        unforked: bool,
+    ) -> bool {
         let task = TrackedTask {
             conn_id: kernel_id,
             // The session key is the root's task id, as for an SSH session's leader.
@@ -237,16 +256,19 @@ impl State {
             tracing::error!(pid = key.pid, error = %e, "cannot track the exec's process; it is not controlled");
             return false;
         }
-        match self.bpf.adopt(vec![key.pid]).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(
-                pid = key.pid,
-                adopted = n,
-                "exec children forked before tracking adopted"
-            ),
-            Err(e) => {
-                tracing::warn!(pid = key.pid, error = %e, "cannot adopt the exec's early children")
-            }
+        match unforked {
+            true => {}
+            false => match self.bpf.adopt(vec![key.pid]).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(
+                    pid = key.pid,
+                    adopted = n,
+                    "exec children forked before tracking adopted"
+                ),
+                Err(e) => {
+                    tracing::warn!(pid = key.pid, error = %e, "cannot adopt the exec's early children")
+                }
+            },
         }
         if !host::alive(key) {
             let _ = self.bpf.untrack(key.pid).await;

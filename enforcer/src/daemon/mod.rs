@@ -167,6 +167,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             .build()
             .map_err(DaemonError::Runtime)?,
     ));
+    // etcd and containerd are on the paths of login and exec decisions (a fleet slot, an
+    // exec's report): their clients run here, at the core's priority, not on the public
+    // socket's lowered workers — a flood of public connections (or a busy machine, where
+    // nice 10 loses to every other process) would otherwise slow or time out those decisions.
+    let edge = CoreRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("enforcerd-edge")
+            .enable_all()
+            .build()
+            .map_err(DaemonError::Runtime)?,
+    ));
     let (bpf, bpf_task, recorder_maps) = {
         let _on_core = core.enter();
         bpf::start(settings, events_tx)?
@@ -226,9 +238,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let control = Arc::new(ControlStats::default());
     let audit_tally = audit.tally.clone();
     let audit_path = config.audit.path.clone();
-    // The fleet's etcd tasks run on this (main) runtime; the actor hears from them on its
+    // The fleet's etcd tasks run on the edge runtime; the actor hears from them on its
     // priority lane and never waits on them.
     let (fleet, fleet_events) = if config.fleet.enabled() {
+        let _on_edge = edge.enter();
         let (tx, rx) = mpsc::channel(1024);
         let handle = crate::fleet::FleetHandle::start(
             crate::fleet::FleetStart {
@@ -236,6 +249,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 node: crate::fleet::node_name(&config.fleet),
                 version: info.version.to_owned(),
                 local_copy: config.daemon.state_dir.join("fleet-locks.json"),
+                decisions: Some(core.handle().clone()),
             },
             tx,
         )?;
@@ -244,7 +258,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     } else {
         (None, None)
     };
-    // The Node watch, on this (main) runtime like the fleet's tasks.
+    // The Node watch, on this (main) runtime: a label change may take seconds anyway.
     let (kube, kube_task) = if let Some(client) = kube_client {
         let node = crate::kube::node_name(&config.kubernetes);
         let (tx, rx) = mpsc::channel(64);
@@ -254,8 +268,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     } else {
         (None, None)
     };
-    // containerd's exec processes, on this runtime too.
+    // containerd's exec processes, on the edge runtime like the fleet's tasks.
     let (containerd, containerd_task) = if config.kubernetes.enabled {
+        let _on_edge = edge.enter();
         let (tx, rx) = mpsc::channel(256);
         let socket = config.kubernetes.containerd_socket.clone();
         tracing::info!(socket = %socket.display(), "following containerd's exec processes");
@@ -353,12 +368,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     bpf.shutdown().await;
     let _ = bpf_task.await;
     drop(core);
+    drop(edge);
     tracing::info!("enforcerd stopped");
     Ok(())
 }
 
-/// The core runtime, shut down without waiting however `run` ends: dropping a runtime inside
-/// another runtime's task panics, and that panic hid the error that made the start fail.
+/// The core (or edge) runtime, shut down without waiting however `run` ends: dropping a
+/// runtime inside another runtime's task panics, and that panic hid the error that made the
+/// start fail.
 struct CoreRuntime(Option<tokio::runtime::Runtime>);
 
 impl std::ops::Deref for CoreRuntime {

@@ -108,10 +108,14 @@ pub struct FleetStart {
     pub version: String,
     /// Where the local copy of the fleet locks is kept (`state_dir/fleet-locks.json`).
     pub local_copy: PathBuf,
+    /// The runtime slot transactions (and the leader's connection) run on: the one that
+    /// decides logins, so a slot's round trip wakes no other thread. `None`: the current one.
+    pub decisions: Option<tokio::runtime::Handle>,
 }
 
 impl FleetHandle {
-    /// Starts the fleet tasks on the current runtime; events for the actor go to `events`.
+    /// Starts the fleet tasks on the current runtime (slots: see [`FleetStart::decisions`]);
+    /// events for the actor go to `events`.
     pub fn start(start: FleetStart, events: mpsc::Sender<FleetEvent>) -> Result<Self, FleetError> {
         let keys = Arc::new(Keys::new(&start.config.prefix, &start.node));
         let health = Arc::new(Health::default());
@@ -124,12 +128,18 @@ impl FleetHandle {
         );
         let (leader_tx, leader_rx) = tokio_watch::channel(None);
         let leader_again = Arc::new(tokio::sync::Notify::new());
+        let decisions = start
+            .decisions
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        let on_decisions = decisions.enter(); // dropped below, in order
         client::follow_leader(
             start.config.etcd_endpoints.clone(),
             options,
             leader_tx,
             leader_again.clone(),
         );
+        drop(on_decisions);
         let (writes, writes_rx) = mpsc::unbounded_channel();
         let (lease_tx, lease_rx) = tokio_watch::channel(0i64);
         lease::start(lease::LeaseTask {
@@ -149,6 +159,7 @@ impl FleetHandle {
             local_copy: start.local_copy,
         });
         let (acquire, acquire_rx) = mpsc::unbounded_channel();
+        let on_decisions = decisions.enter();
         slots::start(slots::SlotTask {
             client: client_rx.clone(),
             leader: leader_rx.clone(),
@@ -160,6 +171,7 @@ impl FleetHandle {
             requests: acquire_rx,
             writes: writes.clone(),
         });
+        drop(on_decisions);
         let (ops, ops_rx) = mpsc::unbounded_channel();
         ops::start(client_rx, keys.clone(), health.clone(), ops_rx);
         Ok(FleetHandle {

@@ -13,7 +13,7 @@ use crate::core::conn::ProcKey;
 
 pub mod shim;
 mod signals;
-pub use signals::{await_exec, resume_held, tell, tell_and_kill};
+pub use signals::{await_exec, resume_held, stopped, tell, tell_and_kill};
 
 /// The process with this pid, unless it is gone or a zombie.
 pub fn proc_key(pid: u32) -> Option<ProcKey> {

@@ -63,19 +63,25 @@ pub fn resume_held(key: ProcKey) -> std::io::Result<bool> {
     let Some(pidfd) = pidfd_open(key.pid) else {
         return Ok(false);
     };
-    // The kernel queued a SIGSTOP; it may not be taken yet. Pending signals are read first:
-    // once taken, the task is stopped in the same locked step, so the state read after shows
-    // it. (Read after the pidfd is open: a reused pid fails the start-time check.)
-    let status = std::fs::read_to_string(format!("/proc/{}/status", key.pid)).unwrap_or_default();
-    let pending = stop_pending(&status);
-    let stat = std::fs::read(format!("/proc/{}/stat", key.pid)).unwrap_or_default();
-    match parse_stat(&stat) {
-        Some((state, start)) if start == key.start_ticks && (pending || state == b'T') => {
+    // (Looked at after the pidfd is open: a reused pid fails the start-time check.)
+    match stopped(key) {
+        true => {
             signal(&pidfd, libc::SIGCONT)?;
             Ok(true)
         }
-        _ => Ok(false),
+        false => Ok(false),
     }
+}
+
+/// Whether `key` is stopped, or has a SIGSTOP pending (a held exec that has not run yet).
+pub fn stopped(key: ProcKey) -> bool {
+    // The kernel queued a SIGSTOP; it may not be taken yet. Pending signals are read first:
+    // once taken, the task is stopped in the same locked step, so the state read after shows
+    // it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", key.pid)).unwrap_or_default();
+    let pending = stop_pending(&status);
+    let stat = std::fs::read(format!("/proc/{}/stat", key.pid)).unwrap_or_default();
+    matches!(parse_stat(&stat), Some((state, start)) if start == key.start_ticks && (pending || state == b'T'))
 }
 
 /// Whether a /proc/PID/status text shows SIGSTOP pending (for the process or its thread).

@@ -7,7 +7,8 @@
 //!   fleet-wide limit (registration, slot, their deletes).
 //! - the scale run (`scale.rs`): hundreds of simulated nodes against the real cluster, and
 //!   README's projection from it. `cargo xtask bench fleet scale [NODES [CONNS]]` runs only it
-//!   (default 300 nodes × 100 connections).
+//!   (default 300 nodes × 100 connections); `cargo xtask bench fleet nodes` only the three
+//!   real nodes.
 
 mod floor;
 mod scale;
@@ -23,7 +24,9 @@ use enforcer_tests::{
 };
 
 const ROUNDS: usize = 15;
-const ADMISSIONS: usize = 200;
+const ADMISSIONS: usize = 1000;
+/// The idle pause before each step of the paced admission run.
+const PACE: Duration = Duration::from_millis(20);
 
 fn pct(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
@@ -89,10 +92,13 @@ fn main() {
         nodes: arg(1, 300),
         conns: arg(2, 100),
     };
-    if named.first().map(String::as_str) != Some("scale") {
+    let only = named.first().map(String::as_str);
+    if only != Some("scale") {
         three_nodes();
     }
-    scale::run(&EtcdCluster::start(3), &scale);
+    if only != Some("nodes") {
+        scale::run(&EtcdCluster::start(3), &scale);
+    }
 }
 
 /// Three real nodes (enforcerd + sshd each): lock propagation, admission against etcd's floor,
@@ -137,27 +143,13 @@ fn three_nodes() {
     }
     show("lock on A → connections on B and C ended", lock);
 
-    // Interleaved, so the machine's noise falls on every variant alike.
     let d = &nodes[0].0;
     let mut floor = floor::Floor::connect(&cluster.endpoints());
-    let (mut fleet, mut local, mut raw, mut raw_leader) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..ADMISSIONS {
-        fleet.push(admit(d, &user));
-        local.push(admit(d, &local_user));
-        raw.push(floor.slot(false));
-        raw_leader.push(floor.slot(true));
+    // Back to back (each thread stays warm), then paced like sporadic logins (each step after
+    // an idle pause: threads and vCPUs wake up on the path, as a real node's would).
+    for pace in [Duration::ZERO, PACE] {
+        admissions(d, (&user, &local_user), &mut floor, pace);
     }
-    show("admission, local limits only", local);
-    show("admission with a fleet-wide slot", fleet);
-    show(
-        "etcd floor: the slot transaction alone, client on every member",
-        raw,
-    );
-    show(
-        "etcd floor: the slot transaction alone, client on the leader",
-        raw_leader,
-    );
-
     let before = revision(&cluster);
     let n = 20;
     for _ in 0..n {
@@ -170,4 +162,41 @@ fn three_nodes() {
     std::thread::sleep(Duration::from_millis(500));
     let writes = (revision(&cluster) - before) as f64 / n as f64;
     println!("etcd writes (revisions) per SSH connection with a fleet limit: {writes:.1}");
+}
+
+/// Admissions of `users.0` (a fleet-wide slot) and `users.1` (local limits only) on node `d`,
+/// interleaved with etcd's floor so the machine's noise falls on every variant alike; `pace`
+/// idle before each step.
+fn admissions(
+    d: &TestDaemon,
+    users: (&TestUser, &TestUser),
+    floor: &mut floor::Floor,
+    pace: Duration,
+) {
+    let (mut fleet, mut local, mut raw, mut raw_leader) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ADMISSIONS {
+        std::thread::sleep(pace);
+        fleet.push(admit(d, users.0));
+        std::thread::sleep(pace);
+        local.push(admit(d, users.1));
+        std::thread::sleep(pace);
+        raw.push(floor.slot(false));
+        std::thread::sleep(pace);
+        raw_leader.push(floor.slot(true));
+    }
+    let how = match pace.is_zero() {
+        true => "back to back".to_owned(),
+        false => format!("paced, {} ms idle before each", pace.as_millis()),
+    };
+    println!("### admissions, {how}");
+    show("admission, local limits only", local);
+    show("admission with a fleet-wide slot", fleet);
+    show(
+        "etcd floor: the slot transaction alone, client on every member",
+        raw,
+    );
+    show(
+        "etcd floor: the slot transaction alone, client on the leader",
+        raw_leader,
+    );
 }

@@ -137,6 +137,7 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
                     node,
                     version: "bench".into(),
                     local_copy: dir.path().join(format!("{i}.json")),
+                    decisions: None,
                 },
                 tx,
             )
