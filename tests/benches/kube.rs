@@ -7,9 +7,10 @@
 //! off (no enforcerd), on (enforcerd with `[kubernetes]` on a labeled node, following
 //! containerd: each exec is tracked, admitted against a limit, listed, audited and recorded
 //! through the shim's probes) and on without the shim's probes (`shim_binaries = []`). The
-//! ratio is off/on of the medians: 1.0 = free, target ≥ 0.95. The A/A line compares off rounds
-//! with each other: the noise floor. BPF run-time stats of the on rounds say what the kernel
-//! side runs per exec.
+//! ratio is the median over rounds of each round's off/on (of the round medians): 1.0 = free,
+//! target ≥ 0.95; the table also shows each variant's median over all rounds. The A/A line
+//! compares off rounds with each other: the noise floor. BPF run-time stats of the on rounds
+//! say what the kernel side runs per exec.
 //!
 //! Part 2, recording: `yes … | head -c 16 MB` through a tty exec (the bytes cross the shim's
 //! pty master, where they are recorded), timed from the Exec call to the exit status with all
