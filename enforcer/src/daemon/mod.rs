@@ -159,26 +159,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     // The actors and the PAM socket run on a runtime of their own: however busy the public
     // socket's connections keep the main runtime's workers, a login decision waits only for
     // the OS to schedule this thread.
-    let core = CoreRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("enforcerd-core")
-            .enable_all()
-            .build()
-            .map_err(DaemonError::Runtime)?,
-    ));
+    let core = CoreRuntime::one_thread("enforcerd-core")?;
     // etcd and containerd are on the paths of login and exec decisions (a fleet slot, an
     // exec's report): their clients run here, at the core's priority, not on the public
     // socket's lowered workers — a flood of public connections (or a busy machine, where
     // nice 10 loses to every other process) would otherwise slow or time out those decisions.
-    let edge = CoreRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("enforcerd-edge")
-            .enable_all()
-            .build()
-            .map_err(DaemonError::Runtime)?,
-    ));
+    let edge = CoreRuntime::one_thread("enforcerd-edge")?;
     let (bpf, bpf_task, recorder_maps) = {
         let _on_core = core.enter();
         bpf::start(settings, events_tx)?
@@ -377,6 +363,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
 /// runtime inside another runtime's task panics, and that panic hid the error that made the
 /// start fail.
 struct CoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl CoreRuntime {
+    /// A runtime with one worker thread named `name`, at the daemon's own priority.
+    fn one_thread(name: &str) -> Result<Self, DaemonError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .map_err(DaemonError::Runtime)?;
+        Ok(CoreRuntime(Some(rt)))
+    }
+}
 
 impl std::ops::Deref for CoreRuntime {
     type Target = tokio::runtime::Runtime;
