@@ -84,8 +84,11 @@ fn a_refused_exec_never_runs_its_command() {
     );
     assert_eq!(ran.wait_exit(T), Some(0), "{}", d.log());
     assert!(std::path::Path::new(&seen).exists());
+    // Every admitted exec is held at its command's exec (the shell and this `touch`); a
+    // refused one too, unless it is killed before it gets there (containerd's report can come
+    // before the exec).
     assert!(
-        d.status().events["kube_execs_held"] >= 5,
+        d.status().events["kube_execs_held"] >= 2,
         "{}",
         d.ctl_ok(&["status"])
     );

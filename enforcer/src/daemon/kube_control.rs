@@ -78,10 +78,9 @@ impl State {
     }
 
     /// An exec over a limit or in a locked pod: never listed as a session; its client reads
-    /// why, then it is killed with anything it forked. Tracked with `TASK_REFUSED`, so if
-    /// runc's init has not exec'd the command yet, the kernel kills it at that exec. (runc
-    /// returns, and containerd reports the exec, only once its init is about to exec: in
-    /// practice the command has started, and runs for the few ms until this kill.)
+    /// why, then it is killed with anything it forked. Its command never runs: the kernel
+    /// holds it at its exec (`kube_hold`), or, while nothing holds execs, kills it there
+    /// (tracked with `TASK_REFUSED`).
     pub(super) fn refuse_exec(&mut self, s: ExecSession, r: ExecRefusal) {
         let node = self.node();
         let message = r.message(&s.meta.pod, &node);

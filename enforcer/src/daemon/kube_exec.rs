@@ -127,9 +127,15 @@ impl State {
             .get(&s.pid)
             .is_some_and(|(k, ..)| *k == key)
             && host::stopped(key);
+        // A refused exec is killed by the kernel at its command's exec only while nothing
+        // holds that exec: with the hold on, the command is stopped there like any other and
+        // `refuse_exec` kills it once its client has been told why. (Killing at the exec
+        // left the client without a word when containerd's report came before the exec:
+        // found in a full test run.)
+        let kill_at_exec = refusal.is_some() && self.kube_exec.holding != Some(true);
         let tracked = resumed.is_some()
             || self
-                .track_exec(kernel_id, key, refusal.is_some(), unforked)
+                .track_exec(kernel_id, key, kill_at_exec, unforked)
                 .await;
         // Followed now: a command the kernel held may run (a refused one is told why and
         // killed without running).
@@ -236,12 +242,12 @@ impl State {
     /// Tells the kernel to follow the exec's process as a session root, then adopts what it
     /// forked before that (the race between runc starting it and containerd's event reaching
     /// us) unless it is `unforked`. False when it ended meanwhile (its exit came before the
-    /// kernel knew it). A `refused` exec is killed by the kernel at its next exec.
+    /// kernel knew it). With `kill_at_exec` the kernel kills it at its next exec.
     async fn track_exec(
         &mut self,
         kernel_id: u64,
         key: ProcKey,
-        refused: bool,
+        kill_at_exec: bool,
         unforked: bool,
     ) -> bool {
         let task = TrackedTask {
@@ -249,7 +255,7 @@ impl State {
             // The session key is the root's task id, as for an SSH session's leader.
             session_id: key.pid as u64,
             start_ns: ticks_to_ns(key.start_ticks),
-            flags: TASK_SESSION_LEADER | if refused { TASK_REFUSED } else { 0 },
+            flags: TASK_SESSION_LEADER | if kill_at_exec { TASK_REFUSED } else { 0 },
             _pad: 0,
         };
         if let Err(e) = self.bpf.track(key.pid, task).await {
