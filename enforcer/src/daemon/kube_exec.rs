@@ -262,9 +262,8 @@ impl State {
             tracing::error!(pid = key.pid, error = %e, "cannot track the exec's process; it is not controlled");
             return false;
         }
-        match unforked {
-            true => {}
-            false => match self.bpf.adopt(vec![key.pid]).await {
+        if !unforked {
+            match self.bpf.adopt(vec![key.pid]).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(
                     pid = key.pid,
@@ -274,7 +273,7 @@ impl State {
                 Err(e) => {
                     tracing::warn!(pid = key.pid, error = %e, "cannot adopt the exec's early children")
                 }
-            },
+            }
         }
         if !host::alive(key) {
             let _ = self.bpf.untrack(key.pid).await;
