@@ -141,6 +141,14 @@ impl TestDaemon {
     }
 
     /// The audit log so far, one JSON value per line.
+    /// The audit records of `event`, in order.
+    pub fn audit_events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["event"] == event)
+            .collect()
+    }
+
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
             .unwrap_or_default()

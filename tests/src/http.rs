@@ -35,7 +35,6 @@ pub fn request(
     headers: &[&str],
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    use std::io::BufRead;
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
@@ -46,32 +45,52 @@ pub fn request(
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
     let mut r = std::io::BufReader::new(s);
-    let mut status_line = String::new();
-    r.read_line(&mut status_line)?;
-    let mut len = 0;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 {
-            break;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; len];
+    let head = read_head(&mut r)?;
+    let mut body = vec![0; head.content_length];
     r.read_exact(&mut body)?;
+    let status_line = head.lines.first().cloned().unwrap_or_default();
     let status = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {status_line:?}")))?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An HTTP message head, read line by line.
+pub struct Head {
+    /// Its lines without their line ends, the start line first, the blank line left out.
+    pub lines: Vec<String>,
+    /// Its `Content-Length` (0 when absent).
+    pub content_length: usize,
+    /// The blank line that ends a head was read (false: the peer closed before it).
+    pub complete: bool,
+}
+
+/// Reads a message head from `r`, up to its blank line or the end of the stream.
+pub fn read_head(r: &mut impl std::io::BufRead) -> std::io::Result<Head> {
+    let mut head = Head {
+        lines: Vec::new(),
+        content_length: 0,
+        complete: false,
+    };
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(head);
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            head.complete = true;
+            return Ok(head);
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            head.content_length = v.trim().parse().unwrap_or(0);
+        }
+        head.lines.push(line.to_owned());
+    }
 }
 
 /// Percent-encodes a query parameter value.

@@ -363,25 +363,14 @@ fn handshake(
     backend.write_all(&early)?;
 
     let mut from_backend = BufReader::new(backend.try_clone()?);
-    let mut response = String::new();
-    let mut content_length = 0usize;
-    loop {
-        let mut line = String::new();
-        if from_backend.read_line(&mut line)? == 0 {
-            return Err(invalid("containerd closed before answering".into()));
-        }
-        response.push_str(&line);
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        up.response.push(l.to_owned());
+    let head = crate::http::read_head(&mut from_backend)?;
+    if !head.complete {
+        return Err(invalid("containerd closed before answering".into()));
     }
+    let content_length = head.content_length;
+    let mut response: String = head.lines.iter().map(|l| format!("{l}\r\n")).collect();
+    response.push_str("\r\n");
+    up.response.extend(head.lines);
     let mut client = reader.get_ref().try_clone()?;
     client.write_all(response.as_bytes())?;
     let switched = up

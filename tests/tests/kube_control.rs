@@ -29,9 +29,9 @@ fn shell(bed: &Bed) -> ExecStream {
 
 /// Audit records of `event` with `reason`.
 fn audited(d: &enforcer_tests::TestDaemon, event: &str, reason: &str) -> Vec<Value> {
-    d.audit()
+    d.audit_events(event)
         .into_iter()
-        .filter(|r| r["event"] == event && r["reason"] == reason)
+        .filter(|r| r["reason"] == reason)
         .collect()
 }
 

@@ -85,11 +85,18 @@ fn exit_code(k: &mut PtyChild, within: Duration, bed: &Bed, d: &TestDaemon) -> i
         .unwrap_or_else(|| panic!("kubectl killed by a signal ({st}): {}", why(k, bed, d)))
 }
 
-fn audited(d: &TestDaemon, event: &str) -> Vec<Value> {
-    d.audit()
-        .into_iter()
-        .filter(|r| r["event"] == event)
-        .collect()
+/// `kubectl exec -it` of a command whose first instruction would print: kubectl shows
+/// `message`, fails, and the command never ran (the kernel held it until the refusal).
+fn kubectl_refused(bed: &Bed, d: &TestDaemon, message: &str) {
+    let mut refused = kubectl_it(bed, &["sh", "-c", "echo ran-$((6*7)); sleep 30"]);
+    assert!(refused.wait_for(message, T), "{}", why(&refused, bed, d));
+    let code = exit_code(&mut refused, T, bed, d);
+    assert_ne!(code, 0, "{}", why(&refused, bed, d));
+    assert!(
+        !refused.output_text().contains("ran-42"),
+        "the refused command ran: {}",
+        why(&refused, bed, d)
+    );
 }
 
 #[test]
@@ -233,17 +240,8 @@ fn kubectl_over_the_pod_limit_shows_enforcers_refusal_and_fails() {
         .unwrap()
         .to_owned();
 
-    // Its first instruction would print: the kernel holds it until the refusal.
-    let mut second = kubectl_it(&bed, &["sh", "-c", "echo ran-$((6*7)); sleep 30"]);
     let message = "enforcer: exec refused: pod team-a/web already has 1 of 1 allowed exec sessions";
-    assert!(second.wait_for(message, T), "{}", why(&second, &bed, &d));
-    let code = exit_code(&mut second, T, &bed, &d);
-    assert_ne!(code, 0, "{}", why(&second, &bed, &d));
-    assert!(
-        !second.output_text().contains("ran-42"),
-        "the refused command ran: {}",
-        why(&second, &bed, &d)
-    );
+    kubectl_refused(&bed, &d, message);
 
     let refused = d.wait_audit("session_refused", |r| r["event"] == "session_refused");
     assert_eq!(
@@ -252,7 +250,7 @@ fn kubectl_over_the_pod_limit_shows_enforcers_refusal_and_fails() {
     );
     assert_eq!(refused["message"], message, "{refused:#}");
     assert_eq!(refused["pod"], "web", "{refused:#}");
-    let started = audited(&d, "session_started");
+    let started = d.audit_events("session_started");
     assert_eq!(
         started.len(),
         1,
@@ -271,7 +269,12 @@ fn kubectl_over_the_pod_limit_shows_enforcers_refusal_and_fails() {
         "{}",
         why(&first, &bed, &d)
     );
-    assert_eq!(audited(&d, "session_refused").len(), 1, "{:#?}", d.audit());
+    assert_eq!(
+        d.audit_events("session_refused").len(),
+        1,
+        "{:#?}",
+        d.audit()
+    );
 }
 
 #[test]
@@ -303,26 +306,19 @@ fn kubectl_in_a_locked_namespace_is_ended_then_refused_with_the_reason() {
     );
     assert!(wait_until(T, || !alive(pid)), "the locked shell survived");
 
-    let mut refused = kubectl_it(&bed, &["sh", "-c", "echo ran-$((6*7)); sleep 30"]);
-    assert!(
-        refused.wait_for("enforcer: exec refused: namespace team-a is locked", T),
-        "{}",
-        why(&refused, &bed, &d)
-    );
-    assert_ne!(
-        exit_code(&mut refused, T, &bed, &d),
-        0,
-        "{}",
-        why(&refused, &bed, &d)
-    );
-    assert!(
-        !refused.output_text().contains("ran-42"),
-        "the refused command ran: {}",
-        why(&refused, &bed, &d)
+    kubectl_refused(
+        &bed,
+        &d,
+        "enforcer: exec refused: namespace team-a is locked",
     );
     let r = d.wait_audit("session_refused", |r| r["event"] == "session_refused");
     assert_eq!(r["reason"], "namespace_locked", "{r:#}");
-    assert_eq!(audited(&d, "session_started").len(), 1, "{:#?}", d.audit());
+    assert_eq!(
+        d.audit_events("session_started").len(),
+        1,
+        "{:#?}",
+        d.audit()
+    );
     assert!(
         wait_until(T, || exec_entries(&d).is_empty()),
         "{:#?}",

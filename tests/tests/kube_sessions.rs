@@ -50,9 +50,9 @@ fn check_entry(e: &Value, bed: &Bed, command: &str, tty: bool) -> u64 {
 
 /// The audit records of `event` for exec `exec_id`.
 fn records(d: &TestDaemon, event: &str, exec_id: &str) -> Vec<Value> {
-    d.audit()
+    d.audit_events(event)
         .into_iter()
-        .filter(|r| r["event"] == event && r["exec_id"] == exec_id)
+        .filter(|r| r["exec_id"] == exec_id)
         .collect()
 }
 
