@@ -9,10 +9,13 @@
 //! (runc's parent moved it into the container's) is the command. It is stopped (SIGSTOP,
 //! taken before it returns to user mode) while `ENF_HOLD_EXECS` says so; enforcerd resumes
 //! or refuses it once containerd reports the exec. A pod's own processes never carry the mark
-//! (`runc create`/`run` start them), and a process that fakes the mark can only stop its own
-//! children.
+//! (`runc create`/`run` start them). Only root's runc is marked (real uid 0 in the host's user
+//! namespace, as containerd's shim runs it): anyone can name a program `runc` and give it an
+//! `exec` argument, and a user whose fake runc marked its thousands of threads would crowd
+//! genuine marks out of the map (LRU), so real execs would run unheld. A root-run fake can
+//! only stop its own children. (A rootless containerd's execs are therefore not held.)
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid};
 use enforcer_common::{counters::Counter, events::EventKind, tasks::TrackedTask};
 
 use crate::{
@@ -75,7 +78,8 @@ pub fn on_exec(tid: u32, old_tid: u32) {
         }
         return;
     }
-    if runc_exec() {
+    // The low half is the real uid.
+    if bpf_get_current_uid_gid() as u32 == 0 && runc_exec() {
         // SAFETY: helper without arguments.
         let cg = unsafe { bpf_get_current_cgroup_id() };
         let _ = ENF_RUNC_EXECS.insert(&tid, &cg, 0);
