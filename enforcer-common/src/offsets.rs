@@ -9,6 +9,10 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     pub task_tgid: u32,
     pub task_start_boottime: u32,
+    /// `task_struct.thread_pid` and `pid.level`: how deep the task's pid namespace is (0: the
+    /// host's).
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
     pub task_real_parent: u32,
     pub task_exit_code: u32,
     pub task_mm: u32,
@@ -80,6 +84,8 @@ impl KernelOffsets {
         task_pid: ABSENT,
         task_tgid: ABSENT,
         task_start_boottime: ABSENT,
+        task_thread_pid: ABSENT,
+        pid_level: ABSENT,
         task_real_parent: ABSENT,
         task_exit_code: ABSENT,
         task_mm: ABSENT,

@@ -9,11 +9,14 @@
 //! (runc's parent moved it into the container's) is the command. It is stopped (SIGSTOP,
 //! taken before it returns to user mode) while `ENF_HOLD_EXECS` says so; enforcerd resumes
 //! or refuses it once containerd reports the exec. A pod's own processes never carry the mark
-//! (`runc create`/`run` start them). Only root's runc is marked (real uid 0 in the host's user
-//! namespace, as containerd's shim runs it): anyone can name a program `runc` and give it an
-//! `exec` argument, and a user whose fake runc marked its thousands of threads would crowd
-//! genuine marks out of the map (LRU), so real execs would run unheld. A root-run fake can
-//! only stop its own children. (A rootless containerd's execs are therefore not held.)
+//! (`runc create`/`run` start them). Only the host's root's runc is marked (real uid 0 in the
+//! host's user namespace, in the host's pid namespace, as containerd's shim runs it): anyone can
+//! name a program `runc` and give it an `exec` argument, and a user — or root in a container
+//! without a user namespace, uid 0 on the host too — whose fake runc marked its thousands of
+//! threads would crowd genuine marks out of the map (LRU), so real execs would run unheld. A
+//! fake run by the host's root can only stop its own children. (A rootless containerd's execs,
+//! and those of a containerd in a container without the host's pid namespace, are therefore not
+//! held.)
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid};
 use enforcer_common::{counters::Counter, events::EventKind, tasks::TrackedTask};
@@ -79,7 +82,7 @@ pub fn on_exec(tid: u32, old_tid: u32) {
         return;
     }
     // The low half is the real uid.
-    if bpf_get_current_uid_gid() as u32 == 0 && runc_exec() {
+    if bpf_get_current_uid_gid() as u32 == 0 && kernel::in_host_pid_ns(kernel::current()) && runc_exec() {
         // SAFETY: helper without arguments.
         let cg = unsafe { bpf_get_current_cgroup_id() };
         let _ = ENF_RUNC_EXECS.insert(&tid, &cg, 0);

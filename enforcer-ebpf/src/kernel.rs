@@ -33,6 +33,18 @@ pub fn start_ns(task: u64) -> Result<u64, i32> {
     field(task, off!(task_start_boottime))
 }
 
+/// Whether `task` lives in the host's pid namespace. True when this kernel's BTF lacks the
+/// members (nothing to tell by; the callers' other checks stand alone then).
+#[inline(always)]
+pub fn in_host_pid_ns(task: u64) -> bool {
+    if off!(task_thread_pid) == ABSENT || off!(pid_level) == ABSENT {
+        return true;
+    }
+    field::<u64>(task, off!(task_thread_pid))
+        .and_then(|pid| field::<u32>(pid, off!(pid_level)))
+        .is_ok_and(|level| level == 0)
+}
+
 /// The thread-group id of the task's parent.
 #[inline(always)]
 pub fn ppid(task: u64) -> Result<u32, i32> {

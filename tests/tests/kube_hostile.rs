@@ -3,7 +3,9 @@
 //! forked was marked in an LRU map of 8 192 entries — so an unprivileged user with a fake
 //! `runc` and thousands of threads could fill the map and crowd out genuine runc marks, and
 //! real execs would run before enforcerd decided on them (before the fix: 7 977 of the user's
-//! 9 001 tasks marked, the map full). Only root's runc is marked now.
+//! 9 001 tasks marked, the map full). Root in a pod (uid 0 on the host without a user
+//! namespace) could do the same (found by review). Only the host's root's runc, in the host's
+//! pid namespace, is marked now.
 
 use std::{
     io::{BufRead, BufReader},
@@ -57,45 +59,9 @@ fn a_users_fake_runc_marks_nothing_and_real_execs_stay_held() {
     let bed = Bed::new("fakerunc");
     let d = bed.daemon_connected("max_exec_sessions_per_pod = 1\n");
     let user = TestUser::create("frunc");
-    let dir = tempfile::Builder::new()
-        .prefix("enf-fake-runc-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let runc = dir.path().join("runc");
-    std::fs::copy(env!("CARGO_BIN_EXE_enf-fake-runc"), &runc).unwrap();
-    std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
-
-    let mut fake = user
-        .command(&runc)
-        .args(["--root", "/run/containerd/runc/k8s.io", "exec"])
-        .arg(THREADS.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(fake.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    let fields: Vec<&str> = ready.split_whitespace().collect();
-    assert_eq!(fields.first(), Some(&"ready"), "fake runc said {ready:?}");
-    let pid: u32 = fields[1].parse().unwrap();
-    let tids: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    assert!(tids.len() > THREADS, "{} tasks", tids.len());
-
-    let marked = marked_tasks(&d.pin_dir);
-    let theirs = marked.iter().filter(|t| tids.contains(t)).count();
-    assert_eq!(
-        theirs,
-        0,
-        "{theirs} of the user's {} tasks marked as runc's ({} marks in all)",
-        tids.len(),
-        marked.len()
-    );
+    let (dir, runc) = fake_runc();
+    let (mut fake, tids) = start_fake(user.command(&runc), |pid| pid);
+    assert_no_marks(&d, &tids);
 
     // With the user's tasks all alive, the hold works as ever: a refused exec's command never
     // runs, an admitted one runs once decided.
@@ -134,4 +100,91 @@ fn a_users_fake_runc_marks_nothing_and_real_execs_stay_held() {
     );
     drop(fake.stdin.take());
     assert!(fake.wait().unwrap().success());
+    drop(dir);
+}
+
+/// Root in a container without a user namespace is uid 0 on the host as well: the same fake,
+/// run as root inside the pod's pid namespace, marks nothing either.
+#[test]
+fn root_in_a_pod_cannot_fake_runc_either() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("podrunc");
+    let d = bed.daemon_connected("");
+    let (dir, runc) = fake_runc();
+    let mut nsenter = Command::new("nsenter");
+    nsenter
+        .arg("-t")
+        .arg(bed.main_pid.to_string())
+        .args(["--pid", "--"])
+        .arg(&runc);
+    // nsenter forks into the namespace: the fake is its child.
+    let (mut fake, tids) = start_fake(nsenter, |nsenter_pid| {
+        std::fs::read_to_string(format!("/proc/{nsenter_pid}/task/{nsenter_pid}/children"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .expect("nsenter's child")
+            .parse()
+            .unwrap()
+    });
+    assert_no_marks(&d, &tids);
+    drop(fake.stdin.take());
+    assert!(fake.wait().unwrap().success());
+    drop(dir);
+}
+
+/// A directory anyone may enter with the fake runc in it, named `runc`.
+fn fake_runc() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("enf-fake-runc-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runc = dir.path().join("runc");
+    std::fs::copy(env!("CARGO_BIN_EXE_enf-fake-runc"), &runc).unwrap();
+    std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, runc)
+}
+
+/// Starts `cmd` (ending in the fake runc) with `runc`'s arguments and [`THREADS`] threads; once
+/// they are all up, returns it with every task id of the fake (whose host pid `host_pid` finds
+/// from the spawned process's).
+fn start_fake(
+    mut cmd: Command,
+    host_pid: impl Fn(u32) -> u32,
+) -> (std::process::Child, std::collections::HashSet<u32>) {
+    let mut fake = cmd
+        .args(["--root", "/run/containerd/runc/k8s.io", "exec"])
+        .arg(THREADS.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(fake.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("ready "), "fake runc said {ready:?}");
+    let pid = host_pid(fake.id());
+    let tids: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    assert!(tids.len() > THREADS, "{} tasks", tids.len());
+    (fake, tids)
+}
+
+/// None of `tids` is marked as a runc exec's in `d`'s kernel maps.
+fn assert_no_marks(d: &enforcer_tests::TestDaemon, tids: &std::collections::HashSet<u32>) {
+    let marked = marked_tasks(&d.pin_dir);
+    let theirs = marked.iter().filter(|t| tids.contains(t)).count();
+    assert_eq!(
+        theirs,
+        0,
+        "{theirs} of the fake's {} tasks marked as runc's ({} marks in all)",
+        tids.len(),
+        marked.len()
+    );
 }

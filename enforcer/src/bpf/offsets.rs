@@ -41,6 +41,8 @@ pub fn build(btf: &Btf, tp: &TracepointLayout) -> Result<(KernelOffsets, Vec<Str
         task_pid: g("task_struct", "pid"),
         task_tgid: g("task_struct", "tgid"),
         task_start_boottime: g("task_struct", "start_boottime"),
+        task_thread_pid: g("task_struct", "thread_pid"),
+        pid_level: g("pid", "level"),
         task_real_parent: g("task_struct", "real_parent"),
         task_exit_code: g("task_struct", "exit_code"),
         task_mm: g("task_struct", "mm"),
