@@ -2,7 +2,10 @@
 //! each attack run the way it was reported, as a test user, against a real daemon.
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{OpenOptionsExt, PermissionsExt},
+    },
     time::{Duration, Instant},
 };
 
@@ -232,4 +235,114 @@ fn pam_socket_is_root_only() {
         root.call(&Request::Status).unwrap(),
         Reply::Status(_)
     ));
+}
+
+/// The `/dev/pts` entries that exist now.
+fn ptys() -> std::collections::HashSet<String> {
+    std::fs::read_dir("/dev/pts")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect()
+}
+
+/// Found by review: a refused session's leader is told why on its stderr — the channel's
+/// terminal, which its user owns — and the daemon's state actor did that itself, waiting up to
+/// 100 ms for room and then writing with a blocking write. A user who stops the output of
+/// each new terminal (`tcflow(TCOOFF)`, what Ctrl-S does) before asking for its command stalled
+/// every decision 100 ms per refused channel (and could block a write for good by starting the
+/// output between the wait and the write). Each of ten such refusals is still killed, and the
+/// daemon keeps answering meanwhile.
+#[test]
+fn refusals_on_terminals_with_stopped_output_do_not_stall_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    const REFUSALS: usize = 10;
+    let d = TestDaemon::start("[limits]\nmax_sessions_per_connection = 1\n");
+    let ana = TestUser::create("stal");
+    let sshd = TestSshd::start(d.pam(), &[&ana], "");
+    let rt = enforcer_tests::ssh::runtime();
+    let handle = rt
+        .block_on(enforcer_tests::ssh::russh_login(sshd.port, &ana.name, &ana.key))
+        .unwrap();
+    // The one session the connection may have.
+    let first = rt.block_on(handle.channel_open_session()).unwrap();
+    rt.block_on(first.exec(true, "sleep 600".as_bytes())).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        d.sessions()
+            .first()
+            .is_some_and(|c| c["sessions"].as_array().is_some_and(|s| s.len() == 1))
+    }));
+    // Channels with a terminal whose output is stopped, each then asked for a command.
+    let mut stopped = Vec::new();
+    let mut channels = Vec::new();
+    for _ in 0..REFUSALS {
+        let before = ptys();
+        let mut ch = rt.block_on(handle.channel_open_session()).unwrap();
+        rt.block_on(ch.request_pty(true, "xterm", 80, 24, 0, 0, &[]))
+            .unwrap();
+        assert!(matches!(
+            rt.block_on(ch.wait()),
+            Some(russh::ChannelMsg::Success)
+        ));
+        let new = ptys().difference(&before).next().cloned().expect("its pty");
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(format!("/dev/pts/{new}"))
+            .unwrap();
+        // SAFETY: tcflow on an fd we own.
+        assert_eq!(unsafe { libc::tcflow(tty.as_raw_fd(), libc::TCOOFF) }, 0);
+        stopped.push(tty);
+        channels.push(ch);
+    }
+    for ch in &channels {
+        rt.block_on(ch.exec(false, "echo should-not-run".as_bytes()))
+            .unwrap();
+    }
+    // The daemon answers throughout. Before, each refusal held it for tell's full 100 ms wait:
+    // as many status requests took that long as there were refusals.
+    let mut stalled = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let t = Instant::now();
+        d.status();
+        if t.elapsed() >= Duration::from_millis(90) {
+            stalled.push(t.elapsed());
+        }
+    }
+    assert!(
+        stalled.len() < REFUSALS / 3,
+        "{} status requests took 90 ms or more while {REFUSALS} refusals were told: {stalled:?}",
+        stalled.len()
+    );
+    // Every refused channel ends (its leader killed although its message could not be
+    // written), and nothing ran.
+    for mut ch in channels {
+        let mut out = Vec::new();
+        let closed = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(msg) = ch.wait().await {
+                    match msg {
+                        russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                        russh::ChannelMsg::Close => return true,
+                        _ => {}
+                    }
+                }
+                true
+            })
+            .await
+        });
+        assert_eq!(closed, Ok(true), "a refused channel was never ended");
+        assert!(!String::from_utf8_lossy(&out).contains("should-not-run"));
+    }
+    assert_eq!(
+        d.audit_events("session_refused").len(),
+        REFUSALS,
+        "{}",
+        d.log()
+    );
+    drop(stopped);
+    rt.block_on(first.close()).unwrap();
 }

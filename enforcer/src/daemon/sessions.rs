@@ -227,9 +227,14 @@ impl State {
             .get(&(origin.conn_id, origin.tid))
             .cloned()
             .unwrap_or_else(|| "enforcer: session refused by a session limit".to_owned());
-        if let Err(e) = host::tell_and_kill(origin.pid, &format!("{message}\r\n")) {
-            tracing::warn!(pid = origin.pid, error = %e, "could not show the refusal to the user");
-        }
+        // Off the actor: the user owns that terminal and may have stopped its output (tell
+        // waits up to 100 ms for room), and refusals come as fast as channels are opened.
+        let pid = origin.pid;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = host::tell_and_kill(pid, &format!("{message}\r\n")) {
+                tracing::warn!(pid, error = %e, "could not show the refusal to the user");
+            }
+        });
     }
 
     pub(super) async fn kill_session(&mut self, id: u64, peer: &Peer) -> Result<u64, ErrorReply> {

@@ -1,14 +1,19 @@
 //! Signals to processes through pidfds (never a recycled pid): messages to their stderr
 //! before a kill, and the resumption of an exec the kernel held.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::{
+    fd::{AsRawFd, OwnedFd},
+    unix::fs::OpenOptionsExt,
+};
 
 use super::{parse_stat, pidfd_getfd, pidfd_open};
 use crate::core::conn::ProcKey;
 
-/// Writes `message` to a process's stderr — through a duplicate of its fd 2, whatever that is
-/// (pipe, socket, terminal), so it reaches the channel or terminal the user sees. Non-blocking:
-/// a full pipe loses the message rather than stalling the daemon.
+/// Writes `message` to a process's stderr — whatever its fd 2 is (pipe, socket, terminal), so
+/// it reaches the channel or terminal the user sees. Never blocks past a 100 ms wait for
+/// room: the user owns that fd and can stop it from draining (a terminal's output stopped with
+/// Ctrl-S or `tcflow`), and a write that blocked would hold the kill that follows it, or the
+/// thread that waits for it, for as long as the user likes. A full fd loses the message.
 pub fn tell(pid: u32, message: &str) -> std::io::Result<()> {
     let pidfd = pidfd_open(pid).ok_or_else(std::io::Error::last_os_error)?;
     write_stderr(&pidfd, message)
@@ -17,24 +22,70 @@ pub fn tell(pid: u32, message: &str) -> std::io::Result<()> {
 fn write_stderr(pidfd: &OwnedFd, message: &str) -> std::io::Result<()> {
     let fd = pidfd_getfd(pidfd, 2).ok_or_else(std::io::Error::last_os_error)?;
     let buf = message.as_bytes();
-    // The duplicate shares the target's file description, so its flags are not ours to change
-    // (setting O_NONBLOCK would change them for the user's program too). Instead wait briefly
-    // for room: messages are one short line, below PIPE_BUF, so a writable fd takes all of it.
+    // SAFETY: fstat into a zeroed stat of our own fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    match st.st_mode & libc::S_IFMT {
+        // A file takes the line at once (through the duplicate: same offset, the user's
+        // O_APPEND).
+        libc::S_IFREG => std::io::Write::write_all(&mut std::fs::File::from(fd), buf),
+        // A socket: non-blocking per call, whatever the user's description says.
+        libc::S_IFSOCK => {
+            wait_writable(&fd)?;
+            // SAFETY: valid fd and buffer.
+            let n = unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            complete(n, buf.len())
+        }
+        // A terminal or a pipe: a description of our own, non-blocking (setting O_NONBLOCK on
+        // the duplicate would change the user's program's description too).
+        _ => {
+            let own = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+            wait_writable(&own)?;
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::write(own.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            complete(n, buf.len())
+        }
+    }
+}
+
+/// Waits at most 100 ms for room (messages are one short line, below PIPE_BUF).
+fn wait_writable(fd: &impl AsRawFd) -> std::io::Result<()> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLOUT,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
-    if ready <= 0 {
-        return Err(std::io::Error::new(
+    match unsafe { libc::poll(&mut pfd, 1, 100) } {
+        n if n > 0 => Ok(()),
+        _ => Err(std::io::Error::new(
             std::io::ErrorKind::WouldBlock,
             "stderr not writable",
-        ));
+        )),
     }
-    let mut f = std::fs::File::from(fd);
-    std::io::Write::write_all(&mut f, buf)
+}
+
+fn complete(written: isize, len: usize) -> std::io::Result<()> {
+    match written {
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        n if n as usize == len => Ok(()),
+        n => Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("{n} of {len} bytes written"),
+        )),
+    }
 }
 
 /// Waits (at most `within`) until `pid` runs another program than `parent`. A channel's
