@@ -49,6 +49,14 @@ pub enum Counter {
     /// `kubectl exec` commands stopped before their first instruction for enforcerd's
     /// decision (`ENF_HOLD_EXECS`).
     ExecHeld = 17,
+    /// A held exec command was resumed by a process other than the host's root (`SIGCONT` from
+    /// inside its pod): until enforcerd's decision, it is killed if it forks or execs.
+    ExecHoldBroken = 18,
+    /// Tasks killed for forking or exec'ing while their exec was held (see `ExecHoldBroken`).
+    KilledHeld = 19,
+    /// A held exec command could not be marked (`ENF_HELD_TASKS` full): a `SIGCONT` from its
+    /// pod would let it fork before enforcerd follows it.
+    DropHeldFull = 20,
 }
 
 /// Number of slots in `ENF_COUNTERS`; larger than the number of counters so new ones can be
@@ -57,7 +65,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 21] = [
         Counter::ExecSeen,
         Counter::ForkSeen,
         Counter::ExitSeen,
@@ -76,6 +84,9 @@ impl Counter {
         Counter::KilledLocked,
         Counter::DropForwardsFull,
         Counter::ExecHeld,
+        Counter::ExecHoldBroken,
+        Counter::KilledHeld,
+        Counter::DropHeldFull,
     ];
 
     /// Stable snake_case name used in `enforcerctl status` and its JSON.
@@ -99,6 +110,9 @@ impl Counter {
             Counter::KilledLocked => "killed_user_locked",
             Counter::DropForwardsFull => "drop_forwards_full",
             Counter::ExecHeld => "kube_execs_held",
+            Counter::ExecHoldBroken => "kube_exec_holds_broken",
+            Counter::KilledHeld => "killed_held",
+            Counter::DropHeldFull => "drop_held_map_full",
         }
     }
 
@@ -113,6 +127,7 @@ impl Counter {
                 | Counter::DropActivityFull
                 | Counter::DropRecordingBytes
                 | Counter::DropForwardsFull
+                | Counter::DropHeldFull
         )
     }
 }

@@ -47,6 +47,9 @@ pub enum EventKind {
     /// Header only: a `kubectl exec`'s command was stopped before its first instruction
     /// (`ENF_HOLD_EXECS`); the daemon resumes or refuses it.
     ExecHeld = 6,
+    /// Header only (`session_id`: the held command's task id): a task of a held exec was
+    /// killed for forking or exec'ing — a process of its pod had resumed it.
+    HoldBroken = 7,
 }
 
 impl EventKind {
@@ -59,6 +62,7 @@ impl EventKind {
             4 => Some(EventKind::Stopped),
             5 => Some(EventKind::Forward),
             6 => Some(EventKind::ExecHeld),
+            7 => Some(EventKind::HoldBroken),
             _ => None,
         }
     }

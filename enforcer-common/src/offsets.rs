@@ -73,6 +73,9 @@ pub struct KernelOffsets {
     pub tp_ioctl_fd: u32,
     pub tp_ioctl_cmd: u32,
     pub tp_ioctl_arg: u32,
+    /// `signal_generate`: the signal and the target task's id.
+    pub tp_signal_sig: u32,
+    pub tp_signal_pid: u32,
 }
 
 /// Marks an absent field.
@@ -138,6 +141,8 @@ impl KernelOffsets {
         tp_ioctl_fd: ABSENT,
         tp_ioctl_cmd: ABSENT,
         tp_ioctl_arg: ABSENT,
+        tp_signal_sig: ABSENT,
+        tp_signal_pid: ABSENT,
     };
 }
 

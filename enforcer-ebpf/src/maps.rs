@@ -88,6 +88,12 @@ pub static ENF_UNCLAIMED: LruHashMap<u64, u64> = LruHashMap::pinned(EXEC_CHANNEL
 #[map]
 pub static ENF_RUNC_EXECS: LruHashMap<u32, u64> = LruHashMap::pinned(8192, 0);
 
+/// Exec commands the kernel holds, and what they forked meanwhile: task id → the held
+/// command's task id (see `gate`). An entry goes when enforcerd (the host's root) sends the
+/// command its `SIGCONT`, or when the task ends. Not LRU: nothing may push a hold out. Pinned.
+#[map]
+pub static ENF_HELD_TASKS: HashMap<u32, u32> = HashMap::pinned(4096, 0);
+
 /// Slot 0: non-zero while exec commands are held for enforcerd's decision (exec enforcement
 /// on: `[kubernetes] enabled` and the node labeled). Cleared when enforcerd stops cleanly.
 /// Pinned.
@@ -166,3 +172,4 @@ pub fn emit<T>(event: &T) {
 
 pub const SIGKILL: u32 = 9;
 pub const SIGSTOP: u32 = 19;
+pub const SIGCONT: u32 = 18;

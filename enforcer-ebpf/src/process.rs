@@ -126,6 +126,20 @@ pub fn enf_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "signal", name = "signal_generate")]
+pub fn enf_signal(ctx: TracePointContext) -> u32 {
+    if !crate::config::active() {
+        return 0;
+    }
+    // SAFETY: offsets from this kernel's tracefs format of the record.
+    let sig: Result<i32, _> = unsafe { ctx.read_at(off!(tp_signal_sig) as usize) };
+    let target: Result<i32, _> = unsafe { ctx.read_at(off!(tp_signal_pid) as usize) };
+    if let (Ok(sig), Ok(target)) = (sig, target) {
+        crate::gate::on_signal(sig as u32, target as u32);
+    }
+    0
+}
+
 /// The thread id the exec'ing task had before (a non-leader thread that exec'd takes the
 /// leader's id).
 #[inline(always)]

@@ -188,3 +188,65 @@ fn assert_no_marks(d: &enforcer_tests::TestDaemon, tids: &std::collections::Hash
         marked.len()
     );
 }
+
+/// Found by review: the hold is a SIGSTOP, and a process of the pod that may signal the command
+/// ends it — an admitted exec running `kill -CONT -1` in a loop resumed every held command at
+/// once, so a refused one ran and what it forked in the background (re-parented to the
+/// container's init) was never followed and outlived the refusal. A held command resumed that
+/// way is now killed when it forks or execs, until enforcerd lets it go.
+#[test]
+fn a_pod_that_resumes_held_commands_gains_nothing() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("sigcont");
+    let d = bed.daemon_connected("max_exec_sessions_per_pod = 1\n");
+    // The pod's one allowed exec, resuming everything it may signal, all the time.
+    let looper = ExecStream::connect(&bed.cri().exec(
+        &bed.cid,
+        &["sh", "-c", "echo looping; while :; do kill -CONT -1 2>/dev/null; done"],
+        false,
+        false,
+    ));
+    assert!(looper.read_until("looping", T), "{:?}", looper.output_text());
+    let mark = "/tmp/ran-resumed";
+    let seen = format!("/proc/{}/root{mark}", bed.main_pid);
+    let _ = std::fs::remove_file(&seen);
+    for _ in 0..3 {
+        let refused = ExecStream::connect(&bed.cri().exec(
+            &bed.cid,
+            &["sh", "-c", &format!("(setsid sleep 4242 &); touch {mark}; sleep 4243")],
+            false,
+            false,
+        ));
+        assert!(
+            wait_until(T, || refused.is_closed()),
+            "a refused exec went on\n{}",
+            d.log()
+        );
+    }
+    // Give anything that escaped time to show.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let escaped: Vec<u32> = ["4242", "4243"]
+        .iter()
+        .flat_map(|n| enforcer_tests::kube_bed::pids_running(&["sleep", n]))
+        .collect();
+    assert!(escaped.is_empty(), "refused commands left {escaped:?} running\n{}", d.log());
+    assert!(!Path::new(&seen).exists(), "a refused command ran its touch");
+    // Each is refused: by the limit once containerd reported it, or for its broken hold when
+    // the kernel killed it first.
+    let refusals = d.audit_events("session_refused");
+    assert_eq!(refusals.len(), 3, "{refusals:#?}\n{}", d.log());
+    assert!(
+        refusals.iter().all(|r| r["reason"] == "max_exec_sessions_per_pod"
+            || r["reason"] == "exec_hold_broken"),
+        "{refusals:#?}"
+    );
+    let status = d.status();
+    assert!(
+        status.events["kube_exec_holds_broken"] > 0 && status.events["killed_held"] > 0,
+        "{}",
+        d.ctl_ok(&["status"])
+    );
+    drop(looper);
+}

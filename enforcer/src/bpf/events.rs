@@ -100,6 +100,10 @@ pub enum KernelEvent {
     ExecHeld {
         origin: EventOrigin,
     },
+    /// A task of the held command `root` (its pid) was killed: a process of its pod resumed it.
+    HoldBroken {
+        root: u32,
+    },
     /// A forwarding channel's socket (inode `ino`) opened or closed.
     Forward {
         origin: EventOrigin,
@@ -244,6 +248,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }),
         Some(EventKind::ExecHeld) => Ok(KernelEvent::ExecHeld {
             origin: origin(&header),
+        }),
+        Some(EventKind::HoldBroken) => Ok(KernelEvent::HoldBroken {
+            root: header.session_id as u32,
         }),
         Some(EventKind::Forward) => {
             let ev: ForwardEvent = read(bytes, "a forward event")?;

@@ -18,10 +18,11 @@ use crate::config::IoHooks;
 /// built).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
 
-/// Tracepoint programs (program, category, tracepoint): the sched ones are always attached.
-const SCHED: [(&str, &str, &str); 2] = [
+/// Tracepoint programs (program, category, tracepoint) that are always attached.
+const SCHED: [(&str, &str, &str); 3] = [
     ("enf_exec", "sched", "sched_process_exec"),
     ("enf_exit", "sched", "sched_process_exit"),
+    ("enf_signal", "signal", "signal_generate"),
 ];
 
 /// The host-wide fallback for sshd's I/O, setsid and chdir (`io_hooks = "syscalls"`).

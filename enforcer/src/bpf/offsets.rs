@@ -95,6 +95,8 @@ pub fn build(btf: &Btf, tp: &TracepointLayout) -> Result<(KernelOffsets, Vec<Str
         tp_ioctl_fd: tp.ioctl_fd,
         tp_ioctl_cmd: tp.ioctl_cmd,
         tp_ioctl_arg: tp.ioctl_arg,
+        tp_signal_sig: tp.signal_sig,
+        tp_signal_pid: tp.signal_pid,
     };
     Ok((o, missing))
 }
@@ -127,10 +129,13 @@ mod tests {
             ioctl_fd: 16,
             ioctl_cmd: 24,
             ioctl_arg: 32,
+            signal_sig: 8,
+            signal_pid: 36,
         };
         let (o, missing) = build(&btf, &tp).unwrap();
         assert!(missing.is_empty(), "{missing:?}");
         assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
         assert_ne!(o.task_pid, o.task_tgid);
+        assert_ne!(o.task_thread_pid, o.pid_level);
     }
 }

@@ -33,6 +33,9 @@ pub struct TracepointLayout {
     pub ioctl_fd: u32,
     pub ioctl_cmd: u32,
     pub ioctl_arg: u32,
+    /// `signal_generate`: sig, pid (the target).
+    pub signal_sig: u32,
+    pub signal_pid: u32,
 }
 
 /// Returns the tracefs root, mounting tracefs at /sys/kernel/tracing when nothing is there.
@@ -126,6 +129,8 @@ pub fn read_layout(root: &Path) -> Result<TracepointLayout, BpfError> {
         ioctl_fd: required(root, "syscalls/sys_enter_ioctl", "fd", 8)?,
         ioctl_cmd: required(root, "syscalls/sys_enter_ioctl", "cmd", 8)?,
         ioctl_arg: required(root, "syscalls/sys_enter_ioctl", "arg", 8)?,
+        signal_sig: required(root, "signal/signal_generate", "sig", 4)?,
+        signal_pid: required(root, "signal/signal_generate", "pid", 4)?,
     })
 }
 
@@ -194,7 +199,12 @@ format:
             "sched/sched_process_exit",
             "\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n",
         );
+        write(
+            "signal/signal_generate",
+            "\tfield:int sig;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:char comm[16];\toffset:20;\tsize:16;\tsigned:0;\n\tfield:pid_t pid;\toffset:36;\tsize:4;\tsigned:1;\n",
+        );
         let l = read_layout(dir.path()).unwrap();
+        assert_eq!((l.signal_sig, l.signal_pid), (8, 36));
         assert_eq!(l.setsid_ret, 16);
         assert_eq!(
             (l.write_fd, l.write_buf, l.write_count, l.read_ret),

@@ -138,6 +138,9 @@ names! {
         /// What a `kubectl exec` session left running when its own process ended (setsid'd,
         /// nohup'd or backgrounded: its client is gone) was killed (`kubernetes.cut_orphans`).
         ExecOrphans = "exec_orphans",
+        /// An exec refused: a process of its pod resumed its held command before enforcerd's
+        /// decision, and the kernel killed it when it forked or exec'd.
+        ExecHoldBroken = "exec_hold_broken",
     }
 }
 

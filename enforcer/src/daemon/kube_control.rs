@@ -139,8 +139,24 @@ impl State {
             channels: Vec::new(),
         };
         self.dirty = true;
-        self.counters.sessions_started += 1;
         let node = self.node();
+        if self.kube_exec.broken.remove(&session.pid).is_some() {
+            // Not a session that ended: one the kernel stopped from starting anything.
+            let message = format!(
+                "enforcer: exec refused: a process of pod {} resumed its command before enforcerd's decision",
+                session.meta.pod
+            );
+            let mut rec = AuditRecord::new(AuditEvent::SessionRefused, now)
+                .with_exec(&session, &node)
+                .reason(AuditReason::ExecHoldBroken, Some(message));
+            rec.conn_id = None;
+            rec.command = None;
+            rec.pid = Some(session.pid);
+            self.audit.record(rec);
+            self.counters.sessions_refused += 1;
+            return;
+        }
+        self.counters.sessions_started += 1;
         let message = "ended before enforcerd could follow it: its commands are not known";
         for event in [AuditEvent::SessionStarted, AuditEvent::SessionEnded] {
             let mut rec = AuditRecord::new(event, now).with_exec(&session, &node);

@@ -47,6 +47,9 @@ pub(super) struct ExecState {
     /// Execs the kernel holds, until containerd reports them: pid → (the process, when to
     /// let it go unreported, whether our containerd's shim started it).
     pub held: HashMap<u32, (ProcKey, tokio::time::Instant, bool)>,
+    /// Held execs the kernel killed because a process of their pod resumed them: pid → when
+    /// (kept a minute, for containerd's report to find).
+    pub broken: HashMap<u32, tokio::time::Instant>,
 }
 
 impl State {

@@ -54,6 +54,16 @@ impl State {
             .insert(pid, (key, Instant::now() + HOLD_AT_MOST, ours));
     }
 
+    /// The kernel killed a task of the held exec `root`: a process of its pod resumed it.
+    pub(super) fn on_hold_broken(&mut self, root: u32) {
+        tracing::warn!(pid = root, "a held exec was resumed from inside its pod: the kernel killed it when it started something");
+        let now = Instant::now();
+        self.kube_exec
+            .broken
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        self.kube_exec.broken.insert(root, now);
+    }
+
     /// containerd reported the exec `key`: it is no longer waiting for that. Resumed unless
     /// `refused` (it is then told why and killed without running).
     pub(super) fn release_held(&mut self, key: ProcKey, refused: bool) {

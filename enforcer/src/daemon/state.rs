@@ -467,6 +467,7 @@ impl State {
             } => self.on_session(origin, start_ns, refused),
             KernelEvent::Stopped { origin } => self.on_stopped(origin),
             KernelEvent::ExecHeld { origin } => self.on_exec_held(origin.pid),
+            KernelEvent::HoldBroken { root } => self.on_hold_broken(root),
             KernelEvent::Forward {
                 origin,
                 ino,

@@ -109,19 +109,21 @@ pub fn tell_and_kill(pid: u32, message: &str) -> std::io::Result<()> {
 }
 
 /// Lets exactly this process run on if it is stopped (the kernel holds an exec's command at
-/// its first instruction, `ENF_HOLD_EXECS`). True when it was stopped and is resumed.
+/// its first instruction, `ENF_HOLD_EXECS`). True when it was stopped and is resumed. The
+/// `SIGCONT` goes to it even when it runs already (a process of its pod resumed it): from the
+/// host's root, it is what lifts the kernel's hold mark (BPF `gate`).
 pub fn resume_held(key: ProcKey) -> std::io::Result<bool> {
     let Some(pidfd) = pidfd_open(key.pid) else {
         return Ok(false);
     };
     // (Looked at after the pidfd is open: a reused pid fails the start-time check.)
-    match stopped(key) {
-        true => {
-            signal(&pidfd, libc::SIGCONT)?;
-            Ok(true)
-        }
-        false => Ok(false),
+    let stat = std::fs::read(format!("/proc/{}/stat", key.pid)).unwrap_or_default();
+    if !matches!(parse_stat(&stat), Some((_, start)) if start == key.start_ticks) {
+        return Ok(false);
     }
+    let was = stopped(key);
+    signal(&pidfd, libc::SIGCONT)?;
+    Ok(was)
 }
 
 /// Whether `key` is stopped, or has a SIGSTOP pending (a held exec that has not run yet).
