@@ -70,7 +70,12 @@ fn kill_held(root: u32) {
         flags: 0,
         _pad: 0,
     };
-    emit(&crate::process::header(EventKind::HoldBroken, pid, tid, &task));
+    emit(&crate::process::header(
+        EventKind::HoldBroken,
+        pid,
+        tid,
+        &task,
+    ));
 }
 
 /// A task ended: its mark goes. (Looked up first: every task on the host ends here, and a
@@ -148,7 +153,10 @@ pub fn on_exec(tid: u32, old_tid: u32) {
         return;
     }
     // The low half is the real uid.
-    if bpf_get_current_uid_gid() as u32 == 0 && kernel::in_host_pid_ns(kernel::current()) && runc_exec() {
+    if bpf_get_current_uid_gid() as u32 == 0
+        && kernel::in_host_pid_ns(kernel::current())
+        && runc_exec()
+    {
         // SAFETY: helper without arguments.
         let cg = unsafe { bpf_get_current_cgroup_id() };
         let _ = ENF_RUNC_EXECS.insert(&tid, &cg, 0);

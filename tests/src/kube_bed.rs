@@ -129,6 +129,68 @@ impl Bed {
         pid.unwrap()
     }
 
+    /// A tty shell in the pod (`kubectl exec -it web -- sh`), ready for input.
+    pub fn shell(&self) -> crate::exec_stream::ExecStream {
+        let sh = crate::exec_stream::ExecStream::connect(&self.cri().exec(
+            &self.cid,
+            &["sh"],
+            true,
+            true,
+        ));
+        sh.send_stdin("echo ready-$((20+1))\n");
+        assert!(
+            sh.read_until("ready-21", T),
+            "shell: {:?}",
+            sh.output_text()
+        );
+        sh
+    }
+
+    /// With `first` the pod's only allowed exec (`max_exec_sessions_per_pod = 1`): `refusals`
+    /// execs of `touch MARK` are refused with the reason on their stderr and never run it;
+    /// once `first` exits, the same command runs.
+    pub fn check_refusals_never_run(
+        &self,
+        d: &TestDaemon,
+        first: crate::exec_stream::ExecStream,
+        mark: &str,
+        refusals: usize,
+    ) {
+        let seen = format!("/proc/{}/root{mark}", self.main_pid);
+        let _ = std::fs::remove_file(&seen);
+        let touch = || {
+            crate::exec_stream::ExecStream::connect(&self.cri().exec(
+                &self.cid,
+                &["/bin/touch", mark],
+                false,
+                false,
+            ))
+        };
+        for _ in 0..refusals {
+            let refused = touch();
+            assert!(
+                wait_until(T, || String::from_utf8_lossy(&refused.stderr()).contains(
+                    "enforcer: exec refused: pod team-a/web already has 1 of 1"
+                )),
+                "stderr {:?} out {:?}\n{}",
+                String::from_utf8_lossy(&refused.stderr()),
+                refused.output_text(),
+                d.log()
+            );
+            assert!(wait_until(T, || refused.is_closed()));
+            assert!(
+                !std::path::Path::new(&seen).exists(),
+                "the refused command ran\n{}",
+                d.log()
+            );
+        }
+        // Once the slot is free the same command runs, held only for the decision.
+        first.send_stdin("exit\n");
+        assert!(wait_until(T, || exec_entries(d).is_empty()));
+        assert_eq!(touch().wait_exit(T), Some(0), "{}", d.log());
+        assert!(std::path::Path::new(&seen).exists());
+    }
+
     /// The exec id containerd gave the exec whose process is `pid` (`ctr tasks ps`).
     pub fn exec_id_of(&self, pid: u32) -> Option<String> {
         let out = self.ctrd.ctr(&["tasks", "ps", &self.cid]);

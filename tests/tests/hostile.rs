@@ -263,11 +263,14 @@ fn refusals_on_terminals_with_stopped_output_do_not_stall_the_daemon() {
     let sshd = TestSshd::start(d.pam(), &[&ana], "");
     let rt = enforcer_tests::ssh::runtime();
     let handle = rt
-        .block_on(enforcer_tests::ssh::russh_login(sshd.port, &ana.name, &ana.key))
+        .block_on(enforcer_tests::ssh::russh_login(
+            sshd.port, &ana.name, &ana.key,
+        ))
         .unwrap();
     // The one session the connection may have.
     let first = rt.block_on(handle.channel_open_session()).unwrap();
-    rt.block_on(first.exec(true, "sleep 600".as_bytes())).unwrap();
+    rt.block_on(first.exec(true, "sleep 600".as_bytes()))
+        .unwrap();
     assert!(wait_until(Duration::from_secs(10), || {
         d.sessions()
             .first()

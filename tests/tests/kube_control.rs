@@ -15,18 +15,6 @@ use enforcer_tests::{
 };
 use serde_json::Value;
 
-/// A tty shell in the pod (`kubectl exec -it web -- sh`), ready for input.
-fn shell(bed: &Bed) -> ExecStream {
-    let sh = ExecStream::connect(&bed.cri().exec(&bed.cid, &["sh"], true, true));
-    sh.send_stdin("echo ready-$((20+1))\n");
-    assert!(
-        sh.read_until("ready-21", T),
-        "shell: {:?}",
-        sh.output_text()
-    );
-    sh
-}
-
 /// Audit records of `event` with `reason`.
 fn audited(d: &enforcer_tests::TestDaemon, event: &str, reason: &str) -> Vec<Value> {
     d.audit_events(event)
@@ -45,45 +33,12 @@ fn a_refused_exec_never_runs_its_command() {
     }
     let bed = Bed::new("norun");
     let d = bed.daemon_connected("max_exec_sessions_per_pod = 1\n");
-    let first = shell(&bed);
-    let mark = "/tmp/ran-4711";
-    let seen = format!("/proc/{}/root{mark}", bed.main_pid);
-    let _ = std::fs::remove_file(&seen);
-    for _ in 0..3 {
-        let refused =
-            ExecStream::connect(
-                &bed.cri()
-                    .exec(&bed.cid, &["/bin/touch", mark], false, false),
-            );
-        assert!(
-            wait_until(T, || String::from_utf8_lossy(&refused.stderr()).contains(
-                "enforcer: exec refused: pod team-a/web already has 1 of 1"
-            )),
-            "stderr {:?} out {:?}\n{}",
-            String::from_utf8_lossy(&refused.stderr()),
-            refused.output_text(),
-            d.log()
-        );
-        assert!(wait_until(T, || refused.is_closed()));
-        assert!(
-            !std::path::Path::new(&seen).exists(),
-            "the refused command ran\n{}",
-            d.log()
-        );
-    }
+    let first = bed.shell();
+    bed.check_refusals_never_run(&d, first, "/tmp/ran-4711", 3);
     assert_eq!(
         audited(&d, "session_refused", "max_exec_sessions_per_pod").len(),
         3
     );
-    // Once the slot is free the same command runs, held only for the decision.
-    first.send_stdin("exit\n");
-    assert!(wait_until(T, || exec_entries(&d).is_empty()));
-    let ran = ExecStream::connect(
-        &bed.cri()
-            .exec(&bed.cid, &["/bin/touch", mark], false, false),
-    );
-    assert_eq!(ran.wait_exit(T), Some(0), "{}", d.log());
-    assert!(std::path::Path::new(&seen).exists());
     // Every admitted exec is held at its command's exec (the shell and this `touch`); a
     // refused one too, unless it is killed before it gets there (containerd's report can come
     // before the exec).
@@ -209,7 +164,7 @@ fn five_parallel_execs_at_pod_limit_three_admit_three_and_tell_two_why() {
         "{}",
         d.ctl_ok(&["status"])
     );
-    let fourth = shell(&bed);
+    let fourth = bed.shell();
     assert!(
         wait_until(T, || exec_entries(&d).len() == 4),
         "{:#?}",
@@ -234,7 +189,7 @@ fn locked_namespace_and_pod_end_and_refuse_execs_across_a_restart() {
     }
     let bed = Bed::new("lock");
     let mut d = bed.daemon();
-    let sh = shell(&bed);
+    let sh = bed.shell();
     assert!(wait_until(T, || exec_entries(&d).len() == 1));
 
     // Bad names get what to write.
@@ -313,7 +268,7 @@ fn locked_namespace_and_pod_end_and_refuse_execs_across_a_restart() {
         String::from_utf8_lossy(&err.stderr).contains("not locked"),
         "{err:?}"
     );
-    let back = shell(&bed);
+    let back = bed.shell();
     back.send_stdin("echo back-$((3+4))\n");
     assert!(back.read_until("back-7", T));
     assert!(
@@ -331,10 +286,10 @@ fn idle_execs_are_warned_then_cut_and_touching_the_terminal_does_not_count() {
     }
     let bed = Bed::new("idle");
     let d = bed.daemon_with("idle_timeout = \"20s\"\n[idle]\nwarn_before = \"5s\"\n");
-    let typing = shell(&bed);
-    let idle = shell(&bed);
+    let typing = bed.shell();
+    let idle = bed.shell();
     // A user who keeps their terminal's times fresh instead of typing.
-    let toucher = shell(&bed);
+    let toucher = bed.shell();
     toucher.send_stdin("while true; do touch $(tty); sleep 1; done\n");
     // Input through a pipe (`kubectl exec -i`, no tty): the shim's writes count.
     let cat = ExecStream::connect(&bed.cri().exec(&bed.cid, &["cat"], false, true));
@@ -416,7 +371,7 @@ fn what_an_exec_leaves_running_is_cut_when_it_exits_or_its_client_goes() {
             .collect()
     };
 
-    let sh = shell(&bed);
+    let sh = bed.shell();
     wait_listed(&d, bed.wait_exec(&["sh"]));
     sh.send_stdin("sleep 4201 >/dev/null 2>&1 &\necho bg-$((1+1))\n");
     assert!(sh.read_until("bg-2", T), "{:?}", sh.output_text());
@@ -433,7 +388,7 @@ fn what_an_exec_leaves_running_is_cut_when_it_exits_or_its_client_goes() {
         left("4201")
     );
 
-    let sh = shell(&bed);
+    let sh = bed.shell();
     let sh_pid = bed.wait_exec(&["sh"]);
     wait_listed(&d, sh_pid);
     sh.send_stdin("(trap '' HUP; exec sleep 4202) &\necho bg-$((2+2))\n");

@@ -18,7 +18,7 @@ use enforcer_tests::{
     TestUser,
     containerd::containerd_installed,
     exec_stream::ExecStream,
-    kube_bed::{Bed, T, exec_entries},
+    kube_bed::{Bed, T},
     require_root,
     ssh::wait_until,
 };
@@ -65,34 +65,9 @@ fn a_users_fake_runc_marks_nothing_and_real_execs_stay_held() {
 
     // With the user's tasks all alive, the hold works as ever: a refused exec's command never
     // runs, an admitted one runs once decided.
-    let first = ExecStream::connect(&bed.cri().exec(&bed.cid, &["sh"], true, true));
-    first.send_stdin("echo up-$((1+1))\n");
-    assert!(first.read_until("up-2", T), "{:?}", first.output_text());
+    let first = bed.shell();
     let held_before = d.status().events["kube_execs_held"];
-    let mark = "/tmp/ran-fake-runc";
-    let seen = format!("/proc/{}/root{mark}", bed.main_pid);
-    let _ = std::fs::remove_file(&seen);
-    let refused = ExecStream::connect(
-        &bed.cri()
-            .exec(&bed.cid, &["/bin/touch", mark], false, false),
-    );
-    assert!(
-        wait_until(T, || String::from_utf8_lossy(&refused.stderr())
-            .contains("enforcer: exec refused: pod team-a/web already has 1 of 1")),
-        "stderr {:?}\n{}",
-        String::from_utf8_lossy(&refused.stderr()),
-        d.log()
-    );
-    assert!(wait_until(T, || refused.is_closed()));
-    assert!(!Path::new(&seen).exists(), "the refused command ran");
-    first.send_stdin("exit\n");
-    assert!(wait_until(T, || exec_entries(&d).is_empty()));
-    let ran = ExecStream::connect(
-        &bed.cri()
-            .exec(&bed.cid, &["/bin/touch", mark], false, false),
-    );
-    assert_eq!(ran.wait_exit(T), Some(0), "{}", d.log());
-    assert!(Path::new(&seen).exists());
+    bed.check_refusals_never_run(&d, first, "/tmp/ran-fake-runc", 1);
     assert!(
         d.status().events["kube_execs_held"] > held_before,
         "{}",
@@ -204,18 +179,30 @@ fn a_pod_that_resumes_held_commands_gains_nothing() {
     // The pod's one allowed exec, resuming everything it may signal, all the time.
     let looper = ExecStream::connect(&bed.cri().exec(
         &bed.cid,
-        &["sh", "-c", "echo looping; while :; do kill -CONT -1 2>/dev/null; done"],
+        &[
+            "sh",
+            "-c",
+            "echo looping; while :; do kill -CONT -1 2>/dev/null; done",
+        ],
         false,
         false,
     ));
-    assert!(looper.read_until("looping", T), "{:?}", looper.output_text());
+    assert!(
+        looper.read_until("looping", T),
+        "{:?}",
+        looper.output_text()
+    );
     let mark = "/tmp/ran-resumed";
     let seen = format!("/proc/{}/root{mark}", bed.main_pid);
     let _ = std::fs::remove_file(&seen);
     for _ in 0..3 {
         let refused = ExecStream::connect(&bed.cri().exec(
             &bed.cid,
-            &["sh", "-c", &format!("(setsid sleep 4242 &); touch {mark}; sleep 4243")],
+            &[
+                "sh",
+                "-c",
+                &format!("(setsid sleep 4242 &); touch {mark}; sleep 4243"),
+            ],
             false,
             false,
         ));
@@ -231,15 +218,23 @@ fn a_pod_that_resumes_held_commands_gains_nothing() {
         .iter()
         .flat_map(|n| enforcer_tests::kube_bed::pids_running(&["sleep", n]))
         .collect();
-    assert!(escaped.is_empty(), "refused commands left {escaped:?} running\n{}", d.log());
-    assert!(!Path::new(&seen).exists(), "a refused command ran its touch");
+    assert!(
+        escaped.is_empty(),
+        "refused commands left {escaped:?} running\n{}",
+        d.log()
+    );
+    assert!(
+        !Path::new(&seen).exists(),
+        "a refused command ran its touch"
+    );
     // Each is refused: by the limit once containerd reported it, or for its broken hold when
     // the kernel killed it first.
     let refusals = d.audit_events("session_refused");
     assert_eq!(refusals.len(), 3, "{refusals:#?}\n{}", d.log());
     assert!(
-        refusals.iter().all(|r| r["reason"] == "max_exec_sessions_per_pod"
-            || r["reason"] == "exec_hold_broken"),
+        refusals.iter().all(
+            |r| r["reason"] == "max_exec_sessions_per_pod" || r["reason"] == "exec_hold_broken"
+        ),
         "{refusals:#?}"
     );
     let status = d.status();

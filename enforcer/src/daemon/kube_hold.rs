@@ -56,7 +56,10 @@ impl State {
 
     /// The kernel killed a task of the held exec `root`: a process of its pod resumed it.
     pub(super) fn on_hold_broken(&mut self, root: u32) {
-        tracing::warn!(pid = root, "a held exec was resumed from inside its pod: the kernel killed it when it started something");
+        tracing::warn!(
+            pid = root,
+            "a held exec was resumed from inside its pod: the kernel killed it when it started something"
+        );
         let now = Instant::now();
         self.kube_exec
             .broken
