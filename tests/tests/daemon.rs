@@ -167,8 +167,8 @@ fn programs_stay_attached_across_sigterm_and_kill_9_until_detach() {
     }
     let mut d = TestDaemon::start("");
     let ids: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
-    // fork, exec, exit and the 10 uprobes on sshd's calls.
-    assert_eq!(ids.len(), 13, "every data-path program is attached");
+    // fork, exec, exit, signal_generate and the 10 uprobes on sshd's calls.
+    assert_eq!(ids.len(), 14, "every data-path program is attached");
     assert!(
         d.status()
             .programs
@@ -252,7 +252,7 @@ fn another_build_replaces_the_pinned_programs_without_losing_sessions() {
     std::fs::write(&d.config_path, toml::to_string(&config).unwrap()).unwrap();
     d.start_again();
     let new: Vec<u32> = d.status().programs.iter().filter_map(|p| p.id).collect();
-    assert_eq!(new.len(), 13);
+    assert_eq!(new.len(), 14);
     assert!(new.iter().all(|id| !old.contains(id)), "{old:?} {new:?}");
     let (continuous, why) = d.continuity();
     assert!(continuous && why.contains("another build"), "{why}");

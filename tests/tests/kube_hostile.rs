@@ -227,16 +227,27 @@ fn a_pod_that_resumes_held_commands_gains_nothing() {
         !Path::new(&seen).exists(),
         "a refused command ran its touch"
     );
-    // Each is refused: by the limit once containerd reported it, or for its broken hold when
-    // the kernel killed it first.
+    // Each is audited: refused by the limit once containerd reported it, or for its broken
+    // hold when this daemon's kernel program killed it first. (Another test's daemon on this
+    // host holds and marks the same execs, and its program may be the one that kills: this
+    // daemon then sees an exec that ended before it could be followed.)
     let refusals = d.audit_events("session_refused");
-    assert_eq!(refusals.len(), 3, "{refusals:#?}\n{}", d.log());
     assert!(
         refusals.iter().all(
             |r| r["reason"] == "max_exec_sessions_per_pod" || r["reason"] == "exec_hold_broken"
         ),
         "{refusals:#?}"
     );
+    let unfollowed = d
+        .audit_events("session_ended")
+        .into_iter()
+        .filter(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("ended before enforcerd could follow it"))
+        })
+        .count();
+    assert_eq!(refusals.len() + unfollowed, 3, "{refusals:#?}\n{}", d.log());
     let status = d.status();
     assert!(
         status.events["kube_exec_holds_broken"] > 0 && status.events["killed_held"] > 0,
