@@ -410,3 +410,47 @@ fn a_lock_covers_every_name_of_the_account() {
     );
     d.ctl_ok(&["unlock", "user", &owner.name]);
 }
+
+/// Found by review: the per-user connection limit counted connections by the name the client
+/// typed, so each other name of the account (here a passwd entry with the same uid) brought
+/// another limit's worth. It counts the account now, as locks do.
+#[test]
+fn the_connection_limit_counts_every_name_of_the_account() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start("[limits]\nmax_connections_per_user = 1\n");
+    let owner = TestUser::create("lm");
+    let alias = Alias(enforcer_tests::users::unique_name("lma"));
+    let out = std::process::Command::new("useradd")
+        .args(["--non-unique", "--no-create-home", "--uid"])
+        .arg(owner.uid.to_string())
+        .arg(&alias.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "useradd: {out:?}");
+    // Stand-in monitors, run by root.
+    let monitor = || {
+        std::process::Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = monitor();
+    let reply = d.account(&owner.name, first.id());
+    assert!(
+        matches!(reply, Reply::Admission(Admission::Admitted { .. })),
+        "{reply:?}"
+    );
+    let mut second = monitor();
+    let reply = d.account(&alias.0, second.id());
+    assert!(
+        matches!(&reply, Reply::Admission(Admission::Refused { reason, .. }) if reason == "max_connections_per_user"),
+        "the account's second connection under another name: {reply:?}"
+    );
+    for c in [&mut first, &mut second] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

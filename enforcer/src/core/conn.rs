@@ -376,9 +376,14 @@ impl Registry {
             .collect()
     }
 
-    /// Connections (pending ones included: they hold a slot) of one user.
-    pub fn count_user(&self, user: &str) -> u32 {
-        self.conns.values().filter(|c| c.user == user).count() as u32
+    /// Connections (pending ones included: they hold a slot) of one account: under the name
+    /// `user`, or under any other name NSS gives the same `uid` (`ALICE`, a second passwd entry
+    /// with that uid) — else every spelling would bring a limit's worth of connections.
+    pub fn count_user(&self, user: &str, uid: Option<u32>) -> u32 {
+        self.conns
+            .values()
+            .filter(|c| c.user == user || (uid.is_some() && c.uid == uid))
+            .count() as u32
     }
 
     /// Connections from one client address.
@@ -453,8 +458,8 @@ pub(crate) mod tests {
         r.insert(conn("alice", 10, "10.0.0.1:1000"));
         r.insert(conn("alice", 11, "10.0.0.2:1000"));
         r.insert(conn("bob", 12, "[::ffff:10.0.0.1]:1000"));
-        assert_eq!(r.count_user("alice"), 2);
-        assert_eq!(r.count_user("carol"), 0);
+        assert_eq!(r.count_user("alice", None), 2);
+        assert_eq!(r.count_user("carol", None), 0);
         assert_eq!(
             r.count_source("10.0.0.1".parse().unwrap()),
             2,

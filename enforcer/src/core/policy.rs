@@ -132,6 +132,7 @@ impl Refusal {
 pub fn admit(
     registry: &Registry,
     user: &str,
+    uid: Option<u32>,
     source: Option<IpAddr>,
     limits: &EffectiveLimits,
     lock: Option<&Lock>,
@@ -140,7 +141,7 @@ pub fn admit(
         return Err(Refusal::Locked(Box::new(lock.clone())));
     }
     let per_user = limits.max_connections_per_user;
-    if per_user > 0 && registry.count_user(user) >= per_user {
+    if per_user > 0 && registry.count_user(user, uid) >= per_user {
         return Err(Refusal::UserLimit { limit: per_user });
     }
     let per_source = limits.max_connections_per_source;
@@ -219,18 +220,32 @@ mod tests {
         let mut r = Registry::default();
         r.insert(conn("alice", 10, "10.0.0.1:1"));
         let ip = Some("10.0.0.9".parse().unwrap());
-        assert!(admit(&r, "alice", ip, &limits(2, 0), None).is_ok());
+        assert!(admit(&r, "alice", None, ip, &limits(2, 0), None).is_ok());
         r.insert(conn("alice", 11, "10.0.0.1:2"));
-        let refusal = admit(&r, "alice", ip, &limits(2, 0), None).unwrap_err();
+        let refusal = admit(&r, "alice", None, ip, &limits(2, 0), None).unwrap_err();
         assert_eq!(refusal.code(), "max_connections_per_user");
         assert_eq!(
             refusal.message("alice"),
             "enforcer: login refused: user alice already has 2 of 2 allowed SSH connections open"
         );
-        assert!(admit(&r, "bob", ip, &limits(2, 0), None).is_ok());
+        assert!(admit(&r, "bob", None, ip, &limits(2, 0), None).is_ok());
         assert!(
-            admit(&r, "alice", ip, &limits(0, 0), None).is_ok(),
+            admit(&r, "alice", None, ip, &limits(0, 0), None).is_ok(),
             "0 = unlimited"
+        );
+    }
+
+    #[test]
+    fn user_limit_counts_the_account_under_any_name() {
+        let mut r = Registry::default();
+        r.insert(conn("alice", 10, "10.0.0.1:1")); // uid 1000
+        let ip = Some("10.0.0.9".parse().unwrap());
+        let e = admit(&r, "ALICE", Some(1000), ip, &limits(1, 0), None).unwrap_err();
+        assert_eq!(e.code(), "max_connections_per_user");
+        assert!(admit(&r, "bob", Some(2000), ip, &limits(1, 0), None).is_ok());
+        assert!(
+            admit(&r, "ALICE", None, ip, &limits(1, 0), None).is_ok(),
+            "a name NSS does not know is only itself"
         );
     }
 
@@ -240,13 +255,14 @@ mod tests {
         r.insert(conn("alice", 10, "10.0.0.1:1"));
         r.insert(conn("bob", 11, "10.0.0.1:2"));
         let src = Some("10.0.0.1".parse().unwrap());
-        let e = admit(&r, "carol", src, &limits(0, 2), None).unwrap_err();
+        let e = admit(&r, "carol", None, src, &limits(0, 2), None).unwrap_err();
         assert_eq!(e.code(), "max_connections_per_source");
         assert!(e.message("carol").contains("from 10.0.0.1"));
         assert!(
             admit(
                 &r,
                 "carol",
+                None,
                 Some("10.0.0.2".parse().unwrap()),
                 &limits(0, 2),
                 None
@@ -259,7 +275,7 @@ mod tests {
     fn lock_wins_over_everything() {
         let r = Registry::default();
         let lock = Lock::parse("alice", b"reason = \"offboarding\"\n", None);
-        let e = admit(&r, "alice", None, &limits(0, 0), Some(&lock)).unwrap_err();
+        let e = admit(&r, "alice", None, None, &limits(0, 0), Some(&lock)).unwrap_err();
         assert_eq!(e.code(), "user_locked");
         assert_eq!(
             e.message("alice"),

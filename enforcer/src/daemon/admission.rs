@@ -144,6 +144,7 @@ impl State {
             None => policy::admit(
                 &self.registry,
                 &req.user,
+                uid,
                 conn.source_ip(),
                 &limits,
                 lock.as_ref(),
