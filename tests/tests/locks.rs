@@ -355,6 +355,21 @@ fn a_lock_ends_a_process_that_keeps_changing_its_pid() {
 /// A second name for an account (here a passwd entry with the same uid), removed by name.
 struct Alias(String);
 
+impl Alias {
+    /// A passwd entry `enf<tag>…` with `owner`'s uid.
+    fn of(owner: &TestUser, tag: &str) -> Self {
+        let alias = Alias(enforcer_tests::users::unique_name(tag));
+        let out = std::process::Command::new("useradd")
+            .args(["--non-unique", "--no-create-home", "--uid"])
+            .arg(owner.uid.to_string())
+            .arg(&alias.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd: {out:?}");
+        alias
+    }
+}
+
 impl Drop for Alias {
     fn drop(&mut self) {
         let _ = std::process::Command::new("userdel").arg(&self.0).output();
@@ -372,14 +387,7 @@ fn a_lock_covers_every_name_of_the_account() {
     }
     let d = TestDaemon::start("");
     let owner = TestUser::create("lk");
-    let alias = Alias(enforcer_tests::users::unique_name("lka"));
-    let out = std::process::Command::new("useradd")
-        .args(["--non-unique", "--no-create-home", "--uid"])
-        .arg(owner.uid.to_string())
-        .arg(&alias.0)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "useradd: {out:?}");
+    let alias = Alias::of(&owner, "lka");
     // A live connection under the other name (a stand-in monitor, run by root).
     let mut live = std::process::Command::new("sleep")
         .arg("600")
@@ -421,14 +429,7 @@ fn the_connection_limit_counts_every_name_of_the_account() {
     }
     let d = TestDaemon::start("[limits]\nmax_connections_per_user = 1\n");
     let owner = TestUser::create("lm");
-    let alias = Alias(enforcer_tests::users::unique_name("lma"));
-    let out = std::process::Command::new("useradd")
-        .args(["--non-unique", "--no-create-home", "--uid"])
-        .arg(owner.uid.to_string())
-        .arg(&alias.0)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "useradd: {out:?}");
+    let alias = Alias::of(&owner, "lma");
     // Stand-in monitors, run by root.
     let monitor = || {
         std::process::Command::new("sleep")
