@@ -120,10 +120,12 @@ impl State {
         };
         let id = self.registry.reserve_session_id();
         self.dirty = true;
-        // Stopped by the kernel at its command's exec (its hold event says so, nothing the
-        // process could fake) and not resumed since: it cannot have forked, so there is
-        // nothing to adopt, and the walk of every process on the host that adopting takes
-        // (~2.5 ms of the exec's start) is spared.
+        // Held by the kernel at its command's exec (its hold event says so, nothing the
+        // process could fake) and still stopped: it has not forked, so there is nothing to
+        // adopt, and the walk of every process on the host that adopting takes (~2.5 ms of
+        // the exec's start) is spared. A stop can be faked (resumed from its pod, then stopped
+        // by itself), but a held task that forks before enforcerd's SIGCONT is killed by the
+        // kernel (BPF `gate`), so nothing forked can be missed here either.
         let unforked = self
             .kube_exec
             .held

@@ -55,16 +55,18 @@ impl State {
     }
 
     /// The kernel killed a task of the held exec `root`: a process of its pod resumed it.
+    /// (One event per task killed; logged once per exec.)
     pub(super) fn on_hold_broken(&mut self, root: u32) {
-        tracing::warn!(
-            pid = root,
-            "a held exec was resumed from inside its pod: the kernel killed it when it started something"
-        );
         let now = Instant::now();
         self.kube_exec
             .broken
             .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
-        self.kube_exec.broken.insert(root, now);
+        if self.kube_exec.broken.insert(root, now).is_none() {
+            tracing::warn!(
+                pid = root,
+                "a held exec was resumed from inside its pod: the kernel killed it when it started something"
+            );
+        }
     }
 
     /// containerd reported the exec `key`: it is no longer waiting for that. Resumed unless
