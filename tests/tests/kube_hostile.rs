@@ -248,9 +248,12 @@ fn a_pod_that_resumes_held_commands_gains_nothing() {
         })
         .count();
     assert_eq!(refusals.len() + unfollowed, 3, "{refusals:#?}\n{}", d.log());
+    // Holds broken: always (the loop resumes every held command). Kills by this daemon's
+    // program: only when a command got to fork before its refusal, and another daemon's
+    // program may kill it first, so not asserted.
     let status = d.status();
     assert!(
-        status.events["kube_exec_holds_broken"] > 0 && status.events["killed_held"] > 0,
+        status.events["kube_exec_holds_broken"] > 0,
         "{}",
         d.ctl_ok(&["status"])
     );
