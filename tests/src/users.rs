@@ -150,3 +150,24 @@ impl Drop for TestGroup {
         let _ = Command::new("groupdel").arg(&self.name).output();
     }
 }
+
+/// A second name for an account (here a passwd entry with the same uid), removed by name.
+pub struct Alias(pub String);
+
+impl Alias {
+    /// A passwd entry `enf<tag>…` with `owner`'s uid.
+    pub fn of(owner: &TestUser, tag: &str) -> Self {
+        let alias = Alias(unique_name(tag));
+        run(Command::new("useradd")
+            .args(["--non-unique", "--no-create-home", "--uid"])
+            .arg(owner.uid.to_string())
+            .arg(&alias.0));
+        alias
+    }
+}
+
+impl Drop for Alias {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).output();
+    }
+}

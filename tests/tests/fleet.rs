@@ -5,16 +5,19 @@
 //! are in `fleet_faults.rs`; admission latency is in `cargo xtask bench fleet`.
 
 use std::{
+    process::{Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
+use enforcer_proto::{Admission, Reply};
 use enforcer_tests::{
     TestDaemon, TestUser,
     etcd::EtcdCluster,
     fleet::{LEASE_TTL_SECS, fleet, fleet_feature, node, race_logins, wait_registered},
     require_root,
     ssh::{HeldSsh, wait_until},
+    users::Alias,
 };
 
 /// The tests start many processes: one at a time.
@@ -345,4 +348,67 @@ fn sessions_over_the_fleet_session_limit_are_ended_at_their_start() {
         Duration::from_secs(10)
     ));
     let _three = HeldSsh::open(&nodes[0].sshd, &kim);
+}
+
+/// Found in review: fleet slots were keyed by the name typed at login (`slots/<name>/`) and
+/// `[[rules]]` matched that name, so a second passwd entry with the account's uid was neither
+/// under the account's rule nor counted with its slots: one more fleet-wide limit per name.
+/// Slots and rules now go by the account (NSS's name for the uid).
+#[test]
+fn the_fleet_limit_counts_every_name_of_the_account() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let owner = TestUser::create("fa");
+    let alias = Alias::of(&owner, "faa");
+    // The limit is the owner's rule only: the alias must be under it by its account.
+    let rule = format!(
+        "[[rules]]\nusers = [\"{}\"]\nfleet_max_connections_per_user = 1\n",
+        owner.name
+    );
+    let nodes = [
+        node(&cluster, "node-a", &[], &rule),
+        node(&cluster, "node-b", &[], &rule),
+    ];
+    wait_registered(&cluster, &nodes);
+    let monitor = || {
+        Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = monitor();
+    let reply = nodes[0].daemon.account(&owner.name, first.id());
+    assert!(
+        matches!(reply, Reply::Admission(Admission::Admitted { .. })),
+        "{reply:?}"
+    );
+    let mut second = monitor();
+    let reply = nodes[1].daemon.account(&alias.0, second.id());
+    assert!(
+        matches!(&reply, Reply::Admission(Admission::Refused { reason, .. }) if reason == "fleet_max_connections_per_user"),
+        "the account's second connection, under another name on another node: {reply:?}"
+    );
+    // One slot, under the account's name; none under the alias.
+    assert!(
+        cluster.wait_keys(
+            &format!("/enforcer/slots/{}/", owner.name),
+            1,
+            Duration::from_secs(5)
+        ),
+        "{:?}",
+        cluster.keys("/enforcer/slots/")
+    );
+    assert!(
+        cluster
+            .keys(&format!("/enforcer/slots/{}/", alias.0))
+            .is_empty()
+    );
+    for c in [&mut first, &mut second] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -12,6 +12,7 @@ use enforcer_proto::{Admission, Reply};
 use enforcer_tests::{
     TestDaemon, TestSshd, TestUser, procs, require_root,
     ssh::{PtySsh, run, wait_until},
+    users::Alias,
 };
 
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -350,30 +351,6 @@ fn a_lock_ends_a_process_that_keeps_changing_its_pid() {
         "the locked user's hopping process survived the lock\n{}",
         d.log()
     );
-}
-
-/// A second name for an account (here a passwd entry with the same uid), removed by name.
-struct Alias(String);
-
-impl Alias {
-    /// A passwd entry `enf<tag>…` with `owner`'s uid.
-    fn of(owner: &TestUser, tag: &str) -> Self {
-        let alias = Alias(enforcer_tests::users::unique_name(tag));
-        let out = std::process::Command::new("useradd")
-            .args(["--non-unique", "--no-create-home", "--uid"])
-            .arg(owner.uid.to_string())
-            .arg(&alias.0)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "useradd: {out:?}");
-        alias
-    }
-}
-
-impl Drop for Alias {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("userdel").arg(&self.0).output();
-    }
 }
 
 /// Found in review: a lock is a file named after the user, and PAM_USER is whatever the client

@@ -38,6 +38,10 @@ pub struct Connection {
     pub id: u64,
     pub user: String,
     pub uid: Option<u32>,
+    /// The account NSS maps `user` to (its name for the uid), when it differs: fleet slots
+    /// and `[[rules]]` go by the account, so its other names share its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// The user's groups when admitted: `[[rules]]` match them, at a reload too.
     #[serde(default)]
     pub groups: Vec<String>,
@@ -89,6 +93,7 @@ impl Connection {
             id: 0,
             user: user.to_owned(),
             uid,
+            account: None,
             groups: Vec::new(),
             monitor,
             state: ConnState::Pending,
@@ -104,6 +109,20 @@ impl Connection {
             forwards: Default::default(),
             forward_event_at: None,
             enforced: true,
+        }
+    }
+
+    /// The account's name (fleet slots are keyed by it): NSS's name for the uid, else `user`.
+    pub fn account(&self) -> &str {
+        self.account.as_deref().unwrap_or(&self.user)
+    }
+
+    /// Who `[[rules]]` look at for this connection.
+    pub fn who(&self) -> super::policy::Who<'_> {
+        super::policy::Who {
+            user: &self.user,
+            account: self.account(),
+            groups: &self.groups,
         }
     }
 
@@ -410,6 +429,7 @@ pub(crate) mod tests {
                 pid,
                 start_ticks: 100 + pid as u64,
             },
+            account: None,
             state: ConnState::Pending,
             client: Some(client.parse().unwrap()),
             server: Some("127.0.0.1:22".parse().unwrap()),

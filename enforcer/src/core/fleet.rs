@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{lock::Lock, rfc3339};
+use super::{lock::Lock, policy::Who, rfc3339};
 use crate::config::{Config, OnUnreachable};
 
 /// The key layout below `[fleet] prefix` (shared/DESIGN.md part E):
@@ -264,21 +264,21 @@ pub fn refuse_when_stale(mode: OnUnreachable, state: ViewState) -> bool {
 
 /// The fleet-wide connection limit of `user` (member of `groups`; 0 = none): the first
 /// matching `[[rules]]` entry that sets `fleet_max_connections_per_user`, else `[fleet]`'s.
-pub fn fleet_connection_limit(config: &Config, user: &str, groups: &[String]) -> u32 {
+pub fn fleet_connection_limit(config: &Config, who: Who) -> u32 {
     if !config.fleet.enabled() {
         return 0;
     }
-    super::policy::matching_rules(config, user, groups)
+    super::policy::matching_rules(config, who)
         .find_map(|r| r.fleet_max_connections_per_user)
         .unwrap_or(config.fleet.max_connections_per_user)
 }
 
 /// The fleet-wide session limit of `user` (0 = none), like [`fleet_connection_limit`].
-pub fn fleet_session_limit(config: &Config, user: &str, groups: &[String]) -> u32 {
+pub fn fleet_session_limit(config: &Config, who: Who) -> u32 {
     if !config.fleet.enabled() {
         return 0;
     }
-    super::policy::matching_rules(config, user, groups)
+    super::policy::matching_rules(config, who)
         .find_map(|r| r.fleet_max_sessions_per_user)
         .unwrap_or(config.fleet.max_sessions_per_user)
 }

@@ -27,22 +27,45 @@ impl EffectiveLimits {
     };
 }
 
-/// The `[[rules]]` entries that apply to `user` (member of `groups`), in order: the first that
-/// sets a key wins.
+/// Who `[[rules]]` and per-user limits look at: the name typed at login, the account NSS maps
+/// it to (the same name when NSS does not know it) and the groups of both. A rule naming either
+/// name applies, so a second name for an account never escapes the account's rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub user: &'a str,
+    pub account: &'a str,
+    pub groups: &'a [String],
+}
+
+impl<'a> Who<'a> {
+    /// A user whose account is their own name.
+    pub fn named(user: &'a str, groups: &'a [String]) -> Self {
+        Who {
+            user,
+            account: user,
+            groups,
+        }
+    }
+
+    fn is(&self, name: &str) -> bool {
+        name == self.user || name == self.account
+    }
+}
+
+/// The `[[rules]]` entries that apply to `who`, in order: the first that sets a key wins.
 pub fn matching_rules<'a>(
     config: &'a Config,
-    user: &'a str,
-    groups: &'a [String],
+    who: Who<'a>,
 ) -> impl Iterator<Item = &'a crate::config::Rule> {
     config.rules.iter().filter(move |r| {
-        r.users.iter().any(|u| u == user) || r.groups.iter().any(|g| groups.contains(g))
+        r.users.iter().any(|u| who.is(u)) || r.groups.iter().any(|g| who.groups.contains(g))
     })
 }
 
-/// Resolves the limits for `user` (member of `groups`): for each key the first matching rule
-/// that sets it wins, else the global value.
-pub fn effective_limits(config: &Config, user: &str, groups: &[String]) -> EffectiveLimits {
-    let matching: Vec<_> = matching_rules(config, user, groups).collect();
+/// Resolves the limits for `who`: for each key the first matching rule that sets it wins, else
+/// the global value.
+pub fn effective_limits(config: &Config, who: Who) -> EffectiveLimits {
+    let matching: Vec<_> = matching_rules(config, who).collect();
     macro_rules! pick {
         ($key:ident, $global:expr) => {
             matching.iter().find_map(|r| r.$key).unwrap_or($global)
@@ -168,7 +191,7 @@ mod tests {
     #[test]
     fn globals_apply_without_rules() {
         let c = config("[limits]\nmax_connections_per_user = 2\n");
-        let l = effective_limits(&c, "alice", &[]);
+        let l = effective_limits(&c, Who::named("alice", &[]));
         assert_eq!(l.max_connections_per_user, 2);
         assert_eq!(l.max_connections_per_source, 0);
         assert_eq!(l.idle_timeout, Dur::secs(900));
@@ -181,7 +204,7 @@ mod tests {
              [[rules]]\ngroups = [\"ops\"]\nmax_connections_per_user = 5\n\
              [[rules]]\nusers = [\"alice\"]\nmax_connections_per_user = 1\nmax_sessions_per_user = 3\n",
         );
-        let alice_in_ops = effective_limits(&c, "alice", &["ops".into()]);
+        let alice_in_ops = effective_limits(&c, Who::named("alice", &["ops".into()]));
         assert_eq!(
             alice_in_ops.max_connections_per_user, 5,
             "ops rule comes first"
@@ -190,11 +213,34 @@ mod tests {
             alice_in_ops.max_sessions_per_user, 3,
             "only the alice rule sets it"
         );
-        let alice = effective_limits(&c, "alice", &["users".into()]);
+        let alice = effective_limits(&c, Who::named("alice", &["users".into()]));
         assert_eq!(alice.max_connections_per_user, 1);
-        let bob = effective_limits(&c, "bob", &[]);
+        let bob = effective_limits(&c, Who::named("bob", &[]));
         assert_eq!(bob.max_connections_per_user, 2);
         assert_eq!(bob.max_sessions_per_user, 9);
+    }
+
+    #[test]
+    fn a_rule_naming_the_account_binds_its_other_names() {
+        let c = config(
+            "[limits]\nmax_connections_per_user = 4\n\
+             [[rules]]\nusers = [\"alice\"]\nmax_connections_per_user = 1\n\
+             [[rules]]\nusers = [\"al\"]\nmax_sessions_per_user = 2\n",
+        );
+        let groups = Vec::new();
+        let alias = Who {
+            user: "al",
+            account: "alice",
+            groups: &groups,
+        };
+        let l = effective_limits(&c, alias);
+        assert_eq!(l.max_connections_per_user, 1, "the account's rule");
+        assert_eq!(l.max_sessions_per_user, 2, "the typed name's rule too");
+        assert_eq!(
+            effective_limits(&c, Who::named("al", &[])).max_connections_per_user,
+            4,
+            "a name NSS does not map stays itself"
+        );
     }
 
     #[test]
@@ -202,7 +248,10 @@ mod tests {
         let c = config(
             "[limits]\nmax_connections_per_user = 2\n[[rules]]\nusers = [\"ci\"]\nmax_connections_per_user = 0\n",
         );
-        assert_eq!(effective_limits(&c, "ci", &[]).max_connections_per_user, 0);
+        assert_eq!(
+            effective_limits(&c, Who::named("ci", &[])).max_connections_per_user,
+            0
+        );
     }
 
     fn limits(per_user: u32, per_source: u32) -> EffectiveLimits {

@@ -226,8 +226,8 @@ pub fn relimit(registry: &Registry, old: &Config, new: &Config) -> Relimit {
     let mut users_seen = BTreeSet::new();
     // Connections admitted without limits (`[kubernetes] gate_ssh`) keep none.
     for c in registry.iter().filter(|c| c.enforced) {
-        let before = policy::effective_limits(old, &c.user, &c.groups);
-        let after = policy::effective_limits(new, &c.user, &c.groups);
+        let before = policy::effective_limits(old, c.who());
+        let after = policy::effective_limits(new, c.who());
         if before.max_sessions_per_connection != after.max_sessions_per_connection {
             r.conn_sessions
                 .insert(c.id, after.max_sessions_per_connection);

@@ -20,7 +20,7 @@ use crate::{
     core::{
         conn::{ConnState, Connection, ProcKey},
         identity::{parse_auth_info, parse_ssh_connection},
-        policy::{self, EffectiveLimits},
+        policy::{self, EffectiveLimits, Who},
     },
     host,
 };
@@ -96,13 +96,17 @@ impl State {
         user: &str,
         ident: Option<&host::UserIdentity>,
     ) -> (Option<u32>, EffectiveLimits) {
-        let groups = ident
-            .as_ref()
-            .map(|i| i.groups.as_slice())
-            .unwrap_or_default();
+        let who = match ident {
+            Some(i) => Who {
+                user,
+                account: &i.account,
+                groups: &i.groups,
+            },
+            None => Who::named(user, &[]),
+        };
         (
             ident.as_ref().map(|i| i.uid),
-            policy::effective_limits(&self.config, user, groups),
+            policy::effective_limits(&self.config, who),
         )
     }
 
@@ -135,6 +139,7 @@ impl State {
             service: req.service.clone(),
             auth: req.auth_info.as_deref().and_then(parse_auth_info),
             groups: groups_of(ident.as_ref()),
+            account: account_of(&req.user, ident.as_ref()),
             enforced,
             ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
         };
@@ -194,11 +199,14 @@ impl State {
         let Some(c) = self.registry.get(id) else {
             return Admission::Admitted { conn_id: id };
         };
-        let (monitor, uid, user, groups) = (c.monitor, c.uid, c.user.clone(), c.groups.clone());
         // An unenforced connection's sessions count against no per-user limit in the kernel.
-        let (uid, limits) = match c.enforced {
-            true => (uid, policy::effective_limits(&self.config, &user, &groups)),
-            false => (None, EffectiveLimits::NONE),
+        let (monitor, uid, limits) = match c.enforced {
+            true => (
+                c.monitor,
+                c.uid,
+                policy::effective_limits(&self.config, c.who()),
+            ),
+            false => (c.monitor, None, EffectiveLimits::NONE),
         };
         if !self.register_in_kernel(id, monitor, uid, &limits).await {
             self.release(id, CloseReason::MonitorExited).await;
@@ -275,6 +283,7 @@ impl State {
                     client,
                     server,
                     groups: groups_of(ident.as_ref()),
+                    account: account_of(&req.user, ident.as_ref()),
                     ..Connection::pending(&req.user, uid, monitor, limits.idle_timeout, now)
                 };
                 let id = self.registry.insert(conn);
@@ -441,6 +450,11 @@ impl State {
 /// The groups `[[rules]]` match a connection by (none when NSS does not know the user).
 pub(super) fn groups_of(ident: Option<&host::UserIdentity>) -> Vec<String> {
     ident.map(|i| i.groups.clone()).unwrap_or_default()
+}
+
+/// The account behind `user` when NSS names it otherwise (see [`Connection::account`]).
+pub(super) fn account_of(user: &str, ident: Option<&host::UserIdentity>) -> Option<String> {
+    ident.map(|i| i.account.clone()).filter(|a| a != user)
 }
 
 /// A connection's kernel entry: its live sessions and the limit they count against.

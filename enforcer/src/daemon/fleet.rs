@@ -159,7 +159,7 @@ impl State {
         if !conn.enforced {
             return None;
         }
-        let limit = core_fleet::fleet_connection_limit(&self.config, &conn.user, &conn.groups);
+        let limit = core_fleet::fleet_connection_limit(&self.config, conn.who());
         (limit > 0 && self.view() == ViewState::Current).then_some(limit)
     }
 
@@ -167,10 +167,10 @@ impl State {
         let (Some(f), Some(c)) = (&self.fleet, self.registry.get(conn_id)) else {
             return;
         };
-        f.acquire(&c.user, conn_id, limit, SLOT_DEADLINE);
+        f.acquire(c.account(), conn_id, limit, SLOT_DEADLINE);
         self.fleet_state
             .pending_users
-            .insert(conn_id, c.user.clone());
+            .insert(conn_id, c.account().to_owned());
     }
 
     /// A slot's outcome: answer the parked account request.
@@ -204,7 +204,7 @@ impl State {
                 let limit = self
                     .registry
                     .get(conn_id)
-                    .map(|c| core_fleet::fleet_connection_limit(&self.config, &c.user, &c.groups))
+                    .map(|c| core_fleet::fleet_connection_limit(&self.config, c.who()))
                     .unwrap_or(held as u32);
                 Some(Refusal::FleetUserLimit { limit })
             }
@@ -262,7 +262,7 @@ impl State {
         self.fleet_sessions_released(conn);
         let Some(f) = &self.fleet else { return };
         if self.fleet_state.slots.remove(&conn.id) {
-            f.release(&conn.user, conn.id);
+            f.release(conn.account(), conn.id);
         }
         f.remove_connection(conn.id);
     }

@@ -16,6 +16,7 @@ use crate::{
     core::{
         conn::Connection,
         fleet::{self as core_fleet, ViewState},
+        policy::Who,
     },
     fleet::SlotOutcome,
     host,
@@ -37,13 +38,19 @@ impl State {
         if !c.enforced {
             return;
         }
-        let limit = core_fleet::fleet_session_limit(&self.config, &c.user, &c.groups);
+        let limit = core_fleet::fleet_session_limit(&self.config, c.who());
         let stale = core_fleet::view_state(f.view_age(), self.config.fleet.stale_after.0)
             == ViewState::Stale;
         if limit == 0 || stale {
             return;
         }
-        f.acquire_session(&c.user, conn_id, session_id, limit, SESSION_SLOT_DEADLINE);
+        f.acquire_session(
+            c.account(),
+            conn_id,
+            session_id,
+            limit,
+            SESSION_SLOT_DEADLINE,
+        );
     }
 
     /// A session ended: free its slot.
@@ -69,6 +76,7 @@ impl State {
             c.sessions.get(session_id).map(|s| {
                 (
                     c.user.clone(),
+                    c.account().to_owned(),
                     c.groups.clone(),
                     s.leader_pid,
                     s.kernel_id,
@@ -76,22 +84,27 @@ impl State {
                 )
             })
         });
-        let Some((user, groups, leader, kernel_id, monitor)) = session else {
+        let Some((user, account, groups, leader, kernel_id, monitor)) = session else {
             // Ended meanwhile: free a slot it got.
             if let (SlotOutcome::Taken, Some(f), Some(c)) =
                 (&outcome, &self.fleet, self.registry.get(conn_id))
             {
-                f.release_session(&c.user, session_id);
+                f.release_session(c.account(), session_id);
             }
             return;
         };
         let (reason, what) = match outcome {
             SlotOutcome::Taken => {
-                self.fleet_state.session_slots.insert(session_id, user);
+                self.fleet_state.session_slots.insert(session_id, account);
                 return;
             }
             SlotOutcome::Full { .. } => {
-                let limit = core_fleet::fleet_session_limit(&self.config, &user, &groups);
+                let who = Who {
+                    user: &user,
+                    account: &account,
+                    groups: &groups,
+                };
+                let limit = core_fleet::fleet_session_limit(&self.config, who);
                 (
                     AuditReason::FleetMaxSessionsPerUser,
                     format!(

@@ -330,28 +330,51 @@ pub fn kill_as(uid: u32) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIdentity {
     pub uid: u32,
-    /// Names of every group the user is in (primary included).
+    /// The account's own name: NSS's name for the uid. A second passwd entry with the same uid
+    /// (`useradd --non-unique`) or another spelling a directory accepts (`ALICE`) maps to it,
+    /// so per-account limits and `[[rules]]` cannot be multiplied by names.
+    pub account: String,
+    /// Names of every group the user is in (primary included), under the name typed and
+    /// under the account's own name.
     pub groups: Vec<String>,
 }
 
 /// Looks a user up through NSS (files, LDAP, …).
 pub fn user_identity(name: &str) -> Option<UserIdentity> {
     let user = nix::unistd::User::from_name(name).ok()??;
-    let cname = std::ffi::CString::new(name).ok()?;
-    let gids = nix::unistd::getgrouplist(&cname, user.gid).unwrap_or_else(|_| vec![user.gid]);
-    let groups = gids
-        .into_iter()
+    let owner = nix::unistd::User::from_uid(user.uid)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| user.clone());
+    let mut groups = group_names(name, user.gid);
+    if owner.name != name {
+        for g in group_names(&owner.name, owner.gid) {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    Some(UserIdentity {
+        uid: user.uid.as_raw(),
+        account: owner.name,
+        groups,
+    })
+}
+
+/// Names of the groups `name` (primary group `gid`) is in.
+fn group_names(name: &str, gid: nix::unistd::Gid) -> Vec<String> {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return Vec::new();
+    };
+    let gids = nix::unistd::getgrouplist(&cname, gid).unwrap_or_else(|_| vec![gid]);
+    gids.into_iter()
         .filter_map(|g| {
             nix::unistd::Group::from_gid(g)
                 .ok()
                 .flatten()
                 .map(|g| g.name)
         })
-        .collect();
-    Some(UserIdentity {
-        uid: user.uid.as_raw(),
-        groups,
-    })
+        .collect()
 }
 
 /// The user name of a uid, for "who asked" in the audit log.

@@ -116,19 +116,22 @@ groups = ["ops"]
 fleet_max_connections_per_user = 0
 "#;
     let c = Config::parse(text, "t").unwrap();
-    assert_eq!(fleet_connection_limit(&c, "alice", &[]), 2);
-    assert_eq!(fleet_connection_limit(&c, "bob", &[]), 5);
-    assert_eq!(fleet_connection_limit(&c, "carol", &["ops".into()]), 0);
+    assert_eq!(fleet_connection_limit(&c, Who::named("alice", &[])), 2);
+    assert_eq!(fleet_connection_limit(&c, Who::named("bob", &[])), 5);
+    assert_eq!(
+        fleet_connection_limit(&c, Who::named("carol", &["ops".into()])),
+        0
+    );
     let off = Config::parse("[fleet]\nmax_connections_per_user = 5\n", "t").unwrap();
-    assert_eq!(fleet_connection_limit(&off, "bob", &[]), 0);
+    assert_eq!(fleet_connection_limit(&off, Who::named("bob", &[])), 0);
     let s = Config::parse(
         "[fleet]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nmax_sessions_per_user = 3\n\
          [[rules]]\nusers = [\"alice\"]\nfleet_max_sessions_per_user = 1\n",
         "t",
     )
     .unwrap();
-    assert_eq!(fleet_session_limit(&s, "alice", &[]), 1);
-    assert_eq!(fleet_session_limit(&s, "bob", &[]), 3);
+    assert_eq!(fleet_session_limit(&s, Who::named("alice", &[])), 1);
+    assert_eq!(fleet_session_limit(&s, Who::named("bob", &[])), 3);
     // The count includes the login's own key.
     assert_eq!(slot_decision(5, 5), Ok(()));
     assert_eq!(slot_decision(6, 5), Err(5));
