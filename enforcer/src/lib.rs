@@ -32,3 +32,4 @@ pub mod metrics;
 pub mod recording;
 pub mod store;
 pub mod usage;
+pub mod webhook;

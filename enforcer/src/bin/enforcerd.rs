@@ -16,7 +16,7 @@ use enforcer::config::Config;
 struct Args {
     /// Config file (TOML). Without it the embedded defaults are used
     /// (the same as the shipped /etc/enforcer/enforcer.toml).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Only validate the config, print "config OK" and exit.
     #[arg(long)]
@@ -25,6 +25,18 @@ struct Args {
     /// exit (for uninstalling; a running daemon should be stopped first).
     #[arg(long)]
     detach: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Serve the Kubernetes validating admission webhook for `kubectl exec` and `attach`
+    /// (HTTPS on [webhook] listen): refuse locked users and groups and users over
+    /// [kubernetes] max_exec_sessions_per_user, and write a grant to the fleet's etcd for
+    /// each exec allowed. Runs as a Deployment, not on the nodes; needs [fleet] and
+    /// [webhook] tls_cert/tls_key.
+    Webhook,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +73,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.check_config {
         println!("config OK");
+        return Ok(());
+    }
+    if let Some(Command::Webhook) = args.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("enforcerd-webhook")
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(enforcer::webhook::run(config))?;
         return Ok(());
     }
     if args.detach {

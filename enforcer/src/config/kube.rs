@@ -37,6 +37,9 @@ pub struct KubernetesConfig {
     pub max_exec_sessions_per_namespace: u32,
     /// Exec sessions on this node (0 = unlimited).
     pub max_exec_sessions_per_node: u32,
+    /// Exec sessions of one Kubernetes user across the fleet, counted by the admission webhook
+    /// (`enforcerd webhook`) in etcd (0 = unlimited).
+    pub max_exec_sessions_per_user: u32,
     /// An exec session idle this long is ended; "0" = off.
     pub idle_timeout: Dur,
     /// When an exec session's own process ends (its client has the exit status and is gone),
@@ -80,6 +83,7 @@ impl Default for KubernetesConfig {
             max_exec_sessions_per_pod: 0,
             max_exec_sessions_per_namespace: 0,
             max_exec_sessions_per_node: 0,
+            max_exec_sessions_per_user: 0,
             idle_timeout: Dur::secs(15 * 60),
             cut_orphans: true,
             namespaces: Vec::new(),

@@ -3,10 +3,12 @@
 
 mod duration;
 mod fleet;
+mod webhook;
 mod kube;
 
 pub use duration::Dur;
 pub use fleet::{FleetConfig, OnUnreachable};
+pub use webhook::WebhookConfig;
 pub use kube::{DEFAULT_LABEL, KubernetesConfig, NamespaceRule};
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +56,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub fleet: FleetConfig,
     pub kubernetes: KubernetesConfig,
+    pub webhook: WebhookConfig,
     pub rules: Vec<Rule>,
 }
 
@@ -486,6 +489,7 @@ impl Config {
         }
         self.fleet.validate()?;
         self.kubernetes.validate()?;
+        self.webhook.validate()?;
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.users.is_empty() && rule.groups.is_empty() {
                 return bad(

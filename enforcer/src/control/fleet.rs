@@ -113,6 +113,7 @@ async fn lock(
     match &target {
         LockTarget::User(u) => rec.user = Some(u.clone()),
         LockTarget::Node(n) => rec.target = Some(format!("node {n}")),
+        LockTarget::Group(g) => rec.target = Some(format!("group {g}")),
     }
     rec.expires = info.expires.clone();
     audit.record(rec);
@@ -146,6 +147,7 @@ async fn unlock(
             match target {
                 LockTarget::User(n) => rec.user = Some(n),
                 LockTarget::Node(n) => rec.target = Some(format!("node {n}")),
+                LockTarget::Group(g) => rec.target = Some(format!("group {g}")),
             }
             rec.message = Some("fleet-wide".into());
             audit.record(rec);

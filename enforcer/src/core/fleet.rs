@@ -11,12 +11,14 @@ use super::{lock::Lock, policy::Who, rfc3339};
 use crate::config::{Config, OnUnreachable};
 
 /// The key layout below `[fleet] prefix` (shared/DESIGN.md part E):
-/// - `<prefix>/locks/user/<name>`, `<prefix>/locks/node/<name>`: a lock ([`LockValue`]), no
-///   lease; watched by every node;
+/// - `<prefix>/locks/user/<name>`, `<prefix>/locks/node/<name>`, `<prefix>/locks/group/<name>`:
+///   a lock ([`LockValue`]), no lease; user and node locks watched by every node, group locks read by the admission webhook;
 /// - `<prefix>/nodes/<node>`: the node ([`NodeValue`]), under the node's lease;
 /// - `<prefix>/sessions/<node>/<conn>`: a live connection with its sessions, under the lease;
 /// - `<prefix>/slots/<user>/<node>/<conn>`: a fleet-wide connection slot, under the lease;
-/// - `<prefix>/session-slots/<user>/<node>/<session>`: a fleet-wide session slot, likewise.
+/// - `<prefix>/session-slots/<user>/<node>/<session>`: a fleet-wide session slot, likewise;
+/// - `<prefix>/exec-grants/<user>/<review>`: an exec the admission webhook allowed
+///   ([`super::kube::admission::ExecGrant`]), under the webhook's grant lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     pub prefix: String,
@@ -30,20 +32,25 @@ pub enum LockTarget {
     User(String),
     /// Every login on this node.
     Node(String),
+    /// Every `kubectl exec` of a Kubernetes user in this group (the admission webhook's
+    /// `userInfo.groups`).
+    Group(String),
 }
 
 impl LockTarget {
-    fn kind(&self) -> &'static str {
+    /// `user`, `node` or `group`: the key's middle part, and how listings name it.
+    pub fn kind(&self) -> &'static str {
         match self {
             LockTarget::User(_) => "user",
             LockTarget::Node(_) => "node",
+            LockTarget::Group(_) => "group",
         }
     }
 
     /// The user or node name.
     pub fn name(&self) -> &str {
         match self {
-            LockTarget::User(n) | LockTarget::Node(n) => n,
+            LockTarget::User(n) | LockTarget::Node(n) | LockTarget::Group(n) => n,
         }
     }
 }
@@ -65,7 +72,8 @@ impl Keys {
         format!("{}{}/{}", self.locks(), target.kind(), target.name())
     }
 
-    /// The lock a key names, if it is a lock key.
+    /// The user or node lock a key names, if it is one. Group locks are not a node's: only the
+    /// admission webhook reads them (a node knows no Kubernetes user's groups).
     pub fn lock_target(&self, key: &[u8]) -> Option<LockTarget> {
         let key = std::str::from_utf8(key).ok()?;
         let rest = key.strip_prefix(&self.locks())?;
@@ -109,6 +117,15 @@ impl Keys {
     /// Every session slot of `user`, on any node.
     pub fn session_slots_of(&self, user: &str) -> String {
         format!("{}/session-slots/{user}/", self.prefix)
+    }
+
+    /// Every exec grant of the Kubernetes user `user`. Ends with `/` (see [`Keys::slots_of`]).
+    pub fn exec_grants_of(&self, user: &str) -> String {
+        format!("{}/exec-grants/{user}/", self.prefix)
+    }
+
+    pub fn exec_grant(&self, user: &str, review: &str) -> String {
+        format!("{}{review}", self.exec_grants_of(user))
     }
 
     pub fn session_slot(&self, user: &str, session_id: u64) -> String {

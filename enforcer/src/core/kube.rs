@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+pub mod admission;
 pub mod exec;
 pub mod idle;
 pub mod lock;

@@ -380,13 +380,7 @@ impl State {
             .map(|(l, _)| {
                 let mut info = l.as_lock().info(now);
                 info.origin = Some("fleet".into());
-                info.target = Some(
-                    match l.target {
-                        LockTarget::User(_) => "user",
-                        LockTarget::Node(_) => "node",
-                    }
-                    .into(),
-                );
+                info.target = Some(l.target.kind().into());
                 info.node = Some(l.value.node.clone());
                 info.current = Some(current);
                 info

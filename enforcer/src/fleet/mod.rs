@@ -315,8 +315,25 @@ pub fn node_name(config: &FleetConfig) -> String {
 /// Bounds every etcd call: a hung member must not hold a task forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// etcd connect options from `[fleet]` (TLS, user), for a client of the caller's own (the
+/// admission webhook's).
+pub fn connect_options(config: &FleetConfig) -> Result<etcd_client::ConnectOptions, FleetError> {
+    client::options(config)
+}
+
+/// A client on `endpoints`, connected in the background (retried every second): `None` until
+/// then.
+pub fn connect_in_background(
+    endpoints: Vec<String>,
+    options: etcd_client::ConnectOptions,
+) -> tokio_watch::Receiver<Option<etcd_client::Client>> {
+    let (tx, rx) = tokio_watch::channel(None);
+    client::connect(endpoints, options, tx);
+    rx
+}
+
 /// `call` with [`CALL_TIMEOUT`], its error as text.
-async fn timed<T, E: std::fmt::Display>(
+pub(crate) async fn timed<T, E: std::fmt::Display>(
     call: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {

@@ -170,6 +170,7 @@ async fn lock_one(
             let what = match &lock.target {
                 LockTarget::User(_) => e.as_lock().refusal_message().replace("account", "user"),
                 LockTarget::Node(n) => format!("node {n} is locked"),
+                LockTarget::Group(g) => format!("group {g} is locked"),
             };
             Err(FleetError::AlreadyLocked(format!("{what} (fleet-wide)")))
         }

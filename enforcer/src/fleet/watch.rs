@@ -187,7 +187,7 @@ impl WatchTask {
                 .map(|l| {
                     let uid = match &l.target {
                         LockTarget::User(u) => host::user_identity(u).map(|i| i.uid),
-                        LockTarget::Node(_) => None,
+                        LockTarget::Node(_) | LockTarget::Group(_) => None,
                     };
                     (l, uid)
                 })

@@ -1,0 +1,209 @@
+//! `kubectl exec` and `kubectl attach` as the apiserver's validating admission webhook sees
+//! them, decided purely: who asks and for what ([`ExecGrant`], from the AdmissionReview's
+//! CONNECT request), and whether a fleet lock of the user or of one of their groups, or the
+//! fleet-wide per-user exec limit, refuses it ([`Denial`]). The webhook's I/O (TLS, etcd) is in
+//! `crate::webhook`.
+
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, Operation},
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::core::{
+    fleet::{FleetLock, LockTarget},
+    rfc3339,
+};
+
+/// Which pod subresource a review is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subresource {
+    /// `pods/exec`: a new process in the container.
+    Exec,
+    /// `pods/attach`: the container's own process's stdio.
+    Attach,
+}
+
+/// What an allowed exec leaves in etcd for its node to match: who ran what, where, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecGrant {
+    /// The AdmissionReview's uid (one per request).
+    pub review: String,
+    pub subresource: Subresource,
+    /// The Kubernetes user (`userInfo.username`), its uid and groups.
+    pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_uid: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub namespace: String,
+    pub pod: String,
+    /// The container named in the request (`-c`); absent: the pod's default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command (`exec` only).
+    #[serde(default)]
+    pub command: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    /// RFC 3339: when the webhook allowed it.
+    pub time: String,
+}
+
+/// Why a review cannot be decided (the webhook answers with an error; the apiserver then
+/// applies the webhook's `failurePolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    #[error(
+        "this webhook decides CONNECT of pods/exec and pods/attach only, not {operation} of {resource}: \
+         limit the ValidatingWebhookConfiguration's rules to those"
+    )]
+    NotExec { operation: String, resource: String },
+    #[error("the review has no {0}")]
+    Missing(&'static str),
+    #[error("the review's object is not PodExecOptions/PodAttachOptions: {0}")]
+    BadObject(String),
+}
+
+/// Options of `pods/exec` and `pods/attach` (core/v1 PodExecOptions, PodAttachOptions).
+#[derive(Deserialize)]
+struct ConnectOptions {
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    stdin: bool,
+    #[serde(default)]
+    tty: bool,
+}
+
+/// The grant an allowed review would leave, made `now`.
+pub fn grant_of(
+    req: &AdmissionRequest<DynamicObject>,
+    now: OffsetDateTime,
+) -> Result<ExecGrant, ReviewError> {
+    let subresource = match (
+        &req.operation,
+        req.resource.group.as_str(),
+        req.resource.resource.as_str(),
+        req.sub_resource.as_deref(),
+    ) {
+        (Operation::Connect, "", "pods", Some("exec")) => Subresource::Exec,
+        (Operation::Connect, "", "pods", Some("attach")) => Subresource::Attach,
+        (op, _, resource, sub) => {
+            return Err(ReviewError::NotExec {
+                operation: format!("{op:?}").to_uppercase(),
+                resource: match sub {
+                    Some(s) => format!("{resource}/{s}"),
+                    None => resource.to_owned(),
+                },
+            });
+        }
+    };
+    if req.uid.is_empty() {
+        return Err(ReviewError::Missing("uid"));
+    }
+    let user = req
+        .user_info
+        .username
+        .clone()
+        .filter(|u| !u.is_empty())
+        .ok_or(ReviewError::Missing("userInfo.username"))?;
+    let namespace = req
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or(ReviewError::Missing("namespace"))?;
+    if req.name.is_empty() {
+        return Err(ReviewError::Missing("name (the pod)"));
+    }
+    let options: ConnectOptions = match &req.object {
+        Some(o) => serde_json::from_value(o.data.clone())
+            .map_err(|e| ReviewError::BadObject(e.to_string()))?,
+        None => return Err(ReviewError::Missing("object")),
+    };
+    Ok(ExecGrant {
+        review: req.uid.clone(),
+        subresource,
+        user,
+        user_uid: req.user_info.uid.clone().unwrap_or_default(),
+        groups: req.user_info.groups.clone().unwrap_or_default(),
+        namespace,
+        pod: req.name.clone(),
+        container: options.container.filter(|c| !c.is_empty()),
+        command: options.command,
+        tty: options.tty,
+        stdin: options.stdin,
+        time: rfc3339(now),
+    })
+}
+
+/// The fleet locks a grant's user may be under: theirs, and each of their groups'.
+pub fn lock_targets(grant: &ExecGrant) -> Vec<LockTarget> {
+    std::iter::once(LockTarget::User(grant.user.clone()))
+        .chain(grant.groups.iter().cloned().map(LockTarget::Group))
+        .collect()
+}
+
+/// Why the webhook refuses an exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// `lock user NAME` (or `lock group NAME`) is in force.
+    Locked(FleetLock),
+    /// The user already has `held` exec sessions of `limit` across the fleet.
+    ExecLimit { limit: u32, held: usize },
+}
+
+impl Denial {
+    /// The reason code audited and shown in metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::Locked(l) => match l.target {
+                LockTarget::Group(_) => "group_locked",
+                _ => "user_locked",
+            },
+            Denial::ExecLimit { .. } => "fleet_max_exec_sessions_per_user",
+        }
+    }
+
+    /// What the kubectl user reads (the apiserver puts it in its error).
+    pub fn message(&self, user: &str) -> String {
+        match self {
+            Denial::Locked(l) => {
+                let what = match &l.target {
+                    LockTarget::Group(g) => format!("group {g} of user {user} is locked"),
+                    _ => format!("user {user} is locked"),
+                };
+                match &l.value.reason {
+                    Some(r) => format!("enforcer: exec refused: {what}: {r}"),
+                    None => format!("enforcer: exec refused: {what}"),
+                }
+            }
+            Denial::ExecLimit { limit, held } => format!(
+                "enforcer: exec refused: user {user} already has {held} of {limit} exec sessions \
+                 allowed across the fleet"
+            ),
+        }
+    }
+}
+
+/// The first active lock among `found` (the locks of [`lock_targets`] that exist), the user's
+/// own before their groups'.
+pub fn lock_denial(found: &[FleetLock], now: OffsetDateTime) -> Option<Denial> {
+    let active = |user: bool| {
+        found
+            .iter()
+            .find(|l| matches!(l.target, LockTarget::User(_)) == user && l.active(now))
+    };
+    active(true)
+        .or_else(|| active(false))
+        .cloned()
+        .map(Denial::Locked)
+}
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod tests;

@@ -1,0 +1,176 @@
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, AdmissionReview},
+};
+use serde_json::{Value, json};
+use time::macros::datetime;
+
+use super::*;
+use crate::core::fleet::LockValue;
+
+const NOW: OffsetDateTime = datetime!(2026-12-03 12:00 UTC);
+
+/// A review as the apiserver sends it for `kubectl exec -it -c main web -- sh`.
+fn review() -> Value {
+    json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "PodExecOptions"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": "exec",
+            "requestKind": {"group": "", "version": "v1", "kind": "PodExecOptions"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestSubResource": "exec",
+            "name": "web",
+            "namespace": "team-a",
+            "operation": "CONNECT",
+            "userInfo": {
+                "username": "alice@example.com",
+                "uid": "014fbff9a07c",
+                "groups": ["dev", "system:authenticated"]
+            },
+            "object": {
+                "kind": "PodExecOptions", "apiVersion": "v1",
+                "stdin": true, "stdout": true, "tty": true,
+                "container": "main", "command": ["sh", "-c", "id"]
+            },
+            "oldObject": null,
+            "dryRun": false,
+            "options": null
+        }
+    })
+}
+
+fn request(v: Value) -> AdmissionRequest<DynamicObject> {
+    let r: AdmissionReview<DynamicObject> = serde_json::from_value(v).unwrap();
+    r.try_into().unwrap()
+}
+
+#[test]
+fn an_exec_review_becomes_its_grant() {
+    let g = grant_of(&request(review()), NOW).unwrap();
+    assert_eq!(
+        g,
+        ExecGrant {
+            review: "705ab4f5-6393-11e8-b7cc-42010a800002".into(),
+            subresource: Subresource::Exec,
+            user: "alice@example.com".into(),
+            user_uid: "014fbff9a07c".into(),
+            groups: vec!["dev".into(), "system:authenticated".into()],
+            namespace: "team-a".into(),
+            pod: "web".into(),
+            container: Some("main".into()),
+            command: vec!["sh".into(), "-c".into(), "id".into()],
+            tty: true,
+            stdin: true,
+            time: "2026-12-03T12:00:00Z".into(),
+        }
+    );
+    assert_eq!(
+        lock_targets(&g),
+        vec![
+            LockTarget::User("alice@example.com".into()),
+            LockTarget::Group("dev".into()),
+            LockTarget::Group("system:authenticated".into()),
+        ]
+    );
+}
+
+#[test]
+fn an_attach_review_has_no_command() {
+    let mut v = review();
+    v["request"]["subResource"] = "attach".into();
+    v["request"]["object"] = json!({"kind": "PodAttachOptions", "apiVersion": "v1", "stdin": true});
+    let g = grant_of(&request(v), NOW).unwrap();
+    assert_eq!(g.subresource, Subresource::Attach);
+    assert!(g.command.is_empty() && g.container.is_none() && g.stdin && !g.tty);
+}
+
+#[test]
+fn anything_else_is_refused_with_the_fix() {
+    let mut v = review();
+    v["request"]["operation"] = "CREATE".into();
+    v["request"]["subResource"] = Value::Null;
+    let e = grant_of(&request(v), NOW).unwrap_err();
+    assert_eq!(
+        e,
+        ReviewError::NotExec {
+            operation: "CREATE".into(),
+            resource: "pods".into()
+        }
+    );
+    assert!(e.to_string().contains("limit the ValidatingWebhookConfiguration's rules"));
+    let mut v = review();
+    v["request"]["subResource"] = "portforward".into();
+    assert!(matches!(
+        grant_of(&request(v), NOW),
+        Err(ReviewError::NotExec { .. })
+    ));
+    for (field, missing) in [
+        ("userInfo", "userInfo.username"),
+        ("namespace", "namespace"),
+        ("object", "object"),
+    ] {
+        let mut v = review();
+        v["request"][field] = match field {
+            "userInfo" => json!({}),
+            _ => Value::Null,
+        };
+        assert_eq!(
+            grant_of(&request(v), NOW),
+            Err(ReviewError::Missing(missing)),
+            "{field}"
+        );
+    }
+    let mut v = review();
+    v["request"]["object"]["command"] = "sh".into();
+    assert!(matches!(
+        grant_of(&request(v), NOW),
+        Err(ReviewError::BadObject(_))
+    ));
+}
+
+fn lock(target: LockTarget, reason: Option<&str>, expires: Option<&str>) -> FleetLock {
+    FleetLock {
+        target,
+        value: LockValue {
+            reason: reason.map(Into::into),
+            expires: expires.map(Into::into),
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn the_users_own_lock_comes_before_a_groups_and_expired_ones_do_not_count() {
+    let group = lock(LockTarget::Group("dev".into()), Some("audit"), None);
+    let user = lock(LockTarget::User("alice".into()), Some("offboarded"), None);
+    let expired = lock(
+        LockTarget::User("alice".into()),
+        None,
+        Some("2026-12-03T11:00:00Z"),
+    );
+    assert_eq!(lock_denial(&[], NOW), None);
+    assert_eq!(lock_denial(std::slice::from_ref(&expired), NOW), None);
+    let d = lock_denial(&[group.clone(), user.clone()], NOW).unwrap();
+    assert_eq!(d, Denial::Locked(user));
+    assert_eq!(d.code(), "user_locked");
+    assert_eq!(
+        d.message("alice"),
+        "enforcer: exec refused: user alice is locked: offboarded"
+    );
+    let d = lock_denial(&[expired, group], NOW).unwrap();
+    assert_eq!(d.code(), "group_locked");
+    assert_eq!(
+        d.message("alice"),
+        "enforcer: exec refused: group dev of user alice is locked: audit"
+    );
+    let d = Denial::ExecLimit { limit: 2, held: 2 };
+    assert_eq!(d.code(), "fleet_max_exec_sessions_per_user");
+    assert_eq!(
+        d.message("alice"),
+        "enforcer: exec refused: user alice already has 2 of 2 exec sessions allowed across the fleet"
+    );
+}
