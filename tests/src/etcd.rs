@@ -49,7 +49,7 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 
 impl Tls {
     /// Makes the certificates in `dir` with openssl.
-    fn make(dir: &std::path::Path) -> Self {
+    pub fn make(dir: &std::path::Path) -> Self {
         openssl(
             dir,
             &[

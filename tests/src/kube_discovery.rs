@@ -16,13 +16,27 @@ const GROUPS: &[(&str, &str, &str, &[(&str, &str, bool)])] = &[
             ("namespaces", "Namespace", false),
             ("configmaps", "ConfigMap", true),
             ("serviceaccounts", "ServiceAccount", true),
+            ("services", "Service", true),
         ],
     ),
     (
         "/apis/apps/v1",
         "apps",
         "v1",
-        &[("daemonsets", "DaemonSet", true)],
+        &[
+            ("daemonsets", "DaemonSet", true),
+            ("deployments", "Deployment", true),
+        ],
+    ),
+    (
+        "/apis/admissionregistration.k8s.io/v1",
+        "admissionregistration.k8s.io",
+        "v1",
+        &[(
+            "validatingwebhookconfigurations",
+            "ValidatingWebhookConfiguration",
+            false,
+        )],
     ),
     (
         "/apis/rbac.authorization.k8s.io/v1",

@@ -29,6 +29,7 @@ pub mod ssh;
 pub mod sshd;
 pub mod stats;
 pub mod users;
+pub mod webhook;
 
 pub use daemon::TestDaemon;
 pub use env::{bin, bin_dir, require_root};

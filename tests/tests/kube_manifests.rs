@@ -11,10 +11,14 @@ use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
 use enforcer::config::{Config, DEFAULT_LABEL};
 use enforcer_tests::kube_api::KubeApi;
-use k8s_openapi::api::{
-    apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Namespace, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::ValidatingWebhookConfiguration,
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::{ConfigMap, Namespace, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde_json::Value;
 
@@ -245,4 +249,119 @@ fn a_misspelt_field_is_caught() {
     pod["nodeSelecter"] = pod["nodeSelector"].clone();
     let caught = std::panic::catch_unwind(|| typed::<DaemonSet>(&ds));
     assert!(caught.is_err(), "an unknown field passed the check");
+}
+
+/// The admission webhook (`webhook.yaml`): what the apiserver sends it (CONNECT of pods/exec
+/// and pods/attach, v1 reviews) reaches the Service, the Service the container's port, and the
+/// container runs `enforcerd webhook` on a config that can serve, with no privilege at all.
+#[test]
+fn the_webhook_manifest_wires_the_apiserver_to_a_servable_unprivileged_webhook() {
+    let kubectl = enforcer_tests::kube::kubectl();
+    assert!(
+        kubectl.is_file(),
+        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
+        kubectl.display()
+    );
+    let objects = through_kubectl(&kubectl);
+    let named = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let vwc: ValidatingWebhookConfiguration =
+        typed(named("ValidatingWebhookConfiguration", "enforcer-exec"));
+    let svc: Service = typed(named("Service", "enforcer-webhook"));
+    let deploy: Deployment = typed(named("Deployment", "enforcer-webhook"));
+    let cm: ConfigMap = typed(named("ConfigMap", "enforcer-webhook-config"));
+
+    let hook = &vwc.webhooks.as_ref().unwrap()[0];
+    assert_eq!(hook.admission_review_versions, ["v1"]);
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(hook.side_effects, "NoneOnDryRun");
+    let rule = &hook.rules.as_ref().unwrap()[0];
+    assert_eq!(
+        rule.operations.as_deref(),
+        Some(&["CONNECT".to_owned()][..])
+    );
+    assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(
+        rule.resources.as_deref(),
+        Some(&["pods/exec".to_owned(), "pods/attach".into()][..])
+    );
+    // The apiserver → Service → container port → the config's listen port.
+    let to = hook.client_config.service.as_ref().unwrap();
+    assert_eq!(Some(&to.name), svc.metadata.name.as_ref());
+    assert_eq!(to.namespace, svc.metadata.namespace.clone().unwrap());
+    assert_eq!(to.path.as_deref(), Some("/validate"));
+    let port = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].clone();
+    assert_eq!(Some(port.port), to.port);
+    let pod = deploy.spec.as_ref().unwrap().template.clone();
+    let labels = pod.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let selector = svc.spec.as_ref().unwrap().selector.clone().unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let spec = pod.spec.unwrap();
+    let c = &spec.containers[0];
+    let container_port = c.ports.as_ref().unwrap()[0].clone();
+    assert_eq!(
+        port.target_port,
+        Some(IntOrString::String(container_port.name.clone().unwrap()))
+    );
+    let toml = &cm.data.as_ref().unwrap()["enforcer.toml"];
+    let config = Config::parse(toml, "packaging/kubernetes/webhook.yaml").unwrap();
+    config.webhook.servable(&config.fleet).unwrap();
+    assert!(
+        config
+            .webhook
+            .listen
+            .ends_with(&format!(":{}", container_port.container_port))
+    );
+    // `enforcerd webhook` on that config, its certificate and key from the TLS Secret.
+    let args = c.args.as_ref().unwrap();
+    assert_eq!(args[0], "webhook");
+    let config_path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
+    let volumes = spec.volumes.as_ref().unwrap();
+    let mount_of = |volume: &str| {
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == volume)
+            .unwrap()
+            .mount_path
+            .clone()
+    };
+    let cm_volume = volumes.iter().find(|v| v.config_map.is_some()).unwrap();
+    assert_eq!(
+        cm_volume.config_map.as_ref().unwrap().name,
+        cm.metadata.name.clone().unwrap()
+    );
+    assert!(config_path.starts_with(&mount_of(&cm_volume.name)));
+    let tls = volumes
+        .iter()
+        .find(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("enforcer-webhook-tls")
+        })
+        .unwrap();
+    for f in [&config.webhook.tls_cert, &config.webhook.tls_key] {
+        assert!(f.starts_with(mount_of(&tls.name)), "{}", f.display());
+    }
+    // cert-manager fills the caBundle from that certificate.
+    let annotations = vwc.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        annotations["cert-manager.io/inject-ca-from"],
+        "enforcer-system/enforcer-webhook-tls"
+    );
+    // No privilege: not root, nothing added, no API token.
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(
+        spec.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert!(caps.add.is_none());
+    assert!(spec.host_pid.is_none() && spec.host_network.is_none());
 }

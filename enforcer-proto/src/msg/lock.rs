@@ -22,6 +22,10 @@ pub struct LockRequest {
     /// Fleet only.
     #[serde(default)]
     pub node: bool,
+    /// `user` names a Kubernetes group (`enforcerctl lock group NAME`): the admission webhook
+    /// refuses `kubectl exec` to its members. Fleet only.
+    #[serde(default)]
+    pub group: bool,
     /// `user` names a pod (`NS/NAME`) or a namespace whose `kubectl exec` sessions are ended
     /// and refused on this node (`[kubernetes]` only; always node-local).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,6 +48,8 @@ pub struct UnlockRequest {
     pub local: bool,
     #[serde(default)]
     pub node: bool,
+    #[serde(default)]
+    pub group: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube: Option<KubeLockKind>,
 }

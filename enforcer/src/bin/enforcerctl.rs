@@ -33,6 +33,9 @@ enum Target {
     User,
     /// A node of the fleet (`[fleet]` only): every login there is refused.
     Node,
+    /// A Kubernetes group (`[fleet]` only): the admission webhook refuses `kubectl exec` and
+    /// `attach` to every user in it (`enforcerd webhook`).
+    Group,
     /// A pod, as NAMESPACE/NAME (`[kubernetes]` only): its `kubectl exec` sessions on this
     /// node are ended and refused.
     Pod,
@@ -44,7 +47,7 @@ enum Target {
 impl Target {
     fn kube(self) -> Option<enforcer_proto::KubeLockKind> {
         match self {
-            Target::User | Target::Node => None,
+            Target::User | Target::Node | Target::Group => None,
             Target::Pod => Some(enforcer_proto::KubeLockKind::Pod),
             Target::Namespace => Some(enforcer_proto::KubeLockKind::Namespace),
         }
@@ -54,6 +57,7 @@ impl Target {
         match self {
             Target::User => "user",
             Target::Node => "node",
+            Target::Group => "group",
             Target::Pod => "pod",
             Target::Namespace => "namespace",
         }
@@ -325,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replace,
                 local,
                 node: matches!(target, Target::Node),
+                group: matches!(target, Target::Group),
                 kube: target.kube(),
             };
             match client.call(&Request::Lock(req))? {
@@ -349,6 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name: name.clone(),
             local,
             node: matches!(target, Target::Node),
+            group: matches!(target, Target::Group),
             kube: target.kube(),
         }))? {
             Reply::Done => {

@@ -3,13 +3,13 @@
 
 mod duration;
 mod fleet;
-mod webhook;
 mod kube;
+mod webhook;
 
 pub use duration::Dur;
 pub use fleet::{FleetConfig, OnUnreachable};
-pub use webhook::WebhookConfig;
 pub use kube::{DEFAULT_LABEL, KubernetesConfig, NamespaceRule};
+pub use webhook::WebhookConfig;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -53,14 +53,18 @@ impl WebhookConfig {
     /// Whether `enforcerd webhook` can run with this config; the error says what is missing.
     pub fn servable(&self, fleet: &super::FleetConfig) -> Result<(), String> {
         if self.tls_cert.as_os_str().is_empty() {
-            return Err("[webhook] tls_cert and tls_key are not set: the apiserver calls \
+            return Err(
+                "[webhook] tls_cert and tls_key are not set: the apiserver calls \
                  webhooks over HTTPS only; give the serving certificate and key (PEM)"
-                .into());
+                    .into(),
+            );
         }
         if !fleet.enabled() {
-            return Err("[fleet] etcd_endpoints is empty: the webhook reads locks and keeps \
+            return Err(
+                "[fleet] etcd_endpoints is empty: the webhook reads locks and keeps \
                  exec grants in the fleet's etcd; set it as on the nodes"
-                .into());
+                    .into(),
+            );
         }
         Ok(())
     }

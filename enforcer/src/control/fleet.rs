@@ -29,6 +29,7 @@ pub(super) async fn answer(ctx: &Ctx, peer: &Peer, req: &Request) -> Option<Resp
                 name: user.clone(),
                 local: false,
                 node: false,
+                group: false,
                 kube: None,
             };
             unlock(fleet, audit, peer, &u).await
@@ -56,15 +57,19 @@ fn error(e: FleetError) -> ErrorReply {
     ErrorReply::new(kind, e.to_string())
 }
 
-fn target(name: &str, node: bool) -> Result<LockTarget, ErrorReply> {
-    if node {
+fn target(name: &str, node: bool, group: bool) -> Result<LockTarget, ErrorReply> {
+    if node || group {
+        let what = if node { "node" } else { "group" };
         if name.is_empty() || name.contains('/') {
             return Err(ErrorReply::new(
                 ErrorKind::BadRequest,
-                format!("{name:?} cannot be a node name (empty, or contains `/`)"),
+                format!("{name:?} cannot be a {what} name (empty, or contains `/`)"),
             ));
         }
-        return Ok(LockTarget::Node(name.to_owned()));
+        return Ok(match node {
+            true => LockTarget::Node(name.to_owned()),
+            false => LockTarget::Group(name.to_owned()),
+        });
     }
     check_user_name(name).map_err(|m| ErrorReply::new(ErrorKind::BadRequest, m))?;
     Ok(LockTarget::User(name.to_owned()))
@@ -80,7 +85,7 @@ async fn lock(
     peer: &Peer,
     r: &LockRequest,
 ) -> Response {
-    let target = target(&r.user, r.node)?;
+    let target = target(&r.user, r.node, r.group)?;
     if let LockTarget::User(u) = &target {
         let u = u.clone();
         let known = blocking(move || host::user_identity(&u))
@@ -118,7 +123,7 @@ async fn lock(
     rec.expires = info.expires.clone();
     audit.record(rec);
     info.origin = Some("fleet".into());
-    info.target = Some(if r.node { "node" } else { "user" }.into());
+    info.target = Some(target.kind().into());
     info.node = Some(fleet.node().to_owned());
     Ok(Reply::Locked(info))
 }
@@ -129,15 +134,15 @@ async fn unlock(
     peer: &Peer,
     u: &UnlockRequest,
 ) -> Option<Response> {
-    let target = match target(&u.name, u.node) {
+    let target = match target(&u.name, u.node, u.group) {
         Ok(t) => t,
         Err(e) => return Some(Err(e)),
     };
     match fleet.unlock(target.clone()).await {
         Err(e) => Some(Err(error(e))),
-        Ok(false) if u.node => Some(Err(ErrorReply::new(
+        Ok(false) if u.node || u.group => Some(Err(ErrorReply::new(
             ErrorKind::NotFound,
-            format!("node {} is not locked", u.name),
+            format!("{} {} is not locked", target.kind(), u.name),
         ))),
         // Not locked fleet-wide: maybe by a lock file here (the actor says).
         Ok(false) => None,

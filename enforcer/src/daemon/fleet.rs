@@ -55,6 +55,15 @@ pub(super) fn fleet_off() -> ErrorReply {
     )
 }
 
+/// A group lock asked of a node outside a fleet, or with `--local`.
+pub(super) fn group_locks_are_fleet_wide() -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::BadRequest,
+        "group locks are fleet-wide only (the admission webhook reads them from etcd): \
+         set [fleet] etcd_endpoints, and lock without --local",
+    )
+}
+
 impl State {
     /// Decides an account request, or parks its answer until the fleet-wide slot is decided.
     pub(super) async fn pam_account_or_wait(

@@ -39,6 +39,9 @@ impl State {
         if req.node {
             return Err(super::fleet::fleet_off());
         }
+        if req.group {
+            return Err(super::fleet::group_locks_are_fleet_wide());
+        }
         check_user_name(&req.user).map_err(|m| ErrorReply::new(ErrorKind::BadRequest, m))?;
         let now = OffsetDateTime::now_utc();
         let uid = identity.map(|i| i.uid);

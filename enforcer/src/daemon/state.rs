@@ -414,6 +414,7 @@ impl State {
             Request::UnlockTarget(u) if u.kube.is_some() => {
                 self.unlock_exec(&u, peer).map(|_| Reply::Done)
             }
+            Request::UnlockTarget(u) if u.group => Err(super::fleet::group_locks_are_fleet_wide()),
             Request::UnlockTarget(u) if !u.node => {
                 self.unlock(&u.name, peer).await.map(|_| Reply::Done)
             }

@@ -83,7 +83,10 @@ impl Grants {
         let targets = lock_targets(grant);
         let key = self.keys.exec_grant(&grant.user, &grant.review);
         let value = serde_json::to_vec(grant).map_err(|e| e.to_string())?;
-        let resp = match self.put_and_read(&mut client, &grant.user, &targets, &key, &value).await {
+        let resp = match self
+            .put_and_read(&mut client, &grant.user, &targets, &key, &value)
+            .await
+        {
             // A lease that expired under us (etcd restored, clock jump): once more on a new one.
             Err(e) if e.contains("lease not found") => {
                 *self.lease.lock().await = None;
@@ -148,4 +151,3 @@ impl Grants {
         timed(client.txn(Txn::new().and_then(ops))).await
     }
 }
-

@@ -31,17 +31,19 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum WebhookError {
     #[error("{0}")]
     Config(String),
-    #[error("cannot read {path}: {source}; check [webhook] tls_cert and tls_key")]
+    #[error("cannot read {path}: {error}; check [webhook] tls_cert and tls_key")]
     TlsFile {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("the serving certificate or key is unusable: {0}; give a PEM chain and its private key")]
+    #[error(
+        "the serving certificate or key is unusable: {0}; give a PEM chain and its private key"
+    )]
     Tls(String),
-    #[error("cannot listen on webhook.listen {addr}: {source}; pick a free address")]
+    #[error("cannot listen on webhook.listen {addr}: {error}; pick a free address")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Fleet(#[from] crate::fleet::FleetError),
@@ -61,7 +63,7 @@ pub async fn run(config: Config) -> Result<(), WebhookError> {
         .map_err(|_| WebhookError::Config("webhook.listen is not ADDRESS:PORT".into()))?;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| WebhookError::Bind { addr, source })?;
+        .map_err(|error| WebhookError::Bind { addr, error })?;
     let options = crate::fleet::connect_options(&config.fleet)?;
     let client = crate::fleet::connect_in_background(config.fleet.etcd_endpoints.clone(), options);
     let keys = Keys::new(&config.fleet.prefix, "");
@@ -86,8 +88,7 @@ pub async fn run(config: Config) -> Result<(), WebhookError> {
         let (acceptor, reviewer) = (acceptor.clone(), reviewer.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");

@@ -34,6 +34,15 @@ fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// A denial the kubectl user reads: HTTP 403 Forbidden in the Status, as the apiserver's own
+/// authorization refusals.
+fn deny(response: AdmissionResponse, message: String) -> Response<Full<Bytes>> {
+    let mut r = response.deny(message);
+    r.result.code = 403;
+    r.result.reason = "Forbidden".into();
+    json(r.into_review())
+}
+
 fn json(review: AdmissionReview<DynamicObject>) -> Response<Full<Bytes>> {
     match serde_json::to_vec(&review) {
         Ok(body) => {
@@ -87,9 +96,14 @@ impl Reviewer {
             Ok(g) => g,
             Err(e) => {
                 tracing::warn!(uid = request.uid, error = %e, "review refused: not an exec or attach");
-                return json(response.deny(e.to_string()).into_review());
+                return deny(response, e.to_string());
             }
         };
+        if request.dry_run {
+            // The ValidatingWebhookConfiguration says `sideEffects: NoneOnDryRun`: no grant.
+            // (CONNECT is never a dry run today; nothing runs on one.)
+            return json(response.into_review());
+        }
         match self.grants.decide(&grant, self.limit, now).await {
             Ok(Decided::Allowed) => {
                 tracing::info!(
@@ -101,16 +115,21 @@ impl Reviewer {
             }
             Ok(Decided::Denied(d)) => {
                 tracing::info!(
-                    user = grant.user, namespace = grant.namespace, pod = grant.pod,
-                    reason = d.code(), "exec refused"
+                    user = grant.user,
+                    namespace = grant.namespace,
+                    pod = grant.pod,
+                    reason = d.code(),
+                    "exec refused"
                 );
-                json(response.deny(d.message(&grant.user)).into_review())
+                deny(response, d.message(&grant.user))
             }
             Err(e) => {
                 tracing::warn!(user = grant.user, error = %e, "cannot decide an exec: etcd did not answer");
                 plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("enforcer: etcd did not answer ({e}); the webhook's failurePolicy applies"),
+                    format!(
+                        "enforcer: etcd did not answer ({e}); the webhook's failurePolicy applies"
+                    ),
                 )
             }
         }

@@ -15,9 +15,9 @@ use super::WebhookError;
 /// An acceptor for the PEM chain in `cert` and its key in `key`.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, WebhookError> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| WebhookError::TlsFile {
+        std::fs::read(p).map_err(|error| WebhookError::TlsFile {
             path: p.to_owned(),
-            source,
+            error,
         })
     };
     let chain = CertificateDer::pem_slice_iter(&read(cert)?)

@@ -101,7 +101,10 @@ fn anything_else_is_refused_with_the_fix() {
             resource: "pods".into()
         }
     );
-    assert!(e.to_string().contains("limit the ValidatingWebhookConfiguration's rules"));
+    assert!(
+        e.to_string()
+            .contains("limit the ValidatingWebhookConfiguration's rules")
+    );
     let mut v = review();
     v["request"]["subResource"] = "portforward".into();
     assert!(matches!(

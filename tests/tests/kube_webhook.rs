@@ -1,0 +1,281 @@
+//! `enforcerd webhook`, the apiserver's validating admission webhook for `kubectl exec` and
+//! `attach`, over real TLS (certificate for 127.0.0.1, checked by curl against its CA) on a
+//! real etcd: reviews as the apiserver sends them are allowed with a grant in etcd, or denied
+//! with the reason the kubectl user reads — user locked, group locked (`enforcerctl lock
+//! group` on a fleet node), fleet-wide per-user exec limit reached. Bad input gets a clear
+//! error and never stops the webhook; etcd down gets HTTP 500 (`failurePolicy` applies).
+
+use std::time::Duration;
+
+use enforcer_tests::{
+    TestDaemon,
+    etcd::EtcdCluster,
+    require_root,
+    webhook::{Exec, Webhook},
+};
+
+const SH: &[&str] = &["sh"];
+
+fn exec<'a>(uid: &'a str, user: &'a str, groups: &'a [&'a str]) -> Exec<'a> {
+    Exec {
+        uid,
+        user,
+        groups,
+        namespace: "team-a",
+        pod: "web-0",
+        container: "app",
+        command: SH,
+        tty: true,
+    }
+}
+
+fn allowed(review: &serde_json::Value, uid: &str) -> bool {
+    assert_eq!(review["kind"], "AdmissionReview", "{review}");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1", "{review}");
+    assert_eq!(
+        review["response"]["uid"], uid,
+        "the answer names its request"
+    );
+    review["response"]["allowed"].as_bool().unwrap()
+}
+
+fn message(review: &serde_json::Value) -> String {
+    assert_eq!(review["response"]["status"]["code"], 403, "{review}");
+    review["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn allowed_execs_leave_grants_and_the_per_user_limit_is_exact() {
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let hook = Webhook::start(
+        &cluster.endpoints_toml(),
+        "[kubernetes]\nmax_exec_sessions_per_user = 2\n",
+    );
+    let groups = ["dev", "system:authenticated"];
+    let first = hook.review(&exec("r-1", "alice@example.com", &groups).body());
+    assert!(allowed(&first, "r-1"), "{first}");
+    // The grant: who, where, what.
+    let value = cluster.ctl(&[
+        "get",
+        "--print-value-only",
+        "/enforcer/exec-grants/alice@example.com/r-1",
+    ]);
+    let grant: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
+    assert_eq!(grant["user"], "alice@example.com");
+    assert_eq!(grant["user_uid"], "alice@example.com-uid");
+    assert_eq!(grant["groups"], serde_json::json!(groups));
+    assert_eq!(
+        (&grant["namespace"], &grant["pod"], &grant["container"]),
+        (&"team-a".into(), &"web-0".into(), &"app".into())
+    );
+    assert_eq!(grant["command"], serde_json::json!(["sh"]));
+    assert_eq!(
+        (&grant["tty"], &grant["subresource"]),
+        (&true.into(), &"exec".into())
+    );
+    // An attach counts as well.
+    let attach =
+        exec("r-2", "alice@example.com", &groups).review("attach", "PodAttachOptions", "CONNECT");
+    assert!(allowed(&hook.review(&attach), "r-2"));
+    // The third is over the limit: denied, told why, and leaves no grant.
+    let third = hook.review(&exec("r-3", "alice@example.com", &groups).body());
+    assert!(!allowed(&third, "r-3"));
+    assert_eq!(
+        message(&third),
+        "enforcer: exec refused: user alice@example.com already has 2 of 2 exec sessions allowed across the fleet"
+    );
+    assert_eq!(
+        cluster
+            .keys("/enforcer/exec-grants/alice@example.com/")
+            .len(),
+        2
+    );
+    // Another user is not counted with alice.
+    assert!(allowed(
+        &hook.review(&exec("r-4", "bob", &[]).body()),
+        "r-4"
+    ));
+
+    // Racing reviews of one user at the limit: exactly the limit allowed.
+    let racing: Vec<bool> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let hook = &hook;
+                s.spawn(move || {
+                    let uid = format!("race-{i}");
+                    allowed(&hook.review(&exec(&uid, "carol", &[]).body()), &uid)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        racing.iter().filter(|a| **a).count(),
+        2,
+        "8 racing reviews at limit 2: {racing:?}"
+    );
+    assert!(cluster.wait_keys("/enforcer/exec-grants/carol/", 2, Duration::from_secs(5)));
+}
+
+#[test]
+fn locked_users_and_groups_are_refused_with_the_reason() {
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let node = TestDaemon::start(&format!(
+        "[fleet]\netcd_endpoints = {}\nnode_name = \"node-a\"\n",
+        cluster.endpoints_toml()
+    ));
+    let hook = Webhook::start(&cluster.endpoints_toml(), "");
+    // A Kubernetes user is no account on the node: `--force`.
+    node.ctl_ok(&[
+        "lock",
+        "user",
+        "mallory",
+        "--force",
+        "--reason",
+        "ticket 42",
+    ]);
+    let r = hook.review(&exec("l-1", "mallory", &["dev"]).body());
+    assert!(!allowed(&r, "l-1"));
+    assert_eq!(
+        message(&r),
+        "enforcer: exec refused: user mallory is locked: ticket 42"
+    );
+
+    let out = node.ctl_ok(&["lock", "group", "contractors", "--reason", "incident 7"]);
+    assert!(
+        out.contains("locked group contractors on every node"),
+        "{out}"
+    );
+    assert_eq!(
+        cluster.keys("/enforcer/locks/group/"),
+        ["/enforcer/locks/group/contractors"]
+    );
+    let groups = ["system:authenticated", "contractors"];
+    let r = hook.review(&exec("l-2", "dave", &groups).body());
+    assert!(!allowed(&r, "l-2"));
+    assert_eq!(
+        message(&r),
+        "enforcer: exec refused: group contractors of user dave is locked: incident 7"
+    );
+    // Outside the group: allowed.
+    assert!(allowed(
+        &hook.review(&exec("l-3", "erin", &["dev"]).body()),
+        "l-3"
+    ));
+    // Refusals leave no grant.
+    assert!(cluster.keys("/enforcer/exec-grants/dave/").is_empty());
+    assert!(cluster.keys("/enforcer/exec-grants/mallory/").is_empty());
+    // Unlocked: allowed again.
+    node.ctl_ok(&["unlock", "group", "contractors"]);
+    assert!(allowed(
+        &hook.review(&exec("l-4", "dave", &groups).body()),
+        "l-4"
+    ));
+    let again = node.ctl(&["unlock", "group", "contractors"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("group contractors is not locked"),
+        "{again:?}"
+    );
+    // A group lock is the fleet's only (the webhook reads etcd): `--local` is refused, and so
+    // is a node outside a fleet, each saying what to do.
+    let local = node.ctl(&["lock", "group", "ops", "--local"]);
+    assert!(!local.status.success());
+    assert!(
+        String::from_utf8_lossy(&local.stderr).contains("group locks are fleet-wide only"),
+        "{local:?}"
+    );
+    let alone = TestDaemon::start("");
+    let out = alone.ctl(&["lock", "group", "ops"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("group locks are fleet-wide only"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_never_stops_the_webhook() {
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let hook = Webhook::start(&cluster.endpoints_toml(), "");
+    let (code, text) = hook.call("POST", "{not json");
+    assert_eq!(code, 400);
+    assert!(
+        text.contains("not an AdmissionReview (admission.k8s.io/v1)"),
+        "{text}"
+    );
+    let (code, text) = hook.call(
+        "POST",
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(text.contains("has no request"), "{text}");
+    let (code, text) = hook.call("GET", "");
+    assert_eq!(code, 405);
+    assert!(text.contains("POST an AdmissionReview"), "{text}");
+    let (code, _) = hook.call("POST", &"x".repeat(300 * 1024));
+    assert_eq!(code, 413);
+    // A review the webhook is not for (a misconfigured ValidatingWebhookConfiguration): denied
+    // with the fix.
+    let create = exec("b-1", "alice", &[]).review("", "Pod", "CREATE");
+    let r = hook.review(&create);
+    assert!(!allowed(&r, "b-1"));
+    assert!(
+        message(&r).contains("CONNECT of pods/exec and pods/attach only, not CREATE of pods"),
+        "{r}"
+    );
+    let nobody = exec("b-2", "", &[]).body();
+    let r = hook.review(&nobody);
+    assert!(!allowed(&r, "b-2"));
+    assert_eq!(message(&r), "the review has no userInfo.username");
+    // Plain HTTP on the TLS port: the connection fails, the webhook goes on.
+    let plain = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{}/validate", hook.port))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    // Still serving, never panicked.
+    assert!(allowed(
+        &hook.review(&exec("b-3", "alice", &[]).body()),
+        "b-3"
+    ));
+    assert!(!hook.log_text().contains("panicked"), "{}", hook.log_text());
+}
+
+#[test]
+fn etcd_down_is_an_error_for_the_failure_policy() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(1);
+    let hook = Webhook::start(&cluster.endpoints_toml(), "");
+    assert!(allowed(
+        &hook.review(&exec("e-1", "alice", &[]).body()),
+        "e-1"
+    ));
+    cluster.stop_member(0);
+    let (code, text) = hook.call("POST", &exec("e-2", "alice", &[]).body());
+    assert_eq!(code, 500, "{text}");
+    assert!(text.contains("etcd did not answer"), "{text}");
+    assert!(text.contains("failurePolicy"), "{text}");
+    // Back: answered again.
+    cluster.start_member(0);
+    cluster.wait_healthy(Duration::from_secs(15));
+    assert!(enforcer_tests::ssh::wait_until(
+        Duration::from_secs(15),
+        || { hook.call("POST", &exec("e-3", "alice", &[]).body()).0 == 200 }
+    ));
+}
