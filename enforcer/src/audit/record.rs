@@ -190,6 +190,11 @@ pub struct AuditRecord {
     pub container_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec_id: Option<String>,
+    /// The Kubernetes user behind a `kubectl exec` session, and their groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kube_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kube_groups: Option<Vec<String>>,
 }
 
 impl AuditRecord {
@@ -263,6 +268,8 @@ impl AuditRecord {
             container: None,
             container_id: None,
             exec_id: None,
+            kube_user: None,
+            kube_groups: None,
         }
     }
 
@@ -282,6 +289,10 @@ impl AuditRecord {
         self.container = Some(s.meta.container.clone());
         self.container_id = Some(s.meta.container_id.clone());
         self.exec_id = Some(s.exec_id.clone());
+        if let Some(i) = &s.identity {
+            self.kube_user = Some(i.user.clone());
+            self.kube_groups = Some(i.groups.clone());
+        }
         self
     }
 

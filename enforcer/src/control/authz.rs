@@ -74,6 +74,7 @@ mod tests {
             replace: false,
             local: false,
             node: false,
+            group: false,
             kube: None,
         });
         let pam = Request::PamCloseSession(enforcer_proto::PamSession {

@@ -67,6 +67,10 @@ names! {
         /// `[kubernetes]`: the enforcement label on this node's Node object changed (`node`,
         /// `label`, `enforcing`; `message` says from what to what).
         KubeLabelChanged = "kube_label_changed",
+        /// `[kubernetes]` with `[fleet]`: the Kubernetes user behind a `kubectl exec` session
+        /// (`kube_user`, `kube_groups`), from the admission webhook's grant; with a `reason`
+        /// when it could not be told.
+        ExecIdentified = "exec_identified",
     }
 }
 
@@ -138,6 +142,11 @@ names! {
         /// What a `kubectl exec` session left running when its own process ended (setsid'd,
         /// nohup'd or backgrounded: its client is gone) was killed (`kubernetes.cut_orphans`).
         ExecOrphans = "exec_orphans",
+        /// `exec_identified`: the admission webhook left no grant that fits the exec session
+        /// (it did not pass the webhook).
+        ExecGrantNotFound = "exec_grant_not_found",
+        /// `exec_identified`: several grants fit the exec session alike; none is picked.
+        ExecGrantAmbiguous = "exec_grant_ambiguous",
         /// An exec refused: a process of its pod resumed its held command before enforcerd's
         /// decision, and the kernel killed it when it forked or exec'd.
         ExecHoldBroken = "exec_hold_broken",

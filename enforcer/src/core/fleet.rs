@@ -18,7 +18,10 @@ use crate::config::{Config, OnUnreachable};
 /// - `<prefix>/slots/<user>/<node>/<conn>`: a fleet-wide connection slot, under the lease;
 /// - `<prefix>/session-slots/<user>/<node>/<session>`: a fleet-wide session slot, likewise;
 /// - `<prefix>/exec-grants/<user>/<review>`: an exec the admission webhook allowed
-///   ([`super::kube::admission::ExecGrant`]), under the webhook's grant lease.
+///   ([`super::kube::admission::ExecGrant`]), under the webhook's grant lease until a node
+///   matches it to an exec session, then under that node's lease until the session ends;
+/// - `<prefix>/exec-grants-by-pod/<namespace>/<pod>/<review>`: the same grant, found by the
+///   pod's node; deleted when matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     pub prefix: String,
@@ -126,6 +129,15 @@ impl Keys {
 
     pub fn exec_grant(&self, user: &str, review: &str) -> String {
         format!("{}{review}", self.exec_grants_of(user))
+    }
+
+    /// Every unmatched exec grant of pod `namespace/pod`.
+    pub fn exec_grants_of_pod(&self, namespace: &str, pod: &str) -> String {
+        format!("{}/exec-grants-by-pod/{namespace}/{pod}/", self.prefix)
+    }
+
+    pub fn exec_grant_of_pod(&self, namespace: &str, pod: &str, review: &str) -> String {
+        format!("{}{review}", self.exec_grants_of_pod(namespace, pod))
     }
 
     pub fn session_slot(&self, user: &str, session_id: u64) -> String {

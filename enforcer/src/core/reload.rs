@@ -53,6 +53,12 @@ const LIVE: &[&str] = &[
     "kubernetes.cut_orphans",
     "kubernetes.namespaces",
     "kubernetes.locks_dir",
+    // Read by `enforcerd webhook` only (a node does nothing with them).
+    "kubernetes.max_exec_sessions_per_user",
+    "webhook.listen",
+    "webhook.tls_cert",
+    "webhook.tls_key",
+    "webhook.grant_ttl",
 ];
 
 /// Keys only a restart applies: bound or opened at start (sockets, state and audit files), or

@@ -96,6 +96,9 @@ impl State {
                 tag: SlotTag::Session(conn_id, session_id),
                 outcome,
             } => self.on_session_slot(conn_id, session_id, outcome),
+            FleetEvent::ExecIdentified { session, outcome } => {
+                self.on_exec_identified(session, outcome).await
+            }
         }
     }
 
@@ -337,6 +340,7 @@ impl State {
             );
             if !was {
                 tracing::info!(user, "fleet lock applied");
+                self.end_exec_sessions_of(user).await;
                 self.lock_out(
                     user,
                     account_uid,

@@ -137,6 +137,7 @@ impl State {
             input: crate::core::kube::idle::InputClock::new(now),
             idle_warned: false,
             channels: Vec::new(),
+            identity: None,
         };
         self.dirty = true;
         let node = self.node();

@@ -176,6 +176,7 @@ impl State {
             input: InputClock::new(started_at),
             idle_warned: false,
             channels: Vec::new(),
+            identity: None,
         };
         if let Some(r) = refusal {
             self.refuse_exec(session, r);
@@ -242,6 +243,7 @@ impl State {
             AuditRecord::new(AuditEvent::SessionStarted, s.started_at).with_exec(s, &self.node());
         rec.pid = Some(s.pid);
         self.audit.record(rec);
+        self.identify_exec(id);
     }
 
     /// Tells the kernel to follow the exec's process as a session root, then adopts what it
@@ -427,6 +429,7 @@ impl State {
         rec.duration_secs = Some((now - s.started_at).as_seconds_f64().max(0.0));
         rec.commands = Some(s.commands);
         self.audit.record(rec);
+        self.release_exec_grant(&s);
     }
 
     /// `kill session ID` of an exec session: every process carrying its identity (what it

@@ -90,6 +90,7 @@ impl State {
             req.reason.as_deref(),
             Some((peer.uid, peer.pid)),
         );
+        self.end_exec_sessions_of(&req.user).await;
         Ok(lock.info(now))
     }
 

@@ -14,6 +14,7 @@ mod kube;
 mod kube_control;
 mod kube_exec;
 mod kube_hold;
+mod kube_identity;
 mod kube_record;
 mod kube_views;
 mod locking;

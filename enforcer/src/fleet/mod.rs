@@ -5,9 +5,11 @@
 //!
 //! Tasks: `client` (connecting), `lease` (the node's one lease, its node key, and the ordered
 //! writer of session and slot keys under it), `watch` (fleet locks: watch, resume, local copy),
-//! `slots` (fleet-wide admission), `ops` (locks and listings for enforcerctl).
+//! `slots` (fleet-wide admission), `ops` (locks and listings for enforcerctl), `exec_grants`
+//! (the Kubernetes user behind an exec session, from the admission webhook's grants).
 
 mod client;
+mod exec_grants;
 mod lease;
 mod ops;
 mod slots;
@@ -27,9 +29,13 @@ use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 
 use crate::{
     config::FleetConfig,
-    core::fleet::{FleetLock, Keys, LockTarget},
+    core::{
+        fleet::{FleetLock, Keys, LockTarget},
+        kube::admission::GrantQuery,
+    },
 };
 
+pub use exec_grants::GrantOutcome;
 pub use slots::{SlotOutcome, SlotTag};
 
 /// What a fleet operation could not do.
@@ -57,6 +63,8 @@ pub enum FleetEvent {
     Locks(Vec<(FleetLock, Option<u32>)>),
     /// The outcome of [`FleetHandle::acquire`] or [`FleetHandle::acquire_session`].
     Slot { tag: SlotTag, outcome: SlotOutcome },
+    /// Who exec session `session` is ([`FleetHandle::identify_exec`]).
+    ExecIdentified { session: u64, outcome: GrantOutcome },
 }
 
 /// Commands the writer task applies in order (keys under the node's lease).
@@ -94,6 +102,7 @@ pub struct FleetHandle {
     keys: Arc<Keys>,
     writes: mpsc::UnboundedSender<Write>,
     acquire: mpsc::UnboundedSender<slots::Acquire>,
+    identify: mpsc::UnboundedSender<exec_grants::Identify>,
     ops: mpsc::UnboundedSender<ops::Op>,
     health: Arc<Health>,
     /// The leader as last looked up (what the slot task uses).
@@ -158,6 +167,14 @@ impl FleetHandle {
             events: events.clone(),
             local_copy: start.local_copy,
         });
+        let (identify, identify_rx) = mpsc::unbounded_channel();
+        exec_grants::start(exec_grants::IdentifyTask {
+            client: client_rx.clone(),
+            keys: keys.clone(),
+            events: events.clone(),
+            writes: writes.clone(),
+            requests: identify_rx,
+        });
         let (acquire, acquire_rx) = mpsc::unbounded_channel();
         let on_decisions = decisions.enter();
         slots::start(slots::SlotTask {
@@ -178,6 +195,7 @@ impl FleetHandle {
             keys,
             writes,
             acquire,
+            identify,
             ops,
             health,
             leader: leader_rx,
@@ -267,6 +285,23 @@ impl FleetHandle {
     /// Removes a connection that ended.
     pub fn remove_connection(&self, conn_id: u64) {
         let _ = self.writes.send(Write::Delete(self.keys.session(conn_id)));
+    }
+
+    /// Finds and claims the admission webhook's grant of exec session `session` (containerd's
+    /// `exec_id`); the outcome comes back as [`FleetEvent::ExecIdentified`].
+    pub fn identify_exec(&self, session: u64, exec_id: &str, query: GrantQuery) {
+        let _ = self.identify.send(exec_grants::Identify {
+            session,
+            exec_id: exec_id.to_owned(),
+            query,
+        });
+    }
+
+    /// The exec session of `user`'s grant `review` ended: its grant stops counting.
+    pub fn release_exec_grant(&self, user: &str, review: &str) {
+        let _ = self
+            .writes
+            .send(Write::Delete(self.keys.exec_grant(user, review)));
     }
 
     /// Writes a fleet lock (`replace`: over an active one).

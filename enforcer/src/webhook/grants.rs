@@ -81,16 +81,20 @@ impl Grants {
     ) -> Result<Decided, String> {
         let mut client = self.client()?;
         let targets = lock_targets(grant);
-        let key = self.keys.exec_grant(&grant.user, &grant.review);
+        let keys = [
+            self.keys.exec_grant(&grant.user, &grant.review),
+            self.keys
+                .exec_grant_of_pod(&grant.namespace, &grant.pod, &grant.review),
+        ];
         let value = serde_json::to_vec(grant).map_err(|e| e.to_string())?;
         let resp = match self
-            .put_and_read(&mut client, &grant.user, &targets, &key, &value)
+            .put_and_read(&mut client, &grant.user, &targets, &keys, &value)
             .await
         {
             // A lease that expired under us (etcd restored, clock jump): once more on a new one.
             Err(e) if e.contains("lease not found") => {
                 *self.lease.lock().await = None;
-                self.put_and_read(&mut client, &grant.user, &targets, &key, &value)
+                self.put_and_read(&mut client, &grant.user, &targets, &keys, &value)
                     .await?
             }
             r => r?,
@@ -117,9 +121,13 @@ impl Grants {
         match denial {
             None => Ok(Decided::Allowed),
             Some(d) => {
-                if let Err(e) = timed(client.delete(key.as_str(), None)).await {
+                let deletes: Vec<TxnOp> = keys
+                    .iter()
+                    .map(|k| TxnOp::delete(k.as_str(), None))
+                    .collect();
+                if let Err(e) = timed(client.txn(Txn::new().and_then(deletes))).await {
                     // It expires with its lease; until then it counts against the user.
-                    tracing::warn!(key, error = %e, "cannot delete a refused exec's grant");
+                    tracing::warn!(key = keys[0], error = %e, "cannot delete a refused exec's grant");
                 }
                 Ok(Decided::Denied(d))
             }
@@ -131,7 +139,7 @@ impl Grants {
         client: &mut Client,
         user: &str,
         targets: &[LockTarget],
-        key: &str,
+        keys: &[String; 2],
         value: &[u8],
     ) -> Result<etcd_client::TxnResponse, String> {
         let lease = self.lease(client).await?;
@@ -139,11 +147,13 @@ impl Grants {
             .iter()
             .map(|t| TxnOp::get(self.keys.lock(t), None))
             .collect();
-        ops.push(TxnOp::put(
-            key,
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        ));
+        for key in keys {
+            ops.push(TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
         ops.push(TxnOp::get(
             self.keys.exec_grants_of(user),
             Some(GetOptions::new().with_prefix().with_count_only()),

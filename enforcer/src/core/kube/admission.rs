@@ -50,6 +50,19 @@ pub struct ExecGrant {
     pub stdin: bool,
     /// RFC 3339: when the webhook allowed it.
     pub time: String,
+    /// The exec session it turned out to be, once its node matched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<GrantMatched>,
+}
+
+/// Where a grant's exec runs: written by the node that matched it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantMatched {
+    pub node: String,
+    /// containerd's exec id.
+    pub exec_id: String,
+    /// The node's session id (`enforcerctl sessions`).
+    pub session: u64,
 }
 
 /// Why a review cannot be decided (the webhook answers with an error; the apiserver then
@@ -138,6 +151,7 @@ pub fn grant_of(
         tty: options.tty,
         stdin: options.stdin,
         time: rfc3339(now),
+        matched: None,
     })
 }
 
@@ -202,6 +216,88 @@ pub fn lock_denial(found: &[FleetLock], now: OffsetDateTime) -> Option<Denial> {
         .or_else(|| active(false))
         .cloned()
         .map(Denial::Locked)
+}
+
+/// The Kubernetes user behind an exec session, from the grant it matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeIdentity {
+    pub user: String,
+    pub groups: Vec<String>,
+    /// The AdmissionReview's uid: the grant's key.
+    pub review: String,
+}
+
+impl From<&ExecGrant> for KubeIdentity {
+    fn from(g: &ExecGrant) -> Self {
+        KubeIdentity {
+            user: g.user.clone(),
+            groups: g.groups.clone(),
+            review: g.review.clone(),
+        }
+    }
+}
+
+/// An exec session on a node, as its grant must match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantQuery {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The exec's command line, space-joined (as the session keeps it).
+    pub command: String,
+    pub tty: bool,
+    pub started_at: OffsetDateTime,
+}
+
+/// How long before an exec's start its grant may have been written (the apiserver forwards
+/// the exec to the kubelet right after the webhook allows it; this leaves room for a slow
+/// kubelet and runc).
+pub const GRANT_BEFORE: time::Duration = time::Duration::seconds(30);
+/// How long after an exec's start its grant's time may be: the webhook's clock and the node's
+/// differ a little.
+pub const GRANT_AFTER: time::Duration = time::Duration::seconds(5);
+
+/// Which of a pod's unmatched grants an exec session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantMatch {
+    /// Exactly this one (index into the grants given).
+    One(usize),
+    /// None fits: the exec did not pass the webhook (not configured for it, `failurePolicy:
+    /// Ignore` while it was down, or someone ran it on the node directly).
+    NoGrant,
+    /// This many fit equally (the same command in the same container at nearly the same time):
+    /// not guessed.
+    Ambiguous(usize),
+}
+
+/// Matches `q` against a pod's unmatched `grants`: same container (a grant that named none is
+/// for the pod's default container, which any container may be), same command, same tty, made
+/// within [`GRANT_BEFORE`] before and [`GRANT_AFTER`] after the exec started. Attach grants
+/// start no process and match no exec session.
+pub fn match_grant(grants: &[ExecGrant], q: &GrantQuery) -> GrantMatch {
+    let fits: Vec<usize> = grants
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| {
+            let made =
+                OffsetDateTime::parse(&g.time, &time::format_description::well_known::Rfc3339);
+            g.subresource == Subresource::Exec
+                && g.namespace == q.namespace
+                && g.pod == q.pod
+                && g.container.as_ref().is_none_or(|c| *c == q.container)
+                && g.command.join(" ") == q.command
+                && g.tty == q.tty
+                && made.is_ok_and(|t| {
+                    t >= q.started_at - GRANT_BEFORE && t <= q.started_at + GRANT_AFTER
+                })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    match fits.as_slice() {
+        [] => GrantMatch::NoGrant,
+        [one] => GrantMatch::One(*one),
+        many => GrantMatch::Ambiguous(many.len()),
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ fn an_exec_review_becomes_its_grant() {
             tty: true,
             stdin: true,
             time: "2026-12-03T12:00:00Z".into(),
+            matched: None,
         }
     );
     assert_eq!(
@@ -175,5 +176,64 @@ fn the_users_own_lock_comes_before_a_groups_and_expired_ones_do_not_count() {
     assert_eq!(
         d.message("alice"),
         "enforcer: exec refused: user alice already has 2 of 2 exec sessions allowed across the fleet"
+    );
+}
+
+fn query(started_at: OffsetDateTime) -> GrantQuery {
+    GrantQuery {
+        namespace: "team-a".into(),
+        pod: "web".into(),
+        container: "main".into(),
+        command: "sh -c id".into(),
+        tty: true,
+        started_at,
+    }
+}
+
+#[test]
+fn an_exec_matches_its_own_grant_only() {
+    let g = grant_of(&request(review()), NOW).unwrap();
+    let later = NOW + time::Duration::seconds(2);
+    assert_eq!(match_grant(&[g.clone()], &query(later)), GrantMatch::One(0));
+    // Each thing that differs: no grant.
+    let differ: [fn(&mut GrantQuery); 5] = [
+        |q| q.container = "sidecar".into(),
+        |q| q.command = "sh".into(),
+        |q| q.tty = false,
+        |q| q.pod = "web-2".into(),
+        |q| q.started_at = NOW + time::Duration::seconds(31),
+    ];
+    for change in differ {
+        let mut q = query(later);
+        change(&mut q);
+        assert_eq!(match_grant(&[g.clone()], &q), GrantMatch::NoGrant, "{q:?}");
+    }
+    // A grant made well after the exec started is not its grant.
+    assert_eq!(
+        match_grant(&[g.clone()], &query(NOW - time::Duration::seconds(6))),
+        GrantMatch::NoGrant
+    );
+    // No container named: the pod's default one, which may be any.
+    let mut default = g.clone();
+    default.container = None;
+    assert_eq!(match_grant(&[default], &query(later)), GrantMatch::One(0));
+    // An attach starts no process.
+    let mut attach = g.clone();
+    attach.subresource = Subresource::Attach;
+    assert_eq!(
+        match_grant(&[attach, g.clone()], &query(later)),
+        GrantMatch::One(1)
+    );
+}
+
+#[test]
+fn two_grants_that_fit_alike_are_reported_never_guessed() {
+    let a = grant_of(&request(review()), NOW).unwrap();
+    let mut b = a.clone();
+    b.review = "other".into();
+    b.user = "bob".into();
+    assert_eq!(
+        match_grant(&[a, b], &query(NOW + time::Duration::seconds(1))),
+        GrantMatch::Ambiguous(2)
     );
 }

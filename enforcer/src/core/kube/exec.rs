@@ -79,6 +79,8 @@ pub struct ExecSession {
     /// Its stdio as the shim's probes key it (see [`channel_object`]), recorded under
     /// `kernel_id` while the session lives.
     pub channels: Vec<u64>,
+    /// The Kubernetes user behind it, once the admission webhook's grant was matched.
+    pub identity: Option<super::admission::KubeIdentity>,
 }
 
 impl ExecSession {
@@ -262,6 +264,7 @@ mod tests {
             input: InputClock::new(now),
             idle_warned: false,
             channels: Vec::new(),
+            identity: None,
         }
     }
 
