@@ -27,7 +27,13 @@ fn manifests_dir() -> PathBuf {
 }
 
 /// Every object of every manifest, as kubectl printed it.
-fn through_kubectl(kubectl: &PathBuf) -> Vec<Value> {
+fn through_kubectl() -> Vec<Value> {
+    let kubectl = enforcer_tests::kube::kubectl();
+    assert!(
+        kubectl.is_file(),
+        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
+        kubectl.display()
+    );
     let api = KubeApi::start("manifests", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -41,7 +47,7 @@ fn through_kubectl(kubectl: &PathBuf) -> Vec<Value> {
     assert!(files.len() >= 4, "{files:?}");
     let mut objects = Vec::new();
     for f in &files {
-        let out = Command::new(kubectl)
+        let out = Command::new(&kubectl)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args([
@@ -119,13 +125,7 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
 
 #[test]
 fn manifests_pass_kubectl_and_the_api_types_and_say_what_they_must() {
-    let kubectl = enforcer_tests::kube::kubectl();
-    assert!(
-        kubectl.is_file(),
-        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
-        kubectl.display()
-    );
-    let objects = through_kubectl(&kubectl);
+    let objects = through_kubectl();
     let ns: Namespace = typed(find(&objects, "Namespace"));
     let sa: ServiceAccount = typed(find(&objects, "ServiceAccount"));
     let role: ClusterRole = typed(find(&objects, "ClusterRole"));
@@ -237,13 +237,7 @@ fn manifests_pass_kubectl_and_the_api_types_and_say_what_they_must() {
 /// notice without a schema).
 #[test]
 fn a_misspelt_field_is_caught() {
-    let kubectl = enforcer_tests::kube::kubectl();
-    assert!(
-        kubectl.is_file(),
-        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
-        kubectl.display()
-    );
-    let objects = through_kubectl(&kubectl);
+    let objects = through_kubectl();
     let mut ds = find(&objects, "DaemonSet").clone();
     let pod = &mut ds["spec"]["template"]["spec"];
     pod["nodeSelecter"] = pod["nodeSelector"].clone();
@@ -256,13 +250,7 @@ fn a_misspelt_field_is_caught() {
 /// container runs `enforcerd webhook` on a config that can serve, with no privilege at all.
 #[test]
 fn the_webhook_manifest_wires_the_apiserver_to_a_servable_unprivileged_webhook() {
-    let kubectl = enforcer_tests::kube::kubectl();
-    assert!(
-        kubectl.is_file(),
-        "{} is missing: `cargo xtask setup` installs Debian's kubectl",
-        kubectl.display()
-    );
-    let objects = through_kubectl(&kubectl);
+    let objects = through_kubectl();
     let named = |kind: &str, name: &str| {
         objects
             .iter()

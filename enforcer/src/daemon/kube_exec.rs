@@ -440,29 +440,44 @@ impl State {
         id: u64,
         peer: &Peer,
     ) -> Option<Result<u64, enforcer_proto::ErrorReply>> {
+        Some(match self.kill_exec(id, AuditReason::Killed).await? {
+            Ok((s, n)) => {
+                let mut rec =
+                    AuditRecord::new(AuditEvent::SessionKilled, OffsetDateTime::now_utc())
+                        .with_exec(&s, &self.node())
+                        .by(peer.uid, peer.pid)
+                        .reason(AuditReason::KilledByOperator, None);
+                rec.pid = Some(s.pid);
+                rec.processes = Some(n);
+                self.audit.record(rec);
+                Ok(n)
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Kills every process of exec session `id`, whose `session_ended` then says `reason`:
+    /// the session as it was, and how many processes were killed. `None`: no such session.
+    pub(super) async fn kill_exec(
+        &mut self,
+        id: u64,
+        reason: AuditReason,
+    ) -> Option<Result<(ExecSession, u64), enforcer_proto::ErrorReply>> {
         let s = self.kube_exec.sessions.get(id)?.clone();
-        self.kube_exec.killing.insert(id, AuditReason::Killed);
+        self.kube_exec.killing.insert(id, reason);
         let target = KillTarget {
             conn_id: s.kernel_id,
             session_id: None,
         };
-        let n = match self.bpf.kill(target).await {
-            Ok(n) => n as u64,
+        Some(match self.bpf.kill(target).await {
+            Ok(n) => Ok((s, n as u64)),
             Err(e) => {
                 self.kube_exec.killing.remove(&id);
-                return Some(Err(enforcer_proto::ErrorReply::new(
+                Err(enforcer_proto::ErrorReply::new(
                     enforcer_proto::ErrorKind::Internal,
                     e.to_string(),
-                )));
+                ))
             }
-        };
-        let mut rec = AuditRecord::new(AuditEvent::SessionKilled, OffsetDateTime::now_utc())
-            .with_exec(&s, &self.node())
-            .by(peer.uid, peer.pid)
-            .reason(AuditReason::KilledByOperator, None);
-        rec.pid = Some(s.pid);
-        rec.processes = Some(n);
-        self.audit.record(rec);
-        Some(Ok(n))
+        })
     }
 }

@@ -9,7 +9,6 @@ use time::OffsetDateTime;
 use super::state::State;
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord},
-    bpf::KillTarget,
     core::kube::{
         admission::{GrantQuery, KubeIdentity},
         exec::ExecSession,
@@ -102,28 +101,21 @@ impl State {
     /// Kills everything exec session `id` runs; audited `session_killed`, reason
     /// `user_locked` (the session's end follows from its exit).
     async fn end_locked_exec(&mut self, id: u64) {
-        let Some(s) = self.kube_exec.sessions.get(id).cloned() else {
-            return;
-        };
-        self.kube_exec.killing.insert(id, AuditReason::UserLocked);
-        let target = KillTarget {
-            conn_id: s.kernel_id,
-            session_id: None,
-        };
-        let processes = match self.bpf.kill(target).await {
-            Ok(n) => n as u64,
-            Err(e) => {
-                tracing::error!(session = id, error = %e, "cannot end a locked user's exec session");
-                self.kube_exec.killing.remove(&id);
-                return;
+        match self.kill_exec(id, AuditReason::UserLocked).await {
+            Some(Ok((s, processes))) => {
+                let mut rec =
+                    AuditRecord::new(AuditEvent::SessionKilled, OffsetDateTime::now_utc())
+                        .with_exec(&s, &self.node())
+                        .reason(AuditReason::UserLocked, None);
+                rec.pid = Some(s.pid);
+                rec.processes = Some(processes);
+                self.audit.record(rec);
             }
-        };
-        let mut rec = AuditRecord::new(AuditEvent::SessionKilled, OffsetDateTime::now_utc())
-            .with_exec(&s, &self.node())
-            .reason(AuditReason::UserLocked, None);
-        rec.pid = Some(s.pid);
-        rec.processes = Some(processes);
-        self.audit.record(rec);
+            Some(Err(e)) => {
+                tracing::error!(session = id, error = %e.message, "cannot end a locked user's exec session")
+            }
+            None => {}
+        }
     }
 
     /// An identified exec session ended: its grant stops counting against its user.
