@@ -16,6 +16,8 @@ pub struct Webhook {
     child: Child,
     pub port: u16,
     ca: PathBuf,
+    /// The client certificate and key `call` presents (`[webhook] client_ca` set).
+    client: Option<(PathBuf, PathBuf)>,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -24,6 +26,16 @@ impl Webhook {
     /// Starts the webhook on etcd `endpoints` (TOML list) with `extra` TOML appended (whole
     /// sections), and waits until it accepts connections.
     pub fn start(endpoints: &str, extra: &str) -> Self {
+        Self::start_with(endpoints, extra, false)
+    }
+
+    /// [`Webhook::start`] requiring client certificates of the test CA (`[webhook] client_ca`,
+    /// as the apiserver's admission kubeconfig gives it one); `call` presents one.
+    pub fn start_mtls(endpoints: &str, extra: &str) -> Self {
+        Self::start_with(endpoints, extra, true)
+    }
+
+    fn start_with(endpoints: &str, extra: &str, mtls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tls = Tls::make(dir.path());
         let port = free_port();
@@ -32,9 +44,13 @@ impl Webhook {
             &config,
             format!(
                 "[fleet]\netcd_endpoints = {endpoints}\n\
-                 [webhook]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n",
+                 [webhook]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{}{extra}\n",
                 tls.server_cert.display(),
-                tls.server_key.display()
+                tls.server_key.display(),
+                match mtls {
+                    true => format!("client_ca = \"{}\"\n", tls.ca.display()),
+                    false => String::new(),
+                }
             ),
         )
         .unwrap();
@@ -51,6 +67,7 @@ impl Webhook {
             child,
             port,
             ca: tls.ca,
+            client: mtls.then_some((tls.client_cert, tls.client_key)),
             log,
             _dir: dir,
         };
@@ -66,6 +83,11 @@ impl Webhook {
         w
     }
 
+    /// The CA the serving certificate (and the client certificates) chain to.
+    pub fn ca(&self) -> &std::path::Path {
+        &self.ca
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -73,9 +95,25 @@ impl Webhook {
     /// `method` of `body` to `/validate` over TLS checked against the test CA: HTTP status and
     /// body.
     pub fn call(&self, method: &str, body: &str) -> (u16, String) {
-        let mut curl = Command::new("curl")
-            .args(["-sS", "--max-time", "15", "--cacert"])
-            .arg(&self.ca)
+        self.try_call(method, body, true)
+            .unwrap_or_else(|e| panic!("curl: {e}"))
+    }
+
+    /// [`Webhook::call`], presenting the client certificate only with `with_cert`; `Err`:
+    /// curl's complaint (no HTTP answer).
+    pub fn try_call(
+        &self,
+        method: &str,
+        body: &str,
+        with_cert: bool,
+    ) -> Result<(u16, String), String> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "15", "--cacert"])
+            .arg(&self.ca);
+        if let Some((cert, key)) = self.client.as_ref().filter(|_| with_cert) {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let mut curl = cmd
             .args(["-X", method, "-H", "Content-Type: application/json"])
             .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
             .arg(format!("https://127.0.0.1:{}/validate", self.port))
@@ -90,14 +128,12 @@ impl Webhook {
             .write_all(body.as_bytes())
             .unwrap();
         let out = curl.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.trim().parse().unwrap(), body.to_owned())
+        Ok((code.trim().parse().unwrap(), body.to_owned()))
     }
 
     /// POSTs a review; the AdmissionReview answered (HTTP 200 required).

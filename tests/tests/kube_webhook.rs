@@ -11,6 +11,7 @@ use enforcer_tests::{
     TestDaemon,
     etcd::EtcdCluster,
     require_root,
+    ssh::wait_until,
     webhook::{Exec, Webhook},
 };
 
@@ -166,6 +167,19 @@ fn locked_users_and_groups_are_refused_with_the_reason() {
         message(&r),
         "enforcer: exec refused: group contractors of user dave is locked: incident 7"
     );
+    // Found by review: one read per group in the transaction made a user in more groups than
+    // etcd allows operations per transaction (128) get HTTP 500 for every exec.
+    let many: Vec<String> = (0..300).map(|i| format!("team-{i}")).collect();
+    let mut many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let r = hook.review(&exec("l-many", "frank", &many_refs).body());
+    assert!(allowed(&r, "l-many"), "{r}");
+    many_refs.push("contractors");
+    let r = hook.review(&exec("l-many-2", "frank", &many_refs).body());
+    assert!(!allowed(&r, "l-many-2"));
+    assert!(
+        message(&r).contains("group contractors of user frank is locked"),
+        "{r}"
+    );
     // Outside the group: allowed.
     assert!(allowed(
         &hook.review(&exec("l-3", "erin", &["dev"]).body()),
@@ -274,8 +288,99 @@ fn etcd_down_is_an_error_for_the_failure_policy() {
     // Back: answered again.
     cluster.start_member(0);
     cluster.wait_healthy(Duration::from_secs(15));
-    assert!(enforcer_tests::ssh::wait_until(
-        Duration::from_secs(15),
-        || { hook.call("POST", &exec("e-3", "alice", &[]).body()).0 == 200 }
+    assert!(wait_until(Duration::from_secs(15), || {
+        hook.call("POST", &exec("e-3", "alice", &[]).body()).0 == 200
+    }));
+}
+
+/// Found by review: the webhook took any client, so anything that reaches its port could write
+/// grants — counting against another user's limit, or making an exec's identity ambiguous.
+/// With `[webhook] client_ca` only the apiserver's client certificate gets a TLS session.
+#[test]
+fn with_client_ca_only_a_client_certificate_it_issued_may_post_reviews() {
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let hook = Webhook::start_mtls(&cluster.endpoints_toml(), "");
+    let forged = exec("m-1", "alice", &[]).body();
+    let refused = hook.try_call("POST", &forged, false);
+    assert!(
+        refused.is_err(),
+        "a review without a client certificate was answered: {refused:?}"
+    );
+    assert!(
+        cluster.keys("/enforcer/exec-grants/").is_empty(),
+        "a grant was written"
+    );
+    assert!(allowed(
+        &hook.review(&exec("m-2", "alice", &[]).body()),
+        "m-2"
     ));
+    assert_eq!(cluster.keys("/enforcer/exec-grants/alice/").len(), 1);
+}
+
+/// Found by review: reading the body had no deadline, so a client that sent headers and then
+/// nothing held one of the bounded connections for ever (enough of them, and with
+/// `failurePolicy: Fail` no exec in the cluster could start).
+#[test]
+fn a_client_that_never_sends_its_body_is_cut_and_holds_up_nothing() {
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let hook = Webhook::start(&cluster.endpoints_toml(), "");
+    // Headers announcing a body that never comes, over TLS (openssl s_client keeps reading
+    // the socket while its stdin stays open and silent).
+    let mut stalled = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-ign_eof", "-connect"])
+        .arg(format!("127.0.0.1:{}", hook.port))
+        .arg("-CAfile")
+        .arg(hook.ca())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = stalled.stdin.take().unwrap();
+    std::io::Write::write_all(
+        &mut stdin,
+        b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut stdout = stalled.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.windows(3).any(|w| w == b"408") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    // Served meanwhile.
+    assert!(allowed(
+        &hook.review(&exec("s-1", "alice", &[]).body()),
+        "s-1"
+    ));
+    assert!(
+        wait_until(Duration::from_secs(20), || reader.is_finished()),
+        "the stalled request was never answered"
+    );
+    let out = reader.join().unwrap();
+    drop(stdin);
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the stalled request held its connection {took:?}"
+    );
 }

@@ -18,6 +18,10 @@ pub struct WebhookConfig {
     /// against the `caBundle` of the ValidatingWebhookConfiguration and the Service's DNS name.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// CA (PEM) of the client certificate the apiserver presents to webhooks (its admission
+    /// kubeconfig): when set, a connection without a certificate it issued is refused in the
+    /// TLS handshake. Empty: anyone who reaches the port may post reviews.
+    pub client_ca: PathBuf,
     /// How long a grant for an allowed exec lives in etcd (it counts against
     /// `[kubernetes] max_exec_sessions_per_user` meanwhile).
     pub grant_ttl: Dur,
@@ -29,6 +33,7 @@ impl Default for WebhookConfig {
             listen: "0.0.0.0:8443".into(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            client_ca: PathBuf::new(),
             grant_ttl: Dur::secs(60),
         }
     }

@@ -122,8 +122,11 @@ impl Keys {
         format!("{}/session-slots/{user}/", self.prefix)
     }
 
-    /// Every exec grant of the Kubernetes user `user`. Ends with `/` (see [`Keys::slots_of`]).
+    /// Every exec grant of the Kubernetes user `user`. Ends with `/` (see [`Keys::slots_of`]);
+    /// `/` and `%` in the name are escaped (`%2F`, `%25`): a Kubernetes user name may hold a
+    /// `/` (OIDC `issuer#subject`), and `alice/x`'s grants must not count as `alice`'s.
     pub fn exec_grants_of(&self, user: &str) -> String {
+        let user = user.replace('%', "%25").replace('/', "%2F");
         format!("{}/exec-grants/{user}/", self.prefix)
     }
 

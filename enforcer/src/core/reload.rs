@@ -58,6 +58,7 @@ const LIVE: &[&str] = &[
     "webhook.listen",
     "webhook.tls_cert",
     "webhook.tls_key",
+    "webhook.client_ca",
     "webhook.grant_ttl",
 ];
 

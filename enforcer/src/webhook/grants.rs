@@ -1,5 +1,6 @@
 //! The webhook's etcd side. ONE transaction per review reads the fleet locks that may refuse
-//! it (the user's, each group's), puts its grant and counts the user's grants; a refused
+//! it (the user's, and every group lock: one range, however many groups the user is in),
+//! puts its grant and counts the user's grants; a refused
 //! review then deletes its grant. An allowed exec therefore costs one round trip, and the
 //! per-user limit is exact the way fleet slots are (`core::fleet::slot_decision`): of any
 //! L + 1 grants alive at once, the last one's transaction counted the other L.
@@ -80,7 +81,6 @@ impl Grants {
         now: OffsetDateTime,
     ) -> Result<Decided, String> {
         let mut client = self.client()?;
-        let targets = lock_targets(grant);
         let keys = [
             self.keys.exec_grant(&grant.user, &grant.review),
             self.keys
@@ -88,28 +88,39 @@ impl Grants {
         ];
         let value = serde_json::to_vec(grant).map_err(|e| e.to_string())?;
         let resp = match self
-            .put_and_read(&mut client, &grant.user, &targets, &keys, &value)
+            .put_and_read(&mut client, &grant.user, &keys, &value)
             .await
         {
             // A lease that expired under us (etcd restored, clock jump): once more on a new one.
             Err(e) if e.contains("lease not found") => {
                 *self.lease.lock().await = None;
-                self.put_and_read(&mut client, &grant.user, &targets, &keys, &value)
+                self.put_and_read(&mut client, &grant.user, &keys, &value)
                     .await?
             }
             r => r?,
         };
+        // The user's lock, every group lock (one range: a user may be in hundreds of groups,
+        // more than a transaction may hold operations), then the count.
+        let targets = lock_targets(grant);
         let mut found = Vec::new();
         let mut count = 0;
+        let group_locks = format!("{}group/", self.keys.locks());
         for (i, op) in resp.op_responses().into_iter().enumerate() {
             let TxnOpResponse::Get(g) = op else { continue };
-            match targets.get(i) {
-                Some(t) => found.extend(
-                    g.kvs()
-                        .first()
-                        .map(|kv| FleetLock::decode(t.clone(), kv.value())),
-                ),
-                None => count = g.count(),
+            match i {
+                0 => {
+                    found.extend(g.kvs().first().map(|kv| {
+                        FleetLock::decode(LockTarget::User(grant.user.clone()), kv.value())
+                    }))
+                }
+                1 => found.extend(g.kvs().iter().filter_map(|kv| {
+                    let name = kv.key_str().ok()?.strip_prefix(&group_locks)?;
+                    let target = LockTarget::Group(name.to_owned());
+                    targets
+                        .contains(&target)
+                        .then(|| FleetLock::decode(target, kv.value()))
+                })),
+                _ => count = g.count(),
             }
         }
         let denial = lock_denial(&found, now).or_else(|| {
@@ -138,15 +149,17 @@ impl Grants {
         &self,
         client: &mut Client,
         user: &str,
-        targets: &[LockTarget],
         keys: &[String; 2],
         value: &[u8],
     ) -> Result<etcd_client::TxnResponse, String> {
         let lease = self.lease(client).await?;
-        let mut ops: Vec<TxnOp> = targets
-            .iter()
-            .map(|t| TxnOp::get(self.keys.lock(t), None))
-            .collect();
+        let mut ops = vec![
+            TxnOp::get(self.keys.lock(&LockTarget::User(user.to_owned())), None),
+            TxnOp::get(
+                format!("{}group/", self.keys.locks()),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        ];
         for key in keys {
             ops.push(TxnOp::put(
                 key.as_str(),

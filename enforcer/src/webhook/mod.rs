@@ -55,7 +55,15 @@ pub async fn run(config: Config) -> Result<(), WebhookError> {
         .webhook
         .servable(&config.fleet)
         .map_err(WebhookError::Config)?;
-    let acceptor = tls::acceptor(&config.webhook.tls_cert, &config.webhook.tls_key)?;
+    let w = &config.webhook;
+    let client_ca = (!w.client_ca.as_os_str().is_empty()).then_some(w.client_ca.as_path());
+    let acceptor = tls::acceptor(&w.tls_cert, &w.tls_key, client_ca)?;
+    if client_ca.is_none() {
+        tracing::warn!(
+            "[webhook] client_ca is not set: anyone who reaches the port can write exec grants; \
+             give the apiserver a client certificate, or let only the control plane reach it"
+        );
+    }
     let addr: SocketAddr = config
         .webhook
         .listen

@@ -18,8 +18,12 @@ use time::OffsetDateTime;
 use super::grants::{Decided, Grants};
 use crate::core::kube::admission::grant_of;
 
-/// An AdmissionReview of a CONNECT is a few KiB; anything near this is not one.
-const MAX_BODY: usize = 256 * 1024;
+/// An AdmissionReview of a CONNECT is a few KiB; anything near this is not one. Small, so
+/// the bounded number of connections cannot take much memory with bodies being parsed.
+const MAX_BODY: usize = 64 * 1024;
+/// The whole body must have come this long after the headers: a client that sends headers
+/// and then nothing must not hold a connection slot (the apiserver waits 5 s at most).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Answers reviews.
 pub struct Reviewer {
@@ -63,12 +67,19 @@ impl Reviewer {
                 "POST an AdmissionReview (admission.k8s.io/v1)".into(),
             );
         }
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
+        let body = Limited::new(req.into_body(), MAX_BODY).collect();
+        let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
                 return plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body unreadable or over {MAX_BODY} bytes: {e}"),
+                );
+            }
+            Err(_) => {
+                return plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not come within {BODY_TIMEOUT:?}"),
                 );
             }
         };

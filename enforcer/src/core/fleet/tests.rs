@@ -163,3 +163,18 @@ fn fleet_config_is_checked() {
         }
     }
 }
+
+#[test]
+fn a_slash_in_a_kubernetes_user_name_stays_in_its_own_prefix() {
+    let k = Keys::new("/enforcer", "node-a");
+    assert_eq!(k.exec_grants_of("alice"), "/enforcer/exec-grants/alice/");
+    assert_eq!(
+        k.exec_grant("https://idp#alice/x", "r1"),
+        "/enforcer/exec-grants/https:%2F%2Fidp#alice%2Fx/r1"
+    );
+    assert!(
+        !k.exec_grant("alice/x", "r1")
+            .starts_with(&k.exec_grants_of("alice"))
+    );
+    assert_ne!(k.exec_grants_of("a%2Fb"), k.exec_grants_of("a/b"));
+}

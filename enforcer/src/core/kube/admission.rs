@@ -272,8 +272,9 @@ pub enum GrantMatch {
 
 /// Matches `q` against a pod's unmatched `grants`: same container (a grant that named none is
 /// for the pod's default container, which any container may be), same command, same tty, made
-/// within [`GRANT_BEFORE`] before and [`GRANT_AFTER`] after the exec started. Attach grants
-/// start no process and match no exec session.
+/// within [`GRANT_BEFORE`] before and [`GRANT_AFTER`] after the exec started. Several that fit
+/// are one only when they are the same user's (with the same groups). Attach grants start no
+/// process and match no exec session.
 pub fn match_grant(grants: &[ExecGrant], q: &GrantQuery) -> GrantMatch {
     let fits: Vec<usize> = grants
         .iter()
@@ -293,9 +294,14 @@ pub fn match_grant(grants: &[ExecGrant], q: &GrantQuery) -> GrantMatch {
         })
         .map(|(i, _)| i)
         .collect();
+    let same = |a: &ExecGrant, b: &ExecGrant| a.user == b.user && a.groups == b.groups;
     match fits.as_slice() {
         [] => GrantMatch::NoGrant,
         [one] => GrantMatch::One(*one),
+        // One user's identical execs at once: whichever is taken, the identity is the same.
+        [first, rest @ ..] if rest.iter().all(|i| same(&grants[*first], &grants[*i])) => {
+            GrantMatch::One(*first)
+        }
         many => GrantMatch::Ambiguous(many.len()),
     }
 }

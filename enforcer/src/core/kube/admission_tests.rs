@@ -233,7 +233,14 @@ fn two_grants_that_fit_alike_are_reported_never_guessed() {
     b.review = "other".into();
     b.user = "bob".into();
     assert_eq!(
-        match_grant(&[a, b], &query(NOW + time::Duration::seconds(1))),
+        match_grant(&[a.clone(), b], &query(NOW + time::Duration::seconds(1))),
         GrantMatch::Ambiguous(2)
+    );
+    // The same user's two identical execs: either grant names who it is.
+    let mut again = a.clone();
+    again.review = "again".into();
+    assert_eq!(
+        match_grant(&[a, again], &query(NOW + time::Duration::seconds(1))),
+        GrantMatch::One(0)
     );
 }
