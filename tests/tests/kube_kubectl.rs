@@ -172,7 +172,16 @@ fn kubectl_exec_it_runs_a_shell_listed_recorded_and_ended_by_exit() {
 
     // enforcerd's view: a kube_exec session of the pod's container.
     let pid = bed.wait_exec(&["sh"]);
-    let e = wait_listed(&d, pid);
+    // Listed from containerd's report, which can come while runc's init has not yet exec'd
+    // the command (listed with an empty command until then: seen in a full run).
+    let mut e = wait_listed(&d, pid);
+    assert!(
+        wait_until(T, || {
+            e = wait_listed(&d, pid);
+            e["kube"]["command"] != ""
+        }),
+        "{e:#}"
+    );
     assert_eq!(e["kind"], "kube_exec", "{e:#}");
     let kube = &e["kube"];
     assert_eq!(kube["namespace"], "team-a", "{e:#}");
