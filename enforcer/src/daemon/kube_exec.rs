@@ -411,7 +411,10 @@ impl State {
             return;
         };
         self.release_exec_channels(id, s.channels.clone()).await;
-        if self.config.kubernetes.cut_orphans {
+        // A session being ended (kill, lock, idle cut) has its whole identity killed by that
+        // kill already: what the shell left is no orphan (cutting it too wrote a second
+        // `session_killed` when the shell's exit overtook the kill walk; seen in a full run).
+        if self.config.kubernetes.cut_orphans && !self.kube_exec.killing.contains_key(&id) {
             self.cut_exec_orphans(&s).await;
         }
         let now = OffsetDateTime::now_utc();
