@@ -239,7 +239,7 @@ fn bad_input_gets_a_clear_error_and_never_stops_the_webhook() {
     let (code, text) = hook.call("GET", "");
     assert_eq!(code, 405);
     assert!(text.contains("POST an AdmissionReview"), "{text}");
-    let (code, _) = hook.call("POST", &"x".repeat(300 * 1024));
+    let (code, _) = hook.call("POST", &"x".repeat(70 * 1024));
     assert_eq!(code, 413);
     // A review the webhook is not for (a misconfigured ValidatingWebhookConfiguration): denied
     // with the fix.
