@@ -9,6 +9,8 @@
 //! - [`control`]: the control socket (framing, peer credentials, authorisation);
 //! - [`daemon`]: `enforcerd` itself — the state actor and the wiring;
 //! - [`metrics`]: Prometheus metrics on `[metrics] listen`;
+//! - [`listen`]: bounded accepting on a TCP port anyone may reach (metrics, webhook);
+//! - [`webhook`]: `enforcerd webhook`, the admission webhook for `kubectl exec`;
 //! - [`fleet`]: locks, live sessions and fleet-wide limits across nodes, on etcd;
 //! - [`kube`]: the apiserver side of `[kubernetes]` (this node's enforcement label);
 //! - [`ctl`]: `enforcerctl`'s rendering of answers.
@@ -27,6 +29,7 @@ pub mod fleet;
 pub mod host;
 pub mod kube;
 pub mod lines;
+pub mod listen;
 pub mod locks;
 pub mod metrics;
 pub mod recording;

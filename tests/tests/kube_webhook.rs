@@ -194,25 +194,28 @@ fn locked_users_and_groups_are_refused_with_the_reason() {
         &hook.review(&exec("l-4", "dave", &groups).body()),
         "l-4"
     ));
-    let again = node.ctl(&["unlock", "group", "contractors"]);
-    assert!(!again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("group contractors is not locked"),
-        "{again:?}"
+    fails_saying(
+        node.ctl(&["unlock", "group", "contractors"]),
+        "group contractors is not locked",
     );
     // A group lock is the fleet's only (the webhook reads etcd): `--local` is refused, and so
     // is a node outside a fleet, each saying what to do.
-    let local = node.ctl(&["lock", "group", "ops", "--local"]);
-    assert!(!local.status.success());
-    assert!(
-        String::from_utf8_lossy(&local.stderr).contains("group locks are fleet-wide only"),
-        "{local:?}"
+    fails_saying(
+        node.ctl(&["lock", "group", "ops", "--local"]),
+        "group locks are fleet-wide only",
     );
     let alone = TestDaemon::start("");
-    let out = alone.ctl(&["lock", "group", "ops"]);
-    assert!(!out.status.success());
+    fails_saying(
+        alone.ctl(&["lock", "group", "ops"]),
+        "group locks are fleet-wide only",
+    );
+}
+
+/// An enforcerctl run that failed with `says` on its stderr.
+fn fails_saying(out: std::process::Output, says: &str) {
+    assert!(!out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("group locks are fleet-wide only"),
+        String::from_utf8_lossy(&out.stderr).contains(says),
         "{out:?}"
     );
 }

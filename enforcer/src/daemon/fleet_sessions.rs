@@ -16,7 +16,6 @@ use crate::{
     core::{
         conn::Connection,
         fleet::{self as core_fleet, ViewState},
-        policy::Who,
     },
     fleet::SlotOutcome,
     host,
@@ -77,14 +76,14 @@ impl State {
                 (
                     c.user.clone(),
                     c.account().to_owned(),
-                    c.groups.clone(),
+                    core_fleet::fleet_session_limit(&self.config, c.who()),
                     s.leader_pid,
                     s.kernel_id,
                     c.monitor.pid,
                 )
             })
         });
-        let Some((user, account, groups, leader, kernel_id, monitor)) = session else {
+        let Some((user, account, limit, leader, kernel_id, monitor)) = session else {
             // Ended meanwhile: free a slot it got.
             if let (SlotOutcome::Taken, Some(f), Some(c)) =
                 (&outcome, &self.fleet, self.registry.get(conn_id))
@@ -98,20 +97,12 @@ impl State {
                 self.fleet_state.session_slots.insert(session_id, account);
                 return;
             }
-            SlotOutcome::Full { .. } => {
-                let who = Who {
-                    user: &user,
-                    account: &account,
-                    groups: &groups,
-                };
-                let limit = core_fleet::fleet_session_limit(&self.config, who);
-                (
-                    AuditReason::FleetMaxSessionsPerUser,
-                    format!(
-                        "user {user} already has {limit} of {limit} allowed sessions across the fleet"
-                    ),
-                )
-            }
+            SlotOutcome::Full { .. } => (
+                AuditReason::FleetMaxSessionsPerUser,
+                format!(
+                    "user {user} already has {limit} of {limit} allowed sessions across the fleet"
+                ),
+            ),
             SlotOutcome::Unreachable(why) => {
                 tracing::warn!(conn = conn_id, session = session_id, error = %why, "no fleet-wide session slot: etcd did not answer");
                 if self.config.fleet.on_unreachable == OnUnreachable::BestEffort {

@@ -85,25 +85,25 @@ async fn identify(
     let prefix = keys.exec_grants_of_pod(&q.namespace, &q.pod);
     for _ in 0..3 {
         let got = timed(c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
-        let grants: Vec<(String, ExecGrant)> = got
+        let (grant_keys, mut grants): (Vec<&str>, Vec<ExecGrant>) = got
             .kvs()
             .iter()
             .filter_map(|kv| {
-                let key = kv.key_str().ok()?.to_owned();
+                let key = kv.key_str().ok()?;
                 serde_json::from_slice(kv.value()).ok().map(|g| (key, g))
             })
-            .collect();
-        let only: Vec<ExecGrant> = grants.iter().map(|(_, g)| g.clone()).collect();
-        let i = match match_grant(&only, q) {
+            .unzip();
+        let i = match match_grant(&grants, q) {
             GrantMatch::One(i) => i,
             GrantMatch::NoGrant => return Ok(GrantOutcome::NoGrant),
             GrantMatch::Ambiguous(n) => return Ok(GrantOutcome::Ambiguous(n)),
         };
-        let (key, mut grant) = grants[i].clone();
+        let key = grant_keys[i];
         let claim = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
+            .when([Compare::version(key, CompareOp::Greater, 0)])
+            .and_then([TxnOp::delete(key, None)]);
         if timed(c.txn(claim)).await?.succeeded() {
+            let mut grant = grants.swap_remove(i);
             grant.matched = Some(GrantMatched {
                 node: keys.node.clone(),
                 exec_id: req.exec_id.clone(),

@@ -18,7 +18,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 
 use super::{CONTENT_TYPE as METRICS_TYPE, Metrics, MetricsView};
 
@@ -74,24 +74,9 @@ impl Server {
                 return;
             }
         };
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            // A slot before accepting: at the cap, clients wait in the listen queue.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        crate::listen::serve_bounded(listener, MAX_CONNECTIONS, "metrics", |stream, _| {
             let (metrics, fetch) = (metrics.clone(), fetch.clone());
-            tokio::spawn(async move {
-                let _slot = slot;
+            async move {
                 let service = service_fn(move |req| {
                     let (metrics, fetch) = (metrics.clone(), fetch.clone());
                     async move { Ok::<_, Infallible>(answer(req, &metrics, fetch).await) }
@@ -108,8 +93,9 @@ impl Server {
                 {
                     tracing::debug!("metrics connection closed at its deadline");
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 }
 

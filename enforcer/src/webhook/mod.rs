@@ -17,7 +17,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 
 use crate::{config::Config, core::fleet::Keys};
 
@@ -80,22 +80,9 @@ pub async fn run(config: Config) -> Result<(), WebhookError> {
         limit: config.kubernetes.max_exec_sessions_per_user,
     });
     tracing::info!(%addr, limit = reviewer.limit, "admission webhook serving");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    crate::listen::serve_bounded(listener, MAX_CONNECTIONS, "webhook", |stream, peer| {
         let (acceptor, reviewer) = (acceptor.clone(), reviewer.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -115,6 +102,8 @@ pub async fn run(config: Config) -> Result<(), WebhookError> {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "webhook connection ended");
             }
-        });
-    }
+        }
+    })
+    .await;
+    Ok(())
 }
