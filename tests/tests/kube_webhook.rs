@@ -387,3 +387,56 @@ fn a_client_that_never_sends_its_body_is_cut_and_holds_up_nothing() {
         "the stalled request held its connection {took:?}"
     );
 }
+
+/// Connections that never send anything (no TLS handshake, or a handshake and then no
+/// request) are closed within seconds, so even more of them than the webhook serves at once
+/// (256) only delay a review, never stop it: with `failurePolicy: Fail`, a webhook held up by
+/// idle sockets would refuse every exec in the cluster.
+#[test]
+fn idle_connections_are_closed_and_a_flood_of_them_only_delays_reviews() {
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let hook = Webhook::start(&cluster.endpoints_toml(), "");
+    let addr = format!("127.0.0.1:{}", hook.port);
+    let started = std::time::Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // A TLS session that asks nothing.
+    let mut handshaken = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-ign_eof", "-connect", &addr, "-CAfile"])
+        .arg(hook.ca())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        allowed(&hook.review(&exec("f-1", "alice", &[]).body()), "f-1"),
+        "a review behind 300 idle connections"
+    );
+    let answered = started.elapsed();
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 1];
+        assert!(
+            matches!(std::io::Read::read(&mut s, &mut b), Ok(0)),
+            "an idle connection was left open"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || matches!(
+            handshaken.try_wait(),
+            Ok(Some(_))
+        )),
+        "a TLS session without a request was left open"
+    );
+    let closed = started.elapsed();
+    assert!(
+        closed < Duration::from_secs(15),
+        "idle connections held for {closed:?} (review answered after {answered:?})"
+    );
+    drop(handshaken.stdin.take());
+}
