@@ -2,7 +2,8 @@
 //! `enforcerd webhook`, over TLS) allows the exec and leaves its grant in a real etcd; the
 //! kubelet's CRI calls start it in a real containerd; the node matches the exec session to the
 //! grant, audits `exec_identified` with `kube_user` and `kube_groups`, and a fleet lock of that
-//! user ends the session. An exec the webhook never saw is audited as such.
+//! user ends the session; so does a node-only lock of a service account by its Kubernetes name
+//! (`system:serviceaccount:NS:NAME`). An exec the webhook never saw is audited as such.
 
 use enforcer_tests::{
     containerd::containerd_installed,
@@ -86,6 +87,23 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
     assert_eq!(unknown["reason"], "exec_grant_not_found", "{unknown:#}");
     assert!(unknown.get("kube_user").is_none());
 
+    // A service account's exec (`system:serviceaccount:…`: a Kubernetes name with `:`).
+    let robot = "system:serviceaccount:ci:deployer";
+    let robot_review = Exec {
+        uid: "kid-sa",
+        user: robot,
+        groups: &["system:serviceaccounts"],
+        command: &["sleep", "4712"],
+        tty: false,
+        ..review
+    };
+    assert_eq!(hook.review(&robot_review.body())["response"]["allowed"], true);
+    let ci = ExecStream::connect(&bed.cri().exec(&bed.cid, &["sleep", "4712"], false, false));
+    let found = d.wait_audit("the service account's exec identified", |r| {
+        r["event"] == "exec_identified" && r["command"] == "sleep 4712"
+    });
+    assert_eq!(found["kube_user"], robot, "{found:#}");
+
     // A fleet lock of alice (not an account on the node: --force) ends her session, only hers.
     d.ctl_ok(&[
         "lock",
@@ -109,6 +127,20 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
     });
     assert_eq!(ended["reason"], "user_locked", "{ended:#}");
     assert_eq!(ended["kube_user"], "alice@example.com");
+    assert!(!other.is_closed(), "the unidentified exec was ended too");
+    assert!(!ci.is_closed(), "the service account's exec was ended by alice's lock");
+    assert_eq!(exec_entries(&d).len(), 2);
+    // A node-only lock of the service account, by its Kubernetes name, ends its exec.
+    d.ctl_ok(&["lock", "user", robot, "--force", "--local", "--reason", "leaked token"]);
+    assert!(wait_until(T, || ci.is_closed()), "the service account's exec still open");
+    let ended = d.wait_audit("the service account's session_ended", |r| {
+        r["event"] == "session_ended" && r["command"] == "sleep 4712"
+    });
+    assert_eq!(
+        (&ended["reason"], &ended["kube_user"]),
+        (&"user_locked".into(), &robot.into()),
+        "{ended:#}"
+    );
     assert!(!other.is_closed(), "the unidentified exec was ended too");
     assert_eq!(exec_entries(&d).len(), 1);
     // Her grant stops counting once the session ended.

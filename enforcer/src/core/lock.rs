@@ -210,19 +210,21 @@ impl Lock {
     }
 }
 
-/// Whether `name` can be a user name and a lock file name (no path tricks).
+/// Whether `name` can be a user name and a lock file name (no path tricks): a Unix account,
+/// or a Kubernetes user (`system:serviceaccount:NS:NAME`, `oidc:alice@example.com`), whose
+/// names are longer and carry `:`. A `/` can never be in a file name.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 32
+        && name.len() <= 255
         && !name.starts_with(['-', '.'])
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$' | '@'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$' | '@' | ':'));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} is not a valid user name (1-32 characters from a-z A-Z 0-9 _ - . $ @, not starting with - or .)"
+            "{name:?} is not a valid user name (1-255 characters from a-z A-Z 0-9 _ - . $ @ :, not starting with - or .; a Kubernetes user with other characters is locked through one of their groups)"
         ))
     }
 }
@@ -283,7 +285,11 @@ mod tests {
             Entry::User("alice".into())
         );
         assert_eq!(entry(b".alice.tmp", check_user_name), Entry::Ignored);
-        for bad in [&b"bob~"[..], b"a b", b".hidden", b"\xffx", b"-x"] {
+        for k8s in ["system:serviceaccount:team-a:deployer", "oidc:alice@example.com"] {
+            assert_eq!(entry(k8s.as_bytes(), check_user_name), Entry::User(k8s.into()));
+        }
+        let long = "a".repeat(256);
+        for bad in [&b"bob~"[..], b"a b", b".hidden", b"\xffx", b"-x", b"a/b", long.as_bytes()] {
             assert!(
                 matches!(entry(bad, check_user_name), Entry::Invalid(_)),
                 "{bad:?}"
