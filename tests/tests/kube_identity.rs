@@ -97,7 +97,10 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
         tty: false,
         ..review
     };
-    assert_eq!(hook.review(&robot_review.body())["response"]["allowed"], true);
+    assert_eq!(
+        hook.review(&robot_review.body())["response"]["allowed"],
+        true
+    );
     let ci = ExecStream::connect(&bed.cri().exec(&bed.cid, &["sleep", "4712"], false, false));
     let found = d.wait_audit("the service account's exec identified", |r| {
         r["event"] == "exec_identified" && r["command"] == "sleep 4712"
@@ -128,11 +131,25 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
     assert_eq!(ended["reason"], "user_locked", "{ended:#}");
     assert_eq!(ended["kube_user"], "alice@example.com");
     assert!(!other.is_closed(), "the unidentified exec was ended too");
-    assert!(!ci.is_closed(), "the service account's exec was ended by alice's lock");
+    assert!(
+        !ci.is_closed(),
+        "the service account's exec was ended by alice's lock"
+    );
     assert_eq!(exec_entries(&d).len(), 2);
     // A node-only lock of the service account, by its Kubernetes name, ends its exec.
-    d.ctl_ok(&["lock", "user", robot, "--force", "--local", "--reason", "leaked token"]);
-    assert!(wait_until(T, || ci.is_closed()), "the service account's exec still open");
+    d.ctl_ok(&[
+        "lock",
+        "user",
+        robot,
+        "--force",
+        "--local",
+        "--reason",
+        "leaked token",
+    ]);
+    assert!(
+        wait_until(T, || ci.is_closed()),
+        "the service account's exec still open"
+    );
     let ended = d.wait_audit("the service account's session_ended", |r| {
         r["event"] == "session_ended" && r["command"] == "sleep 4712"
     });

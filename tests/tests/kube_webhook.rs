@@ -406,7 +406,9 @@ fn idle_connections_are_closed_and_a_flood_of_them_only_delays_reviews() {
         .collect();
     // A TLS session that asks nothing.
     let mut handshaken = std::process::Command::new("openssl")
-        .args(["s_client", "-quiet", "-ign_eof", "-connect", &addr, "-CAfile"])
+        .args([
+            "s_client", "-quiet", "-ign_eof", "-connect", &addr, "-CAfile",
+        ])
         .arg(hook.ca())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
