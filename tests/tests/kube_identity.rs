@@ -177,3 +177,107 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
     assert_eq!(again["response"]["allowed"], false, "{again}");
     drop(other);
 }
+
+/// Grants no exec session matched are audited when they expire, by the node running the pod:
+/// an exec that never started, an attach. Not reported: a claimed grant, a refused exec's
+/// (the webhook takes it back), a grant for a pod of another node.
+#[test]
+fn grants_no_exec_matched_are_audited_by_the_pods_node() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let bed = Bed::new("kgu");
+    let d = bed.daemon_connected(&format!(
+        "[fleet]\netcd_endpoints = {}\nnode_name = \"{}\"\n",
+        cluster.endpoints_toml(),
+        bed.node
+    ));
+    let hook = Webhook::start(
+        &cluster.endpoints_toml(),
+        // Long enough for a slow exec start to be claimed (a first run after a build was not,
+        // at 3 s).
+        "grant_ttl = \"8s\"\n[kubernetes]\nmax_exec_sessions_per_user = 1\n",
+    );
+    let exec = |uid, user, pod, command| Exec {
+        uid,
+        user,
+        groups: &["dev"],
+        namespace: "team-a",
+        pod,
+        container: "main",
+        command,
+        tty: false,
+    };
+    let allowed = |body: String| hook.review(&body)["response"]["allowed"] == true;
+    // Runs: claimed.
+    assert!(allowed(
+        exec("g-run", "frank", "web", &["sleep", "4713"]).body()
+    ));
+    let run = ExecStream::connect(&bed.cri().exec(&bed.cid, &["sleep", "4713"], false, false));
+    d.wait_audit("frank's exec identified", |r| {
+        r["event"] == "exec_identified" && r["kube_user"] == "frank"
+    });
+    // Never started; an attach; a pod elsewhere; refused (grace is at her limit of 1).
+    assert!(allowed(exec("g-never", "erin", "web", &["ls"]).body()));
+    assert!(allowed(exec("g-attach", "carol", "web", &[]).review(
+        "attach",
+        "PodAttachOptions",
+        "CONNECT"
+    )));
+    assert!(allowed(exec("g-away", "dave", "elsewhere", &["ls"]).body()));
+    assert!(allowed(exec("g-grace", "grace", "web", &["ls"]).body()));
+    assert!(!allowed(exec("g-refused", "grace", "web", &["id"]).body()));
+
+    let unmatched = |d: &enforcer_tests::TestDaemon| -> Vec<serde_json::Value> {
+        d.audit()
+            .into_iter()
+            .filter(|r| r["event"] == "exec_grant_unmatched")
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || unmatched(&d).len() >= 3),
+        "{:#?}\n{}",
+        unmatched(&d),
+        d.log()
+    );
+    // The webhook's lease took every unclaimed grant at once: nothing more comes.
+    std::thread::sleep(Duration::from_secs(2));
+    let found = unmatched(&d);
+    let mut reviews: Vec<&str> = found
+        .iter()
+        .map(|r| r["review"].as_str().unwrap())
+        .collect();
+    reviews.sort();
+    assert_eq!(reviews, ["g-attach", "g-grace", "g-never"], "{found:#?}");
+    let never = found.iter().find(|r| r["review"] == "g-never").unwrap();
+    assert_eq!(
+        (
+            &never["kube_user"],
+            &never["kube_groups"],
+            &never["namespace"],
+            &never["pod"]
+        ),
+        (
+            &"erin".into(),
+            &serde_json::json!(["dev"]),
+            &"team-a".into(),
+            &"web".into()
+        ),
+        "{never:#}"
+    );
+    assert_eq!(
+        (&never["container"], &never["command"]),
+        (&"main".into(), &"ls".into())
+    );
+    assert_eq!(never["node"], bed.node.as_str());
+    assert!(never["since"].is_string(), "{never:#}");
+    let attach = found.iter().find(|r| r["review"] == "g-attach").unwrap();
+    assert!(
+        attach["message"].as_str().unwrap().contains("an attach"),
+        "{attach:#}"
+    );
+    // The claimed grant still counts (its session lives).
+    assert!(!run.is_closed());
+    assert_eq!(cluster.keys("/enforcer/exec-grants/frank/").len(), 1);
+}

@@ -195,6 +195,9 @@ pub struct AuditRecord {
     pub kube_user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kube_groups: Option<Vec<String>>,
+    /// The AdmissionReview (its uid) an exec grant came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<String>,
 }
 
 impl AuditRecord {
@@ -270,6 +273,7 @@ impl AuditRecord {
             exec_id: None,
             kube_user: None,
             kube_groups: None,
+            review: None,
         }
     }
 
@@ -292,6 +296,7 @@ impl AuditRecord {
         if let Some(i) = &s.identity {
             self.kube_user = Some(i.user.clone());
             self.kube_groups = Some(i.groups.clone());
+            self.review = Some(i.review.clone());
         }
         self
     }

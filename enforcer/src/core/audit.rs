@@ -71,6 +71,11 @@ names! {
         /// (`kube_user`, `kube_groups`), from the admission webhook's grant; with a `reason`
         /// when it could not be told.
         ExecIdentified = "exec_identified",
+        /// `[kubernetes]` with `[fleet]`: the admission webhook allowed an exec or attach on a
+        /// pod of this node (`kube_user`, `kube_groups`, `namespace`, `pod`, `container`,
+        /// `command`, `tty`, `since`: when) and no exec session here matched its grant before
+        /// it expired: an attach, an exec that never started, or one the node saw otherwise.
+        ExecGrantUnmatched = "exec_grant_unmatched",
     }
 }
 

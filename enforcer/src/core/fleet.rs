@@ -28,6 +28,15 @@ pub struct Keys {
     pub node: String,
 }
 
+/// An exec grant's key, parsed ([`Keys::grant_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantKey {
+    /// The AdmissionReview's uid.
+    pub review: String,
+    /// Under `exec-grants-by-pod/` (unmatched yet), not the user's.
+    pub by_pod: bool,
+}
+
 /// What a fleet lock applies to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LockTarget {
@@ -132,6 +141,25 @@ impl Keys {
 
     pub fn exec_grant(&self, user: &str, review: &str) -> String {
         format!("{}{review}", self.exec_grants_of(user))
+    }
+
+    /// The prefix of every grant key, users' and pods' alike (one watch sees both).
+    pub fn exec_grants_all(&self) -> String {
+        format!("{}/exec-grants", self.prefix)
+    }
+
+    /// Which grant key `key` is: its review, and whether it is a pod's (unmatched) key.
+    pub fn grant_key(&self, key: &str) -> Option<GrantKey> {
+        let rest = key.strip_prefix(&self.exec_grants_all())?;
+        let (by_pod, rest) = match rest.strip_prefix("-by-pod/") {
+            Some(r) => (true, r),
+            None => (false, rest.strip_prefix('/')?),
+        };
+        let (_, review) = rest.rsplit_once('/')?;
+        (!review.is_empty()).then(|| GrantKey {
+            review: review.to_owned(),
+            by_pod,
+        })
     }
 
     /// Every unmatched exec grant of pod `namespace/pod`.

@@ -99,6 +99,7 @@ impl State {
             FleetEvent::ExecIdentified { session, outcome } => {
                 self.on_exec_identified(session, outcome).await
             }
+            FleetEvent::GrantLapsed(g) => self.on_grant_lapsed(&g),
         }
     }
 

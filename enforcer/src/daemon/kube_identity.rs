@@ -10,7 +10,7 @@ use super::state::State;
 use crate::{
     audit::{AuditEvent, AuditReason, AuditRecord},
     core::kube::{
-        admission::{GrantQuery, KubeIdentity},
+        admission::{ExecGrant, GrantQuery, KubeIdentity, Subresource},
         exec::ExecSession,
     },
     fleet::GrantOutcome,
@@ -116,6 +116,35 @@ impl State {
             }
             None => {}
         }
+    }
+
+    /// The admission webhook allowed an exec or attach on a pod of this node and no exec
+    /// session here matched its grant: audited while exec sessions are enforced here (else
+    /// none is matched, and every grant would be reported).
+    pub(super) fn on_grant_lapsed(&self, g: &ExecGrant) {
+        if !self.kube.as_ref().is_some_and(|k| k.gate.exec_enforced()) {
+            return;
+        }
+        tracing::info!(review = %g.review, kube_user = %g.user, namespace = %g.namespace, pod = %g.pod, "admission grant expired unmatched");
+        let mut rec = AuditRecord::new(AuditEvent::ExecGrantUnmatched, OffsetDateTime::now_utc());
+        rec.node = Some(self.node());
+        rec.kube_user = Some(g.user.clone());
+        rec.kube_groups = Some(g.groups.clone());
+        rec.namespace = Some(g.namespace.clone());
+        rec.pod = Some(g.pod.clone());
+        rec.container = g.container.clone();
+        rec.command = (!g.command.is_empty()).then(|| g.command.join(" "));
+        rec.since = Some(g.time.clone());
+        rec.review = Some(g.review.clone());
+        rec.message = Some(format!(
+            "the admission webhook allowed {}{} on this pod and no exec session here matched it",
+            match g.subresource {
+                Subresource::Exec => "an exec",
+                Subresource::Attach => "an attach",
+            },
+            if g.tty { " with a terminal" } else { "" }
+        ));
+        self.audit.record(rec);
     }
 
     /// An identified exec session ended: its grant stops counting against its user.

@@ -237,6 +237,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 version: info.version.to_owned(),
                 local_copy: config.daemon.state_dir.join("fleet-locks.json"),
                 decisions: Some(core.handle().clone()),
+                containerd: config
+                    .kubernetes
+                    .enabled
+                    .then(|| config.kubernetes.containerd_socket.clone()),
             },
             tx,
         )?;

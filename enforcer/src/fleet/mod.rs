@@ -6,10 +6,12 @@
 //! Tasks: `client` (connecting), `lease` (the node's one lease, its node key, and the ordered
 //! writer of session and slot keys under it), `watch` (fleet locks: watch, resume, local copy),
 //! `slots` (fleet-wide admission), `ops` (locks and listings for enforcerctl), `exec_grants`
-//! (the Kubernetes user behind an exec session, from the admission webhook's grants).
+//! (the Kubernetes user behind an exec session, from the admission webhook's grants), `lapsed`
+//! (grants no exec session matched).
 
 mod client;
 mod exec_grants;
+mod lapsed;
 mod lease;
 mod ops;
 mod slots;
@@ -31,7 +33,7 @@ use crate::{
     config::FleetConfig,
     core::{
         fleet::{FleetLock, Keys, LockTarget},
-        kube::admission::GrantQuery,
+        kube::admission::{ExecGrant, GrantQuery},
     },
 };
 
@@ -65,6 +67,8 @@ pub enum FleetEvent {
     Slot { tag: SlotTag, outcome: SlotOutcome },
     /// Who exec session `session` is ([`FleetHandle::identify_exec`]).
     ExecIdentified { session: u64, outcome: GrantOutcome },
+    /// An exec grant for a pod of this node expired unmatched.
+    GrantLapsed(ExecGrant),
 }
 
 /// Commands the writer task applies in order (keys under the node's lease).
@@ -120,6 +124,9 @@ pub struct FleetStart {
     /// The runtime slot transactions (and the leader's connection) run on: the one that
     /// decides logins, so a slot's round trip wakes no other thread. `None`: the current one.
     pub decisions: Option<tokio::runtime::Handle>,
+    /// With `[kubernetes]`: containerd's socket, to report the grants of this node's pods that
+    /// no exec matched.
+    pub containerd: Option<PathBuf>,
 }
 
 impl FleetHandle {
@@ -175,6 +182,14 @@ impl FleetHandle {
             writes: writes.clone(),
             requests: identify_rx,
         });
+        if let Some(containerd) = start.containerd {
+            lapsed::start(lapsed::LapsedTask {
+                client: client_rx.clone(),
+                keys: keys.clone(),
+                events: events.clone(),
+                containerd,
+            });
+        }
         let (acquire, acquire_rx) = mpsc::unbounded_channel();
         let on_decisions = decisions.enter();
         slots::start(slots::SlotTask {

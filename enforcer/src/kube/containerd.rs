@@ -9,7 +9,11 @@
 //! an exec started while containerd was restarting, or before enforcerd started, is found.
 //! Every report goes to the state actor by message; the actor never waits on containerd.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use containerd_client::{
     events::{ContainerCreate, TaskExecStarted, TaskExit},
@@ -23,7 +27,7 @@ use containerd_client::{
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::core::kube::exec::ContainerMeta;
+use crate::core::kube::exec::{ContainerMeta, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
 
 /// The containerd namespace the CRI (the kubelet's containers) lives in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -293,6 +297,38 @@ async fn discover(
         }
     }
     Ok(found)
+}
+
+/// Whether containerd at `socket` runs a container of pod `namespace/pod` (the CRI's labels
+/// name it). Names that cannot be a namespace or pod's (DNS names) are no pod here.
+pub async fn has_pod(socket: &Path, namespace: &str, pod: &str) -> Result<bool, ContainerdError> {
+    let dns = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !dns(namespace) || !dns(pod) {
+        return Ok(false);
+    }
+    let channel =
+        containerd_client::connect(socket)
+            .await
+            .map_err(|source| ContainerdError::Connect {
+                socket: socket.display().to_string(),
+                source,
+            })?;
+    let filter =
+        format!("labels.\"{LABEL_POD_NAMESPACE}\"=={namespace},labels.\"{LABEL_POD_NAME}\"=={pod}");
+    let found = ContainersClient::new(channel)
+        .list(namespaced(ListContainersRequest {
+            filters: vec![filter],
+        }))
+        .await
+        .map_err(call("Containers.List"))?
+        .into_inner()
+        .containers;
+    Ok(!found.is_empty())
 }
 
 /// The runc shim's `containerd.runc.v1.ProcessDetails`: set on a ListPids entry when the pid

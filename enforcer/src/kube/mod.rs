@@ -5,7 +5,9 @@
 mod containerd;
 mod node;
 
-pub use containerd::{CRI_NAMESPACE, ContainerdError, ContainerdEvent, ExecStart, watch_execs};
+pub use containerd::{
+    CRI_NAMESPACE, ContainerdError, ContainerdEvent, ExecStart, has_pod, watch_execs,
+};
 pub use node::{NodeEvent, watch_node};
 
 use crate::config::KubernetesConfig;

@@ -132,13 +132,15 @@ impl Grants {
         match denial {
             None => Ok(Decided::Allowed),
             Some(d) => {
-                let deletes: Vec<TxnOp> = keys
-                    .iter()
-                    .map(|k| TxnOp::delete(k.as_str(), None))
-                    .collect();
-                if let Err(e) = timed(client.txn(Txn::new().and_then(deletes))).await {
-                    // It expires with its lease; until then it counts against the user.
-                    tracing::warn!(key = keys[0], error = %e, "cannot delete a refused exec's grant");
+                // The pod's key first (no node may claim it), then the user's: one at a time,
+                // as nodes tell a lapsed grant by both going in one revision
+                // (`core::kube::admission::lapsed_grants`).
+                for key in keys.iter().rev() {
+                    if let Err(e) = timed(client.delete(key.as_str(), None)).await {
+                        // It expires with its lease; until then it counts against the user.
+                        tracing::warn!(key, error = %e, "cannot delete a refused exec's grant");
+                        break;
+                    }
                 }
                 Ok(Decided::Denied(d))
             }

@@ -138,6 +138,7 @@ pub fn run(cluster: &EtcdCluster, s: &Scale) {
                     version: "bench".into(),
                     local_copy: dir.path().join(format!("{i}.json")),
                     decisions: None,
+                    containerd: None,
                 },
                 tx,
             )

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::core::{
-    fleet::{FleetLock, LockTarget},
+    fleet::{FleetLock, Keys, LockTarget},
     rfc3339,
 };
 
@@ -304,6 +304,37 @@ pub fn match_grant(grants: &[ExecGrant], q: &GrantQuery) -> GrantMatch {
         }
         many => GrantMatch::Ambiguous(many.len()),
     }
+}
+
+/// A deleted grant key as a watch reports it: the revision of the delete, the key, and the
+/// value it held (`prev_kv`).
+pub struct GrantDelete<'a> {
+    pub revision: i64,
+    pub key: &'a str,
+    pub value: &'a [u8],
+}
+
+/// The grants among `deletes` that lapsed unmatched: a pod's key deleted in the same revision
+/// as its user's — their shared lease expired. A node claiming a grant deletes the pod's key
+/// alone; a session's end deletes the user's alone; the webhook takes back a refused exec's
+/// keys one at a time: none of those is a lapse.
+pub fn lapsed_grants(keys: &Keys, deletes: &[GrantDelete]) -> Vec<ExecGrant> {
+    let users: std::collections::HashSet<(i64, String)> = deletes
+        .iter()
+        .filter_map(|d| {
+            let k = keys.grant_key(d.key)?;
+            (!k.by_pod).then_some((d.revision, k.review))
+        })
+        .collect();
+    deletes
+        .iter()
+        .filter(|d| {
+            keys.grant_key(d.key)
+                .is_some_and(|k| k.by_pod && users.contains(&(d.revision, k.review)))
+        })
+        .filter_map(|d| serde_json::from_slice::<ExecGrant>(d.value).ok())
+        .filter(|g| g.matched.is_none())
+        .collect()
 }
 
 #[cfg(test)]

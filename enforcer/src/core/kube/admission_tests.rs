@@ -244,3 +244,81 @@ fn two_grants_that_fit_alike_are_reported_never_guessed() {
         GrantMatch::One(0)
     );
 }
+
+#[test]
+fn a_grant_lapses_when_its_lease_takes_both_keys_at_once() {
+    let keys = Keys::new("/enforcer", "n1");
+    let g = grant_of(&request(review()), NOW).unwrap();
+    let value = serde_json::to_vec(&g).unwrap();
+    let user = keys.exec_grant(&g.user, &g.review);
+    let pod = keys.exec_grant_of_pod(&g.namespace, &g.pod, &g.review);
+    let both = [
+        GrantDelete {
+            revision: 7,
+            key: &user,
+            value: &value,
+        },
+        GrantDelete {
+            revision: 7,
+            key: &pod,
+            value: &value,
+        },
+    ];
+    assert_eq!(lapsed_grants(&keys, &both), vec![g.clone()]);
+    // A node's claim (the pod's key alone), then the session's end (the user's alone).
+    let claimed = [
+        GrantDelete {
+            revision: 7,
+            key: &pod,
+            value: &value,
+        },
+        GrantDelete {
+            revision: 9,
+            key: &user,
+            value: &value,
+        },
+    ];
+    assert!(lapsed_grants(&keys, &claimed).is_empty());
+    // Another review's user key in the same revision says nothing about this one.
+    let other = keys.exec_grant(&g.user, "another-review");
+    let mixed = [
+        GrantDelete {
+            revision: 7,
+            key: &other,
+            value: &value,
+        },
+        GrantDelete {
+            revision: 7,
+            key: &pod,
+            value: &value,
+        },
+    ];
+    assert!(lapsed_grants(&keys, &mixed).is_empty());
+    // An undecodable value is no grant.
+    let junk = [
+        GrantDelete {
+            revision: 7,
+            key: &user,
+            value: b"{",
+        },
+        GrantDelete {
+            revision: 7,
+            key: &pod,
+            value: b"{",
+        },
+    ];
+    assert!(lapsed_grants(&keys, &junk).is_empty());
+}
+
+#[test]
+fn grant_keys_name_their_review_and_kind() {
+    let keys = Keys::new("/enforcer", "n1");
+    let k = keys.grant_key(&keys.exec_grant("oidc:a/b", "r-1")).unwrap();
+    assert_eq!((k.review.as_str(), k.by_pod), ("r-1", false));
+    let k = keys
+        .grant_key(&keys.exec_grant_of_pod("ns", "web", "r-2"))
+        .unwrap();
+    assert_eq!((k.review.as_str(), k.by_pod), ("r-2", true));
+    assert_eq!(keys.grant_key("/enforcer/exec-grantsx/a/b"), None);
+    assert_eq!(keys.grant_key("/enforcer/locks/user/a"), None);
+}
