@@ -6,6 +6,7 @@
 //! (`system:serviceaccount:NS:NAME`). An exec the webhook never saw is audited as such.
 
 use enforcer_tests::{
+    casts::{json_lines, play_raw},
     containerd::containerd_installed,
     etcd::EtcdCluster,
     exec_stream::ExecStream,
@@ -166,6 +167,31 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
         "{:?}",
         cluster.keys("/enforcer/exec-grants/")
     );
+    // Her session's recording names her, and holds what her shell printed before the node
+    // knew who she was (it waits for the answer; her bytes meanwhile are kept).
+    let mut rec = None;
+    assert!(
+        wait_until(T, || {
+            rec = d
+                .recordings()
+                .into_iter()
+                .find(|r| r["command"] == "sh" && r["live"] == false);
+            rec.is_some()
+        }),
+        "{:#?}",
+        d.recordings()
+    );
+    let rec = rec.unwrap();
+    assert_eq!(rec["user"], "alice@example.com", "{rec:#}");
+    let header = &json_lines(std::path::Path::new(rec["path"].as_str().unwrap()))[0];
+    assert_eq!(
+        header["enforcer"]["kube"]["kube_groups"],
+        serde_json::json!(["dev", "system:authenticated"]),
+        "{header:#}"
+    );
+    let played = String::from_utf8_lossy(&play_raw(&d, rec["id"].as_u64().unwrap())).into_owned();
+    assert!(played.contains("ready-21"), "{played:?}");
+
     // And the webhook refuses her next exec.
     let again = hook.review(
         &Exec {

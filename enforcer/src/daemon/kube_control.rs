@@ -138,6 +138,7 @@ impl State {
             idle_warned: false,
             channels: Vec::new(),
             identity: None,
+            identifying: false,
         };
         self.dirty = true;
         let node = self.node();

@@ -177,6 +177,7 @@ impl State {
             idle_warned: false,
             channels: Vec::new(),
             identity: None,
+            identifying: false,
         };
         if let Some(r) = refusal {
             self.refuse_exec(session, r);
@@ -197,17 +198,16 @@ impl State {
             return;
         }
         self.claim_exec_channels(id).await;
+        // A resumed session's `session_started` was written by the run that first saw it.
+        if resumed.is_none() {
+            self.counters.sessions_started += 1;
+            if !awaiting {
+                self.audit_exec_started(id);
+            }
+        }
         if !awaiting {
             // Taken up after a restart too, in a new file (the session has a new id).
             self.start_exec_recording(id);
-        }
-        if resumed.is_some() {
-            // Its `session_started` was written by the run that first saw it.
-            return;
-        }
-        self.counters.sessions_started += 1;
-        if !awaiting {
-            self.audit_exec_started(id);
         }
     }
 
@@ -406,6 +406,13 @@ impl State {
         {
             // Ended before its command ran (runc could not exec it): it still started.
             self.audit_exec_started(id);
+        }
+        // Ended before the fleet said who it was: recorded without (its bytes are waiting).
+        if let Some(s) = self.kube_exec.sessions.get_mut(id)
+            && s.identifying
+        {
+            s.identifying = false;
+            self.start_exec_recording(id);
         }
         let Some(s) = self.kube_exec.sessions.remove(id) else {
             return;

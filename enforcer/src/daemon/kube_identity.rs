@@ -19,9 +19,10 @@ use crate::{
 impl State {
     /// Asks the fleet who exec session `id` is (nothing without `[fleet]`).
     pub(super) fn identify_exec(&mut self, id: u64) {
-        let (Some(f), Some(s)) = (&self.fleet, self.kube_exec.sessions.get(id)) else {
+        let (Some(f), Some(s)) = (&self.fleet, self.kube_exec.sessions.get_mut(id)) else {
             return;
         };
+        s.identifying = true;
         let query = GrantQuery {
             namespace: s.meta.pod.namespace.clone(),
             pod: s.meta.pod.name.clone(),
@@ -43,6 +44,7 @@ impl State {
             }
             return;
         };
+        s.identifying = false;
         let why = match &outcome {
             GrantOutcome::Identified(g) => {
                 s.identity = Some(KubeIdentity::from(g));
@@ -76,6 +78,7 @@ impl State {
             rec = rec.reason(reason, Some(message));
         }
         self.audit.record(rec);
+        self.start_exec_recording(id);
         // Locked after the webhook let it through: ended now.
         if let Some(i) = &s.identity
             && self.lock_for(&i.user, None, now).is_some()

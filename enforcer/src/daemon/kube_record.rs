@@ -36,11 +36,16 @@ impl State {
         }
     }
 
-    /// Starts the recording of exec session `id`, once its command is known.
+    /// Starts the recording of exec session `id`, once its command is known and the fleet
+    /// said who it is (its bytes wait in the recorder meanwhile; the fleet answers within
+    /// `fleet::IDENTIFY_DEADLINE`, less than the recorder keeps them).
     pub(super) fn start_exec_recording(&self, id: u64) {
         let (Some(recorder), Some(s)) = (&self.recorder, self.kube_exec.sessions.get(id)) else {
             return;
         };
+        if s.identifying {
+            return;
+        }
         if s.channels.is_empty() {
             tracing::info!(session = id, "the exec has no pty or pipe to record");
             return;
@@ -83,6 +88,12 @@ impl State {
                 container: s.meta.container.clone(),
                 container_id: s.meta.container_id.clone(),
                 exec_id: s.exec_id.clone(),
+                kube_user: s.identity.as_ref().map(|i| i.user.clone()),
+                kube_groups: s
+                    .identity
+                    .as_ref()
+                    .map(|i| i.groups.clone())
+                    .unwrap_or_default(),
             }),
         });
     }

@@ -167,7 +167,7 @@ pub fn list(
         .transpose()?;
     Ok(index.list(|r| {
         peer.may_see(r.header.enforcer.uid)
-            && user.is_none_or(|u| r.header.enforcer.user == u)
+            && user.is_none_or(|u| r.info(false).user == u)
             && since.is_none_or(|t| r.header.timestamp >= t.unix_timestamp())
     }))
 }

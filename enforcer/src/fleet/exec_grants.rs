@@ -16,6 +16,10 @@ use crate::core::{
     kube::admission::{ExecGrant, GrantMatch, GrantMatched, GrantQuery, match_grant},
 };
 
+/// The longest an exec session waits to be identified: its recording starts with the answer,
+/// and the recorder keeps a channel's first bytes 5 s.
+pub const IDENTIFY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A request to identify exec session `session` (containerd's `exec_id`).
 pub(super) struct Identify {
     pub session: u64,
@@ -53,9 +57,16 @@ pub(super) fn start(mut task: IdentifyTask) {
             tokio::spawn(async move {
                 let outcome = match client {
                     None => GrantOutcome::Unreachable("not connected to etcd yet".into()),
-                    Some(mut c) => identify(&mut c, &keys, &req)
-                        .await
-                        .unwrap_or_else(GrantOutcome::Unreachable),
+                    Some(mut c) => {
+                        match tokio::time::timeout(IDENTIFY_DEADLINE, identify(&mut c, &keys, &req))
+                            .await
+                        {
+                            Ok(r) => r.unwrap_or_else(GrantOutcome::Unreachable),
+                            Err(_) => GrantOutcome::Unreachable(format!(
+                                "no answer within {IDENTIFY_DEADLINE:?}"
+                            )),
+                        }
+                    }
                 };
                 if let GrantOutcome::Identified(g) = &outcome {
                     // Under this node's lease from now on (re-put on a new lease; deleted at

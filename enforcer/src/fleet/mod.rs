@@ -37,7 +37,7 @@ use crate::{
     },
 };
 
-pub use exec_grants::GrantOutcome;
+pub use exec_grants::{GrantOutcome, IDENTIFY_DEADLINE};
 pub use slots::{SlotOutcome, SlotTag};
 
 /// What a fleet operation could not do.

@@ -57,6 +57,11 @@ pub struct KubeMeta {
     pub container: String,
     pub container_id: String,
     pub exec_id: String,
+    /// The Kubernetes user behind the exec (the admission webhook's grant), and their groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kube_groups: Vec<String>,
 }
 
 /// Appends one event line, newline included, to `out`.

@@ -98,7 +98,11 @@ impl Stored {
         RecordingInfo {
             id: m.session_id,
             conn_id: m.conn_id,
-            user: m.user.clone(),
+            // An exec recording's user is the Kubernetes user, when known.
+            user: match (&m.user, m.kube.as_ref().and_then(|k| k.kube_user.as_ref())) {
+                (u, Some(k)) if u.is_empty() => k.clone(),
+                (u, _) => u.clone(),
+            },
             uid: m.uid,
             started: m.started.clone(),
             duration_secs: self.duration,

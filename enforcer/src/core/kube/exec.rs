@@ -81,6 +81,8 @@ pub struct ExecSession {
     pub channels: Vec<u64>,
     /// The Kubernetes user behind it, once the admission webhook's grant was matched.
     pub identity: Option<super::admission::KubeIdentity>,
+    /// The fleet was asked who it is and has not answered yet (its recording waits).
+    pub identifying: bool,
 }
 
 impl ExecSession {
@@ -265,6 +267,7 @@ mod tests {
             idle_warned: false,
             channels: Vec::new(),
             identity: None,
+            identifying: false,
         }
     }
 
