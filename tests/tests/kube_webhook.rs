@@ -412,7 +412,7 @@ fn idle_connections_are_closed_and_a_flood_of_them_only_delays_reviews() {
         .arg(hook.ca())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     assert!(
@@ -440,5 +440,10 @@ fn idle_connections_are_closed_and_a_flood_of_them_only_delays_reviews() {
         closed < Duration::from_secs(15),
         "idle connections held for {closed:?} (review answered after {answered:?})"
     );
+    // It was a TLS session (the handshake completed and the certificate verified), closed by
+    // the webhook, not a connection that failed.
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut handshaken.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(said.contains("verify return:1"), "openssl said: {said}");
     drop(handshaken.stdin.take());
 }

@@ -210,12 +210,16 @@ impl Lock {
     }
 }
 
+/// The longest user name: the lock file's temporary name (`.NAME.tmp`) must fit in a file
+/// name (255 bytes).
+pub const USER_NAME_MAX: usize = 250;
+
 /// Whether `name` can be a user name and a lock file name (no path tricks): a Unix account,
 /// or a Kubernetes user (`system:serviceaccount:NS:NAME`, `oidc:alice@example.com`), whose
 /// names are longer and carry `:`. A `/` can never be in a file name.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 255
+        && name.len() <= USER_NAME_MAX
         && !name.starts_with(['-', '.'])
         && name
             .chars()
@@ -224,7 +228,7 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} is not a valid user name (1-255 characters from a-z A-Z 0-9 _ - . $ @ :, not starting with - or .; a Kubernetes user with other characters is locked through one of their groups)"
+            "{name:?} is not a valid user name (1-{USER_NAME_MAX} characters from a-z A-Z 0-9 _ - . $ @ :, not starting with - or .; a Kubernetes user with other characters is locked through one of their groups)"
         ))
     }
 }
@@ -345,7 +349,7 @@ mod tests {
             "ad.user",
             "machine$",
             "system:serviceaccount:ci:deployer",
-            &"a".repeat(255),
+            &"a".repeat(USER_NAME_MAX),
         ] {
             assert!(check_user_name(ok).is_ok(), "{ok}");
         }
@@ -357,7 +361,7 @@ mod tests {
             "a/b",
             "../etc",
             "x y",
-            &"a".repeat(256),
+            &"a".repeat(USER_NAME_MAX + 1),
         ] {
             assert!(check_user_name(bad).is_err(), "{bad:?}");
         }

@@ -40,6 +40,11 @@ pub(super) struct ExecState {
     pub killing: HashMap<u64, AuditReason>,
     /// Kernel identities of refused execs: their processes' events are theirs, not a session's.
     pub refused: HashSet<u64>,
+    /// Sessions that ended before the fleet said who they were, and when they ended.
+    pub ended_identifying: HashMap<u64, (ExecSession, std::time::Instant)>,
+    /// The grant each identified live session was matched to, by container and exec id
+    /// (kept across a restart: `state_dir/exec-identities.json`).
+    pub identities: super::kube_identity::ExecIdentities,
     /// When stdin was last looked at for the idle cut.
     pub idle_checked: Option<tokio::time::Instant>,
     /// What the kernel's exec hold was last set to (`None`: not yet).
@@ -68,6 +73,7 @@ impl State {
                 self.kube_exec.connected = true;
                 self.kube_exec.last_error = None;
                 self.forget_stale_exec_channels().await;
+                self.forget_stale_exec_identities();
             }
             ContainerdEvent::Error(e) => {
                 self.kube_exec.connected = false;
@@ -142,6 +148,12 @@ impl State {
             || self
                 .track_exec(kernel_id, key, kill_at_exec, unforked)
                 .await;
+        // Its stdio filed before it runs on: its first output is recorded too.
+        let channels = if tracked && refusal.is_none() {
+            self.file_exec_channels(id, kernel_id, s.pid, &[]).await
+        } else {
+            Vec::new()
+        };
         // Followed now: a command the kernel held may run (a refused one is told why and
         // killed without running).
         self.release_held(key, refusal.is_some());
@@ -175,7 +187,7 @@ impl State {
             awaiting_exec: is_runc_init(&cmdline),
             input: InputClock::new(started_at),
             idle_warned: false,
-            channels: Vec::new(),
+            channels,
             identity: None,
             identifying: false,
         };
@@ -197,6 +209,9 @@ impl State {
         if self.kube_exec.sessions.insert(session) == Inserted::Known {
             return;
         }
+        if s.discovered {
+            self.restore_exec_identity(id);
+        }
         self.claim_exec_channels(id).await;
         // A resumed session's `session_started` was written by the run that first saw it.
         if resumed.is_none() {
@@ -209,6 +224,7 @@ impl State {
             // Taken up after a restart too, in a new file (the session has a new id).
             self.start_exec_recording(id);
         }
+        self.end_if_user_locked(id).await;
     }
 
     /// The kernel identity `key` already carries as an exec session's root (tracked by an
@@ -407,16 +423,13 @@ impl State {
             // Ended before its command ran (runc could not exec it): it still started.
             self.audit_exec_started(id);
         }
-        // Ended before the fleet said who it was: recorded without (its bytes are waiting).
-        if let Some(s) = self.kube_exec.sessions.get_mut(id)
-            && s.identifying
-        {
-            s.identifying = false;
-            self.start_exec_recording(id);
-        }
         let Some(s) = self.kube_exec.sessions.remove(id) else {
             return;
         };
+        if s.identifying {
+            self.await_identity_of_ended(&s);
+        }
+        self.forget_exec_identity(&s);
         self.release_exec_channels(id, s.channels.clone()).await;
         // A session being ended (kill, lock, idle cut) has its whole identity killed by that
         // kill already: what the shell left is no orphan (cutting it too wrote a second

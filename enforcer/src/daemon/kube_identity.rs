@@ -16,12 +16,28 @@ use crate::{
     fleet::GrantOutcome,
 };
 
+/// The grant each identified live exec session was matched to, by [`identity_key`].
+pub(super) type ExecIdentities = std::collections::BTreeMap<String, ExecGrant>;
+
+/// An exec's key in [`ExecIdentities`]: its container and containerd's exec id.
+fn identity_key(container_id: &str, exec_id: &str) -> String {
+    format!("{container_id}/{exec_id}")
+}
+
+/// How long an ended exec session waits for the fleet's answer about its user (the fleet
+/// answers within its call timeouts, seconds).
+const ENDED_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl State {
     /// Asks the fleet who exec session `id` is (nothing without `[fleet]`).
     pub(super) fn identify_exec(&mut self, id: u64) {
         let (Some(f), Some(s)) = (&self.fleet, self.kube_exec.sessions.get_mut(id)) else {
             return;
         };
+        if s.identity.is_some() {
+            // Found again after a restart, identified by the run before.
+            return;
+        }
         s.identifying = true;
         let query = GrantQuery {
             namespace: s.meta.pod.namespace.clone(),
@@ -34,22 +50,34 @@ impl State {
         f.identify_exec(id, &s.exec_id, query);
     }
 
-    /// The fleet's answer for exec session `id`.
+    /// The fleet's answer for exec session `id` (live, or ended while it was asked).
     pub(super) async fn on_exec_identified(&mut self, id: u64, outcome: GrantOutcome) {
         let now = OffsetDateTime::now_utc();
-        let Some(s) = self.kube_exec.sessions.get_mut(id) else {
-            // Ended meanwhile: the grant it claimed stops counting.
-            if let (GrantOutcome::Identified(g), Some(f)) = (&outcome, &self.fleet) {
-                f.release_exec_grant(&g.user, &g.review);
-            }
-            return;
+        let identity = match &outcome {
+            GrantOutcome::Identified(g) => Some(KubeIdentity::from(g)),
+            _ => None,
         };
-        s.identifying = false;
-        let why = match &outcome {
-            GrantOutcome::Identified(g) => {
-                s.identity = Some(KubeIdentity::from(g));
-                None
+        let (s, live) = match self.kube_exec.sessions.get_mut(id) {
+            Some(s) => {
+                s.identifying = false;
+                s.identity = identity.clone();
+                (s.clone(), true)
             }
+            None => match self.kube_exec.ended_identifying.remove(&id) {
+                Some((mut s, _)) => {
+                    s.identity = identity.clone();
+                    (s, false)
+                }
+                None => {
+                    if let (GrantOutcome::Identified(g), Some(f)) = (&outcome, &self.fleet) {
+                        f.release_exec_grant(&g.user, &g.review);
+                    }
+                    return;
+                }
+            },
+        };
+        let why = match &outcome {
+            GrantOutcome::Identified(_) => None,
             GrantOutcome::NoGrant => Some((
                 AuditReason::ExecGrantNotFound,
                 "no admission grant fits this exec: it did not pass the webhook".to_owned(),
@@ -63,10 +91,9 @@ impl State {
                 format!("etcd did not answer: {e}"),
             )),
         };
-        let s = s.clone();
         match &s.identity {
             Some(i) => {
-                tracing::info!(session = id, exec = %s.exec_id, kube_user = %i.user, "kubectl exec session identified")
+                tracing::info!(session = id, exec = %s.exec_id, kube_user = %i.user, live, "kubectl exec session identified")
             }
             None => {
                 tracing::warn!(session = id, exec = %s.exec_id, ?outcome, "kubectl exec session not identified")
@@ -78,13 +105,89 @@ impl State {
             rec = rec.reason(reason, Some(message));
         }
         self.audit.record(rec);
-        self.start_exec_recording(id);
+        if let Some(r) = &self.recorder {
+            r.identified(id, identity.map(|i| (i.user, i.groups)));
+        }
+        if !live {
+            // Ended before the answer: its grant stops counting at once.
+            self.release_exec_grant(&s);
+            return;
+        }
+        if let GrantOutcome::Identified(g) = outcome {
+            self.kube_exec
+                .identities
+                .insert(identity_key(&s.meta.container_id, &s.exec_id), g);
+            self.dirty = true;
+        }
         // Locked after the webhook let it through: ended now.
-        if let Some(i) = &s.identity
-            && self.lock_for(&i.user, None, now).is_some()
-        {
+        self.end_if_user_locked(id).await;
+    }
+
+    /// Ends exec session `id` if the user behind it is locked (fleet or node).
+    pub(super) async fn end_if_user_locked(&mut self, id: u64) {
+        let now = OffsetDateTime::now_utc();
+        let locked = self
+            .kube_exec
+            .sessions
+            .get(id)
+            .and_then(|s| s.identity.as_ref())
+            .is_some_and(|i| self.lock_for(&i.user, None, now).is_some());
+        if locked {
             self.end_locked_exec(id).await;
         }
+    }
+
+    /// Exec session `id`, found again after a restart, is who it was identified as before:
+    /// its grant counts against its user again, under this run's lease.
+    pub(super) fn restore_exec_identity(&mut self, id: u64) {
+        let Some(s) = self.kube_exec.sessions.get_mut(id) else {
+            return;
+        };
+        let key = identity_key(&s.meta.container_id, &s.exec_id);
+        let Some(g) = self.kube_exec.identities.get_mut(&key) else {
+            return;
+        };
+        if let Some(m) = g.matched.as_mut() {
+            m.session = id;
+        }
+        s.identity = Some(KubeIdentity::from(&*g));
+        tracing::info!(session = id, exec = %s.exec_id, kube_user = %g.user, "kubectl exec session found again; its Kubernetes user kept");
+        if let Some(f) = &self.fleet {
+            f.keep_exec_grant(g);
+        }
+        self.dirty = true;
+    }
+
+    /// An exec session ended: who it was is no longer kept.
+    pub(super) fn forget_exec_identity(&mut self, s: &ExecSession) {
+        let key = identity_key(&s.meta.container_id, &s.exec_id);
+        if self.kube_exec.identities.remove(&key).is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// containerd listed every live exec: identities of execs that ended while enforcerd was
+    /// down go.
+    pub(super) fn forget_stale_exec_identities(&mut self) {
+        let live: std::collections::HashSet<String> = self
+            .kube_exec
+            .sessions
+            .iter()
+            .map(|s| identity_key(&s.meta.container_id, &s.exec_id))
+            .collect();
+        let before = self.kube_exec.identities.len();
+        self.kube_exec.identities.retain(|k, _| live.contains(k));
+        if self.kube_exec.identities.len() != before {
+            self.dirty = true;
+        }
+    }
+
+    /// Exec session `s` ended before the fleet said who it was: kept for the answer (its
+    /// `exec_identified` follows its `session_ended`), a minute at most.
+    pub(super) fn await_identity_of_ended(&mut self, s: &ExecSession) {
+        let waiting = &mut self.kube_exec.ended_identifying;
+        waiting.retain(|_, (_, at)| at.elapsed() < ENDED_WAIT);
+        waiting.insert(s.id, (s.clone(), std::time::Instant::now()));
     }
 
     /// A lock of `user` came into force: their identified exec sessions end.

@@ -19,33 +19,45 @@ impl State {
         let Some(s) = self.kube_exec.sessions.get(id) else {
             return;
         };
-        let new: Vec<u64> = host::exec_channels(s.pid)
-            .into_iter()
-            .filter(|o| !s.channels.contains(o))
-            .collect();
-        if new.is_empty() {
-            return;
-        }
-        let kernel_id = s.kernel_id;
-        if let Err(e) = self.bpf.set_exec_channels(kernel_id, new.clone()).await {
-            tracing::warn!(session = id, error = %e, "cannot tell the kernel the exec's channels; it is not recorded");
-            return;
-        }
+        let (pid, kernel_id, known) = (s.pid, s.kernel_id, s.channels.clone());
+        let new = self.file_exec_channels(id, kernel_id, pid, &known).await;
         if let Some(s) = self.kube_exec.sessions.get_mut(id) {
             s.channels.extend(new);
         }
     }
 
-    /// Starts the recording of exec session `id`, once its command is known and the fleet
-    /// said who it is (its bytes wait in the recorder meanwhile; the fleet answers within
-    /// `fleet::IDENTIFY_DEADLINE`, less than the recorder keeps them).
+    /// Files the stdio of process `pid` not in `known` under kernel identity `kernel_id`
+    /// (session `id`, for logs); returns what was filed. Done before a held exec is let go
+    /// too: what its command writes first is then recorded (the recorder keeps it until the
+    /// recording starts), rather than lost while the session is being set up.
+    pub(super) async fn file_exec_channels(
+        &mut self,
+        id: u64,
+        kernel_id: u64,
+        pid: u32,
+        known: &[u64],
+    ) -> Vec<u64> {
+        let new: Vec<u64> = host::exec_channels(pid)
+            .into_iter()
+            .filter(|o| !known.contains(o))
+            .collect();
+        if new.is_empty() {
+            return new;
+        }
+        if let Err(e) = self.bpf.set_exec_channels(kernel_id, new.clone()).await {
+            tracing::warn!(session = id, error = %e, "cannot tell the kernel the exec's channels; it is not recorded");
+            return Vec::new();
+        }
+        new
+    }
+
+    /// Starts the recording of exec session `id`, once its command is known. The Kubernetes
+    /// user behind it, when the fleet is still being asked, is written into its header later
+    /// (`identified`): its bytes never wait for the answer.
     pub(super) fn start_exec_recording(&self, id: u64) {
         let (Some(recorder), Some(s)) = (&self.recorder, self.kube_exec.sessions.get(id)) else {
             return;
         };
-        if s.identifying {
-            return;
-        }
         if s.channels.is_empty() {
             tracing::info!(session = id, "the exec has no pty or pipe to record");
             return;
@@ -94,7 +106,9 @@ impl State {
                     .as_ref()
                     .map(|i| i.groups.clone())
                     .unwrap_or_default(),
+                kube_groups_truncated: false,
             }),
+            identity_pending: s.identifying,
         });
     }
 

@@ -77,6 +77,7 @@ impl State {
             transfer,
             resume,
             kube: None,
+            identity_pending: false,
         });
     }
 

@@ -59,9 +59,10 @@ pub(super) struct State {
     pub registry: Registry,
     pub locks: LockStore,
     pub audit: AuditSink,
-    /// Written by a background thread; `None` only while shutting down.
-    pub persist: Option<Persist>,
-    /// The registry changed since it was last handed to `persist`.
+    /// Written by background threads; `None` only while shutting down.
+    pub persist: Option<Persist<Registry>>,
+    pub persist_identities: Option<Persist<super::kube_identity::ExecIdentities>>,
+    /// The registry (or the exec identities) changed since last handed to `persist`.
     pub dirty: bool,
     pub counters: Counters,
     /// Refused sessions waiting to be told why: (connection, leader task id) → message.
@@ -167,8 +168,16 @@ pub(super) async fn start(
     } = parts;
     let (tx, rx) = mpsc::channel(256);
     let (pam_tx, pam_rx) = mpsc::channel(256);
-    let persist = Persist::start(&config.daemon.state_dir);
+    let persist = Persist::start(
+        config.daemon.state_dir.join("connections.json"),
+        "connection table",
+    );
     let registry = persist.load();
+    let persist_identities = Persist::start(
+        config.daemon.state_dir.join("exec-identities.json"),
+        "exec identities",
+    );
+    let identities = persist_identities.load();
     let locks = LockStore::new(&config.locks.dir);
     let started = tokio::time::Instant::now();
     // The watcher's reads reach the actor on the priority lane: a flood of public requests
@@ -197,6 +206,7 @@ pub(super) async fn start(
         locks,
         audit,
         persist: Some(persist),
+        persist_identities: Some(persist_identities),
         dirty: false,
         counters: Counters::default(),
         refusals: HashMap::new(),
@@ -225,7 +235,10 @@ pub(super) async fn start(
         fleet,
         fleet_state: Default::default(),
         kube,
-        kube_exec: Default::default(),
+        kube_exec: super::kube_exec::ExecState {
+            identities,
+            ..Default::default()
+        },
     };
     state.restore().await;
     state.sync_exec_hold(false).await;
@@ -297,6 +310,9 @@ impl State {
                     if let Some(p) = &self.persist {
                         p.submit(&self.registry);
                     }
+                    if let Some(p) = &self.persist_identities {
+                        p.submit(&self.kube_exec.identities);
+                    }
                     self.dirty = false;
                 }
             }
@@ -361,6 +377,9 @@ impl State {
                 self.sync_exec_hold(true).await;
                 if let Some(p) = self.persist.take() {
                     p.finish(&self.registry);
+                }
+                if let Some(p) = self.persist_identities.take() {
+                    p.finish(&self.kube_exec.identities);
                 }
                 let _ = ack.send(());
                 return true;

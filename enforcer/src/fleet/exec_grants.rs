@@ -16,9 +16,10 @@ use crate::core::{
     kube::admission::{ExecGrant, GrantMatch, GrantMatched, GrantQuery, match_grant},
 };
 
-/// The longest an exec session waits to be identified: its recording starts with the answer,
-/// and the recorder keeps a channel's first bytes 5 s.
-pub const IDENTIFY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+/// No new read of the pod's grants starts after this: the answer comes within it plus one
+/// claim. A claim already sent is waited for (its own call timeout): giving up on one etcd
+/// may have committed would leave a grant taken by nobody.
+const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A request to identify exec session `session` (containerd's `exec_id`).
 pub(super) struct Identify {
@@ -57,16 +58,9 @@ pub(super) fn start(mut task: IdentifyTask) {
             tokio::spawn(async move {
                 let outcome = match client {
                     None => GrantOutcome::Unreachable("not connected to etcd yet".into()),
-                    Some(mut c) => {
-                        match tokio::time::timeout(IDENTIFY_DEADLINE, identify(&mut c, &keys, &req))
-                            .await
-                        {
-                            Ok(r) => r.unwrap_or_else(GrantOutcome::Unreachable),
-                            Err(_) => GrantOutcome::Unreachable(format!(
-                                "no answer within {IDENTIFY_DEADLINE:?}"
-                            )),
-                        }
-                    }
+                    Some(mut c) => identify(&mut c, &keys, &req)
+                        .await
+                        .unwrap_or_else(GrantOutcome::Unreachable),
                 };
                 if let GrantOutcome::Identified(g) = &outcome {
                     // Under this node's lease from now on (re-put on a new lease; deleted at
@@ -94,8 +88,13 @@ async fn identify(
 ) -> Result<GrantOutcome, String> {
     let q = &req.query;
     let prefix = keys.exec_grants_of_pod(&q.namespace, &q.pod);
+    let deadline = tokio::time::Instant::now() + READ_DEADLINE;
     for _ in 0..3 {
-        let got = timed(c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+        let read = c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()));
+        let got = match tokio::time::timeout_at(deadline, timed(read)).await {
+            Ok(got) => got?,
+            Err(_) => return Err(format!("no answer within {READ_DEADLINE:?}")),
+        };
         let (grant_keys, mut grants): (Vec<&str>, Vec<ExecGrant>) = got
             .kvs()
             .iter()

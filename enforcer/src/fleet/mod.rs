@@ -37,7 +37,7 @@ use crate::{
     },
 };
 
-pub use exec_grants::{GrantOutcome, IDENTIFY_DEADLINE};
+pub use exec_grants::GrantOutcome;
 pub use slots::{SlotOutcome, SlotTag};
 
 /// What a fleet operation could not do.
@@ -310,6 +310,15 @@ impl FleetHandle {
             exec_id: exec_id.to_owned(),
             query,
         });
+    }
+
+    /// Grant `g` of an exec session found again after a restart counts against its user under
+    /// this node's lease from now on (the old lease may be gone with the old daemon).
+    pub fn keep_exec_grant(&self, g: &crate::core::kube::admission::ExecGrant) {
+        let value = serde_json::to_vec(g).unwrap_or_default();
+        let _ = self
+            .writes
+            .send(Write::Put(self.keys.exec_grant(&g.user, &g.review), value));
     }
 
     /// The exec session of `user`'s grant `review` ended: its grant stops counting.

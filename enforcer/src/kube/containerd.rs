@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -27,7 +27,7 @@ use containerd_client::{
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::core::kube::exec::{ContainerMeta, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
+use crate::core::kube::exec::ContainerMeta;
 
 /// The containerd namespace the CRI (the kubelet's containers) lives in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -83,9 +83,11 @@ pub enum ContainerdError {
     StreamEnded,
     #[error("containerd never confirmed the event subscription (10 s); is it overloaded? retrying")]
     SubscribeTimeout,
+    #[error("containerd {call} did not answer within {secs} s; is it overloaded?")]
+    Timeout { call: &'static str, secs: u64 },
 }
 
-fn call(name: &'static str) -> impl FnOnce(tonic::Status) -> ContainerdError {
+pub(super) fn call(name: &'static str) -> impl FnOnce(tonic::Status) -> ContainerdError {
     move |status| ContainerdError::Call {
         call: name,
         status: Box::new(status),
@@ -120,7 +122,7 @@ pub fn watch_execs(socket: PathBuf, tx: mpsc::Sender<ContainerdEvent>) -> JoinHa
 }
 
 /// A request in the CRI's namespace.
-fn namespaced<T>(msg: T) -> tonic::Request<T> {
+pub(super) fn namespaced<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "containerd-namespace",
@@ -297,38 +299,6 @@ async fn discover(
         }
     }
     Ok(found)
-}
-
-/// Whether containerd at `socket` runs a container of pod `namespace/pod` (the CRI's labels
-/// name it). Names that cannot be a namespace or pod's (DNS names) are no pod here.
-pub async fn has_pod(socket: &Path, namespace: &str, pod: &str) -> Result<bool, ContainerdError> {
-    let dns = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    if !dns(namespace) || !dns(pod) {
-        return Ok(false);
-    }
-    let channel =
-        containerd_client::connect(socket)
-            .await
-            .map_err(|source| ContainerdError::Connect {
-                socket: socket.display().to_string(),
-                source,
-            })?;
-    let filter =
-        format!("labels.\"{LABEL_POD_NAMESPACE}\"=={namespace},labels.\"{LABEL_POD_NAME}\"=={pod}");
-    let found = ContainersClient::new(channel)
-        .list(namespaced(ListContainersRequest {
-            filters: vec![filter],
-        }))
-        .await
-        .map_err(call("Containers.List"))?
-        .into_inner()
-        .containers;
-    Ok(!found.is_empty())
 }
 
 /// The runc shim's `containerd.runc.v1.ProcessDetails`: set on a ListPids entry when the pid

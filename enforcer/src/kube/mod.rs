@@ -4,10 +4,10 @@
 
 mod containerd;
 mod node;
+mod pods;
 
-pub use containerd::{
-    CRI_NAMESPACE, ContainerdError, ContainerdEvent, ExecStart, has_pod, watch_execs,
-};
+pub use containerd::{CRI_NAMESPACE, ContainerdError, ContainerdEvent, ExecStart, watch_execs};
+pub use pods::PodsHere;
 pub use node::{NodeEvent, watch_node};
 
 use crate::config::KubernetesConfig;

@@ -62,6 +62,9 @@ pub struct KubeMeta {
     pub kube_user: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kube_groups: Vec<String>,
+    /// Not every group fit in the header (the audit records have them all).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kube_groups_truncated: bool,
 }
 
 /// Appends one event line, newline included, to `out`.

@@ -15,6 +15,7 @@ use enforcer_common::io::{DIR_INPUT, DIR_OUTPUT, IO_PTY};
 
 use super::{
     cast::{self, Header, Meta, Utf8Stream},
+    header,
     recorder::{RecorderStats, StartRecording, WatchFrame, add},
     store::Stored,
 };
@@ -166,9 +167,10 @@ impl Recording {
                 kube: s.kube.clone(),
             },
         };
-        // Written at once: the recording is listable (and playable) from its first moment.
-        let mut header_line = serde_json::to_vec(&header).expect("header serialises");
-        header_line.push(b'\n');
+        // Written at once: the recording is listable (and playable) from its first moment;
+        // with room for the user still to come (see `header`).
+        let pad = if s.identity_pending { header::RESERVE } else { 0 };
+        let header_line = header::line(&header, pad);
         if let Err(e) = file.append(&header_line) {
             // A file without its header is no recording: leave nothing behind.
             let _ = std::fs::remove_file(&path);

@@ -22,6 +22,7 @@ fn an_idle_recording_gives_its_buffer_back() {
         transfer: None,
         resume: None,
         kube: None,
+        identity_pending: false,
     };
     let (mut r, _) = Recording::create(dir.path(), &s, (80, 24)).unwrap();
     let stats = RecorderStats::default();

@@ -20,6 +20,8 @@ struct Entry {
     stored: Stored,
     /// Being written by this daemon's recorder.
     live: bool,
+    /// Its header is still to be rewritten (an exec's Kubernetes user is being found out).
+    header_pending: bool,
 }
 
 /// Shared, cheap to clone.
@@ -46,6 +48,7 @@ impl RecordingIndex {
                         e.entry(id).or_insert(Entry {
                             stored,
                             live: false,
+                            header_pending: false,
                         });
                     }
                 }
@@ -72,10 +75,27 @@ impl RecordingIndex {
         self.scanned.load(Ordering::Acquire)
     }
 
-    /// A recording the recorder just created.
-    pub fn started(&self, stored: Stored) {
+    /// A recording the recorder just created (`header_pending`: its header will change).
+    pub fn started(&self, stored: Stored, header_pending: bool) {
         let id = stored.header.enforcer.session_id;
-        self.write().insert(id, Entry { stored, live: true });
+        self.write().insert(
+            id,
+            Entry {
+                stored,
+                live: true,
+                header_pending,
+            },
+        );
+    }
+
+    /// The header of recording `id` is final (`header`: as rewritten; `None`: as it was).
+    pub fn header_settled(&self, id: u64, header: Option<super::cast::Header>) {
+        if let Some(e) = self.write().get_mut(&id) {
+            e.header_pending = false;
+            if let Some(h) = header {
+                e.stored.header = h;
+            }
+        }
     }
 
     /// A recording the recorder closed, with its final size and duration.
@@ -87,10 +107,13 @@ impl RecordingIndex {
         }
     }
 
-    /// Every recording with whether it is being written, for the uploader (`[recording.store]`).
+    /// Every recording with whether it is being written, for the uploader (`[recording.store]`);
+    /// not those whose header is still to change (uploaded once it is final, so the stored
+    /// copy has it).
     pub fn snapshot(&self) -> Vec<(Stored, bool)> {
         self.read()
             .values()
+            .filter(|e| !e.header_pending)
             .map(|e| (e.stored.clone(), e.live))
             .collect()
     }
@@ -134,7 +157,7 @@ mod tests {
         }
         assert!(index.list(|_| true).is_empty());
         let stored = store::tests::stored(7, "alice", 20);
-        index.started(stored);
+        index.started(stored, false);
         assert!(index.list(|_| true)[0].live);
         index.ended(7, 99, Some(1.5));
         let l = index.list(|_| true);
@@ -145,5 +168,21 @@ mod tests {
         assert!(index.find(7).is_some());
         assert!(index.find(8).is_none());
         assert!(index.list(|s| s.header.enforcer.user == "bob").is_empty());
+    }
+
+    #[test]
+    fn a_recording_is_not_uploaded_while_its_header_is_pending() {
+        let index = RecordingIndex::default();
+        index.started(store::tests::stored(9, "", 20), true);
+        // Listed (and playable) at once, not handed to the uploader.
+        assert_eq!(index.list(|_| true).len(), 1);
+        assert!(index.snapshot().is_empty());
+        let mut h = store::tests::header(9, "carol", 20);
+        h.title = Some("rewritten".into());
+        index.header_settled(9, Some(h.clone()));
+        let snap = index.snapshot();
+        assert_eq!((snap.len(), snap[0].1), (1, true));
+        assert_eq!(snap[0].0.header, h);
+        assert_eq!(index.list(|_| true)[0].user, "carol");
     }
 }

@@ -9,6 +9,7 @@
 pub mod cast;
 mod escape;
 mod file;
+mod header;
 mod index;
 mod recorder;
 pub mod store;

@@ -29,6 +29,7 @@ use super::{
 use crate::audit::AuditSink;
 
 mod handle;
+mod identity;
 mod transfers;
 
 use handle::Command;
@@ -60,6 +61,9 @@ pub struct StartRecording {
     pub resume: Option<Resume>,
     /// A `kubectl exec` session's pod and exec.
     pub kube: Option<super::cast::KubeMeta>,
+    /// The Kubernetes user behind it is still being found out: the header keeps room for
+    /// them and is rewritten by [`RecorderHandle::identified`].
+    pub identity_pending: bool,
 }
 
 /// How a recording is taken up again after a restart.
@@ -125,6 +129,7 @@ pub fn start(
         stats: stats.clone(),
         index,
         transfers: HashMap::new(),
+        held: HashMap::new(),
         audit,
     };
     let thread_wake = wake.clone();
@@ -159,6 +164,8 @@ struct Recorder {
     index: RecordingIndex,
     /// Sessions whose command is a file transfer.
     transfers: HashMap<u64, TransferSession>,
+    /// Recordings whose header waits for the Kubernetes user (open or already closed).
+    held: HashMap<u64, super::header::Held>,
     /// Where their `file_transfer` records go.
     audit: AuditSink,
 }
@@ -314,6 +321,7 @@ impl Recorder {
             self.close(id);
         }
         self.expire_held_transfers();
+        self.expire_held_headers();
     }
 
     /// Turns the kernel's per-channel loss counts into markers in the recordings.
@@ -357,6 +365,7 @@ impl Recorder {
                 since_ns,
                 program_ended,
             } => self.transfer_aborted(session_id, since_ns, program_ended),
+            Command::Identified { session_id, who } => self.identified(session_id, who),
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -380,7 +389,11 @@ impl Recorder {
                 if let Some(t) = s.transfer.clone() {
                     self.transfers.insert(s.session_id, TransferSession::new(t));
                 }
-                self.index.started(stored);
+                let hold = s.identity_pending && s.resume.is_none();
+                if hold {
+                    self.hold_header(s.session_id, &stored);
+                }
+                self.index.started(stored, hold);
             }
             Err(e) => {
                 add(&self.stats.write_errors, 1);

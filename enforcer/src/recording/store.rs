@@ -1,7 +1,7 @@
 //! Recordings on disk: `recording.dir/<YYYY-MM-DD>/<user>/session-<id>.cast`, root-only.
 
 use std::{
-    io::{Read, Seek, SeekFrom},
+    io::{BufRead, Read, Seek, SeekFrom},
     path::{Path, PathBuf},
 };
 
@@ -19,12 +19,17 @@ pub struct Stored {
     pub duration: Option<f64>,
 }
 
+/// The longest header line read (a long command, room kept for an exec's user: see
+/// `header`).
+const HEADER_MAX: u64 = 64 << 10;
+
 fn read_header(path: &Path) -> Option<Header> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut buf = vec![0u8; 8192];
-    let n = f.read(&mut buf).ok()?;
-    let line = buf[..n].split(|&c| c == b'\n').next()?;
-    serde_json::from_slice(line).ok()
+    let f = std::fs::File::open(path).ok()?;
+    let mut line = Vec::new();
+    std::io::BufReader::new(f.take(HEADER_MAX))
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    serde_json::from_slice(&line).ok()
 }
 
 /// Time of the last complete event line.
@@ -44,7 +49,7 @@ pub(super) fn last_time(path: &Path, size: u64) -> Option<f64> {
 }
 
 /// The recording at `path` with its header, size and last event time.
-pub(super) fn load(path: PathBuf) -> Option<Stored> {
+pub(crate) fn load(path: PathBuf) -> Option<Stored> {
     let size = std::fs::metadata(&path).ok()?.len();
     let header = read_header(&path)?;
     let duration = last_time(&path, size);
@@ -133,7 +138,7 @@ pub(super) mod tests {
         }
     }
 
-    fn header(id: u64, user: &str, ts: i64) -> Header {
+    pub(crate) fn header(id: u64, user: &str, ts: i64) -> Header {
         Header {
             version: 2,
             width: 80,

@@ -17,10 +17,13 @@ use crate::{
     core::transfer::{FileTransfer, FileTransfers, Parser, TransferPlan},
 };
 
-/// Bytes held while the state actor decides, at most (sftp, scp and rsync clients each wait
-/// for the server's first reply, so little comes before). Per session: a user's sessions are
-/// capped by the session limits.
-const HOLD_MAX: usize = 256 << 10;
+/// Bytes held while the state actor decides, at most. Per session: a user's sessions are
+/// capped by the session limits. A legacy `scp -f` streams its file right after one ack, and
+/// the recorder reads the data ring in batches of up to 1 MiB (the kernel wakes it there)
+/// before it reads the actor's word: held data must fit several such batches. (At 256 KiB a
+/// 5 MiB download on a loaded machine overflowed before the word came, and was recorded in
+/// full without its `file_transfer`: seen in a full test run.)
+const HOLD_MAX: usize = 4 << 20;
 /// Bytes of a parsed session retained to be written should something else run in it: the
 /// exec event reaches the recorder milliseconds later. Beyond this, a loss marker.
 const RETAIN_MAX: usize = 1 << 20;
@@ -359,6 +362,30 @@ mod tests {
         // A program exec'd at 250: everything from then on is recorded after a marker.
         let out = t.abort(250, false, &audit);
         assert_eq!(times(&out), vec![(250, true), (300, false)]);
+    }
+
+    #[test]
+    fn a_legacy_scp_download_streaming_before_the_word_comes_is_still_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditSink::start(&dir.path().join("audit.log"), false).unwrap();
+        let mut t = TransferSession::new(TransferStart {
+            plan: transfer::plan("scp -f /tmp/payload.bin").unwrap(),
+            mode: FileTransfers::Metadata,
+            audit: AuditRecord::new(AuditEvent::FileTransfer, time::OffsetDateTime::UNIX_EPOCH),
+        });
+        // scp at 100: its header, then two of the recorder's read batches of file data, all
+        // before the state actor's word reaches the recorder.
+        let mut at = 100;
+        let mut stream = vec![data(at, DIR_OUTPUT, b"C0644 2097152 payload.bin\n")];
+        for _ in 0..32 {
+            at += 1;
+            stream.push(data(at, DIR_OUTPUT, &[b'x'; 64 << 10]));
+        }
+        for item in stream {
+            assert!(matches!(t.take(item, &audit), Ok(None)), "released at {at}");
+        }
+        let out = t.started(100, &audit);
+        assert_eq!(times(&out), vec![(100, true)], "parsed, not recorded");
     }
 
     #[test]

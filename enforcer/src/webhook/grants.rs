@@ -86,7 +86,8 @@ impl Grants {
             self.keys
                 .exec_grant_of_pod(&grant.namespace, &grant.pod, &grant.review),
         ];
-        let value = serde_json::to_vec(grant).map_err(|e| e.to_string())?;
+        // Decided on every group; stored bounded.
+        let value = serde_json::to_vec(&grant.bounded()).map_err(|e| e.to_string())?;
         let resp = match self
             .put_and_read(&mut client, &grant.user, &keys, &value)
             .await

@@ -53,6 +53,42 @@ pub struct ExecGrant {
     /// The exec session it turned out to be, once its node matched it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched: Option<GrantMatched>,
+    /// Groups or command were cut to [`GRANT_GROUPS_MAX`] / [`GRANT_COMMAND_MAX`] bytes when
+    /// it was stored (a cut command matches no exec).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// The most bytes of group names a stored grant keeps (the decision saw them all).
+pub const GRANT_GROUPS_MAX: usize = 8 << 10;
+/// The most bytes of command a stored grant keeps: a node reads no longer command line of an
+/// exec anyway.
+pub const GRANT_COMMAND_MAX: usize = 4 << 10;
+
+impl ExecGrant {
+    /// The grant as stored in etcd: groups and command bounded, so that a lease's worth of
+    /// grants stays small enough for every node's watch (`fleet::lapsed`).
+    pub fn bounded(&self) -> ExecGrant {
+        let mut g = self.clone();
+        g.truncated |= keep_within(&mut g.groups, GRANT_GROUPS_MAX);
+        g.truncated |= keep_within(&mut g.command, GRANT_COMMAND_MAX);
+        g
+    }
+}
+
+/// Drops the last strings of `v` until their bytes are at most `max`; true if any went.
+fn keep_within(v: &mut Vec<String>, max: usize) -> bool {
+    let mut total = 0;
+    let keep = v
+        .iter()
+        .take_while(|s| {
+            total += s.len() + 1;
+            total <= max
+        })
+        .count();
+    let cut = keep < v.len();
+    v.truncate(keep);
+    cut
 }
 
 /// Where a grant's exec runs: written by the node that matched it.
@@ -152,6 +188,7 @@ pub fn grant_of(
         stdin: options.stdin,
         time: rfc3339(now),
         matched: None,
+        truncated: false,
     })
 }
 

@@ -67,6 +67,7 @@ fn an_exec_review_becomes_its_grant() {
             stdin: true,
             time: "2026-12-03T12:00:00Z".into(),
             matched: None,
+            truncated: false,
         }
     );
     assert_eq!(
@@ -77,6 +78,30 @@ fn an_exec_review_becomes_its_grant() {
             LockTarget::Group("system:authenticated".into()),
         ]
     );
+}
+
+#[test]
+fn a_stored_grant_is_bounded_and_says_so() {
+    let mut v = review();
+    let groups: Vec<String> = (0..2000).map(|i| format!("team-{i:05}")).collect();
+    v["request"]["userInfo"]["groups"] = json!(groups);
+    let g = grant_of(&request(v), NOW).unwrap();
+    // Every group is decided on...
+    assert_eq!(lock_targets(&g).len(), 2001);
+    // ...and what is stored stays within the bound, the first groups first.
+    let b = g.bounded();
+    assert!(b.truncated && b.command == g.command);
+    let bytes: usize = b.groups.iter().map(|s| s.len() + 1).sum();
+    assert!(bytes <= GRANT_GROUPS_MAX && bytes > GRANT_GROUPS_MAX - 12, "{bytes}");
+    assert_eq!(b.groups[..], groups[..b.groups.len()]);
+    let mut long = g.clone();
+    long.groups.truncate(2);
+    long.command = vec!["x".repeat(GRANT_COMMAND_MAX)];
+    let b = long.bounded();
+    assert!(b.truncated && b.command.is_empty() && b.groups.len() == 2);
+    // A usual grant is stored as it is.
+    let small = grant_of(&request(review()), NOW).unwrap();
+    assert_eq!(small.bounded(), small);
 }
 
 #[test]

@@ -34,6 +34,12 @@ pub(super) enum Command {
         since_ns: u64,
         program_ended: bool,
     },
+    /// The Kubernetes user behind an exec session (`None`: not found out): its header is
+    /// final.
+    Identified {
+        session_id: u64,
+        who: Option<(String, Vec<String>)>,
+    },
     Shutdown(Sender<()>),
 }
 
@@ -59,6 +65,12 @@ impl RecorderHandle {
 
     pub fn end_recording(&self, session_id: u64) {
         let _ = self.send(Command::End { session_id });
+    }
+
+    /// The fleet answered who exec session `session_id` is (`who`: user and groups; `None`:
+    /// nobody found): its recording's header gets them, and it may be uploaded from now on.
+    pub fn identified(&self, session_id: u64, who: Option<(String, Vec<String>)>) {
+        let _ = self.send(Command::Identified { session_id, who });
     }
 
     pub fn transfer_started(&self, session_id: u64, boot_ns: u64) {

@@ -1,0 +1,156 @@
+//! Which pods containerd runs on this node, for reports that concern only a pod's own node
+//! (`fleet::lapsed`): one listing of the CRI's pod sandboxes over one kept connection, asked
+//! again only when the last listing cannot answer.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use containerd_client::{
+    services::v1::{ListContainersRequest, containers_client::ContainersClient},
+    tonic::transport::Channel,
+};
+use time::OffsetDateTime;
+
+use super::containerd::{ContainerdError, call, namespaced};
+use crate::core::kube::exec::{LABEL_POD_NAME, LABEL_POD_NAMESPACE};
+
+/// The label containerd's CRI puts on a pod's sandbox container.
+const LABEL_KIND: &str = "io.cri-containerd.kind";
+/// The longest a listing may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Listings are at least this far apart, whatever is asked.
+const LIST_EVERY: Duration = Duration::from_secs(1);
+/// A listing made this long after a pod was known to run (somewhere) answers for it: a pod
+/// not in it does not run here. Covers clock skew between this node and the one that knew.
+const SKEW: Duration = Duration::from_secs(5);
+
+/// The pods (namespace, name) containerd at a socket runs, as last listed.
+pub struct PodsHere {
+    socket: PathBuf,
+    channel: Option<Channel>,
+    pods: HashSet<(String, String)>,
+    /// When the set was listed: wall clock, to compare with when a pod was known to run;
+    /// monotonic, for the rate limit.
+    listed: Option<(OffsetDateTime, Instant)>,
+    /// Listings made (for tests and debug logs).
+    pub listings: u64,
+}
+
+impl PodsHere {
+    pub fn new(socket: PathBuf) -> Self {
+        PodsHere {
+            socket,
+            channel: None,
+            pods: HashSet::new(),
+            listed: None,
+            listings: 0,
+        }
+    }
+
+    /// Whether pod `namespace/pod`, known to run somewhere at `known_at`, runs here. Lists
+    /// again only when the last listing is older than `known_at` (and a second ago).
+    pub async fn has(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        known_at: OffsetDateTime,
+    ) -> Result<bool, ContainerdError> {
+        let key = (namespace.to_owned(), pod.to_owned());
+        if self.pods.contains(&key) || !must_list(self.listed, known_at, Instant::now()) {
+            return Ok(self.pods.contains(&key));
+        }
+        let listing = tokio::time::timeout(LIST_TIMEOUT, self.list()).await;
+        self.listed = Some((OffsetDateTime::now_utc(), Instant::now()));
+        self.listings += 1;
+        match listing {
+            Ok(Ok(pods)) => self.pods = pods,
+            Ok(Err(e)) => {
+                self.channel = None;
+                return Err(e);
+            }
+            Err(_) => {
+                self.channel = None;
+                return Err(ContainerdError::Timeout {
+                    call: "Containers.List",
+                    secs: LIST_TIMEOUT.as_secs(),
+                });
+            }
+        }
+        Ok(self.pods.contains(&key))
+    }
+
+    async fn list(&mut self) -> Result<HashSet<(String, String)>, ContainerdError> {
+        let channel = match &self.channel {
+            Some(c) => c.clone(),
+            None => {
+                let c = containerd_client::connect(&self.socket)
+                    .await
+                    .map_err(|source| ContainerdError::Connect {
+                        socket: self.socket.display().to_string(),
+                        source,
+                    })?;
+                self.channel = Some(c.clone());
+                c
+            }
+        };
+        let mut stream = ContainersClient::new(channel)
+            .list_stream(namespaced(ListContainersRequest {
+                filters: vec![format!("labels.\"{LABEL_KIND}\"==sandbox")],
+            }))
+            .await
+            .map_err(call("Containers.ListStream"))?
+            .into_inner();
+        let mut pods = HashSet::new();
+        while let Some(m) = stream
+            .message()
+            .await
+            .map_err(call("Containers.ListStream"))?
+        {
+            let Some(c) = m.container else { continue };
+            if let (Some(ns), Some(name)) = (
+                c.labels.get(LABEL_POD_NAMESPACE),
+                c.labels.get(LABEL_POD_NAME),
+            ) {
+                pods.insert((ns.clone(), name.clone()));
+            }
+        }
+        Ok(pods)
+    }
+}
+
+/// Whether a pod missing from the listing made at `listed` (wall clock, monotonic) needs a
+/// new listing, the pod being known to run at `known_at`: not when the listing is recent
+/// enough to answer, nor within [`LIST_EVERY`] of it.
+fn must_list(
+    listed: Option<(OffsetDateTime, Instant)>,
+    known_at: OffsetDateTime,
+    now: Instant,
+) -> bool {
+    match listed {
+        None => true,
+        Some((wall, mono)) => wall < known_at + SKEW && now.duration_since(mono) >= LIST_EVERY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_answers_for_pods_known_well_before_it_and_is_not_repeated_at_once() {
+        let t0 = OffsetDateTime::now_utc();
+        let m0 = Instant::now();
+        assert!(must_list(None, t0, m0));
+        // Listed 10 s after the pod was known to run: a pod missing from it is not here.
+        let listed = Some((t0 + Duration::from_secs(10), m0));
+        assert!(!must_list(listed, t0, m0 + Duration::from_secs(30)));
+        // Listed before the pod was known (or within the skew): asked again...
+        let listed = Some((t0 + Duration::from_secs(2), m0));
+        assert!(must_list(listed, t0, m0 + Duration::from_secs(2)));
+        // ...but never twice within a second.
+        assert!(!must_list(listed, t0, m0 + Duration::from_millis(500)));
+    }
+}
