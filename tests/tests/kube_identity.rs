@@ -355,8 +355,9 @@ fn an_exec_is_recorded_whole_while_etcd_is_slow_to_say_who_it_is() {
     const BIG: usize = 6_000_000;
     let script = format!("head -c {BIG} /dev/zero | tr '\\0' x; echo; echo done-77");
     let big = ["sh", "-c", script.as_str()];
-    // Lives long enough for its command to be seen, ends long before etcd answers.
-    let quick = ["sh", "-c", "echo quick-5; sleep 0.2"];
+    // Lives long enough for its command to be seen, ends long before etcd answers (`; true`:
+    // sh would exec its last command, and the session's command could become `sleep 0.2`).
+    let quick = ["sh", "-c", "echo quick-5; sleep 0.2; true"];
     for (uid, command, tty) in [("kslow-1", &big[..], true), ("kslow-2", &quick[..], false)] {
         let review = Exec {
             uid,

@@ -45,6 +45,8 @@ pub(super) struct ExecState {
     /// The grant each identified live session was matched to, by container and exec id
     /// (kept across a restart: `state_dir/exec-identities.json`).
     pub identities: super::kube_identity::ExecIdentities,
+    /// `identities` changed since they were last handed to be written.
+    pub identities_dirty: bool,
     /// When stdin was last looked at for the idle cut.
     pub idle_checked: Option<tokio::time::Instant>,
     /// What the kernel's exec hold was last set to (`None`: not yet).

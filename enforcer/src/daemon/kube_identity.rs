@@ -117,7 +117,7 @@ impl State {
             self.kube_exec
                 .identities
                 .insert(identity_key(&s.meta.container_id, &s.exec_id), g);
-            self.dirty = true;
+            self.kube_exec.identities_dirty = true;
         }
         // Locked after the webhook let it through: ended now.
         self.end_if_user_locked(id).await;
@@ -155,14 +155,14 @@ impl State {
         if let Some(f) = &self.fleet {
             f.keep_exec_grant(g);
         }
-        self.dirty = true;
+        self.kube_exec.identities_dirty = true;
     }
 
     /// An exec session ended: who it was is no longer kept.
     pub(super) fn forget_exec_identity(&mut self, s: &ExecSession) {
         let key = identity_key(&s.meta.container_id, &s.exec_id);
         if self.kube_exec.identities.remove(&key).is_some() {
-            self.dirty = true;
+            self.kube_exec.identities_dirty = true;
         }
     }
 
@@ -178,7 +178,7 @@ impl State {
         let before = self.kube_exec.identities.len();
         self.kube_exec.identities.retain(|k, _| live.contains(k));
         if self.kube_exec.identities.len() != before {
-            self.dirty = true;
+            self.kube_exec.identities_dirty = true;
         }
     }
 

@@ -62,7 +62,7 @@ pub(super) struct State {
     /// Written by background threads; `None` only while shutting down.
     pub persist: Option<Persist<Registry>>,
     pub persist_identities: Option<Persist<super::kube_identity::ExecIdentities>>,
-    /// The registry (or the exec identities) changed since last handed to `persist`.
+    /// The registry changed since it was last handed to `persist`.
     pub dirty: bool,
     pub counters: Counters,
     /// Refused sessions waiting to be told why: (connection, leader task id) → message.
@@ -306,14 +306,15 @@ impl State {
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
                 }
-                _ = flush.tick(), if self.dirty => {
-                    if let Some(p) = &self.persist {
+                _ = flush.tick(), if self.dirty || self.kube_exec.identities_dirty => {
+                    if let (true, Some(p)) = (self.dirty, &self.persist) {
                         p.submit(&self.registry);
                     }
-                    if let Some(p) = &self.persist_identities {
+                    if let (true, Some(p)) = (self.kube_exec.identities_dirty, &self.persist_identities) {
                         p.submit(&self.kube_exec.identities);
                     }
                     self.dirty = false;
+                    self.kube_exec.identities_dirty = false;
                 }
             }
         }

@@ -11,14 +11,15 @@
 //! one containerd call per lease expiry with lapses, on every node.
 //!
 //! All the grants of one lease go in one revision, which etcd sends as one watch message: read
-//! up to [`MESSAGE_MAX`] (tens of thousands of bounded grants). A revision that still cannot
-//! be read is skipped after [`STUCK_MAX`] tries rather than retried forever: its lapses go
-//! unaudited, and that is logged as an error.
+//! up to [`MESSAGE_MAX`] (thousands of the largest grants). Should one still not be readable,
+//! the watch starts again from etcd's current revision after [`STUCK_MAX`] tries rather than
+//! retrying forever: lapses in the revisions skipped go unaudited, and that is logged as an
+//! error with the range.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use containerd_client::tonic::Code;
-use etcd_client::{EventType, WatchFilterType, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchFilterType, WatchOptions};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::sync::mpsc;
 
@@ -64,7 +65,7 @@ enum Followed {
 
 impl LapsedTask {
     async fn run(mut self) {
-        let Some(client) = client_of(&mut self.client).await else {
+        let Some(mut client) = client_of(&mut self.client).await else {
             return;
         };
         let mut pods = PodsHere::new(self.containerd.clone());
@@ -103,9 +104,16 @@ impl LapsedTask {
             if unreadable && let Some(r) = rev {
                 stuck += 1;
                 if stuck >= STUCK_MAX {
-                    tracing::error!(revision = r + 1, tries = stuck, "an exec grant revision cannot be read; skipped: its lapsed grants are not audited");
-                    rev = Some(r + 1);
-                    stuck = 0;
+                    // Where the unreadable message is cannot be known: watched again from now.
+                    let now = timed(client.get(self.keys.exec_grants_all(), Some(GetOptions::new().with_count_only())))
+                        .await
+                        .ok()
+                        .and_then(|g| g.header().map(|h| h.revision()));
+                    if let Some(now) = now {
+                        tracing::error!(from = r + 1, to = now, tries = stuck, "exec grant revisions cannot be read; skipped: lapsed grants in them are not audited");
+                        rev = Some(now);
+                        stuck = 0;
+                    }
                 }
             }
             tracing::debug!(retry_in = ?backoff, "exec grant watch ended; resuming");

@@ -32,11 +32,10 @@ pub struct PodsHere {
     socket: PathBuf,
     channel: Option<Channel>,
     pods: HashSet<(String, String)>,
-    /// When the set was listed: wall clock, to compare with when a pod was known to run;
-    /// monotonic, for the rate limit.
-    listed: Option<(OffsetDateTime, Instant)>,
-    /// Listings made (for tests and debug logs).
-    pub listings: u64,
+    /// When the set was listed (wall clock, to compare with when a pod was known to run).
+    listed: Option<OffsetDateTime>,
+    /// When a listing was last tried, worked or not (the rate limit).
+    tried: Option<Instant>,
 }
 
 impl PodsHere {
@@ -46,12 +45,13 @@ impl PodsHere {
             channel: None,
             pods: HashSet::new(),
             listed: None,
-            listings: 0,
+            tried: None,
         }
     }
 
     /// Whether pod `namespace/pod`, known to run somewhere at `known_at`, runs here. Lists
-    /// again only when the last listing is older than `known_at` (and a second ago).
+    /// again when the last listing is older than `known_at` (a pod seen here may have moved
+    /// since), at most once a second (within it, the last listing answers).
     pub async fn has(
         &mut self,
         namespace: &str,
@@ -59,14 +59,17 @@ impl PodsHere {
         known_at: OffsetDateTime,
     ) -> Result<bool, ContainerdError> {
         let key = (namespace.to_owned(), pod.to_owned());
-        if self.pods.contains(&key) || !must_list(self.listed, known_at, Instant::now()) {
+        if !must_list(self.listed, self.tried, known_at, Instant::now()) {
             return Ok(self.pods.contains(&key));
         }
+        self.tried = Some(Instant::now());
         let listing = tokio::time::timeout(LIST_TIMEOUT, self.list()).await;
-        self.listed = Some((OffsetDateTime::now_utc(), Instant::now()));
-        self.listings += 1;
         match listing {
-            Ok(Ok(pods)) => self.pods = pods,
+            Ok(Ok(pods)) => {
+                // Only a listing that worked answers later questions.
+                self.pods = pods;
+                self.listed = Some(OffsetDateTime::now_utc());
+            }
             Ok(Err(e)) => {
                 self.channel = None;
                 return Err(e);
@@ -121,18 +124,18 @@ impl PodsHere {
     }
 }
 
-/// Whether a pod missing from the listing made at `listed` (wall clock, monotonic) needs a
-/// new listing, the pod being known to run at `known_at`: not when the listing is recent
-/// enough to answer, nor within [`LIST_EVERY`] of it.
+/// Whether asking about a pod known to run (somewhere) at `known_at` needs a new listing,
+/// the last good one made at `listed` and the last tried at `tried`: not when that listing is
+/// recent enough to answer, nor within [`LIST_EVERY`] of the last try.
 fn must_list(
-    listed: Option<(OffsetDateTime, Instant)>,
+    listed: Option<OffsetDateTime>,
+    tried: Option<Instant>,
     known_at: OffsetDateTime,
     now: Instant,
 ) -> bool {
-    match listed {
-        None => true,
-        Some((wall, mono)) => wall < known_at + SKEW && now.duration_since(mono) >= LIST_EVERY,
-    }
+    let answers = listed.is_some_and(|wall| wall >= known_at + SKEW);
+    let resting = tried.is_some_and(|t| now.duration_since(t) < LIST_EVERY);
+    !answers && !resting
 }
 
 #[cfg(test)]
@@ -143,14 +146,17 @@ mod tests {
     fn a_listing_answers_for_pods_known_well_before_it_and_is_not_repeated_at_once() {
         let t0 = OffsetDateTime::now_utc();
         let m0 = Instant::now();
-        assert!(must_list(None, t0, m0));
-        // Listed 10 s after the pod was known to run: a pod missing from it is not here.
-        let listed = Some((t0 + Duration::from_secs(10), m0));
-        assert!(!must_list(listed, t0, m0 + Duration::from_secs(30)));
-        // Listed before the pod was known (or within the skew): asked again...
-        let listed = Some((t0 + Duration::from_secs(2), m0));
-        assert!(must_list(listed, t0, m0 + Duration::from_secs(2)));
-        // ...but never twice within a second.
-        assert!(!must_list(listed, t0, m0 + Duration::from_millis(500)));
+        assert!(must_list(None, None, t0, m0));
+        // Listed 10 s after the pod was known to run: it answers, here or not.
+        let listed = Some(t0 + Duration::from_secs(10));
+        assert!(!must_list(listed, Some(m0), t0, m0 + Duration::from_secs(30)));
+        // Listed before the pod was known (or within the skew): asked again, even for a pod
+        // it had (it may have moved)...
+        let listed = Some(t0 + Duration::from_secs(2));
+        assert!(must_list(listed, Some(m0), t0, m0 + Duration::from_secs(2)));
+        // ...but never twice within a second, and a failed try counts.
+        assert!(!must_list(listed, Some(m0), t0, m0 + Duration::from_millis(500)));
+        assert!(!must_list(None, Some(m0), t0, m0 + Duration::from_millis(500)));
+        assert!(must_list(None, Some(m0), t0, m0 + Duration::from_secs(1)));
     }
 }

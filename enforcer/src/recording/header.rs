@@ -65,10 +65,11 @@ pub(super) fn with_user(
 
 /// Writes `line` over the first `line.len()` bytes of `path` (the header line of the same
 /// length). A descriptor of its own: on the recording's (`O_APPEND`) a positioned write appends.
+/// Not synced, like the rest of a recording (a sync here would flush the whole file's dirty
+/// pages while the recorder thread waits).
 pub(super) fn rewrite(path: &Path, line: &[u8]) -> io::Result<()> {
     let f = OpenOptions::new().write(true).open(path)?;
-    f.write_all_at(line, 0)?;
-    f.sync_data()
+    f.write_all_at(line, 0)
 }
 
 #[cfg(test)]

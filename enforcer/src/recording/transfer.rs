@@ -24,6 +24,9 @@ use crate::{
 /// 5 MiB download on a loaded machine overflowed before the word came, and was recorded in
 /// full without its `file_transfer`: seen in a full test run.)
 const HOLD_MAX: usize = 4 << 20;
+/// What each held item counts for beyond its bytes (its bookkeeping), so that a flood of tiny
+/// writes cannot hold much more memory than [`HOLD_MAX`].
+const HOLD_ITEM_COST: usize = 128;
 /// Bytes of a parsed session retained to be written should something else run in it: the
 /// exec event reaches the recorder milliseconds later. Beyond this, a loss marker.
 const RETAIN_MAX: usize = 1 << 20;
@@ -95,7 +98,7 @@ impl TransferSession {
         let full = self.start.mode == FileTransfers::Full;
         match &mut self.phase {
             Phase::Held { items, bytes } => {
-                *bytes += data_len(&item);
+                *bytes += data_len(&item) + HOLD_ITEM_COST;
                 items.push(item.into_owned());
                 if *bytes > HOLD_MAX {
                     return Err(self.release());
@@ -398,6 +401,12 @@ mod tests {
             Err(out) => assert_eq!(times(&out), vec![(1, false)]),
             Ok(_) => panic!("held past HOLD_MAX"),
         }
+        // A flood of one-byte writes is released long before a million of them are held.
+        let mut t = session(FileTransfers::Metadata);
+        let held = (0..HOLD_MAX as u64)
+            .take_while(|&i| matches!(t.take(data(i, DIR_OUTPUT, b"x"), &audit), Ok(None)))
+            .count();
+        assert!(held <= HOLD_MAX / HOLD_ITEM_COST, "{held} one-byte items held");
         let mut t = session(FileTransfers::Full);
         t.started(0, &audit);
         assert!(matches!(

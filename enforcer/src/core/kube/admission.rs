@@ -53,10 +53,14 @@ pub struct ExecGrant {
     /// The exec session it turned out to be, once its node matched it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched: Option<GrantMatched>,
-    /// Groups or command were cut to [`GRANT_GROUPS_MAX`] / [`GRANT_COMMAND_MAX`] bytes when
-    /// it was stored (a cut command matches no exec).
+    /// Groups were cut to [`GRANT_GROUPS_MAX`] bytes when it was stored (the decision saw
+    /// them all).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
+    pub groups_truncated: bool,
+    /// The command was cut to [`GRANT_COMMAND_MAX`] bytes when it was stored: it matches no
+    /// exec (what is left could be another exec's whole command).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub command_truncated: bool,
 }
 
 /// The most bytes of group names a stored grant keeps (the decision saw them all).
@@ -70,8 +74,8 @@ impl ExecGrant {
     /// grants stays small enough for every node's watch (`fleet::lapsed`).
     pub fn bounded(&self) -> ExecGrant {
         let mut g = self.clone();
-        g.truncated |= keep_within(&mut g.groups, GRANT_GROUPS_MAX);
-        g.truncated |= keep_within(&mut g.command, GRANT_COMMAND_MAX);
+        g.groups_truncated |= keep_within(&mut g.groups, GRANT_GROUPS_MAX);
+        g.command_truncated |= keep_within(&mut g.command, GRANT_COMMAND_MAX);
         g
     }
 }
@@ -188,7 +192,8 @@ pub fn grant_of(
         stdin: options.stdin,
         time: rfc3339(now),
         matched: None,
-        truncated: false,
+        groups_truncated: false,
+        command_truncated: false,
     })
 }
 
@@ -320,6 +325,7 @@ pub fn match_grant(grants: &[ExecGrant], q: &GrantQuery) -> GrantMatch {
             let made =
                 OffsetDateTime::parse(&g.time, &time::format_description::well_known::Rfc3339);
             g.subresource == Subresource::Exec
+                && !g.command_truncated
                 && g.namespace == q.namespace
                 && g.pod == q.pod
                 && g.container.as_ref().is_none_or(|c| *c == q.container)

@@ -67,7 +67,8 @@ fn an_exec_review_becomes_its_grant() {
             stdin: true,
             time: "2026-12-03T12:00:00Z".into(),
             matched: None,
-            truncated: false,
+            groups_truncated: false,
+            command_truncated: false,
         }
     );
     assert_eq!(
@@ -90,7 +91,7 @@ fn a_stored_grant_is_bounded_and_says_so() {
     assert_eq!(lock_targets(&g).len(), 2001);
     // ...and what is stored stays within the bound, the first groups first.
     let b = g.bounded();
-    assert!(b.truncated && b.command == g.command);
+    assert!(b.groups_truncated && !b.command_truncated && b.command == g.command);
     let bytes: usize = b.groups.iter().map(|s| s.len() + 1).sum();
     assert!(bytes <= GRANT_GROUPS_MAX && bytes > GRANT_GROUPS_MAX - 12, "{bytes}");
     assert_eq!(b.groups[..], groups[..b.groups.len()]);
@@ -98,7 +99,7 @@ fn a_stored_grant_is_bounded_and_says_so() {
     long.groups.truncate(2);
     long.command = vec!["x".repeat(GRANT_COMMAND_MAX)];
     let b = long.bounded();
-    assert!(b.truncated && b.command.is_empty() && b.groups.len() == 2);
+    assert!(b.command_truncated && b.command.is_empty() && b.groups.len() == 2);
     // A usual grant is stored as it is.
     let small = grant_of(&request(review()), NOW).unwrap();
     assert_eq!(small.bounded(), small);
@@ -247,6 +248,17 @@ fn an_exec_matches_its_own_grant_only() {
     attach.subresource = Subresource::Attach;
     assert_eq!(
         match_grant(&[attach, g.clone()], &query(later)),
+        GrantMatch::One(1)
+    );
+    // A grant whose command was cut when stored fits no exec, not even one whose whole
+    // command is what is left of it (a decoy: `sh -c <4 KiB>` stored as `sh -c`).
+    let mut decoy = g.clone();
+    decoy.user = "mallory".into();
+    decoy.command.push("x".repeat(GRANT_COMMAND_MAX));
+    let decoy = decoy.bounded();
+    assert_eq!(decoy.command.join(" "), query(later).command);
+    assert_eq!(
+        match_grant(&[decoy, g.clone()], &query(later)),
         GrantMatch::One(1)
     );
 }
