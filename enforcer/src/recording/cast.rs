@@ -62,7 +62,8 @@ pub struct KubeMeta {
     pub kube_user: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kube_groups: Vec<String>,
-    /// Not every group fit in the header (the audit records have them all).
+    /// Not every group fit in the header (the audit records carry the grant's groups, up to
+    /// 8 KiB of them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kube_groups_truncated: bool,
 }
