@@ -36,6 +36,18 @@ fn node_with_webhook(tag: &str, fleet: &str) -> (EtcdCluster, Bed, TestDaemon, W
     (cluster, bed, d, hook)
 }
 
+/// Waits for the `session_ended` of exec `command` and checks a lock of `kube_user` ended it.
+fn ended_by_lock(d: &TestDaemon, command: &str, kube_user: &str) {
+    let ended = d.wait_audit(&format!("session_ended of {command}"), |r| {
+        r["event"] == "session_ended" && r["command"] == command
+    });
+    assert_eq!(
+        (&ended["reason"], &ended["kube_user"]),
+        (&"user_locked".into(), &kube_user.into()),
+        "{ended:#}"
+    );
+}
+
 #[test]
 fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
     if !require_root() || !containerd_installed() {
@@ -136,11 +148,7 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
         r["event"] == "session_killed" && r["reason"] == "user_locked"
     });
     assert_eq!(killed["kube_user"], "alice@example.com", "{killed:#}");
-    let ended = d.wait_audit("session_ended", |r| {
-        r["event"] == "session_ended" && r["command"] == "sh"
-    });
-    assert_eq!(ended["reason"], "user_locked", "{ended:#}");
-    assert_eq!(ended["kube_user"], "alice@example.com");
+    ended_by_lock(&d, "sh", "alice@example.com");
     assert!(!other.is_closed(), "the unidentified exec was ended too");
     assert!(
         !ci.is_closed(),
@@ -161,14 +169,7 @@ fn exec_sessions_carry_the_kubernetes_user_and_a_lock_of_the_user_ends_them() {
         wait_until(T, || ci.is_closed()),
         "the service account's exec still open"
     );
-    let ended = d.wait_audit("the service account's session_ended", |r| {
-        r["event"] == "session_ended" && r["command"] == "sleep 4712"
-    });
-    assert_eq!(
-        (&ended["reason"], &ended["kube_user"]),
-        (&"user_locked".into(), &robot.into()),
-        "{ended:#}"
-    );
+    ended_by_lock(&d, "sleep 4712", robot);
     assert!(!other.is_closed(), "the unidentified exec was ended too");
     assert_eq!(exec_entries(&d).len(), 1);
     // Her grant stops counting once the session ended.
@@ -272,14 +273,7 @@ fn a_fleet_lock_ends_the_users_exec_sessions_on_two_nodes() {
     );
     let took = locked.elapsed();
     for (node, command) in [(0, "sleep 5101"), (1, "sleep 5102")] {
-        let ended = daemons[node].wait_audit("session_ended", |r| {
-            r["event"] == "session_ended" && r["command"] == command
-        });
-        assert_eq!(
-            (&ended["reason"], &ended["kube_user"]),
-            (&"user_locked".into(), &"alice".into()),
-            "{ended:#}"
-        );
+        ended_by_lock(&daemons[node], command, "alice");
     }
     assert!(!streams[2].is_closed(), "bob's exec was ended by alice's lock");
     assert_eq!(exec_entries(&daemons[1]).len(), 1);
@@ -331,14 +325,7 @@ fn an_exec_keeps_its_kubernetes_user_across_a_daemon_restart() {
         "erin's exec outlived her lock after a restart\n{}",
         d.log()
     );
-    let ended = d.wait_audit("session_ended", |r| {
-        r["event"] == "session_ended" && r["command"] == "sleep 4801"
-    });
-    assert_eq!(
-        (&ended["reason"], &ended["kube_user"]),
-        (&"user_locked".into(), &"erin".into()),
-        "{ended:#}"
-    );
+    ended_by_lock(&d, "sleep 4801", "erin");
     assert!(cluster.wait_keys("/enforcer/exec-grants/erin/", 0, T));
 }
 

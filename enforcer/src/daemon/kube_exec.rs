@@ -214,7 +214,6 @@ impl State {
         if s.discovered {
             self.restore_exec_identity(id);
         }
-        self.claim_exec_channels(id).await;
         // A resumed session's `session_started` was written by the run that first saw it.
         if resumed.is_none() {
             self.counters.sessions_started += 1;

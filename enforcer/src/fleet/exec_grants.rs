@@ -65,8 +65,7 @@ pub(super) fn start(mut task: IdentifyTask) {
                 if let GrantOutcome::Identified(g) = &outcome {
                     // Under this node's lease from now on (re-put on a new lease; deleted at
                     // the session's end).
-                    let value = serde_json::to_vec(g).unwrap_or_default();
-                    let _ = writes.send(Write::Put(keys.exec_grant(&g.user, &g.review), value));
+                    let _ = writes.send(Write::exec_grant(&keys, g));
                 }
                 let _ = events
                     .send(FleetEvent::ExecIdentified {

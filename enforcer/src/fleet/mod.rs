@@ -81,6 +81,14 @@ enum Write {
     Remember(String, Vec<u8>),
 }
 
+impl Write {
+    /// Puts the user's key of exec grant `g` (one a node matched) under the node's lease.
+    fn exec_grant(keys: &Keys, g: &crate::core::kube::admission::ExecGrant) -> Self {
+        let value = serde_json::to_vec(g).unwrap_or_default();
+        Write::Put(keys.exec_grant(&g.user, &g.review), value)
+    }
+}
+
 /// How this node's view of the fleet stands (shared, lock-free for the actor).
 #[derive(Debug, Default)]
 struct Health {
@@ -315,10 +323,7 @@ impl FleetHandle {
     /// Grant `g` of an exec session found again after a restart counts against its user under
     /// this node's lease from now on (the old lease may be gone with the old daemon).
     pub fn keep_exec_grant(&self, g: &crate::core::kube::admission::ExecGrant) {
-        let value = serde_json::to_vec(g).unwrap_or_default();
-        let _ = self
-            .writes
-            .send(Write::Put(self.keys.exec_grant(&g.user, &g.review), value));
+        let _ = self.writes.send(Write::exec_grant(&self.keys, g));
     }
 
     /// The exec session of `user`'s grant `review` ended: its grant stops counting.
