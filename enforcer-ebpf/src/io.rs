@@ -25,8 +25,8 @@ use crate::{
     config::{ENF_SETTINGS, off},
     kernel,
     maps::{
-        ENF_ACTIVITY, ENF_DATA, ENF_EXEC_CHANS, ENF_FORWARDS, ENF_FWD_ACTIVITY, ENF_LOST,
-        ENF_PENDING, ENF_SCRATCH, ENF_TASKS, ENF_UNCLAIMED, ENF_WAKE, count,
+        ENF_ACTIVITY, ENF_DATA, ENF_EXEC_CHANS, ENF_FORWARDS, ENF_FWD_ACTIVITY, ENF_GO_PENDING,
+        ENF_LOST, ENF_PENDING, ENF_SCRATCH, ENF_TASKS, ENF_UNCLAIMED, ENF_WAKE, count,
     },
     process::current_ids,
 };
@@ -280,20 +280,53 @@ fn exec_channel(fd: u64) -> Option<(IoKey, u64)> {
     Some((IoKey { conn_id, object }, file))
 }
 
-/// Start of a read or write by a containerd shim: as [`begin`], for exec channels. Only a
-/// recording needs them: an exec's idle clock is not kept here.
+/// Start of a read or write by a containerd shim's goroutine `g`: as [`begin`], for exec
+/// channels. Only a recording needs them: an exec's idle clock is not kept here.
 #[inline(always)]
-pub fn begin_exec(fd: u64, buf: u64, dir: u32) {
+pub fn begin_exec(fd: u64, buf: u64, dir: u32, g: u64) {
     if settings().enabled == 0 {
         return;
     }
-    if let Some((key, file)) = exec_channel(fd) {
-        pend(current_ids().1, key, file, buf, dir);
+    let key = [current_ids().0 as u64, g];
+    match exec_channel(fd) {
+        Some((channel, file)) => {
+            let p = pending(channel, file, buf, dir);
+            if ENF_GO_PENDING.insert(&key, &p, 0).is_err() {
+                count(Counter::DropActivityFull);
+            }
+        }
+        // Not a channel: whatever this goroutine left pending is not this call's.
+        None => {
+            if unsafe { ENF_GO_PENDING.get(&key) }.is_some() {
+                let _ = ENF_GO_PENDING.remove(&key);
+            }
+        }
     }
+}
+
+/// End of a shim's read or write begun by goroutine `g` ([`begin_exec`]).
+#[inline(always)]
+pub fn end_exec(ret: i64, g: u64) {
+    let key = [current_ids().0 as u64, g];
+    let Some(p) = (unsafe { ENF_GO_PENDING.get(&key) }).copied() else {
+        return;
+    };
+    let _ = ENF_GO_PENDING.remove(&key);
+    account(&p, ret);
 }
 
 #[inline(always)]
 fn pend(tid: u32, key: IoKey, file: u64, buf: u64, dir: u32) {
+    if ENF_PENDING
+        .insert(&tid, &pending(key, file, buf, dir), 0)
+        .is_err()
+    {
+        count(Counter::DropActivityFull);
+    }
+}
+
+#[inline(always)]
+fn pending(key: IoKey, file: u64, buf: u64, dir: u32) -> PendingIo {
     let s = settings();
     // Only a recording masks: the idle clock counts typed bytes either way.
     let echo_off = s.enabled != 0
@@ -301,14 +334,11 @@ fn pend(tid: u32, key: IoKey, file: u64, buf: u64, dir: u32) {
         && key.object & IO_PTY != 0
         && s.mask_echo_off != 0
         && echo_off(file);
-    let p = PendingIo {
+    PendingIo {
         key,
         buf,
         dir,
         echo_off: echo_off as u32,
-    };
-    if ENF_PENDING.insert(&tid, &p, 0).is_err() {
-        count(Counter::DropActivityFull);
     }
 }
 
@@ -320,6 +350,12 @@ pub fn end(ret: i64) {
         return;
     };
     let _ = ENF_PENDING.remove(&tid);
+    account(&p, ret);
+}
+
+/// `ret` (bytes moved or -errno) of the read or write `p`: the idle clock, the recording.
+#[inline(always)]
+fn account(p: &PendingIo, ret: i64) {
     if ret <= 0 {
         return;
     }
@@ -334,7 +370,7 @@ pub fn end(ret: i64) {
     let wanted = p.key.object & IO_FORWARD == 0
         && (p.dir == DIR_OUTPUT || p.key.object & IO_PTY != 0 || s.pipe_input != 0);
     if s.enabled != 0 && wanted {
-        record(&p, ret as u64, now);
+        record(p, ret as u64, now);
     }
 }
 

@@ -109,6 +109,16 @@ pub static ENF_ARGS: PerCpuArray<[u8; crate::gate::ARGS_SCAN]> = PerCpuArray::pi
 #[map]
 pub static ENF_PENDING: HashMap<u32, PendingIo> = HashMap::pinned(4096, 0);
 
+/// Reads and writes by containerd shims on exec channels, between `syscall.read`/`write`'s
+/// entry and its return: (shim's pid, goroutine) → channel, buffer, direction. Keyed by
+/// goroutine, not task: Go may preempt a goroutine right after the entry probe and run the
+/// rest of the call on another thread (keyed by task, that read went unrecorded and its
+/// entry was later paired with another read's result: a recording short of a few KiB, or one
+/// with NUL bytes, seen in tests). LRU: an entry whose return was never seen makes room.
+/// Pinned.
+#[map]
+pub static ENF_GO_PENDING: LruHashMap<[u64; 2], PendingIo> = LruHashMap::pinned(4096, 0);
+
 /// Recorded session bytes (`enforcer_common::io::DataHeader` + payload), read by the daemon's
 /// recorder. Separate from `ENF_EVENTS` so a burst of output cannot crowd out exec/exit
 /// events. Size set by the daemon (`recording.buffer_bytes`). Pinned.

@@ -23,12 +23,20 @@ fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
     }
 }
 
+/// The running goroutine (Go's register ABI keeps its `g` in R14): a call's entry and return
+/// are the same goroutine's, though not always the same thread's.
+#[inline(always)]
+fn goroutine(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in `regs`.
+    unsafe { (*ctx.regs).r14 }
+}
+
 /// `syscall.read(fd int, p []byte)`: the shim takes the session's output.
 #[uprobe]
 pub fn enf_shim_read(ctx: ProbeContext) -> u32 {
     if crate::config::active() {
         let (fd, buf, _) = regs(&ctx);
-        io::begin_exec(fd, buf, DIR_OUTPUT);
+        io::begin_exec(fd, buf, DIR_OUTPUT, goroutine(&ctx));
     }
     0
 }
@@ -38,7 +46,7 @@ pub fn enf_shim_read(ctx: ProbeContext) -> u32 {
 pub fn enf_shim_write(ctx: ProbeContext) -> u32 {
     if crate::config::active() {
         let (fd, buf, _) = regs(&ctx);
-        io::begin_exec(fd, buf, DIR_INPUT);
+        io::begin_exec(fd, buf, DIR_INPUT, goroutine(&ctx));
     }
     0
 }
@@ -47,7 +55,7 @@ pub fn enf_shim_write(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn enf_shim_rw_ret(ctx: ProbeContext) -> u32 {
     if crate::config::active() {
-        io::end(regs(&ctx).0 as i64);
+        io::end_exec(regs(&ctx).0 as i64, goroutine(&ctx));
     }
     0
 }

@@ -256,7 +256,9 @@ fn a_fleet_lock_ends_the_users_exec_sessions_on_two_nodes() {
         };
         assert_eq!(hook.review(&review.body())["response"]["allowed"], true);
         let b = &beds[node];
-        streams.push(ExecStream::connect(&b.cri().exec(&b.cid, &argv, false, false)));
+        streams.push(ExecStream::connect(
+            &b.cri().exec(&b.cid, &argv, false, false),
+        ));
         let found = daemons[node].wait_audit("exec_identified", |r| {
             r["event"] == "exec_identified" && r["command"] == command
         });
@@ -275,7 +277,10 @@ fn a_fleet_lock_ends_the_users_exec_sessions_on_two_nodes() {
     for (node, command) in [(0, "sleep 5101"), (1, "sleep 5102")] {
         ended_by_lock(&daemons[node], command, "alice");
     }
-    assert!(!streams[2].is_closed(), "bob's exec was ended by alice's lock");
+    assert!(
+        !streams[2].is_closed(),
+        "bob's exec was ended by alice's lock"
+    );
     assert_eq!(exec_entries(&daemons[1]).len(), 1);
     eprintln!("alice's execs on two nodes ended {took:?} after the lock");
 }

@@ -17,7 +17,7 @@ use enforcer_tests::{
 use serde_json::Value;
 
 /// The recording of session `id` once it has ended (and the recorder has closed it).
-fn ended(d: &TestDaemon, id: u64) -> Value {
+fn ended_recording(d: &TestDaemon, id: u64) -> Value {
     let mut found = None;
     let ok = wait_until(Duration::from_secs(15), || {
         found = d
@@ -94,7 +94,7 @@ fn a_tty_exec_is_recorded_as_the_client_received_it_and_watched_live() {
         "watch did not end with the session"
     );
 
-    let info = ended(&d, id);
+    let info = ended_recording(&d, id);
     assert_eq!(info["kind"], "kube_exec", "{info:#}");
     assert_eq!(info["command"], "sh", "{info:#}");
     std::thread::sleep(Duration::from_millis(2500));
@@ -160,7 +160,7 @@ fn a_piped_exec_is_recorded_with_its_stdout_and_stderr() {
     let id = wait_listed(&d, pid)["sessions"][0]["id"].as_u64().unwrap();
     assert_eq!(ex.wait_exit(T), Some(0));
     assert!(ex.output_text().contains("piped-out-9"));
-    let info = ended(&d, id);
+    let info = ended_recording(&d, id);
     std::thread::sleep(Duration::from_millis(2500));
     let lines = json_lines(std::path::Path::new(info["path"].as_str().unwrap()));
     let out = stream(&lines, "o");
@@ -206,7 +206,7 @@ fn a_pods_own_flooding_tty_does_not_reach_the_recorder() {
     let id = wait_listed(&d, pid)["sessions"][0]["id"].as_u64().unwrap();
     sh.send_stdin("echo beside-$((5*5))\nexit\n");
     assert_eq!(sh.wait_exit(T), Some(0));
-    let info = ended(&d, id);
+    let info = ended_recording(&d, id);
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
         String::from_utf8_lossy(&play_raw(&d, id)),
@@ -225,5 +225,75 @@ fn a_pods_own_flooding_tty_does_not_reach_the_recorder() {
         recorded < 256 << 10,
         "{recorded} bytes reached the recorder (allowance {} per pty)",
         64 << 10
+    );
+}
+
+/// An exec in a pod enforcerd knows is admitted from the kernel's hold, before containerd
+/// reports it (that report comes a few ms after the command runs, and waiting for it was most
+/// of what enforcement added to an exec's start). Commands that end before the report are
+/// still audited in order — `session_started` with the exec id and command, what ran, the end
+/// with its status — and recorded whole.
+#[test]
+fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("early");
+    let d = bed.daemon_connected("");
+    let cri = bed.cri();
+    const N: usize = 5;
+    for i in 0..N {
+        // Ends within a millisecond of running: before containerd's report, most of the time.
+        let script = format!("echo quick-{i}; exit {}", i + 3);
+        let ex = ExecStream::connect(&cri.exec(&bed.cid, &["sh", "-c", &script], false, false));
+        assert_eq!(ex.wait_exit(T), Some(i as i32 + 3));
+        let command = format!("sh -c {script}");
+        let ended = d.wait_audit("session_ended", |r| {
+            r["event"] == "session_ended" && r["command"] == command.as_str()
+        });
+        let exec_id = ended["exec_id"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(exec_id.len(), 64, "{ended:#}");
+        assert_eq!(ended["exit_code"], i + 3, "{ended:#}");
+        let session = ended["session_id"].clone();
+        let records: Vec<Value> = d
+            .audit()
+            .into_iter()
+            .filter(|r| r["session_id"] == session && r["kind"] == "kube_exec")
+            .collect();
+        let events: Vec<&str> = records
+            .iter()
+            .map(|r| r["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(events.first(), Some(&"session_started"), "{records:#?}");
+        assert_eq!(events.last(), Some(&"session_ended"), "{records:#?}");
+        assert!(
+            records
+                .iter()
+                .all(|r| r["exec_id"] == exec_id.as_str() && r["command"] == command.as_str()),
+            "{records:#?}"
+        );
+        // Bytes the ring still held when the session ended are added after it (as for the
+        // piped exec above).
+        let info = ended_recording(&d, session.as_u64().unwrap());
+        let path = std::path::PathBuf::from(info["path"].as_str().unwrap());
+        let mut lines = Vec::new();
+        wait_until(Duration::from_secs(5), || {
+            lines = json_lines(&path);
+            !stream(&lines, "o").is_empty()
+        });
+        assert_eq!(stream(&lines, "o"), format!("quick-{i}\n"), "{lines:#?}");
+    }
+    // Each was decided from its hold, none waited for containerd.
+    let early = d
+        .log()
+        .matches("held exec admitted before containerd's report")
+        .count();
+    assert!(early >= N, "{early} of {N} admitted early:\n{}", d.log());
+    let status = d.status();
+    assert_eq!(
+        status.events["sessions_started"],
+        N as u64,
+        "{}",
+        d.ctl_ok(&["status"])
     );
 }

@@ -111,6 +111,12 @@ pub fn prepare(dir: &Path, settings: &BpfSettings) -> Result<Vec<String>, BpfErr
             max_entries: 4096,
         },
         Expected {
+            name: "ENF_GO_PENDING",
+            key_size: 16,
+            value_size: size_of::<PendingIo>() as u32,
+            max_entries: 4096,
+        },
+        Expected {
             name: "ENF_WAKE",
             key_size: 4,
             value_size: 8,

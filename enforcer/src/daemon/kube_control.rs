@@ -121,25 +121,13 @@ impl State {
     pub(super) fn exec_ended_before_tracking(&mut self, s: crate::kube::ExecStart) {
         tracing::info!(pid = s.pid, pod = %s.meta.pod, exec = %s.exec_id, "kubectl exec ended before it could be followed");
         let now = OffsetDateTime::now_utc();
-        let session = ExecSession {
-            id: self.registry.reserve_session_id(),
-            kernel_id: 0,
-            exec_id: s.exec_id,
-            meta: s.meta,
-            pid: s.pid,
-            start_ns: 0,
-            started_at: now,
-            command: String::new(),
-            tty: None,
-            commands: 0,
-            last_activity: now,
-            awaiting_exec: false,
-            input: crate::core::kube::idle::InputClock::new(now),
-            idle_warned: false,
-            channels: Vec::new(),
-            identity: None,
-            identifying: false,
-        };
+        let session = ExecSession::new(
+            (self.registry.reserve_session_id(), 0),
+            s.exec_id,
+            s.meta,
+            (s.pid, 0),
+            now,
+        );
         self.dirty = true;
         let node = self.node();
         if self.kube_exec.broken.remove(&session.pid).is_some() {

@@ -18,8 +18,9 @@ use crate::{
         conn::ProcKey,
         kube::{
             ExecDecision,
-            exec::{ExecSession, ExecSessions, Inserted, command_line, is_runc_init, tty_of_stdin},
-            idle::InputClock,
+            exec::{
+                ExecSession, ExecSessions, Inserted, awaits_command, command_line, tty_of_stdin,
+            },
         },
         session::ExitStatus,
     },
@@ -54,6 +55,12 @@ pub(super) struct ExecState {
     /// Execs the kernel holds, until containerd reports them: pid → (the process, when to
     /// let it go unreported, whether our containerd's shim started it).
     pub held: HashMap<u32, (ProcKey, tokio::time::Instant, bool)>,
+    /// Our containerd's kubelet containers by id: a held exec's pod, known before containerd
+    /// reports the exec (`kube_hold`).
+    pub containers: HashMap<String, crate::core::kube::exec::ContainerMeta>,
+    /// Sessions admitted while the kernel held them, which containerd has not reported yet
+    /// (no exec id): by session id.
+    pub unreported: HashMap<u64, super::kube_hold::Unreported>,
     /// Held execs the kernel killed because a process of their pod resumed them: pid → when
     /// (kept a minute, for containerd's report to find).
     pub broken: HashMap<u32, tokio::time::Instant>,
@@ -64,6 +71,10 @@ impl State {
     pub(super) async fn on_containerd(&mut self, ev: ContainerdEvent) {
         match ev {
             ContainerdEvent::ExecStarted(s) => self.exec_started(s).await,
+            ContainerdEvent::Container(meta) => self.container_known(meta),
+            ContainerdEvent::ContainerGone(id) => {
+                self.kube_exec.containers.remove(&id);
+            }
             ContainerdEvent::Exited {
                 container_id,
                 id,
@@ -94,6 +105,11 @@ impl State {
     /// An exec's process runs: the kernel follows it from now on (its children forked before
     /// that are adopted from /proc), and the session is listed and audited.
     async fn exec_started(&mut self, s: ExecStart) {
+        // Admitted while held (it may have ended since): it gets its exec id and starts now.
+        if let Some(id) = self.unreported_session(s.pid) {
+            self.exec_reported(id, Some(s)).await;
+            return;
+        }
         let Some(key) = host::proc_key(s.pid) else {
             self.kube_exec.held.remove(&s.pid);
             self.exec_ended_before_tracking(s);
@@ -102,11 +118,15 @@ impl State {
         // Reported again (event and listing, or a reconnect's listing): already followed, and
         // tracking it anew would give its root another identity than its children's.
         let start_ns = ticks_to_ns(key.start_ticks);
-        let known = self.kube_exec.sessions.iter().any(|o| {
+        let known = self.kube_exec.sessions.iter_mut().find(|o| {
             (o.exec_id == s.exec_id && o.meta.container_id == s.meta.container_id)
                 || (o.pid == s.pid && o.start_ns == start_ns)
         });
-        if known {
+        if let Some(o) = known {
+            // One containerd reported only after it had been given up on (`kube_hold`).
+            if o.exec_id.is_empty() {
+                o.exec_id = s.exec_id;
+            }
             return;
         }
         let refusal = match self.exec_decision(&s.meta.pod) {
@@ -156,6 +176,9 @@ impl State {
         } else {
             Vec::new()
         };
+        // Read before it runs on: a quick command is gone (or mid-exec, runc's init turning
+        // into it) a moment later, and its session would have no command.
+        let (cmdline, stdin) = host::command_and_stdin(s.pid);
         // Followed now: a command the kernel held may run (a refused one is told why and
         // killed without running).
         self.release_held(key, refusal.is_some());
@@ -170,28 +193,19 @@ impl State {
             true => now - std::time::Duration::from_nanos(host::boot_ns().saturating_sub(start_ns)),
             false => now,
         };
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
-        let stdin = std::fs::read_link(format!("/proc/{}/fd/0", s.pid))
-            .map(|l| l.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let session = ExecSession {
-            id,
-            kernel_id,
-            exec_id: s.exec_id,
-            meta: s.meta,
-            pid: s.pid,
-            start_ns,
-            started_at,
             command: command_line(&cmdline),
             tty: tty_of_stdin(&stdin),
-            commands: 0,
+            awaiting_exec: awaits_command(&cmdline),
             last_activity: now,
-            awaiting_exec: is_runc_init(&cmdline),
-            input: InputClock::new(started_at),
-            idle_warned: false,
             channels,
-            identity: None,
-            identifying: false,
+            ..ExecSession::new(
+                (id, kernel_id),
+                s.exec_id,
+                s.meta,
+                (s.pid, start_ns),
+                started_at,
+            )
         };
         if let Some(r) = refusal {
             self.refuse_exec(session, r);
@@ -252,7 +266,7 @@ impl State {
     }
 
     /// `session_started`, once the session's command is known.
-    fn audit_exec_started(&mut self, id: u64) {
+    pub(super) fn audit_exec_started(&mut self, id: u64) {
         let Some(s) = self.kube_exec.sessions.get(id) else {
             return;
         };
@@ -267,7 +281,7 @@ impl State {
     /// forked before that (the race between runc starting it and containerd's event reaching
     /// us) unless it is `unforked`. False when it ended meanwhile (its exit came before the
     /// kernel knew it). With `kill_at_exec` the kernel kills it at its next exec.
-    async fn track_exec(
+    pub(super) async fn track_exec(
         &mut self,
         kernel_id: u64,
         key: ProcKey,
@@ -354,9 +368,15 @@ impl State {
         }
         let id = s.id;
         if first {
-            self.audit_exec_started(id);
+            // Unreported, it starts once containerd names its exec (`exec_reported`).
+            let reported = !self.kube_exec.unreported.contains_key(&id);
+            if reported {
+                self.audit_exec_started(id);
+            }
             self.claim_exec_channels(id).await;
-            self.start_exec_recording(id);
+            if reported {
+                self.start_exec_recording(id);
+            }
         }
         let Some(s) = self.kube_exec.sessions.get(id) else {
             return true;
@@ -376,7 +396,7 @@ impl State {
         if exec.killed.is_some() {
             rec = rec.reason(AuditReason::KilledAtExecTerminated, None);
         }
-        self.audit.record(rec);
+        self.audit_in_exec(id, rec);
         true
     }
 
@@ -404,9 +424,9 @@ impl State {
             .with_exec(s, &node)
             .exit_status(status);
         rec.pid = Some(origin.pid);
-        self.audit.record(rec);
-        if root && origin.pid == s.pid {
-            let id = s.id;
+        let (id, ended) = (s.id, root && origin.pid == s.pid);
+        self.audit_in_exec(id, rec);
+        if ended {
             self.end_exec_session(id, status).await;
         }
         true
@@ -414,7 +434,12 @@ impl State {
 
     /// The session's root ended: `session_ended` (reason `exited`, or `killed` after `kill
     /// session`, with how it ended).
-    async fn end_exec_session(&mut self, id: u64, status: ExitStatus) {
+    pub(super) async fn end_exec_session(&mut self, id: u64, status: ExitStatus) {
+        if let Some(u) = self.kube_exec.unreported.get_mut(&id) {
+            // Ends once containerd has said which exec it was (`kube_hold`).
+            u.ended = Some(status);
+            return;
+        }
         if self
             .kube_exec
             .sessions

@@ -1,18 +1,60 @@
 //! Execs the kernel holds before their command's first instruction (`ENF_HOLD_EXECS`, BPF
-//! `gate`): each is resumed or refused once containerd reports it, so a refused command never
-//! runs and an admitted one cannot fork before the kernel follows it. One nobody reports
-//! within [`HOLD_AT_MOST`] runs on (a held exec must not hang forever): another containerd's,
-//! whose own enforcerd (if any) decides on it first, or ours if containerd never says.
+//! `gate`): each is resumed or refused before its command runs, so a refused command never
+//! runs and an admitted one cannot fork before the kernel follows it.
+//!
+//! An exec in a container whose pod enforcerd knows (containerd told it when the container
+//! was created or listed; the process's cgroup names the container) is decided at once, from
+//! the hold event: admitted, followed, its stdio filed, and resumed — containerd's report of
+//! the exec comes ~3 ms later (runc must exit and the shim publish first), and waiting for it
+//! was most of what enforcement cost an exec's start. Until that report the session has no
+//! exec id: its `session_started`, recording and the audit records of what it ran wait for it
+//! ([`Unreported`]), and an end meanwhile is applied after them. An exec that would be
+//! refused, or whose pod is not known, waits for the report as before (the refusal is told on
+//! the exec's stream, which the report names). One nobody reports within [`HOLD_AT_MOST`]
+//! runs on (a held exec must not hang forever): another containerd's, whose own enforcerd
+//! (if any) decides on it first, or ours if containerd never says.
 
 use std::time::Duration;
 
+use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::state::State;
-use crate::{core::conn::ProcKey, host};
+use crate::{
+    audit::AuditRecord,
+    bpf::tasks::ticks_to_ns,
+    core::{
+        conn::ProcKey,
+        kube::{
+            ExecDecision,
+            exec::{
+                ContainerMeta, ExecSession, Inserted, awaits_command, command_line,
+                container_of_cgroup, tty_of_stdin,
+            },
+        },
+        session::ExitStatus,
+    },
+    host,
+    kube::ExecStart,
+};
 
-/// How long a held exec waits for a decision before it is let go.
+/// How long a held exec waits for a decision before it is let go, and how long an exec
+/// admitted while held waits for containerd's report.
 const HOLD_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Audit records an unreported session keeps for its report; more are written at once,
+/// without the exec id (nothing is dropped).
+const DEFERRED_RECORDS_MAX: usize = 256;
+
+/// A session admitted while held, waiting for containerd's report of its exec.
+pub(super) struct Unreported {
+    /// When it is given up on: it then starts without an exec id.
+    until: Instant,
+    /// Its root ended meanwhile, so: ended once it started.
+    pub ended: Option<ExitStatus>,
+    /// Records of what it ran and what ended in it, written after its `session_started`.
+    records: Vec<AuditRecord>,
+}
 
 impl State {
     /// Tells the kernel whether to hold exec commands: while exec sessions are controlled.
@@ -32,7 +74,7 @@ impl State {
     }
 
     /// The kernel stopped an exec's command.
-    pub(super) fn on_exec_held(&mut self, pid: u32) {
+    pub(super) async fn on_exec_held(&mut self, pid: u32) {
         let Some(key) = host::proc_key(pid) else {
             return;
         };
@@ -48,6 +90,9 @@ impl State {
         // enforcerd's to decide on: letting it go now would let it run before that decision.
         let ours =
             host::shim::started_by(pid, &self.config.kubernetes.containerd_socket) == Some(true);
+        if ours && self.admit_held(key).await {
+            return;
+        }
         tracing::debug!(pid, ours, "exec held until containerd reports it");
         self.kube_exec
             .held
@@ -78,9 +123,165 @@ impl State {
         }
     }
 
+    /// Admits the held exec `key` now when its pod is known and nothing refuses it (true:
+    /// decided, or it ended meanwhile). The session is listed and counted at once.
+    async fn admit_held(&mut self, key: ProcKey) -> bool {
+        let Some(meta) = self.held_container(key.pid) else {
+            return false;
+        };
+        if let ExecDecision::Refuse(_) = self.exec_decision(&meta.pod) {
+            // Refused once containerd names the exec: its client is told why on its stream.
+            return false;
+        }
+        // Read while it is stopped at its command's exec: what it runs and its stdin.
+        let (cmdline, stdin) = host::command_and_stdin(key.pid);
+        // The exec held may be one of runc's own (its init re-executes itself from a memfd,
+        // racing its parent's move of it into the container's cgroup; seen with an empty
+        // command line): the session's command is then its next exec (`awaiting_exec`).
+        let awaiting = awaits_command(&cmdline);
+        if awaiting {
+            tracing::debug!(
+                pid = key.pid,
+                "held at runc's init; the command is its next exec"
+            );
+        }
+        let (kernel_id, id) = (
+            self.registry.reserve_conn_id(),
+            self.registry.reserve_session_id(),
+        );
+        // Stopped at its exec, it has not forked (a held task that forks is killed: `gate`).
+        let unforked = host::stopped(key);
+        if !self.track_exec(kernel_id, key, false, unforked).await {
+            // Ended already: containerd's report finds no process and says so.
+            return false;
+        }
+        let channels = self.file_exec_channels(id, kernel_id, key.pid, &[]).await;
+        let session = ExecSession {
+            command: command_line(&cmdline),
+            tty: tty_of_stdin(&stdin),
+            channels,
+            awaiting_exec: awaiting,
+            ..ExecSession::new(
+                (id, kernel_id),
+                String::new(),
+                meta,
+                (key.pid, ticks_to_ns(key.start_ticks)),
+                OffsetDateTime::now_utc(),
+            )
+        };
+        self.dirty = true;
+        if self.kube_exec.sessions.insert(session) == Inserted::Known {
+            return true;
+        }
+        self.kube_exec.unreported.insert(
+            id,
+            Unreported {
+                until: Instant::now() + HOLD_AT_MOST,
+                ended: None,
+                records: Vec::new(),
+            },
+        );
+        resume(key);
+        tracing::debug!(
+            pid = key.pid,
+            session = id,
+            "held exec admitted before containerd's report"
+        );
+        true
+    }
+
+    /// The pod of the container the held process `pid` is in, when our containerd told us.
+    fn held_container(&self, pid: u32) -> Option<ContainerMeta> {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let id = container_of_cgroup(&cgroup)?;
+        self.kube_exec.containers.get(id).cloned()
+    }
+
+    /// containerd told us a container's pod.
+    pub(super) fn container_known(&mut self, meta: ContainerMeta) {
+        // Entries go with the container's delete event; one missed during a disconnect stays.
+        if self.kube_exec.containers.len() >= 16384 {
+            self.kube_exec.containers.clear();
+        }
+        self.kube_exec
+            .containers
+            .insert(meta.container_id.clone(), meta);
+    }
+
+    /// The unreported session of exec process `pid`.
+    pub(super) fn unreported_session(&self, pid: u32) -> Option<u64> {
+        self.kube_exec.unreported.keys().copied().find(|id| {
+            self.kube_exec
+                .sessions
+                .get(*id)
+                .is_some_and(|s| s.pid == pid)
+        })
+    }
+
+    /// An audit record of session `id`: kept for after its `session_started` while containerd
+    /// has not reported it.
+    pub(super) fn audit_in_exec(&mut self, id: u64, rec: AuditRecord) {
+        match self.kube_exec.unreported.get_mut(&id) {
+            Some(u) if u.records.len() < DEFERRED_RECORDS_MAX => u.records.push(rec),
+            _ => self.audit.record(rec),
+        }
+    }
+
+    /// containerd reported the exec of unreported session `id` (`None`: it never did within
+    /// [`HOLD_AT_MOST`]): it starts as any exec session (audited, recorded, identified), then
+    /// what it ran is written, and it ends if it has.
+    pub(super) async fn exec_reported(&mut self, id: u64, report: Option<ExecStart>) {
+        let (Some(u), Some(s)) = (
+            self.kube_exec.unreported.remove(&id),
+            self.kube_exec.sessions.get_mut(id),
+        ) else {
+            return;
+        };
+        match report {
+            Some(r) => {
+                if r.meta.container_id != s.meta.container_id {
+                    tracing::error!(session = id, pid = s.pid, cgroup = %s.meta.container_id, containerd = %r.meta.container_id, "an exec's cgroup named another container than containerd does; containerd's is kept");
+                    s.meta = r.meta;
+                }
+                s.exec_id = r.exec_id;
+            }
+            None => tracing::warn!(
+                session = id,
+                pid = s.pid,
+                "containerd never reported this exec; it is audited without its exec id"
+            ),
+        }
+        tracing::info!(session = id, pod = %s.meta.pod, container = %s.meta.container, exec = %s.exec_id, pid = s.pid, "kubectl exec session started");
+        let (exec_id, awaiting) = (s.exec_id.clone(), s.awaiting_exec);
+        self.counters.sessions_started += 1;
+        // Still runc's init: it starts with its command's exec (`kube_exec_command`).
+        if !awaiting {
+            self.audit_exec_started(id);
+            self.start_exec_recording(id);
+        }
+        for mut rec in u.records {
+            rec.exec_id = Some(exec_id.clone());
+            self.audit.record(rec);
+        }
+        match u.ended {
+            Some(status) => self.end_exec_session(id, status).await,
+            None => self.end_if_user_locked(id).await,
+        }
+    }
+
     /// Lets go of execs containerd has not reported for [`HOLD_AT_MOST`].
-    pub(super) fn release_overdue_holds(&mut self) {
+    pub(super) async fn release_overdue_holds(&mut self) {
         let now = Instant::now();
+        let overdue: Vec<u64> = self
+            .kube_exec
+            .unreported
+            .iter()
+            .filter(|(_, u)| u.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.exec_reported(id, None).await;
+        }
         let overdue: Vec<(ProcKey, bool)> = self
             .kube_exec
             .held

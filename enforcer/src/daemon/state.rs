@@ -301,7 +301,7 @@ impl State {
                     self.check_fleet_view();
                     self.check_idle(false).await;
                     self.check_exec_idle();
-                    self.release_overdue_holds();
+                    self.release_overdue_holds().await;
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
@@ -487,7 +487,7 @@ impl State {
                 ..
             } => self.on_session(origin, start_ns, refused),
             KernelEvent::Stopped { origin } => self.on_stopped(origin),
-            KernelEvent::ExecHeld { origin } => self.on_exec_held(origin.pid),
+            KernelEvent::ExecHeld { origin } => self.on_exec_held(origin.pid).await,
             KernelEvent::HoldBroken { root } => self.on_hold_broken(root),
             KernelEvent::Forward {
                 origin,

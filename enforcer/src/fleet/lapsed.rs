@@ -69,9 +69,7 @@ impl LapsedTask {
             return;
         };
         let mut pods = PodsHere::new(self.containerd.clone());
-        let mut watch = client
-            .watch_client()
-            .max_decoding_message_size(MESSAGE_MAX);
+        let mut watch = client.watch_client().max_decoding_message_size(MESSAGE_MAX);
         // The last revision read (from the first watch's start on); resumed after it.
         let mut rev: Option<i64> = None;
         let (mut backoff, mut stuck) = (BACKOFF_MIN, 0u32);
@@ -84,19 +82,18 @@ impl LapsedTask {
                 options = options.with_start_revision(r + 1);
             }
             let before = rev;
-            let unreadable = match timed(watch.watch(self.keys.exec_grants_all(), Some(options)))
-                .await
-            {
-                Ok(mut stream) => match self.follow(&mut stream, &mut rev, &mut pods).await {
-                    Followed::Gone => return,
-                    Followed::Ended => false,
-                    Followed::Unreadable => true,
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot watch exec grants yet");
-                    false
-                }
-            };
+            let unreadable =
+                match timed(watch.watch(self.keys.exec_grants_all(), Some(options))).await {
+                    Ok(mut stream) => match self.follow(&mut stream, &mut rev, &mut pods).await {
+                        Followed::Gone => return,
+                        Followed::Ended => false,
+                        Followed::Unreadable => true,
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot watch exec grants yet");
+                        false
+                    }
+                };
             if rev != before {
                 (backoff, stuck) = (BACKOFF_MIN, 0);
             }
@@ -105,12 +102,20 @@ impl LapsedTask {
                 stuck += 1;
                 if stuck >= STUCK_MAX {
                     // Where the unreadable message is cannot be known: watched again from now.
-                    let now = timed(client.get(self.keys.exec_grants_all(), Some(GetOptions::new().with_count_only())))
-                        .await
-                        .ok()
-                        .and_then(|g| g.header().map(|h| h.revision()));
+                    let now = timed(client.get(
+                        self.keys.exec_grants_all(),
+                        Some(GetOptions::new().with_count_only()),
+                    ))
+                    .await
+                    .ok()
+                    .and_then(|g| g.header().map(|h| h.revision()));
                     if let Some(now) = now {
-                        tracing::error!(from = r + 1, to = now, tries = stuck, "exec grant revisions cannot be read; skipped: lapsed grants in them are not audited");
+                        tracing::error!(
+                            from = r + 1,
+                            to = now,
+                            tries = stuck,
+                            "exec grant revisions cannot be read; skipped: lapsed grants in them are not audited"
+                        );
                         rev = Some(now);
                         stuck = 0;
                     }
@@ -171,7 +176,10 @@ impl LapsedTask {
                         value: prev.value(),
                     }),
                     _ => {
-                        tracing::warn!(revision = kv.mod_revision(), "an exec grant delete without its key or value (compacted?); not checked for a lapse")
+                        tracing::warn!(
+                            revision = kv.mod_revision(),
+                            "an exec grant delete without its key or value (compacted?); not checked for a lapse"
+                        )
                     }
                 }
             }

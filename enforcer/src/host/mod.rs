@@ -93,6 +93,15 @@ fn pidfd_getfd(pidfd: &OwnedFd, target: RawFd) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The command line and stdin (its link) of exec process `pid`; empty when it is gone.
+pub fn command_and_stdin(pid: u32) -> (Vec<u8>, String) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0"))
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (cmdline, stdin)
+}
+
 /// The exec channel objects of process `pid`'s stdin, stdout and stderr (see
 /// `core::kube::exec::channel_object`), without repeats; empty when it is gone.
 pub fn exec_channels(pid: u32) -> Vec<u64> {

@@ -9,14 +9,10 @@
 //! an exec started while containerd was restarting, or before enforcerd started, is found.
 //! Every report goes to the state actor by message; the actor never waits on containerd.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use containerd_client::{
-    events::{ContainerCreate, TaskExecStarted, TaskExit},
+    events::{ContainerCreate, ContainerDelete, TaskExecStarted, TaskExit},
     services::v1::{
         GetContainerRequest, ListContainersRequest, ListPidsRequest, PublishRequest,
         SubscribeRequest, containers_client::ContainersClient, events_client::EventsClient,
@@ -55,6 +51,11 @@ pub enum ContainerdEvent {
         pid: u32,
         exit_status: u32,
     },
+    /// A kubelet container's pod, learnt when it was created or listed: the actor decides on
+    /// a held exec in it without waiting for containerd's report of the exec.
+    Container(ContainerMeta),
+    /// A container was deleted.
+    ContainerGone(String),
     /// Subscribed and the live exec processes listed (`execs` of them).
     Connected {
         execs: usize,
@@ -147,10 +148,11 @@ async fn follow(
             })?;
     let mut stream = subscribe(&channel).await?;
     let mut pods = PodCache::new(channel.clone());
-    let live = discover(&channel, &mut pods).await?;
+    let (containers, live) = discover(&channel, &mut pods).await?;
     let execs = live.len();
-    for s in live {
-        if tx.send(ContainerdEvent::ExecStarted(s)).await.is_err() {
+    let known = containers.into_iter().map(ContainerdEvent::Container);
+    for ev in known.chain(live.into_iter().map(ContainerdEvent::ExecStarted)) {
+        if tx.send(ev).await.is_err() {
             return Ok(());
         }
     }
@@ -192,9 +194,22 @@ async fn follow(
                     exit_status: e.exit_status,
                 }
             }
+            "/containers/create" => {
+                let Ok(e) = ContainerCreate::decode(any.value.as_slice()) else {
+                    tracing::warn!(topic = %env.topic, "undecodable containerd event");
+                    continue;
+                };
+                let Some(meta) = pods.meta(&e.id).await else {
+                    continue;
+                };
+                ContainerdEvent::Container(meta)
+            }
             "/containers/delete" => {
                 pods.forget_deleted();
-                continue;
+                let Ok(e) = ContainerDelete::decode(any.value.as_slice()) else {
+                    continue;
+                };
+                ContainerdEvent::ContainerGone(e.id)
             }
             _ => continue,
         };
@@ -256,11 +271,11 @@ async fn subscribe(
     Err(ContainerdError::SubscribeTimeout)
 }
 
-/// Every exec process live now, in every kubelet-created container.
+/// Every kubelet-created container, and every exec process live now in one.
 async fn discover(
     channel: &Channel,
     pods: &mut PodCache,
-) -> Result<Vec<ExecStart>, ContainerdError> {
+) -> Result<(Vec<ContainerMeta>, Vec<ExecStart>), ContainerdError> {
     let containers = ContainersClient::new(channel.clone())
         .list(namespaced(ListContainersRequest::default()))
         .await
@@ -268,12 +283,13 @@ async fn discover(
         .into_inner()
         .containers;
     let mut tasks = TasksClient::new(channel.clone());
-    let mut found = Vec::new();
+    let (mut metas, mut found) = (Vec::new(), Vec::new());
     for c in containers {
         let Some(meta) = ContainerMeta::from_labels(&c.id, &c.labels) else {
             continue;
         };
         pods.insert(&c.id, Some(meta.clone()));
+        metas.push(meta.clone());
         // No task (created, not started, or stopped): nothing runs in it.
         let Ok(pids) = tasks
             .list_pids(namespaced(ListPidsRequest {
@@ -298,7 +314,7 @@ async fn discover(
             }
         }
     }
-    Ok(found)
+    Ok((metas, found))
 }
 
 /// The runc shim's `containerd.runc.v1.ProcessDetails`: set on a ListPids entry when the pid

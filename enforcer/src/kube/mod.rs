@@ -7,8 +7,8 @@ mod node;
 mod pods;
 
 pub use containerd::{CRI_NAMESPACE, ContainerdError, ContainerdEvent, ExecStart, watch_execs};
-pub use pods::PodsHere;
 pub use node::{NodeEvent, watch_node};
+pub use pods::PodsHere;
 
 use crate::config::KubernetesConfig;
 

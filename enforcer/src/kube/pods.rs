@@ -149,14 +149,29 @@ mod tests {
         assert!(must_list(None, None, t0, m0));
         // Listed 10 s after the pod was known to run: it answers, here or not.
         let listed = Some(t0 + Duration::from_secs(10));
-        assert!(!must_list(listed, Some(m0), t0, m0 + Duration::from_secs(30)));
+        assert!(!must_list(
+            listed,
+            Some(m0),
+            t0,
+            m0 + Duration::from_secs(30)
+        ));
         // Listed before the pod was known (or within the skew): asked again, even for a pod
         // it had (it may have moved)...
         let listed = Some(t0 + Duration::from_secs(2));
         assert!(must_list(listed, Some(m0), t0, m0 + Duration::from_secs(2)));
         // ...but never twice within a second, and a failed try counts.
-        assert!(!must_list(listed, Some(m0), t0, m0 + Duration::from_millis(500)));
-        assert!(!must_list(None, Some(m0), t0, m0 + Duration::from_millis(500)));
+        assert!(!must_list(
+            listed,
+            Some(m0),
+            t0,
+            m0 + Duration::from_millis(500)
+        ));
+        assert!(!must_list(
+            None,
+            Some(m0),
+            t0,
+            m0 + Duration::from_millis(500)
+        ));
         assert!(must_list(None, Some(m0), t0, m0 + Duration::from_secs(1)));
     }
 }

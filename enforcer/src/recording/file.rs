@@ -169,7 +169,11 @@ impl Recording {
         };
         // Written at once: the recording is listable (and playable) from its first moment;
         // with room for the user still to come (see `header`).
-        let pad = if s.identity_pending { header::RESERVE } else { 0 };
+        let pad = if s.identity_pending {
+            header::RESERVE
+        } else {
+            0
+        };
         let header_line = header::line(&header, pad);
         if let Err(e) = file.append(&header_line) {
             // A file without its header is no recording: leave nothing behind.

@@ -113,7 +113,11 @@ mod tests {
         assert_eq!(back.header, new);
         let k = back.header.enforcer.kube.unwrap();
         assert_eq!(
-            (k.kube_user.as_deref(), k.kube_groups, k.kube_groups_truncated),
+            (
+                k.kube_user.as_deref(),
+                k.kube_groups,
+                k.kube_groups_truncated
+            ),
             (Some("alice"), groups, false)
         );
         // The events after the header are untouched.

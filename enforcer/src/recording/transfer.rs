@@ -406,7 +406,10 @@ mod tests {
         let held = (0..HOLD_MAX as u64)
             .take_while(|&i| matches!(t.take(data(i, DIR_OUTPUT, b"x"), &audit), Ok(None)))
             .count();
-        assert!(held <= HOLD_MAX / HOLD_ITEM_COST, "{held} one-byte items held");
+        assert!(
+            held <= HOLD_MAX / HOLD_ITEM_COST,
+            "{held} one-byte items held"
+        );
         let mut t = session(FileTransfers::Full);
         t.started(0, &audit);
         assert!(matches!(

@@ -93,7 +93,10 @@ fn a_stored_grant_is_bounded_and_says_so() {
     let b = g.bounded();
     assert!(b.groups_truncated && !b.command_truncated && b.command == g.command);
     let bytes: usize = b.groups.iter().map(|s| s.len() + 1).sum();
-    assert!(bytes <= GRANT_GROUPS_MAX && bytes > GRANT_GROUPS_MAX - 12, "{bytes}");
+    assert!(
+        bytes <= GRANT_GROUPS_MAX && bytes > GRANT_GROUPS_MAX - 12,
+        "{bytes}"
+    );
     assert_eq!(b.groups[..], groups[..b.groups.len()]);
     let mut long = g.clone();
     long.groups.truncate(2);

@@ -88,6 +88,35 @@ pub struct ExecSession {
 impl ExecSession {
     /// The audit and listing `kind`.
     pub const KIND: &'static str = "kube_exec";
+
+    /// A session of exec process `pid` (started at `start_ns`), nothing run or known in it yet.
+    pub fn new(
+        (id, kernel_id): (u64, u64),
+        exec_id: String,
+        meta: ContainerMeta,
+        (pid, start_ns): (u32, u64),
+        started_at: OffsetDateTime,
+    ) -> Self {
+        ExecSession {
+            id,
+            kernel_id,
+            exec_id,
+            meta,
+            pid,
+            start_ns,
+            started_at,
+            command: String::new(),
+            tty: None,
+            commands: 0,
+            last_activity: started_at,
+            awaiting_exec: false,
+            input: InputClock::new(started_at),
+            idle_warned: false,
+            channels: Vec::new(),
+            identity: None,
+            identifying: false,
+        }
+    }
 }
 
 /// What [`ExecSessions::insert`] did.
@@ -108,8 +137,10 @@ pub struct ExecSessions {
 impl ExecSessions {
     /// Adds `s` unless an exec with the same container and exec id, or the same process, is
     /// already there.
+    /// (An exec admitted while the kernel held it, before containerd reported it, has no exec
+    /// id yet: it is told apart by its process only.)
     pub fn insert(&mut self, s: ExecSession) -> Inserted {
-        if self.by_exec(&s.meta.container_id, &s.exec_id).is_some()
+        if (!s.exec_id.is_empty() && self.by_exec(&s.meta.container_id, &s.exec_id).is_some())
             || self
                 .by_id
                 .values()
@@ -180,8 +211,30 @@ pub fn command_line(cmdline: &[u8]) -> String {
         .join(" ")
 }
 
+/// The container a process is in, from its `/proc/PID/cgroup`: runc puts an exec's process
+/// into its container's cgroup, which the container id names (cgroupfs driver:
+/// `…/pod<uid>/<id>`; systemd driver: `…/cri-containerd-<id>.scope`). `None` when no line's
+/// path ends in a container id.
+pub fn container_of_cgroup(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let last = path.trim_end_matches('/').rsplit('/').next()?;
+        let id = last.strip_prefix("cri-containerd-").unwrap_or(last);
+        let id = id.strip_suffix(".scope").unwrap_or(id);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    })
+}
+
+/// Whether an exec's process, by its command line when it was held or reported, is still one
+/// of runc's own stages (its init; or a command line not set up yet, which the command itself
+/// never shows when stopped at its exec: the CRI's argv is never empty): the session's
+/// command is then its next exec.
+pub fn awaits_command(cmdline: &[u8]) -> bool {
+    cmdline.is_empty() || is_runc_init(cmdline)
+}
+
 /// Whether a command line is runc's own init (`runc init`), not yet the exec's command.
-pub fn is_runc_init(cmdline: &[u8]) -> bool {
+fn is_runc_init(cmdline: &[u8]) -> bool {
     let mut args = cmdline.split(|b| *b == 0);
     let prog = args.next().unwrap_or_default();
     (prog == b"runc" || prog.ends_with(b"/runc")) && args.next() == Some(b"init")
@@ -249,26 +302,48 @@ mod tests {
     }
 
     fn session(id: u64, cid: &str, exec: &str, pid: u32) -> ExecSession {
-        let now = OffsetDateTime::UNIX_EPOCH;
         ExecSession {
-            id,
-            kernel_id: 100 + id,
-            exec_id: exec.into(),
-            meta: meta("team-a", "web", cid),
-            pid,
-            start_ns: pid as u64 * 10,
-            started_at: now,
             command: "sh".into(),
-            tty: None,
-            commands: 0,
-            last_activity: now,
-            awaiting_exec: false,
-            input: InputClock::new(now),
-            idle_warned: false,
-            channels: Vec::new(),
-            identity: None,
-            identifying: false,
+            ..ExecSession::new(
+                (id, 100 + id),
+                exec.into(),
+                meta("team-a", "web", cid),
+                (pid, pid as u64 * 10),
+                OffsetDateTime::UNIX_EPOCH,
+            )
         }
+    }
+
+    #[test]
+    fn the_container_of_a_process_comes_from_its_cgroup() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let v2 = format!("0::/kubepods/besteffort/pod-u1/{id}\n");
+        assert_eq!(container_of_cgroup(&v2), Some(id));
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podu1.slice/cri-containerd-{id}.scope\n"
+        );
+        assert_eq!(container_of_cgroup(&systemd), Some(id));
+        // cgroup v1: the first hierarchy whose path names one.
+        let v1 = format!("12:pids:/\n4:memory:/kubepods/besteffort/podu1/{id}\n0::/\n");
+        assert_eq!(container_of_cgroup(&v1), Some(id));
+        // The pod's cgroup, the host's, a short or non-hex name: none.
+        assert_eq!(
+            container_of_cgroup("0::/kubepods/besteffort/pod-u1\n"),
+            None
+        );
+        assert_eq!(container_of_cgroup("0::/\n"), None);
+        assert_eq!(container_of_cgroup("0::/x/0123abc\n"), None);
+        let bad = format!("0::/k/{}\n", id.replace('a', "g"));
+        assert_eq!(container_of_cgroup(&bad), None);
+    }
+
+    #[test]
+    fn execs_without_an_exec_id_yet_are_told_apart_by_their_process() {
+        let mut t = ExecSessions::default();
+        assert_eq!(t.insert(session(1, "c1", "", 10)), Inserted::New);
+        assert_eq!(t.insert(session(2, "c1", "", 11)), Inserted::New);
+        assert_eq!(t.insert(session(3, "c1", "", 10)), Inserted::Known);
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
@@ -329,6 +404,9 @@ mod tests {
         assert!(is_runc_init(b"/usr/sbin/runc\0init\0"));
         assert!(!is_runc_init(b"sh\0-c\0runc init\0"));
         assert!(!is_runc_init(b"runc\0exec\0"));
+        assert!(awaits_command(b""));
+        assert!(awaits_command(b"runc\0init\0"));
+        assert!(!awaits_command(b"sh\0"));
     }
 
     #[test]

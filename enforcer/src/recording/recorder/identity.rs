@@ -57,7 +57,10 @@ impl Recorder {
             .map(|(id, _)| *id)
             .collect();
         for id in late {
-            tracing::warn!(session = id, "no answer about the exec's Kubernetes user; its recording stays without");
+            tracing::warn!(
+                session = id,
+                "no answer about the exec's Kubernetes user; its recording stays without"
+            );
             self.identified(id, None);
         }
     }
