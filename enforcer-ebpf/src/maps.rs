@@ -114,10 +114,11 @@ pub static ENF_PENDING: HashMap<u32, PendingIo> = HashMap::pinned(4096, 0);
 /// goroutine, not task: Go may preempt a goroutine right after the entry probe and run the
 /// rest of the call on another thread (keyed by task, that read went unrecorded and its
 /// entry was later paired with another read's result: a recording short of a few KiB, or one
-/// with NUL bytes, seen in tests). LRU: an entry whose return was never seen makes room.
-/// Pinned.
+/// with NUL bytes, seen in tests). LRU: an entry whose return was never seen (its shim was
+/// killed mid-call) makes room; sized well above the calls in flight, since a common LRU may
+/// evict before it is full while free slots sit in other CPUs' lists. Pinned.
 #[map]
-pub static ENF_GO_PENDING: LruHashMap<[u64; 2], PendingIo> = LruHashMap::pinned(4096, 0);
+pub static ENF_GO_PENDING: LruHashMap<[u64; 2], PendingIo> = LruHashMap::pinned(16384, 0);
 
 /// Recorded session bytes (`enforcer_common::io::DataHeader` + payload), read by the daemon's
 /// recorder. Separate from `ENF_EVENTS` so a burst of output cannot crowd out exec/exit

@@ -114,7 +114,7 @@ pub fn prepare(dir: &Path, settings: &BpfSettings) -> Result<Vec<String>, BpfErr
             name: "ENF_GO_PENDING",
             key_size: 16,
             value_size: size_of::<PendingIo>() as u32,
-            max_entries: 4096,
+            max_entries: 16384,
         },
         Expected {
             name: "ENF_WAKE",

@@ -28,6 +28,9 @@ use crate::{
     kube::{ContainerdEvent, ExecStart},
 };
 
+/// How long a session whose process still looked like runc's own waits for its command's exec.
+const AWAIT_COMMAND_AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the actor knows of exec sessions and of its containerd connection.
 #[derive(Default)]
 pub(super) struct ExecState {
@@ -368,15 +371,7 @@ impl State {
         }
         let id = s.id;
         if first {
-            // Unreported, it starts once containerd names its exec (`exec_reported`).
-            let reported = !self.kube_exec.unreported.contains_key(&id);
-            if reported {
-                self.audit_exec_started(id);
-            }
-            self.claim_exec_channels(id).await;
-            if reported {
-                self.start_exec_recording(id);
-            }
+            self.exec_command_known(id).await;
         }
         let Some(s) = self.kube_exec.sessions.get(id) else {
             return true;
@@ -398,6 +393,42 @@ impl State {
         }
         self.audit_in_exec(id, rec);
         true
+    }
+
+    /// The command of session `id`, which was still runc's, is known (its exec, or
+    /// [`AWAIT_COMMAND_AT_MOST`] passed): its channels are claimed, and unless containerd has
+    /// yet to report it (`exec_reported` does it then), it starts.
+    async fn exec_command_known(&mut self, id: u64) {
+        let reported = !self.kube_exec.unreported.contains_key(&id);
+        if reported {
+            self.audit_exec_started(id);
+        }
+        self.claim_exec_channels(id).await;
+        if reported {
+            self.start_exec_recording(id);
+        }
+    }
+
+    /// Sessions still awaiting their command [`AWAIT_COMMAND_AT_MOST`] after they started
+    /// start as they are: runc's own stages exec the command within milliseconds, and a
+    /// command line is the user's to choose (`kubectl exec … -- ./runc init` looks like runc's
+    /// init), so waiting on would leave such a session unrecorded and unidentified.
+    pub(super) async fn start_overdue_commands(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        let overdue: Vec<u64> = self
+            .kube_exec
+            .sessions
+            .iter_mut()
+            .filter(|s| s.awaiting_exec && now - s.started_at >= AWAIT_COMMAND_AT_MOST)
+            .map(|s| {
+                s.awaiting_exec = false;
+                tracing::warn!(session = s.id, pid = s.pid, command = %s.command, "an exec still looked like runc's own after a second; started as it is");
+                s.id
+            })
+            .collect();
+        for id in overdue {
+            self.exec_command_known(id).await;
+        }
     }
 
     /// A kernel exit event in an exec session: the process's `exit` record, and the session's

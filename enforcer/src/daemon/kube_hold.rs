@@ -78,7 +78,13 @@ impl State {
         let Some(key) = host::proc_key(pid) else {
             return;
         };
-        if self.kube_exec.sessions.iter().any(|s| s.pid == pid) {
+        let start_ns = ticks_to_ns(key.start_ticks);
+        if self
+            .kube_exec
+            .sessions
+            .iter()
+            .any(|s| s.pid == pid && s.start_ns == start_ns)
+        {
             // containerd's report came first and it was admitted; its stop may have been
             // taken only after that decision's resume looked.
             if resume(key) {
@@ -208,13 +214,15 @@ impl State {
             .insert(meta.container_id.clone(), meta);
     }
 
-    /// The unreported session of exec process `pid`.
+    /// The unreported session of exec process `pid` (the same process, when it still runs: a
+    /// pid reused since is not it).
     pub(super) fn unreported_session(&self, pid: u32) -> Option<u64> {
+        let start_ns = host::proc_key(pid).map(|k| ticks_to_ns(k.start_ticks));
         self.kube_exec.unreported.keys().copied().find(|id| {
             self.kube_exec
                 .sessions
                 .get(*id)
-                .is_some_and(|s| s.pid == pid)
+                .is_some_and(|s| s.pid == pid && start_ns.is_none_or(|t| t == s.start_ns))
         })
     }
 
@@ -282,6 +290,7 @@ impl State {
         for id in overdue {
             self.exec_reported(id, None).await;
         }
+        self.start_overdue_commands().await;
         let overdue: Vec<(ProcKey, bool)> = self
             .kube_exec
             .held
