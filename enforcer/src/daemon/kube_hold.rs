@@ -217,6 +217,10 @@ impl State {
     /// The unreported session of exec process `pid` (the same process, when it still runs: a
     /// pid reused since is not it).
     pub(super) fn unreported_session(&self, pid: u32) -> Option<u64> {
+        // Asked at every report: no /proc read while nothing waits for one.
+        if self.kube_exec.unreported.is_empty() {
+            return None;
+        }
         let start_ns = host::proc_key(pid).map(|k| ticks_to_ns(k.start_ticks));
         self.kube_exec.unreported.keys().copied().find(|id| {
             self.kube_exec
