@@ -6,12 +6,11 @@
 
 use std::{
     net::TcpStream,
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
-
-use crate::sshd::free_port;
 
 pub const ACCESS_KEY: &str = "enforcer-test";
 pub const SECRET_KEY: &str = "enforcer-test-secret-0123456789";
@@ -44,6 +43,29 @@ pub struct TestS3 {
     pub port: u16,
     bin: PathBuf,
     child: Option<Child>,
+    /// While the server is down, its port stays bound (not listening: connections are
+    /// refused, as by a store that is down) so that no other test's server or client gets it.
+    /// Seen without it: a test keeping its store down for seconds found its port taken.
+    reserved: Option<OwnedFd>,
+}
+
+/// Binds 127.0.0.1:`port` (0: any free port) without listening; returns the socket and port.
+fn reserve(port: u16) -> nix::Result<(OwnedFd, u16)> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, setsockopt, socket,
+        sockopt,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // Bound again after a stop, past the server's connections in TIME_WAIT.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))?;
+    let port = getsockname::<SockaddrIn>(fd.as_raw_fd())?.port();
+    Ok((fd, port))
 }
 
 impl TestS3 {
@@ -54,11 +76,13 @@ impl TestS3 {
             .tempdir()
             .unwrap();
         std::fs::create_dir_all(dir.path().join("data").join(BUCKET)).unwrap();
+        let (fd, port) = reserve(0).expect("reserve a loopback port");
         TestS3 {
             dir,
-            port: free_port(),
+            port,
             bin,
             child: None,
+            reserved: Some(fd),
         }
     }
 
@@ -85,6 +109,7 @@ impl TestS3 {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        self.reserved = None;
         self.child = Some(cmd.spawn().expect("spawn s3s-fs"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -105,6 +130,7 @@ impl TestS3 {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.reserved = reserve(self.port).ok().map(|(fd, _)| fd);
         }
     }
 

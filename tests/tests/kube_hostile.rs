@@ -195,7 +195,12 @@ fn a_pod_that_resumes_held_commands_gains_nothing() {
     let mark = "/tmp/ran-resumed";
     let seen = format!("/proc/{}/root{mark}", bed.main_pid);
     let _ = std::fs::remove_file(&seen);
-    for _ in 0..3 {
+    // The loop resumes a held command only when it gets the CPU during the hold (a few ms):
+    // on a busy machine that may take more than three execs, so they go on until it has.
+    let broken = || d.status().events["kube_exec_holds_broken"];
+    let mut attempts = 0;
+    while attempts < 3 || (broken() == 0 && attempts < 12) {
+        attempts += 1;
         let refused = ExecStream::connect(&bed.cri().exec(
             &bed.cid,
             &[
@@ -247,14 +252,18 @@ fn a_pod_that_resumes_held_commands_gains_nothing() {
                 .is_some_and(|m| m.starts_with("ended before enforcerd could follow it"))
         })
         .count();
-    assert_eq!(refusals.len() + unfollowed, 3, "{refusals:#?}\n{}", d.log());
-    // Holds broken: always (the loop resumes every held command). Kills by this daemon's
-    // program: only when a command got to fork before its refusal, and another daemon's
-    // program may kill it first, so not asserted.
-    let status = d.status();
+    assert_eq!(
+        refusals.len() + unfollowed,
+        attempts,
+        "{refusals:#?}\n{}",
+        d.log()
+    );
+    // The attack happened: a hold was broken by the loop. Kills by this daemon's program:
+    // only when a command got to fork before its refusal, and another daemon's program may
+    // kill it first, so not asserted.
     assert!(
-        status.events["kube_exec_holds_broken"] > 0,
-        "{}",
+        broken() > 0,
+        "no hold broken in {attempts} execs\n{}",
         d.ctl_ok(&["status"])
     );
     drop(looper);

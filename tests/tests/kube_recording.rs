@@ -281,7 +281,12 @@ fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() 
             lines = json_lines(&path);
             !stream(&lines, "o").is_empty()
         });
-        assert_eq!(stream(&lines, "o"), format!("quick-{i}\n"), "{lines:#?}");
+        assert_eq!(
+            stream(&lines, "o"),
+            format!("quick-{i}\n"),
+            "{lines:#?}\n{}",
+            d.log()
+        );
     }
     // Each was decided from its hold, none waited for containerd.
     let early = d
@@ -295,5 +300,49 @@ fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() 
         N as u64,
         "{}",
         d.ctl_ok(&["status"])
+    );
+}
+
+/// What a command wrote just before it exited is recorded even when the shim reads it after
+/// enforcerd has ended the session: found in a full run, where a busy machine delayed the
+/// shim's goroutine past the exit and a quick exec's whole output was lost. Here the shim is
+/// stopped from before the command writes until well after the session ended.
+#[test]
+fn output_the_shim_reads_after_the_session_ended_is_recorded() {
+    if !require_root() || !containerd_installed() {
+        return;
+    }
+    let bed = Bed::new("late");
+    let d = bed.daemon_connected("");
+    let cri = bed.cri();
+    let cmd = ["sh", "-c", "sleep 1; echo late-output; exit 4"];
+    let ex = ExecStream::connect(&cri.exec(&bed.cid, &cmd, false, false));
+    let pid = bed.wait_exec(&cmd);
+    let listed = wait_listed(&d, pid);
+    let session = listed["sessions"][0]["id"].as_u64().unwrap();
+    let shim = nix::unistd::Pid::from_raw(bed.shim as i32);
+    nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let ended = wait_until(T, || {
+        d.audit_events("session_ended")
+            .iter()
+            .any(|r| r["session_id"] == session)
+    });
+    // Longer than the kernel's report of the exit takes to reach the recorder.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        ended,
+        "the session did not end while the shim was stopped\n{}",
+        d.log()
+    );
+    assert_eq!(ex.wait_exit(T), Some(4), "{:?}", ex.output_text());
+    assert_eq!(ex.output_text(), "late-output\n");
+    let info = ended_recording(&d, session);
+    let lines = json_lines(std::path::Path::new(info["path"].as_str().unwrap()));
+    assert_eq!(
+        stream(&lines, "o"),
+        "late-output\n",
+        "{lines:#?}\n{}",
+        d.log()
     );
 }

@@ -267,8 +267,11 @@ fn keep_local_0_deletes_only_after_confirmation_and_play_reads_the_store() {
         wait_until(Duration::from_secs(10), || !path.exists()),
         "not deleted once stored"
     );
-    assert!(d.recordings().iter().all(|r| r["id"] != rec["id"]));
-    assert_eq!(store_status(&d).local_deleted, 1);
+    // The uploader drops it from the list and counts it just after the file is gone.
+    let forgotten = wait_until(Duration::from_secs(5), || {
+        d.recordings().iter().all(|r| r["id"] != rec["id"]) && store_status(&d).local_deleted == 1
+    });
+    assert!(forgotten, "{:#?}\n{:?}", d.recordings(), store_status(&d));
     // `play` of a recording only the store has: root, its owner, not another user.
     let played = d.ctl(&["play", &id, "--raw"]);
     assert!(

@@ -64,6 +64,7 @@ enum Command {
         reply: Reply<()>,
     },
     RemoveExecChannels {
+        conn_id: u64,
         objects: Vec<u64>,
         reply: Reply<()>,
     },
@@ -222,10 +223,19 @@ impl BpfHandle {
         .await
     }
 
-    /// Stops recording these exec channels (their session ended).
-    pub async fn remove_exec_channels(&self, objects: Vec<u64>) -> Result<(), BpfError> {
-        self.ask(|reply| Command::RemoveExecChannels { objects, reply })
-            .await
+    /// Stops recording these exec channels of `conn_id` (its session ended); one filed under
+    /// another session since stays.
+    pub async fn remove_exec_channels(
+        &self,
+        conn_id: u64,
+        objects: Vec<u64>,
+    ) -> Result<(), BpfError> {
+        self.ask(|reply| Command::RemoveExecChannels {
+            conn_id,
+            objects,
+            reply,
+        })
+        .await
     }
 
     /// Drops every exec channel but `keep` (those of sessions that ended while no enforcerd
@@ -493,8 +503,12 @@ impl Actor {
             } => {
                 let _ = reply.send(self.set_exec_channels(conn_id, &objects));
             }
-            Command::RemoveExecChannels { objects, reply } => {
-                self.remove_exec_channels(&objects);
+            Command::RemoveExecChannels {
+                conn_id,
+                objects,
+                reply,
+            } => {
+                self.remove_exec_channels(Some(conn_id), &objects);
                 let _ = reply.send(Ok(()));
             }
             Command::RetainExecChannels { keep, reply } => {

@@ -7,6 +7,10 @@
 use enforcer_common::io::{IO_PTY, IoKey};
 
 use super::state::State;
+
+/// How long an ended exec session's channels stay filed; less than the recorder keeps its
+/// recording open after the end (2 s), so what is read meanwhile is still written to it.
+const CHANNEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
 use crate::{
     host,
     recording::{StartRecording, cast::KubeMeta},
@@ -112,15 +116,38 @@ impl State {
         });
     }
 
-    /// The session ended: its recording is closed (after the last bytes drain) and the kernel
-    /// stops filing its channels.
-    pub(super) async fn release_exec_channels(&mut self, id: u64, channels: Vec<u64>) {
+    /// The session ended: its recording is closed (after the last bytes drain), and its
+    /// channels stay filed in the kernel for [`CHANNEL_GRACE`]: what the command wrote just
+    /// before it exited may still be in a pipe the shim has not read (a busy node delays the
+    /// shim's goroutine past the exit's report; a quick exec's whole output was lost so).
+    pub(super) fn release_exec_channels(&mut self, id: u64, kernel_id: u64, channels: Vec<u64>) {
         self.end_recording(id);
-        if channels.is_empty() {
-            return;
+        if !channels.is_empty() {
+            self.kube_exec.ended_channels.push_back((
+                tokio::time::Instant::now() + CHANNEL_GRACE,
+                kernel_id,
+                channels,
+            ));
         }
-        if let Err(e) = self.bpf.remove_exec_channels(channels).await {
-            tracing::warn!(session = id, error = %e, "cannot remove the exec's channels from the kernel");
+    }
+
+    /// Stops filing the channels of sessions that ended [`CHANNEL_GRACE`] ago. A channel another
+    /// session has filed since (a pty index reused in the container) stays: the kernel removes
+    /// an entry only while it is still the ended session's.
+    pub(super) async fn drop_ended_exec_channels(&mut self) {
+        let now = tokio::time::Instant::now();
+        while self
+            .kube_exec
+            .ended_channels
+            .front()
+            .is_some_and(|(at, _, _)| *at <= now)
+        {
+            let Some((_, kernel_id, channels)) = self.kube_exec.ended_channels.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.bpf.remove_exec_channels(kernel_id, channels).await {
+                tracing::warn!(conn = kernel_id, error = %e, "cannot remove an ended exec's channels from the kernel");
+            }
         }
     }
 

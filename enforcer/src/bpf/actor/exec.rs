@@ -21,9 +21,13 @@ impl Actor {
         Ok(())
     }
 
-    pub(super) fn remove_exec_channels(&mut self, objects: &[u64]) {
+    /// Removes `objects`; with `conn_id`, only those still filed under it.
+    pub(super) fn remove_exec_channels(&mut self, conn_id: Option<u64>, objects: &[u64]) {
         for o in objects {
-            let _ = self.exec_channels.remove(o);
+            let owned = conn_id.is_none_or(|c| self.exec_channels.get(o, 0).is_ok_and(|v| v == c));
+            if owned {
+                let _ = self.exec_channels.remove(o);
+            }
         }
     }
 
@@ -34,7 +38,7 @@ impl Actor {
             .map(|(o, _)| o)
             .filter(|o| !keep.contains(o))
             .collect();
-        self.remove_exec_channels(&stale);
+        self.remove_exec_channels(None, &stale);
         Ok(stale.len())
     }
 }
