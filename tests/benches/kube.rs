@@ -72,9 +72,49 @@ fn main() {
     }
 }
 
+/// What enforcerd measured of its holds over a round (`status`, `kube_exec_hold`): execs
+/// decided from the hold, and the total time their commands were stopped (kernel's stop to
+/// enforcerd's resume) and the actor's CPU time for them.
+#[derive(Default, Clone, Copy)]
+struct Holds {
+    n: u64,
+    wall_us: u64,
+    max_us: u64,
+    cpu_us: u64,
+}
+
+impl Holds {
+    fn of(d: &enforcer_tests::TestDaemon) -> Holds {
+        let s = d.status();
+        let h = s
+            .sweeps
+            .iter()
+            .find(|w| w.name == "kube_exec_hold")
+            .expect("status times kube_exec_hold");
+        Holds {
+            n: h.runs,
+            wall_us: h.total_us,
+            max_us: h.max_us,
+            cpu_us: h.total_cpu_us,
+        }
+    }
+
+    fn add(&mut self, o: Holds) {
+        self.n += o.n;
+        self.wall_us += o.wall_us;
+        self.max_us = self.max_us.max(o.max_us);
+        self.cpu_us += o.cpu_us;
+    }
+
+    /// Mean hold per exec decided from it.
+    fn mean(&self) -> Duration {
+        Duration::from_micros(self.wall_us.checked_div(self.n).unwrap_or(0))
+    }
+}
+
 /// One round with enforcerd on (`more`: extra `[kubernetes]` keys): the round's median, the
-/// BPF programs' runs, and (audited, unfollowed) exec sessions.
-fn on_round(bed: &Bed, more: &str) -> (Duration, BTreeMap<String, Runs>, usize, usize) {
+/// BPF programs' runs, (audited, unfollowed) exec sessions and the holds.
+fn on_round(bed: &Bed, more: &str) -> (Duration, BTreeMap<String, Runs>, usize, usize, Holds) {
     let d = bed.daemon_connected(&format!("max_exec_sessions_per_pod = 100\n{more}"));
     let (times, runs) = bpfstats::DaemonPrograms::of(&d).measure(|| round(bed));
     let ended = || -> Vec<serde_json::Value> {
@@ -87,7 +127,7 @@ fn on_round(bed: &Bed, more: &str) -> (Duration, BTreeMap<String, Runs>, usize, 
     enforcer_tests::ssh::wait_until(Duration::from_secs(10), || ended().len() >= PER_ROUND);
     let ended = ended();
     let unfollowed = ended.iter().filter(|a| a["command"].is_null()).count();
-    (median(times), runs, ended.len(), unfollowed)
+    (median(times), runs, ended.len(), unfollowed, Holds::of(&d))
 }
 
 /// Part 1: exec start latency, enforcerd off, on, and on without the shim's probes (no exec
@@ -96,13 +136,15 @@ fn start(bed: &Bed) {
     let (mut off, mut on, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     let (mut audited, mut unfollowed) = (0, 0);
     let mut bpf = BTreeMap::new();
+    let mut holds = Holds::default();
     for r in 0..ROUNDS {
         for v in 0..3 {
             match (r + v) % 3 {
                 0 => off.push(median(round(bed))),
                 1 => {
-                    let (m, runs, a, u) = on_round(bed, "");
+                    let (m, runs, a, u, h) = on_round(bed, "");
                     bpfstats::accumulate(&mut bpf, &runs);
+                    holds.add(h);
                     (audited, unfollowed) = (audited + a, unfollowed + u);
                     on.push(m);
                 }
@@ -152,6 +194,40 @@ fn start(bed: &Bed) {
     print!(
         "{}",
         bpfstats::table(&bpf, (ROUNDS * PER_ROUND) as f64, "exec")
+    );
+    // What enforcement adds to an exec's start, measured where it happens rather than in the
+    // rounds' wall time (whose own spread, the A/A line, is wider than the effect): the time
+    // the command was stopped for enforcerd's decision, and the BPF programs' run time per exec
+    // (all of it, on the exec's path or not: an upper bound; the shim probes' traps come on
+    // top, see README).
+    let execs = (ROUNDS * PER_ROUND) as f64;
+    let bpf_per_exec =
+        Duration::from_secs_f64(bpf.values().map(|r| r.ns as f64).sum::<f64>() / execs / 1e9);
+    let hits: u64 = bpf
+        .iter()
+        .filter(|(name, _)| name.starts_with("enf_shim_"))
+        .map(|(_, r)| r.cnt)
+        .sum();
+    let base = median(off.clone());
+    let added = holds.mean() + bpf_per_exec;
+    println!(
+        "holds decided from the kernel's hold: {} of {} execs; command stopped {} on average \
+         (max {}), enforcerd's CPU {} per exec",
+        holds.n,
+        ROUNDS * PER_ROUND,
+        ms(holds.mean()),
+        ms(Duration::from_micros(holds.max_us)),
+        ms(Duration::from_micros(
+            holds.cpu_us.checked_div(holds.n).unwrap_or(0)
+        )),
+    );
+    println!("shim probe hits per exec start: {:.1}", hits as f64 / execs);
+    println!(
+        "measured cost on the exec's path: hold {} + BPF {} = {} per exec; off / (off + that) = {:.3}",
+        ms(holds.mean()),
+        ms(bpf_per_exec),
+        ms(added),
+        base.as_secs_f64() / (base + added).as_secs_f64()
     );
     let ratios = ratios(&on);
     let ratio = enforcer_tests::stats::median_f64(ratios);

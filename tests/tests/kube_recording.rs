@@ -301,6 +301,18 @@ fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() 
         "{}",
         d.ctl_ok(&["status"])
     );
+    // Each hold is timed, from the kernel's stop to the resume (`status`, what `bench kube`
+    // reports): a wall time per exec, and never a clock mix-up's seconds.
+    let holds = status
+        .sweeps
+        .iter()
+        .find(|w| w.name == "kube_exec_hold")
+        .expect("status times the holds");
+    assert!(
+        holds.runs >= N as u64 && holds.total_us > 0 && holds.max_us < 2_000_000,
+        "{holds:?}"
+    );
+    assert!(d.ctl_ok(&["status"]).contains("kube_exec_hold  per exec"));
 }
 
 /// What a command wrote just before it exited is recorded even when the shim reads it after

@@ -66,8 +66,8 @@ pub const SSHD: HookSpec = HookSpec {
 };
 
 /// Sites in a Go program (see `gosym.rs`).
-const GO_READ: &str = "syscall.read";
-const GO_WRITE: &str = "syscall.write";
+const GO_READ: &str = "syscall.read's call of syscall.Syscall";
+const GO_WRITE: &str = "syscall.write's call of syscall.Syscall";
 const GO_RETURN: &str = "syscall.read/write after syscall.Syscall";
 const GO_IOCTL: &str = "golang.org/x/sys/unix.ioctl";
 

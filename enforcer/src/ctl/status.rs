@@ -86,7 +86,10 @@ pub fn render_status(s: &StatusReport, clock: &Clock, fail_mode: &[String]) -> S
             let mean = |total: u64| ms(total.checked_div(w.runs).unwrap_or(0));
             vec![
                 w.name.clone(),
-                format!("{} ms", w.every_ms),
+                match w.every_ms {
+                    0 => "per exec".into(),
+                    every => format!("{every} ms"),
+                },
                 w.runs.to_string(),
                 ms(w.last_us),
                 ms(w.max_us),

@@ -488,7 +488,7 @@ impl State {
                 ..
             } => self.on_session(origin, start_ns, refused),
             KernelEvent::Stopped { origin } => self.on_stopped(origin),
-            KernelEvent::ExecHeld { origin } => self.on_exec_held(origin.pid).await,
+            KernelEvent::ExecHeld { origin } => self.on_exec_held(origin.pid, origin.boot_ns).await,
             KernelEvent::HoldBroken { root } => self.on_hold_broken(root),
             KernelEvent::Forward {
                 origin,

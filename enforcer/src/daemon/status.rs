@@ -81,6 +81,10 @@ impl State {
                 self.sweeps
                     .monitors
                     .status("monitor_sweep", super::state::SWEEP_EVERY),
+                // Not periodic: one run per exec (every 0).
+                self.sweeps
+                    .exec_holds
+                    .status("kube_exec_hold", Duration::ZERO),
             ],
             store: self.store.as_ref().map(|s| store_report(s, fresh)),
         })
@@ -220,6 +224,10 @@ pub(super) struct Sweeps {
     pub idle: SweepTimer,
     /// Connections whose monitor is gone (`sweep`).
     pub monitors: SweepTimer,
+    /// Execs decided from the kernel's hold (`kube_hold`): wall time from the kernel's stop of
+    /// the command to enforcerd's resume — what enforcement adds to an exec's start — and the
+    /// actor's CPU time for it.
+    pub exec_holds: SweepTimer,
 }
 
 /// Durations of one periodic job: wall time, and CPU time of the thread running it.
@@ -258,6 +266,16 @@ impl SweepTimer {
     /// Ends the run `t` (on the thread that started it).
     pub fn record(&mut self, t: Timing) {
         self.add(t.wall.elapsed(), thread_cpu().saturating_sub(t.cpu));
+    }
+
+    /// Ends the run `t`, whose wall time started earlier, at `since_boot_ns` (the kernel's
+    /// clock since boot, as BPF events carry it).
+    pub fn record_since(&mut self, t: Timing, since_boot_ns: u64) {
+        let took = crate::host::boot_ns().saturating_sub(since_boot_ns);
+        self.add(
+            Duration::from_nanos(took),
+            thread_cpu().saturating_sub(t.cpu),
+        );
     }
 
     fn add(&mut self, took: Duration, cpu: Duration) {
