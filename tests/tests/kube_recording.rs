@@ -312,7 +312,12 @@ fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() 
         holds.runs >= N as u64 && holds.total_us > 0 && holds.max_us < 2_000_000,
         "{holds:?}"
     );
-    assert!(d.ctl_ok(&["status"]).contains("kube_exec_hold  per exec"));
+    let text = d.ctl_ok(&["status"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  kube_exec_hold") && l.contains("per exec")),
+        "{text}"
+    );
 }
 
 /// What a command wrote just before it exited is recorded even when the shim reads it after
@@ -327,13 +332,19 @@ fn output_the_shim_reads_after_the_session_ended_is_recorded() {
     let bed = Bed::new("late");
     let d = bed.daemon_connected("");
     let cri = bed.cri();
-    let cmd = ["sh", "-c", "sleep 1; echo late-output; exit 4"];
+    // It writes once the shim is stopped (the test drops the file then), and exits.
+    let go = "/tmp/write-late";
+    let dropped = format!("/proc/{}/root{go}", bed.main_pid);
+    let _ = std::fs::remove_file(&dropped);
+    let script = format!("while [ ! -e {go} ]; do sleep 0.05; done; echo late-output; exit 4");
+    let cmd = ["sh", "-c", script.as_str()];
     let ex = ExecStream::connect(&cri.exec(&bed.cid, &cmd, false, false));
     let pid = bed.wait_exec(&cmd);
     let listed = wait_listed(&d, pid);
     let session = listed["sessions"][0]["id"].as_u64().unwrap();
     let shim = nix::unistd::Pid::from_raw(bed.shim as i32);
     nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::fs::write(&dropped, "").unwrap();
     let ended = wait_until(T, || {
         d.audit_events("session_ended")
             .iter()
@@ -342,6 +353,7 @@ fn output_the_shim_reads_after_the_session_ended_is_recorded() {
     // Longer than the kernel's report of the exit takes to reach the recorder.
     std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let _ = std::fs::remove_file(&dropped);
     assert!(
         ended,
         "the session did not end while the shim was stopped\n{}",

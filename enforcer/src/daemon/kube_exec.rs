@@ -67,8 +67,8 @@ pub(super) struct ExecState {
     /// Held execs the kernel killed because a process of their pod resumed them: pid → when
     /// (kept a minute, for containerd's report to find).
     pub broken: HashMap<u32, tokio::time::Instant>,
-    /// Channels of ended sessions, filed until the shim has read what was left in them
-    /// (`kube_record::drop_ended_exec_channels`): (when, kernel identity, channels).
+    /// Pipes of ended sessions, filed until the shim has read what was left in them
+    /// (`kube_record::drop_ended_exec_channels`): (when, kernel identity, pipes).
     pub ended_channels: std::collections::VecDeque<(tokio::time::Instant, u64, Vec<u64>)>,
 }
 
@@ -490,7 +490,8 @@ impl State {
             self.await_identity_of_ended(&s);
         }
         self.forget_exec_identity(&s);
-        self.release_exec_channels(id, s.kernel_id, s.channels.clone());
+        self.release_exec_channels(id, s.kernel_id, s.channels.clone())
+            .await;
         // A session being ended (kill, lock, idle cut) has its whole identity killed by that
         // kill already: what the shell left is no orphan (cutting it too wrote a second
         // `session_killed` when the shell's exit overtook the kill walk; seen in a full run).

@@ -75,6 +75,7 @@ impl State {
 
     /// The kernel stopped an exec's command at `held_at` (ns since boot).
     pub(super) async fn on_exec_held(&mut self, pid: u32, held_at: u64) {
+        let timing = SweepTimer::start();
         let Some(key) = host::proc_key(pid) else {
             return;
         };
@@ -96,7 +97,6 @@ impl State {
         // enforcerd's to decide on: letting it go now would let it run before that decision.
         let ours =
             host::shim::started_by(pid, &self.config.kubernetes.containerd_socket) == Some(true);
-        let timing = SweepTimer::start();
         if ours && self.admit_held(key).await {
             self.sweeps.exec_holds.record_since(timing, held_at);
             return;

@@ -8,9 +8,10 @@ use enforcer_common::io::{IO_PTY, IoKey};
 
 use super::state::State;
 
-/// How long an ended exec session's channels stay filed; less than the recorder keeps its
-/// recording open after the end (2 s), so what is read meanwhile is still written to it.
-const CHANNEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+/// How long an ended exec session's pipes stay filed. Dropped on the actor's next 250 ms tick
+/// after that: within 1.5 s of the end, before the recorder closes the recording (2 s after
+/// it hears of the end), so what the shim reads meanwhile is still written to it.
+const CHANNEL_GRACE: std::time::Duration = std::time::Duration::from_millis(1250);
 use crate::{
     host,
     recording::{StartRecording, cast::KubeMeta},
@@ -116,38 +117,56 @@ impl State {
         });
     }
 
-    /// The session ended: its recording is closed (after the last bytes drain), and its
-    /// channels stay filed in the kernel for [`CHANNEL_GRACE`]: what the command wrote just
-    /// before it exited may still be in a pipe the shim has not read (a busy node delays the
-    /// shim's goroutine past the exit's report; a quick exec's whole output was lost so).
-    pub(super) fn release_exec_channels(&mut self, id: u64, kernel_id: u64, channels: Vec<u64>) {
+    /// The session ended: its recording is closed (after the last bytes drain). Its pipes stay
+    /// filed in the kernel for [`CHANNEL_GRACE`]: what the command wrote just before it exited
+    /// may still be in one the shim has not read (a busy node delays the shim's goroutine past
+    /// the exit's report; a quick exec's whole output was lost so). Its ptys are dropped now:
+    /// what the shim reads from one later goes to no session (connection 0), which the ended
+    /// recording still takes in until it closes; and the pty's index may be the next exec's
+    /// at once, whose bytes must not be filed under this session.
+    pub(super) async fn release_exec_channels(
+        &mut self,
+        id: u64,
+        kernel_id: u64,
+        channels: Vec<u64>,
+    ) {
         self.end_recording(id);
-        if !channels.is_empty() {
+        let (ptys, pipes): (Vec<u64>, Vec<u64>) =
+            channels.into_iter().partition(|o| o & IO_PTY != 0);
+        if !ptys.is_empty() {
+            self.remove_ended_channels(kernel_id, ptys).await;
+        }
+        if !pipes.is_empty() {
             self.kube_exec.ended_channels.push_back((
                 tokio::time::Instant::now() + CHANNEL_GRACE,
                 kernel_id,
-                channels,
+                pipes,
             ));
         }
     }
 
-    /// Stops filing the channels of sessions that ended [`CHANNEL_GRACE`] ago. A channel another
-    /// session has filed since (a pty index reused in the container) stays: the kernel removes
-    /// an entry only while it is still the ended session's.
-    pub(super) async fn drop_ended_exec_channels(&mut self) {
+    /// Stops filing the pipes of sessions that ended [`CHANNEL_GRACE`] ago (all of them when
+    /// enforcerd stops: nothing would drop them until the next start).
+    pub(super) async fn drop_ended_exec_channels(&mut self, all: bool) {
         let now = tokio::time::Instant::now();
         while self
             .kube_exec
             .ended_channels
             .front()
-            .is_some_and(|(at, _, _)| *at <= now)
+            .is_some_and(|(at, _, _)| all || *at <= now)
         {
             let Some((_, kernel_id, channels)) = self.kube_exec.ended_channels.pop_front() else {
                 break;
             };
-            if let Err(e) = self.bpf.remove_exec_channels(kernel_id, channels).await {
-                tracing::warn!(conn = kernel_id, error = %e, "cannot remove an ended exec's channels from the kernel");
-            }
+            self.remove_ended_channels(kernel_id, channels).await;
+        }
+    }
+
+    /// Removes `channels` of ended session `kernel_id` from the kernel; one another session
+    /// has filed since stays (the kernel removes an entry only while it is still this one's).
+    async fn remove_ended_channels(&mut self, kernel_id: u64, channels: Vec<u64>) {
+        if let Err(e) = self.bpf.remove_exec_channels(kernel_id, channels).await {
+            tracing::warn!(conn = kernel_id, error = %e, "cannot remove an ended exec's channels from the kernel");
         }
     }
 

@@ -302,7 +302,7 @@ impl State {
                     self.check_idle(false).await;
                     self.check_exec_idle();
                     self.release_overdue_holds().await;
-                    self.drop_ended_exec_channels().await;
+                    self.drop_ended_exec_channels(false).await;
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
@@ -377,6 +377,7 @@ impl State {
             }
             Msg::Shutdown(ack) => {
                 self.sync_exec_hold(true).await;
+                self.drop_ended_exec_channels(true).await;
                 if let Some(p) = self.persist.take() {
                     p.finish(&self.registry);
                 }
