@@ -3,9 +3,9 @@
 //! to `syscall.read`/`syscall.write`, which call `syscall.Syscall`; terminal sizes go through
 //! `golang.org/x/sys/unix.ioctl`. Found by name in the binary's Go function table
 //! (`.gopclntab`, kept even in stripped binaries), the probe sites by decoding each function's
-//! `CALL syscall.Syscall` ([`IoSites`] says why there). Probing these rather than the one function every syscall goes
-//! through (`Syscall6`) traps on reads and writes only: a third of a shim's syscalls at an exec
-//! start (`cargo xtask bench kube`). Go 1.18+ table layout (magic 0xfffffff0 / 0xfffffff1);
+//! `CALL syscall.Syscall` ([`IoSites`] says why there). Probing these rather than the one
+//! function every syscall goes through (`Syscall6`) traps on reads and writes only: a third of
+//! a shim's syscalls at an exec start (`cargo xtask bench kube`). Go 1.18+ table layout (magic 0xfffffff0 / 0xfffffff1);
 //! older Go is refused by name.
 
 use std::{collections::HashMap, path::Path};
