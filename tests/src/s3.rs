@@ -44,8 +44,9 @@ pub struct TestS3 {
     bin: PathBuf,
     child: Option<Child>,
     /// While the server is down, its port stays bound (not listening: connections are
-    /// refused, as by a store that is down) so that no other test's server or client gets it.
-    /// Seen without it: a test keeping its store down for seconds found its port taken.
+    /// refused, as by a store that is down) so that no other test's server or client gets it:
+    /// a test keeps its store down for seconds while others bind ports (a possible cause of a
+    /// CI failure, not reproduced).
     reserved: Option<OwnedFd>,
 }
 
