@@ -232,7 +232,10 @@ fn a_pods_own_flooding_tty_does_not_reach_the_recorder() {
 /// reports it (that report comes a few ms after the command runs, and waiting for it was most
 /// of what enforcement added to an exec's start). Commands that end before the report are
 /// still audited in order — `session_started` with the exec id and command, what ran, the end
-/// with its status — and recorded whole.
+/// with its status — and recorded whole. containerd may report an exec before enforcerd has
+/// read the kernel's hold (runc returns while the command is held; seen in a full run, where
+/// other tests' daemons shared the CPUs): that exec is decided from the report, so execs are
+/// made until three were admitted early.
 #[test]
 fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() {
     if !require_root() || !containerd_installed() {
@@ -241,8 +244,18 @@ fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() 
     let bed = Bed::new("early");
     let d = bed.daemon_connected("");
     let cri = bed.cri();
-    const N: usize = 5;
-    for i in 0..N {
+    const EARLY: usize = 3;
+    let early = || {
+        d.log()
+            .matches("held exec admitted before containerd's report")
+            .count()
+    };
+    let mut made = 0;
+    for i in 0..12 {
+        if i >= 5 && early() >= EARLY {
+            break;
+        }
+        made += 1;
         // Ends within a millisecond of running: before containerd's report, most of the time.
         let script = format!("echo quick-{i}; exit {}", i + 3);
         let ex = ExecStream::connect(&cri.exec(&bed.cid, &["sh", "-c", &script], false, false));
@@ -288,16 +301,16 @@ fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() 
             d.log()
         );
     }
-    // Each was decided from its hold, none waited for containerd.
-    let early = d
-        .log()
-        .matches("held exec admitted before containerd's report")
-        .count();
-    assert!(early >= N, "{early} of {N} admitted early:\n{}", d.log());
+    let early = early();
+    assert!(
+        early >= EARLY,
+        "{early} of {made} admitted early:\n{}",
+        d.log()
+    );
     let status = d.status();
     assert_eq!(
         status.events["sessions_started"],
-        N as u64,
+        made as u64,
         "{}",
         d.ctl_ok(&["status"])
     );
@@ -309,7 +322,7 @@ fn execs_admitted_before_containerds_report_are_audited_in_order_and_recorded() 
         .find(|w| w.name == "kube_exec_hold")
         .expect("status times the holds");
     assert!(
-        holds.runs >= N as u64 && holds.total_us > 0 && holds.max_us < 2_000_000,
+        holds.runs >= early as u64 && holds.total_us > 0 && holds.max_us < 2_000_000,
         "{holds:?}"
     );
     let text = d.ctl_ok(&["status"]);

@@ -136,10 +136,10 @@ const ERROR_TEST: [u8; 3] = [0x48, 0x85, 0xc9];
 /// How far past a call of `syscall.Syscall` its error test's jump is (RAX still the result
 /// there), or 0 when `code` does not start with that test.
 fn error_test_len(code: &[u8]) -> u64 {
-    let jcc = match code.get(ERROR_TEST.len()..) {
-        Some([0x70..=0x7f, ..]) | Some([0x0f, 0x80..=0x8f, ..]) => true,
-        _ => false,
-    };
+    let jcc = matches!(
+        code.get(ERROR_TEST.len()..),
+        Some([0x70..=0x7f, ..] | [0x0f, 0x80..=0x8f, ..])
+    );
     if code.starts_with(&ERROR_TEST) && jcc {
         ERROR_TEST.len() as u64
     } else {

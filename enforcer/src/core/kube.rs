@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 pub mod admission;
 pub mod exec;
+pub mod identify;
 pub mod idle;
 pub mod lock;
 

@@ -70,6 +70,9 @@ pub(super) struct ExecState {
     /// Pipes of ended sessions, filed until the shim has read what was left in them
     /// (`kube_record::drop_ended_exec_channels`): (when, kernel identity, pipes).
     pub ended_channels: std::collections::VecDeque<(tokio::time::Instant, u64, Vec<u64>)>,
+    /// Sessions whose ask about their Kubernetes user met no answer from etcd: session id →
+    /// (when to ask again, `None` while an ask is out; asks that failed so far).
+    pub reask: HashMap<u64, (Option<tokio::time::Instant>, u32)>,
 }
 
 impl State {

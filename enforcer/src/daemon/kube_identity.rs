@@ -2,7 +2,9 @@
 //! fleet is asked once the session's command is known (`fleet::exec_grants` matches it to the
 //! admission webhook's grant and claims it), the answer is audited as `exec_identified`, and
 //! the session's later records carry `kube_user` and `kube_groups`. A lock of that user — the
-//! fleet's or this node's — ends the session.
+//! fleet's or this node's — ends the session. An ask etcd did not answer is made again,
+//! backing off, while the session lives and a minute after it ended
+//! (`core::kube::identify`): a stalled etcd must not leave a session without its user.
 
 use time::OffsetDateTime;
 
@@ -12,6 +14,7 @@ use crate::{
     core::kube::{
         admission::{ExecGrant, GrantQuery, KubeIdentity, Subresource},
         exec::ExecSession,
+        identify::{ENDED_WAIT, ask_again_after},
     },
     fleet::GrantOutcome,
 };
@@ -24,10 +27,6 @@ fn identity_key(container_id: &str, exec_id: &str) -> String {
     format!("{container_id}/{exec_id}")
 }
 
-/// How long an ended exec session waits for the fleet's answer about its user (the fleet
-/// answers within its call timeouts, seconds).
-const ENDED_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl State {
     /// Asks the fleet who exec session `id` is (nothing without `[fleet]`).
     pub(super) fn identify_exec(&mut self, id: u64) {
@@ -39,20 +38,97 @@ impl State {
             return;
         }
         s.identifying = true;
-        let query = GrantQuery {
-            namespace: s.meta.pod.namespace.clone(),
-            pod: s.meta.pod.name.clone(),
-            container: s.meta.container.clone(),
-            command: s.command.clone(),
-            tty: s.tty.is_some(),
-            started_at: s.started_at,
+        f.identify_exec(id, &s.exec_id, grant_query(s));
+    }
+
+    /// Asks again about sessions whose wait after an unanswered ask is over.
+    pub(super) fn ask_again_due(&mut self) {
+        if self.kube_exec.reask.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let k = &mut self.kube_exec;
+        k.reask.retain(|id, (due, _)| {
+            let session = k
+                .sessions
+                .get(*id)
+                .or_else(|| k.ended_identifying.get(id).map(|(s, _)| s));
+            let (Some(f), Some(s)) = (&self.fleet, session) else {
+                // Gone: ended longer ago than it waits for an answer.
+                return false;
+            };
+            if due.is_some_and(|at| at <= now) {
+                *due = None;
+                f.identify_exec(*id, &s.exec_id, grant_query(s));
+            }
+            true
+        });
+    }
+
+    /// etcd did not answer `why` about session `id`, which `failures` asks have now met: true
+    /// when it is asked again later (the first such silence is audited, so the session's
+    /// record says why it has no user yet), false when this answer is its last.
+    fn ask_again_later(&mut self, id: u64, failures: u32, why: &str) -> bool {
+        let (s, ended_for) = match (
+            self.kube_exec.sessions.get(id),
+            self.kube_exec.ended_identifying.get(&id),
+        ) {
+            (Some(s), _) => (s, None),
+            (None, Some((s, at))) => (s, Some(at.elapsed())),
+            (None, None) => return false,
         };
-        f.identify_exec(id, &s.exec_id, query);
+        let Some(wait) = ask_again_after(failures, ended_for) else {
+            return false;
+        };
+        if failures == 1 {
+            tracing::warn!(session = id, exec = %s.exec_id, error = why, "etcd did not say who a kubectl exec session is; asked again until it does");
+            let rec = self.identified_record(
+                s,
+                Some((
+                    AuditReason::FleetUnreachable,
+                    format!(
+                        "etcd did not answer: {why}; asked again until it does (meanwhile the session counts against no user and a lock of its user does not end it)"
+                    ),
+                )),
+            );
+            self.audit.record(rec);
+        } else {
+            tracing::debug!(
+                session = id,
+                failures,
+                error = why,
+                "etcd still silent about a kubectl exec session's user"
+            );
+        }
+        self.kube_exec
+            .reask
+            .insert(id, (Some(tokio::time::Instant::now() + wait), failures));
+        true
+    }
+
+    /// The `exec_identified` record of session `s`, with why it has no user (`None`: it has).
+    fn identified_record(
+        &self,
+        s: &ExecSession,
+        why: Option<(AuditReason, String)>,
+    ) -> AuditRecord {
+        let mut rec = AuditRecord::new(AuditEvent::ExecIdentified, OffsetDateTime::now_utc())
+            .with_exec(s, &self.node());
+        rec.pid = Some(s.pid);
+        if let Some((reason, message)) = why {
+            rec = rec.reason(reason, Some(message));
+        }
+        rec
     }
 
     /// The fleet's answer for exec session `id` (live, or ended while it was asked).
     pub(super) async fn on_exec_identified(&mut self, id: u64, outcome: GrantOutcome) {
-        let now = OffsetDateTime::now_utc();
+        let failures = self.kube_exec.reask.remove(&id).map_or(0, |(_, n)| n);
+        if let GrantOutcome::Unreachable(why) = &outcome
+            && self.ask_again_later(id, failures + 1, why)
+        {
+            return;
+        }
         let identity = match &outcome {
             GrantOutcome::Identified(g) => Some(KubeIdentity::from(g)),
             _ => None,
@@ -88,7 +164,10 @@ impl State {
             )),
             GrantOutcome::Unreachable(e) => Some((
                 AuditReason::FleetUnreachable,
-                format!("etcd did not answer: {e}"),
+                format!(
+                    "etcd did not answer: {e}; no longer asked: the session ended over {}s ago",
+                    ENDED_WAIT.as_secs()
+                ),
             )),
         };
         match &s.identity {
@@ -99,12 +178,7 @@ impl State {
                 tracing::warn!(session = id, exec = %s.exec_id, ?outcome, "kubectl exec session not identified")
             }
         }
-        let mut rec = AuditRecord::new(AuditEvent::ExecIdentified, now).with_exec(&s, &self.node());
-        rec.pid = Some(s.pid);
-        if let Some((reason, message)) = why {
-            rec = rec.reason(reason, Some(message));
-        }
-        self.audit.record(rec);
+        self.audit.record(self.identified_record(&s, why));
         if let Some(r) = &self.recorder {
             r.identified(id, identity.map(|i| (i.user, i.groups)));
         }
@@ -258,5 +332,17 @@ impl State {
         if let (Some(f), Some(i)) = (&self.fleet, &s.identity) {
             f.release_exec_grant(&i.user, &i.review);
         }
+    }
+}
+
+/// What the fleet is asked about exec session `s`.
+fn grant_query(s: &ExecSession) -> GrantQuery {
+    GrantQuery {
+        namespace: s.meta.pod.namespace.clone(),
+        pod: s.meta.pod.name.clone(),
+        container: s.meta.container.clone(),
+        command: s.command.clone(),
+        tty: s.tty.is_some(),
+        started_at: s.started_at,
     }
 }

@@ -303,6 +303,7 @@ impl State {
                     self.check_exec_idle();
                     self.release_overdue_holds().await;
                     self.drop_ended_exec_channels(false).await;
+                    self.ask_again_due();
                 }
                 _ = tokio::time::sleep_until(self.next_kill().unwrap_or_else(far_future)), if !self.pending_kills.is_empty() => {
                     self.run_due_kills();
