@@ -93,6 +93,9 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let built = all(true)?;
     let deb = crate::deb::build(&built)?;
     let deb_root = crate::setup::deb_root()?;
+    // The benchmarks are not run here, but they must build: one that did not (an enum grew a
+    // variant its match lacked) went unnoticed until the next `bench fleet`.
+    run_cmd(cargo().args(["bench", "--package", "enforcer-tests", "--no-run"]))?;
     let mut c = cargo();
     c.args(["test", "--no-fail-fast"])
         .env("ENFORCER_BPF_OBJECT", &built.bpf_object)

@@ -301,6 +301,8 @@ async fn see_events(mut rx: mpsc::Receiver<FleetEvent>, round: Round, taken: Arc
                 taken.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            // No pods on the simulated nodes: no exec to identify, no grant of theirs.
+            FleetEvent::ExecIdentified { .. } | FleetEvent::GrantLapsed(_) => continue,
         };
         let mut r = round.lock().unwrap();
         if let Some((user, at, seen)) = r.as_mut()
