@@ -189,6 +189,65 @@ fn thirty_logins_over_three_nodes_at_fleet_limit_five_admit_exactly_five() {
     let _again = HeldSsh::open(&nodes[1].sshd, &carol);
 }
 
+/// A connection slot is taken as the account request arrives, while NSS and the node decide
+/// (the login then waits for the slower of the two, not for both). Only an admitted login
+/// under a fleet limit keeps it: a login refused on the node, or one with no fleet limit of
+/// its own, leaves no key once its transaction answered.
+#[test]
+fn slots_taken_as_requests_arrive_stay_only_with_admitted_logins() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_root() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let dave = TestUser::create("fd");
+    let erin = TestUser::create("fe");
+    let limits = format!(
+        "max_connections_per_user = 3\n[[rules]]\nusers = [\"{}\"]\nfleet_max_connections_per_user = 0\n",
+        erin.name
+    );
+    let nodes = [node(&cluster, "node-a", &[], &limits)];
+    wait_registered(&cluster, &nodes);
+    let d = &nodes[0].daemon;
+    let slots = |u: &TestUser| format!("/enforcer/slots/{}/", u.name);
+    let mut monitors = Vec::new();
+    let mut login = |u: &TestUser| {
+        let m = Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let reply = d.account(&u.name, m.id());
+        monitors.push(m);
+        reply
+    };
+    let admitted = |r: &Reply| matches!(r, Reply::Admission(Admission::Admitted { .. }));
+    // Admitted under the limit: its slot is the one taken as the request arrived.
+    let r = login(&dave);
+    assert!(admitted(&r), "{r:?}");
+    assert!(cluster.wait_keys(&slots(&dave), 1, Duration::from_secs(5)));
+    let kept = cluster.keys(&slots(&dave));
+    assert!(kept[0].contains("/node-a/early-"), "{kept:?}");
+    // No fleet limit of erin's own, and refused here (a node-only lock of dave): admitted and
+    // refused, with no key left after the transactions' deadline (1.5 s).
+    let r = login(&erin);
+    assert!(admitted(&r), "{r:?}");
+    d.ctl_ok(&["lock", "user", &dave.name, "--force", "--local"]);
+    let r = login(&dave);
+    assert!(
+        matches!(&r, Reply::Admission(Admission::Refused { reason, .. }) if reason == "user_locked"),
+        "{r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(cluster.keys(&slots(&erin)), Vec::<String>::new());
+    // The lock ended dave's first connection too: its slot went with it.
+    assert_eq!(cluster.keys(&slots(&dave)), Vec::<String>::new());
+    for mut m in monitors {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
+}
+
 #[test]
 fn a_dead_node_vanishes_with_its_sessions_and_slots_after_the_lease_ttl() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -392,7 +451,8 @@ fn the_fleet_limit_counts_every_name_of_the_account() {
         matches!(&reply, Reply::Admission(Admission::Refused { reason, .. }) if reason == "fleet_max_connections_per_user"),
         "the account's second connection, under another name on another node: {reply:?}"
     );
-    // One slot, under the account's name; none under the alias.
+    // One slot, under the account's name; none under the alias (the slot taken under it as
+    // the request arrived is deleted once it answered: it never counted for the account).
     assert!(
         cluster.wait_keys(
             &format!("/enforcer/slots/{}/", owner.name),
@@ -403,9 +463,13 @@ fn the_fleet_limit_counts_every_name_of_the_account() {
         cluster.keys("/enforcer/slots/")
     );
     assert!(
-        cluster
-            .keys(&format!("/enforcer/slots/{}/", alias.0))
-            .is_empty()
+        cluster.wait_keys(
+            &format!("/enforcer/slots/{}/", alias.0),
+            0,
+            Duration::from_secs(5)
+        ),
+        "{:?}",
+        cluster.keys("/enforcer/slots/")
     );
     for c in [&mut first, &mut second] {
         let _ = c.kill();

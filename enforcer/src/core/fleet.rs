@@ -126,6 +126,12 @@ impl Keys {
         format!("{}{}/{conn_id}", self.slots_of(user), self.node)
     }
 
+    /// A slot taken as the login's account request arrived, before it has a connection id
+    /// (`early-<run>-<n>`: `run` tells this daemon run's from an earlier run's).
+    pub fn early_slot(&self, user: &str, run: u64, n: u64) -> String {
+        format!("{}{}/early-{run:x}-{n}", self.slots_of(user), self.node)
+    }
+
     /// Every session slot of `user`, on any node.
     pub fn session_slots_of(&self, user: &str) -> String {
         format!("{}/session-slots/{user}/", self.prefix)
@@ -331,6 +337,26 @@ pub fn fleet_connection_limit(config: &Config, who: Who) -> u32 {
     super::policy::matching_rules(config, who)
         .find_map(|r| r.fleet_max_connections_per_user)
         .unwrap_or(config.fleet.max_connections_per_user)
+}
+
+/// Whether a login named `pam_user` may have a fleet-wide connection limit, judged before NSS
+/// answered: by its name, or by any group rule that sets one (its groups are not known yet).
+/// Only then is a slot taken as its account request arrives.
+pub fn early_slot_wanted(config: &Config, pam_user: &str) -> bool {
+    if fleet_connection_limit(config, Who::named(pam_user, &[])) > 0 {
+        return true;
+    }
+    config.fleet.enabled()
+        && config.rules.iter().any(|r| {
+            !r.groups.is_empty() && r.fleet_max_connections_per_user.is_some_and(|l| l > 0)
+        })
+}
+
+/// Whether a slot taken under the name PAM gave (`pam_user`) is the login's own: the slot
+/// counts the account's keys, so it must be the account NSS resolved that name to (`ALICE` may
+/// be `alice`: a slot under another spelling would count apart from the account's).
+pub fn early_slot_fits(pam_user: &str, account: &str) -> bool {
+    pam_user == account
 }
 
 /// The fleet-wide session limit of `user` (0 = none), like [`fleet_connection_limit`].

@@ -117,6 +117,7 @@ impl State {
         &mut self,
         req: PamAccount,
         ident: Option<host::UserIdentity>,
+        early: &mut Option<crate::fleet::EarlySlot>,
     ) -> Result<Admit, ErrorReply> {
         let now = OffsetDateTime::now_utc();
         let monitor = host::proc_key(req.pid).ok_or_else(|| no_such_process(req.pid))?;
@@ -166,7 +167,7 @@ impl State {
             // etcd takes the slot while the kernel starts following the monitor: the login
             // waits for the slower of the two, not for both. A refusal undoes the kernel's
             // part (`fleet::on_slot`); the monitor is blocked in PAM meanwhile, forking nothing.
-            self.fleet_acquire(id, limit);
+            self.fleet_acquire(id, limit, early.take());
             self.admitted(id).await;
             return Ok(Admit::AwaitingSlot(id));
         }

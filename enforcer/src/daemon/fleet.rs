@@ -1,13 +1,12 @@
-//! The state actor's side of the fleet: applying fleet locks, waiting for fleet-wide slots
-//! without stalling other logins (the PAM answer is parked until the slot's outcome comes back
-//! as a message), registering live connections, and the view's staleness. Nothing here waits
+//! The state actor's side of the fleet: applying fleet locks, parking a PAM answer until its
+//! fleet-wide slot's outcome comes back as a message (the slots themselves: `fleet_slots`),
+//! registering live connections, and the view's staleness. Nothing here waits
 //! on etcd: `crate::fleet` does the I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use enforcer_proto::{
-    Admission, ErrorKind, ErrorReply, FleetConnection, FleetSession, LockInfo, PamAccount, Reply,
-    Response,
+    ErrorKind, ErrorReply, FleetConnection, FleetSession, LockInfo, PamAccount, Reply, Response,
 };
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -26,9 +25,6 @@ use crate::{
     host,
 };
 
-/// How long an admission waits for its fleet-wide slot (pam_enforcer waits 2 s by default).
-const SLOT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1500);
-
 /// What the actor knows of the fleet.
 #[derive(Default)]
 pub(super) struct FleetState {
@@ -36,11 +32,15 @@ pub(super) struct FleetState {
     pub locks: BTreeMap<LockTarget, (FleetLock, Option<u32>)>,
     /// Account requests waiting for their slot, by connection.
     pub awaiting: HashMap<u64, oneshot::Sender<Response>>,
-    /// Connections holding a fleet-wide slot.
-    pub slots: HashSet<u64>,
-    /// The user of each connection waiting for its slot (to free a slot that arrives after
-    /// the connection ended).
-    pub pending_users: HashMap<u64, String>,
+    /// Connections holding a fleet-wide slot, with its key.
+    pub slots: HashMap<u64, String>,
+    /// The slot each connection waits for (to keep or free it when its outcome comes).
+    pub pending: HashMap<u64, super::fleet_slots::PendingSlot>,
+    /// Early slots ([`crate::fleet::EarlySlot`]) by number, until both their outcome and
+    /// their login's decision are in.
+    pub early: HashMap<u64, super::fleet_slots::EarlyWait>,
+    /// Outcomes of adopted early slots that came before their answer was parked.
+    pub ready: HashMap<u64, SlotOutcome>,
     /// Fleet-wide session slots held here (see `fleet_sessions`).
     pub session_slots: super::fleet_sessions::SessionSlots,
     /// The view's state as last audited (`None`: not yet).
@@ -70,14 +70,23 @@ impl State {
         &mut self,
         req: PamAccount,
         identity: Option<host::UserIdentity>,
+        mut early: Option<crate::fleet::EarlySlot>,
         reply: oneshot::Sender<Response>,
     ) {
-        match self.pam_account(req, identity).await {
+        let decided = self.pam_account(req, identity, &mut early).await;
+        if let Some(e) = early {
+            // Not this login's slot (refused, no fleet limit, another account name).
+            self.drop_early_slot(e);
+        }
+        match decided {
             Ok(Admit::Decided(a)) => {
                 let _ = reply.send(Ok(Reply::Admission(a)));
             }
             Ok(Admit::AwaitingSlot(id)) => {
                 self.fleet_state.awaiting.insert(id, reply);
+                if let Some(outcome) = self.fleet_state.ready.remove(&id) {
+                    self.on_slot(id, outcome).await;
+                }
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -96,6 +105,10 @@ impl State {
                 tag: SlotTag::Session(conn_id, session_id),
                 outcome,
             } => self.on_session_slot(conn_id, session_id, outcome),
+            FleetEvent::Slot {
+                tag: SlotTag::Early(n),
+                outcome,
+            } => self.on_early_slot(n, outcome).await,
             FleetEvent::ExecIdentified { session, outcome } => {
                 self.on_exec_identified(session, outcome).await
             }
@@ -176,81 +189,10 @@ impl State {
         (limit > 0 && self.view() == ViewState::Current).then_some(limit)
     }
 
-    pub(super) fn fleet_acquire(&mut self, conn_id: u64, limit: u32) {
-        let (Some(f), Some(c)) = (&self.fleet, self.registry.get(conn_id)) else {
-            return;
-        };
-        f.acquire(c.account(), conn_id, limit, SLOT_DEADLINE);
-        self.fleet_state
-            .pending_users
-            .insert(conn_id, c.account().to_owned());
-    }
-
-    /// A slot's outcome: answer the parked account request.
-    async fn on_slot(&mut self, conn_id: u64, outcome: SlotOutcome) {
-        let Some(reply) = self.fleet_state.awaiting.remove(&conn_id) else {
-            return;
-        };
-        let now = OffsetDateTime::now_utc();
-        if self.registry.get(conn_id).is_none() {
-            // Its monitor ended meanwhile (released): free a slot it got.
-            if let (SlotOutcome::Taken, Some(f), Some(user)) = (
-                &outcome,
-                &self.fleet,
-                &self.fleet_state.pending_users.remove(&conn_id),
-            ) {
-                f.release(user, conn_id);
-            }
-            let _ = reply.send(Err(ErrorReply::new(
-                ErrorKind::BadRequest,
-                "the connection ended while its fleet-wide slot was taken",
-            )));
-            return;
-        }
-        self.fleet_state.pending_users.remove(&conn_id);
-        let refusal = match outcome {
-            SlotOutcome::Taken => {
-                self.fleet_state.slots.insert(conn_id);
-                None
-            }
-            SlotOutcome::Full { held } => {
-                let limit = self
-                    .registry
-                    .get(conn_id)
-                    .map(|c| core_fleet::fleet_connection_limit(&self.config, c.who()))
-                    .unwrap_or(held as u32);
-                Some(Refusal::FleetUserLimit { limit })
-            }
-            SlotOutcome::Unreachable(why) => {
-                tracing::warn!(conn = conn_id, error = %why, "no fleet-wide slot: etcd did not answer");
-                match self.config.fleet.on_unreachable {
-                    OnUnreachable::Strict => Some(Refusal::FleetUnreachable),
-                    OnUnreachable::BestEffort => None,
-                }
-            }
-        };
-        let answer = match refusal {
-            Some(r) => match self.registry.remove(conn_id) {
-                Some(conn) => {
-                    self.dirty = true;
-                    self.unregister_refused(&conn).await;
-                    self.refuse(&conn, &r, now)
-                }
-                None => Admission::Refused {
-                    reason: r.code().into(),
-                    message: r.message(""),
-                },
-            },
-            // The kernel follows it since `pam_account`.
-            None => Admission::Admitted { conn_id },
-        };
-        let _ = reply.send(Ok(Reply::Admission(answer)));
-    }
-
     /// Undoes the kernel registration of a connection refused for want of a fleet-wide slot
     /// (made while etcd was asked): no process of it is followed, nothing counts against the
     /// user.
-    async fn unregister_refused(&mut self, conn: &Connection) {
+    pub(super) async fn unregister_refused(&mut self, conn: &Connection) {
         self.unregistered.remove(&conn.id);
         let mut failures = Vec::new();
         if let Err(e) = self.bpf.untrack(conn.monitor.pid).await {
@@ -274,8 +216,8 @@ impl State {
     pub(super) fn fleet_released(&mut self, conn: &Connection) {
         self.fleet_sessions_released(conn);
         let Some(f) = &self.fleet else { return };
-        if self.fleet_state.slots.remove(&conn.id) {
-            f.release(conn.account(), conn.id);
+        if let Some(key) = self.fleet_state.slots.remove(&conn.id) {
+            f.drop_slot(&key);
         }
         f.remove_connection(conn.id);
     }

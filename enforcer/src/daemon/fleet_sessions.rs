@@ -97,7 +97,8 @@ impl State {
                 self.fleet_state.session_slots.insert(session_id, account);
                 return;
             }
-            SlotOutcome::Full { .. } => (
+            // (A session slot is asked with its limit: never a bare count; refused if it were.)
+            SlotOutcome::Full { .. } | SlotOutcome::Counted(_) => (
                 AuditReason::FleetMaxSessionsPerUser,
                 format!(
                     "user {user} already has {limit} of {limit} allowed sessions across the fleet"

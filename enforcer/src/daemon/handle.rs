@@ -18,6 +18,8 @@ pub(super) enum Msg {
         peer: Peer,
         /// NSS identity of the PAM or lock request's user, looked up before the request got here.
         identity: Option<UserIdentity>,
+        /// The fleet-wide slot an account request's connection task took as it arrived.
+        early: Option<crate::fleet::EarlySlot>,
         reply: oneshot::Sender<Response>,
     },
     Stream {
@@ -88,11 +90,24 @@ impl StateHandle {
         peer: Peer,
         identity: Option<UserIdentity>,
     ) -> Response {
+        self.account(req, peer, identity, None).await
+    }
+
+    /// [`StateHandle::request`] for an account request with the fleet-wide slot its
+    /// connection task took early (which the actor adopts or frees).
+    pub async fn account(
+        &self,
+        req: Request,
+        peer: Peer,
+        identity: Option<UserIdentity>,
+        early: Option<crate::fleet::EarlySlot>,
+    ) -> Response {
         let (reply, rx) = oneshot::channel();
         let msg = Msg::Request {
             req,
             peer,
             identity,
+            early,
             reply,
         };
         if self.tx.send(msg).await.is_err() {

@@ -7,6 +7,7 @@ mod admission;
 mod denials;
 mod fleet;
 mod fleet_sessions;
+mod fleet_slots;
 mod forwards;
 mod handle;
 mod idle;

@@ -137,6 +137,9 @@ impl State {
     async fn apply(&mut self, new: Config) {
         let relimit = reload::relimit(&self.registry, &self.config, &new);
         let old = std::mem::replace(&mut self.config, new);
+        if let Some(f) = &self.fleet {
+            f.set_early_config(std::sync::Arc::new(self.config.clone()));
+        }
         for (id, timeout) in &relimit.idle {
             if let Some(c) = self.registry.get_mut(*id) {
                 c.idle_timeout = *timeout;

@@ -187,6 +187,9 @@ pub(super) async fn start(
     if let Some(events) = fleet_events {
         super::handle::forward(events, pam_tx.clone(), Msg::Fleet);
     }
+    if let Some(f) = &fleet {
+        f.set_early_config(Arc::new(config.clone()));
+    }
     let kube = kube.map(|(node, events)| {
         super::handle::forward(events, pam_tx.clone(), Msg::Kube);
         let selector = config.kubernetes.selector();
@@ -329,17 +332,21 @@ impl State {
                 req: Request::PamAccount(r),
                 peer,
                 identity,
+                early,
                 reply,
             } => {
                 let req = Request::PamAccount(r);
                 if let Err(e) = self.check(&req, &peer) {
+                    if let Some(e) = early {
+                        self.drop_early_slot(e);
+                    }
                     let _ = reply.send(Err(e));
                     return false;
                 }
                 let Request::PamAccount(r) = req else {
                     unreachable!()
                 };
-                self.pam_account_or_wait(r, identity, reply).await;
+                self.pam_account_or_wait(r, identity, early, reply).await;
             }
             Msg::Fleet(ev) => self.on_fleet(ev).await,
             Msg::Kube(ev) => {
@@ -351,8 +358,13 @@ impl State {
                 req,
                 peer,
                 identity,
+                early,
                 reply,
             } => {
+                // Only an account request takes a slot early (the arm above).
+                if let Some(e) = early {
+                    self.drop_early_slot(e);
+                }
                 let resp = self.handle(req, &peer, identity).await;
                 let _ = reply.send(resp);
             }

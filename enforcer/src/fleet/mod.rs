@@ -38,7 +38,7 @@ use crate::{
 };
 
 pub use exec_grants::GrantOutcome;
-pub use slots::{SlotOutcome, SlotTag};
+pub use slots::{EarlySlot, SlotOutcome, SlotTag};
 
 /// What a fleet operation could not do.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,9 @@ impl Health {
     }
 }
 
+/// How long an admission waits for its fleet-wide slot (pam_enforcer waits 2 s by default).
+pub const SLOT_DEADLINE: Duration = Duration::from_millis(1500);
+
 /// Cloneable access to the fleet tasks. Every method returns at once.
 #[derive(Clone)]
 pub struct FleetHandle {
@@ -119,6 +122,8 @@ pub struct FleetHandle {
     health: Arc<Health>,
     /// The leader as last looked up (what the slot task uses).
     leader: tokio_watch::Receiver<Option<client::Leader>>,
+    /// Slots taken as account requests arrive ([`FleetHandle::take_slot_early`]).
+    early: Arc<slots::EarlySlots>,
 }
 
 /// Everything the fleet tasks need at start.
@@ -222,6 +227,13 @@ impl FleetHandle {
             ops,
             health,
             leader: leader_rx,
+            early: Arc::new(slots::EarlySlots {
+                run: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                next: Default::default(),
+                config: Default::default(),
+            }),
         })
     }
 
@@ -260,7 +272,7 @@ impl FleetHandle {
             prefix: self.keys.slots_of(user),
             key: self.keys.slot(user, conn_id),
             tag: SlotTag::Connection(conn_id),
-            limit,
+            limit: Some(limit),
             deadline,
         });
     }
@@ -278,7 +290,7 @@ impl FleetHandle {
             prefix: self.keys.session_slots_of(user),
             key: self.keys.session_slot(user, session_id),
             tag: SlotTag::Session(conn_id, session_id),
-            limit,
+            limit: Some(limit),
             deadline,
         });
     }

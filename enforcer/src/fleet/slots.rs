@@ -6,20 +6,27 @@
 //! an admission never reads before it writes. A slot is freed by deleting its key at logout,
 //! or by etcd when the node's lease expires (its node died).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use etcd_client::{GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{ClientRx, FleetEvent, Health, Write, client::Leader};
-use crate::core::fleet::{Keys, slot_decision};
+use crate::core::fleet::{Keys, early_slot_wanted, slot_decision};
 
 /// A request for a slot: `key` under `prefix` (the user's slots of one kind).
 pub(super) struct Acquire {
     pub prefix: String,
     pub key: String,
     pub tag: SlotTag,
-    pub limit: u32,
+    /// `None`: the limit is not known yet (an early slot): the outcome is the count.
+    pub limit: Option<u32>,
     pub deadline: Duration,
 }
 
@@ -30,6 +37,19 @@ pub enum SlotTag {
     Connection(u64),
     /// A session (`[fleet] max_sessions_per_user`): connection id, session id.
     Session(u64, u64),
+    /// A connection's, taken as its account request arrived ([`EarlySlot`]), by its number.
+    Early(u64),
+}
+
+/// A connection slot asked for as the login's account request arrived, in parallel with the
+/// NSS lookup and the local decision, under the name PAM gave: the state actor adopts it when
+/// the login is admitted under a fleet limit and that name is its account, and deletes it
+/// otherwise ([`FleetHandle::drop_slot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlySlot {
+    pub n: u64,
+    pub user: String,
+    pub key: String,
 }
 
 /// What became of a slot request.
@@ -37,6 +57,8 @@ pub enum SlotTag {
 pub enum SlotOutcome {
     /// The slot is this connection's.
     Taken,
+    /// An early slot's key is put; the user holds `count` keys with it (the limit decides).
+    Counted(i64),
     /// `held` slots (≥ the limit) are taken across the fleet.
     Full { held: usize },
     /// etcd could not be asked in time (the text says why).
@@ -102,11 +124,16 @@ pub(super) fn start(mut task: SlotTask) {
                 };
                 // A refused or unanswered request may still have put its key (a timed-out
                 // transaction can commit): delete it, retried until etcd answers, or it would
-                // hold a slot until this node's lease ends.
-                let _ = writes.send(match outcome {
-                    SlotOutcome::Taken => Write::Remember(req.key.clone(), slot_value(&keys)),
-                    _ => Write::Delete(req.key.clone()),
-                });
+                // hold a slot until this node's lease ends. An early slot's key is the actor's
+                // to keep or delete, once it knows the login.
+                let write = match outcome {
+                    SlotOutcome::Taken => Some(Write::Remember(req.key.clone(), slot_value(&keys))),
+                    SlotOutcome::Counted(_) => None,
+                    _ => Some(Write::Delete(req.key.clone())),
+                };
+                if let Some(w) = write {
+                    let _ = writes.send(w);
+                }
                 if matches!(outcome, SlotOutcome::Unreachable(_)) {
                     // The abandoned transaction may reach etcd after that delete (it went
                     // over another connection): delete once more when it cannot be pending.
@@ -120,6 +147,76 @@ pub(super) fn start(mut task: SlotTask) {
             });
         }
     });
+}
+
+impl SlotOutcome {
+    /// What `count` keys of the user (the login's own among them) mean under `limit`.
+    pub fn decided(count: i64, limit: u32) -> Self {
+        match slot_decision(count, limit) {
+            Ok(()) => SlotOutcome::Taken,
+            Err(held) => SlotOutcome::Full { held },
+        }
+    }
+}
+
+impl super::FleetHandle {
+    /// Takes a connection slot of `user` now, before the login is decided (see [`EarlySlot`]);
+    /// `None` when no login can have a fleet-wide connection limit. The outcome comes back as
+    /// [`FleetEvent::Slot`] with [`SlotTag::Early`] within `deadline`.
+    pub fn take_slot_early(&self, user: &str, deadline: Duration) -> Option<EarlySlot> {
+        let config = self.early.config.read().ok()?.clone()?;
+        if !early_slot_wanted(&config, user) {
+            return None;
+        }
+        let n = self.early.next.fetch_add(1, Ordering::Relaxed);
+        let key = self.keys.early_slot(user, self.early.run, n);
+        let _ = self.acquire.send(Acquire {
+            prefix: self.keys.slots_of(user),
+            key: key.clone(),
+            tag: SlotTag::Early(n),
+            limit: None,
+            deadline,
+        });
+        Some(EarlySlot {
+            n,
+            user: user.to_owned(),
+            key,
+        })
+    }
+
+    /// The config early slots are judged by (`core::fleet::early_slot_wanted`): set at start
+    /// and at each reload.
+    pub fn set_early_config(&self, config: Arc<crate::config::Config>) {
+        if let Ok(mut c) = self.early.config.write() {
+            *c = Some(config);
+        }
+    }
+
+    /// Keeps slot `key`, put by its transaction, under the node's lease (again under a new one).
+    pub fn keep_slot(&self, key: &str) {
+        let _ = self
+            .writes
+            .send(Write::Remember(key.to_owned(), slot_value(&self.keys)));
+    }
+
+    /// The key of connection `conn_id`'s slot of `user` ([`FleetHandle::acquire`]).
+    pub fn slot_key(&self, user: &str, conn_id: u64) -> String {
+        self.keys.slot(user, conn_id)
+    }
+
+    /// Frees slot `key`.
+    pub fn drop_slot(&self, key: &str) {
+        let _ = self.writes.send(Write::Delete(key.to_owned()));
+    }
+}
+
+/// What early slots share between the daemon's tasks.
+#[derive(Debug)]
+pub(super) struct EarlySlots {
+    /// This daemon run (its start, in ns): its early keys differ from an earlier run's.
+    pub run: u64,
+    pub next: AtomicU64,
+    pub config: std::sync::RwLock<Option<Arc<crate::config::Config>>>,
 }
 
 /// How long after its deadline an abandoned slot transaction could still commit (etcd gives
@@ -159,9 +256,9 @@ async fn take(
             _ => None,
         })
         .ok_or("etcd's answer to the slot transaction has no count")?;
-    let outcome = match slot_decision(count, req.limit) {
-        Ok(()) => SlotOutcome::Taken,
-        Err(held) => SlotOutcome::Full { held },
+    let outcome = match req.limit {
+        None => SlotOutcome::Counted(count),
+        Some(limit) => SlotOutcome::decided(count, limit),
     };
     Ok((outcome, term))
 }

@@ -142,6 +142,40 @@ fleet_max_connections_per_user = 0
 }
 
 #[test]
+fn early_slots_are_taken_only_where_a_limit_may_apply_and_under_the_account() {
+    let wanted =
+        |text: &str, user: &str| early_slot_wanted(&Config::parse(text, "t").unwrap(), user);
+    let fleet = "[fleet]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n";
+    assert!(!wanted(fleet, "bob"));
+    assert!(wanted(
+        &format!("{fleet}max_connections_per_user = 5\n"),
+        "bob"
+    ));
+    // A user's rule without a limit: none taken for that user; others still.
+    let rule0 = format!(
+        "{fleet}max_connections_per_user = 5\n[[rules]]\nusers = [\"bob\"]\nfleet_max_connections_per_user = 0\n"
+    );
+    assert!(!wanted(&rule0, "bob"));
+    assert!(wanted(&rule0, "carol"));
+    // A group rule's limit may apply to anyone (groups come from NSS, later).
+    let group =
+        format!("{fleet}[[rules]]\ngroups = [\"ops\"]\nfleet_max_connections_per_user = 2\n");
+    assert!(wanted(&group, "bob"));
+    assert!(!wanted(
+        &format!("{fleet}[[rules]]\ngroups = [\"ops\"]\nfleet_max_connections_per_user = 0\n"),
+        "bob"
+    ));
+    assert!(!wanted("[fleet]\nmax_connections_per_user = 5\n", "bob"));
+    assert!(early_slot_fits("alice", "alice"));
+    assert!(!early_slot_fits("ALICE", "alice"));
+    let k = keys();
+    let early = k.early_slot("alice", 0xab, 3);
+    assert_eq!(early, "/enforcer/slots/alice/node-a/early-ab-3");
+    assert!(early.starts_with(&k.slots_of("alice")));
+    assert_ne!(early, k.slot("alice", 3));
+}
+
+#[test]
 fn fleet_config_is_checked() {
     for (text, key) in [
         ("[fleet]\nprefix = \"enforcer\"\n", "fleet.prefix"),
