@@ -89,11 +89,10 @@ impl State {
             }
         }
         let Some(f) = &self.fleet else { return };
-        f.acquire(&account, conn_id, limit, SLOT_DEADLINE);
-        self.fleet_state.pending.insert(
-            conn_id,
-            PendingSlot::asked(f.slot_key(&account, conn_id), limit),
-        );
+        let key = f.acquire(&account, conn_id, limit, SLOT_DEADLINE);
+        self.fleet_state
+            .pending
+            .insert(conn_id, PendingSlot::asked(key, limit));
     }
 
     /// A slot's outcome: answer the parked account request.

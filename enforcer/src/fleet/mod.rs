@@ -266,15 +266,17 @@ impl FleetHandle {
     }
 
     /// Takes a fleet-wide connection slot of `user` for `conn_id` (limit `limit`); the outcome
-    /// comes back as [`FleetEvent::Slot`] within `deadline`.
-    pub fn acquire(&self, user: &str, conn_id: u64, limit: u32, deadline: Duration) {
+    /// comes back as [`FleetEvent::Slot`] within `deadline`. Returns the slot's key.
+    pub fn acquire(&self, user: &str, conn_id: u64, limit: u32, deadline: Duration) -> String {
+        let key = self.keys.slot(user, conn_id);
         let _ = self.acquire.send(slots::Acquire {
             prefix: self.keys.slots_of(user),
-            key: self.keys.slot(user, conn_id),
+            key: key.clone(),
             tag: SlotTag::Connection(conn_id),
             limit: Some(limit),
             deadline,
         });
+        key
     }
 
     /// Takes a fleet-wide session slot of `user` for session `session_id` of `conn_id`.
@@ -297,16 +299,12 @@ impl FleetHandle {
 
     /// Frees the session slot taken for `session_id`.
     pub fn release_session(&self, user: &str, session_id: u64) {
-        let _ = self
-            .writes
-            .send(Write::Delete(self.keys.session_slot(user, session_id)));
+        self.drop_slot(&self.keys.session_slot(user, session_id));
     }
 
-    /// Frees the slot taken for `conn_id`.
+    /// Frees the slot taken for `conn_id` ([`FleetHandle::acquire`]).
     pub fn release(&self, user: &str, conn_id: u64) {
-        let _ = self
-            .writes
-            .send(Write::Delete(self.keys.slot(user, conn_id)));
+        self.drop_slot(&self.keys.slot(user, conn_id));
     }
 
     /// Registers (or updates) a live connection under the node's lease.

@@ -199,11 +199,6 @@ impl super::FleetHandle {
             .send(Write::Remember(key.to_owned(), slot_value(&self.keys)));
     }
 
-    /// The key of connection `conn_id`'s slot of `user` ([`FleetHandle::acquire`]).
-    pub fn slot_key(&self, user: &str, conn_id: u64) -> String {
-        self.keys.slot(user, conn_id)
-    }
-
     /// Frees slot `key`.
     pub fn drop_slot(&self, key: &str) {
         let _ = self.writes.send(Write::Delete(key.to_owned()));
