@@ -273,6 +273,7 @@ async fn answer(
                     tokio::task::yield_now().await;
                 }
             }
+            let early_n = early.as_ref().map(|e| e.n);
             let identity = lookup(&r.user).await;
             let resp = state.account(req, peer.clone(), identity, early).await;
             let outcome = match &resp {
@@ -280,7 +281,16 @@ async fn answer(
                 Ok(Reply::Admission(Admission::Refused { .. })) => Outcome::refused,
                 _ => Outcome::error,
             };
-            ctx.metrics.pam_decision(started.elapsed(), outcome);
+            let took = started.elapsed();
+            ctx.metrics.pam_decision(took, outcome);
+            // With the slot transaction's own debug line (same `early`), this tells how much of
+            // a login's wait is etcd's (`cargo xtask bench fleet` reads both).
+            tracing::debug!(
+                early = early_n,
+                decision_us = took.as_micros() as u64,
+                ?outcome,
+                "PAM account answered"
+            );
             resp
         }
         Request::PamOpenSession(ref r) if uid == 0 => {

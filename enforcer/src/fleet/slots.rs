@@ -105,12 +105,19 @@ pub(super) fn start(mut task: SlotTask) {
                             leader,
                             again,
                         };
-                        match tokio::time::timeout(
+                        let asked = std::time::Instant::now();
+                        let answer = tokio::time::timeout(
                             deadline,
                             take_retrying(clients, &keys, &req, lease),
                         )
-                        .await
-                        {
+                        .await;
+                        let txn_us = asked.elapsed().as_micros() as u64;
+                        tracing::debug!(
+                            early = req.tag.early(),
+                            txn_us,
+                            "slot transaction answered"
+                        );
+                        match answer {
                             Ok(Ok(o)) => {
                                 health.contact();
                                 o
@@ -147,6 +154,16 @@ pub(super) fn start(mut task: SlotTask) {
             });
         }
     });
+}
+
+impl SlotTag {
+    /// An early slot's number.
+    pub fn early(self) -> Option<u64> {
+        match self {
+            SlotTag::Early(n) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 impl SlotOutcome {

@@ -2,7 +2,9 @@
 //! /dev/shm) with three enforcerd nodes and their sshd on this machine:
 //! - lock propagation: from `enforcerctl lock user` on node A to the user's SSH connections on
 //!   B and C ended, p50/p99 over rounds;
-//! - admission (PAM account round trip) with a fleet-wide slot vs a local-only user, p50/p99;
+//! - admission (PAM account round trip) with a fleet-wide slot vs a local-only user, p50/p99,
+//!   and the fleet admission split into etcd's transaction, the daemon's share and the
+//!   socket's, from the node's timing lines (`split.rs`);
 //! - etcd writes per connection: the store revision's growth per login + logout with a
 //!   fleet-wide limit (registration, slot, their deletes).
 //! - the scale run (`scale.rs`): hundreds of simulated nodes against the real cluster, and
@@ -12,6 +14,7 @@
 
 mod floor;
 mod scale;
+mod split;
 
 use std::time::{Duration, Instant};
 
@@ -92,6 +95,8 @@ fn main() {
         nodes: arg(1, 300),
         conns: arg(2, 100),
     };
+    // SAFETY: no other thread yet. The nodes' daemons inherit it (see `split`).
+    unsafe { std::env::set_var("ENFORCER_TEST_DAEMON_LOG", split::LOG_FILTER) };
     let only = named.first().map(String::as_str);
     if only != Some("scale") {
         three_nodes();
@@ -174,6 +179,7 @@ fn admissions(
     pace: Duration,
 ) {
     let (mut fleet, mut local, mut raw, mut raw_leader) = (vec![], vec![], vec![], vec![]);
+    let logged = d.log().len();
     for _ in 0..ADMISSIONS {
         std::thread::sleep(pace);
         fleet.push(admit(d, users.0));
@@ -190,7 +196,9 @@ fn admissions(
     };
     println!("### admissions, {how}");
     show("admission, local limits only", local);
-    show("admission with a fleet-wide slot", fleet);
+    let daemon = split::from_log(&d.log()[logged..]);
+    show("admission with a fleet-wide slot", fleet.clone());
+    split::show(&fleet, &daemon);
     show(
         "etcd floor: the slot transaction alone, client on every member",
         raw,
