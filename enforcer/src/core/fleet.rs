@@ -2,6 +2,8 @@
 //! this node's view of the fleet is current, and the fleet-wide limit that applies to a user.
 //! The etcd I/O itself is in `crate::fleet`.
 
+pub mod book;
+
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};

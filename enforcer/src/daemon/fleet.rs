@@ -21,7 +21,7 @@ use crate::{
         lock::Lock,
         policy::Refusal,
     },
-    fleet::{FleetEvent, SlotOutcome, SlotTag},
+    fleet::{FleetEvent, SlotTag},
     host,
 };
 
@@ -34,13 +34,9 @@ pub(super) struct FleetState {
     pub awaiting: HashMap<u64, oneshot::Sender<Response>>,
     /// Connections holding a fleet-wide slot, with its key.
     pub slots: HashMap<u64, String>,
-    /// The slot each connection waits for (to keep or free it when its outcome comes).
-    pub pending: HashMap<u64, super::fleet_slots::PendingSlot>,
-    /// Early slots ([`crate::fleet::EarlySlot`]) by number, until both their outcome and
+    /// The slot each connection waits for, and the early slots until both their outcome and
     /// their login's decision are in.
-    pub early: HashMap<u64, super::fleet_slots::EarlyWait>,
-    /// Outcomes of adopted early slots that came before their answer was parked.
-    pub ready: HashMap<u64, SlotOutcome>,
+    pub book: crate::core::fleet::book::SlotBook,
     /// Fleet-wide session slots held here (see `fleet_sessions`).
     pub session_slots: super::fleet_sessions::SessionSlots,
     /// The view's state as last audited (`None`: not yet).
@@ -84,7 +80,7 @@ impl State {
             }
             Ok(Admit::AwaitingSlot(id)) => {
                 self.fleet_state.awaiting.insert(id, reply);
-                if let Some(outcome) = self.fleet_state.ready.remove(&id) {
+                if let Some(outcome) = self.fleet_state.book.take_ready(id) {
                     self.on_slot(id, outcome).await;
                 }
             }

@@ -1,15 +1,6 @@
 //! Fleet-wide connection slots on the actor's side: asked for, adopted when taken early,
-//! decided, kept or freed.
-//!
-//! Slots taken as the account request arrives (`fleet::EarlySlot`): etcd counts
-//! the user's slots while NSS answers and the actor decides, so a login under a fleet-wide
-//! limit waits for the slower of the two instead of both in turn. The early slot is put under
-//! the name PAM gave; the actor adopts it only for a login it admits under a fleet limit whose
-//! account is that name (`core::fleet::early_slot_fits`), and deletes it in every other case —
-//! a refusal, no limit for this user, a stale view, another spelling of the account. Its
-//! outcome and the login's decision may come in either order: whichever comes second settles
-//! it. Exactness is the one-transaction count's (`core::fleet::slot_decision`): a login holds
-//! a slot only when its own key's transaction counted the account's keys within the limit.
+//! decided, kept or freed — as `core::fleet::book` says; this module does what it says
+//! (answers the parked login, keeps or deletes keys in etcd).
 
 use enforcer_proto::{Admission, ErrorKind, ErrorReply, Reply};
 use time::OffsetDateTime;
@@ -18,51 +9,14 @@ use super::state::State;
 use crate::{
     config::OnUnreachable,
     core::{
-        fleet::{self as core_fleet, early_slot_fits},
+        fleet::{
+            self as core_fleet,
+            book::{EarlyStep, Settled},
+        },
         policy::Refusal,
     },
     fleet::{EarlySlot, SLOT_DEADLINE, SlotOutcome},
 };
-
-/// The slot a connection waits for.
-#[derive(Debug)]
-pub(super) struct PendingSlot {
-    pub key: String,
-    pub limit: u32,
-    /// Taken early: its outcome is a count, and its key is the actor's to keep or free (the
-    /// slot task keeps or frees the others' itself).
-    pub early: bool,
-}
-
-impl PendingSlot {
-    /// One asked for under `limit` once the login was decided.
-    pub fn asked(key: String, limit: u32) -> Self {
-        PendingSlot {
-            key,
-            limit,
-            early: false,
-        }
-    }
-
-    /// The outcome under this slot's limit (an early slot's count is decided here).
-    pub fn decide(&self, outcome: SlotOutcome) -> SlotOutcome {
-        match outcome {
-            SlotOutcome::Counted(count) => SlotOutcome::decided(count, self.limit),
-            o => o,
-        }
-    }
-}
-
-/// Where an early slot stands while its outcome or its login's decision is missing.
-#[derive(Debug)]
-pub(super) enum EarlyWait {
-    /// The outcome came first.
-    Arrived(SlotOutcome),
-    /// Adopted by this connection, whose answer waits for the outcome.
-    Adopted(u64),
-    /// Not the login's slot: its key goes once the transaction answered.
-    Dropped(String),
-}
 
 impl State {
     /// Takes a fleet-wide slot for connection `conn_id` under `limit`: adopts the one taken
@@ -83,46 +37,41 @@ impl State {
             }
         };
         if let Some(e) = early {
-            match self.adopt_early_slot(e, conn_id, &account, limit) {
-                None => return,
-                Some(e) => self.drop_early_slot(e),
+            match self.fleet_state.book.adopt(e, conn_id, &account, limit) {
+                Ok(()) => return,
+                Err(e) => self.drop_early_slot(e),
             }
         }
         let Some(f) = &self.fleet else { return };
         let key = f.acquire(&account, conn_id, limit, SLOT_DEADLINE);
-        self.fleet_state
-            .pending
-            .insert(conn_id, PendingSlot::asked(key, limit));
+        self.fleet_state.book.asked(conn_id, key, limit);
     }
 
     /// A slot's outcome: answer the parked account request.
     pub(super) async fn on_slot(&mut self, conn_id: u64, outcome: SlotOutcome) {
-        let Some(pending) = self.fleet_state.pending.remove(&conn_id) else {
+        let Some(decided) = self.fleet_state.book.outcome(conn_id, outcome) else {
             return;
         };
-        let outcome = pending.decide(outcome);
-        let asked_limit = pending.limit;
         let Some(reply) = self.fleet_state.awaiting.remove(&conn_id) else {
-            self.settle_slot(pending, &outcome, false);
+            self.settle_slot(conn_id, decided.settle(false));
             return;
         };
         let now = OffsetDateTime::now_utc();
         if self.registry.get(conn_id).is_none() {
             // Its monitor ended meanwhile (released): free a slot it got.
-            self.settle_slot(pending, &outcome, false);
+            self.settle_slot(conn_id, decided.settle(false));
             let _ = reply.send(Err(ErrorReply::new(
                 ErrorKind::BadRequest,
                 "the connection ended while its fleet-wide slot was taken",
             )));
             return;
         }
-        let taken = outcome == SlotOutcome::Taken;
-        if let Some(key) = self.settle_slot(pending, &outcome, taken) {
-            self.fleet_state.slots.insert(conn_id, key);
-        }
+        self.settle_slot(conn_id, decided.settle(true));
+        let asked_limit = decided.slot.limit;
+        let outcome = decided.outcome;
         let refusal = match outcome {
             SlotOutcome::Taken => None,
-            // (`Counted` cannot remain after `decide`; refused if it ever did.)
+            // (`Counted` cannot remain after `SlotBook::outcome`; refused if it ever did.)
             SlotOutcome::Full { .. } | SlotOutcome::Counted(_) => {
                 let limit = self.registry.get(conn_id).map_or(asked_limit, |c| {
                     core_fleet::fleet_connection_limit(&self.config, c.who())
@@ -157,93 +106,37 @@ impl State {
 
     /// An early slot's transaction answered.
     pub(super) async fn on_early_slot(&mut self, n: u64, outcome: SlotOutcome) {
-        match self.fleet_state.early.remove(&n) {
-            Some(EarlyWait::Adopted(conn_id)) => self.on_slot(conn_id, outcome).await,
-            Some(EarlyWait::Dropped(key)) => self.free_early_key(&key, &outcome),
-            Some(EarlyWait::Arrived(_)) | None => {
-                self.fleet_state
-                    .early
-                    .insert(n, EarlyWait::Arrived(outcome));
-            }
+        match self.fleet_state.book.early_outcome(n, outcome) {
+            EarlyStep::Decide(conn_id, outcome) => self.on_slot(conn_id, outcome).await,
+            EarlyStep::Delete(key) => self.delete_slot_key(&key),
+            EarlyStep::Wait => {}
         }
-    }
-
-    /// Makes `early` connection `conn_id`'s slot under `limit` when it was taken under the
-    /// login's account; gives it back otherwise (to be dropped).
-    pub(super) fn adopt_early_slot(
-        &mut self,
-        early: EarlySlot,
-        conn_id: u64,
-        account: &str,
-        limit: u32,
-    ) -> Option<EarlySlot> {
-        if !early_slot_fits(&early.user, account) {
-            return Some(early);
-        }
-        self.fleet_state.pending.insert(
-            conn_id,
-            PendingSlot {
-                key: early.key,
-                limit,
-                early: true,
-            },
-        );
-        match self.fleet_state.early.remove(&early.n) {
-            // Answered when the reply is parked (`pam_account_or_wait`).
-            Some(EarlyWait::Arrived(outcome)) => {
-                self.fleet_state.ready.insert(conn_id, outcome);
-            }
-            _ => {
-                self.fleet_state
-                    .early
-                    .insert(early.n, EarlyWait::Adopted(conn_id));
-            }
-        }
-        None
     }
 
     /// `early` is not its login's slot: its key is deleted (now, or once it is answered).
     pub(super) fn drop_early_slot(&mut self, early: EarlySlot) {
-        match self.fleet_state.early.remove(&early.n) {
-            Some(EarlyWait::Arrived(outcome)) => self.free_early_key(&early.key, &outcome),
-            _ => {
-                self.fleet_state
-                    .early
-                    .insert(early.n, EarlyWait::Dropped(early.key));
-            }
+        if let Some(key) = self.fleet_state.book.drop_early(early) {
+            self.delete_slot_key(&key);
         }
     }
 
-    /// Keeps (`keep`, when taken) or frees the key of `slot` after `outcome`; returns the key
-    /// kept. An unanswered transaction's key is freed by the slot task already.
-    pub(super) fn settle_slot(
-        &self,
-        slot: PendingSlot,
-        outcome: &SlotOutcome,
-        keep: bool,
-    ) -> Option<String> {
-        let f = self.fleet.as_ref()?;
-        match (outcome, keep) {
-            (SlotOutcome::Taken, true) => {
-                if slot.early {
-                    f.keep_slot(&slot.key);
+    /// Does what the book says of connection `conn_id`'s decided slot: a held one is the
+    /// connection's (freed at its logout).
+    fn settle_slot(&mut self, conn_id: u64, settled: Settled) {
+        match settled {
+            Settled::Held { key, remember } => {
+                if let (true, Some(f)) = (remember, &self.fleet) {
+                    f.keep_slot(&key);
                 }
-                Some(slot.key)
+                self.fleet_state.slots.insert(conn_id, key);
             }
-            (SlotOutcome::Taken, false) => {
-                f.drop_slot(&slot.key);
-                None
-            }
-            (SlotOutcome::Full { .. } | SlotOutcome::Counted(_), _) if slot.early => {
-                f.drop_slot(&slot.key);
-                None
-            }
-            _ => None,
+            Settled::Delete(key) => self.delete_slot_key(&key),
+            Settled::Nothing => {}
         }
     }
 
-    fn free_early_key(&self, key: &str, outcome: &SlotOutcome) {
-        if let (Some(f), false) = (&self.fleet, matches!(outcome, SlotOutcome::Unreachable(_))) {
+    fn delete_slot_key(&self, key: &str) {
+        if let Some(f) = &self.fleet {
             f.drop_slot(key);
         }
     }

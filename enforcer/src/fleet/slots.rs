@@ -18,7 +18,8 @@ use etcd_client::{GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{ClientRx, FleetEvent, Health, Write, client::Leader};
-use crate::core::fleet::{Keys, early_slot_wanted, slot_decision};
+pub use crate::core::fleet::book::{EarlySlot, SlotOutcome};
+use crate::core::fleet::{Keys, early_slot_wanted};
 
 /// A request for a slot: `key` under `prefix` (the user's slots of one kind).
 pub(super) struct Acquire {
@@ -39,30 +40,6 @@ pub enum SlotTag {
     Session(u64, u64),
     /// A connection's, taken as its account request arrived ([`EarlySlot`]), by its number.
     Early(u64),
-}
-
-/// A connection slot asked for as the login's account request arrived, in parallel with the
-/// NSS lookup and the local decision, under the name PAM gave: the state actor adopts it when
-/// the login is admitted under a fleet limit and that name is its account, and deletes it
-/// otherwise ([`FleetHandle::drop_slot`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EarlySlot {
-    pub n: u64,
-    pub user: String,
-    pub key: String,
-}
-
-/// What became of a slot request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotOutcome {
-    /// The slot is this connection's.
-    Taken,
-    /// An early slot's key is put; the user holds `count` keys with it (the limit decides).
-    Counted(i64),
-    /// `held` slots (≥ the limit) are taken across the fleet.
-    Full { held: usize },
-    /// etcd could not be asked in time (the text says why).
-    Unreachable(String),
 }
 
 pub(super) struct SlotTask {
@@ -166,16 +143,6 @@ impl SlotTag {
     }
 }
 
-impl SlotOutcome {
-    /// What `count` keys of the user (the login's own among them) mean under `limit`.
-    pub fn decided(count: i64, limit: u32) -> Self {
-        match slot_decision(count, limit) {
-            Ok(()) => SlotOutcome::Taken,
-            Err(held) => SlotOutcome::Full { held },
-        }
-    }
-}
-
 impl super::FleetHandle {
     /// Takes a connection slot of `user` now, before the login is decided (see [`EarlySlot`]);
     /// `None` when no login can have a fleet-wide connection limit. The outcome comes back as
@@ -240,7 +207,7 @@ fn slot_value(keys: &Keys) -> Vec<u8> {
 }
 
 /// Puts the slot's key and counts the user's keys in one transaction, then decides
-/// ([`slot_decision`]). Also returns the raft term of the answer.
+/// ([`crate::core::fleet::slot_decision`]). Also returns the raft term of the answer.
 async fn take(
     client: &mut etcd_client::Client,
     keys: &Keys,
