@@ -94,7 +94,8 @@ impl TestDaemon {
         cmd.arg("--config")
             .arg(&self.config_path)
             // Debug logs for the tests' diagnostics; benchmarks (`cargo xtask bench`) set
-            // ENFORCER_TEST_DAEMON_LOG=info: they measure the daemon as it runs in production.
+            // ENFORCER_TEST_DAEMON_LOG=info: they measure the daemon as it runs in production
+            // (`bench fleet` adds its two timing lines per admission, see its `split.rs`).
             .env(
                 "ENFORCER_LOG",
                 std::env::var("ENFORCER_TEST_DAEMON_LOG").unwrap_or_else(|_| "debug".into()),

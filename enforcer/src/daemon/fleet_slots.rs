@@ -125,7 +125,8 @@ impl State {
     fn settle_slot(&mut self, conn_id: u64, settled: Settled) {
         match settled {
             Settled::Held { key, remember } => {
-                if let (true, Some(f)) = (remember, &self.fleet) {
+                let Some(f) = &self.fleet else { return };
+                if remember {
                     f.keep_slot(&key);
                 }
                 self.fleet_state.slots.insert(conn_id, key);

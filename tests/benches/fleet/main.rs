@@ -18,9 +18,10 @@ mod split;
 
 use std::time::{Duration, Instant};
 
-use enforcer_proto::{Admission, PamSession, Reply, Request};
+use enforcer_proto::{Admission, Client, PamSession, Reply, Request};
 use enforcer_tests::{
     TestDaemon, TestSshd, TestUser,
+    daemon::account_request,
     etcd::EtcdCluster,
     require_root,
     ssh::{HeldSsh, wait_until},
@@ -45,6 +46,15 @@ fn show(what: &str, mut t: Vec<Duration>) {
     );
 }
 
+/// One request on a fresh connection to the PAM socket, as pam_enforcer sends it (the public
+/// socket's connections are served by lower-priority threads).
+fn pam_call(d: &TestDaemon, req: &Request) -> Reply {
+    Client::connect(&d.pam_socket, Duration::from_secs(5))
+        .unwrap()
+        .call(req)
+        .unwrap()
+}
+
 /// One PAM account round trip for a fresh process of `u` (then its close, untimed).
 fn admit(d: &TestDaemon, u: &TestUser) -> Duration {
     let mut child = std::process::Command::new("/bin/sleep")
@@ -53,18 +63,21 @@ fn admit(d: &TestDaemon, u: &TestUser) -> Duration {
         .unwrap();
     let pid = child.id();
     let t = Instant::now();
-    let reply = d.account(&u.name, pid);
+    let reply = pam_call(d, &account_request(&u.name, pid));
     let took = t.elapsed();
     assert!(
         matches!(reply, Reply::Admission(Admission::Admitted { .. })),
         "{reply:?}"
     );
-    d.call(&Request::PamCloseSession(PamSession {
-        user: u.name.clone(),
-        pid,
-        conn_id: None,
-        auth_info: None,
-    }));
+    pam_call(
+        d,
+        &Request::PamCloseSession(PamSession {
+            user: u.name.clone(),
+            pid,
+            conn_id: None,
+            auth_info: None,
+        }),
+    );
     let _ = child.kill();
     let _ = child.wait();
     took

@@ -121,11 +121,39 @@ fn a_late_slot_leaves_its_key_to_its_task_unless_taken_and_unwanted() {
     book.asked(3, key.clone(), 1);
     let d = book.outcome(3, SlotOutcome::Full { held: 1 }).unwrap();
     assert_eq!(d.settle(false), Settled::Nothing);
+    assert_eq!(d.settle(true), Settled::Nothing);
     book.asked(4, key, 1);
     let d = book
         .outcome(4, SlotOutcome::Unreachable("down".into()))
         .unwrap();
     assert_eq!(d.settle(true), Settled::Nothing);
     assert_eq!(book.outcome(4, SlotOutcome::Taken), None);
+    assert_eq!(book.in_flight(), 0);
+}
+
+/// An adopted early slot whose connection went away before its count came: a slot it got is
+/// deleted; an unanswered one's key is left to the slot task.
+#[test]
+fn an_adopted_slot_of_a_gone_connection_is_freed_unless_unanswered() {
+    let mut book = SlotBook::default();
+    let e = early(10, "carol");
+    let key = e.key.clone();
+    book.adopt(e, 11, "carol", 3).unwrap();
+    let EarlyStep::Decide(conn, outcome) = book.early_outcome(10, SlotOutcome::Counted(1)) else {
+        panic!("an adopted slot's count decides its connection")
+    };
+    let d = book.outcome(conn, outcome).unwrap();
+    assert_eq!(d.outcome, SlotOutcome::Taken);
+    assert_eq!(d.settle(false), Settled::Delete(key));
+
+    book.adopt(early(12, "carol"), 13, "carol", 3).unwrap();
+    let unanswered = SlotOutcome::Unreachable("no answer within 3s".into());
+    let EarlyStep::Decide(conn, outcome) = book.early_outcome(12, unanswered.clone()) else {
+        panic!("an adopted slot's outcome decides its connection")
+    };
+    let d = book.outcome(conn, outcome).unwrap();
+    assert_eq!(d.outcome, unanswered);
+    assert_eq!(d.settle(false), Settled::Nothing);
+    assert_eq!(d.settle(true), Settled::Nothing);
     assert_eq!(book.in_flight(), 0);
 }
