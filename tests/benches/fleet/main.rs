@@ -4,7 +4,8 @@
 //!   B and C ended, p50/p99 over rounds;
 //! - admission (PAM account round trip) with a fleet-wide slot vs a local-only user, p50/p99,
 //!   and the fleet admission split into etcd's transaction, the daemon's share and the
-//!   socket's, from the node's timing lines (`split.rs`);
+//!   socket's, from the node's timing lines (`split.rs`); the same admissions again against a
+//!   one-member etcd (no replica sharing the machine's 2 vCPUs);
 //! - etcd writes per connection: the store revision's growth per login + logout with a
 //!   fleet-wide limit (registration, slot, their deletes).
 //! - the scale run (`scale.rs`): hundreds of simulated nodes against the real cluster, and
@@ -113,6 +114,7 @@ fn main() {
     let only = named.first().map(String::as_str);
     if only != Some("scale") {
         three_nodes();
+        one_member();
     }
     if only != Some("nodes") {
         scale::run(&EtcdCluster::start(3), &scale);
@@ -144,6 +146,7 @@ fn three_nodes() {
         == 3));
     std::thread::sleep(Duration::from_millis(500));
 
+    println!("## three-member etcd, three nodes");
     let mut lock = Vec::new();
     for _ in 0..ROUNDS {
         let mut b = HeldSsh::open(&nodes[1].1, &user);
@@ -180,6 +183,31 @@ fn three_nodes() {
     std::thread::sleep(Duration::from_millis(500));
     let writes = (revision(&cluster) - before) as f64 / n as f64;
     println!("etcd writes (revisions) per SSH connection with a fleet limit: {writes:.1}");
+}
+
+/// The same admissions against a one-member etcd: a commit with no replica to reach or to wake
+/// on these 2 vCPUs. A lower bound of etcd's part, not a cluster: a real one adds a round trip
+/// to a follower (on machines of its own) to each commit.
+fn one_member() {
+    let cluster = EtcdCluster::start(1);
+    let user = TestUser::create("bg");
+    let local_user = TestUser::create("bm");
+    let d = TestDaemon::start(&format!(
+        "[locks]\nall_processes = false\n[fleet]\netcd_endpoints = {}\nnode_name = \"node-m\"\n\
+         max_connections_per_user = 1000\n[[rules]]\nusers = [\"{}\"]\nfleet_max_connections_per_user = 0\n",
+        cluster.endpoints_toml(),
+        local_user.name
+    ));
+    assert!(wait_until(Duration::from_secs(15), || cluster
+        .keys("/enforcer/nodes/")
+        .len()
+        == 1));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut floor = floor::Floor::connect(&cluster.endpoints());
+    println!("## one-member etcd");
+    for pace in [Duration::ZERO, PACE] {
+        admissions(&d, (&user, &local_user), &mut floor, pace);
+    }
 }
 
 /// Admissions of `users.0` (a fleet-wide slot) and `users.1` (local limits only) on node `d`,
