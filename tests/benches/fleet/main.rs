@@ -121,6 +121,17 @@ fn main() {
     }
 }
 
+/// A node on `cluster` where every user has a (high) fleet-wide connection limit but
+/// `local_user`, who has local limits only.
+fn start_node(cluster: &EtcdCluster, name: &str, local_user: &TestUser) -> TestDaemon {
+    TestDaemon::start(&format!(
+        "[locks]\nall_processes = false\n[fleet]\netcd_endpoints = {}\nnode_name = \"{name}\"\n\
+         max_connections_per_user = 1000\n[[rules]]\nusers = [\"{}\"]\nfleet_max_connections_per_user = 0\n",
+        cluster.endpoints_toml(),
+        local_user.name
+    ))
+}
+
 /// Three real nodes (enforcerd + sshd each): lock propagation, admission against etcd's floor,
 /// writes per connection.
 fn three_nodes() {
@@ -130,12 +141,7 @@ fn three_nodes() {
     let nodes: Vec<(TestDaemon, TestSshd)> = ["node-a", "node-b", "node-c"]
         .iter()
         .map(|n| {
-            let d = TestDaemon::start(&format!(
-                "[locks]\nall_processes = false\n[fleet]\netcd_endpoints = {}\nnode_name = \"{n}\"\n\
-                 max_connections_per_user = 1000\n[[rules]]\nusers = [\"{}\"]\nfleet_max_connections_per_user = 0\n",
-                cluster.endpoints_toml(),
-                local_user.name
-            ));
+            let d = start_node(&cluster, n, &local_user);
             let s = TestSshd::start(d.pam(), &[&user, &local_user], "");
             (d, s)
         })
@@ -192,12 +198,7 @@ fn one_member() {
     let cluster = EtcdCluster::start(1);
     let user = TestUser::create("bg");
     let local_user = TestUser::create("bm");
-    let d = TestDaemon::start(&format!(
-        "[locks]\nall_processes = false\n[fleet]\netcd_endpoints = {}\nnode_name = \"node-m\"\n\
-         max_connections_per_user = 1000\n[[rules]]\nusers = [\"{}\"]\nfleet_max_connections_per_user = 0\n",
-        cluster.endpoints_toml(),
-        local_user.name
-    ));
+    let d = start_node(&cluster, "node-m", &local_user);
     assert!(wait_until(Duration::from_secs(15), || cluster
         .keys("/enforcer/nodes/")
         .len()
